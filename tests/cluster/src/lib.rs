@@ -1,0 +1,1 @@
+//! Local Kubernetes control plane for the dev loop and the tests.

@@ -1,0 +1,1 @@
+//! Shared helpers for the integration tests: a cluster per test run, a namespace per test.

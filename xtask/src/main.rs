@@ -1,0 +1,2 @@
+//! `cargo xtask …`: developer tasks for voice-operator.
+fn main() {}
