@@ -1,2 +1,28 @@
 //! `cargo xtask …`: developer tasks for voice-operator.
-fn main() {}
+
+mod cluster;
+mod crds;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for voice-operator")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Local control plane (etcd, kube-apiserver, kube-controller-manager) built from Go modules.
+    Cluster(cluster::Args),
+    /// Regenerate the CRD manifests from the Rust types (`--check` fails on drift instead).
+    Crds(crds::Args),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().task {
+        Task::Cluster(args) => cluster::run(args),
+        Task::Crds(args) => crds::run(args),
+    }
+}
