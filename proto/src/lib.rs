@@ -1,1 +1,23 @@
 //! The worker contract: gRPC API between the operator, the workers and external agent services.
+//!
+//! The `.proto` files beside this crate are the source of truth and carry the
+//! documentation of every message; this crate only exposes the generated code.
+
+/// `voice.worker.*`: how the operator controls a worker pod.
+pub mod worker {
+    /// Version 1 of the worker control API (`voice.worker.v1`).
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("voice.worker.v1");
+    }
+}
+
+/// `voice.agent.*`: the agent service users implement in any language.
+pub mod agent {
+    /// Version 1 of the agent API (`voice.agent.v1`).
+    pub mod v1 {
+        #![allow(missing_docs, clippy::all, clippy::pedantic)]
+        tonic::include_proto!("voice.agent.v1");
+    }
+}
+
