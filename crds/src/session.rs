@@ -1,0 +1,317 @@
+//! `VoiceSession`: one conversation, admitted onto a worker (the seed's VoiceSession,
+//! UserConnection, AudioBuffers, TurnDetectionState and PersistenceStatus).
+//!
+//! Its name is unique in its namespace, and its backend lives in the same namespace, which is
+//! the seed's "session ID unique within backend".
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::core::Duration;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::agent::AgentOverrides;
+use crate::audio::AudioFormat;
+use crate::states::{PersistenceStatus, PipelineState, SessionPhase};
+
+/// Transport between the user's client and the worker.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Transport {
+    /// WebRTC (Opus over SRTP), signalled with an HTTP offer/answer.
+    #[default]
+    WebRtc,
+    /// WebSocket with PCM16 frames: server-to-server and telephony bridges.
+    WebSocket,
+}
+
+/// The backend a session runs on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct BackendRef {
+    /// Name of a VoiceBackend in the session's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+}
+
+/// The user on the other end (seed UserConnection, the parts known before connecting).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionUser {
+    /// User identifier; non-empty.
+    #[serde(rename = "userID")]
+    #[schemars(length(min = 1, max = 253))]
+    pub user_id: String,
+    /// Connection metadata passed to the worker (seed UserConnection.Metadata).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
+/// Per-session turn detection override.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionTurnDetection {
+    /// Non-speech after speech that ends the user's turn, as a Go duration; > 0.
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("turnDetection.silenceTimeout must be a positive duration such as 700ms"))]
+    pub silence_timeout: Duration,
+}
+
+/// One conversation between a user and a VoiceBackend's agent.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[kube(
+    group = "voicebackends.dev",
+    version = "v1alpha1",
+    kind = "VoiceSession",
+    namespaced,
+    shortname = "vs",
+    category = "voice",
+    status = "VoiceSessionStatus",
+    doc = "One voice conversation: admitted onto a worker of its VoiceBackend within every session cap, then reached by the client over WebRTC or WebSocket.",
+    selectable = ".spec.backendRef.name",
+    printcolumn(
+        name = "Backend",
+        type_ = "string",
+        json_path = ".spec.backendRef.name"
+    ),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(
+        name = "Pipeline",
+        type_ = "string",
+        json_path = ".status.pipelineState"
+    ),
+    printcolumn(name = "Worker", type_ = "string", json_path = ".status.worker.pod"),
+    printcolumn(
+        name = "Queue",
+        type_ = "integer",
+        json_path = ".status.queuePosition",
+        description = "Position among pending sessions"
+    ),
+    printcolumn(
+        name = "User",
+        type_ = "string",
+        json_path = ".spec.user.userID",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Transport",
+        type_ = "string",
+        json_path = ".spec.transport",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceSessionSpec {
+    /// The VoiceBackend that serves this session; immutable.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("backendRef is immutable: delete the session and create a new one for another backend"))]
+    pub backend_ref: BackendRef,
+    /// The user.
+    pub user: SessionUser,
+    /// `webrtc` (default) or `websocket`; immutable.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("transport is immutable: delete the session and create a new one"))]
+    pub transport: Transport,
+    /// Session metadata (seed Metadata), kept with the persisted context and passed to the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::provider::free_form_object")]
+    pub metadata: Option<serde_json::Value>,
+    /// Overrides of the backend's agent behaviour for this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentOverrides>,
+    /// Audio format for this session; defaults to the backend's `spec.audio`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<AudioFormat>,
+    /// Turn detection override for this session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_detection: Option<SessionTurnDetection>,
+    /// Longest wait for admission before the session fails with QueueTimeout; unset waits forever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("pendingTimeout must be a positive duration such as 60s"))]
+    pub pending_timeout: Option<Duration>,
+    /// Longest the session may last once active; unset means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("maxDuration must be a positive duration such as 1h"))]
+    pub max_duration: Option<Duration>,
+    /// Longest the session may go without client activity before it ends; unset means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("idleTimeout must be a positive duration such as 5m"))]
+    pub idle_timeout: Option<Duration>,
+    /// Seconds a finished session is kept before it is deleted (FR-026: completed sessions are ephemeral).
+    #[serde(default = "default_ttl")]
+    #[schemars(range(min = 0, max = 604800))]
+    pub ttl_seconds_after_finished: i32,
+}
+
+fn default_ttl() -> i32 {
+    300
+}
+
+/// The worker a session was admitted onto.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionWorker {
+    /// Worker pod name.
+    pub pod: String,
+    /// Worker pod IP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_ip: Option<String>,
+}
+
+/// Where and how the client connects.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionEndpoint {
+    /// WebRTC offer URL (POST an SDP offer) or WebSocket URL.
+    pub url: String,
+    /// Name of the Secret (owned by this session) whose `token` key holds the join token.
+    pub token_secret_name: String,
+    /// STUN/TURN server URLs for the client.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ice_servers: Vec<String>,
+}
+
+/// The live connection (seed UserConnection, the parts known once connected).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UserConnectionStatus {
+    /// Connection identifier, unique per connection (a reconnect gets a new one).
+    #[serde(rename = "connectionID")]
+    pub connection_id: String,
+    /// Transport in use.
+    pub transport: Transport,
+    /// Client address as seen by the worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_address: Option<String>,
+    /// When the client connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connected_at: Option<Time>,
+    /// When the client was last heard from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_ping: Option<Time>,
+}
+
+/// Turn detection state (seed TurnDetectionState).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnDetectionState {
+    /// Listening for user speech.
+    #[serde(default)]
+    pub is_listening: bool,
+    /// When speech was last detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_speech_time: Option<Time>,
+    /// Silence that ends a turn, as a Go duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence_timeout: Option<Duration>,
+    /// The end of the user's current turn has been detected.
+    #[serde(default)]
+    pub turn_end_detected: bool,
+}
+
+/// Audio buffers in use (seed AudioBuffers).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AudioBufferStatus {
+    /// Negotiated format and buffer size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<AudioFormat>,
+    /// Frames dropped because a buffer was full (back-pressure is counted, never silent).
+    #[serde(default)]
+    pub dropped_frames: i64,
+}
+
+/// Who spoke a transcript entry.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum Speaker {
+    /// The end user.
+    User,
+    /// The agent.
+    Agent,
+}
+
+/// One utterance of the conversation.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TranscriptEntry {
+    /// Who spoke.
+    pub speaker: Speaker,
+    /// What was said.
+    pub text: String,
+    /// When the utterance ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time: Option<Time>,
+}
+
+/// Conversation context persisted while the session is active (FR-025), so a session moved to
+/// another worker resumes where it was.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionContext {
+    /// Completed turns.
+    #[serde(default)]
+    pub turns: i32,
+    /// The most recent transcript entries (older ones are trimmed to keep the object small).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub transcript: Vec<TranscriptEntry>,
+}
+
+/// Observed state of a VoiceSession.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct VoiceSessionStatus {
+    /// Generation of the spec that this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// `Admitted`, `Connected` and `Ready`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+    /// Lifecycle phase.
+    #[serde(default)]
+    pub phase: SessionPhase,
+    /// Pipeline state (seed PipelineState).
+    #[serde(default)]
+    pub pipeline_state: PipelineState,
+    /// Active sessions persist; completed ones are ephemeral (seed PersistenceStatus).
+    #[serde(default)]
+    pub persistence: PersistenceStatus,
+    /// 1-based position among this backend's pending sessions, while Pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue_position: Option<i32>,
+    /// The worker holding the session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<SessionWorker>,
+    /// Where the client connects.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<SessionEndpoint>,
+    /// The live connection, once the client connected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connection: Option<UserConnectionStatus>,
+    /// Turn detection state.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_detection: Option<TurnDetectionState>,
+    /// Audio buffers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_buffers: Option<AudioBufferStatus>,
+    /// Persisted conversation context.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<SessionContext>,
+    /// When the session was admitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admitted_at: Option<Time>,
+    /// Last activity on the session (seed LastActivity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_activity: Option<Time>,
+    /// When the session finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<Time>,
+    /// Why the session finished (e.g. ClientHangup, MaxDuration, IdleTimeout, QueueTimeout,
+    /// WorkerLost, BackendDeleted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_reason: Option<String>,
+}
