@@ -125,7 +125,7 @@ impl Default for WorkerSpec {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
-    validation = Rule::new("self.minWorkers <= self.maxWorkers").message(Message::Expression("'scaling.minWorkers (' + string(self.minWorkers) + ') must not exceed scaling.maxWorkers (' + string(self.maxWorkers) + ')'".into())),
+    validation = Rule::new("self.minWorkers <= self.maxWorkers").message("scaling.minWorkers must not exceed scaling.maxWorkers: lower minWorkers or raise maxWorkers"),
 )]
 pub struct ScalingSpec {
     /// Fewest workers, even with no sessions; >= 0.

@@ -12,6 +12,10 @@
 //! `kubectl apply` time with a message naming the field. Rules that need other objects are
 //! checked by the operator and reported in status conditions.
 
+// kube's `printcolumn(...)` repeats `type_ = …` per column, which this lint mistakes for a
+// duplicated attribute.
+#![allow(clippy::duplicated_attributes)]
+
 pub mod agent;
 pub mod audio;
 pub mod backend;

@@ -16,11 +16,53 @@ const HEADER: &str = "# Generated from crds/src by `cargo xtask crds`. Do not ed
 
 /// Every CRD of the API.
 pub fn all() -> Vec<CustomResourceDefinition> {
-    vec![
+    let mut crds = vec![
         VoiceProvider::crd(),
         VoiceBackend::crd(),
         VoiceSession::crd(),
-    ]
+    ];
+    for crd in &mut crds {
+        for version in &mut crd.spec.versions {
+            if let Some(schema) = version
+                .schema
+                .as_mut()
+                .and_then(|s| s.open_api_v3_schema.as_mut())
+            {
+                let mut value = serde_json::to_value(&*schema).expect("schema serializes");
+                unwrap_descriptions(&mut value);
+                *schema = serde_json::from_value(value).expect("schema round-trips");
+            }
+        }
+    }
+    crds
+}
+
+/// Joins the hard-wrapped lines of doc comments so `kubectl explain` can wrap the text itself;
+/// blank lines (paragraph breaks) stay.
+fn unwrap_descriptions(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                match v {
+                    serde_json::Value::String(text) if key == "description" => {
+                        *text = text
+                            .split("\n\n")
+                            .map(|para| {
+                                para.split('\n')
+                                    .map(str::trim)
+                                    .collect::<Vec<_>>()
+                                    .join(" ")
+                            })
+                            .collect::<Vec<_>>()
+                            .join("\n\n");
+                    }
+                    other => unwrap_descriptions(other),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(unwrap_descriptions),
+        _ => {}
+    }
 }
 
 /// File name and YAML text of every CRD manifest.
