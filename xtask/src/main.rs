@@ -2,6 +2,9 @@
 
 mod cluster;
 mod crds;
+mod dev;
+mod prerequisites;
+mod test;
 
 use clap::{Parser, Subcommand};
 
@@ -18,11 +21,17 @@ enum Task {
     Cluster(cluster::Args),
     /// Regenerate the CRD manifests from the Rust types (`--check` fails on drift instead).
     Crds(crds::Args),
+    /// The local embedded default: control plane, CRDs and the examples.
+    Dev(dev::Args),
+    /// The whole test suite, as CI runs it (installs what it needs).
+    Test(test::Args),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().task {
         Task::Cluster(args) => cluster::run(args),
         Task::Crds(args) => crds::run(args),
+        Task::Dev(args) => dev::run(args),
+        Task::Test(args) => test::run(args),
     }
 }

@@ -1,0 +1,63 @@
+//! Tools the suite and the demo need, installed idempotently on a fresh machine of this kind.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+/// Checks for Go (it builds the control plane) and installs missing Debian packages.
+pub fn ensure() -> anyhow::Result<()> {
+    if Command::new("go").arg("version").output().is_err() {
+        bail!(
+            "Go is not installed: install Go 1.26 or newer (apt-get install golang-go, or the Go toolchain) and retry"
+        );
+    }
+    apt_install(DEBIAN_PACKAGES)
+}
+
+/// Debian packages the workspace needs at build or test time (none yet beyond the base image).
+const DEBIAN_PACKAGES: &[&str] = &[];
+
+fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = packages
+        .iter()
+        .copied()
+        .filter(|p| {
+            let out = Command::new("dpkg-query").args(["-W", "-f=${Status}", p]).output();
+            !matches!(out, Ok(o) if String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    eprintln!("==> installing Debian packages: {}", missing.join(" "));
+    let sudo: &[&str] = if is_root() { &[] } else { &["sudo"] };
+    let run = |args: &[&str]| -> anyhow::Result<()> {
+        let mut full: Vec<&str> = sudo.to_vec();
+        full.extend_from_slice(args);
+        let status = Command::new(full[0])
+            .args(&full[1..])
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status()
+            .with_context(|| format!("running {}", full.join(" ")))?;
+        if !status.success() {
+            bail!(
+                "`{}` failed; install {} by hand and retry",
+                full.join(" "),
+                missing.join(" ")
+            );
+        }
+        Ok(())
+    };
+    run(&["apt-get", "update", "-qq"])?;
+    let mut install = vec!["apt-get", "install", "-y", "-qq", "--no-install-recommends"];
+    install.extend(&missing);
+    run(&install)
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}

@@ -1,0 +1,86 @@
+//! `cargo xtask test`: the whole test suite, as CI runs it, on a fresh machine of this kind.
+//!
+//! It installs what the suite needs (idempotently), builds or reuses the local control plane,
+//! then runs the static checks and every test of the workspace against the real API server.
+
+use std::process::Command;
+
+use anyhow::{Context, bail};
+
+use crate::prerequisites;
+
+/// Arguments of `cargo xtask test`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Skip `cargo fmt --check` and clippy (quicker local iterations).
+    #[arg(long)]
+    no_lint: bool,
+    /// Leave the local cluster running afterwards (it is stopped by default when this run started it).
+    #[arg(long)]
+    keep_cluster: bool,
+    /// Extra arguments for `cargo test` (e.g. a test name filter).
+    #[arg(last = true)]
+    cargo_test_args: Vec<String>,
+}
+
+/// Runs every check and test.
+pub fn run(args: Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    prerequisites::ensure()?;
+
+    step("CRD manifests match the Rust types");
+    cargo(&["run", "--quiet", "-p", "xtask", "--", "crds", "--check"])?;
+    if !args.no_lint {
+        step("cargo fmt --check");
+        cargo(&["fmt", "--all", "--check"])?;
+        step("cargo clippy -D warnings");
+        cargo(&[
+            "clippy",
+            "--workspace",
+            "--all-targets",
+            "--quiet",
+            "--",
+            "-D",
+            "warnings",
+        ])?;
+    }
+
+    step("local control plane (etcd, kube-apiserver, kube-controller-manager)");
+    let was_running = voice_cluster::status()
+        .map(|s| s.ready.is_some())
+        .unwrap_or(false);
+    let cluster = voice_cluster::up().context("starting the local control plane")?;
+    eprintln!("   KUBECONFIG={}", cluster.kubeconfig().display());
+
+    step("cargo test --workspace");
+    let mut test_args = vec!["test", "--workspace", "--no-fail-fast"];
+    if !args.cargo_test_args.is_empty() {
+        test_args.push("--");
+        test_args.extend(args.cargo_test_args.iter().map(String::as_str));
+    }
+    let result = cargo(&test_args);
+
+    if !args.keep_cluster && !was_running {
+        step("stopping the local control plane");
+        voice_cluster::down().context("stopping the local control plane")?;
+    }
+    result?;
+    eprintln!("\nall checks and tests passed in {:.0?}", started.elapsed());
+    Ok(())
+}
+
+fn step(what: &str) {
+    eprintln!("\n==> {what}");
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(args)
+        .status()
+        .with_context(|| format!("running {cargo}"))?;
+    if !status.success() {
+        bail!("`cargo {}` failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
