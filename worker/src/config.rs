@@ -1,0 +1,157 @@
+//! Worker configuration from flags or the pod's environment.
+//!
+//! The operator sets the environment variables on each worker pod; flags exist for
+//! running a worker by hand. Every value names its variable, so a bad pod spec fails
+//! with an error that points at the variable to fix.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::Duration;
+
+use clap::Parser;
+
+/// Everything the worker reads at start.
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "voice-worker",
+    version,
+    about = "voice-operator data-plane worker"
+)]
+pub struct Config {
+    /// Address both servers bind to: the pod IP in a cluster, loopback by default.
+    #[arg(long, env = "POD_IP", value_name = "POD_IP", default_value_t = IpAddr::V4(Ipv4Addr::LOCALHOST))]
+    pub pod_ip: IpAddr,
+
+    /// Port of the WorkerControl gRPC server (and grpc.health.v1).
+    #[arg(
+        long,
+        env = "GRPC_PORT",
+        value_name = "GRPC_PORT",
+        default_value_t = 50051
+    )]
+    pub grpc_port: u16,
+
+    /// Port of the HTTP server: /healthz, /readyz, /metrics.
+    #[arg(
+        long,
+        env = "HTTP_PORT",
+        value_name = "HTTP_PORT",
+        default_value_t = 8080
+    )]
+    pub http_port: u16,
+
+    /// Most sessions this worker holds at once (VoiceBackend spec.workers.sessionsPerWorker).
+    #[arg(
+        long,
+        env = "SESSIONS_PER_WORKER",
+        value_name = "SESSIONS_PER_WORKER",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub sessions_per_worker: u32,
+
+    /// How long a drain waits for sessions to end before ending them itself; also the
+    /// deadline of a Drain call that asks for 0 seconds.
+    #[arg(
+        long,
+        env = "DRAIN_TIMEOUT_SECONDS",
+        value_name = "DRAIN_TIMEOUT_SECONDS",
+        default_value_t = 300
+    )]
+    pub drain_timeout_seconds: u64,
+
+    /// Name of this pod, for logs.
+    #[arg(long, env = "POD_NAME", value_name = "POD_NAME")]
+    pub pod_name: Option<String>,
+
+    /// Namespace of this pod, for logs.
+    #[arg(long, env = "POD_NAMESPACE", value_name = "POD_NAMESPACE")]
+    pub pod_namespace: Option<String>,
+
+    /// The VoiceBackend this worker serves, for logs.
+    #[arg(long, env = "BACKEND_NAME", value_name = "BACKEND_NAME")]
+    pub backend_name: Option<String>,
+
+    /// The backend's pipeline configuration as JSON. Stored for the media pipeline;
+    /// only checked to be JSON for now.
+    #[arg(long = "pipeline", env = "VOICE_PIPELINE", value_name = "VOICE_PIPELINE", value_parser = parse_pipeline)]
+    pub pipeline: Option<serde_json::Value>,
+
+    /// Session events buffered per subscriber before a slow subscriber is cut off.
+    #[arg(
+        long,
+        env = "EVENT_BUFFER",
+        value_name = "EVENT_BUFFER",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u16).range(1..)
+    )]
+    pub event_buffer: u16,
+
+    /// Log as JSON lines instead of human-readable text.
+    #[arg(long, env = "LOG_JSON", value_name = "LOG_JSON")]
+    pub log_json: bool,
+}
+
+impl Config {
+    /// Where the gRPC server listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.pod_ip, self.grpc_port)
+    }
+
+    /// Where the HTTP server listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.pod_ip, self.http_port)
+    }
+
+    /// The default drain deadline, as a duration.
+    pub fn drain_timeout(&self) -> Duration {
+        Duration::from_secs(self.drain_timeout_seconds)
+    }
+}
+
+/// Checks that `VOICE_PIPELINE` holds JSON, naming the variable in the error.
+fn parse_pipeline(raw: &str) -> Result<serde_json::Value, String> {
+    serde_json::from_str(raw).map_err(|e| format!("VOICE_PIPELINE is not valid JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Config, clap::Error> {
+        Config::try_parse_from(std::iter::once("voice-worker").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_bind_loopback_on_the_documented_ports() {
+        let config = parse(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.grpc_addr().to_string(), "127.0.0.1:50051");
+        assert_eq!(config.http_addr().to_string(), "127.0.0.1:8080");
+        assert_eq!(config.sessions_per_worker, 1);
+    }
+
+    #[test]
+    fn bad_pipeline_json_names_the_variable() {
+        let err = parse(&["--pipeline", "{not json"]).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("VOICE_PIPELINE"), "{err}");
+    }
+
+    #[test]
+    fn pipeline_json_is_kept() {
+        let config = parse(&["--pipeline", r#"{"type":"S2S"}"#]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.pipeline, Some(serde_json::json!({"type": "S2S"})));
+    }
+
+    #[test]
+    fn zero_sessions_per_worker_is_refused_naming_the_variable() {
+        let err = parse(&["--sessions-per-worker", "0"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("SESSIONS_PER_WORKER"), "{err}");
+    }
+
+    #[test]
+    fn bad_pod_ip_names_the_variable() {
+        let err = parse(&["--pod-ip", "not-an-ip"]).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("POD_IP"), "{err}");
+    }
+}

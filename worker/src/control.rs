@@ -1,0 +1,222 @@
+//! The `WorkerControl` gRPC service: translates the operator's calls into calls on the
+//! shared session state, and keeps `grpc.health.v1` in step with draining.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tonic_health::server::HealthReporter;
+use voice_proto::worker::v1 as pb;
+use voice_proto::worker::v1::worker_control_server::{WorkerControl, WorkerControlServer};
+
+use crate::capacity::{Refusal, Released, Reserved, Session, SessionRequest};
+use crate::events::EventStream;
+use crate::sessions::Sessions;
+
+/// The gRPC face of one worker.
+#[derive(Clone, Debug)]
+pub struct ControlService {
+    sessions: Arc<Sessions>,
+    shutdown: CancellationToken,
+}
+
+impl ControlService {
+    /// A service over the worker's shared session state. Event streams end when
+    /// `shutdown` fires, because the server's graceful stop waits for open streams.
+    pub fn new(sessions: Arc<Sessions>, shutdown: CancellationToken) -> Self {
+        Self { sessions, shutdown }
+    }
+
+    /// The tonic server wrapping this service.
+    pub fn into_server(self) -> WorkerControlServer<Self> {
+        WorkerControlServer::new(self)
+    }
+}
+
+/// Keeps `grpc.health.v1` SERVING while the worker accepts sessions and NOT_SERVING
+/// from the moment it drains, both for the whole server ("") and for WorkerControl,
+/// so a plain gRPC health probe and the operator agree.
+pub async fn report_health(reporter: HealthReporter, sessions: Arc<Sessions>) {
+    let mut occupancy = sessions.watch();
+    reporter
+        .set_serving::<WorkerControlServer<ControlService>>()
+        .await;
+    reporter
+        .set_service_status("", tonic_health::ServingStatus::Serving)
+        .await;
+    if occupancy.wait_for(|o| o.draining()).await.is_ok() {
+        reporter
+            .set_not_serving::<WorkerControlServer<ControlService>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+}
+
+fn summary(session: &Session) -> pb::SessionSummary {
+    let state = if session.is_connected() {
+        pb::SessionState::Connected
+    } else {
+        pb::SessionState::Reserved
+    };
+    pb::SessionSummary {
+        session_id: session.request.session_id.clone(),
+        uid: session.request.uid.clone(),
+        state: state.into(),
+        reserved_at: Some(session.reserved_at.into()),
+        connected_at: session.connected_at.map(Into::into),
+        token_key_id: session.request.token_key_id.clone(),
+    }
+}
+
+/// Rejects what no retry can fix: missing identity or configuration that is not JSON.
+fn validate(request: pb::ReserveSessionRequest) -> Result<SessionRequest, Status> {
+    require("session_id", &request.session_id)?;
+    require("uid", &request.uid)?;
+    for (field, value) in [
+        ("config_json", &request.config_json),
+        ("context_json", &request.context_json),
+    ] {
+        if !value.is_empty() {
+            serde_json::from_str::<serde_json::Value>(value)
+                .map_err(|e| Status::invalid_argument(format!("{field} is not valid JSON: {e}")))?;
+        }
+    }
+    Ok(SessionRequest {
+        session_id: request.session_id,
+        uid: request.uid,
+        token_key_id: request.token_key_id,
+        config_json: request.config_json,
+        context_json: request.context_json,
+    })
+}
+
+fn require(field: &str, value: &str) -> Result<(), Status> {
+    if value.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    Ok(())
+}
+
+#[tonic::async_trait]
+impl WorkerControl for ControlService {
+    async fn get_stats(
+        &self,
+        _: Request<pb::GetStatsRequest>,
+    ) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let snapshot = self.sessions.snapshot();
+        let connected = snapshot
+            .sessions
+            .iter()
+            .filter(|s| s.is_connected())
+            .count();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(Response::new(pb::GetStatsResponse {
+            capacity: snapshot.capacity,
+            active_sessions: count(connected),
+            reserved_sessions: count(snapshot.sessions.len() - connected),
+            draining: snapshot.drain_deadline.is_some(),
+            sessions: snapshot.sessions.iter().map(summary).collect(),
+            uptime_seconds: self.sessions.uptime().as_secs(),
+            drain_deadline: snapshot.drain_deadline.map(Into::into),
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(session = %request.get_ref().session_id, uid = %request.get_ref().uid))]
+    async fn reserve_session(
+        &self,
+        request: Request<pb::ReserveSessionRequest>,
+    ) -> Result<Response<pb::ReserveSessionResponse>, Status> {
+        let request = validate(request.into_inner())?;
+        let reply = self.sessions.reserve(request, SystemTime::now());
+        let (result, message) = match &reply.outcome {
+            Ok(Reserved::New) => (pb::ReserveResult::Reserved, String::new()),
+            Ok(Reserved::Existing) => (pb::ReserveResult::AlreadyReserved, String::new()),
+            Err(refusal) => {
+                let result = match refusal {
+                    Refusal::Full { .. } => pb::ReserveResult::Full,
+                    Refusal::Draining => pb::ReserveResult::Draining,
+                    Refusal::Conflict { .. } => pb::ReserveResult::Conflict,
+                };
+                (result, refusal.to_string())
+            }
+        };
+        match &reply.outcome {
+            Ok(_) => tracing::info!(held = reply.held, ?result, "session reserved"),
+            Err(refusal) => {
+                tracing::info!(reason = refusal.reason(), %message, "reservation refused")
+            }
+        }
+        Ok(Response::new(pb::ReserveSessionResponse {
+            result: result.into(),
+            message,
+            held_sessions: reply.held,
+            capacity: reply.capacity,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(session = %request.get_ref().session_id, uid = %request.get_ref().uid))]
+    async fn release_session(
+        &self,
+        request: Request<pb::ReleaseSessionRequest>,
+    ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
+        let request = request.into_inner();
+        require("session_id", &request.session_id)?;
+        require("uid", &request.uid)?;
+        let (released, held) = self.sessions.release(
+            &request.session_id,
+            &request.uid,
+            &request.reason,
+            SystemTime::now(),
+        );
+        let result = match released {
+            Released::Freed(_) => pb::ReleaseResult::Released,
+            Released::NotFound => pb::ReleaseResult::NotFound,
+            Released::UidMismatch { .. } => pb::ReleaseResult::UidMismatch,
+        };
+        tracing::info!(?result, held, reason = %request.reason, "release");
+        Ok(Response::new(pb::ReleaseSessionResponse {
+            result: result.into(),
+            held_sessions: held,
+        }))
+    }
+
+    async fn list_sessions(
+        &self,
+        _: Request<pb::ListSessionsRequest>,
+    ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        let snapshot = self.sessions.snapshot();
+        Ok(Response::new(pb::ListSessionsResponse {
+            sessions: snapshot.sessions.iter().map(summary).collect(),
+            draining: snapshot.drain_deadline.is_some(),
+        }))
+    }
+
+    async fn drain(
+        &self,
+        request: Request<pb::DrainRequest>,
+    ) -> Result<Response<pb::DrainResponse>, Status> {
+        let seconds = request.into_inner().deadline_seconds;
+        let timeout = (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)));
+        let (deadline, remaining) = self.sessions.drain(timeout, SystemTime::now());
+        tracing::info!(remaining, ?deadline, "drain requested by the operator");
+        Ok(Response::new(pb::DrainResponse {
+            deadline: Some(deadline.into()),
+            remaining_sessions: remaining,
+        }))
+    }
+
+    type WatchEventsStream = EventStream;
+
+    async fn watch_events(
+        &self,
+        _: Request<pb::WatchEventsRequest>,
+    ) -> Result<Response<Self::WatchEventsStream>, Status> {
+        let events = self.sessions.subscribe();
+        let stream = events.take_until(self.shutdown.clone().cancelled_owned());
+        Ok(Response::new(Box::pin(stream)))
+    }
+}

@@ -1,0 +1,44 @@
+//! Why the worker could not start or keep serving.
+
+use std::net::SocketAddr;
+
+/// A failure of the worker process as a whole (not of one request).
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A listening socket could not be opened (port taken, address not on this host).
+    #[error("cannot listen for {server} on {addr}")]
+    Bind {
+        /// Which server: "gRPC" or "HTTP".
+        server: &'static str,
+        /// The address asked for.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The metrics registry could not be built (a programming error).
+    #[error("cannot build the metrics registry")]
+    Metrics(#[from] prometheus::Error),
+    /// The gRPC server stopped with an error.
+    #[error("the gRPC server failed")]
+    Grpc(#[source] tonic::transport::Error),
+    /// The HTTP server stopped with an error.
+    #[error("the HTTP server failed")]
+    Http(#[source] std::io::Error),
+    /// A server task panicked or was cancelled.
+    #[error("the {0} server task ended abnormally")]
+    Task(&'static str, #[source] tokio::task::JoinError),
+}
+
+impl Error {
+    /// Stable CamelCase reason, for logs and whoever reports the pod's failure.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Bind { .. } => "BindFailed",
+            Error::Metrics(_) => "MetricsRegistryFailed",
+            Error::Grpc(_) => "GrpcServerFailed",
+            Error::Http(_) => "HttpServerFailed",
+            Error::Task(..) => "ServerTaskFailed",
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Start, serve, drain, stop: the life of one worker process.
+//!
+//! Shutdown has two stages driven by one request to terminate. First the worker drains:
+//! readiness and gRPC health turn unhealthy, new reservations are refused, and held
+//! sessions get until the drain deadline. Then one `CancellationToken` fans out to both
+//! servers and every open event stream, and the process exits 0.
+
+use std::future::{Future, IntoFuture};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
+
+use crate::config::Config;
+use crate::control::{self, ControlService};
+use crate::drain;
+use crate::error::Error;
+use crate::http::{self, HttpState};
+use crate::metrics::Metrics;
+use crate::sessions::Sessions;
+
+/// How long the servers get to close connections after the drain; a client holding a
+/// stream open (e.g. a health watch) must not keep a drained pod alive.
+const SERVER_STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// Runs the worker until `terminate` resolves, then drains and stops.
+pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<(), Error> {
+    let metrics = Metrics::new()?;
+    let sessions = Arc::new(Sessions::new(
+        config.sessions_per_worker,
+        config.drain_timeout(),
+        usize::from(config.event_buffer),
+        metrics,
+    ));
+    let shutdown = CancellationToken::new();
+    let started = Arc::new(AtomicBool::new(false));
+
+    let grpc_listener = bind("gRPC", config.grpc_addr()).await?;
+    let http_listener = bind("HTTP", config.http_addr()).await?;
+
+    let (reporter, health) = tonic_health::server::health_reporter();
+    tokio::spawn(control::report_health(reporter, sessions.clone()));
+    let grpc = tonic::transport::Server::builder()
+        .add_service(health)
+        .add_service(ControlService::new(sessions.clone(), shutdown.clone()).into_server())
+        .serve_with_incoming_shutdown(
+            TcpIncoming::from(grpc_listener),
+            shutdown.clone().cancelled_owned(),
+        );
+    let mut grpc: JoinHandle<Result<(), Error>> =
+        tokio::spawn(async move { grpc.await.map_err(Error::Grpc) });
+    let app = http::router(HttpState::new(sessions.clone(), started.clone()));
+    let http = axum::serve(http_listener, app)
+        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
+        .into_future();
+    let mut http: JoinHandle<Result<(), Error>> =
+        tokio::spawn(async move { http.await.map_err(Error::Http) });
+    let supervisor = tokio::spawn(drain::supervise(sessions.clone()));
+    started.store(true, Ordering::Release);
+    tracing::info!(
+        capacity = config.sessions_per_worker,
+        pod = config.pod_name.as_deref().unwrap_or(""),
+        namespace = config.pod_namespace.as_deref().unwrap_or(""),
+        backend = config.backend_name.as_deref().unwrap_or(""),
+        grpc = %config.grpc_addr(),
+        http = %config.http_addr(),
+        "worker started"
+    );
+
+    tokio::select! {
+        () = terminate => {}
+        ended = &mut grpc => return stop_after_failure("gRPC", ended, &shutdown),
+        ended = &mut http => return stop_after_failure("HTTP", ended, &shutdown),
+    }
+
+    let (deadline, remaining) = sessions.drain(None, SystemTime::now());
+    tracing::info!(remaining, ?deadline, "terminating: draining before exit");
+    if let Err(e) = supervisor.await {
+        tracing::error!(error = %e, "drain supervisor failed; stopping anyway");
+    }
+    shutdown.cancel();
+    for (name, server) in [("gRPC", grpc), ("HTTP", http)] {
+        match tokio::time::timeout(SERVER_STOP_GRACE, server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "{name} server stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "{name} server task failed"),
+            Err(_) => tracing::warn!("{name} server still had open connections; leaving them"),
+        }
+    }
+    tracing::info!("worker stopped");
+    Ok(())
+}
+
+async fn bind(server: &'static str, addr: SocketAddr) -> Result<TcpListener, Error> {
+    TcpListener::bind(addr).await.map_err(|source| Error::Bind {
+        server,
+        addr,
+        source,
+    })
+}
+
+/// A server that stops on its own is fatal: stop the other one and report why.
+fn stop_after_failure(
+    server: &'static str,
+    ended: Result<Result<(), Error>, tokio::task::JoinError>,
+    shutdown: &CancellationToken,
+) -> Result<(), Error> {
+    shutdown.cancel();
+    match ended {
+        Ok(Ok(())) => {
+            tracing::error!("the {server} server stopped unexpectedly");
+            Ok(())
+        }
+        Ok(Err(e)) => Err(e),
+        Err(e) => Err(Error::Task(server, e)),
+    }
+}

@@ -1,0 +1,225 @@
+//! The worker's shared session state: the slot ledger plus what must change with it
+//! (events, metrics, the occupancy watch), behind one lock.
+//!
+//! Every mutation goes through here so that an event, a metric and a watch update are
+//! never skipped or reordered relative to the ledger change that caused them. The lock
+//! is a plain mutex held for microseconds and never across an `.await`.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::watch;
+use voice_proto::worker::v1::{Ended, Reserved as ReservedEvent, session_event::Event};
+
+use crate::capacity::{Ledger, Refusal, Released, Reserved, Session, SessionRequest};
+use crate::events::{EventBus, EventStream};
+use crate::metrics::Metrics;
+
+/// Reason recorded on sessions ended because a drain deadline passed.
+pub const DRAIN_DEADLINE_REASON: &str = "DrainDeadline";
+
+/// How full the worker is and whether it drains; watched by the drain supervisor,
+/// the health reporter and readiness.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Slots held.
+    pub held: u32,
+    /// When draining, the moment remaining sessions are ended.
+    pub drain_deadline: Option<SystemTime>,
+}
+
+impl Occupancy {
+    /// Whether the worker refuses new sessions.
+    pub fn draining(&self) -> bool {
+        self.drain_deadline.is_some()
+    }
+}
+
+/// A consistent copy of the ledger for stats and listings.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    /// Most sessions held at once.
+    pub capacity: u32,
+    /// Held sessions, in id order.
+    pub sessions: Vec<Session>,
+    /// When draining, the moment remaining sessions are ended.
+    pub drain_deadline: Option<SystemTime>,
+}
+
+/// The result of a reservation with the occupancy right after it.
+#[derive(Clone, Debug)]
+pub struct ReserveReply {
+    /// Success (new or retried) or the refusal.
+    pub outcome: Result<Reserved, Refusal>,
+    /// Slots held after the call.
+    pub held: u32,
+    /// Most sessions held at once.
+    pub capacity: u32,
+}
+
+/// The shared session state of one worker process.
+#[derive(Debug)]
+pub struct Sessions {
+    ledger: Mutex<Ledger>,
+    events: EventBus,
+    metrics: Metrics,
+    occupancy: watch::Sender<Occupancy>,
+    default_drain: Duration,
+    started_at: Instant,
+}
+
+impl Sessions {
+    /// Empty state for a worker of `capacity` sessions.
+    pub fn new(
+        capacity: u32,
+        default_drain: Duration,
+        event_buffer: usize,
+        metrics: Metrics,
+    ) -> Self {
+        metrics.set_occupancy(capacity, 0, 0, false);
+        let (occupancy, _) = watch::channel(Occupancy {
+            held: 0,
+            drain_deadline: None,
+        });
+        Self {
+            ledger: Mutex::new(Ledger::new(capacity)),
+            events: EventBus::new(event_buffer),
+            metrics,
+            occupancy,
+            default_drain,
+            started_at: Instant::now(),
+        }
+    }
+
+    /// Holds a slot for `request`; publishes `reserved` only for a new slot, since a
+    /// retry changes nothing the operator has not already seen.
+    pub fn reserve(&self, request: SessionRequest, now: SystemTime) -> ReserveReply {
+        let mut ledger = self.lock();
+        let (session_id, uid) = (request.session_id.clone(), request.uid.clone());
+        let outcome = ledger.reserve(request, now);
+        let label = match &outcome {
+            Ok(Reserved::New) => "reserved",
+            Ok(Reserved::Existing) => "already_reserved",
+            Err(Refusal::Full { .. }) => "full",
+            Err(Refusal::Draining) => "draining",
+            Err(Refusal::Conflict { .. }) => "conflict",
+        };
+        self.metrics.count_reservation(label);
+        if outcome == Ok(Reserved::New) {
+            self.events
+                .publish(&session_id, &uid, now, Event::Reserved(ReservedEvent {}));
+            self.changed(&ledger);
+        }
+        ReserveReply {
+            outcome,
+            held: ledger.held(),
+            capacity: ledger.capacity(),
+        }
+    }
+
+    /// Frees a session's slot and publishes `ended` with `reason` when one was freed.
+    pub fn release(
+        &self,
+        session_id: &str,
+        uid: &str,
+        reason: &str,
+        now: SystemTime,
+    ) -> (Released, u32) {
+        let mut ledger = self.lock();
+        let released = ledger.release(session_id, uid);
+        if let Released::Freed(_) = &released {
+            self.publish_ended(session_id, uid, reason, now);
+            self.changed(&ledger);
+        }
+        (released, ledger.held())
+    }
+
+    /// Starts draining with a deadline `timeout` from `now` (the configured drain
+    /// timeout when `None`); returns the deadline in force and the slots still held.
+    pub fn drain(&self, timeout: Option<Duration>, now: SystemTime) -> (SystemTime, u32) {
+        let mut ledger = self.lock();
+        let timeout = timeout.unwrap_or(self.default_drain);
+        // An absurd timeout must not panic the worker: cap it at about a century.
+        let far = Duration::from_secs(u64::from(u32::MAX));
+        let deadline = ledger.drain(now.checked_add(timeout.min(far)).unwrap_or(now));
+        self.changed(&ledger);
+        (deadline, ledger.held())
+    }
+
+    /// Ends the sessions left when the drain deadline has passed, publishing `ended`
+    /// for each; returns how many were ended.
+    pub fn expire(&self, now: SystemTime) -> usize {
+        let mut ledger = self.lock();
+        let ended = ledger.expire(now);
+        for session in &ended {
+            let request = &session.request;
+            self.publish_ended(
+                &request.session_id,
+                &request.uid,
+                DRAIN_DEADLINE_REASON,
+                now,
+            );
+        }
+        if !ended.is_empty() {
+            self.changed(&ledger);
+        }
+        ended.len()
+    }
+
+    /// A consistent copy of the ledger.
+    pub fn snapshot(&self) -> Snapshot {
+        let ledger = self.lock();
+        Snapshot {
+            capacity: ledger.capacity(),
+            sessions: ledger.sessions().cloned().collect(),
+            drain_deadline: ledger.drain_deadline(),
+        }
+    }
+
+    /// Follows occupancy changes.
+    pub fn watch(&self) -> watch::Receiver<Occupancy> {
+        self.occupancy.subscribe()
+    }
+
+    /// Session events from now on.
+    pub fn subscribe(&self) -> EventStream {
+        self.events.subscribe(self.metrics.clone())
+    }
+
+    /// Time since this state was created, i.e. since the worker started.
+    pub fn uptime(&self) -> Duration {
+        self.started_at.elapsed()
+    }
+
+    /// The process's metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Ledger> {
+        // A panic while holding the lock cannot leave the ledger half-changed (each
+        // method mutates it in one step), so a poisoned lock is still usable.
+        self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish_ended(&self, session_id: &str, uid: &str, reason: &str, now: SystemTime) {
+        let ended = Event::Ended(Ended {
+            reason: reason.to_owned(),
+        });
+        self.events.publish(session_id, uid, now, ended);
+    }
+
+    /// Mirrors a ledger change into metrics and the occupancy watch.
+    fn changed(&self, ledger: &Ledger) {
+        self.metrics.set_occupancy(
+            ledger.capacity(),
+            ledger.reserved_only(),
+            ledger.connected(),
+            ledger.is_draining(),
+        );
+        self.occupancy.send_replace(Occupancy {
+            held: ledger.held(),
+            drain_deadline: ledger.drain_deadline(),
+        });
+    }
+}
