@@ -20,4 +20,3 @@ pub mod agent {
         tonic::include_proto!("voice.agent.v1");
     }
 }
-

@@ -201,8 +201,14 @@ impl WorkerControl for ControlService {
     ) -> Result<Response<pb::DrainResponse>, Status> {
         let seconds = request.into_inner().deadline_seconds;
         let timeout = (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)));
-        let (deadline, remaining) = self.sessions.drain(timeout, SystemTime::now());
-        tracing::info!(remaining, ?deadline, "drain requested by the operator");
+        let now = SystemTime::now();
+        let (deadline, remaining) = self.sessions.drain(timeout, now);
+        let deadline_in_secs = deadline.duration_since(now).unwrap_or_default().as_secs();
+        tracing::info!(
+            remaining,
+            deadline_in_secs,
+            "drain requested by the operator"
+        );
         Ok(Response::new(pb::DrainResponse {
             deadline: Some(deadline.into()),
             remaining_sessions: remaining,

@@ -78,8 +78,14 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         ended = &mut http => return stop_after_failure("HTTP", ended, &shutdown),
     }
 
-    let (deadline, remaining) = sessions.drain(None, SystemTime::now());
-    tracing::info!(remaining, ?deadline, "terminating: draining before exit");
+    let now = SystemTime::now();
+    let (deadline, remaining) = sessions.drain(None, now);
+    let deadline_in_secs = deadline.duration_since(now).unwrap_or_default().as_secs();
+    tracing::info!(
+        remaining,
+        deadline_in_secs,
+        "terminating: draining before exit"
+    );
     if let Err(e) = supervisor.await {
         tracing::error!(error = %e, "drain supervisor failed; stopping anyway");
     }
