@@ -20,3 +20,27 @@ pub mod agent {
         tonic::include_proto!("voice.agent.v1");
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::worker::v1::{
+        ReserveResult, ReserveSessionResponse, SessionEvent, worker_control_server,
+    };
+
+    #[test]
+    fn unset_enums_read_as_unspecified_so_old_peers_are_never_misread() {
+        assert_eq!(
+            ReserveSessionResponse::default().result(),
+            ReserveResult::Unspecified
+        );
+        assert!(SessionEvent::default().event.is_none());
+    }
+
+    #[test]
+    fn the_service_keeps_its_wire_name() {
+        assert_eq!(
+            worker_control_server::SERVICE_NAME,
+            "voice.worker.v1.WorkerControl"
+        );
+    }
+}

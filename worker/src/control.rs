@@ -35,17 +35,22 @@ impl ControlService {
     }
 }
 
-/// Keeps `grpc.health.v1` SERVING while the worker accepts sessions and NOT_SERVING
-/// from the moment it drains, both for the whole server ("") and for WorkerControl,
-/// so a plain gRPC health probe and the operator agree.
-pub async fn report_health(reporter: HealthReporter, sessions: Arc<Sessions>) {
-    let mut occupancy = sessions.watch();
+/// Marks the worker SERVING in `grpc.health.v1`, both for the whole server ("") and
+/// for WorkerControl; called before the server listens so no probe sees an unknown
+/// service.
+pub async fn mark_serving(reporter: &HealthReporter) {
     reporter
         .set_serving::<WorkerControlServer<ControlService>>()
         .await;
     reporter
         .set_service_status("", tonic_health::ServingStatus::Serving)
         .await;
+}
+
+/// Turns health NOT_SERVING from the moment the worker drains, so a plain gRPC probe
+/// and the operator agree that the worker takes no new sessions.
+pub async fn report_draining(reporter: HealthReporter, sessions: Arc<Sessions>) {
+    let mut occupancy = sessions.watch();
     if occupancy.wait_for(|o| o.draining()).await.is_ok() {
         reporter
             .set_not_serving::<WorkerControlServer<ControlService>>()
@@ -224,5 +229,76 @@ impl WorkerControl for ControlService {
         let events = self.sessions.subscribe();
         let stream = events.take_until(self.shutdown.clone().cancelled_owned());
         Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn service() -> ControlService {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let sessions = Sessions::new(1, Duration::from_secs(60), 16, metrics);
+        ControlService::new(Arc::new(sessions), CancellationToken::new())
+    }
+
+    fn reserve(uid: &str, config_json: &str) -> Request<pb::ReserveSessionRequest> {
+        Request::new(pb::ReserveSessionRequest {
+            session_id: "ns/a".into(),
+            uid: uid.into(),
+            token_key_id: None,
+            config_json: config_json.into(),
+            context_json: String::new(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_reservation_without_uid_is_an_invalid_argument() {
+        let status = service()
+            .reserve_session(reserve("", ""))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(status.message().contains("uid"), "{}", status.message());
+    }
+
+    #[tokio::test]
+    async fn config_that_is_not_json_is_an_invalid_argument_naming_the_field() {
+        let status = service()
+            .reserve_session(reserve("u", "{oops"))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status.message().contains("config_json"),
+            "{}",
+            status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn drain_with_zero_seconds_uses_the_configured_timeout() {
+        let service = service();
+        let before = SystemTime::now();
+        let reply = service
+            .drain(Request::new(pb::DrainRequest {
+                deadline_seconds: 0,
+            }))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_inner();
+        let deadline = reply.deadline.map(|t| t.seconds).unwrap_or_default();
+        let expected = before
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs() + 60)
+            .unwrap_or_default();
+        assert!(deadline.abs_diff(i64::try_from(expected).unwrap_or_default()) <= 1);
+        let refused = service
+            .reserve_session(reserve("u", ""))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_inner();
+        assert_eq!(refused.result(), pb::ReserveResult::Draining);
     }
 }

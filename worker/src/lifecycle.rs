@@ -44,7 +44,8 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     let http_listener = bind("HTTP", config.http_addr()).await?;
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    tokio::spawn(control::report_health(reporter, sessions.clone()));
+    control::mark_serving(&reporter).await;
+    tokio::spawn(control::report_draining(reporter, sessions.clone()));
     let grpc = tonic::transport::Server::builder()
         .add_service(health)
         .add_service(ControlService::new(sessions.clone(), shutdown.clone()).into_server())
