@@ -48,7 +48,7 @@ pub struct Pki {
     pub apiserver: CertPair,
     /// `admin` in `system:masters`: the kubeconfig handed to developers and tests.
     pub admin: CertPair,
-    /// `system:kube-controller-manager`, bound by the default RBAC bootstrap policy.
+    /// `system:kube-controller-manager` in `system:masters` (see [`generate`] for why).
     pub controller_manager: CertPair,
     /// Service-account token signing key (private, PKCS#8).
     pub service_account_key: PathBuf,
@@ -94,13 +94,17 @@ pub fn generate(dir: &Path) -> Result<Pki, Error> {
         Some("system:masters"),
         ExtendedKeyUsagePurpose::ClientAuth,
     )?;
+    // The bootstrap role of system:kube-controller-manager only covers running controllers
+    // under per-controller service accounts; with no token controllers here
+    // (--use-service-account-credentials=false) the garbage collector and the namespace
+    // controller act as this user and need to delete anything, hence system:masters.
     let controller_manager = leaf(
         dir,
         "kube-controller-manager",
         &issuer,
         Vec::new(),
         "system:kube-controller-manager",
-        None,
+        Some("system:masters"),
         ExtendedKeyUsagePurpose::ClientAuth,
     )?;
 
