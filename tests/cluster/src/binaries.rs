@@ -103,7 +103,10 @@ fn build(module_dir: &Path, version_dir: &Path) -> Result<(), Error> {
         version_dir.display()
     ));
     let started = Instant::now();
-    run_go_build(module_dir, &partial)?;
+    if let Err(err) = run_go_build(module_dir, &partial) {
+        let _ = std::fs::remove_dir_all(&partial);
+        return Err(err);
+    }
 
     let etcd = ETCD_BUILT_NAMES
         .iter()

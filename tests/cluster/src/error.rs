@@ -8,8 +8,8 @@ pub enum Error {
     /// `go` is not on `PATH`, so the binaries cannot be built.
     #[error(
         "Go is needed to build the local control plane but `go` was not found on PATH: \
-         install Go >= 1.26 (apt-get install golang, or from the Go module proxy's toolchain) \
-         and make sure `go version` works"
+         install Go >= 1.26 (a Debian golang package of that version, or a Go \
+         toolchain in /usr/local/go) and make sure `go version` works"
     )]
     GoMissing(#[source] std::io::Error),
 
