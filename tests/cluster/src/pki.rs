@@ -192,3 +192,32 @@ pub(crate) fn write_file(path: &Path, contents: &[u8], mode: u32) -> Result<(), 
         .map_err(Error::io("create", path))?;
     file.write_all(contents).map_err(Error::io("write", path))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn generates_pem_files_with_private_keys_readable_only_by_the_owner() {
+        let dir = std::env::temp_dir().join(format!("voice-cluster-pki-{}", std::process::id()));
+        let pki = generate(&dir).expect("pki");
+        for pair in [&pki.ca, &pki.apiserver, &pki.admin, &pki.controller_manager] {
+            assert!(
+                std::fs::read_to_string(&pair.cert_file)
+                    .unwrap()
+                    .starts_with("-----BEGIN CERTIFICATE-----")
+            );
+            let mode = std::fs::metadata(&pair.key_file)
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777;
+            assert_eq!(mode, 0o600, "{}", pair.key_file.display());
+        }
+        let public = std::fs::read_to_string(&pki.service_account_pub).unwrap();
+        assert!(public.starts_with("-----BEGIN PUBLIC KEY-----"), "{public}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -131,3 +131,49 @@ pub fn log_tail(log: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_ports_are_distinct_and_nonzero() {
+        let ports = free_ports::<4>().expect("loopback ports");
+        let mut sorted = ports.to_vec();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 4, "{ports:?}");
+        assert!(ports.iter().all(|p| *p != 0));
+    }
+
+    #[test]
+    fn log_tail_keeps_only_the_last_lines() {
+        let dir = std::env::temp_dir().join(format!("voice-cluster-tail-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("x.log");
+        std::fs::write(
+            &log,
+            (1..=50).map(|i| format!("line {i}\n")).collect::<String>(),
+        )
+        .unwrap();
+        let tail = log_tail(&log, 3);
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(tail, "line 48\nline 49\nline 50");
+    }
+
+    #[test]
+    fn a_pid_running_another_binary_is_not_taken_for_ours() {
+        let me = ProcessRecord {
+            name: "test".into(),
+            pid: std::process::id() as i32,
+            binary: std::env::current_exe().unwrap(),
+            log: "/dev/null".into(),
+        };
+        assert!(is_alive(&me));
+        let stranger = ProcessRecord {
+            binary: "/usr/bin/etcd-that-is-not-us".into(),
+            ..me
+        };
+        assert!(!is_alive(&stranger));
+    }
+}
