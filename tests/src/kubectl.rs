@@ -23,6 +23,11 @@ pub fn kubectl_ok(args: &[&str]) -> String {
 /// Runs kubectl with `input` on stdin (for `apply -f -`) and returns its stdout; panics with
 /// stdout and stderr when it fails.
 pub fn kubectl_stdin(args: &[&str], input: &str) -> String {
+    success_or_panic(args, kubectl_with_stdin(args, input))
+}
+
+/// Runs kubectl with `input` on stdin and returns whatever it did (for expected failures).
+pub fn kubectl_with_stdin(args: &[&str], input: &str) -> Output {
     let mut child = cluster()
         .kubectl()
         .args(args)
@@ -42,7 +47,7 @@ pub fn kubectl_stdin(args: &[&str], input: &str) -> String {
         .join()
         .expect("stdin writer panicked")
         .unwrap_or_else(|err| panic!("writing stdin of kubectl {args:?}: {err}"));
-    success_or_panic(args, output)
+    output
 }
 
 fn success_or_panic(args: &[&str], output: Output) -> String {

@@ -16,6 +16,6 @@ mod namespace;
 pub use client::client;
 pub use cluster::cluster;
 pub use crds::{crds_dir, install_crds};
-pub use kubectl::{kubectl, kubectl_ok, kubectl_stdin};
+pub use kubectl::{kubectl, kubectl_ok, kubectl_stdin, kubectl_with_stdin};
 pub use namespace::{TEST_LABEL, TestNamespace};
 pub use voice_cluster::{Cluster, KUBERNETES_VERSION};
