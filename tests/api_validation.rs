@@ -5,7 +5,7 @@
 //! and the error names the offending field and says what is allowed.
 
 use serde_json::{Value, json};
-use voice_tests::{TestNamespace, install_crds, kubectl_stdin, kubectl_with_stdin};
+use voice_tests::{TestNamespace, install_crds, kubectl_with_stdin};
 
 /// A broken manifest and what the API server must say about it.
 struct Case {
