@@ -162,10 +162,28 @@ async fn kubectl_scale_sets_replicas_through_the_scale_subresource() {
     assert_eq!(scale["spec"]["replicas"], 3);
 }
 
+/// `kubectl explain` reads the OpenAPI v3 document, which the API server republishes a few
+/// seconds after a CRD is established; wait for it as a user who just installed would.
+fn explain(path: &str) -> String {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = voice_tests::kubectl(&["explain", path]);
+        if out.status.success() {
+            return String::from_utf8_lossy(&out.stdout).into_owned();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kubectl explain {path} still fails: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
 #[tokio::test]
 async fn kubectl_explain_teaches_the_pipeline() {
     install_crds();
-    let text = kubectl_ok(&["explain", "voicebackend.spec.pipeline"]);
+    let text = explain("voicebackend.spec.pipeline");
     for needle in [
         "STT_TTS",
         "S2S",
@@ -184,6 +202,6 @@ async fn kubectl_explain_teaches_the_pipeline() {
         "voiceprovider.spec.capabilities.maxConcurrentSessions",
     ]);
     assert!(text.contains("0 means unlimited"), "{text}");
-    let text = kubectl_ok(&["explain", "voicesession.status.pipelineState"]);
+    let text = explain("voicesession.status.pipelineState");
     assert!(text.contains("Pipeline state"), "{text}");
 }
