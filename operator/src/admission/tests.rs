@@ -1,0 +1,314 @@
+use std::collections::{BTreeMap, HashMap};
+
+use proptest::prelude::*;
+
+use super::*;
+
+fn backend_key(name: &str) -> BackendKey {
+    BackendKey {
+        namespace: "ns".into(),
+        name: name.into(),
+    }
+}
+
+fn session(n: usize) -> SessionKey {
+    SessionKey {
+        namespace: "ns".into(),
+        name: format!("s{n}"),
+        uid: format!("uid-{n}"),
+    }
+}
+
+fn worker(name: &str, capacity: u32) -> WorkerView {
+    WorkerView {
+        name: name.into(),
+        ready: true,
+        draining: false,
+        capacity,
+        held: 0,
+    }
+}
+
+fn one_backend(max_sessions: u32, workers: Vec<WorkerView>) -> HashMap<BackendKey, BackendView> {
+    HashMap::from([(
+        backend_key("b"),
+        BackendView {
+            provider: "p".into(),
+            accepted: true,
+            max_sessions,
+            placement: Placement::Packed,
+            workers,
+        },
+    )])
+}
+
+fn pending(n: usize) -> Vec<PendingSession> {
+    (0..n)
+        .map(|i| PendingSession {
+            key: session(i),
+            backend: backend_key("b"),
+            created: i as i64,
+        })
+        .collect()
+}
+
+#[test]
+fn backend_cap_admits_the_oldest_and_queues_the_rest_in_order() {
+    let backends = one_backend(2, vec![worker("w1", 10)]);
+    let plan = plan(&Ledger::new(), &pending(4), &backends, &HashMap::new());
+    let admitted: Vec<_> = plan.admit.iter().map(|(k, _)| k.name.clone()).collect();
+    assert_eq!(admitted, ["s0", "s1"]);
+    assert_eq!(
+        plan.waiting
+            .iter()
+            .map(|w| (w.key.name.as_str(), w.blocked, w.queue_position))
+            .collect::<Vec<_>>(),
+        [
+            ("s2", Blocked::BackendLimit, 1),
+            ("s3", Blocked::BackendLimit, 2)
+        ]
+    );
+}
+
+#[test]
+fn provider_cap_holds_across_backends() {
+    let mut backends = one_backend(0, vec![worker("w1", 10)]);
+    backends.insert(
+        backend_key("c"),
+        BackendView {
+            provider: "p".into(),
+            accepted: true,
+            max_sessions: 0,
+            placement: Placement::Packed,
+            workers: vec![worker("w2", 10)],
+        },
+    );
+    let mut sessions = pending(2);
+    sessions.push(PendingSession {
+        key: session(9),
+        backend: backend_key("c"),
+        created: 9,
+    });
+    let plan = plan(
+        &Ledger::new(),
+        &sessions,
+        &backends,
+        &HashMap::from([("p".to_string(), 2)]),
+    );
+    assert_eq!(plan.admit.len(), 2);
+    assert_eq!(plan.waiting[0].blocked, Blocked::ProviderLimit);
+}
+
+#[test]
+fn full_workers_and_missing_workers_say_so() {
+    let plan1 = plan(
+        &Ledger::new(),
+        &pending(3),
+        &one_backend(0, vec![worker("w1", 2)]),
+        &HashMap::new(),
+    );
+    assert_eq!(plan1.waiting[0].blocked, Blocked::NoWorkerCapacity);
+    let plan2 = plan(
+        &Ledger::new(),
+        &pending(1),
+        &one_backend(0, vec![]),
+        &HashMap::new(),
+    );
+    assert_eq!(plan2.waiting[0].blocked, Blocked::BackendNotReady);
+    let plan3 = plan(
+        &Ledger::new(),
+        &pending(1),
+        &HashMap::new(),
+        &HashMap::new(),
+    );
+    assert_eq!(plan3.waiting[0].blocked, Blocked::BackendNotFound);
+}
+
+#[test]
+fn a_session_already_holding_a_slot_is_not_admitted_twice() {
+    let mut ledger = Ledger::new();
+    ledger.hold(
+        session(0),
+        Slot {
+            provider: "p".into(),
+            backend: backend_key("b"),
+            worker: "w1".into(),
+        },
+    );
+    let plan = plan(
+        &ledger,
+        &pending(1),
+        &one_backend(0, vec![worker("w1", 1)]),
+        &HashMap::new(),
+    );
+    assert!(plan.admit.is_empty() && plan.waiting.is_empty());
+}
+
+/// One step of a random history.
+#[derive(Clone, Debug)]
+enum Op {
+    /// A user creates a session on backend `b % 3`.
+    Create(usize),
+    /// A user deletes the `i`-th live session.
+    Delete(usize),
+    /// Worker `w` of backend `b` dies (replaced by a fresh one).
+    LoseWorker(usize, usize),
+    /// The operator crashes and rebuilds its ledger from the API state.
+    Restart,
+    /// An admission round runs.
+    Admit,
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        4 => (0..3usize).prop_map(Op::Create),
+        2 => any::<usize>().prop_map(Op::Delete),
+        1 => (0..3usize, 0..3usize).prop_map(|(b, w)| Op::LoseWorker(b, w)),
+        1 => Just(Op::Restart),
+        4 => Just(Op::Admit),
+    ]
+}
+
+/// The API state the ledger is rebuilt from: each live session and the slot its status names.
+struct World {
+    backends: HashMap<BackendKey, BackendView>,
+    provider_caps: HashMap<String, u32>,
+    sessions: BTreeMap<SessionKey, (BackendKey, i64, Option<Slot>)>,
+    ledger: Ledger,
+    next: usize,
+}
+
+impl World {
+    fn check_caps(&self) -> Result<(), TestCaseError> {
+        for (provider, cap) in &self.provider_caps {
+            if *cap > 0 {
+                prop_assert!(
+                    self.ledger.provider_count(provider) <= *cap,
+                    "provider {provider} over its cap"
+                );
+            }
+        }
+        for (key, b) in &self.backends {
+            if b.max_sessions > 0 {
+                prop_assert!(
+                    self.ledger.backend_count(key) <= b.max_sessions,
+                    "backend {key:?} over its cap"
+                );
+            }
+            for w in &b.workers {
+                prop_assert!(
+                    self.ledger.worker_count(key, &w.name) <= w.capacity,
+                    "worker {} over capacity",
+                    w.name
+                );
+            }
+        }
+        // The ledger is exactly the API state: nothing leaked, nothing missing.
+        let in_api = self
+            .sessions
+            .values()
+            .filter(|(_, _, slot)| slot.is_some())
+            .count();
+        prop_assert_eq!(self.ledger.len(), in_api);
+        Ok(())
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+
+    /// For any history of creates, deletes, worker losses, operator restarts and admission
+    /// rounds, no cap is ever exceeded, the ledger never leaks a slot, and each backend's
+    /// queue is first come, first served.
+    #[test]
+    fn caps_hold_and_no_slot_leaks(
+        provider_caps in proptest::collection::vec(0u32..6, 2),
+        backend_caps in proptest::collection::vec(0u32..6, 3),
+        worker_caps in proptest::collection::vec(proptest::collection::vec(1u32..4, 0..3), 3),
+        ops in proptest::collection::vec(op(), 1..80),
+    ) {
+        let mut backends = HashMap::new();
+        for b in 0..3 {
+            let workers = worker_caps[b].iter().enumerate().map(|(i, c)| worker(&format!("b{b}-w{i}"), *c)).collect();
+            backends.insert(backend_key(&format!("b{b}")), BackendView {
+                provider: format!("p{}", b % 2),
+                accepted: true,
+                max_sessions: backend_caps[b],
+                placement: if b == 1 { Placement::Distributed } else { Placement::Packed },
+                workers,
+            });
+        }
+        let provider_caps = (0..2).map(|p| (format!("p{p}"), provider_caps[p])).collect();
+        let mut world = World { backends, provider_caps, sessions: BTreeMap::new(), ledger: Ledger::new(), next: 0 };
+
+        for op in ops {
+            match op {
+                Op::Create(b) => {
+                    let key = session(world.next);
+                    world.sessions.insert(key, (backend_key(&format!("b{b}")), world.next as i64, None));
+                    world.next += 1;
+                }
+                Op::Delete(i) => {
+                    if let Some(key) = world.sessions.keys().nth(i % world.sessions.len().max(1)).cloned() {
+                        world.sessions.remove(&key);
+                        world.ledger.release(&key);
+                    }
+                }
+                Op::LoseWorker(b, w) => {
+                    let bk = backend_key(&format!("b{b}"));
+                    let view = world.backends.get_mut(&bk).unwrap();
+                    if let Some(dead) = view.workers.get(w).map(|w| w.name.clone()) {
+                        for key in world.ledger.release_worker(&bk, &dead) {
+                            world.sessions.get_mut(&key).unwrap().2 = None;
+                        }
+                        view.workers[w].name = format!("{dead}-r");
+                    }
+                }
+                Op::Restart => {
+                    let mut rebuilt = Ledger::new();
+                    for (key, (_, _, slot)) in &world.sessions {
+                        if let Some(slot) = slot {
+                            rebuilt.hold(key.clone(), slot.clone());
+                        }
+                    }
+                    world.ledger = rebuilt;
+                }
+                Op::Admit => {
+                    let pending: Vec<PendingSession> = world
+                        .sessions
+                        .iter()
+                        .filter(|(_, (_, _, slot))| slot.is_none())
+                        .map(|(key, (backend, created, _))| PendingSession { key: key.clone(), backend: backend.clone(), created: *created })
+                        .collect();
+                    let plan = plan(&world.ledger, &pending, &world.backends, &world.provider_caps);
+                    for w in &plan.waiting {
+                        let backend = &world.sessions[&w.key].0;
+                        let created = world.sessions[&w.key].1;
+                        for (admitted, slot) in &plan.admit {
+                            if &slot.backend == backend {
+                                prop_assert!(world.sessions[admitted].1 < created, "a newer session jumped the queue");
+                            }
+                        }
+                    }
+                    for (key, slot) in plan.admit {
+                        world.ledger.hold(key.clone(), slot.clone());
+                        world.sessions.get_mut(&key).unwrap().2 = Some(slot);
+                    }
+                }
+            }
+            world.check_caps()?;
+        }
+
+        // Every session ends: every count returns to zero.
+        let keys: Vec<_> = world.sessions.keys().cloned().collect();
+        for key in keys {
+            world.sessions.remove(&key);
+            world.ledger.release(&key);
+        }
+        prop_assert!(world.ledger.is_empty());
+        for b in world.backends.keys() {
+            prop_assert_eq!(world.ledger.backend_count(b), 0);
+            prop_assert!(world.ledger.workers_of(b).is_empty());
+        }
+    }
+}
