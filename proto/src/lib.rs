@@ -3,6 +3,8 @@
 //! The `.proto` files beside this crate are the source of truth and carry the
 //! documentation of every message; this crate only exposes the generated code.
 
+pub mod token;
+
 /// `voice.worker.*`: how the operator controls a worker pod.
 pub mod worker {
     /// Version 1 of the worker control API (`voice.worker.v1`).
