@@ -1,7 +1,8 @@
 //! The worker contract: gRPC API between the operator, the workers and external agent services.
 //!
 //! The `.proto` files beside this crate are the source of truth and carry the
-//! documentation of every message; this crate only exposes the generated code.
+//! documentation of every message; this crate exposes the generated code and the join
+//! tokens ([`token`]) the operator mints and the workers verify.
 
 pub mod token;
 
