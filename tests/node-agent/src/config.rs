@@ -1,0 +1,109 @@
+//! Command line of `voice-node-agent` and what it builds from it.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+use crate::Error;
+use crate::context::Context;
+use crate::images::{ImageMap, ImageRule};
+use crate::ip_pool::IpPool;
+
+/// Default node name; tests and the dev loop expect it.
+pub const DEFAULT_NODE_NAME: &str = "voice-local-node";
+
+/// `voice-node-agent [--node-name N] [--kubeconfig PATH] [--image REPO=PATH]... [--binary-dir DIR]`
+#[derive(Debug, Clone, clap::Parser)]
+#[command(
+    name = "voice-node-agent",
+    version,
+    about = "Plays the kubelet for one fake Node: runs pods as local processes on 127.0.0.x"
+)]
+pub struct Config {
+    /// Name of the Node to register and run pods for.
+    #[arg(long, default_value = DEFAULT_NODE_NAME)]
+    pub node_name: String,
+
+    /// Kubeconfig to use (also handed to containers, which have no service account here);
+    /// without it the usual in-cluster/default lookup applies.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: Option<PathBuf>,
+
+    /// Extra image rule, tried before the defaults (`worker`/`voice-worker` → voice-worker,
+    /// `operator`/`voice-operator` → voice-operator); repeatable.
+    #[arg(long = "image", value_name = "REPO=PATH")]
+    pub images: Vec<ImageRule>,
+
+    /// Where the default rules find binaries: `<target>/debug` by default, with target
+    /// `$CARGO_TARGET_DIR` or `<workspace>/target`.
+    #[arg(long, value_name = "DIR")]
+    pub binary_dir: Option<PathBuf>,
+
+    /// Directory of container logs: `<target>/voice-node-agent/logs` by default.
+    #[arg(long, value_name = "DIR")]
+    pub log_dir: Option<PathBuf>,
+}
+
+impl Config {
+    /// Connects to the API server and builds the shared context.
+    pub async fn context(&self) -> Result<Arc<Context>, Error> {
+        let client = self.client().await?;
+        let kubeconfig = self
+            .kubeconfig
+            .as_ref()
+            .map(|p| std::path::absolute(p).unwrap_or_else(|_| p.clone()));
+        Ok(Arc::new(Context {
+            client,
+            node_name: self.node_name.clone(),
+            images: ImageMap::new(
+                self.binary_dir
+                    .clone()
+                    .unwrap_or_else(|| target_dir().join("debug")),
+                self.images.clone(),
+            ),
+            ips: Mutex::new(IpPool::new()),
+            log_dir: self
+                .log_dir
+                .clone()
+                .unwrap_or_else(|| target_dir().join("voice-node-agent/logs")),
+            kubeconfig,
+        }))
+    }
+
+    async fn client(&self) -> Result<kube::Client, Error> {
+        let kube_error = |what: String| {
+            move |e: Box<dyn std::error::Error + Send + Sync>| Error::Kubeconfig { what, source: e }
+        };
+        let config = match &self.kubeconfig {
+            Some(path) => {
+                let what = path.display().to_string();
+                let kubeconfig =
+                    Kubeconfig::read_from(path).map_err(|e| kube_error(what.clone())(e.into()))?;
+                kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                    .await
+                    .map_err(|e| kube_error(what)(e.into()))?
+            }
+            None => kube::Config::infer()
+                .await
+                .map_err(|e| kube_error("default lookup".into())(e.into()))?,
+        };
+        kube::Client::try_from(config).map_err(|e| kube_error("client".into())(e.into()))
+    }
+}
+
+/// Cargo's target dir: `$CARGO_TARGET_DIR` (relative to the workspace root) or
+/// `<workspace>/target`.
+pub fn target_dir() -> PathBuf {
+    let root = workspace_root();
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) if !dir.is_empty() => root.join(dir),
+        _ => root.join("target"),
+    }
+}
+
+/// The workspace root, from this crate's place in it (`tests/node-agent`).
+pub fn workspace_root() -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
+}

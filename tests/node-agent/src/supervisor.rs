@@ -1,0 +1,337 @@
+//! One pod on this node: its address, its containers, its status, its end (completion,
+//! deletion with grace, or agent shutdown). One task per pod, the only writer of its status.
+
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::future::join_all;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Api, ResourceExt};
+use rustix::process::Signal;
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::container::Container;
+use crate::context::{Context, PROCESSES_ANNOTATION};
+use crate::runtime;
+use crate::status::{self, Conditions, ContainerView, PodView, Writer};
+
+/// How often containers are checked; probes run on their own periods within these rounds.
+const TICK: Duration = Duration::from_millis(200);
+
+/// Grace given to processes when the agent itself stops.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Upper bound on any grace period, so a pod asking for hours cannot hold a test run.
+const MAX_GRACE: Duration = Duration::from_secs(60);
+
+/// Runs `pod_rx`'s pod until it ends. `pod_rx` carries the latest object from the watch, or
+/// `None` once the object is gone from the API.
+pub async fn run(
+    ctx: Arc<Context>,
+    mut pod_rx: watch::Receiver<Option<Pod>>,
+    shutdown: CancellationToken,
+) {
+    let Some(pod) = pod_rx.borrow_and_update().clone() else {
+        return;
+    };
+    let uid = pod.uid().unwrap_or_default();
+    let name = pod.name_any();
+    let namespace = pod.namespace().unwrap_or_else(|| "default".into());
+    let span = tracing::info_span!("pod", namespace = %namespace, pod = %name);
+    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let mut pod_state = PodRun {
+        ctx: ctx.clone(),
+        api: api.clone(),
+        writer: Writer::new(api, name.clone()),
+        conditions: Conditions::default(),
+        view: PodView {
+            pod_ip: None,
+            start_time: Timestamp::now(),
+            containers: Vec::new(),
+            failure: None,
+        },
+        containers: Vec::new(),
+        pod,
+        annotated: None,
+    };
+    tracing::Instrument::instrument(pod_state.run(&mut pod_rx, shutdown), span).await;
+    ctx.ips().release(&uid);
+}
+
+struct PodRun {
+    ctx: Arc<Context>,
+    api: Api<Pod>,
+    writer: Writer,
+    conditions: Conditions,
+    view: PodView,
+    containers: Vec<Container>,
+    pod: Pod,
+    annotated: Option<serde_json::Value>,
+}
+
+impl PodRun {
+    async fn run(
+        &mut self,
+        pod_rx: &mut watch::Receiver<Option<Pod>>,
+        shutdown: CancellationToken,
+    ) {
+        let allocated = self.ctx.ips().allocate(&self.pod.uid().unwrap_or_default());
+        let pod_ip = match allocated {
+            Ok(ip) => ip,
+            Err(err) => {
+                self.view.failure = Some((err.reason().to_owned(), err.to_string()));
+                self.write_status().await;
+                return;
+            }
+        };
+        self.view.pod_ip = Some(pod_ip);
+        if !self.prepare_containers() {
+            tracing::warn!(reason = ?self.view.failure, "pod refused");
+            self.write_status().await;
+            return;
+        }
+        tracing::info!(%pod_ip, "pod accepted");
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => {
+                    self.terminate(Instant::now() + SHUTDOWN_GRACE).await;
+                    return;
+                }
+                changed = pod_rx.changed() => {
+                    let latest = if changed.is_ok() { pod_rx.borrow_and_update().clone() } else { None };
+                    match latest {
+                        Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
+                            self.pod = pod;
+                            self.delete(pod_ip).await;
+                            return;
+                        }
+                        Some(pod) => self.pod = pod,
+                        None => {
+                            tracing::info!("pod object is gone: stopping its containers");
+                            let grace = self.grace();
+                            self.terminate(Instant::now() + grace).await;
+                            return;
+                        }
+                    }
+                }
+                _ = tick.tick() => {
+                    if self.round(pod_ip).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Maps every container's image; when one has no binary the pod fails as a whole and
+    /// nothing starts.
+    fn prepare_containers(&mut self) -> bool {
+        let specs = self
+            .pod
+            .spec
+            .as_ref()
+            .map(|s| s.containers.clone())
+            .unwrap_or_default();
+        let namespace = self.pod.namespace().unwrap_or_default();
+        let name = self.pod.name_any();
+        let mut refused: Option<(String, String)> = None;
+        for spec in &specs {
+            match self
+                .ctx
+                .images
+                .resolve(spec.image.as_deref().unwrap_or_default())
+            {
+                Ok(binary) => {
+                    let log = runtime::log_path(&self.ctx.log_dir, &namespace, &name, &spec.name);
+                    self.containers
+                        .push(Container::new(spec.clone(), binary, log));
+                }
+                Err(err) => {
+                    refused.get_or_insert((err.reason().to_owned(), err.to_string()));
+                }
+            }
+        }
+        let Some((reason, message)) = refused else {
+            return true;
+        };
+        self.view.containers = specs
+            .iter()
+            .map(|spec| {
+                match self
+                    .ctx
+                    .images
+                    .resolve(spec.image.as_deref().unwrap_or_default())
+                {
+                    Err(err) => Container::refused(spec, err.reason(), err.to_string()),
+                    Ok(_) => Container::refused(
+                        spec,
+                        "PodRefused",
+                        format!("another container of the pod: {message}"),
+                    ),
+                }
+            })
+            .collect();
+        self.containers.clear();
+        self.view.failure = Some((reason, message));
+        false
+    }
+
+    /// One supervision round; returns true when the pod reached a terminal phase.
+    async fn round(&mut self, pod_ip: Ipv4Addr) -> bool {
+        let mut started = false;
+        for container in &mut self.containers {
+            started |= container.step(&self.ctx, &self.pod, pod_ip).await.started;
+        }
+        if started {
+            self.annotate().await;
+        }
+        self.write_status().await;
+        if self.view.is_terminal() {
+            tracing::info!(phase = self.view.phase(), "pod finished");
+            return true;
+        }
+        false
+    }
+
+    async fn write_status(&mut self) {
+        if !self.containers.is_empty() {
+            self.view.containers = self
+                .containers
+                .iter()
+                .map(|c| c.view().clone())
+                .collect::<Vec<ContainerView>>();
+        }
+        let status = status::build(&self.view, &mut self.conditions, Timestamp::now());
+        if let Err(err) = self.writer.write(status).await {
+            tracing::warn!(error = %err, "status not written; retrying next round");
+        }
+    }
+
+    /// Records pids and log paths in the pod's annotation.
+    async fn annotate(&mut self) {
+        let info: serde_json::Map<String, serde_json::Value> = self
+            .containers
+            .iter()
+            .filter_map(|c| c.process_info().map(|i| (c.view().name.clone(), i)))
+            .collect();
+        let value = serde_json::Value::Object(info);
+        if self.annotated.as_ref() == Some(&value) {
+            return;
+        }
+        let patch = serde_json::json!({
+            "metadata": { "annotations": { PROCESSES_ANNOTATION: value.to_string() } }
+        });
+        match self
+            .api
+            .patch_metadata(
+                &self.pod.name_any(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
+            Ok(_) => self.annotated = Some(value),
+            Err(err) => tracing::warn!(error = %err, "could not record the container pids"),
+        }
+    }
+
+    /// The pod's grace period: deletionGracePeriodSeconds, else terminationGracePeriodSeconds,
+    /// else 30 s, capped at [`MAX_GRACE`].
+    fn grace(&self) -> Duration {
+        let secs = self
+            .pod
+            .metadata
+            .deletion_grace_period_seconds
+            .or_else(|| {
+                self.pod
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.termination_grace_period_seconds)
+            })
+            .unwrap_or(30);
+        Duration::from_secs(u64::try_from(secs).unwrap_or(0)).min(MAX_GRACE)
+    }
+
+    /// Graceful deletion as kubelet does it: preStop hooks, SIGTERM, SIGKILL after the grace
+    /// period, then the final delete with grace 0 that removes the object.
+    async fn delete(&mut self, pod_ip: Ipv4Addr) {
+        let grace = self.grace();
+        tracing::info!(?grace, "pod is being deleted: stopping its containers");
+        let deadline = Instant::now() + grace;
+        join_all(self.containers.iter().map(|c| c.pre_stop(pod_ip, grace))).await;
+        self.terminate(deadline).await;
+        let params = DeleteParams {
+            grace_period_seconds: Some(0),
+            preconditions: Some(Preconditions {
+                uid: self.pod.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::default()
+        };
+        match self.api.delete(&self.pod.name_any(), &params).await {
+            Ok(_) => tracing::info!("pod deleted"),
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(err) => {
+                tracing::warn!(error = %err, "final delete failed; the pod object may linger")
+            }
+        }
+    }
+
+    /// SIGTERM to every process group, SIGKILL to those left at `deadline`.
+    async fn terminate(&mut self, deadline: Instant) {
+        for c in &self.containers {
+            c.signal(Signal::TERM);
+        }
+        let mut killed = false;
+        loop {
+            let mut running = false;
+            for c in &mut self.containers {
+                running |= c.reap();
+            }
+            if !running {
+                return;
+            }
+            let now = Instant::now();
+            if now >= deadline && !killed {
+                tracing::info!("grace period over: SIGKILL");
+                for c in &self.containers {
+                    c.signal(Signal::KILL);
+                }
+                killed = true;
+            } else if killed && now >= deadline + Duration::from_secs(5) {
+                tracing::warn!("processes survived SIGKILL for 5 s; giving up on them");
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// Stops processes an earlier run of the agent left for `pod` (their pids are in its
+/// annotation); returns how many were signalled.
+pub fn stop_leftovers(pod: &Pod, images: &crate::images::ImageMap) -> usize {
+    let Some(raw) = pod.annotations().get(PROCESSES_ANNOTATION) else {
+        return 0;
+    };
+    let Ok(serde_json::Value::Object(map)) = serde_json::from_str::<serde_json::Value>(raw) else {
+        return 0;
+    };
+    let mut stopped = 0;
+    for info in map.values() {
+        let Some(pid) = info["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) else {
+            continue;
+        };
+        // Only a live group leader running a mapped binary is ours: a recycled pid is not.
+        if runtime::is_group_leader_alive(pid) && runtime::runs_one_of(pid, images) {
+            runtime::signal_group(pid, Signal::KILL);
+            stopped += 1;
+        }
+    }
+    stopped
+}
