@@ -1,5 +1,27 @@
-//! The voice-operator controllers.
+//! The voice-operator: controllers for VoiceProviders and VoiceBackends, the pure decision
+//! modules they drive (acceptance, scaling, rollout, drain, health), the worker gRPC client,
+//! leader election and metrics. `main.rs` wires them together.
 
+pub mod acceptance;
 pub mod admission;
+pub mod backend_children;
+pub mod backend_controller;
+pub mod backend_status;
+pub mod config;
+pub mod context;
+pub mod drain;
+pub mod error;
+pub mod health;
+pub mod http;
+pub mod leader;
 pub mod ledger;
+pub mod metrics;
 pub mod placement;
+pub mod pod_template;
+pub mod predicates;
+pub mod provider_controller;
+pub mod rollout;
+pub mod scaling;
+pub mod worker_client;
+
+pub use error::{Error, Result};

@@ -1,0 +1,227 @@
+//! Whether a VoiceBackend may run on its VoiceProvider: the rules that need both objects.
+//!
+//! Pure: the backend controller passes the backend's spec and the provider it names (or
+//! `None` when there is no such provider) and writes the outcome into the `Accepted`
+//! condition and an Event. Rules that need only the backend are enforced by the API server
+//! (schema and CEL), so they never reach here.
+
+use voice_crds::{
+    PipelineType, ProviderStages, StageProvider, VoiceBackendSpec, VoiceProvider,
+    conditions::ACCEPTED,
+};
+
+/// Why a backend is not accepted. Each variant's [`Rejection::reason`] is the `Accepted=False`
+/// condition reason and the Event reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Rejection {
+    /// `spec.provider` names no VoiceProvider.
+    ProviderNotFound,
+    /// The provider exists but is itself not Accepted (e.g. an invalid configSchema).
+    ProviderNotAccepted,
+    /// `pipeline.type: S2S` on a provider without `capabilities.s2sSupport`.
+    S2SNotSupported,
+    /// `spec.audio.codec` is not in the provider's `supportedCodecs` (FR-019).
+    CodecNotSupported,
+    /// `spec.providerConfig` does not satisfy the provider's `configSchema` (FR-016).
+    InvalidProviderConfig,
+    /// A stage implementation is not listed by the provider's `spec.stages`.
+    StageNotSupported,
+    /// `pipeline.latencyTarget` is below the provider's `capabilities.minLatency`.
+    LatencyTargetBelowProviderMinimum,
+}
+
+impl Rejection {
+    /// The stable CamelCase reason.
+    pub fn reason(self) -> &'static str {
+        match self {
+            Rejection::ProviderNotFound => "ProviderNotFound",
+            Rejection::ProviderNotAccepted => "ProviderNotAccepted",
+            Rejection::S2SNotSupported => "S2SNotSupported",
+            Rejection::CodecNotSupported => "CodecNotSupported",
+            Rejection::InvalidProviderConfig => "InvalidProviderConfig",
+            Rejection::StageNotSupported => "StageNotSupported",
+            Rejection::LatencyTargetBelowProviderMinimum => "LatencyTargetBelowProviderMinimum",
+        }
+    }
+}
+
+/// The outcome of [`check`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Acceptance {
+    /// The backend may run.
+    Accepted,
+    /// The backend may not run: why, and a message naming the field and the fix.
+    Rejected {
+        /// The rule that failed.
+        rejection: Rejection,
+        /// What to change, naming the field.
+        message: String,
+    },
+}
+
+impl Acceptance {
+    /// The `Accepted` condition reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Acceptance::Accepted => "Valid",
+            Acceptance::Rejected { rejection, .. } => rejection.reason(),
+        }
+    }
+
+    /// The `Accepted` condition message.
+    pub fn message(&self) -> &str {
+        match self {
+            Acceptance::Accepted => "the backend's provider supports its pipeline and config",
+            Acceptance::Rejected { message, .. } => message,
+        }
+    }
+
+    /// Whether the backend is accepted.
+    pub fn is_accepted(&self) -> bool {
+        matches!(self, Acceptance::Accepted)
+    }
+}
+
+fn reject(rejection: Rejection, message: String) -> Acceptance {
+    Acceptance::Rejected { rejection, message }
+}
+
+/// Checks `spec` against `provider`, first failing rule first (in the order of the
+/// [`Rejection`] variants), so a user fixes one thing at a time in a predictable order.
+pub fn check(spec: &VoiceBackendSpec, provider: Option<&VoiceProvider>) -> Acceptance {
+    let Some(provider) = provider else {
+        return reject(
+            Rejection::ProviderNotFound,
+            format!(
+                "spec.provider: VoiceProvider {:?} does not exist; create it or name an existing one (kubectl get voiceproviders)",
+                spec.provider
+            ),
+        );
+    };
+    let provider_accepted = provider
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.iter().find(|c| c.type_ == ACCEPTED))
+        .map(|c| (c.status == "True", c.message.clone()));
+    if let Some((false, why)) = provider_accepted {
+        return reject(
+            Rejection::ProviderNotAccepted,
+            format!(
+                "spec.provider: VoiceProvider {:?} is not Accepted ({why}); fix the provider first",
+                spec.provider
+            ),
+        );
+    }
+    let caps = &provider.spec.capabilities;
+    if spec.pipeline.type_ == PipelineType::S2s && !caps.s2s_support {
+        return reject(
+            Rejection::S2SNotSupported,
+            format!(
+                "spec.pipeline.type: S2S needs a provider with capabilities.s2sSupport, and VoiceProvider {:?} has none; use type STT_TTS or another provider",
+                spec.provider
+            ),
+        );
+    }
+    if !caps.supported_codecs.contains(&spec.audio.codec) {
+        let supported: Vec<_> = caps.supported_codecs.iter().map(|c| c.as_str()).collect();
+        return reject(
+            Rejection::CodecNotSupported,
+            format!(
+                "spec.audio.codec: {} is not supported by VoiceProvider {:?} (supportedCodecs: {}); use one of those",
+                spec.audio.codec.as_str(),
+                spec.provider,
+                supported.join(", ")
+            ),
+        );
+    }
+    if let Some(message) = provider_config_error(spec, provider) {
+        return reject(Rejection::InvalidProviderConfig, message);
+    }
+    if let Some(stages) = &provider.spec.stages
+        && let Some(message) = stage_error(spec, stages, &spec.provider)
+    {
+        return reject(Rejection::StageNotSupported, message);
+    }
+    if let Some(min) = &caps.min_latency
+        && spec.pipeline.latency_target < *min
+    {
+        return reject(
+            Rejection::LatencyTargetBelowProviderMinimum,
+            format!(
+                "spec.pipeline.latencyTarget: {} is below VoiceProvider {:?} capabilities.minLatency {}; raise latencyTarget to at least {}",
+                spec.pipeline.latency_target, spec.provider, min, min
+            ),
+        );
+    }
+    Acceptance::Accepted
+}
+
+/// The first error of `spec.providerConfig` against the provider's `configSchema`, with its
+/// JSON pointer. A missing providerConfig is checked as `{}` so required properties still
+/// count. An invalid schema is the provider's fault and is reported on the provider, so it
+/// is skipped here (the provider is then not Accepted and the backend says so first).
+fn provider_config_error(spec: &VoiceBackendSpec, provider: &VoiceProvider) -> Option<String> {
+    let schema = provider.spec.config_schema.as_ref()?;
+    let validator = jsonschema::validator_for(schema).ok()?;
+    let empty = serde_json::json!({});
+    let config = spec.provider_config.as_ref().unwrap_or(&empty);
+    let error = validator.iter_errors(config).next()?;
+    let pointer = error.instance_path().to_string();
+    let at = if pointer.is_empty() {
+        "spec.providerConfig".to_owned()
+    } else {
+        format!("spec.providerConfig{pointer} (JSON pointer {pointer})")
+    };
+    Some(format!(
+        "{at}: {error}; change providerConfig to satisfy VoiceProvider {:?} configSchema",
+        spec.provider
+    ))
+}
+
+/// The first configured stage implementation the provider does not list.
+fn stage_error(spec: &VoiceBackendSpec, stages: &ProviderStages, provider: &str) -> Option<String> {
+    let p = &spec.pipeline;
+    let stage = |field: &str, chosen: Option<&str>, listed: &[String]| -> Option<String> {
+        let chosen = chosen?;
+        (!listed.iter().any(|l| l == chosen)).then(|| {
+            format!(
+                "spec.pipeline.{field}.provider: {chosen:?} is not listed in VoiceProvider {provider:?} spec.stages.{field} ({}); use one of those",
+                if listed.is_empty() { "none listed".to_owned() } else { listed.join(", ") }
+            )
+        })
+    };
+    fn name(s: &Option<StageProvider>) -> Option<&str> {
+        s.as_ref().map(|s| s.provider.as_str())
+    }
+    stage("stt", name(&p.stt), &stages.stt)
+        .or_else(|| stage("tts", name(&p.tts), &stages.tts))
+        .or_else(|| stage("s2s", name(&p.s2s), &stages.s2s))
+        .or_else(|| stage("vad", p.vad.as_ref().map(|v| v.provider.as_str()), &stages.vad))
+        .or_else(|| {
+            stage(
+                "turnDetection",
+                p.turn_detection.as_ref().map(|t| t.provider.as_str()),
+                &stages.turn_detection,
+            )
+        })
+        .or_else(|| {
+            stage(
+                "noiseCancellation",
+                name(&p.noise_cancellation),
+                &stages.noise_cancellation,
+            )
+        })
+        .or_else(|| {
+            p.custom_processors.iter().find_map(|cp| {
+                (!stages.custom_processors.contains(&cp.processor)).then(|| {
+                    format!(
+                        "spec.pipeline.customProcessors[name={}].processor: {:?} is not listed in VoiceProvider {provider:?} spec.stages.customProcessors; use one of those",
+                        cp.name, cp.processor
+                    )
+                })
+            })
+        })
+}
+
+#[cfg(test)]
+mod tests;

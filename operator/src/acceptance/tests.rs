@@ -1,0 +1,211 @@
+use serde_json::{Value, json};
+use voice_crds::{VoiceBackendSpec, VoiceProvider};
+
+use super::{Acceptance, Rejection, check};
+
+fn provider(patch: Value) -> VoiceProvider {
+    let mut v = json!({
+        "apiVersion": "voicebackends.dev/v1alpha1",
+        "kind": "VoiceProvider",
+        "metadata": {"name": "builtin"},
+        "spec": {
+            "capabilities": {"s2sSupport": false, "supportedCodecs": ["opus"], "minLatency": "200ms"},
+            "worker": {"image": "worker:1"},
+            "stages": {
+                "stt": ["pocketsphinx"], "tts": ["espeak"], "vad": ["webrtc"],
+                "turnDetection": ["silence"], "customProcessors": ["gain"]
+            },
+            "configSchema": {
+                "type": "object",
+                "additionalProperties": false,
+                "properties": {"jitterBufferMs": {"type": "integer", "minimum": 20}}
+            }
+        }
+    });
+    merge(&mut v["spec"], patch);
+    serde_json::from_value(v).expect("test provider deserialises")
+}
+
+fn backend(patch: Value) -> VoiceBackendSpec {
+    let mut v = json!({
+        "provider": "builtin",
+        "pipeline": {
+            "type": "STT_TTS",
+            "stt": {"provider": "pocketsphinx"},
+            "tts": {"provider": "espeak"},
+            "vad": {"provider": "webrtc"},
+            "customProcessors": [{"name": "boost", "processor": "gain"}]
+        },
+        "agent": {"type": "Echo"},
+        "providerConfig": {"jitterBufferMs": 40}
+    });
+    merge(&mut v, patch);
+    serde_json::from_value(v).expect("test backend deserialises")
+}
+
+/// JSON merge patch (RFC 7386), enough for test fixtures.
+fn merge(target: &mut Value, patch: Value) {
+    match patch {
+        Value::Object(map) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            for (k, v) in map {
+                if v.is_null() {
+                    target.as_object_mut().map(|o| o.remove(&k));
+                } else {
+                    merge(&mut target[k.as_str()], v);
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+fn rejected(a: &Acceptance) -> (Rejection, &str) {
+    match a {
+        Acceptance::Rejected { rejection, message } => (*rejection, message),
+        Acceptance::Accepted => panic!("expected a rejection, got Accepted"),
+    }
+}
+
+#[test]
+fn a_matching_backend_is_accepted() {
+    let outcome = check(&backend(json!({})), Some(&provider(json!({}))));
+    assert_eq!(outcome, Acceptance::Accepted);
+    assert_eq!(outcome.reason(), "Valid");
+}
+
+#[test]
+fn a_missing_provider_is_provider_not_found_naming_the_field() {
+    let outcome = check(&backend(json!({})), None);
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::ProviderNotFound);
+    assert_eq!(outcome.reason(), "ProviderNotFound");
+    assert!(
+        msg.contains("spec.provider") && msg.contains("builtin"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_provider_that_is_not_accepted_rejects_its_backends() {
+    let mut p = provider(json!({}));
+    let mut conditions = Vec::new();
+    voice_crds::conditions::set_condition(
+        &mut conditions,
+        "Accepted",
+        false,
+        "InvalidConfigSchema",
+        "configSchema is broken",
+        Some(1),
+        k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            k8s_openapi::jiff::Timestamp::UNIX_EPOCH,
+        ),
+    );
+    p.status = Some(voice_crds::VoiceProviderStatus {
+        conditions,
+        ..Default::default()
+    });
+    let outcome = check(&backend(json!({})), Some(&p));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::ProviderNotAccepted);
+    assert!(msg.contains("configSchema is broken"), "{msg}");
+}
+
+#[test]
+fn s2s_needs_s2s_support() {
+    let spec = backend(json!({
+        "pipeline": {"type": "S2S", "stt": null, "tts": null, "s2s": {"provider": "echo"}},
+        "agent": null
+    }));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::S2SNotSupported);
+    assert!(
+        msg.contains("s2sSupport") && msg.contains("spec.pipeline.type"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_unsupported_codec_is_rejected_listing_the_supported_ones() {
+    let spec = backend(json!({"audio": {"codec": "pcm", "sampleRate": 16000}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::CodecNotSupported);
+    assert!(
+        msg.contains("spec.audio.codec") && msg.contains("opus"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn provider_config_failing_the_schema_names_the_json_pointer() {
+    let spec = backend(json!({"providerConfig": {"jitterBufferMs": 5}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::InvalidProviderConfig);
+    assert!(msg.contains("/jitterBufferMs"), "{msg}");
+    assert!(msg.contains("spec.providerConfig"), "{msg}");
+}
+
+#[test]
+fn missing_provider_config_is_checked_as_an_empty_object() {
+    let p =
+        provider(json!({"configSchema": {"additionalProperties": null, "required": ["region"]}}));
+    let outcome = check(&backend(json!({"providerConfig": null})), Some(&p));
+    assert_eq!(rejected(&outcome).0, Rejection::InvalidProviderConfig);
+    let outcome = check(
+        &backend(json!({"providerConfig": {"region": "eu"}})),
+        Some(&p),
+    );
+    assert!(outcome.is_accepted(), "{outcome:?}");
+}
+
+#[test]
+fn an_unlisted_stage_implementation_is_rejected() {
+    let spec = backend(json!({"pipeline": {"tts": {"provider": "openai"}}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::StageNotSupported);
+    assert!(
+        msg.contains("spec.pipeline.tts.provider") && msg.contains("espeak"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn an_unlisted_custom_processor_is_rejected() {
+    let spec = backend(json!({
+        "pipeline": {"customProcessors": [{"name": "hp", "processor": "highpass"}]}
+    }));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::StageNotSupported);
+    assert!(
+        msg.contains("customProcessors") && msg.contains("highpass"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_provider_without_stages_does_not_restrict_them() {
+    let outcome = check(
+        &backend(json!({"pipeline": {"tts": {"provider": "anything"}}})),
+        Some(&provider(json!({"stages": null}))),
+    );
+    assert!(outcome.is_accepted(), "{outcome:?}");
+}
+
+#[test]
+fn a_latency_target_below_the_provider_minimum_is_rejected() {
+    let spec = backend(json!({"pipeline": {"latencyTarget": "100ms"}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::LatencyTargetBelowProviderMinimum);
+    assert!(
+        msg.contains("latencyTarget") && msg.contains("200ms"),
+        "{msg}"
+    );
+}

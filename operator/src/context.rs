@@ -1,0 +1,72 @@
+//! What every reconcile shares: the client, the Event recorders, metrics, the worker client
+//! and the scope this operator instance manages.
+
+use std::sync::Arc;
+
+use kube::Client;
+use kube::runtime::events::{Recorder, Reporter};
+
+use crate::metrics::Metrics;
+use crate::worker_client::WorkerClients;
+
+/// Which objects this operator instance manages.
+#[derive(Clone, Debug, Default)]
+pub struct Scope {
+    /// Only VoiceBackends (and their pods) in this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Only VoiceProviders matching this label selector; all when `None`.
+    pub provider_selector: Option<String>,
+}
+
+/// Shared state of the controllers, handed to each reconcile in an `Arc`.
+pub struct Context {
+    /// Kubernetes client.
+    pub client: Client,
+    /// Publishes Events as `voice-operator/provider`.
+    pub provider_recorder: Recorder,
+    /// Publishes Events as `voice-operator/backend`.
+    pub backend_recorder: Recorder,
+    /// Process metrics.
+    pub metrics: Metrics,
+    /// gRPC channels to workers.
+    pub workers: WorkerClients,
+    /// What this instance manages.
+    pub scope: Scope,
+}
+
+impl std::fmt::Debug for Context {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Context")
+            .field("scope", &self.scope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    /// Builds the context; `instance` names this process in Events (its pod name).
+    pub fn new(
+        client: Client,
+        metrics: Metrics,
+        scope: Scope,
+        instance: Option<String>,
+    ) -> Arc<Self> {
+        let reporter = |controller: &str| Reporter {
+            controller: controller.to_owned(),
+            instance: instance.clone(),
+        };
+        Arc::new(Context {
+            provider_recorder: Recorder::new(
+                client.clone(),
+                reporter(crate::provider_controller::FIELD_MANAGER),
+            ),
+            backend_recorder: Recorder::new(
+                client.clone(),
+                reporter(crate::backend_controller::FIELD_MANAGER),
+            ),
+            client,
+            metrics,
+            workers: WorkerClients::default(),
+            scope,
+        })
+    }
+}

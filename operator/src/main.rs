@@ -1,0 +1,113 @@
+//! `voice-operator`: parses flags, wins the leader Lease, then runs the controllers and the
+//! HTTP server until SIGTERM/SIGINT (exit 0) or until the lease is lost (exit 1, so
+//! Kubernetes restarts the process clean).
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::Parser;
+use tokio_util::sync::CancellationToken;
+use voice_operator::config::Config;
+use voice_operator::context::{Context, Scope};
+use voice_operator::leader::{self, LeaseConfig};
+use voice_operator::metrics::Metrics;
+use voice_operator::{backend_controller, http, provider_controller};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = Config::parse();
+    init_tracing(config.log_json);
+    let client = kube::Client::try_default()
+        .await
+        .context("building a Kubernetes client")?;
+    let metrics = Metrics::new();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+
+    let synced = CancellationToken::new();
+    let listener = http::bind(config.metrics_addr)
+        .await
+        .with_context(|| format!("binding {}", config.metrics_addr))?;
+    tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let server = tokio::spawn(http::serve(
+        listener,
+        metrics.clone(),
+        synced.clone(),
+        shutdown.clone(),
+    ));
+
+    let pod = std::env::var("POD_NAME").ok().filter(|s| !s.is_empty());
+    let lease = LeaseConfig {
+        name: config.lease_name.clone(),
+        namespace: config.lease_namespace(),
+        identity: format!(
+            "{}-{:08x}",
+            pod.clone().unwrap_or_else(|| "voice-operator".to_owned()),
+            getrandom::u32()
+                .map_err(|e| anyhow::anyhow!("no randomness for the lease identity: {e}"))?
+        ),
+        duration: config.lease_duration(),
+        renew_period: config.lease_renew(),
+    };
+    tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
+    if !leader::acquire(client.clone(), &lease, &shutdown).await {
+        let _ = server.await;
+        return Ok(());
+    }
+    tracing::info!(identity = %lease.identity, "leading");
+    metrics.leader.set(1);
+
+    let scope = Scope {
+        namespace: config.watch_namespace.clone(),
+        provider_selector: config.provider_selector.clone(),
+    };
+    let ctx: Arc<Context> = Context::new(client.clone(), metrics.clone(), scope, pod);
+    let controllers = tokio::spawn({
+        let (ctx, cancel) = (ctx.clone(), shutdown.clone());
+        async move {
+            tokio::join!(
+                provider_controller::run(ctx.clone(), cancel.clone()),
+                backend_controller::run(ctx, cancel, synced),
+            );
+        }
+    });
+    let lost = leader::hold(client.clone(), &lease, &shutdown).await;
+    if let Err(why) = lost {
+        // Another instance may already be writing: stop every write now, by exiting.
+        tracing::error!(%why, "lost leadership; exiting");
+        metrics.leader.set(0);
+        std::process::exit(1);
+    }
+    let _ = controllers.await;
+    leader::release(client, &lease).await;
+    let _ = server.await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+async fn cancel_on_signal(token: CancellationToken) {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot listen for SIGTERM");
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+    token.cancel();
+}

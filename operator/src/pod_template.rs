@@ -1,0 +1,300 @@
+//! The worker pod a backend runs, rendered from the backend and its provider.
+//!
+//! Pure: no API calls. The rendered [`WorkerTemplate`] carries a hash of itself; pods are
+//! labelled with it, so the backend controller can tell pods of an older template (rolling
+//! update) from current ones without comparing pod specs that the API server has defaulted.
+//!
+//! Choices worth knowing:
+//! - `restartPolicy: Never`. A worker holds live conversations in memory; if its process dies
+//!   those sessions are gone. Restarting the container in place would bring back an empty
+//!   worker under the same pod name and IP, and the operator could not tell that its sessions
+//!   were lost. With `Never` the pod ends `Failed`, the controller sees it, replaces it, and
+//!   (with session admission) re-admits its sessions elsewhere.
+//! - No `preStop` hook: the worker drains on SIGTERM by itself (stops accepting sessions and
+//!   waits for them up to `DRAIN_TIMEOUT_SECONDS`), and `terminationGracePeriodSeconds` is that
+//!   timeout plus 30 s so the kubelet does not SIGKILL it mid-drain.
+//! - The signing key reaches the worker through `secretKeyRef`; the pipeline JSON only
+//!   carries Secret *names* (the `*SecretRef` fields of the spec), never secret values.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
+    HTTPGetAction, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
+    SecretKeySelector, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::api::ObjectMeta;
+use voice_crds::{AdvertiseMode, PullPolicy, VoiceBackend, VoiceProvider};
+
+use crate::error::{Error, Result};
+
+/// Port of the worker's WorkerControl gRPC server and grpc.health.v1.
+pub const GRPC_PORT: i32 = 50051;
+/// Port of the worker's HTTP server (`/healthz`, `/readyz`, `/metrics`).
+pub const HTTP_PORT: i32 = 8080;
+/// Label: what the pod is.
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+/// Label: who manages the pod.
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// Label: the backend a worker pod belongs to.
+pub const LABEL_BACKEND: &str = "voicebackends.dev/backend";
+/// Label: hash of the template the pod was made from.
+pub const LABEL_TEMPLATE_HASH: &str = "voicebackends.dev/template-hash";
+/// Label (and annotation key prefix): the pod is draining and will be deleted once empty.
+pub const LABEL_DRAINING: &str = "voicebackends.dev/draining";
+/// Annotation: when the pod started draining (RFC 3339).
+pub const ANNOTATION_DRAINING_SINCE: &str = "voicebackends.dev/draining-since";
+/// Key of the signing key in the backend's signing-key Secret.
+pub const SIGNING_KEY_KEY: &str = "signing-key";
+/// Extra grace after the drain timeout before the kubelet kills a terminating worker.
+const TERMINATION_GRACE_EXTRA_SECONDS: i64 = 30;
+/// How often the kubelet probes `/readyz`: short, so a new worker takes sessions quickly.
+const READINESS_PERIOD_SECONDS: i32 = 2;
+/// The non-root user of the worker image (distroless `nonroot`).
+const RUN_AS_USER: i64 = 65532;
+
+/// Labels that select every worker pod of `backend` (Service selector, `status.selector`).
+pub fn selector_labels(backend: &str) -> BTreeMap<String, String> {
+    [
+        (LABEL_NAME, "voice-worker"),
+        (LABEL_MANAGED_BY, "voice-operator"),
+        (LABEL_BACKEND, backend),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect()
+}
+
+/// `selector_labels` as a label selector string, for `status.selector` and list calls.
+pub fn selector_string(backend: &str) -> String {
+    selector_labels(backend)
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Name of the headless Service of a backend's workers.
+pub fn service_name(backend: &str) -> String {
+    format!("{backend}-workers")
+}
+
+/// Name of the Secret holding a backend's session signing key.
+pub fn signing_secret_name(backend: &str) -> String {
+    format!("{backend}-session-signing-key")
+}
+
+/// A rendered worker pod spec and its hash.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WorkerTemplate {
+    /// The pod spec every current worker of the backend runs.
+    pub spec: PodSpec,
+    /// Short hex hash of `spec`, the `template-hash` label value.
+    pub hash: String,
+}
+
+/// Renders the worker pod spec of `backend` served by `provider`.
+pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<WorkerTemplate> {
+    let name = backend
+        .metadata
+        .name
+        .as_deref()
+        .ok_or(Error::MissingObjectKey("metadata.name"))?;
+    let spec = &backend.spec;
+    let worker = &provider.spec.worker;
+    let drain_seconds = std::time::Duration::from(spec.workers.drain_timeout)
+        .as_secs()
+        .max(1);
+    let pipeline = serde_json::json!({
+        "pipeline": spec.pipeline,
+        "agent": spec.agent,
+        "audio": spec.audio,
+    });
+    let pipeline = serde_json::to_string(&pipeline).map_err(|source| Error::Serialize {
+        what: "VOICE_PIPELINE",
+        source,
+    })?;
+    let field = |path: &str| EnvVarSource {
+        field_ref: Some(ObjectFieldSelector {
+            field_path: path.to_owned(),
+            ..ObjectFieldSelector::default()
+        }),
+        ..EnvVarSource::default()
+    };
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        value_from: None,
+    };
+    let from = |name: &str, source: EnvVarSource| EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(source),
+    };
+    let env = vec![
+        from("POD_IP", field("status.podIP")),
+        from("POD_NAME", field("metadata.name")),
+        from("POD_NAMESPACE", field("metadata.namespace")),
+        value("GRPC_PORT", GRPC_PORT.to_string()),
+        value("HTTP_PORT", HTTP_PORT.to_string()),
+        value(
+            "SESSIONS_PER_WORKER",
+            spec.workers.sessions_per_worker.max(1).to_string(),
+        ),
+        value("DRAIN_TIMEOUT_SECONDS", drain_seconds.to_string()),
+        value("BACKEND_NAME", name.to_owned()),
+        value("VOICE_PIPELINE", pipeline),
+        from(
+            "SESSION_SIGNING_KEY",
+            EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: signing_secret_name(name),
+                    key: SIGNING_KEY_KEY.to_owned(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            },
+        ),
+    ];
+    let port = |name: &str, port: i32| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        protocol: Some("TCP".to_owned()),
+        ..ContainerPort::default()
+    };
+    let container = Container {
+        name: "worker".to_owned(),
+        image: Some(
+            spec.workers
+                .image
+                .clone()
+                .unwrap_or_else(|| worker.image.clone()),
+        ),
+        image_pull_policy: worker.image_pull_policy.map(|p| {
+            match p {
+                PullPolicy::Always => "Always",
+                PullPolicy::IfNotPresent => "IfNotPresent",
+                PullPolicy::Never => "Never",
+            }
+            .to_owned()
+        }),
+        command: (!worker.command.is_empty()).then(|| worker.command.clone()),
+        args: (!worker.args.is_empty()).then(|| worker.args.clone()),
+        env: Some(env),
+        ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
+        resources: spec.workers.resources.clone(),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/readyz".to_owned()),
+                port: IntOrString::Int(HTTP_PORT),
+                ..HTTPGetAction::default()
+            }),
+            period_seconds: Some(READINESS_PERIOD_SECONDS),
+            ..Probe::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".to_owned()]),
+                add: None,
+            }),
+            ..SecurityContext::default()
+        }),
+        // The root filesystem is read-only; scratch space lives on an emptyDir.
+        volume_mounts: Some(vec![VolumeMount {
+            name: "tmp".to_owned(),
+            mount_path: "/tmp".to_owned(),
+            ..VolumeMount::default()
+        }]),
+        ..Container::default()
+    };
+    let pod_spec = PodSpec {
+        containers: vec![container],
+        restart_policy: Some("Never".to_owned()),
+        termination_grace_period_seconds: Some(
+            i64::try_from(drain_seconds).unwrap_or(i64::MAX / 2) + TERMINATION_GRACE_EXTRA_SECONDS,
+        ),
+        // Workers talk to no Kubernetes API.
+        automount_service_account_token: Some(false),
+        host_network: (spec.workers.network.advertise == AdvertiseMode::NodeIP).then_some(true),
+        node_selector: (!spec.workers.node_selector.is_empty())
+            .then(|| spec.workers.node_selector.clone()),
+        tolerations: (!spec.workers.tolerations.is_empty())
+            .then(|| spec.workers.tolerations.clone()),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(RUN_AS_USER),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".to_owned(),
+                localhost_profile: None,
+            }),
+            ..PodSecurityContext::default()
+        }),
+        volumes: Some(vec![Volume {
+            name: "tmp".to_owned(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        }]),
+        ..PodSpec::default()
+    };
+    let bytes = serde_json::to_vec(&pod_spec).map_err(|source| Error::Serialize {
+        what: "worker pod spec",
+        source,
+    })?;
+    Ok(WorkerTemplate {
+        spec: pod_spec,
+        hash: format!("{:016x}", fnv1a64(&bytes))[..10].to_owned(),
+    })
+}
+
+/// FNV-1a: a hash that never changes between Rust releases, unlike `DefaultHasher`, so a
+/// restarted operator computes the same template hash and rolls nothing.
+fn fnv1a64(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+/// Characters of generated name suffixes: Kubernetes' own alphabet (no vowels, so no words;
+/// no 0/1/3 that read like letters).
+const SUFFIX_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// Pod name `<backend>-<5 chars>` from 5 random bytes.
+pub fn pod_name(backend: &str, random: [u8; 5]) -> String {
+    let suffix: String = random
+        .iter()
+        .map(|b| char::from(SUFFIX_ALPHABET[usize::from(*b) % SUFFIX_ALPHABET.len()]))
+        .collect();
+    format!("{backend}-{suffix}")
+}
+
+/// A worker pod named `name` from `template`, owned by the backend `owner`.
+pub fn pod(
+    backend: &str,
+    namespace: &str,
+    name: String,
+    template: &WorkerTemplate,
+    owner: OwnerReference,
+) -> Pod {
+    let mut labels = selector_labels(backend);
+    labels.insert(LABEL_TEMPLATE_HASH.to_owned(), template.hash.clone());
+    Pod {
+        metadata: ObjectMeta {
+            name: Some(name),
+            namespace: Some(namespace.to_owned()),
+            labels: Some(labels),
+            owner_references: Some(vec![owner]),
+            ..ObjectMeta::default()
+        },
+        spec: Some(template.spec.clone()),
+        status: None,
+    }
+}
+
+#[cfg(test)]
+mod tests;

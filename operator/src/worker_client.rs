@@ -1,0 +1,144 @@
+//! The operator's gRPC client to its workers: health, stats and drain.
+//!
+//! One lazily connected channel per worker address is cached and reused across checks, so a
+//! health check is one request on an open HTTP/2 connection rather than a new TCP handshake.
+//! Every call is bounded by the caller's timeout.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
+use voice_proto::worker::v1::{DrainRequest, GetStatsRequest};
+
+use crate::pod_template::GRPC_PORT;
+
+/// A worker's answer to a health check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct WorkerStats {
+    /// Sessions the worker can hold.
+    pub capacity: u32,
+    /// Sessions whose client is connected.
+    pub active: u32,
+    /// Sessions holding a slot whose client has not connected yet.
+    pub reserved: u32,
+    /// Whether the worker drains.
+    pub draining: bool,
+    /// Whether grpc.health.v1 reported SERVING.
+    pub serving: bool,
+}
+
+impl WorkerStats {
+    /// Sessions holding a slot.
+    pub fn held(&self) -> u32 {
+        self.active.saturating_add(self.reserved)
+    }
+}
+
+/// Cached channels to workers, keyed by pod IP.
+#[derive(Default)]
+pub struct WorkerClients {
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+impl std::fmt::Debug for WorkerClients {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerClients").finish_non_exhaustive()
+    }
+}
+
+impl WorkerClients {
+    fn channel(&self, ip: &str, timeout: Duration) -> Result<Channel, String> {
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(channel) = channels.get(ip) {
+            return Ok(channel.clone());
+        }
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_owned()
+        };
+        let channel = Endpoint::from_shared(format!("http://{host}:{GRPC_PORT}"))
+            .map_err(|e| format!("bad worker address {ip}: {e}"))?
+            .connect_timeout(timeout)
+            .connect_lazy();
+        channels.insert(ip.to_owned(), channel.clone());
+        Ok(channel)
+    }
+
+    /// Drops channels of addresses not in `keep` (pods that are gone).
+    pub fn retain(&self, keep: &HashSet<String>) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|ip, _| keep.contains(ip));
+    }
+
+    /// Forgets the channel of `ip`, so the next call reconnects (after a failure).
+    fn forget(&self, ip: &str) {
+        self.channels
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(ip);
+    }
+
+    /// `grpc.health.v1.Health/Check` then `WorkerControl/GetStats`, within `timeout` in all.
+    pub async fn check(&self, ip: &str, timeout: Duration) -> Result<WorkerStats, String> {
+        let channel = self.channel(ip, timeout)?;
+        let call = async {
+            let health = HealthClient::new(channel.clone())
+                .check(HealthCheckRequest {
+                    service: String::new(),
+                })
+                .await
+                .map_err(|s| format!("health check: {}", s.message()))?
+                .into_inner();
+            let serving = health.status() == ServingStatus::Serving;
+            let stats = WorkerControlClient::new(channel)
+                .get_stats(GetStatsRequest {})
+                .await
+                .map_err(|s| format!("GetStats: {}", s.message()))?
+                .into_inner();
+            Ok(WorkerStats {
+                capacity: stats.capacity,
+                active: stats.active_sessions,
+                reserved: stats.reserved_sessions,
+                draining: stats.draining,
+                serving,
+            })
+        };
+        let result = match tokio::time::timeout(timeout, call).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {timeout:?}")),
+        };
+        if result.is_err() {
+            self.forget(ip);
+        }
+        result
+    }
+
+    /// `WorkerControl/Drain` with the worker's own timeout (deadline 0 = its configured
+    /// `DRAIN_TIMEOUT_SECONDS`, which the operator set from the backend).
+    pub async fn drain(&self, ip: &str, timeout: Duration) -> Result<u32, String> {
+        let channel = self.channel(ip, timeout)?;
+        let mut client = WorkerControlClient::new(channel);
+        let call = client.drain(DrainRequest {
+            deadline_seconds: 0,
+        });
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner().remaining_sessions),
+            Ok(Err(status)) => {
+                self.forget(ip);
+                Err(format!("Drain: {}", status.message()))
+            }
+            Err(_) => {
+                self.forget(ip);
+                Err(format!("Drain: no answer within {timeout:?}"))
+            }
+        }
+    }
+}
