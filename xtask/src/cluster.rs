@@ -16,7 +16,8 @@ enum Cmd {
     /// Start etcd, kube-apiserver and kube-controller-manager on loopback (or reuse running ones)
     /// and print the `export KUBECONFIG=…` line to use them.
     Up,
-    /// Stop the local control plane and remove its state (certificates, etcd data, logs).
+    /// Stop the local control plane (and the tests' shared node agent) and remove its state
+    /// (certificates, etcd data, logs).
     Down,
     /// Show whether the local control plane runs, its processes and their logs.
     Status,
@@ -43,6 +44,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             Ok(())
         }
         Cmd::Down => {
+            // The tests' shared node agent would otherwise keep retrying a dead apiserver.
+            if crate::node_agent::stop_shared()? {
+                eprintln!("node agent stopped");
+            }
             voice_cluster::down()?;
             eprintln!("local control plane stopped");
             Ok(())

@@ -3,6 +3,7 @@
 mod cluster;
 mod crds;
 mod dev;
+mod node_agent;
 mod prerequisites;
 mod test;
 
@@ -23,6 +24,8 @@ enum Task {
     Crds(crds::Args),
     /// The local embedded default: control plane, CRDs and the examples.
     Dev(dev::Args),
+    /// Run the local node agent (plays the kubelet for one fake Node) in the foreground.
+    NodeAgent(node_agent::Args),
     /// The whole test suite, as CI runs it (installs what it needs).
     Test(test::Args),
 }
@@ -32,6 +35,7 @@ fn main() -> anyhow::Result<()> {
         Task::Cluster(args) => cluster::run(args),
         Task::Crds(args) => crds::run(args),
         Task::Dev(args) => dev::run(args),
+        Task::NodeAgent(args) => node_agent::run(args),
         Task::Test(args) => test::run(args),
     }
 }

@@ -52,6 +52,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cluster = voice_cluster::up().context("starting the local control plane")?;
     eprintln!("   KUBECONFIG={}", cluster.kubeconfig().display());
 
+    step("cargo build --workspace --bins (the node agent runs these binaries for pods)");
+    cargo(&["build", "--workspace", "--bins"])?;
     step("cargo test --workspace");
     let mut test_args = vec!["test", "--workspace", "--no-fail-fast"];
     if !args.cargo_test_args.is_empty() {
@@ -62,6 +64,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 
     if !args.keep_cluster && !was_running {
         step("stopping the local control plane");
+        crate::node_agent::stop_shared().context("stopping the shared node agent")?;
         voice_cluster::down().context("stopping the local control plane")?;
     }
     result?;
