@@ -144,6 +144,11 @@ impl Ledger {
         self.drain_deadline.is_some()
     }
 
+    /// The session held under `session_id`, if any.
+    pub fn get(&self, session_id: &str) -> Option<&Session> {
+        self.sessions.get(session_id)
+    }
+
     /// Held sessions in id order.
     pub fn sessions(&self) -> impl Iterator<Item = &Session> {
         self.sessions.values()

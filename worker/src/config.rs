@@ -39,6 +39,71 @@ pub struct Config {
     )]
     pub http_port: u16,
 
+    /// UDP port shared by every WebRTC peer connection of this worker (the UDP mux).
+    #[arg(
+        long,
+        env = "UDP_PORT",
+        value_name = "UDP_PORT",
+        default_value_t = 50000
+    )]
+    pub udp_port: u16,
+
+    /// Address handed to clients in ICE candidates: the pod IP by default, the node IP
+    /// with hostNetwork, or a public IP in front of a 1:1 NAT.
+    #[arg(long, env = "ADVERTISE_IP", value_name = "ADVERTISE_IP")]
+    pub advertise_ip: Option<IpAddr>,
+
+    /// STUN/TURN URLs handed to WebRTC clients as `Link: rel="ice-server"` headers
+    /// (comma-separated), so a client behind a NAT can reach the advertised address.
+    #[arg(
+        long,
+        env = "ICE_SERVERS",
+        value_name = "ICE_SERVERS",
+        value_delimiter = ','
+    )]
+    pub ice_servers: Vec<String>,
+
+    /// Key that signs session join tokens (the operator mounts it from a Secret).
+    /// Without it every offer and upgrade is refused with 503.
+    #[arg(
+        long,
+        env = "SESSION_SIGNING_KEY",
+        value_name = "SESSION_SIGNING_KEY",
+        hide_env_values = true
+    )]
+    pub session_signing_key: Option<String>,
+
+    /// Largest SDP offer accepted, in bytes; a larger body is refused with 413.
+    #[arg(
+        long,
+        env = "MAX_OFFER_BYTES",
+        value_name = "MAX_OFFER_BYTES",
+        default_value_t = 64 * 1024
+    )]
+    pub max_offer_bytes: usize,
+
+    /// Seconds a client gets to send a request's headers, and then its body; a client
+    /// slower than that (a slow-loris) is disconnected.
+    #[arg(
+        long,
+        env = "HTTP_REQUEST_TIMEOUT_SECONDS",
+        value_name = "HTTP_REQUEST_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub http_request_timeout_seconds: u64,
+
+    /// Seconds a WebRTC client gets from its offer to a connected peer (ICE and DTLS)
+    /// before the attempt is abandoned and the session may be offered again.
+    #[arg(
+        long,
+        env = "CONNECT_TIMEOUT_SECONDS",
+        value_name = "CONNECT_TIMEOUT_SECONDS",
+        default_value_t = 20,
+        value_parser = clap::value_parser!(u64).range(1..)
+    )]
+    pub connect_timeout_seconds: u64,
+
     /// Most sessions this worker holds at once (VoiceBackend spec.workers.sessionsPerWorker).
     #[arg(
         long,
@@ -102,6 +167,26 @@ impl Config {
         SocketAddr::new(self.pod_ip, self.http_port)
     }
 
+    /// Where the WebRTC UDP mux listens.
+    pub fn udp_addr(&self) -> SocketAddr {
+        SocketAddr::new(self.pod_ip, self.udp_port)
+    }
+
+    /// The address put in ICE candidates.
+    pub fn advertised_ip(&self) -> IpAddr {
+        self.advertise_ip.unwrap_or(self.pod_ip)
+    }
+
+    /// The per-request HTTP timeout, as a duration.
+    pub fn http_request_timeout(&self) -> Duration {
+        Duration::from_secs(self.http_request_timeout_seconds)
+    }
+
+    /// How long a WebRTC connection attempt may take.
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_secs(self.connect_timeout_seconds)
+    }
+
     /// The default drain deadline, as a duration.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_seconds)
@@ -127,6 +212,18 @@ mod tests {
         assert_eq!(config.grpc_addr().to_string(), "127.0.0.1:50051");
         assert_eq!(config.http_addr().to_string(), "127.0.0.1:8080");
         assert_eq!(config.sessions_per_worker, 1);
+        assert_eq!(config.udp_addr().to_string(), "127.0.0.1:50000");
+        assert_eq!(config.max_offer_bytes, 65_536);
+        assert!(config.session_signing_key.is_none());
+    }
+
+    #[test]
+    fn the_advertised_address_defaults_to_the_pod_ip() {
+        let config = parse(&["--pod-ip", "10.1.2.3"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.advertised_ip().to_string(), "10.1.2.3");
+        let config = parse(&["--pod-ip", "10.1.2.3", "--advertise-ip", "203.0.113.7"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.advertised_ip().to_string(), "203.0.113.7");
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub enum Error {
     /// A listening socket could not be opened (port taken, address not on this host).
     #[error("cannot listen for {server} on {addr}")]
     Bind {
-        /// Which server: "gRPC" or "HTTP".
+        /// Which server: "gRPC", "HTTP" or "WebRTC UDP".
         server: &'static str,
         /// The address asked for.
         addr: SocketAddr,

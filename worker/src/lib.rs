@@ -1,20 +1,28 @@
 //! The voice-operator data-plane worker.
 //!
-//! Today the worker is its control plane: a slot ledger ([`capacity`]) behind the
-//! `WorkerControl` gRPC service ([`control`]), session events, health, metrics and a
-//! draining shutdown. The media side (WebRTC/WebSocket transports and the voice
-//! pipeline) is not built yet.
+//! The control plane is a slot ledger ([`capacity`]) behind the `WorkerControl` gRPC
+//! service ([`control`]), session events, health, metrics and a draining shutdown. The
+//! data plane takes clients of reserved sessions: WHIP-style WebRTC signaling and a
+//! WebSocket endpoint ([`signaling`]), WebRTC over one shared UDP port
+//! ([`transport::udp_mux`]) and PCM over WebSocket ([`transport::websocket`]), running the
+//! diagnostic speech-to-speech provider `echo` ([`media`]). The full voice pipeline
+//! (VAD, STT, agent, TTS) is not built yet.
 
 pub mod capacity;
 pub mod config;
+pub mod connections;
 pub mod control;
 pub mod drain;
 pub mod error;
 pub mod events;
 pub mod http;
 pub mod lifecycle;
+pub mod media;
 pub mod metrics;
+pub mod server;
 pub mod sessions;
+pub mod signaling;
+pub mod transport;
 
 pub use config::Config;
 pub use error::Error;

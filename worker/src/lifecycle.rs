@@ -5,7 +5,7 @@
 //! sessions get until the drain deadline. Then one `CancellationToken` fans out to both
 //! servers and every open event stream, and the process exits 0.
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -17,12 +17,16 @@ use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::Config;
+use crate::connections::Connections;
 use crate::control::{self, ControlService};
 use crate::drain;
 use crate::error::Error;
 use crate::http::{self, HttpState};
 use crate::metrics::Metrics;
+use crate::server;
 use crate::sessions::Sessions;
+use crate::signaling::{self, MediaContext};
+use crate::transport::udp_mux::UdpMux;
 
 /// How long the servers get to close connections after the drain; a client holding a
 /// stream open (e.g. a health watch) must not keep a drained pod alive.
@@ -42,6 +46,45 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
 
     let grpc_listener = bind("gRPC", config.grpc_addr()).await?;
     let http_listener = bind("HTTP", config.http_addr()).await?;
+    let media_metrics = sessions.metrics().media().clone();
+    let mux = UdpMux::bind(config.udp_addr(), media_metrics.clone())
+        .await
+        .map_err(|source| Error::Bind {
+            server: "WebRTC UDP",
+            addr: config.udp_addr(),
+            source,
+        })?;
+    let udp_addr = mux.local_addr().map_err(|source| Error::Bind {
+        server: "WebRTC UDP",
+        addr: config.udp_addr(),
+        source,
+    })?;
+    tokio::spawn(mux.clone().run(shutdown.clone()));
+    let connections = Connections::new(shutdown.clone(), media_metrics.clone());
+    tokio::spawn(
+        connections
+            .clone()
+            .reap_released(sessions.clone(), shutdown.clone()),
+    );
+    if config.session_signing_key.is_none() {
+        tracing::warn!("SESSION_SIGNING_KEY is not set: every offer and upgrade is refused");
+    }
+    let media = Arc::new(MediaContext {
+        sessions: sessions.clone(),
+        connections,
+        mux,
+        signing_key: config
+            .session_signing_key
+            .as_ref()
+            .map(|key| key.as_bytes().to_vec()),
+        advertised: std::net::SocketAddr::new(config.advertised_ip(), udp_addr.port()),
+        ice_servers: config.ice_servers.clone(),
+        max_offer_bytes: config.max_offer_bytes,
+        body_timeout: config.http_request_timeout(),
+        connect_timeout: config.connect_timeout(),
+        metrics: media_metrics,
+        shutdown: shutdown.clone(),
+    });
 
     let (reporter, health) = tonic_health::server::health_reporter();
     control::mark_serving(&reporter).await;
@@ -55,10 +98,14 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         );
     let mut grpc: JoinHandle<Result<(), Error>> =
         tokio::spawn(async move { grpc.await.map_err(Error::Grpc) });
-    let app = http::router(HttpState::new(sessions.clone(), started.clone()));
-    let http = axum::serve(http_listener, app)
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-        .into_future();
+    let app = http::router(HttpState::new(sessions.clone(), started.clone()))
+        .merge(signaling::router(media));
+    let http = server::serve(
+        http_listener,
+        app,
+        config.http_request_timeout(),
+        shutdown.clone(),
+    );
     let mut http: JoinHandle<Result<(), Error>> =
         tokio::spawn(async move { http.await.map_err(Error::Http) });
     let supervisor = tokio::spawn(drain::supervise(sessions.clone()));
@@ -70,6 +117,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         backend = config.backend_name.as_deref().unwrap_or(""),
         grpc = %config.grpc_addr(),
         http = %config.http_addr(),
+        udp = %udp_addr,
         "worker started"
     );
 

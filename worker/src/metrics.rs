@@ -1,7 +1,10 @@
 //! The worker's Prometheus metrics: one registry per process, rendered by `/metrics`.
 
+use std::time::Duration;
+
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric the worker exports, registered in one private registry.
@@ -13,6 +16,21 @@ pub struct Metrics {
     draining: IntGauge,
     reservations: IntCounterVec,
     events_lagged: IntCounter,
+    media: MediaMetrics,
+}
+
+/// The data plane's metrics: transports, offers, packets and codec time. Cheap to clone
+/// (every field is an `Arc` inside), so each media task holds its own copy.
+#[derive(Clone, Debug)]
+pub struct MediaMetrics {
+    sessions_active: IntGaugeVec,
+    offers: IntCounterVec,
+    connect_duration: Histogram,
+    packets: IntCounterVec,
+    bytes: IntCounterVec,
+    codec_duration: HistogramVec,
+    dropped: IntCounterVec,
+    late_ticks: IntCounter,
 }
 
 /// The error of building the registry: only a programming error (a duplicate or
@@ -54,6 +72,7 @@ impl Metrics {
         registry.register(Box::new(draining.clone()))?;
         registry.register(Box::new(reservations.clone()))?;
         registry.register(Box::new(events_lagged.clone()))?;
+        let media = MediaMetrics::register(&registry)?;
         // Both states exist from the start so dashboards see 0, not "no data".
         sessions.with_label_values(&["reserved"]).set(0);
         sessions.with_label_values(&["active"]).set(0);
@@ -64,7 +83,13 @@ impl Metrics {
             draining,
             reservations,
             events_lagged,
+            media,
         })
+    }
+
+    /// The data plane's metrics.
+    pub fn media(&self) -> &MediaMetrics {
+        &self.media
     }
 
     /// Mirrors the ledger's occupancy into the gauges.
@@ -95,5 +120,131 @@ impl Metrics {
         let mut buf = Vec::new();
         TextEncoder::new().encode(&self.registry.gather(), &mut buf)?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
+    }
+}
+
+impl MediaMetrics {
+    fn register(registry: &Registry) -> Result<Self, MetricsError> {
+        let sessions_active = IntGaugeVec::new(
+            Opts::new(
+                "voice_worker_sessions_active",
+                "Media connections open on this worker, by transport.",
+            ),
+            &["transport"],
+        )?;
+        let offers = IntCounterVec::new(
+            Opts::new(
+                "voice_worker_offers_total",
+                "WebRTC offers and WebSocket upgrades, by result (answered, or the error code).",
+            ),
+            &["result"],
+        )?;
+        let connect_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "voice_worker_connect_duration_seconds",
+                "From an accepted offer to a connected peer (ICE and DTLS).",
+            )
+            .buckets(vec![0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+        )?;
+        let packets = IntCounterVec::new(
+            Opts::new(
+                "voice_worker_media_packets_total",
+                "Media packets (RTP or WebSocket frames), by transport and direction.",
+            ),
+            &["transport", "direction"],
+        )?;
+        let bytes = IntCounterVec::new(
+            Opts::new(
+                "voice_worker_media_bytes_total",
+                "Media payload bytes, by transport and direction.",
+            ),
+            &["transport", "direction"],
+        )?;
+        let codec_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "voice_worker_codec_duration_seconds",
+                "Time to encode or decode one 20 ms Opus frame.",
+            )
+            .buckets(vec![
+                0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.005,
+            ]),
+            &["op"],
+        )?;
+        let dropped = IntCounterVec::new(
+            Opts::new(
+                "voice_worker_media_dropped_total",
+                "Packets or frames dropped on purpose, by where (a full queue, an unknown sender, a late frame).",
+            ),
+            &["reason"],
+        )?;
+        let late_ticks = IntCounter::new(
+            "voice_worker_media_late_ticks_total",
+            "20 ms send ticks that fired a whole frame late and were skipped.",
+        )?;
+        registry.register(Box::new(sessions_active.clone()))?;
+        registry.register(Box::new(offers.clone()))?;
+        registry.register(Box::new(connect_duration.clone()))?;
+        registry.register(Box::new(packets.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(codec_duration.clone()))?;
+        registry.register(Box::new(dropped.clone()))?;
+        registry.register(Box::new(late_ticks.clone()))?;
+        for transport in ["webrtc", "websocket"] {
+            sessions_active.with_label_values(&[transport]).set(0);
+        }
+        Ok(Self {
+            sessions_active,
+            offers,
+            connect_duration,
+            packets,
+            bytes,
+            codec_duration,
+            dropped,
+            late_ticks,
+        })
+    }
+
+    /// One more (or one fewer, with `delta` -1) open connection on `transport`.
+    pub fn add_active(&self, transport: &str, delta: i64) {
+        self.sessions_active
+            .with_label_values(&[transport])
+            .add(delta);
+    }
+
+    /// Counts one offer or upgrade by its result.
+    pub fn count_offer(&self, result: &str) {
+        self.offers.with_label_values(&[result]).inc();
+    }
+
+    /// Records how long ICE and DTLS took.
+    pub fn observe_connect(&self, took: Duration) {
+        self.connect_duration.observe(took.as_secs_f64());
+    }
+
+    /// Counts one packet of `len` bytes on `transport` in `direction` (`in` or `out`).
+    pub fn count_packet(&self, transport: &str, direction: &str, len: usize) {
+        self.packets
+            .with_label_values(&[transport, direction])
+            .inc();
+        self.bytes
+            .with_label_values(&[transport, direction])
+            .inc_by(u64::try_from(len).unwrap_or(u64::MAX));
+    }
+
+    /// Records the time of one codec call (`op` is `encode` or `decode`).
+    pub fn observe_codec(&self, op: &str, took: Duration) {
+        self.codec_duration
+            .with_label_values(&[op])
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a packet or frame dropped for `reason`, so that no loss is silent.
+    pub fn count_dropped(&self, reason: &str) {
+        self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// Counts send ticks skipped because the media task ran late.
+    pub fn count_late_ticks(&self, ticks: u64) {
+        self.late_ticks.inc_by(ticks);
     }
 }

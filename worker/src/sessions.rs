@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
-use voice_proto::worker::v1::{Ended, Reserved as ReservedEvent, session_event::Event};
+use voice_proto::worker::v1::{Connected, Ended, Reserved as ReservedEvent, session_event::Event};
 
 use crate::capacity::{Ledger, Refusal, Released, Reserved, Session, SessionRequest};
 use crate::events::{EventBus, EventStream};
@@ -132,6 +132,33 @@ impl Sessions {
             self.changed(&ledger);
         }
         (released, ledger.held())
+    }
+
+    /// The uid under which `session_id` holds a slot, if it holds one.
+    pub fn held_uid(&self, session_id: &str) -> Option<String> {
+        self.lock()
+            .get(session_id)
+            .map(|session| session.request.uid.clone())
+    }
+
+    /// Records that the client of a held session connected and publishes `connected`;
+    /// false (and nothing published) when no such session (same id and uid) is held,
+    /// e.g. because it was released while the client was connecting.
+    pub fn connect(
+        &self,
+        session_id: &str,
+        uid: &str,
+        connected: Connected,
+        now: SystemTime,
+    ) -> bool {
+        let mut ledger = self.lock();
+        if !ledger.mark_connected(session_id, uid, now) {
+            return false;
+        }
+        self.events
+            .publish(session_id, uid, now, Event::Connected(connected));
+        self.changed(&ledger);
+        true
     }
 
     /// Starts draining with a deadline `timeout` from `now` (the configured drain

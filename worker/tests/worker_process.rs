@@ -39,6 +39,8 @@ impl WorkerProcess {
             .env("POD_NAMESPACE", "test")
             .env("BACKEND_NAME", "test-backend")
             .env("VOICE_PIPELINE", r#"{"type":"STT_TTS"}"#)
+            // An ephemeral WebRTC port: tests run workers side by side.
+            .env("UDP_PORT", "0")
             .env("RUST_LOG", "warn")
             .args(["--grpc-port", &grpc_port.to_string()])
             .args(["--http-port", &http_port.to_string()])

@@ -1,0 +1,271 @@
+//! The media connections open on this worker: at most one per session, each with a
+//! cancellation token that ends it.
+//!
+//! A connection is claimed before any media work starts (so a second offer for the same
+//! session is refused with 409 instead of racing the first) and unclaimed when its
+//! [`Claim`] is dropped, whatever path ended it. A reaper ends connections whose session
+//! lost its slot (released by the operator, or ended by a drain deadline), so the ledger
+//! stays the single truth about which sessions may have media.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use tokio_util::sync::CancellationToken;
+use voice_proto::worker::v1 as pb;
+
+use crate::metrics::MediaMetrics;
+use crate::sessions::Sessions;
+
+/// How a client is connected.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    /// WebRTC (Opus over SRTP), signaled WHIP-style.
+    WebRtc,
+    /// A WebSocket carrying PCM16 frames.
+    WebSocket,
+}
+
+impl Transport {
+    /// The `transport` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Transport::WebRtc => "webrtc",
+            Transport::WebSocket => "websocket",
+        }
+    }
+
+    /// The transport as the control API names it.
+    pub fn to_proto(self) -> pb::Transport {
+        match self {
+            Transport::WebRtc => pb::Transport::Webrtc,
+            Transport::WebSocket => pb::Transport::Websocket,
+        }
+    }
+}
+
+/// A second connection for a session that already has one.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("session already has a {transport} connection ({connection_id}); hang it up first")]
+pub struct AlreadyConnected {
+    /// The transport of the existing connection.
+    pub transport: &'static str,
+    /// Its id.
+    pub connection_id: String,
+}
+
+#[derive(Debug)]
+struct Entry {
+    uid: String,
+    connection_id: String,
+    transport: Transport,
+    cancel: CancellationToken,
+}
+
+/// Every open media connection, by session id.
+#[derive(Debug)]
+pub struct Connections {
+    entries: Mutex<HashMap<String, Entry>>,
+    shutdown: CancellationToken,
+    metrics: MediaMetrics,
+}
+
+impl Connections {
+    /// No connections; all of them end when `shutdown` fires.
+    pub fn new(shutdown: CancellationToken, metrics: MediaMetrics) -> Arc<Self> {
+        Arc::new(Self {
+            entries: Mutex::new(HashMap::new()),
+            shutdown,
+            metrics,
+        })
+    }
+
+    /// Claims the session's one connection.
+    pub fn claim(
+        self: &Arc<Self>,
+        session_id: &str,
+        uid: &str,
+        transport: Transport,
+    ) -> Result<Claim, AlreadyConnected> {
+        let mut entries = self.lock();
+        if let Some(existing) = entries.get(session_id) {
+            return Err(AlreadyConnected {
+                transport: existing.transport.label(),
+                connection_id: existing.connection_id.clone(),
+            });
+        }
+        let connection_id = random_id(16);
+        let cancel = self.shutdown.child_token();
+        entries.insert(
+            session_id.to_owned(),
+            Entry {
+                uid: uid.to_owned(),
+                connection_id: connection_id.clone(),
+                transport,
+                cancel: cancel.clone(),
+            },
+        );
+        Ok(Claim {
+            connections: self.clone(),
+            session_id: session_id.to_owned(),
+            uid: uid.to_owned(),
+            connection_id,
+            transport,
+            cancel,
+            active: false,
+        })
+    }
+
+    /// Ends the connection `connection_id` of `session_id` (a WHIP `DELETE`); false if
+    /// there is no such connection.
+    pub fn hang_up(&self, session_id: &str, connection_id: &str) -> bool {
+        match self.lock().get(session_id) {
+            Some(entry) if entry.connection_id == connection_id => {
+                entry.cancel.cancel();
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Open connections.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// Whether no connection is open.
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+
+    /// Ends, until `stop` fires, every connection whose session no longer holds its slot.
+    pub async fn reap_released(self: Arc<Self>, sessions: Arc<Sessions>, stop: CancellationToken) {
+        let mut occupancy = sessions.watch();
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                changed = occupancy.changed() => if changed.is_err() { return },
+            }
+            for (session_id, entry) in self.lock().iter() {
+                if sessions.held_uid(session_id).as_deref() != Some(entry.uid.as_str()) {
+                    tracing::info!(session = %session_id, connection = %entry.connection_id, "slot released: ending the media connection");
+                    entry.cancel.cancel();
+                }
+            }
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+        // Each critical section is a single map operation, so a poisoned lock is usable.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The right to run the media connection of one session; dropping it frees the session
+/// for a new connection.
+#[derive(Debug)]
+pub struct Claim {
+    connections: Arc<Connections>,
+    /// `namespace/name` of the session.
+    pub session_id: String,
+    /// The session's uid.
+    pub uid: String,
+    /// Identifies this connection (the `Location` of a WHIP resource).
+    pub connection_id: String,
+    /// How the client connects.
+    pub transport: Transport,
+    /// Fires when the connection must end (hang-up, slot released, shutdown).
+    pub cancel: CancellationToken,
+    active: bool,
+}
+
+impl Claim {
+    /// Counts the connection as active (media flowing) until the claim is dropped.
+    pub fn set_active(&mut self) {
+        if !self.active {
+            self.active = true;
+            self.connections
+                .metrics
+                .add_active(self.transport.label(), 1);
+        }
+    }
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if self.active {
+            self.connections
+                .metrics
+                .add_active(self.transport.label(), -1);
+        }
+        let mut entries = self.connections.lock();
+        if entries
+            .get(&self.session_id)
+            .is_some_and(|e| e.connection_id == self.connection_id)
+        {
+            entries.remove(&self.session_id);
+        }
+    }
+}
+
+/// A random identifier of `len` characters from `[A-Za-z0-9]` (ICE ufrags and
+/// passwords need that alphabet; connection ids need only be unguessable).
+pub fn random_id(len: usize) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = vec![0u8; len];
+    if getrandom::fill(&mut bytes).is_err() {
+        // No OS randomness is not something a worker can serve without; fail loudly
+        // rather than hand out predictable ids.
+        panic!("the OS random number generator is unavailable");
+    }
+    bytes
+        .iter()
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+
+    fn connections() -> Arc<Connections> {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        Connections::new(CancellationToken::new(), metrics.media().clone())
+    }
+
+    #[test]
+    fn one_connection_per_session_until_the_claim_is_dropped() {
+        let connections = connections();
+        let first = connections
+            .claim("ns/a", "u", Transport::WebRtc)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let second = connections.claim("ns/a", "u", Transport::WebSocket);
+        assert_eq!(
+            second.map(|_| ()).unwrap_err().connection_id,
+            first.connection_id
+        );
+        assert!(connections.claim("ns/b", "u", Transport::WebSocket).is_ok());
+        drop(first);
+        assert!(connections.claim("ns/a", "u", Transport::WebRtc).is_ok());
+    }
+
+    #[test]
+    fn hang_up_needs_the_right_connection_id() {
+        let connections = connections();
+        let claim = connections
+            .claim("ns/a", "u", Transport::WebRtc)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(!connections.hang_up("ns/a", "someone-elses"));
+        assert!(!claim.cancel.is_cancelled());
+        assert!(connections.hang_up("ns/a", &claim.connection_id));
+        assert!(claim.cancel.is_cancelled());
+    }
+
+    #[test]
+    fn random_ids_use_the_ice_alphabet() {
+        let id = random_id(32);
+        assert_eq!(id.len(), 32);
+        assert!(id.chars().all(|c| c.is_ascii_alphanumeric()));
+        assert_ne!(id, random_id(32));
+    }
+}

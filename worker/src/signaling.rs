@@ -1,0 +1,439 @@
+//! Signaling on the worker's HTTP server: WHIP-style (RFC 9725) offer/answer for WebRTC,
+//! hang-up by `DELETE`, and the WebSocket upgrade; every refusal is a JSON error with a
+//! stable `code`.
+//!
+//! | request | success | refusals |
+//! |---|---|---|
+//! | `POST /v1/sessions/{namespace}/{name}/offer` (`application/sdp`, bearer token) | `201`, SDP answer, `Location` | 400 401 403 404 409 413 415 503 |
+//! | `DELETE /v1/sessions/{namespace}/{name}/connections/{id}` (bearer token) | `200` | 401 403 404 |
+//! | `GET /v1/sessions/{namespace}/{name}/ws?token=…&rate=16000\|48000` | `101` | 400 401 403 404 409 503 |
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::{ConnectInfo, Path, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use tokio_util::sync::CancellationToken;
+use voice_proto::token::{self, TokenError};
+
+use crate::connections::{AlreadyConnected, Connections, Transport};
+use crate::metrics::MediaMetrics;
+use crate::sessions::Sessions;
+use crate::transport::sdp::{self, OfferError};
+use crate::transport::udp_mux::UdpMux;
+use crate::transport::{peer, websocket};
+
+/// Everything the signaling handlers and the media tasks they start need.
+#[derive(Debug)]
+pub struct MediaContext {
+    /// The slot ledger and its events.
+    pub sessions: Arc<Sessions>,
+    /// Open media connections.
+    pub connections: Arc<Connections>,
+    /// The shared WebRTC UDP socket.
+    pub mux: Arc<UdpMux>,
+    /// The join-token key; `None` refuses every client.
+    pub signing_key: Option<Vec<u8>>,
+    /// The address put in ICE candidates (advertised IP, mux port).
+    pub advertised: SocketAddr,
+    /// STUN/TURN URLs handed to clients.
+    pub ice_servers: Vec<String>,
+    /// Largest accepted offer body.
+    pub max_offer_bytes: usize,
+    /// How long a client may take to send a request body.
+    pub body_timeout: Duration,
+    /// How long a WebRTC connection attempt may take.
+    pub connect_timeout: Duration,
+    /// Data-plane metrics.
+    pub metrics: MediaMetrics,
+    /// Fires when the worker stops.
+    pub shutdown: CancellationToken,
+}
+
+/// Why a signaling request was refused. Each variant has an HTTP status and a stable
+/// `code` (its [`reason`](SignalingError::reason)).
+#[derive(Debug, thiserror::Error)]
+pub enum SignalingError {
+    /// No usable `Authorization: Bearer` header or `token` parameter.
+    #[error("a join token is required (Authorization: Bearer <token>)")]
+    MissingToken,
+    /// The token was refused.
+    #[error(transparent)]
+    Token(#[from] TokenError),
+    /// The session holds no slot on this worker.
+    #[error("session {0} is not reserved on this worker")]
+    SessionNotFound(String),
+    /// No such connection to hang up.
+    #[error("no connection {0} for this session")]
+    ConnectionNotFound(String),
+    /// The session already has a media connection.
+    #[error(transparent)]
+    AlreadyConnected(#[from] AlreadyConnected),
+    /// The body is not `application/sdp`.
+    #[error("the offer must be sent as Content-Type: application/sdp")]
+    UnsupportedMediaType,
+    /// The body is larger than the configured limit.
+    #[error("the offer is larger than {0} bytes")]
+    TooLarge(usize),
+    /// The client did not finish sending its body in time.
+    #[error("the request body did not arrive within {0:?}")]
+    BodyTimeout(Duration),
+    /// The body could not be read or is not UTF-8.
+    #[error("the request body could not be read: {0}")]
+    BadBody(String),
+    /// The offer is not acceptable SDP.
+    #[error(transparent)]
+    Offer(#[from] OfferError),
+    /// Negotiation failed on an offer that passed the checks.
+    #[error("the offer could not be negotiated: {0}")]
+    Negotiation(String),
+    /// A bad query parameter (WebSocket `rate`).
+    #[error("{0}")]
+    BadParameter(String),
+    /// The worker drains and takes no new connections.
+    #[error("the worker is draining and accepts no new connections")]
+    Draining,
+    /// Every connection slot is in use.
+    #[error("the worker is full")]
+    Full,
+    /// The worker has no signing key, so no token can be checked.
+    #[error("the worker has no SESSION_SIGNING_KEY and cannot check join tokens")]
+    NotConfigured,
+    /// Setting up media failed on the worker's side.
+    #[error("the worker could not set up media: {0}")]
+    Internal(String),
+}
+
+impl SignalingError {
+    /// Stable CamelCase reason: the JSON `code` and the `result` metric label.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            SignalingError::MissingToken => "TokenMissing",
+            SignalingError::Token(e) => e.reason(),
+            SignalingError::SessionNotFound(_) => "SessionNotFound",
+            SignalingError::ConnectionNotFound(_) => "ConnectionNotFound",
+            SignalingError::AlreadyConnected(_) => "AlreadyConnected",
+            SignalingError::UnsupportedMediaType => "UnsupportedMediaType",
+            SignalingError::TooLarge(_) => "BodyTooLarge",
+            SignalingError::BodyTimeout(_) => "BodyTimeout",
+            SignalingError::BadBody(_) => "BadBody",
+            SignalingError::Offer(e) => e.reason(),
+            SignalingError::Negotiation(_) => "NegotiationFailed",
+            SignalingError::BadParameter(_) => "BadParameter",
+            SignalingError::Draining => "Draining",
+            SignalingError::Full => "Full",
+            SignalingError::NotConfigured => "NotConfigured",
+            SignalingError::Internal(_) => "Internal",
+        }
+    }
+
+    /// The HTTP status of the refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            SignalingError::MissingToken => StatusCode::UNAUTHORIZED,
+            SignalingError::Token(e) => {
+                StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED)
+            }
+            SignalingError::SessionNotFound(_) | SignalingError::ConnectionNotFound(_) => {
+                StatusCode::NOT_FOUND
+            }
+            SignalingError::AlreadyConnected(_) => StatusCode::CONFLICT,
+            SignalingError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            SignalingError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            SignalingError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
+            SignalingError::BadBody(_)
+            | SignalingError::Offer(_)
+            | SignalingError::Negotiation(_)
+            | SignalingError::BadParameter(_) => StatusCode::BAD_REQUEST,
+            SignalingError::Draining | SignalingError::Full | SignalingError::NotConfigured => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            SignalingError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl IntoResponse for SignalingError {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({ "code": self.reason(), "message": self.to_string() });
+        let mut response = (self.status(), body.to_string()).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if self.status() == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+/// The signaling routes, merged into the worker's HTTP router.
+pub fn router(ctx: Arc<MediaContext>) -> Router {
+    Router::new()
+        .route("/v1/sessions/{namespace}/{name}/offer", post(offer))
+        .route(
+            "/v1/sessions/{namespace}/{name}/connections/{connection}",
+            delete(hang_up),
+        )
+        .route("/v1/sessions/{namespace}/{name}/ws", get(websocket_upgrade))
+        .with_state(ctx)
+}
+
+/// Checks that a client may connect to `session_id` now: the worker takes connections,
+/// the session holds a slot here and the token is the session's. Returns the uid.
+fn authorize(
+    ctx: &MediaContext,
+    session_id: &str,
+    token: Option<&str>,
+) -> Result<String, SignalingError> {
+    if ctx.sessions.watch().borrow().draining() {
+        return Err(SignalingError::Draining);
+    }
+    let key = ctx
+        .signing_key
+        .as_deref()
+        .ok_or(SignalingError::NotConfigured)?;
+    let uid = ctx
+        .sessions
+        .held_uid(session_id)
+        .ok_or_else(|| SignalingError::SessionNotFound(session_id.to_owned()))?;
+    let token = token.ok_or(SignalingError::MissingToken)?;
+    token::verify(key, token, session_id, &uid, unix_now())?;
+    Ok(uid)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim())
+        .filter(|t| !t.is_empty())
+}
+
+/// Counts the outcome of an offer or upgrade and turns an error into its response.
+fn counted(metrics: &MediaMetrics, result: Result<Response, SignalingError>) -> Response {
+    match result {
+        Ok(response) => {
+            metrics.count_offer("accepted");
+            response
+        }
+        Err(e) => {
+            metrics.count_offer(e.reason());
+            tracing::info!(code = e.reason(), error = %e, "signaling request refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn offer(
+    State(ctx): State<Arc<MediaContext>>,
+    Path((namespace, name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let result = answer_offer(&ctx, format!("{namespace}/{name}"), &headers, body).await;
+    counted(&ctx.metrics, result)
+}
+
+async fn answer_offer(
+    ctx: &Arc<MediaContext>,
+    session_id: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<Response, SignalingError> {
+    let is_sdp = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/sdp"));
+    if !is_sdp {
+        return Err(SignalingError::UnsupportedMediaType);
+    }
+    let offer = read_body(ctx, headers, body).await?;
+    let uid = authorize(ctx, &session_id, bearer(headers))?;
+    let info = sdp::check_offer(&offer)?;
+    if ctx.connections.len() >= ctx.sessions.snapshot().capacity as usize {
+        return Err(SignalingError::Full);
+    }
+    let claim = ctx
+        .connections
+        .claim(&session_id, &uid, Transport::WebRtc)?;
+    let connection_id = claim.connection_id.clone();
+    let answer = peer::answer(ctx.clone(), claim, offer, info).await?;
+    let location = format!("/v1/sessions/{session_id}/connections/{connection_id}");
+    let mut response = (StatusCode::CREATED, answer).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/sdp"),
+    );
+    if let Ok(location) = HeaderValue::from_str(&location) {
+        headers.insert(header::LOCATION, location);
+    }
+    for url in &ctx.ice_servers {
+        if let Ok(link) = HeaderValue::from_str(&format!("<{url}>; rel=\"ice-server\"")) {
+            headers.append(header::LINK, link);
+        }
+    }
+    tracing::info!(session = %session_id, connection = %connection_id, "WebRTC offer answered");
+    Ok(response)
+}
+
+/// Reads the offer body within the size limit and the body timeout.
+async fn read_body(
+    ctx: &MediaContext,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<String, SignalingError> {
+    let limit = ctx.max_offer_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(SignalingError::TooLarge(limit));
+    }
+    let bytes = tokio::time::timeout(ctx.body_timeout, axum::body::to_bytes(body, limit))
+        .await
+        .map_err(|_| SignalingError::BodyTimeout(ctx.body_timeout))?
+        .map_err(|e| {
+            // `to_bytes` reports the limit as a length-limit error in its source chain.
+            let text = format!("{e:?}");
+            if text.contains("LengthLimit") {
+                SignalingError::TooLarge(limit)
+            } else {
+                SignalingError::BadBody(e.to_string())
+            }
+        })?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| SignalingError::BadBody("not UTF-8".into()))
+}
+
+async fn hang_up(
+    State(ctx): State<Arc<MediaContext>>,
+    Path((namespace, name, connection)): Path<(String, String, String)>,
+    headers: HeaderMap,
+) -> Response {
+    let session_id = format!("{namespace}/{name}");
+    let result = (|| {
+        let key = ctx
+            .signing_key
+            .as_deref()
+            .ok_or(SignalingError::NotConfigured)?;
+        let uid = ctx
+            .sessions
+            .held_uid(&session_id)
+            .ok_or_else(|| SignalingError::SessionNotFound(session_id.clone()))?;
+        let token = bearer(&headers).ok_or(SignalingError::MissingToken)?;
+        token::verify(key, token, &session_id, &uid, unix_now())?;
+        if ctx.connections.hang_up(&session_id, &connection) {
+            Ok(StatusCode::OK.into_response())
+        } else {
+            Err(SignalingError::ConnectionNotFound(connection.clone()))
+        }
+    })();
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn websocket_upgrade(
+    State(ctx): State<Arc<MediaContext>>,
+    Path((namespace, name)): Path<(String, String)>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    uri: Uri,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let session_id = format!("{namespace}/{name}");
+    let result = (|| {
+        let query = uri.query().unwrap_or_default();
+        let token = bearer(&headers).or_else(|| query_param(query, "token"));
+        let rate = match query_param(query, "rate") {
+            None | Some("48000") => websocket::Rate::Hz48000,
+            Some("16000") => websocket::Rate::Hz16000,
+            Some(other) => {
+                return Err(SignalingError::BadParameter(format!(
+                    "rate must be 16000 or 48000, not {other}"
+                )));
+            }
+        };
+        let uid = authorize(&ctx, &session_id, token)?;
+        let claim = ctx
+            .connections
+            .claim(&session_id, &uid, Transport::WebSocket)?;
+        let ctx = ctx.clone();
+        Ok(upgrade
+            .on_upgrade(move |socket| websocket::serve(ctx, claim, socket, rate, remote))
+            .into_response())
+    })();
+    counted(&ctx.metrics, result)
+}
+
+/// The value of `name` in a query string. Tokens and rates need no percent-decoding
+/// (JWTs are URL-safe base64 with dots).
+fn query_param<'a>(query: &'a str, name: &str) -> Option<&'a str> {
+    query
+        .split('&')
+        .filter_map(|pair| pair.split_once('='))
+        .find(|(key, _)| *key == name)
+        .map(|(_, value)| value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_refusal_has_the_documented_status() {
+        let cases = [
+            (SignalingError::MissingToken, 401),
+            (
+                SignalingError::Token(TokenError::Expired { exp: 1, now: 2 }),
+                401,
+            ),
+            (
+                SignalingError::Token(TokenError::WrongSession {
+                    token_session: "a/b".into(),
+                    requested: "a/c".into(),
+                }),
+                403,
+            ),
+            (SignalingError::SessionNotFound("a/b".into()), 404),
+            (SignalingError::Offer(OfferError::NoOpus), 400),
+            (SignalingError::TooLarge(65_536), 413),
+            (SignalingError::Draining, 503),
+            (SignalingError::Full, 503),
+        ];
+        for (error, status) in cases {
+            assert_eq!(error.status().as_u16(), status, "{}", error.reason());
+        }
+    }
+
+    #[test]
+    fn bearer_tokens_and_query_parameters_are_read() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("Bearer abc.def"),
+        );
+        assert_eq!(bearer(&headers), Some("abc.def"));
+        headers.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic xyz"));
+        assert_eq!(bearer(&headers), None);
+        assert_eq!(query_param("token=t.u.v&rate=16000", "rate"), Some("16000"));
+        assert_eq!(query_param("token=t.u.v", "rate"), None);
+    }
+}

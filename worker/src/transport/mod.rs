@@ -1,0 +1,9 @@
+//! The media transports: WebRTC (one UDP port for all peers through [`udp_mux`]) and
+//! WebSocket PCM.
+
+pub mod mux_runtime;
+pub mod peer;
+pub mod rtp_media;
+pub mod sdp;
+pub mod udp_mux;
+pub mod websocket;

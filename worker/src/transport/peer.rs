@@ -1,0 +1,382 @@
+//! One WebRTC session: answer the offer, wait for ICE and DTLS, run the echo media loop,
+//! report connected and ended, release the slot when the peer goes away.
+//!
+//! The peer connection's callbacks run on its driver, so they only forward events into
+//! a bounded queue; the session task does the work (ledger, events, media) and a full
+//! queue is counted, never waited on.
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use bytes::Bytes;
+use rtc::media_stream::MediaStreamTrack;
+use rtc::peer_connection::configuration::media_engine::MIME_TYPE_OPUS;
+use rtc::rtp_transceiver::rtp_sender::{
+    RTCRtpCodec, RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters,
+    RtpCodecKind,
+};
+use tokio::sync::{mpsc, watch};
+use voice_proto::worker::v1::Connected;
+use webrtc::data_channel::{DataChannel, DataChannelEvent};
+use webrtc::media_stream::track_local::TrackLocal;
+use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
+use webrtc::media_stream::track_remote::{TrackRemote, TrackRemoteEvent};
+use webrtc::peer_connection::{
+    MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
+    RTCConfigurationBuilder, RTCIceGatheringState, RTCPeerConnectionState, RTCSessionDescription,
+    Registry, SettingEngineBuilder, register_default_interceptors,
+};
+
+use super::mux_runtime::MuxRuntime;
+use super::rtp_media::{self, RtpOut};
+use super::sdp::{OfferInfo, rewrite_candidates};
+use crate::connections::{Claim, random_id};
+use crate::signaling::{MediaContext, SignalingError};
+
+/// Events forwarded from the driver to the session task.
+enum PeerEvent {
+    State(RTCPeerConnectionState),
+    Track(Arc<dyn TrackRemote>),
+    DataChannel(Arc<dyn DataChannel>),
+}
+
+/// Peer events queued before the driver's callbacks start dropping (and counting) them.
+const EVENT_QUEUE: usize = 64;
+
+/// Received RTP packets queued for the media loop: a second of 20 ms audio.
+const RTP_QUEUE: usize = 50;
+
+/// How long the answer waits for local ICE gathering (host candidates are immediate).
+const GATHER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
+struct Forwarder {
+    events: mpsc::Sender<PeerEvent>,
+    gathered: watch::Sender<bool>,
+    metrics: crate::metrics::MediaMetrics,
+}
+
+impl Forwarder {
+    fn forward(&self, event: PeerEvent) {
+        if self.events.try_send(event).is_err() {
+            self.metrics.count_dropped("peer_event_queue_full");
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl PeerConnectionEventHandler for Forwarder {
+    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
+        if state == RTCIceGatheringState::Complete {
+            self.gathered.send_replace(true);
+        }
+    }
+
+    async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
+        self.forward(PeerEvent::State(state));
+    }
+
+    async fn on_track(&self, track: Arc<dyn TrackRemote>) {
+        self.forward(PeerEvent::Track(track));
+    }
+
+    async fn on_data_channel(&self, data_channel: Arc<dyn DataChannel>) {
+        self.forward(PeerEvent::DataChannel(data_channel));
+    }
+}
+
+fn opus_codec() -> RTCRtpCodec {
+    RTCRtpCodec {
+        mime_type: MIME_TYPE_OPUS.to_owned(),
+        clock_rate: 48_000,
+        // SDP always signals Opus as two channels (RFC 7587 §7); we send mono in it.
+        channels: 2,
+        sdp_fmtp_line: "minptime=10;useinbandfec=1".to_owned(),
+        rtcp_feedback: vec![],
+    }
+}
+
+fn negotiation(e: impl std::fmt::Display) -> SignalingError {
+    SignalingError::Negotiation(e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> SignalingError {
+    SignalingError::Internal(e.to_string())
+}
+
+/// Answers `offer` for the session of `claim` and starts the session task; returns the
+/// SDP answer, whose candidates name the UDP mux.
+pub async fn answer(
+    ctx: Arc<MediaContext>,
+    claim: Claim,
+    offer: String,
+    info: OfferInfo,
+) -> Result<String, SignalingError> {
+    let ufrag = random_id(16);
+    let runtime = Arc::new(MuxRuntime::new(ctx.mux.clone(), ufrag.clone()));
+
+    let mut media_engine = MediaEngine::default();
+    media_engine
+        .register_codec(
+            RTCRtpCodecParameters {
+                rtp_codec: opus_codec(),
+                payload_type: info.opus_payload_type,
+            },
+            RtpCodecKind::Audio,
+        )
+        .map_err(internal)?;
+    let registry =
+        register_default_interceptors(Registry::new(), &mut media_engine).map_err(internal)?;
+    let settings = SettingEngineBuilder::new()
+        .with_ice_credentials(ufrag.clone(), random_id(32))
+        // The mux may be bound to loopback (tests, a single-host demo).
+        .with_include_loopback_candidate(true)
+        .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
+        .build();
+    let (events_tx, events) = mpsc::channel(EVENT_QUEUE);
+    let (gathered_tx, mut gathered) = watch::channel(false);
+    let handler = Arc::new(Forwarder {
+        events: events_tx,
+        gathered: gathered_tx,
+        metrics: ctx.metrics.clone(),
+    });
+    let bind = std::net::SocketAddr::new(ctx.mux.local_addr().map_err(internal)?.ip(), 0);
+    let pc: Arc<dyn PeerConnection> = Arc::new(
+        PeerConnectionBuilder::new()
+            .with_configuration(RTCConfigurationBuilder::new().build())
+            .with_media_engine(media_engine)
+            .with_interceptor_registry(registry)
+            .with_setting_engine(settings)
+            .with_handler(handler)
+            .with_runtime(runtime.clone())
+            .with_udp_addrs(vec![bind])
+            .build()
+            .await
+            .map_err(internal)?,
+    );
+
+    let ssrc = u32::from_be_bytes(random_id(4).as_bytes().try_into().unwrap_or([7; 4]));
+    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        format!("voice-{}", claim.connection_id),
+        format!("agent-{}", claim.connection_id),
+        "agent".to_owned(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: opus_codec(),
+            ..Default::default()
+        }],
+    )));
+
+    let negotiated = async {
+        pc.add_track(track.clone() as Arc<dyn TrackLocal>)
+            .await
+            .map_err(internal)?;
+        let offer = RTCSessionDescription::offer(offer).map_err(negotiation)?;
+        pc.set_remote_description(offer)
+            .await
+            .map_err(negotiation)?;
+        let answer = pc.create_answer(None).await.map_err(negotiation)?;
+        pc.set_local_description(answer)
+            .await
+            .map_err(negotiation)?;
+        let _ = tokio::time::timeout(GATHER_WAIT, gathered.wait_for(|done| *done)).await;
+        let local = pc
+            .local_description()
+            .await
+            .ok_or_else(|| internal("no local description after negotiation"))?;
+        Ok::<_, SignalingError>(rewrite_candidates(&local.sdp, ctx.advertised))
+    }
+    .await;
+    let answer = match negotiated {
+        Ok(answer) => answer,
+        Err(e) => {
+            let _ = pc.close().await;
+            return Err(e);
+        }
+    };
+    let out = RtpOut {
+        track,
+        ssrc,
+        payload_type: info.opus_payload_type,
+    };
+    tokio::spawn(run_session(ctx, claim, pc, events, out, ufrag));
+    Ok(answer)
+}
+
+/// How a session ended, and whether its slot goes with it.
+enum Ending {
+    /// The peer hung up, ICE failed or the client asked by `DELETE`: free the slot.
+    Release(&'static str),
+    /// The client never connected: drop the attempt, keep the reservation so it can retry.
+    Abandon(&'static str),
+}
+
+async fn run_session(
+    ctx: Arc<MediaContext>,
+    mut claim: Claim,
+    pc: Arc<dyn PeerConnection>,
+    mut events: mpsc::Receiver<PeerEvent>,
+    out: RtpOut,
+    ufrag: String,
+) {
+    let offered = Instant::now();
+    let deadline = tokio::time::sleep(ctx.connect_timeout);
+    tokio::pin!(deadline);
+    let (rtp_tx, rtp_rx) = mpsc::channel::<(u16, Bytes)>(RTP_QUEUE);
+    let mut rtp_rx = Some(rtp_rx);
+    let mut out = Some(out);
+    let mut connected = false;
+    let (phase, _) = watch::channel(Phase::Connecting);
+    let media_stop = claim.cancel.child_token();
+    let ending = loop {
+        tokio::select! {
+            () = claim.cancel.cancelled() => break Ending::Release("HungUp"),
+            () = &mut deadline, if !connected => break Ending::Abandon("ConnectTimeout"),
+            event = events.recv() => match event {
+                None => break Ending::Release("PeerClosed"),
+                Some(PeerEvent::State(RTCPeerConnectionState::Connected)) if !connected => {
+                    connected = true;
+                    ctx.metrics.observe_connect(offered.elapsed());
+                    let remote = ctx.mux.peer_of(&ufrag).map(|a| a.to_string()).unwrap_or_default();
+                    let event = Connected {
+                        transport: claim.transport.to_proto().into(),
+                        remote_address: remote.clone(),
+                        connection_id: claim.connection_id.clone(),
+                    };
+                    if !ctx.sessions.connect(&claim.session_id, &claim.uid, event, SystemTime::now()) {
+                        break Ending::Abandon("SessionReleased");
+                    }
+                    claim.set_active();
+                    tracing::info!(session = %claim.session_id, connection = %claim.connection_id, %remote,
+                        connect_ms = offered.elapsed().as_millis(), "WebRTC peer connected");
+                    if let (Some(rx), Some(out)) = (rtp_rx.take(), out.take()) {
+                        tokio::spawn(rtp_media::run(rx, out, ctx.metrics.clone(), media_stop.clone()));
+                    }
+                    phase.send_replace(Phase::Connected {
+                        session: claim.session_id.clone(),
+                        connection_id: claim.connection_id.clone(),
+                    });
+                }
+                Some(PeerEvent::State(RTCPeerConnectionState::Failed)) => break Ending::Release("IceFailed"),
+                Some(PeerEvent::State(RTCPeerConnectionState::Closed)) => break Ending::Release("PeerClosed"),
+                Some(PeerEvent::State(state)) => {
+                    tracing::debug!(session = %claim.session_id, %state, "peer connection state");
+                }
+                Some(PeerEvent::Track(track)) => {
+                    tokio::spawn(receive(track, rtp_tx.clone(), ctx.metrics.clone(), media_stop.clone()));
+                }
+                Some(PeerEvent::DataChannel(channel)) => {
+                    tokio::spawn(session_events(channel, phase.subscribe()));
+                }
+            },
+        }
+    };
+    media_stop.cancel();
+    let reason = match ending {
+        Ending::Release(reason) | Ending::Abandon(reason) => reason,
+    };
+    phase.send_replace(Phase::Ended(reason));
+    // Let the events channel carry `ended` before the connection closes under it.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    if let Err(e) = pc.close().await {
+        tracing::debug!(error = %e, "closing the peer connection");
+    }
+    match ending {
+        Ending::Release(reason) => {
+            let (released, _) =
+                ctx.sessions
+                    .release(&claim.session_id, &claim.uid, reason, SystemTime::now());
+            tracing::info!(session = %claim.session_id, connection = %claim.connection_id, reason, ?released, "WebRTC session ended");
+        }
+        Ending::Abandon(reason) => {
+            tracing::info!(session = %claim.session_id, connection = %claim.connection_id, reason, "WebRTC connection attempt abandoned; the reservation stays");
+        }
+    }
+}
+
+/// Where a session is, as the `events` data channel reports it.
+#[derive(Clone, Debug)]
+enum Phase {
+    Connecting,
+    Connected {
+        session: String,
+        connection_id: String,
+    },
+    Ended(&'static str),
+}
+
+/// Feeds one client-created data channel with the session's events as JSON messages
+/// (`connected`, `state`, `ended`) once it is open.
+async fn session_events(channel: Arc<dyn DataChannel>, mut phase: watch::Receiver<Phase>) {
+    loop {
+        match channel.poll().await {
+            Some(DataChannelEvent::OnOpen) => break,
+            Some(DataChannelEvent::OnClose) | None => return,
+            Some(_) => {}
+        }
+    }
+    let mut told_connected = false;
+    loop {
+        let current = phase.borrow_and_update().clone();
+        let messages = match current {
+            Phase::Connecting => Vec::new(),
+            Phase::Connected { .. } if told_connected => Vec::new(),
+            Phase::Connected {
+                session,
+                connection_id,
+            } => {
+                told_connected = true;
+                vec![
+                    serde_json::json!({
+                        "type": "connected",
+                        "session": session,
+                        "connection_id": connection_id,
+                        "transport": "webrtc",
+                    }),
+                    serde_json::json!({ "type": "state", "state": "LISTENING", "provider": "echo" }),
+                ]
+            }
+            Phase::Ended(reason) => vec![serde_json::json!({ "type": "ended", "reason": reason })],
+        };
+        for message in messages {
+            if let Err(e) = channel.send_text(&message.to_string()).await {
+                tracing::debug!(error = %e, "events data channel send failed");
+                return;
+            }
+        }
+        if matches!(*phase.borrow(), Phase::Ended(_)) || phase.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Forwards a remote track's RTP payloads to the media loop until it ends.
+async fn receive(
+    track: Arc<dyn TrackRemote>,
+    rtp: mpsc::Sender<(u16, Bytes)>,
+    metrics: crate::metrics::MediaMetrics,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    loop {
+        let event = tokio::select! {
+            () = stop.cancelled() => return,
+            event = track.poll() => event,
+        };
+        match event {
+            None => return,
+            Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
+                metrics.count_packet("webrtc", "in", packet.payload.len());
+                if rtp
+                    .try_send((packet.header.sequence_number, packet.payload))
+                    .is_err()
+                {
+                    metrics.count_dropped("rtp_in_queue_full");
+                }
+            }
+            Some(_) => {}
+        }
+    }
+}

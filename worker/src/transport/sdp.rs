@@ -1,0 +1,200 @@
+//! The little SDP the worker reads and writes itself: whether an offer carries Opus
+//! audio (so a bad offer gets a precise 400 before any peer connection exists), and the
+//! answer's ICE candidates, which must name the UDP mux's advertised address.
+
+use std::net::SocketAddr;
+
+/// Why an offer is refused before negotiation.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum OfferError {
+    /// Not an SDP session description at all.
+    #[error("the body is not an SDP offer (it must start with \"v=0\")")]
+    NotSdp,
+    /// No `m=audio` section that is not rejected (port 0).
+    #[error("the offer has no audio section")]
+    NoAudio,
+    /// Audio, but no `opus/48000` payload type in it.
+    #[error("the offer's audio does not offer Opus at 48 kHz")]
+    NoOpus,
+}
+
+impl OfferError {
+    /// Stable CamelCase reason, used as the error `code`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            OfferError::NotSdp => "MalformedSdp",
+            OfferError::NoAudio => "NoAudio",
+            OfferError::NoOpus => "NoOpus",
+        }
+    }
+}
+
+/// What the worker needs from an acceptable offer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OfferInfo {
+    /// The payload type the offerer chose for Opus; the answer keeps it (RFC 3264 §6.1),
+    /// so outgoing RTP carries it.
+    pub opus_payload_type: u8,
+}
+
+/// Checks that `sdp` is an offer with an Opus 48 kHz audio section.
+pub fn check_offer(sdp: &str) -> Result<OfferInfo, OfferError> {
+    let mut lines = sdp.lines().map(str::trim_end);
+    if lines.next() != Some("v=0") {
+        return Err(OfferError::NotSdp);
+    }
+    let mut saw_audio = false;
+    let mut audio_formats: Option<Vec<&str>> = None;
+    for line in lines {
+        if let Some(media) = line.strip_prefix("m=") {
+            let fields: Vec<&str> = media.split_whitespace().collect();
+            let live_audio = fields.first() == Some(&"audio") && fields.get(1) != Some(&"0");
+            saw_audio |= live_audio;
+            audio_formats = live_audio.then(|| fields.iter().skip(3).copied().collect());
+            continue;
+        }
+        let (Some(formats), Some(rtpmap)) = (&audio_formats, line.strip_prefix("a=rtpmap:")) else {
+            continue;
+        };
+        let Some((pt, encoding)) = rtpmap.split_once(' ') else {
+            continue;
+        };
+        let mut parts = encoding.split('/');
+        let is_opus = parts.next().is_some_and(|n| n.eq_ignore_ascii_case("opus"))
+            && parts.next() == Some("48000");
+        if is_opus
+            && formats.contains(&pt)
+            && let Ok(opus_payload_type) = pt.parse()
+        {
+            return Ok(OfferInfo { opus_payload_type });
+        }
+    }
+    Err(if saw_audio {
+        OfferError::NoOpus
+    } else {
+        OfferError::NoAudio
+    })
+}
+
+/// Rewrites the answer's ICE candidates to the one address clients can reach: the UDP
+/// mux's `advertised` address. Host UDP candidates get that address and port; other
+/// candidates (TCP, or addresses of the throwaway socket) are dropped. If the answer has
+/// none, one host candidate is added to every media section.
+pub fn rewrite_candidates(answer: &str, advertised: SocketAddr) -> String {
+    let eol = if answer.contains("\r\n") {
+        "\r\n"
+    } else {
+        "\n"
+    };
+    let mut out = Vec::new();
+    let mut kept = 0;
+    for line in answer.lines() {
+        if let Some(candidate) = line.strip_prefix("a=candidate:") {
+            let mut fields: Vec<&str> = candidate.split_whitespace().collect();
+            let is_udp_host = fields.len() >= 8
+                && fields[2].eq_ignore_ascii_case("udp")
+                && fields[6] == "typ"
+                && fields[7] == "host";
+            if is_udp_host {
+                let (ip, port) = (advertised.ip().to_string(), advertised.port().to_string());
+                fields[4] = &ip;
+                fields[5] = &port;
+                out.push(format!("a=candidate:{}", fields.join(" ")));
+                kept += 1;
+            }
+            continue;
+        }
+        out.push(line.to_owned());
+    }
+    if kept == 0 {
+        let candidate = format!(
+            "a=candidate:1 1 udp 2130706431 {} {} typ host",
+            advertised.ip(),
+            advertised.port()
+        );
+        let mut with = Vec::with_capacity(out.len() + 4);
+        for line in out {
+            let is_mid = line.starts_with("a=mid:");
+            with.push(line);
+            if is_mid {
+                with.push(candidate.clone());
+            }
+        }
+        out = with;
+    }
+    let mut text = out.join(eol);
+    text.push_str(eol);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const BROWSER_OFFER: &str = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\n\
+        a=group:BUNDLE 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 0\r\nc=IN IP4 0.0.0.0\r\n\
+        a=mid:0\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:0 PCMU/8000\r\n";
+
+    #[test]
+    fn a_browser_offer_has_opus_at_its_payload_type() {
+        assert_eq!(
+            check_offer(BROWSER_OFFER),
+            Ok(OfferInfo {
+                opus_payload_type: 111
+            })
+        );
+        let lf_only = BROWSER_OFFER.replace("\r\n", "\n").replace("111", "96");
+        assert_eq!(check_offer(&lf_only).map(|o| o.opus_payload_type), Ok(96));
+    }
+
+    #[test]
+    fn offers_without_usable_opus_audio_are_told_apart() {
+        assert_eq!(check_offer("hello"), Err(OfferError::NotSdp));
+        assert_eq!(check_offer(""), Err(OfferError::NotSdp));
+        let video = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n";
+        assert_eq!(check_offer(video), Err(OfferError::NoAudio));
+        let pcmu = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        assert_eq!(check_offer(pcmu), Err(OfferError::NoOpus));
+        let rejected = BROWSER_OFFER.replace("m=audio 9", "m=audio 0");
+        assert_eq!(check_offer(&rejected), Err(OfferError::NoAudio));
+        // Opus mapped, but not among the m-line's formats: not offered.
+        let unlisted = BROWSER_OFFER.replace("SAVPF 111 0", "SAVPF 0");
+        assert_eq!(check_offer(&unlisted), Err(OfferError::NoOpus));
+    }
+
+    #[test]
+    fn answer_candidates_name_the_mux_address() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+            a=candidate:123 1 udp 2130706431 10.0.0.5 41234 typ host\r\n\
+            a=candidate:124 1 tcp 1671430143 10.0.0.5 9 typ host tcptype passive\r\n\
+            a=end-of-candidates\r\n";
+        let advertised: SocketAddr = "203.0.113.7:50000"
+            .parse()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let out = rewrite_candidates(answer, advertised);
+        assert!(
+            out.contains("a=candidate:123 1 udp 2130706431 203.0.113.7 50000 typ host\r\n"),
+            "{out}"
+        );
+        assert!(!out.contains("tcp"), "{out}");
+        assert!(!out.contains("41234"), "{out}");
+    }
+
+    #[test]
+    fn an_answer_without_candidates_gets_one_per_media_section() {
+        let answer = "v=0\nm=audio 9 UDP/TLS/RTP/SAVPF 111\na=mid:0\nm=application 9 x\na=mid:1\n";
+        let advertised: SocketAddr = "127.0.0.1:50000".parse().unwrap_or_else(|e| panic!("{e}"));
+        let out = rewrite_candidates(answer, advertised);
+        assert_eq!(out.matches("127.0.0.1 50000 typ host").count(), 2, "{out}");
+    }
+
+    proptest! {
+        /// Whatever a client posts, the check answers without panicking.
+        #[test]
+        fn any_body_is_checked_without_panic(body in ".{0,400}") {
+            let _ = check_offer(&body);
+            let _ = check_offer(&format!("v=0\r\n{body}"));
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! What the data-plane tests share: a worker process with a signing key, reservations
+//! over gRPC, join tokens, raw HTTP requests and a frequency estimate.
+
+#![allow(dead_code)]
+
+use std::net::TcpListener as StdListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::transport::Channel;
+use voice_proto::token::{JoinClaims, mint};
+use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
+use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest};
+
+/// The key the test workers check tokens with.
+pub const KEY: &[u8] = b"test-signing-key-of-32-bytes!!!!";
+
+/// How long anything may take before it counts as hung.
+pub const PATIENCE: Duration = Duration::from_secs(20);
+
+/// A running worker, killed when dropped.
+pub struct Worker {
+    child: Child,
+    /// gRPC port.
+    pub grpc_port: u16,
+    /// HTTP port.
+    pub http_port: u16,
+}
+
+impl Worker {
+    /// Starts a worker with `capacity` slots and the test signing key.
+    pub fn start(capacity: u32) -> Self {
+        let (grpc_port, http_port) = (free_port(), free_port());
+        let child = Command::new(env!("CARGO_BIN_EXE_voice-worker"))
+            .env("POD_IP", "127.0.0.1")
+            .env("UDP_PORT", "0")
+            .env("SESSIONS_PER_WORKER", capacity.to_string())
+            .env(
+                "SESSION_SIGNING_KEY",
+                std::str::from_utf8(KEY).unwrap_or_default(),
+            )
+            .env("HTTP_REQUEST_TIMEOUT_SECONDS", "2")
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+            )
+            .args(["--grpc-port", &grpc_port.to_string()])
+            .args(["--http-port", &http_port.to_string()])
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting voice-worker: {e}"));
+        Self {
+            child,
+            grpc_port,
+            http_port,
+        }
+    }
+
+    /// A gRPC client, retrying while the process starts.
+    pub async fn client(&self) -> WorkerControlClient<Channel> {
+        let url = format!("http://127.0.0.1:{}", self.grpc_port);
+        let started = Instant::now();
+        loop {
+            match Channel::from_shared(url.clone())
+                .unwrap_or_else(|e| panic!("{e}"))
+                .connect()
+                .await
+            {
+                Ok(channel) => return WorkerControlClient::new(channel),
+                Err(e) if started.elapsed() > PATIENCE => panic!("worker never listened: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    /// Reserves `id` (`namespace/name`) with `uid`, asserting success.
+    pub async fn reserve(&self, id: &str, uid: &str) {
+        let result = self
+            .client()
+            .await
+            .reserve_session(ReserveSessionRequest {
+                session_id: id.to_owned(),
+                uid: uid.to_owned(),
+                token_key_id: None,
+                config_json: r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#.to_owned(),
+                context_json: String::new(),
+            })
+            .await
+            .unwrap_or_else(|e| panic!("ReserveSession: {e}"))
+            .into_inner()
+            .result();
+        assert_eq!(result, ReserveResult::Reserved);
+    }
+
+    /// One HTTP/1.1 request (connection closed after it): status, headers, body.
+    pub async fn request(
+        &self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", self.http_port))
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the HTTP server: {e}"));
+        let mut head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Length: {}\r\n",
+            body.len()
+        );
+        for (name, value) in headers {
+            head.push_str(&format!("{name}: {value}\r\n"));
+        }
+        head.push_str("\r\n");
+        stream
+            .write_all(head.as_bytes())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        // A server may answer (413) and close before reading a large body.
+        let _ = stream.write_all(body).await;
+        let mut raw = Vec::new();
+        let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut raw)).await;
+        Response::parse(&raw)
+    }
+
+    /// Whether /healthz still answers 200.
+    pub async fn healthy(&self) -> bool {
+        self.request("GET", "/healthz", &[], b"").await.status == 200
+    }
+
+    /// The /metrics text.
+    pub async fn metrics(&self) -> String {
+        self.request("GET", "/metrics", &[], b"").await.body
+    }
+
+    /// Sends SIGTERM.
+    pub fn sigterm(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("running kill: {e}"));
+        assert!(status.success());
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _already_gone = self.child.kill();
+            let _reaped = self.child.wait();
+        }
+    }
+}
+
+/// A parsed HTTP response.
+#[derive(Debug)]
+pub struct Response {
+    /// Status code (0 if the server sent nothing).
+    pub status: u16,
+    /// Header lines as (lower-case name, value).
+    pub headers: Vec<(String, String)>,
+    /// The body as text.
+    pub body: String,
+}
+
+impl Response {
+    fn parse(raw: &[u8]) -> Self {
+        let text = String::from_utf8_lossy(raw);
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        let mut lines = head.lines();
+        let status = lines
+            .next()
+            .and_then(|l| l.split(' ').nth(1))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let headers = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+            .collect();
+        Self {
+            status,
+            headers,
+            body: body.to_owned(),
+        }
+    }
+
+    /// The first value of header `name`.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The JSON error `code`.
+    pub fn code(&self) -> String {
+        serde_json::from_str::<serde_json::Value>(&self.body)
+            .ok()
+            .and_then(|v| v["code"].as_str().map(str::to_owned))
+            .unwrap_or_else(|| format!("<not a JSON error: {}>", self.body))
+    }
+}
+
+/// A join token for `id`/`uid` valid for `ttl_secs` from now (negative: already expired).
+pub fn token(id: &str, uid: &str, ttl_secs: i64) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let exp = now.saturating_add_signed(ttl_secs);
+    mint(
+        KEY,
+        &JoinClaims {
+            sub: id.to_owned(),
+            uid: uid.to_owned(),
+            backend: "test-backend".to_owned(),
+            iat: now.saturating_sub(10),
+            exp,
+        },
+    )
+}
+
+/// A free TCP port on loopback.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("finding a free port: {e}"))
+}
+
+/// `seconds` of a sine at `hz`, sampled at `rate`, amplitude 10 000.
+pub fn sine(hz: f64, rate: u32, seconds: f64) -> Vec<i16> {
+    let n = (f64::from(rate) * seconds) as usize;
+    (0..n)
+        .map(|i| {
+            let t = i as f64 / f64::from(rate);
+            (10_000.0 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16
+        })
+        .collect()
+}
+
+/// The frequency with the most energy among 100 Hz steps from 100 Hz to 4 kHz
+/// (Goertzel), and that energy's share of the signal's.
+pub fn dominant_frequency(samples: &[i16], rate: u32) -> (f64, f64) {
+    let total: f64 = samples.iter().map(|&s| f64::from(s).powi(2)).sum();
+    let mut best = (0.0, 0.0);
+    for step in 1..=40 {
+        let hz = f64::from(step) * 100.0;
+        let power = goertzel(samples, rate, hz);
+        if power > best.1 {
+            best = (hz, power);
+        }
+    }
+    // Goertzel power of a pure tone is about N/2 times its mean-square energy sum.
+    let share = if total > 0.0 {
+        best.1 / (total * samples.len() as f64 / 2.0)
+    } else {
+        0.0
+    };
+    (best.0, share)
+}
+
+fn goertzel(samples: &[i16], rate: u32, hz: f64) -> f64 {
+    let w = 2.0 * std::f64::consts::PI * hz / f64::from(rate);
+    let coeff = 2.0 * w.cos();
+    let (mut s1, mut s2) = (0.0, 0.0);
+    for &x in samples {
+        let s0 = f64::from(x) + coeff * s1 - s2;
+        s2 = s1;
+        s1 = s0;
+    }
+    s1 * s1 + s2 * s2 - coeff * s1 * s2
+}
+
+/// Root mean square of `samples`.
+pub fn rms(samples: &[i16]) -> f64 {
+    if samples.is_empty() {
+        return 0.0;
+    }
+    (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
+}
