@@ -13,6 +13,7 @@ mod crds;
 mod kubectl;
 mod namespace;
 mod node_agent;
+mod operator;
 
 pub use client::client;
 pub use cluster::cluster;
@@ -20,4 +21,5 @@ pub use crds::{crds_dir, install_crds};
 pub use kubectl::{kubectl, kubectl_ok, kubectl_stdin, kubectl_with_stdin};
 pub use namespace::{TEST_LABEL, TestNamespace};
 pub use node_agent::{NODE_NAME, NodeAgentHandle, node_agent, node_agent_dir, node_agent_pid_file};
+pub use operator::{OperatorProcess, PROVIDER_LABEL};
 pub use voice_cluster::{Cluster, KUBERNETES_VERSION};

@@ -1,0 +1,416 @@
+//! The operator against the real API server, as a real process: acceptance, owned objects,
+//! the scale subresource, quiet status and deletion. None of these needs a running worker.
+
+mod operator_common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Secret, Service};
+use operator_common::*;
+use serde_json::json;
+use voice_crds::{VoiceBackend, VoiceProvider};
+use voice_tests::{OperatorProcess, TestNamespace, install_crds, kubectl_ok};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test]
+async fn rejected_backends_say_why_with_an_event_and_get_no_pods() {
+    install_crds();
+    let ns = TestNamespace::new("op-reject").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+
+    let missing = backend_manifest(
+        "missing",
+        &format!("{}-nope", ns.name()),
+        json!({"scaling": {"minWorkers": 2}}),
+    );
+    let bad_config = backend_manifest(
+        "bad-config",
+        &provider,
+        json!({"scaling": {"minWorkers": 2}, "providerConfig": {"jitterBufferMs": 5}}),
+    );
+    let s2s = backend_manifest(
+        "s2s",
+        &provider,
+        json!({"scaling": {"minWorkers": 1}, "agent": null, "pipeline": {"type": "S2S", "stt": null, "tts": null, "s2s": {"provider": "echo"}}}),
+    );
+    apply(&ns, &[&missing, &bad_config, &s2s]);
+
+    let (reason, message) = wait_condition(&ns, "missing", "Accepted", "False", T).await;
+    assert_eq!(reason, "ProviderNotFound");
+    assert!(message.contains("spec.provider"), "{message}");
+    let (reason, message) = wait_condition(&ns, "bad-config", "Accepted", "False", T).await;
+    assert_eq!(reason, "InvalidProviderConfig");
+    assert!(message.contains("/jitterBufferMs"), "{message}");
+    let (reason, message) = wait_condition(&ns, "s2s", "Accepted", "False", T).await;
+    assert_eq!(reason, "S2SNotSupported");
+    assert!(message.contains("s2sSupport"), "{message}");
+
+    for (name, reason) in [
+        ("missing", "ProviderNotFound"),
+        ("bad-config", "InvalidProviderConfig"),
+        ("s2s", "S2SNotSupported"),
+    ] {
+        wait_event(&ns, name, reason, T).await;
+        let b = ns.api::<VoiceBackend>().get(name).await.expect("backend");
+        let status = b.status.expect("status");
+        assert_eq!(
+            status.connection_state,
+            voice_crds::ConnectionState::Error,
+            "{name}"
+        );
+        assert!(live_pods(&ns, name).await.is_empty(), "{name} got pods");
+    }
+}
+
+#[tokio::test]
+async fn a_provider_with_an_invalid_config_schema_is_not_accepted() {
+    install_crds();
+    let ns = TestNamespace::new("op-schema").await;
+    let (good, good_manifest) = provider_manifest(&ns, "good", json!({}));
+    let (bad, bad_manifest) = provider_manifest(
+        &ns,
+        "bad",
+        json!({"configSchema": {"type": "no-such-type", "additionalProperties": null, "properties": null}}),
+    );
+    let _cleanup = ProviderCleanup(vec![good.clone(), bad.clone()]);
+    apply(&ns, &[&good_manifest, &bad_manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    let api = kube::Api::<VoiceProvider>::all(ns.client());
+    let (reason, message) = wait_for(T, "bad provider Accepted=False", || async {
+        let p = api.get(&bad).await.map_err(|e| e.to_string())?;
+        match provider_condition(&p, "Accepted") {
+            Some((s, r, m)) if s == "False" => Ok((r, m)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(reason, "InvalidConfigSchema");
+    assert!(message.contains("spec.configSchema"), "{message}");
+    let p = api.get(&good).await.expect("good provider");
+    // The good one is accepted and counts its backends.
+    let accepted = wait_for(T, "good provider Accepted=True", || async {
+        let p = api.get(&good).await.map_err(|e| e.to_string())?;
+        match provider_condition(&p, "Accepted") {
+            Some((s, r, _)) if s == "True" => Ok(r),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(accepted, "Valid", "{p:?}");
+    apply(&ns, &[&backend_manifest("uses-good", &good, json!({}))]);
+    wait_for(T, "status.backends = 1", || async {
+        let p = api.get(&good).await.map_err(|e| e.to_string())?;
+        let n = p.status.map(|s| s.backends).unwrap_or_default();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("backends = {n}"))
+        }
+    })
+    .await;
+    // A backend on the rejected provider is rejected too, naming the provider's problem.
+    apply(&ns, &[&backend_manifest("uses-bad", &bad, json!({}))]);
+    let (reason, _) = wait_condition(&ns, "uses-bad", "Accepted", "False", T).await;
+    assert_eq!(reason, "ProviderNotAccepted");
+}
+
+#[tokio::test]
+async fn a_valid_backend_gets_its_pods_service_and_secret_and_follows_kubectl_scale() {
+    install_crds();
+    let ns = TestNamespace::new("op-pods").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "assistant",
+            &provider,
+            json!({"scaling": {"minWorkers": 2}, "healthCheck": {"interval": "2s"}}),
+        )],
+    );
+
+    let (reason, _) = wait_condition(&ns, "assistant", "Accepted", "True", T).await;
+    assert_eq!(reason, "Valid");
+    let pods = wait_for(T, "2 worker pods", || async {
+        let pods = live_pods(&ns, "assistant").await;
+        if pods.len() == 2 {
+            Ok(pods)
+        } else {
+            Err(format!("{} pods", pods.len()))
+        }
+    })
+    .await;
+    let backend = ns
+        .api::<VoiceBackend>()
+        .get("assistant")
+        .await
+        .expect("backend");
+    let uid = backend.metadata.uid.clone().expect("uid");
+    for pod in &pods {
+        let owner = &pod.metadata.owner_references.as_ref().expect("owner refs")[0];
+        assert_eq!(
+            (owner.uid.as_str(), owner.controller),
+            (uid.as_str(), Some(true))
+        );
+        let labels = pod.metadata.labels.clone().unwrap_or_default();
+        assert_eq!(
+            labels.get("app.kubernetes.io/name").map(String::as_str),
+            Some("voice-worker")
+        );
+        assert!(labels.contains_key("voicebackends.dev/template-hash"));
+        let spec = pod.spec.as_ref().expect("pod spec");
+        assert_eq!(spec.restart_policy.as_deref(), Some("Never"));
+        assert_eq!(spec.termination_grace_period_seconds, Some(60));
+        let c = &spec.containers[0];
+        assert_eq!(c.image.as_deref(), Some("voice-operator/worker:0.1.0"));
+        let env: BTreeMap<_, _> = c
+            .env
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect();
+        for (k, v) in [
+            ("GRPC_PORT", "50051"),
+            ("HTTP_PORT", "8080"),
+            ("SESSIONS_PER_WORKER", "2"),
+            ("DRAIN_TIMEOUT_SECONDS", "30"),
+            ("BACKEND_NAME", "assistant"),
+        ] {
+            assert_eq!(env[k].value.as_deref(), Some(v), "{k}");
+        }
+        let pod_ip = env["POD_IP"]
+            .value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .expect("POD_IP fieldRef");
+        assert_eq!(pod_ip.field_path, "status.podIP");
+        let key = env["SESSION_SIGNING_KEY"]
+            .value_from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .expect("secretKeyRef");
+        assert_eq!(key.name, "assistant-session-signing-key");
+        let pipeline: serde_json::Value = serde_json::from_str(
+            env["VOICE_PIPELINE"]
+                .value
+                .as_deref()
+                .expect("VOICE_PIPELINE"),
+        )
+        .expect("JSON");
+        assert_eq!(pipeline["pipeline"]["type"], "STT_TTS");
+        let probe = c
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .expect("readiness probe");
+        assert_eq!(probe.path.as_deref(), Some("/readyz"));
+        let sc = c.security_context.as_ref().expect("securityContext");
+        assert_eq!(
+            (sc.read_only_root_filesystem, sc.allow_privilege_escalation),
+            (Some(true), Some(false))
+        );
+        assert_eq!(
+            sc.capabilities.as_ref().and_then(|c| c.drop.clone()),
+            Some(vec!["ALL".to_owned()])
+        );
+        let psc = spec.security_context.as_ref().expect("pod securityContext");
+        assert_eq!(
+            (psc.run_as_non_root, psc.run_as_user),
+            (Some(true), Some(65532))
+        );
+    }
+
+    let service = ns
+        .api::<Service>()
+        .get("assistant-workers")
+        .await
+        .expect("service");
+    let spec = service.spec.expect("service spec");
+    assert_eq!(spec.cluster_ip.as_deref(), Some("None"));
+    let ports: Vec<_> = spec
+        .ports
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| (p.name.unwrap_or_default(), p.port))
+        .collect();
+    assert_eq!(
+        ports,
+        vec![("grpc".to_owned(), 50051), ("http".to_owned(), 8080)]
+    );
+    assert_eq!(
+        spec.selector
+            .unwrap_or_default()
+            .get("voicebackends.dev/backend")
+            .map(String::as_str),
+        Some("assistant")
+    );
+    let secret = ns
+        .api::<Secret>()
+        .get("assistant-session-signing-key")
+        .await
+        .expect("secret");
+    let key = secret.data.expect("data")["signing-key"].0.clone();
+    assert_eq!(key.len(), 64);
+    assert!(key.iter().all(u8::is_ascii_hexdigit));
+    for owned in [
+        service.metadata.owner_references,
+        secret.metadata.owner_references,
+    ] {
+        assert_eq!(owned.expect("owner refs")[0].uid, uid);
+    }
+
+    kubectl_ok(&[
+        "scale",
+        "voicebackend/assistant",
+        "-n",
+        ns.name(),
+        "--replicas=4",
+    ]);
+    wait_for(T, "4 worker pods after kubectl scale", || async {
+        let n = live_pods(&ns, "assistant").await.len();
+        if n == 4 {
+            Ok(())
+        } else {
+            Err(format!("{n} pods"))
+        }
+    })
+    .await;
+    let status = wait_for(T, "status.workers.desired = 4", || async {
+        let b = ns
+            .api::<VoiceBackend>()
+            .get("assistant")
+            .await
+            .map_err(|e| e.to_string())?;
+        let s = b.status.unwrap_or_default();
+        if s.workers.desired == 4 && s.replicas == 4 {
+            Ok(s)
+        } else {
+            Err(format!("{:?} replicas {}", s.workers, s.replicas))
+        }
+    })
+    .await;
+    assert!(
+        status
+            .selector
+            .unwrap_or_default()
+            .contains("voicebackends.dev/backend=assistant")
+    );
+    // The key is created once, never rotated by later reconciles.
+    let again = ns
+        .api::<Secret>()
+        .get("assistant-session-signing-key")
+        .await
+        .expect("secret");
+    assert_eq!(again.data.expect("data")["signing-key"].0, key);
+}
+
+#[tokio::test]
+async fn status_is_not_rewritten_when_nothing_changes() {
+    install_crds();
+    let ns = TestNamespace::new("op-quiet").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    // No pods wanted, health interval 1 s: the periodic reconcile runs every second.
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "idle",
+            &provider,
+            json!({"scaling": {"minWorkers": 0}, "healthCheck": {"interval": "1s"}}),
+        )],
+    );
+    wait_condition(&ns, "idle", "Accepted", "True", T).await;
+    let api = ns.api::<VoiceBackend>();
+    // Let the first writes settle (status, finalizer).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = api
+        .get("idle")
+        .await
+        .expect("backend")
+        .metadata
+        .resource_version;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = api.get("idle").await.expect("backend");
+    assert_eq!(
+        before, after.metadata.resource_version,
+        "status was rewritten: {:?}",
+        after.status
+    );
+    let status = after.status.expect("status");
+    assert_eq!(
+        status.connection_state,
+        voice_crds::ConnectionState::Disconnected
+    );
+    assert_eq!(status.observed_generation, after.metadata.generation);
+}
+
+#[tokio::test]
+async fn deleting_a_backend_removes_its_pods() {
+    install_crds();
+    let ns = TestNamespace::new("op-delete").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "doomed",
+            &provider,
+            json!({"scaling": {"minWorkers": 2}}),
+        )],
+    );
+    wait_for(T, "2 pods", || async {
+        let n = live_pods(&ns, "doomed").await.len();
+        if n == 2 {
+            Ok(())
+        } else {
+            Err(format!("{n} pods"))
+        }
+    })
+    .await;
+    let b = ns
+        .api::<VoiceBackend>()
+        .get("doomed")
+        .await
+        .expect("backend");
+    assert!(
+        b.metadata
+            .finalizers
+            .unwrap_or_default()
+            .contains(&"voicebackends.dev/cleanup".to_owned())
+    );
+    kubectl_ok(&[
+        "delete",
+        "voicebackend",
+        "doomed",
+        "-n",
+        ns.name(),
+        "--wait=false",
+    ]);
+    wait_for(T, "backend and pods gone", || async {
+        let n = live_pods(&ns, "doomed").await.len();
+        let gone = ns
+            .api::<VoiceBackend>()
+            .get_opt("doomed")
+            .await
+            .map_err(|e| e.to_string())?
+            .is_none();
+        if n == 0 && gone {
+            Ok(())
+        } else {
+            Err(format!("{n} pods, backend gone: {gone}"))
+        }
+    })
+    .await;
+}

@@ -1,0 +1,216 @@
+//! Shared pieces of the operator tests: manifests, waiting, reading status and Events.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::ListParams;
+use serde_json::{Value, json};
+use voice_crds::{VoiceBackend, VoiceProvider};
+use voice_tests::{PROVIDER_LABEL, TestNamespace, kubectl_stdin};
+
+/// Polls `check` every 250 ms until it returns `Some`, or panics after `timeout` with
+/// `what` and the last state `describe` gives.
+pub async fn wait_for<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, String>>,
+{
+    let start = Instant::now();
+    loop {
+        let last = match check().await {
+            Ok(value) => return value,
+            Err(last) => last,
+        };
+        if start.elapsed() > timeout {
+            panic!("timed out after {timeout:?} waiting for {what}; last seen: {last}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// A VoiceProvider manifest named `<ns>-<suffix>`, labelled for this test's operator; `patch`
+/// is merged into its spec.
+pub fn provider_manifest(ns: &TestNamespace, suffix: &str, patch: Value) -> (String, Value) {
+    let name = format!("{}-{suffix}", ns.name());
+    let mut spec = json!({
+        "capabilities": {"s2sSupport": false, "supportedCodecs": ["opus", "pcm"]},
+        "worker": {"image": "voice-operator/worker:0.1.0"},
+        "stages": {"stt": ["pocketsphinx"], "tts": ["espeak"], "s2s": [], "vad": ["webrtc"]},
+        "configSchema": {
+            "type": "object",
+            "additionalProperties": false,
+            "properties": {"jitterBufferMs": {"type": "integer", "minimum": 20, "maximum": 500}}
+        }
+    });
+    merge(&mut spec, patch);
+    let manifest = json!({
+        "apiVersion": "voicebackends.dev/v1alpha1",
+        "kind": "VoiceProvider",
+        "metadata": {"name": name, "labels": {PROVIDER_LABEL: ns.name()}},
+        "spec": spec,
+    });
+    (name, manifest)
+}
+
+/// A VoiceBackend manifest `name` on `provider`; `patch` is merged into its spec.
+pub fn backend_manifest(name: &str, provider: &str, patch: Value) -> Value {
+    let mut spec = json!({
+        "provider": provider,
+        "pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"}},
+        "agent": {"type": "Echo"},
+        "workers": {"sessionsPerWorker": 2, "drainTimeout": "30s"},
+        "scaling": {"minWorkers": 0, "maxWorkers": 5},
+        "healthCheck": {"interval": "1s", "timeout": "1s", "failureThreshold": 2}
+    });
+    merge(&mut spec, patch);
+    json!({
+        "apiVersion": "voicebackends.dev/v1alpha1",
+        "kind": "VoiceBackend",
+        "metadata": {"name": name},
+        "spec": spec,
+    })
+}
+
+/// JSON merge patch (RFC 7386).
+pub fn merge(target: &mut Value, patch: Value) {
+    match patch {
+        Value::Object(map) => {
+            if !target.is_object() {
+                *target = json!({});
+            }
+            for (k, v) in map {
+                if v.is_null() {
+                    if let Some(o) = target.as_object_mut() {
+                        o.remove(&k);
+                    }
+                } else {
+                    merge(&mut target[k.as_str()], v);
+                }
+            }
+        }
+        other => *target = other,
+    }
+}
+
+/// Applies manifests with kubectl (server-side) in the test namespace.
+pub fn apply(ns: &TestNamespace, manifests: &[&Value]) {
+    for m in manifests {
+        kubectl_stdin(
+            &[
+                "apply",
+                "--server-side",
+                "--field-manager=voice-tests",
+                "-n",
+                ns.name(),
+                "-f",
+                "-",
+            ],
+            &m.to_string(),
+        );
+    }
+}
+
+/// Deletes a test's cluster-scoped providers when dropped.
+pub struct ProviderCleanup(pub Vec<String>);
+
+impl Drop for ProviderCleanup {
+    fn drop(&mut self) {
+        for name in &self.0 {
+            let _ = voice_tests::kubectl(&[
+                "delete",
+                "voiceprovider",
+                name,
+                "--wait=false",
+                "--ignore-not-found",
+            ]);
+        }
+    }
+}
+
+/// The backend's condition `type_` as (status, reason, message).
+pub fn condition(b: &VoiceBackend, type_: &str) -> Option<(String, String, String)> {
+    b.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// The provider's condition `type_` as (status, reason, message).
+pub fn provider_condition(p: &VoiceProvider, type_: &str) -> Option<(String, String, String)> {
+    p.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}
+
+/// Waits until backend `name` has condition `type_` with `status` and returns (reason, message).
+pub async fn wait_condition(
+    ns: &TestNamespace,
+    name: &str,
+    type_: &str,
+    status: &str,
+    timeout: Duration,
+) -> (String, String) {
+    let api = ns.api::<VoiceBackend>();
+    wait_for(timeout, &format!("{name} {type_}={status}"), || {
+        let api = api.clone();
+        async move {
+            let b = api.get(name).await.map_err(|e| e.to_string())?;
+            match condition(&b, type_) {
+                Some((s, reason, message)) if s == status => Ok((reason, message)),
+                other => Err(format!("{other:?}; status {:?}", b.status)),
+            }
+        }
+    })
+    .await
+}
+
+/// Worker pods of backend `name` that are not being deleted.
+pub async fn live_pods(ns: &TestNamespace, name: &str) -> Vec<Pod> {
+    ns.api::<Pod>()
+        .list(&ListParams::default().labels(&format!("voicebackends.dev/backend={name}")))
+        .await
+        .expect("listing pods")
+        .items
+        .into_iter()
+        .filter(|p| p.metadata.deletion_timestamp.is_none())
+        .collect()
+}
+
+/// Events in the namespace about object `name`, as (reason, note).
+pub async fn events_about(ns: &TestNamespace, name: &str) -> Vec<(String, String)> {
+    ns.api::<Event>()
+        .list(&ListParams::default())
+        .await
+        .expect("listing events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .map(|e| (e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// Waits for an Event with `reason` about `name` and returns its note.
+pub async fn wait_event(ns: &TestNamespace, name: &str, reason: &str, timeout: Duration) -> String {
+    wait_for(
+        timeout,
+        &format!("an Event {reason} about {name}"),
+        || async {
+            let events = events_about(ns, name).await;
+            events
+                .iter()
+                .find(|(r, _)| r == reason)
+                .map(|(_, note)| note.clone())
+                .ok_or_else(|| format!("{events:?}"))
+        },
+    )
+    .await
+}

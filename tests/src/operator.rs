@@ -1,0 +1,126 @@
+//! The real `voice-operator` binary as a child process, scoped to one test namespace.
+//!
+//! Each test runs its own operator with `--watch-namespace <ns>`, `--lease-namespace <ns>`
+//! and `--provider-selector voice-tests/operator=<ns>`, so operators of tests running in
+//! parallel never touch each other's backends, pods, leases or (cluster-scoped) providers.
+
+use std::fs::File;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+use crate::cluster;
+
+/// Label a test puts on its VoiceProviders; its operator manages only those with the value
+/// of its namespace.
+pub const PROVIDER_LABEL: &str = "voice-tests/operator";
+
+/// A running `voice-operator`, killed when dropped.
+pub struct OperatorProcess {
+    child: Child,
+    log: PathBuf,
+    metrics_port: u16,
+}
+
+impl OperatorProcess {
+    /// Starts an operator for namespace `ns` (see the module doc). `instance` tells apart
+    /// several operators of one test (leader election) in their log file names.
+    pub fn start(ns: &str, instance: &str) -> OperatorProcess {
+        let target = voice_cluster::layout::target_dir();
+        let binary = target.join("debug/voice-operator");
+        assert!(
+            binary.exists(),
+            "{} is missing: run `cargo build --workspace --bins` (cargo xtask test does this)",
+            binary.display()
+        );
+        let dir = target.join("voice-operator-tests");
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("creating {}: {e}", dir.display()));
+        let log = dir.join(format!("{ns}-{instance}.log"));
+        let out = File::create(&log).unwrap_or_else(|e| panic!("creating {}: {e}", log.display()));
+        let err = out.try_clone().expect("log handle duplicates");
+        let metrics_port = free_port();
+        let child = Command::new(&binary)
+            .args([
+                "--watch-namespace",
+                ns,
+                "--lease-namespace",
+                ns,
+                "--provider-selector",
+                &format!("{PROVIDER_LABEL}={ns}"),
+                "--metrics-addr",
+                &format!("127.0.0.1:{metrics_port}"),
+            ])
+            .env("KUBECONFIG", cluster().kubeconfig())
+            .env("POD_NAME", format!("{ns}-{instance}"))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG")
+                    .unwrap_or_else(|_| "info,voice_operator=debug".to_owned()),
+            )
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
+        OperatorProcess {
+            child,
+            log,
+            metrics_port,
+        }
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Port of its HTTP server (`/metrics`, `/healthz`, `/readyz`) on 127.0.0.1.
+    pub fn metrics_port(&self) -> u16 {
+        self.metrics_port
+    }
+
+    /// Its log file.
+    pub fn log(&self) -> &PathBuf {
+        &self.log
+    }
+
+    /// The last `lines` lines of its log, for assertion messages.
+    pub fn log_tail(&self, lines: usize) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let all: Vec<&str> = text.lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// SIGKILL, as a crash would: no lease release, no cleanup.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// SIGTERM, then waits for the exit; returns whether it exited 0.
+    pub fn terminate(&mut self) -> bool {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        self.child.wait().map(|s| s.success()).unwrap_or(false)
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A TCP port free on 127.0.0.1 right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("binding 127.0.0.1:0")
+}
