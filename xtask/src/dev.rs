@@ -1,37 +1,59 @@
-//! `cargo xtask dev`: the local embedded default for a newcomer.
+//! `cargo xtask dev`: the local embedded default for a newcomer, in the foreground.
 //!
-//! Brings up the local control plane, installs the CRDs and applies the examples. Later work
-//! adds the operator, the node agent and the demo page to this same command.
+//! Brings up the local control plane, builds the workspace's binaries, installs the CRDs,
+//! applies the examples, and runs the node agent (which starts the worker pods as local
+//! processes) and the operator. Ctrl-C stops it all: operator, node agent (and with it every
+//! worker), then the control plane.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::prerequisites;
+use crate::{node_agent, prerequisites};
 
 /// Arguments of `cargo xtask dev`.
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Address of the operator's /metrics, /healthz and /readyz.
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    operator_metrics: String,
+    /// Keep the local control plane running after Ctrl-C.
+    #[arg(long)]
+    keep_cluster: bool,
+    /// Stop everything once the example backends are Ready (a smoke run of the whole stack).
+    #[arg(long)]
+    until_ready: bool,
+}
 
-/// Starts (or reuses) everything and prints where to look.
-pub fn run(_args: Args) -> anyhow::Result<()> {
-    prerequisites::ensure()?;
-    eprintln!("==> local control plane (first run builds it from Go modules: a few minutes)");
-    let cluster = voice_cluster::up().context("starting the local control plane")?;
+/// Starts everything, prints where to look, and waits for Ctrl-C.
+pub fn run(args: Args) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("xtask sits in the workspace");
+    prerequisites::ensure()?;
 
-    eprintln!("==> installing the CRDs");
+    step("local control plane (the first run builds it from Go modules: about 4 minutes)");
+    let cluster = voice_cluster::up().context("starting the local control plane")?;
+
+    step("building the operator, the worker and the node agent");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = Command::new(&cargo)
+        .args(["build", "--workspace", "--bins"])
+        .status()
+        .context("running cargo build")?;
+    if !status.success() {
+        bail!("cargo build --workspace --bins failed");
+    }
+    let bin = voice_cluster::layout::target_dir().join("debug");
+
+    step("installing the CRDs and applying examples/");
+    let crds = root.join("crds/manifests").display().to_string();
     kubectl(
         &cluster,
-        &[
-            "apply",
-            "--server-side",
-            "--force-conflicts",
-            "-f",
-            &root.join("crds/manifests").display().to_string(),
-        ],
+        &["apply", "--server-side", "--force-conflicts", "-f", &crds],
     )?;
     kubectl(
         &cluster,
@@ -39,25 +61,173 @@ pub fn run(_args: Args) -> anyhow::Result<()> {
             "wait",
             "--for=condition=Established",
             "--timeout=60s",
-            "crd/voiceproviders.voicebackends.dev",
-            "crd/voicebackends.voicebackends.dev",
-            "crd/voicesessions.voicebackends.dev",
+            "-f",
+            &crds,
         ],
     )?;
-    eprintln!("==> applying examples/");
     kubectl(
         &cluster,
         &["apply", "-f", &root.join("examples").display().to_string()],
     )?;
-    kubectl(&cluster, &["get", "voice"])?;
 
-    let kubectl_path = cluster.kubectl_path();
-    println!(
-        "\nThe local cluster is up with the voice-operator API and the examples.\n\n  export KUBECONFIG={}\n  alias kubectl={}   # a v1.36 client that matches the server\n  kubectl get voice -A\n  kubectl explain voicebackend.spec.pipeline\n\nStop it with `cargo xtask cluster down`.",
-        cluster.kubeconfig().display(),
-        kubectl_path.display(),
-    );
-    Ok(())
+    // One agent per node: the one the tests share would fight this one over the same pods.
+    if node_agent::stop_shared()? {
+        eprintln!("   stopped the node agent the tests had left running");
+    }
+    let (stop_tx, stop_rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = stop_tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    step("starting the node agent and the operator");
+    let logs = voice_cluster::layout::target_dir().join("voice-dev");
+    std::fs::create_dir_all(&logs)?;
+    let mut children = vec![
+        spawn(
+            "node agent",
+            &bin.join("voice-node-agent"),
+            &[],
+            &cluster,
+            &logs.join("node-agent.log"),
+        )?,
+        spawn(
+            "operator",
+            &bin.join("voice-operator"),
+            &["--metrics-addr", &args.operator_metrics],
+            &cluster,
+            &logs.join("operator.log"),
+        )?,
+    ];
+
+    let ready = wait_for_examples(&cluster, &stop_rx, &mut children);
+    kubectl(&cluster, &["get", "voice", "-A"])?;
+    match &ready {
+        Ok(()) => println!(
+            "\nvoice-operator is running on a local cluster.\n\n  export KUBECONFIG={kubeconfig}\n  alias kubectl={kubectl}   # a v1.36 client that matches the server\n  kubectl get voice -A -w\n  curl -s http://{metrics}/metrics | grep ^voice_\n\nLogs: {logs}/operator.log and {logs}/node-agent.log (workers: {target}/voice-node-agent/logs/).\nCtrl-C stops everything.",
+            kubeconfig = cluster.kubeconfig().display(),
+            kubectl = cluster.kubectl_path().display(),
+            metrics = args.operator_metrics,
+            logs = logs.display(),
+            target = voice_cluster::layout::target_dir().display(),
+        ),
+        Err(e) => eprintln!("\n{e:#}"),
+    }
+
+    if ready.is_ok() && !args.until_ready {
+        wait_for_stop(&stop_rx, &mut children);
+    }
+    step("stopping the operator and the node agent (and with it every worker)");
+    for child in children.iter_mut().rev() {
+        stop(child);
+    }
+    if !args.keep_cluster {
+        step("stopping the local control plane");
+        voice_cluster::down().context("stopping the local control plane")?;
+    }
+    ready
+}
+
+/// A background process of the dev stack.
+struct Process {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+fn spawn(
+    name: &'static str,
+    binary: &Path,
+    args: &[&str],
+    cluster: &voice_cluster::Cluster,
+    log: &Path,
+) -> anyhow::Result<Process> {
+    let file = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = Command::new(binary)
+        .args(args)
+        .env("KUBECONFIG", cluster.kubeconfig())
+        .stdout(file.try_clone()?)
+        .stderr(file)
+        .spawn()
+        .with_context(|| format!("starting {}", binary.display()))?;
+    eprintln!("   {name}: pid {} (log {})", child.id(), log.display());
+    Ok(Process {
+        name,
+        child,
+        log: log.to_path_buf(),
+    })
+}
+
+/// Waits until the example backends report `Ready=True`, Ctrl-C, or a child's death.
+fn wait_for_examples(
+    cluster: &voice_cluster::Cluster,
+    stop: &mpsc::Receiver<()>,
+    children: &mut [Process],
+) -> anyhow::Result<()> {
+    step("waiting for the example backends to become Ready");
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let out = cluster
+            .kubectl()
+            .args(["get", "vb", "-n", "default", "-o", r#"jsonpath={range .items[*]}{.metadata.name}={.status.conditions[?(@.type=="Ready")].status} {end}"#])
+            .output()
+            .context("running kubectl")?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let states: Vec<&str> = text.split_whitespace().collect();
+        if !states.is_empty() && states.iter().all(|s| s.ends_with("=True")) {
+            return Ok(());
+        }
+        for p in children.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                bail!("the {} exited ({status}); see {}", p.name, p.log.display());
+            }
+        }
+        if stop.recv_timeout(Duration::from_secs(1)).is_ok() {
+            bail!("interrupted");
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "the example backends are not Ready after 3 minutes ({text}); see the logs above"
+            );
+        }
+    }
+}
+
+fn wait_for_stop(stop: &mpsc::Receiver<()>, children: &mut [Process]) {
+    loop {
+        if stop.recv_timeout(Duration::from_secs(1)).is_ok() {
+            return;
+        }
+        for p in children.iter_mut() {
+            if let Ok(Some(status)) = p.child.try_wait() {
+                eprintln!("the {} exited ({status}); see {}", p.name, p.log.display());
+                return;
+            }
+        }
+    }
+}
+
+/// SIGTERM (so the node agent stops its workers), then SIGKILL after 20 s.
+fn stop(p: &mut Process) {
+    if let Ok(Some(_)) = p.child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &p.child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = p.child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let _ = p.child.kill();
+    let _ = p.child.wait();
+}
+
+fn step(what: &str) {
+    eprintln!("\n==> {what}");
 }
 
 fn kubectl(cluster: &voice_cluster::Cluster, args: &[&str]) -> anyhow::Result<()> {
