@@ -140,19 +140,15 @@ impl UdpMux {
     fn route(&self, datagram: &[u8], from: SocketAddr) {
         let route = {
             let mut routes = self.lock();
-            match routes.by_addr.get(&from) {
-                Some(route) => Some(route.clone()),
-                None => match binding_request_ufrag(datagram)
-                    .and_then(|ufrag| routes.by_ufrag.get(ufrag).cloned())
-                {
-                    Some(route) => {
-                        routes.by_addr.insert(from, route.clone());
-                        routes.confirmed.insert(route.id, from);
-                        Some(route)
-                    }
-                    None => None,
-                },
+            let claimed = binding_request_ufrag(datagram)
+                .and_then(|ufrag| routes.by_ufrag.get(ufrag).cloned());
+            if let Some(route) = claimed {
+                // A connectivity check names the peer's address for sure, even when our
+                // own check already taught us the address.
+                routes.by_addr.insert(from, route.clone());
+                routes.confirmed.insert(route.id, from);
             }
+            routes.by_addr.get(&from).cloned()
         };
         let Some(route) = route else {
             self.metrics.count_dropped("udp_unknown_sender");

@@ -1,0 +1,171 @@
+//! WebRTC interop with a client nobody here wrote: aiortc (PyPI) connects to the real
+//! worker binary with a join token, sends a 1 kHz tone for 5 s through the `echo`
+//! session and records what comes back; this test checks the frequency, prints the
+//! round-trip delay and fails if the echo does not come back.
+//!
+//! aiortc is installed into `~/.cache/voice-operator/venv` on first use (python3-venv
+//! and PyPI are needed; both are on the project's machines).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{Worker, dominant_frequency, rms, token};
+use futures::StreamExt;
+use voice_proto::worker::v1::{WatchEventsRequest, session_event::Event};
+
+/// The aiortc release the interop test was written against.
+const AIORTC: &str = "aiortc==1.16.0";
+
+/// The venv's python, created and provisioned idempotently.
+fn venv_python() -> PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let venv = PathBuf::from(home).join(".cache/voice-operator/venv");
+    let python = venv.join("bin/python");
+    let has_aiortc = |python: &PathBuf| {
+        Command::new(python)
+            .args(["-c", "import aiortc, av"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_aiortc(&python) {
+        return python;
+    }
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap_or_else(|e| panic!("running python3 -m venv: {e}"));
+        assert!(
+            status.success(),
+            "python3 -m venv failed: install python3-venv"
+        );
+    }
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", AIORTC])
+        .status()
+        .unwrap_or_else(|e| panic!("running pip: {e}"));
+    assert!(
+        status.success(),
+        "pip install {AIORTC} failed (PyPI unreachable?)"
+    );
+    assert!(has_aiortc(&python), "aiortc installed but does not import");
+    python
+}
+
+#[tokio::test]
+async fn aiortc_hears_its_own_tone_back_through_the_echo_session() {
+    let python = venv_python();
+    let worker = Worker::start(2);
+    let mut client = worker.client().await;
+    let mut events = client
+        .watch_events(WatchEventsRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("WatchEvents: {e}"))
+        .into_inner();
+    worker.reserve("team/rtc-1", "uid-rtc").await;
+
+    let out = std::env::temp_dir().join(format!("aiortc-echo-{}.pcm", std::process::id()));
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop/aiortc_echo.py");
+    let base = format!("http://127.0.0.1:{}", worker.http_port);
+    let token = token("team/rtc-1", "uid-rtc", 600);
+    let run = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args([base.as_str(), "team/rtc-1", token.as_str(), "5"])
+        .arg(&out)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .unwrap_or_else(|_| panic!("the aiortc client hung"))
+        .unwrap_or_else(|e| panic!("running the aiortc client: {e}"));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "aiortc client failed:\n{stdout}\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{stdout}\n{stderr}"));
+    println!("aiortc report: {report}");
+    assert_eq!(report["state"], "connected", "{report}");
+
+    let raw = std::fs::read(&out).unwrap_or_else(|e| panic!("reading {}: {e}", out.display()));
+    let _ = std::fs::remove_file(&out);
+    let received: Vec<i16> = raw
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    // The loud part of what came back: the echo of the tone.
+    let loud: Vec<i16> = received
+        .chunks(960)
+        .filter(|frame| rms(frame) > 2_000.0)
+        .flatten()
+        .copied()
+        .collect();
+    let seconds = loud.len() as f64 / 48_000.0;
+    println!(
+        "aiortc echo: {:.2} s of tone came back of {:.2} s received; round trip {} ms; connect {} ms",
+        seconds,
+        received.len() as f64 / 48_000.0,
+        report["round_trip_ms"],
+        report["connect_ms"]
+    );
+    assert!(
+        seconds > 4.0,
+        "only {seconds:.2} s of the 5 s tone came back"
+    );
+    let (hz, share) = dominant_frequency(&loud, 48_000);
+    println!(
+        "aiortc echo: dominant frequency {hz} Hz ({:.0}% of the energy)",
+        share * 100.0
+    );
+    assert_eq!(hz, 1_000.0, "the echo is not the tone");
+    let rtt = report["round_trip_ms"].as_f64().unwrap_or(f64::MAX);
+    assert!(
+        rtt < 500.0,
+        "round trip {rtt} ms is beyond the 500 ms bound"
+    );
+    assert_eq!(report["delete_status"], 200, "DELETE hang-up: {report}");
+    let kinds: Vec<&str> = report["events"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|e| e["type"].as_str()).collect())
+        .unwrap_or_default();
+    assert!(
+        kinds.contains(&"connected"),
+        "data channel events: {kinds:?}"
+    );
+
+    // The operator's view: reserved, connected over WebRTC from loopback, ended by the hang-up.
+    let mut seen = Vec::new();
+    while let Ok(Some(Ok(event))) =
+        tokio::time::timeout(Duration::from_secs(3), events.next()).await
+    {
+        match event.event {
+            Some(Event::Connected(c)) => {
+                assert_eq!(c.transport(), voice_proto::worker::v1::Transport::Webrtc);
+                assert!(c.remote_address.starts_with("127.0.0.1:"), "{c:?}");
+                seen.push("connected".to_owned());
+            }
+            Some(Event::Ended(e)) => {
+                seen.push(format!("ended:{}", e.reason));
+                break;
+            }
+            Some(Event::Reserved(_)) => seen.push("reserved".to_owned()),
+            _ => {}
+        }
+    }
+    assert_eq!(seen, ["reserved", "connected", "ended:HungUp"]);
+    let metrics = worker.metrics().await;
+    for line in [
+        r#"voice_worker_offers_total{result="accepted"} 1"#,
+        "voice_worker_connect_duration_seconds_count 1",
+        r#"voice_worker_sessions_active{transport="webrtc"} 0"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing:\n{metrics}");
+    }
+    assert!(worker.healthy().await);
+}
