@@ -214,3 +214,95 @@ pub async fn wait_event(ns: &TestNamespace, name: &str, reason: &str, timeout: D
     )
     .await
 }
+
+/// The backend's status (default when unset).
+pub async fn backend_status(
+    ns: &TestNamespace,
+    name: &str,
+) -> Result<voice_crds::VoiceBackendStatus, String> {
+    let b = ns
+        .api::<VoiceBackend>()
+        .get(name)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(b.status.unwrap_or_default())
+}
+
+/// Waits until the backend is Ready, Healthy and Connected with `ready` ready workers.
+pub async fn wait_healthy(
+    ns: &TestNamespace,
+    name: &str,
+    ready: i32,
+    timeout: Duration,
+) -> voice_crds::VoiceBackendStatus {
+    wait_for(
+        timeout,
+        &format!("{name} Healthy/Connected with {ready} ready workers"),
+        || async {
+            let s = backend_status(ns, name).await?;
+            let ready_cond = s
+                .conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready_cond
+                && s.health_status == voice_crds::HealthStatus::Healthy
+                && s.connection_state == voice_crds::ConnectionState::Connected
+                && s.workers.ready == ready
+                && s.workers.total == ready
+            {
+                Ok(s)
+            } else {
+                Err(format!(
+                    "{:?}/{:?} workers {:?} conditions {:?}",
+                    s.health_status, s.connection_state, s.workers, s.conditions
+                ))
+            }
+        },
+    )
+    .await
+}
+
+/// The pid the node agent recorded for a pod's `worker` container.
+pub fn worker_pid(pod: &Pod) -> Option<i32> {
+    let raw = pod
+        .metadata
+        .annotations
+        .as_ref()?
+        .get("node-agent.voicebackends.dev/processes")?;
+    let json: Value = serde_json::from_str(raw).ok()?;
+    json["worker"]["pid"]
+        .as_i64()
+        .and_then(|p| i32::try_from(p).ok())
+}
+
+/// Whether a pod's Ready condition is True.
+pub fn pod_ready(pod: &Pod) -> bool {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether the operator marked a pod draining.
+pub fn pod_draining(pod: &Pod) -> bool {
+    pod.metadata
+        .labels
+        .as_ref()
+        .and_then(|l| l.get("voicebackends.dev/draining"))
+        .is_some_and(|v| v == "true")
+}
+
+/// GET `path` on 127.0.0.1:`port` with plain HTTP/1.0; returns the body.
+pub fn http_get(port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("writing request");
+    let mut response = String::new();
+    stream
+        .read_to_string(&mut response)
+        .expect("reading response");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default()
+}

@@ -1,0 +1,228 @@
+//! End to end: the operator, real worker processes run by the local node agent, and the real
+//! API server. Workers answer gRPC health and stats on their own 127.0.0.x address.
+
+mod operator_common;
+
+use std::time::{Duration, Instant};
+
+use operator_common::*;
+use serde_json::json;
+use voice_crds::VoiceBackend;
+use voice_tests::{OperatorProcess, TestNamespace, install_crds, kubectl_ok, node_agent};
+
+const T: Duration = Duration::from_secs(90);
+
+#[tokio::test]
+async fn ready_workers_make_the_backend_healthy_and_scale_down_drains_the_surplus() {
+    install_crds();
+    node_agent();
+    let ns = TestNamespace::new("op-e2e-scale").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let operator = OperatorProcess::start(ns.name(), "a");
+    let start = Instant::now();
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "assistant",
+            &provider,
+            json!({"scaling": {"minWorkers": 1}, "replicas": 2}),
+        )],
+    );
+
+    let status = wait_healthy(&ns, "assistant", 2, T).await;
+    eprintln!(
+        "2 workers Healthy/Connected {:?} after the backend was applied",
+        start.elapsed()
+    );
+    assert_eq!(status.active_sessions, 0);
+    assert!(status.last_health_check.is_some());
+    assert_eq!(status.worker_statuses.len(), 2);
+    for w in &status.worker_statuses {
+        assert_eq!(w.phase, voice_crds::WorkerPhase::Ready, "{w:?}");
+        assert_eq!(w.capacity, 2, "{w:?}");
+    }
+    wait_event(&ns, "assistant", "ConnectionConnected", T).await;
+    wait_event(&ns, "assistant", "HealthHealthy", T).await;
+
+    kubectl_ok(&[
+        "scale",
+        "voicebackend/assistant",
+        "-n",
+        ns.name(),
+        "--replicas=4",
+    ]);
+    wait_healthy(&ns, "assistant", 4, T).await;
+
+    let start = Instant::now();
+    kubectl_ok(&[
+        "scale",
+        "voicebackend/assistant",
+        "-n",
+        ns.name(),
+        "--replicas=1",
+    ]);
+    let status = wait_healthy(&ns, "assistant", 1, T).await;
+    eprintln!("4 → 1 drained and deleted in {:?}", start.elapsed());
+    assert_eq!(status.workers.draining, 0);
+    let pods = live_pods(&ns, "assistant").await;
+    assert_eq!(pods.len(), 1);
+    assert!(!pod_draining(&pods[0]));
+    wait_condition(&ns, "assistant", "Progressing", "False", T).await;
+
+    let metrics = http_get(operator.metrics_port(), "/metrics");
+    let ready = format!(
+        "voice_workers{{backend=\"{}/assistant\",state=\"ready\"}} 1",
+        ns.name()
+    );
+    assert!(metrics.contains(&ready), "{ready} missing:\n{metrics}");
+    assert!(
+        metrics.contains("voice_health_checks_total{result=\"ok\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("voice_operator_leader 1"), "{metrics}");
+}
+
+#[tokio::test]
+async fn a_killed_worker_is_reported_replaced_and_the_backend_recovers() {
+    install_crds();
+    node_agent();
+    let ns = TestNamespace::new("op-e2e-kill").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "assistant",
+            &provider,
+            json!({"scaling": {"minWorkers": 2}}),
+        )],
+    );
+    wait_healthy(&ns, "assistant", 2, T).await;
+
+    let pods = live_pods(&ns, "assistant").await;
+    let victim = pods[0].metadata.name.clone().expect("pod name");
+    let pid = worker_pid(&pods[0]).expect("the node agent records the worker pid");
+    let killed = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .expect("running kill");
+    assert!(status.success());
+
+    wait_event(&ns, "assistant", "ConnectionReconnecting", T).await;
+    wait_event(&ns, "assistant", "HealthDegraded", T).await;
+    let status = wait_healthy(&ns, "assistant", 2, T).await;
+    eprintln!(
+        "killed worker replaced and backend Healthy again after {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        status.worker_statuses.iter().all(|w| w.name != victim),
+        "{status:?}"
+    );
+    let names: Vec<_> = live_pods(&ns, "assistant")
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(!names.contains(&victim), "{names:?}");
+}
+
+#[tokio::test]
+async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
+    install_crds();
+    node_agent();
+    let ns = TestNamespace::new("op-e2e-roll").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "assistant",
+            &provider,
+            json!({"scaling": {"minWorkers": 2}}),
+        )],
+    );
+    wait_healthy(&ns, "assistant", 2, T).await;
+    let old: Vec<String> = live_pods(&ns, "assistant")
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+
+    let start = Instant::now();
+    kubectl_ok(&[
+        "patch",
+        "voicebackend",
+        "assistant",
+        "-n",
+        ns.name(),
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"workers":{"image":"voice-operator/worker:0.2.0"}}}"#,
+    ]);
+    // Serving capacity never drops: at every sample, at least 2 Ready pods are not draining.
+    let mut saw_progressing = false;
+    loop {
+        let pods = live_pods(&ns, "assistant").await;
+        let serving = pods
+            .iter()
+            .filter(|p| pod_ready(p) && !pod_draining(p))
+            .count();
+        assert!(
+            serving >= 2,
+            "only {serving} serving workers during the rollout: {:?}",
+            pods.iter()
+                .map(|p| (&p.metadata.name, pod_ready(p), pod_draining(p)))
+                .collect::<Vec<_>>()
+        );
+        let status = backend_status(&ns, "assistant").await.expect("status");
+        saw_progressing |= status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Progressing" && c.reason == "RollingUpdate");
+        let done = pods.len() == 2
+            && pods.iter().all(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.containers[0].image.as_deref())
+                    == Some("voice-operator/worker:0.2.0")
+                    && pod_ready(p)
+            });
+        if done {
+            break;
+        }
+        assert!(
+            start.elapsed() < T,
+            "rollout did not finish in {T:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    eprintln!("rollout of 2 workers done in {:?}", start.elapsed());
+    assert!(saw_progressing, "Progressing=RollingUpdate was never seen");
+    let new: Vec<String> = live_pods(&ns, "assistant")
+        .await
+        .into_iter()
+        .filter_map(|p| p.metadata.name)
+        .collect();
+    assert!(
+        new.iter().all(|n| !old.contains(n)),
+        "old {old:?} new {new:?}"
+    );
+    wait_healthy(&ns, "assistant", 2, T).await;
+    let b = ns
+        .api::<VoiceBackend>()
+        .get("assistant")
+        .await
+        .expect("backend");
+    assert_eq!(
+        b.status.and_then(|s| s.observed_generation),
+        b.metadata.generation
+    );
+}
