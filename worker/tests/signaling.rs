@@ -354,3 +354,54 @@ async fn websocket_pcm_comes_back_as_the_same_tone() {
         "{metrics}"
     );
 }
+
+#[tokio::test]
+async fn an_active_websocket_session_goes_on_while_draining_and_ends_at_the_deadline() {
+    let worker = Worker::start(1);
+    worker.reserve("team/ws-2", "uid-ws2").await;
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/sessions/team/ws-2/ws?token={}",
+        worker.http_port,
+        token("team/ws-2", "uid-ws2", 600)
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket upgrade: {e}"));
+    let drained_at = Instant::now();
+    worker
+        .client()
+        .await
+        .drain(DrainRequest {
+            deadline_seconds: 2,
+        })
+        .await
+        .unwrap_or_else(|e| panic!("Drain: {e}"));
+    // Still served while draining: a 48 kHz frame comes back.
+    let frame: Vec<u8> = sine(1_000.0, 48_000, 0.02)
+        .iter()
+        .flat_map(|s| s.to_le_bytes())
+        .collect();
+    ws.send(Message::Binary(frame.into()))
+        .await
+        .unwrap_or_else(|e| panic!("send: {e}"));
+    let mut echoed = false;
+    let mut ended = None;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(PATIENCE, ws.next()).await {
+        match message {
+            Message::Binary(_) => echoed = true,
+            Message::Text(text) if text.contains(r#""type":"ended""#) => {
+                ended = Some(drained_at.elapsed());
+            }
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+    assert!(echoed, "no echo while draining");
+    let ended = ended.unwrap_or_else(|| panic!("no ended event before the close"));
+    println!("drain: the active session ended {ended:?} after a 2 s drain");
+    assert!(
+        ended >= Duration::from_millis(1_500),
+        "ended before the drain deadline: {ended:?}"
+    );
+    assert!(worker.healthy().await);
+}
