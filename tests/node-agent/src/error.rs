@@ -42,8 +42,8 @@ pub enum Error {
         "--image {0:?} is not REPO=PATH: write it like `--image voice-operator/worker=target/debug/voice-worker`"
     )]
     BadImageRule(String),
-    /// All 253 loopback pod addresses are taken.
-    #[error("no free pod address in 127.0.0.2-127.0.0.254: delete some pods on this node")]
+    /// Every loopback pod address is taken.
+    #[error("no free pod address in 127.0.0.0/20: delete some pods on this node")]
     IpPoolExhausted,
     /// A container's environment refers to something that cannot be resolved.
     #[error("environment variable {name}: {problem}")]

@@ -6,9 +6,16 @@ use std::net::Ipv4Addr;
 
 use crate::Error;
 
-/// First and last host byte handed out; 127.0.0.1 is the node's own address.
-const FIRST: u8 = 2;
-const LAST: u8 = 254;
+/// Host bytes handed out in each /24: 127.0.0.1 is the node's own address, and .0/.255 are
+/// avoided so no address looks like a network or broadcast address.
+const FIRST_HOST: u32 = 2;
+const HOSTS_PER_BLOCK: u32 = 253;
+/// 127.0.0.0–127.0.15.255: about 4,000 pods, enough for the 100-backend benchmark (Linux routes
+/// all of 127.0.0.0/8 to the loopback interface).
+const BLOCKS: u32 = 16;
+const SPAN: u32 = HOSTS_PER_BLOCK * BLOCKS;
+/// How many pods the node can hold (its advertised `pods` capacity).
+pub const CAPACITY: u32 = SPAN;
 
 /// Which pod (by uid) holds which address.
 #[derive(Debug, Default)]
@@ -16,7 +23,26 @@ pub struct IpPool {
     owners: BTreeMap<Ipv4Addr, String>,
     /// Where the next search starts: handing addresses out round-robin keeps a just-released
     /// address (whose old process may still be closing its sockets) unused for as long as possible.
-    next: u8,
+    next: u32,
+}
+
+/// The `index`-th address of the pool.
+fn address(index: u32) -> Ipv4Addr {
+    Ipv4Addr::new(
+        127,
+        0,
+        (index / HOSTS_PER_BLOCK) as u8,
+        (FIRST_HOST + index % HOSTS_PER_BLOCK) as u8,
+    )
+}
+
+/// The index of `ip` in the pool, if it belongs to it.
+fn index_of(ip: Ipv4Addr) -> Option<u32> {
+    let [a, b, c, d] = ip.octets();
+    let (c, d) = (u32::from(c), u32::from(d));
+    let in_pool =
+        (a, b) == (127, 0) && c < BLOCKS && (FIRST_HOST..FIRST_HOST + HOSTS_PER_BLOCK).contains(&d);
+    in_pool.then(|| c * HOSTS_PER_BLOCK + d - FIRST_HOST)
 }
 
 impl IpPool {
@@ -24,7 +50,7 @@ impl IpPool {
     pub fn new() -> IpPool {
         IpPool {
             owners: BTreeMap::new(),
-            next: FIRST,
+            next: 0,
         }
     }
 
@@ -33,13 +59,12 @@ impl IpPool {
         if let Some(ip) = self.address_of(owner) {
             return Ok(ip);
         }
-        let span = u16::from(LAST - FIRST) + 1;
-        for step in 0..span {
-            let byte = FIRST + ((u16::from(self.next.max(FIRST) - FIRST) + step) % span) as u8;
-            let ip = Ipv4Addr::new(127, 0, 0, byte);
+        for step in 0..SPAN {
+            let index = (self.next + step) % SPAN;
+            let ip = address(index);
             if let std::collections::btree_map::Entry::Vacant(slot) = self.owners.entry(ip) {
                 slot.insert(owner.to_owned());
-                self.next = if byte == LAST { FIRST } else { byte + 1 };
+                self.next = (index + 1) % SPAN;
                 return Ok(ip);
             }
         }
@@ -49,8 +74,7 @@ impl IpPool {
     /// Records that `owner` holds `ip` (read back from a pod's status after a restart of the
     /// agent). Returns false when the address is outside the pool or held by someone else.
     pub fn reserve(&mut self, ip: Ipv4Addr, owner: &str) -> bool {
-        let [a, b, c, d] = ip.octets();
-        if (a, b, c) != (127, 0, 0) || !(FIRST..=LAST).contains(&d) {
+        if index_of(ip).is_none() {
             return false;
         }
         match self.owners.get(&ip) {
@@ -100,15 +124,26 @@ mod tests {
     }
 
     #[test]
-    fn exhausts_after_253_and_recovers_on_release() {
+    fn exhausts_after_the_whole_span_and_recovers_on_release() {
         let mut pool = IpPool::new();
-        for i in 0..253 {
+        for i in 0..SPAN {
             pool.allocate(&i.to_string()).unwrap();
         }
         assert!(matches!(pool.allocate("x"), Err(Error::IpPoolExhausted)));
         pool.release("7");
         assert!(pool.allocate("x").is_ok());
-        assert_eq!(pool.in_use(), 253);
+        assert_eq!(pool.in_use(), SPAN as usize);
+    }
+
+    #[test]
+    fn the_pool_spans_several_blocks_without_network_or_broadcast_addresses() {
+        assert_eq!(address(252), Ipv4Addr::new(127, 0, 0, 254));
+        assert_eq!(address(253), Ipv4Addr::new(127, 0, 1, 2));
+        for i in 0..SPAN {
+            assert_eq!(index_of(address(i)), Some(i));
+        }
+        assert_eq!(index_of(Ipv4Addr::new(127, 0, 1, 255)), None);
+        assert_eq!(index_of(Ipv4Addr::new(127, 0, 16, 2)), None);
     }
 
     #[test]

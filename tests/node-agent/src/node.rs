@@ -53,7 +53,7 @@ async fn heartbeat(nodes: &Api<Node>, name: &str, ready: bool) -> Result<(), Err
     } else {
         ("False", "KubeletStopped", "voice-node-agent stopped")
     };
-    let pods = "253"; // one per loopback address of the pool
+    let pods = crate::ip_pool::CAPACITY.to_string(); // one per loopback address of the pool
     let status = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Node",
