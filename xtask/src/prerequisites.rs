@@ -14,8 +14,9 @@ pub fn ensure() -> anyhow::Result<()> {
     apt_install(DEBIAN_PACKAGES)
 }
 
-/// Debian packages the workspace needs at build or test time (none yet beyond the base image).
-const DEBIAN_PACKAGES: &[&str] = &[];
+/// Debian packages the workspace needs at build or test time: cmake and a C compiler build the
+/// bundled libopus; python3-venv holds aiortc, the independent WebRTC peer of the interop tests.
+const DEBIAN_PACKAGES: &[&str] = &["cmake", "build-essential", "python3-venv"];
 
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
