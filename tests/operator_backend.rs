@@ -414,3 +414,35 @@ async fn deleting_a_backend_removes_its_pods() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_backend_is_accepted_once_its_missing_provider_appears() {
+    install_crds();
+    let ns = TestNamespace::new("op-late").await;
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    let (provider, manifest) = provider_manifest(&ns, "late", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "early",
+            &provider,
+            json!({"scaling": {"minWorkers": 1}}),
+        )],
+    );
+    let (reason, _) = wait_condition(&ns, "early", "Accepted", "False", T).await;
+    assert_eq!(reason, "ProviderNotFound");
+    // The provider watch wakes the backend: no edit of the backend is needed.
+    apply(&ns, &[&manifest]);
+    let (reason, _) = wait_condition(&ns, "early", "Accepted", "True", T).await;
+    assert_eq!(reason, "Valid");
+    wait_for(T, "a worker pod", || async {
+        let n = live_pods(&ns, "early").await.len();
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(format!("{n} pods"))
+        }
+    })
+    .await;
+}

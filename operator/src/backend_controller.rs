@@ -624,6 +624,14 @@ async fn cleanup(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
         &format!("deleted {} worker pod(s)", pods.len()),
     )
     .await;
+    // A deleted backend's gauges would otherwise be scraped forever.
+    let key = format!("{ns}/{}", backend.name_any());
+    for state in ["desired", "ready", "draining", "total"] {
+        let _ = ctx
+            .metrics
+            .workers
+            .remove_label_values(&[key.as_str(), state]);
+    }
     Ok(Action::await_change())
 }
 
