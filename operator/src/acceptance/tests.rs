@@ -209,3 +209,27 @@ fn a_latency_target_below_the_provider_minimum_is_rejected() {
         "{msg}"
     );
 }
+
+/// The manifests a newcomer applies first must be accepted by the operator, not just the
+/// API server.
+#[test]
+fn the_examples_are_accepted() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let read = |file: &str| -> Value {
+        let text =
+            std::fs::read_to_string(dir.join(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        serde_yaml_ng::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"))
+    };
+    let provider: VoiceProvider =
+        serde_json::from_value(read("00-provider-builtin.yaml")).expect("provider example");
+    assert_eq!(
+        crate::provider_controller::check_config_schema(provider.spec.config_schema.as_ref()),
+        Ok(())
+    );
+    for file in ["10-backend-stt-tts.yaml", "20-backend-s2s.yaml"] {
+        let backend: voice_crds::VoiceBackend =
+            serde_json::from_value(read(file)).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let outcome = check(&backend.spec, Some(&provider));
+        assert!(outcome.is_accepted(), "{file}: {outcome:?}");
+    }
+}
