@@ -197,23 +197,23 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
         u32::try_from(active).unwrap_or(0),
         u32::try_from(current.pending_sessions).unwrap_or(0),
     );
+    let first_desired = desired_workers(scaling);
     let mut fold = health::fold(
-        &fold_input(
-            backend,
-            &current,
-            true,
-            desired_workers(scaling),
-            lost_worker,
-            now,
-        ),
+        &fold_input(backend, &current, true, first_desired, lost_worker, now),
         &observations,
     );
-    // Desired from this round's session count (the fold's count is fresher than status).
+    // Desired from this round's session count, which is fresher than the status; fold again
+    // when it differs so health compares against the same number the pods are planned for.
     let desired = desired_workers(ScalingInput {
         active_sessions: fold.active_sessions,
         ..scaling
     });
-    fold.counts.desired = i32::try_from(desired).unwrap_or(i32::MAX);
+    if desired != first_desired {
+        fold = health::fold(
+            &fold_input(backend, &current, true, desired, lost_worker, now),
+            &observations,
+        );
+    }
 
     // Replace workers that failed too many checks in a row.
     for name in &fold.replace {
