@@ -226,3 +226,134 @@ async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
         b.metadata.generation
     );
 }
+
+#[tokio::test]
+async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_session_ends() {
+    use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
+    use voice_proto::worker::v1::{ReleaseSessionRequest, ReserveResult, ReserveSessionRequest};
+
+    install_crds();
+    node_agent();
+    let ns = TestNamespace::new("op-e2e-drain").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "assistant",
+            &provider,
+            json!({"scaling": {"minWorkers": 1}, "replicas": 3, "workers": {"drainTimeout": "120s"}}),
+        )],
+    );
+    let status = wait_healthy(&ns, "assistant", 3, T).await;
+
+    // One session on one worker, reserved the way the session allocator will do it.
+    let busy = status.worker_statuses[1].clone();
+    let ip = busy.pod_ip.clone().expect("pod IP");
+    let mut client = WorkerControlClient::connect(format!("http://{ip}:50051"))
+        .await
+        .expect("connecting to the worker");
+    let session_id = format!("{}/call-1", ns.name());
+    let reserved = client
+        .reserve_session(ReserveSessionRequest {
+            session_id: session_id.clone(),
+            uid: "uid-1".to_owned(),
+            ..Default::default()
+        })
+        .await
+        .expect("ReserveSession")
+        .into_inner();
+    assert_eq!(reserved.result(), ReserveResult::Reserved);
+    wait_for(T, "activeSessions = 1", || async {
+        let s = backend_status(&ns, "assistant").await?;
+        if s.active_sessions == 1 {
+            Ok(())
+        } else {
+            Err(format!("{}", s.active_sessions))
+        }
+    })
+    .await;
+
+    // Scale to 1: the two empty workers go, the busy one stays.
+    kubectl_ok(&[
+        "scale",
+        "voicebackend/assistant",
+        "-n",
+        ns.name(),
+        "--replicas=1",
+    ]);
+    let status = wait_healthy(&ns, "assistant", 1, T).await;
+    assert_eq!(
+        status.worker_statuses[0].name, busy.name,
+        "the busy worker must be kept: {status:?}"
+    );
+
+    // A rollout drains the busy worker; it stays while it holds its session.
+    kubectl_ok(&[
+        "patch",
+        "voicebackend",
+        "assistant",
+        "-n",
+        ns.name(),
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"workers":{"image":"voice-operator/worker:0.2.0"}}}"#,
+    ]);
+    wait_for(
+        T,
+        "the busy worker draining next to a ready new one",
+        || async {
+            let s = backend_status(&ns, "assistant").await?;
+            if s.workers.draining == 1 && s.workers.ready == 1 {
+                Ok(())
+            } else {
+                Err(format!("{:?}", s.workers))
+            }
+        },
+    )
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let pods = live_pods(&ns, "assistant").await;
+    let draining = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(busy.name.as_str()))
+        .expect("the draining worker is still there");
+    assert!(pod_draining(draining));
+    assert_eq!(
+        backend_status(&ns, "assistant")
+            .await
+            .expect("status")
+            .active_sessions,
+        1
+    );
+
+    // The session ends: the drained worker goes.
+    let ended = Instant::now();
+    client
+        .release_session(ReleaseSessionRequest {
+            session_id,
+            uid: "uid-1".to_owned(),
+            reason: "Completed".to_owned(),
+        })
+        .await
+        .expect("ReleaseSession");
+    wait_for(T, "the drained worker deleted", || async {
+        let pods = live_pods(&ns, "assistant").await;
+        if pods
+            .iter()
+            .all(|p| p.metadata.name.as_deref() != Some(busy.name.as_str()))
+        {
+            Ok(())
+        } else {
+            Err(format!("{} pods", pods.len()))
+        }
+    })
+    .await;
+    eprintln!(
+        "drained worker deleted {:?} after its last session ended",
+        ended.elapsed()
+    );
+    wait_healthy(&ns, "assistant", 1, T).await;
+}
