@@ -357,3 +357,51 @@ async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_ses
     );
     wait_healthy(&ns, "assistant", 1, T).await;
 }
+
+#[tokio::test]
+async fn a_hung_worker_is_replaced_after_failing_its_health_checks() {
+    install_crds();
+    node_agent();
+    let ns = TestNamespace::new("op-e2e-hung").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "assistant",
+            &provider,
+            json!({"scaling": {"minWorkers": 2}, "healthCheck": {"interval": "1s", "timeout": "500ms", "failureThreshold": 2}}),
+        )],
+    );
+    wait_healthy(&ns, "assistant", 2, T).await;
+    let pods = live_pods(&ns, "assistant").await;
+    let victim = pods[0].metadata.name.clone().expect("pod name");
+    let pid = worker_pid(&pods[0]).expect("the node agent records the worker pid");
+    // A hung process: alive, holding its ports, answering nothing.
+    let stopped = Instant::now();
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+
+    let note = wait_event(&ns, "assistant", "WorkerReplaced", T).await;
+    assert!(note.contains(&victim), "{note}");
+    let status = wait_healthy(&ns, "assistant", 2, T).await;
+    eprintln!(
+        "hung worker replaced and backend Healthy again after {:?}",
+        stopped.elapsed()
+    );
+    assert!(
+        status.worker_statuses.iter().all(|w| w.name != victim),
+        "{status:?}"
+    );
+    // The stopped process is this test's leftover: end it rather than wait for the grace period.
+    let _ = std::process::Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+}

@@ -26,7 +26,7 @@ use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
-use voice_crds::{VoiceBackend, VoiceBackendStatus, VoiceProvider};
+use voice_crds::{VoiceBackend, VoiceBackendStatus, VoiceProvider, WorkerPhase};
 
 use crate::acceptance::{self, Acceptance};
 use crate::backend_children::{ensure_service, ensure_signing_secret};
@@ -171,9 +171,19 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
     );
 
     // Check every Ready worker, and ask draining ones how many sessions they still hold.
-    let checks = join_all(workers.iter().map(|w| async move {
+    // A worker that served before and lost its readiness is checked too: a hung worker fails
+    // its readiness probe, and with `restartPolicy: Never` only the failure threshold here
+    // replaces it. Workers that never became Ready are still starting and are left alone.
+    let served: HashSet<&str> = current
+        .worker_statuses
+        .iter()
+        .filter(|s| matches!(s.phase, WorkerPhase::Ready | WorkerPhase::Unhealthy))
+        .map(|s| s.name.as_str())
+        .collect();
+    let checks = join_all(workers.iter().map(|w| async {
         let ip = w.ip.as_deref()?;
-        if w.deleting || w.finished || (!w.ready && w.draining_since.is_none()) {
+        let wanted = w.ready || w.draining_since.is_some() || served.contains(w.name.as_str());
+        if w.deleting || w.finished || !wanted {
             return None;
         }
         let start = Instant::now();

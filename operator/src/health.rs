@@ -99,7 +99,9 @@ pub fn fold(input: &FoldInput<'_>, workers: &[WorkerObservation]) -> Fold {
                 status.consecutive_failures = 0;
                 status.last_check = Some(input.now.clone());
                 status.message = None;
-                if !w.draining {
+                // Healthy means answering *and* Ready for Kubernetes: a worker whose
+                // readiness probe fails is not counted until the kubelet agrees again.
+                if !w.draining && w.ready {
                     status.phase = WorkerPhase::Ready;
                     healthy += 1;
                 }

@@ -158,3 +158,28 @@ fn draining_workers_count_their_sessions_but_not_as_ready() {
     assert_eq!(f.active_sessions, 3);
     assert_eq!(f.worker_statuses[0].phase, WorkerPhase::Draining);
 }
+
+#[test]
+fn a_worker_that_answers_but_is_not_ready_for_kubernetes_is_not_counted_healthy() {
+    let mut w = worker("a", ok(0));
+    w.ready = false;
+    let f = fold(&input(ConnectionState::Connected, 1, &[]), &[w]);
+    assert_eq!(f.counts.ready, 0);
+    assert_eq!(f.worker_statuses[0].phase, WorkerPhase::Starting);
+    assert_eq!(f.worker_statuses[0].consecutive_failures, 0);
+}
+
+#[test]
+fn a_hung_worker_that_lost_readiness_still_counts_failures() {
+    let previous = [WorkerStatus {
+        name: "a".to_owned(),
+        phase: WorkerPhase::Ready,
+        consecutive_failures: 1,
+        ..WorkerStatus::default()
+    }];
+    let mut w = worker("a", Some(Err("no answer within 1s".to_owned())));
+    w.ready = false;
+    let f = fold(&input(ConnectionState::Connected, 1, &previous), &[w]);
+    assert_eq!(f.worker_statuses[0].consecutive_failures, 2);
+    assert_eq!(f.worker_statuses[0].phase, WorkerPhase::Unhealthy);
+}
