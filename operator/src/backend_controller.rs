@@ -684,8 +684,20 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken, synced: Cancellat
     let store = reader.clone();
     let ready_store = reader.clone();
     tokio::spawn(async move {
-        if ready_store.wait_until_ready().await.is_ok() {
-            synced.cancel();
+        // kube's `Store::wait_until_ready` wakes only one of several concurrent waiters (its
+        // ready signal is a oneshot channel, and the controller waits on it too), so poll it
+        // with a short timeout instead of waiting once.
+        loop {
+            match tokio::time::timeout(Duration::from_millis(200), ready_store.wait_until_ready())
+                .await
+            {
+                Ok(Ok(())) => {
+                    synced.cancel();
+                    return;
+                }
+                Ok(Err(_)) => return,
+                Err(_) => {}
+            }
         }
     });
     let mut providers_config = watcher::Config::default();
