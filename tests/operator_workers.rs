@@ -82,6 +82,30 @@ async fn ready_workers_make_the_backend_healthy_and_scale_down_drains_the_surplu
         "{metrics}"
     );
     assert!(metrics.contains("voice_operator_leader 1"), "{metrics}");
+    // Figures, not assertions: mean reconcile and health-check times of this run.
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    let reconcile = "voice_operator_reconcile_duration_seconds";
+    let backend = "{controller=\"backend\"}";
+    let (sum, count) = (
+        value(&format!("{reconcile}_sum{backend}")),
+        value(&format!("{reconcile}_count{backend}")),
+    );
+    let (hsum, hcount) = (
+        value("voice_health_check_duration_seconds_sum"),
+        value("voice_health_check_duration_seconds_count"),
+    );
+    eprintln!(
+        "backend reconciles: {count}, mean {:.1} ms; health checks: {hcount}, mean {:.2} ms",
+        sum / count * 1000.0,
+        hsum / hcount * 1000.0
+    );
 }
 
 #[tokio::test]
