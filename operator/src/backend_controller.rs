@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -581,20 +581,15 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
-    let event = Event {
+    crate::events::publish(
+        &ctx.backend_recorder,
+        backend,
         type_,
-        reason: reason.to_owned(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Reconcile".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx
-        .backend_recorder
-        .publish(&event, &backend.object_ref(&()))
-        .await
-    {
-        tracing::warn!(error = %e, "could not publish event");
-    }
+        reason,
+        "Reconcile",
+        note,
+    )
+    .await;
 }
 
 /// On deletion: ask every worker to drain (best effort), delete the pods, and let the

@@ -11,6 +11,7 @@ pub mod config;
 pub mod context;
 pub mod drain;
 pub mod error;
+pub mod events;
 pub mod health;
 pub mod http;
 pub mod leader;

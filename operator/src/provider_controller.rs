@@ -15,7 +15,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{ListParams, Patch, PatchParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::{WatchStreamExt, predicates, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -143,20 +143,15 @@ async fn publish(
     reason: &str,
     note: &str,
 ) {
-    let event = Event {
+    crate::events::publish(
+        &ctx.provider_recorder,
+        provider,
         type_,
-        reason: reason.to_owned(),
-        note: Some(note.chars().take(1000).collect()),
-        action: "Validate".to_owned(),
-        secondary: None,
-    };
-    if let Err(e) = ctx
-        .provider_recorder
-        .publish(&event, &provider.object_ref(&()))
-        .await
-    {
-        tracing::warn!(error = %e, "could not publish event");
-    }
+        reason,
+        "Validate",
+        note,
+    )
+    .await;
 }
 
 /// Retries a failed reconcile with a short backoff and counts the failure.
