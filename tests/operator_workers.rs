@@ -8,30 +8,22 @@ use std::time::{Duration, Instant};
 use operator_common::*;
 use serde_json::json;
 use voice_crds::VoiceBackend;
-use voice_tests::{OperatorProcess, TestNamespace, install_crds, kubectl_ok, node_agent};
+use voice_tests::kubectl_ok;
 
 const T: Duration = Duration::from_secs(90);
 
 #[tokio::test]
 async fn ready_workers_make_the_backend_healthy_and_scale_down_drains_the_surplus() {
-    install_crds();
-    node_agent();
-    let ns = TestNamespace::new("op-e2e-scale").await;
-    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
-    let _cleanup = ProviderCleanup(vec![provider.clone()]);
-    apply(&ns, &[&manifest]);
-    let operator = OperatorProcess::start(ns.name(), "a");
+    let stack = OperatorStack::start("op-e2e-scale").await;
+    let ns = &stack.ns;
+    let operator = &stack.operator;
     let start = Instant::now();
-    apply(
-        &ns,
-        &[&backend_manifest(
-            "assistant",
-            &provider,
-            json!({"scaling": {"minWorkers": 1}, "replicas": 2}),
-        )],
+    stack.apply_backend(
+        "assistant",
+        json!({"scaling": {"minWorkers": 1}, "replicas": 2}),
     );
 
-    let status = wait_healthy(&ns, "assistant", 2, T).await;
+    let status = wait_healthy(ns, "assistant", 2, T).await;
     eprintln!(
         "2 workers Healthy/Connected {:?} after the backend was applied",
         start.elapsed()
@@ -43,8 +35,8 @@ async fn ready_workers_make_the_backend_healthy_and_scale_down_drains_the_surplu
         assert_eq!(w.phase, voice_crds::WorkerPhase::Ready, "{w:?}");
         assert_eq!(w.capacity, 2, "{w:?}");
     }
-    wait_event(&ns, "assistant", "ConnectionConnected", T).await;
-    wait_event(&ns, "assistant", "HealthHealthy", T).await;
+    wait_event(ns, "assistant", "ConnectionConnected", T).await;
+    wait_event(ns, "assistant", "HealthHealthy", T).await;
 
     kubectl_ok(&[
         "scale",
@@ -53,7 +45,7 @@ async fn ready_workers_make_the_backend_healthy_and_scale_down_drains_the_surplu
         ns.name(),
         "--replicas=4",
     ]);
-    wait_healthy(&ns, "assistant", 4, T).await;
+    wait_healthy(ns, "assistant", 4, T).await;
 
     let start = Instant::now();
     kubectl_ok(&[
@@ -63,13 +55,13 @@ async fn ready_workers_make_the_backend_healthy_and_scale_down_drains_the_surplu
         ns.name(),
         "--replicas=1",
     ]);
-    let status = wait_healthy(&ns, "assistant", 1, T).await;
+    let status = wait_healthy(ns, "assistant", 1, T).await;
     eprintln!("4 → 1 drained and deleted in {:?}", start.elapsed());
     assert_eq!(status.workers.draining, 0);
-    let pods = live_pods(&ns, "assistant").await;
+    let pods = live_pods(ns, "assistant").await;
     assert_eq!(pods.len(), 1);
     assert!(!pod_draining(&pods[0]));
-    wait_condition(&ns, "assistant", "Progressing", "False", T).await;
+    wait_condition(ns, "assistant", "Progressing", "False", T).await;
 
     let metrics = http_get(operator.metrics_port(), "/metrics");
     let ready = format!(
@@ -110,24 +102,12 @@ async fn ready_workers_make_the_backend_healthy_and_scale_down_drains_the_surplu
 
 #[tokio::test]
 async fn a_killed_worker_is_reported_replaced_and_the_backend_recovers() {
-    install_crds();
-    node_agent();
-    let ns = TestNamespace::new("op-e2e-kill").await;
-    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
-    let _cleanup = ProviderCleanup(vec![provider.clone()]);
-    apply(&ns, &[&manifest]);
-    let _operator = OperatorProcess::start(ns.name(), "a");
-    apply(
-        &ns,
-        &[&backend_manifest(
-            "assistant",
-            &provider,
-            json!({"scaling": {"minWorkers": 2}}),
-        )],
-    );
-    wait_healthy(&ns, "assistant", 2, T).await;
+    let stack = OperatorStack::start("op-e2e-kill").await;
+    let ns = &stack.ns;
+    stack.apply_backend("assistant", json!({"scaling": {"minWorkers": 2}}));
+    wait_healthy(ns, "assistant", 2, T).await;
 
-    let pods = live_pods(&ns, "assistant").await;
+    let pods = live_pods(ns, "assistant").await;
     let victim = pods[0].metadata.name.clone().expect("pod name");
     let pid = worker_pid(&pods[0]).expect("the node agent records the worker pid");
     let killed = Instant::now();
@@ -137,9 +117,9 @@ async fn a_killed_worker_is_reported_replaced_and_the_backend_recovers() {
         .expect("running kill");
     assert!(status.success());
 
-    wait_event(&ns, "assistant", "ConnectionReconnecting", T).await;
-    wait_event(&ns, "assistant", "HealthDegraded", T).await;
-    let status = wait_healthy(&ns, "assistant", 2, T).await;
+    wait_event(ns, "assistant", "ConnectionReconnecting", T).await;
+    wait_event(ns, "assistant", "HealthDegraded", T).await;
+    let status = wait_healthy(ns, "assistant", 2, T).await;
     eprintln!(
         "killed worker replaced and backend Healthy again after {:?}",
         killed.elapsed()
@@ -148,7 +128,7 @@ async fn a_killed_worker_is_reported_replaced_and_the_backend_recovers() {
         status.worker_statuses.iter().all(|w| w.name != victim),
         "{status:?}"
     );
-    let names: Vec<_> = live_pods(&ns, "assistant")
+    let names: Vec<_> = live_pods(ns, "assistant")
         .await
         .into_iter()
         .filter_map(|p| p.metadata.name)
@@ -158,23 +138,11 @@ async fn a_killed_worker_is_reported_replaced_and_the_backend_recovers() {
 
 #[tokio::test]
 async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
-    install_crds();
-    node_agent();
-    let ns = TestNamespace::new("op-e2e-roll").await;
-    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
-    let _cleanup = ProviderCleanup(vec![provider.clone()]);
-    apply(&ns, &[&manifest]);
-    let _operator = OperatorProcess::start(ns.name(), "a");
-    apply(
-        &ns,
-        &[&backend_manifest(
-            "assistant",
-            &provider,
-            json!({"scaling": {"minWorkers": 2}}),
-        )],
-    );
-    wait_healthy(&ns, "assistant", 2, T).await;
-    let old: Vec<String> = live_pods(&ns, "assistant")
+    let stack = OperatorStack::start("op-e2e-roll").await;
+    let ns = &stack.ns;
+    stack.apply_backend("assistant", json!({"scaling": {"minWorkers": 2}}));
+    wait_healthy(ns, "assistant", 2, T).await;
+    let old: Vec<String> = live_pods(ns, "assistant")
         .await
         .into_iter()
         .filter_map(|p| p.metadata.name)
@@ -194,7 +162,7 @@ async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
     // Serving capacity never drops: at every sample, at least 2 Ready pods are not draining.
     let mut saw_progressing = false;
     loop {
-        let pods = live_pods(&ns, "assistant").await;
+        let pods = live_pods(ns, "assistant").await;
         let serving = pods
             .iter()
             .filter(|p| pod_ready(p) && !pod_draining(p))
@@ -206,7 +174,7 @@ async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
                 .map(|p| (&p.metadata.name, pod_ready(p), pod_draining(p)))
                 .collect::<Vec<_>>()
         );
-        let status = backend_status(&ns, "assistant").await.expect("status");
+        let status = backend_status(ns, "assistant").await.expect("status");
         saw_progressing |= status
             .conditions
             .iter()
@@ -230,7 +198,7 @@ async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
     }
     eprintln!("rollout of 2 workers done in {:?}", start.elapsed());
     assert!(saw_progressing, "Progressing=RollingUpdate was never seen");
-    let new: Vec<String> = live_pods(&ns, "assistant")
+    let new: Vec<String> = live_pods(ns, "assistant")
         .await
         .into_iter()
         .filter_map(|p| p.metadata.name)
@@ -239,7 +207,7 @@ async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
         new.iter().all(|n| !old.contains(n)),
         "old {old:?} new {new:?}"
     );
-    wait_healthy(&ns, "assistant", 2, T).await;
+    wait_healthy(ns, "assistant", 2, T).await;
     let b = ns
         .api::<VoiceBackend>()
         .get("assistant")
@@ -256,22 +224,13 @@ async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_ses
     use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
     use voice_proto::worker::v1::{ReleaseSessionRequest, ReserveResult, ReserveSessionRequest};
 
-    install_crds();
-    node_agent();
-    let ns = TestNamespace::new("op-e2e-drain").await;
-    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
-    let _cleanup = ProviderCleanup(vec![provider.clone()]);
-    apply(&ns, &[&manifest]);
-    let _operator = OperatorProcess::start(ns.name(), "a");
-    apply(
-        &ns,
-        &[&backend_manifest(
-            "assistant",
-            &provider,
-            json!({"scaling": {"minWorkers": 1}, "replicas": 3, "workers": {"drainTimeout": "120s"}}),
-        )],
+    let stack = OperatorStack::start("op-e2e-drain").await;
+    let ns = &stack.ns;
+    stack.apply_backend(
+        "assistant",
+        json!({"scaling": {"minWorkers": 1}, "replicas": 3, "workers": {"drainTimeout": "120s"}}),
     );
-    let status = wait_healthy(&ns, "assistant", 3, T).await;
+    let status = wait_healthy(ns, "assistant", 3, T).await;
 
     // One session on one worker, reserved the way the session allocator will do it.
     let busy = status.worker_statuses[1].clone();
@@ -291,7 +250,7 @@ async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_ses
         .into_inner();
     assert_eq!(reserved.result(), ReserveResult::Reserved);
     wait_for(T, "activeSessions = 1", || async {
-        let s = backend_status(&ns, "assistant").await?;
+        let s = backend_status(ns, "assistant").await?;
         if s.active_sessions == 1 {
             Ok(())
         } else {
@@ -308,7 +267,7 @@ async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_ses
         ns.name(),
         "--replicas=1",
     ]);
-    let status = wait_healthy(&ns, "assistant", 1, T).await;
+    let status = wait_healthy(ns, "assistant", 1, T).await;
     assert_eq!(
         status.worker_statuses[0].name, busy.name,
         "the busy worker must be kept: {status:?}"
@@ -329,7 +288,7 @@ async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_ses
         T,
         "the busy worker draining next to a ready new one",
         || async {
-            let s = backend_status(&ns, "assistant").await?;
+            let s = backend_status(ns, "assistant").await?;
             if s.workers.draining == 1 && s.workers.ready == 1 {
                 Ok(())
             } else {
@@ -339,14 +298,14 @@ async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_ses
     )
     .await;
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let pods = live_pods(&ns, "assistant").await;
+    let pods = live_pods(ns, "assistant").await;
     let draining = pods
         .iter()
         .find(|p| p.metadata.name.as_deref() == Some(busy.name.as_str()))
         .expect("the draining worker is still there");
     assert!(pod_draining(draining));
     assert_eq!(
-        backend_status(&ns, "assistant")
+        backend_status(ns, "assistant")
             .await
             .expect("status")
             .active_sessions,
@@ -364,7 +323,7 @@ async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_ses
         .await
         .expect("ReleaseSession");
     wait_for(T, "the drained worker deleted", || async {
-        let pods = live_pods(&ns, "assistant").await;
+        let pods = live_pods(ns, "assistant").await;
         if pods
             .iter()
             .all(|p| p.metadata.name.as_deref() != Some(busy.name.as_str()))
@@ -379,28 +338,16 @@ async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_ses
         "drained worker deleted {:?} after its last session ended",
         ended.elapsed()
     );
-    wait_healthy(&ns, "assistant", 1, T).await;
+    wait_healthy(ns, "assistant", 1, T).await;
 }
 
 #[tokio::test]
 async fn a_hung_worker_is_replaced_after_failing_its_health_checks() {
-    install_crds();
-    node_agent();
-    let ns = TestNamespace::new("op-e2e-hung").await;
-    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
-    let _cleanup = ProviderCleanup(vec![provider.clone()]);
-    apply(&ns, &[&manifest]);
-    let _operator = OperatorProcess::start(ns.name(), "a");
-    apply(
-        &ns,
-        &[&backend_manifest(
-            "assistant",
-            &provider,
-            json!({"scaling": {"minWorkers": 2}, "healthCheck": {"interval": "1s", "timeout": "500ms", "failureThreshold": 2}}),
-        )],
-    );
-    wait_healthy(&ns, "assistant", 2, T).await;
-    let pods = live_pods(&ns, "assistant").await;
+    let stack = OperatorStack::start("op-e2e-hung").await;
+    let ns = &stack.ns;
+    stack.apply_backend("assistant", json!({"scaling": {"minWorkers": 2}, "healthCheck": {"interval": "1s", "timeout": "500ms", "failureThreshold": 2}}));
+    wait_healthy(ns, "assistant", 2, T).await;
+    let pods = live_pods(ns, "assistant").await;
     let victim = pods[0].metadata.name.clone().expect("pod name");
     let pid = worker_pid(&pods[0]).expect("the node agent records the worker pid");
     // A hung process: alive, holding its ports, answering nothing.
@@ -413,9 +360,9 @@ async fn a_hung_worker_is_replaced_after_failing_its_health_checks() {
             .success()
     );
 
-    let note = wait_event(&ns, "assistant", "WorkerReplaced", T).await;
+    let note = wait_event(ns, "assistant", "WorkerReplaced", T).await;
     assert!(note.contains(&victim), "{note}");
-    let status = wait_healthy(&ns, "assistant", 2, T).await;
+    let status = wait_healthy(ns, "assistant", 2, T).await;
     eprintln!(
         "hung worker replaced and backend Healthy again after {:?}",
         stopped.elapsed()

@@ -306,3 +306,40 @@ pub fn http_get(port: u16, path: &str) -> String {
         .map(|(_, body)| body.to_owned())
         .unwrap_or_default()
 }
+
+/// What every end-to-end operator test stands on: the CRDs, the node agent, its own
+/// namespace, its own provider (deleted afterwards) and an operator scoped to both.
+/// Fields drop in order: the operator stops first, then the provider and the namespace go.
+pub struct OperatorStack {
+    /// The operator process.
+    pub operator: voice_tests::OperatorProcess,
+    /// The provider's name.
+    pub provider: String,
+    _cleanup: ProviderCleanup,
+    /// The test's namespace.
+    pub ns: TestNamespace,
+}
+
+impl OperatorStack {
+    /// Starts the stack in a namespace named after `prefix`.
+    pub async fn start(prefix: &str) -> OperatorStack {
+        voice_tests::install_crds();
+        voice_tests::node_agent();
+        let ns = TestNamespace::new(prefix).await;
+        let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+        let cleanup = ProviderCleanup(vec![provider.clone()]);
+        apply(&ns, &[&manifest]);
+        let operator = voice_tests::OperatorProcess::start(ns.name(), "a");
+        OperatorStack {
+            operator,
+            provider,
+            _cleanup: cleanup,
+            ns,
+        }
+    }
+
+    /// Applies backend `name` on this stack's provider with `patch` merged into its spec.
+    pub fn apply_backend(&self, name: &str, patch: Value) {
+        apply(&self.ns, &[&backend_manifest(name, &self.provider, patch)]);
+    }
+}
