@@ -269,7 +269,10 @@ pub struct VoiceSessionStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// `Admitted`, `Connected` and `Ready`.
+    // A map keyed by type, so the allocator (Admitted) and the live-state writer (Connected,
+    // Ready) each own their own entries under server-side apply.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
     /// Lifecycle phase.
     #[serde(default)]
