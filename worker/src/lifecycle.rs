@@ -72,6 +72,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     let media = Arc::new(MediaContext {
         sessions: sessions.clone(),
         connections,
+        peers: Default::default(),
         mux,
         signing_key: config
             .session_signing_key

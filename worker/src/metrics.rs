@@ -31,6 +31,9 @@ pub struct MediaMetrics {
     codec_duration: HistogramVec,
     dropped: IntCounterVec,
     late_ticks: IntCounter,
+    rtcp_fraction_lost: HistogramVec,
+    rtcp_jitter: HistogramVec,
+    trickle: IntCounterVec,
 }
 
 /// The error of building the registry: only a programming error (a duplicate or
@@ -181,6 +184,34 @@ impl MediaMetrics {
             "voice_worker_media_late_ticks_total",
             "20 ms send ticks that fired a whole frame late and were skipped.",
         )?;
+        let rtcp_fraction_lost = HistogramVec::new(
+            HistogramOpts::new(
+                "voice_worker_rtcp_fraction_lost",
+                "Fraction of our packets lost, as each RTCP reception report from a client says (0 to 1).",
+            )
+            .buckets(vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]),
+            &["transport"],
+        )?;
+        let rtcp_jitter = HistogramVec::new(
+            HistogramOpts::new(
+                "voice_worker_rtcp_jitter_seconds",
+                "Interarrival jitter of our stream, as each RTCP reception report from a client says.",
+            )
+            .buckets(vec![
+                0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25,
+            ]),
+            &["transport"],
+        )?;
+        let trickle = IntCounterVec::new(
+            Opts::new(
+                "voice_worker_trickle_patches_total",
+                "Trickle ICE PATCH requests, by result (accepted, or the error code).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(rtcp_fraction_lost.clone()))?;
+        registry.register(Box::new(rtcp_jitter.clone()))?;
+        registry.register(Box::new(trickle.clone()))?;
         registry.register(Box::new(sessions_active.clone()))?;
         registry.register(Box::new(offers.clone()))?;
         registry.register(Box::new(connect_duration.clone()))?;
@@ -201,6 +232,9 @@ impl MediaMetrics {
             codec_duration,
             dropped,
             late_ticks,
+            rtcp_fraction_lost,
+            rtcp_jitter,
+            trickle,
         })
     }
 
@@ -246,5 +280,21 @@ impl MediaMetrics {
     /// Counts send ticks skipped because the media task ran late.
     pub fn count_late_ticks(&self, ticks: u64) {
         self.late_ticks.inc_by(ticks);
+    }
+
+    /// Records one RTCP reception report about our stream on `transport`: the fraction of
+    /// packets lost since the previous report and the interarrival jitter.
+    pub fn observe_reception_report(&self, transport: &str, fraction_lost: f64, jitter: Duration) {
+        self.rtcp_fraction_lost
+            .with_label_values(&[transport])
+            .observe(fraction_lost);
+        self.rtcp_jitter
+            .with_label_values(&[transport])
+            .observe(jitter.as_secs_f64());
+    }
+
+    /// Counts one trickle ICE `PATCH` by its result.
+    pub fn count_trickle(&self, result: &str) {
+        self.trickle.with_label_values(&[result]).inc();
     }
 }

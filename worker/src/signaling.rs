@@ -4,9 +4,17 @@
 //!
 //! | request | success | refusals |
 //! |---|---|---|
-//! | `POST /v1/sessions/{namespace}/{name}/offer` (`application/sdp`, bearer token) | `201`, SDP answer, `Location` | 400 401 403 404 409 413 415 503 |
+//! | `POST /v1/sessions/{namespace}/{name}/offer` (`application/sdp`, bearer token) | `201`, SDP answer, `Location`, `ETag` | 400 401 403 404 409 413 415 503 |
+//! | `PATCH /v1/sessions/{namespace}/{name}/connections/{id}` (`application/trickle-ice-sdpfrag`, bearer token, optional `If-Match`) | `204` | 400 401 403 404 412 413 415 422 |
 //! | `DELETE /v1/sessions/{namespace}/{name}/connections/{id}` (bearer token) | `200` | 401 403 404 |
 //! | `GET /v1/sessions/{namespace}/{name}/ws?token=…&rate=16000\|48000` | `101` | 400 401 403 404 409 503 |
+//!
+//! Any other method on these paths is answered `405` with an `Allow` header (RFC 9725
+//! §4.3: a `PATCH` on the offer endpoint, for one). Trickle ICE follows RFC 9725 §4.3.1–2:
+//! the `201` carries the ICE session's strong `ETag`; a `PATCH` whose `If-Match` names
+//! another tag gets `412`. `If-Match` is optional here (RFC 9725 requires the tag only of
+//! sessions that support ICE restarts, which this one does not), and a fragment with new
+//! ICE credentials — an ICE restart — is refused with `422` (see [`trickle`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,16 +26,30 @@ use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{get, post};
 use tokio_util::sync::CancellationToken;
 use voice_proto::token::{self, TokenError};
 
 use crate::connections::{AlreadyConnected, Connections, Transport};
 use crate::metrics::MediaMetrics;
 use crate::sessions::Sessions;
+use crate::transport::peers::Peers;
 use crate::transport::sdp::{self, OfferError};
+use crate::transport::trickle::{self, FragError};
 use crate::transport::udp_mux::UdpMux;
 use crate::transport::{peer, websocket};
+
+/// Where a client posts its WebRTC offer (the WHIP endpoint).
+pub const OFFER_PATH: &str = "/v1/sessions/{namespace}/{name}/offer";
+
+/// The WHIP session resource of one connection: `PATCH` for trickle ICE, `DELETE` to hang up.
+pub const CONNECTION_PATH: &str = "/v1/sessions/{namespace}/{name}/connections/{connection}";
+
+/// The WebSocket endpoint.
+pub const WEBSOCKET_PATH: &str = "/v1/sessions/{namespace}/{name}/ws";
+
+/// The media type of a trickle ICE `PATCH` body (RFC 8840).
+pub const TRICKLE_CONTENT_TYPE: &str = "application/trickle-ice-sdpfrag";
 
 /// Everything the signaling handlers and the media tasks they start need.
 #[derive(Debug)]
@@ -36,6 +58,8 @@ pub struct MediaContext {
     pub sessions: Arc<Sessions>,
     /// Open media connections.
     pub connections: Arc<Connections>,
+    /// Live WebRTC connections, for trickle ICE.
+    pub peers: Arc<Peers>,
     /// The shared WebRTC UDP socket.
     pub mux: Arc<UdpMux>,
     /// The join-token key; `None` refuses every client.
@@ -75,9 +99,28 @@ pub enum SignalingError {
     /// The session already has a media connection.
     #[error(transparent)]
     AlreadyConnected(#[from] AlreadyConnected),
-    /// The body is not `application/sdp`.
-    #[error("the offer must be sent as Content-Type: application/sdp")]
-    UnsupportedMediaType,
+    /// The body is not of the media type the request takes (named in the message).
+    #[error("the body must be sent as Content-Type: {0}")]
+    UnsupportedMediaType(&'static str),
+    /// A trickle fragment that cannot be used.
+    #[error(transparent)]
+    Fragment(#[from] FragError),
+    /// `If-Match` names an ICE session that is not the current one.
+    #[error("If-Match {given} does not match the ICE session's entity-tag {current}")]
+    PreconditionFailed {
+        /// The client's `If-Match`.
+        given: String,
+        /// The current entity-tag.
+        current: String,
+    },
+    /// A trickle fragment with new ICE credentials.
+    #[error(
+        "ICE restarts are not supported: the fragment's ice-ufrag/ice-pwd differ from the offer's; post a new offer instead"
+    )]
+    IceRestartUnsupported,
+    /// The peer connection refused a candidate that parsed.
+    #[error("the candidate was refused: {0}")]
+    CandidateRefused(String),
     /// The body is larger than the configured limit.
     #[error("the offer is larger than {0} bytes")]
     TooLarge(usize),
@@ -119,7 +162,11 @@ impl SignalingError {
             SignalingError::SessionNotFound(_) => "SessionNotFound",
             SignalingError::ConnectionNotFound(_) => "ConnectionNotFound",
             SignalingError::AlreadyConnected(_) => "AlreadyConnected",
-            SignalingError::UnsupportedMediaType => "UnsupportedMediaType",
+            SignalingError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            SignalingError::Fragment(e) => e.reason(),
+            SignalingError::PreconditionFailed { .. } => "PreconditionFailed",
+            SignalingError::IceRestartUnsupported => "IceRestartUnsupported",
+            SignalingError::CandidateRefused(_) => "CandidateRefused",
             SignalingError::TooLarge(_) => "BodyTooLarge",
             SignalingError::BodyTimeout(_) => "BodyTimeout",
             SignalingError::BadBody(_) => "BadBody",
@@ -144,10 +191,14 @@ impl SignalingError {
                 StatusCode::NOT_FOUND
             }
             SignalingError::AlreadyConnected(_) => StatusCode::CONFLICT,
-            SignalingError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            SignalingError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            SignalingError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
+            SignalingError::IceRestartUnsupported => StatusCode::UNPROCESSABLE_ENTITY,
             SignalingError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             SignalingError::BodyTimeout(_) => StatusCode::REQUEST_TIMEOUT,
             SignalingError::BadBody(_)
+            | SignalingError::Fragment(_)
+            | SignalingError::CandidateRefused(_)
             | SignalingError::Offer(_)
             | SignalingError::Negotiation(_)
             | SignalingError::BadParameter(_) => StatusCode::BAD_REQUEST,
@@ -179,12 +230,12 @@ impl IntoResponse for SignalingError {
 /// The signaling routes, merged into the worker's HTTP router.
 pub fn router(ctx: Arc<MediaContext>) -> Router {
     Router::new()
-        .route("/v1/sessions/{namespace}/{name}/offer", post(offer))
+        .route(OFFER_PATH, post(offer))
         .route(
-            "/v1/sessions/{namespace}/{name}/connections/{connection}",
-            delete(hang_up),
+            CONNECTION_PATH,
+            axum::routing::patch(trickle_ice).delete(hang_up),
         )
-        .route("/v1/sessions/{namespace}/{name}/ws", get(websocket_upgrade))
+        .route(WEBSOCKET_PATH, get(websocket_upgrade))
         .with_state(ctx)
 }
 
@@ -258,13 +309,7 @@ async fn answer_offer(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, SignalingError> {
-    let is_sdp = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim().to_ascii_lowercase().starts_with("application/sdp"));
-    if !is_sdp {
-        return Err(SignalingError::UnsupportedMediaType);
-    }
+    require_content_type(headers, "application/sdp")?;
     let offer = read_body(ctx, headers, body).await?;
     let uid = authorize(ctx, &session_id, bearer(headers))?;
     let info = sdp::check_offer(&offer)?;
@@ -275,14 +320,17 @@ async fn answer_offer(
         .connections
         .claim(&session_id, &uid, Transport::WebRtc)?;
     let connection_id = claim.connection_id.clone();
-    let answer = peer::answer(ctx.clone(), claim, offer, info).await?;
+    let answered = peer::answer(ctx.clone(), claim, offer, info).await?;
     let location = format!("/v1/sessions/{session_id}/connections/{connection_id}");
-    let mut response = (StatusCode::CREATED, answer).into_response();
+    let mut response = (StatusCode::CREATED, answered.sdp).into_response();
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/sdp"),
     );
+    if let Ok(etag) = HeaderValue::from_str(&answered.etag) {
+        headers.insert(header::ETAG, etag);
+    }
     if let Ok(location) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, location);
     }
@@ -293,6 +341,20 @@ async fn answer_offer(
     }
     tracing::info!(session = %session_id, connection = %connection_id, "WebRTC offer answered");
     Ok(response)
+}
+
+/// Refuses a body whose `Content-Type` is not `expected` (parameters allowed).
+fn require_content_type(headers: &HeaderMap, expected: &'static str) -> Result<(), SignalingError> {
+    let matches = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case(expected));
+    if matches {
+        Ok(())
+    } else {
+        Err(SignalingError::UnsupportedMediaType(expected))
+    }
 }
 
 /// Reads the offer body within the size limit and the body timeout.
@@ -324,6 +386,97 @@ async fn read_body(
     String::from_utf8(bytes.to_vec()).map_err(|_| SignalingError::BadBody("not UTF-8".into()))
 }
 
+/// Checks the token of a request on an existing connection (hang-up, trickle). Unlike
+/// [`authorize`], a draining worker still takes these: they concern media already admitted.
+fn authorize_existing(
+    ctx: &MediaContext,
+    session_id: &str,
+    headers: &HeaderMap,
+) -> Result<(), SignalingError> {
+    let key = ctx
+        .signing_key
+        .as_deref()
+        .ok_or(SignalingError::NotConfigured)?;
+    let uid = ctx
+        .sessions
+        .held_uid(session_id)
+        .ok_or_else(|| SignalingError::SessionNotFound(session_id.to_owned()))?;
+    let token = bearer(headers).ok_or(SignalingError::MissingToken)?;
+    token::verify(key, token, session_id, &uid, unix_now())?;
+    Ok(())
+}
+
+/// Trickle ICE (RFC 9725 §4.3.2): adds the client's candidates to its connection.
+async fn trickle_ice(
+    State(ctx): State<Arc<MediaContext>>,
+    Path((namespace, name, connection)): Path<(String, String, String)>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let session_id = format!("{namespace}/{name}");
+    let result = add_trickled(&ctx, &session_id, &connection, &headers, body).await;
+    match result {
+        Ok(()) => {
+            ctx.metrics.count_trickle("accepted");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(e) => {
+            ctx.metrics.count_trickle(e.reason());
+            tracing::info!(session = %session_id, connection = %connection, code = e.reason(), error = %e, "trickle ICE refused");
+            e.into_response()
+        }
+    }
+}
+
+async fn add_trickled(
+    ctx: &MediaContext,
+    session_id: &str,
+    connection: &str,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(), SignalingError> {
+    require_content_type(headers, TRICKLE_CONTENT_TYPE)?;
+    let body = read_body(ctx, headers, body).await?;
+    authorize_existing(ctx, session_id, headers)?;
+    let peer = ctx
+        .peers
+        .get(session_id, connection)
+        .ok_or_else(|| SignalingError::ConnectionNotFound(connection.to_owned()))?;
+    if let Some(given) = headers.get(header::IF_MATCH) {
+        let given = given.to_str().unwrap_or_default();
+        if !trickle::if_match(given, &peer.etag) {
+            return Err(SignalingError::PreconditionFailed {
+                given: given.to_owned(),
+                current: peer.etag.clone(),
+            });
+        }
+    }
+    let fragment = trickle::parse(&body)?;
+    let (remote_ufrag, remote_pwd) = &peer.remote_credentials;
+    let restarts = |given: &Option<String>, current: &Option<String>| {
+        given.is_some() && current.is_some() && given != current
+    };
+    if restarts(&fragment.ufrag, remote_ufrag) || restarts(&fragment.pwd, remote_pwd) {
+        return Err(SignalingError::IceRestartUnsupported);
+    }
+    for candidate in fragment.candidates {
+        let init = webrtc::peer_connection::RTCIceCandidateInit {
+            candidate: candidate.candidate,
+            sdp_mid: candidate.mid,
+            sdp_mline_index: Some(candidate.mline_index),
+            username_fragment: fragment.ufrag.clone(),
+            ..Default::default()
+        };
+        peer.pc
+            .add_ice_candidate(init)
+            .await
+            .map_err(|e| SignalingError::CandidateRefused(e.to_string()))?;
+    }
+    // `a=end-of-candidates` needs no action: the `webrtc` 0.21 ICE agent has no remote
+    // end-of-candidates signal and keeps checking the pairs it has until ICE completes.
+    Ok(())
+}
+
 async fn hang_up(
     State(ctx): State<Arc<MediaContext>>,
     Path((namespace, name, connection)): Path<(String, String, String)>,
@@ -331,16 +484,7 @@ async fn hang_up(
 ) -> Response {
     let session_id = format!("{namespace}/{name}");
     let result = (|| {
-        let key = ctx
-            .signing_key
-            .as_deref()
-            .ok_or(SignalingError::NotConfigured)?;
-        let uid = ctx
-            .sessions
-            .held_uid(&session_id)
-            .ok_or_else(|| SignalingError::SessionNotFound(session_id.clone()))?;
-        let token = bearer(&headers).ok_or(SignalingError::MissingToken)?;
-        token::verify(key, token, &session_id, &uid, unix_now())?;
+        authorize_existing(&ctx, &session_id, &headers)?;
         if ctx.connections.hang_up(&session_id, &connection) {
             Ok(StatusCode::OK.into_response())
         } else {
@@ -415,6 +559,20 @@ mod tests {
             (SignalingError::SessionNotFound("a/b".into()), 404),
             (SignalingError::Offer(OfferError::NoOpus), 400),
             (SignalingError::TooLarge(65_536), 413),
+            (
+                SignalingError::UnsupportedMediaType(TRICKLE_CONTENT_TYPE),
+                415,
+            ),
+            (
+                SignalingError::PreconditionFailed {
+                    given: "\"a\"".into(),
+                    current: "\"b\"".into(),
+                },
+                412,
+            ),
+            (SignalingError::IceRestartUnsupported, 422),
+            (SignalingError::Fragment(FragError::Empty), 400),
+            (SignalingError::ConnectionNotFound("c".into()), 404),
             (SignalingError::Draining, 503),
             (SignalingError::Full, 503),
         ];

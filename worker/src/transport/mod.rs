@@ -3,7 +3,10 @@
 
 pub mod mux_runtime;
 pub mod peer;
+pub mod peers;
+pub mod rtcp_reports;
 pub mod rtp_media;
 pub mod sdp;
+pub mod trickle;
 pub mod udp_mux;
 pub mod websocket;

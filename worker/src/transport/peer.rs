@@ -28,8 +28,10 @@ use webrtc::peer_connection::{
 };
 
 use super::mux_runtime::MuxRuntime;
+use super::peers::{Listed, LivePeer};
+use super::rtcp_reports;
 use super::rtp_media::{self, RtpOut};
-use super::sdp::{OfferInfo, rewrite_candidates};
+use super::sdp::{OfferInfo, ice_credentials, rewrite_candidates};
 use crate::connections::{Claim, random_id};
 use crate::signaling::{MediaContext, SignalingError};
 
@@ -103,14 +105,23 @@ fn internal(e: impl std::fmt::Display) -> SignalingError {
     SignalingError::Internal(e.to_string())
 }
 
-/// Answers `offer` for the session of `claim` and starts the session task; returns the
-/// SDP answer, whose candidates name the UDP mux.
+/// What the client gets back for its offer.
+#[derive(Debug)]
+pub struct Answered {
+    /// The SDP answer, whose candidates name the UDP mux.
+    pub sdp: String,
+    /// The strong entity-tag of the ICE session, for `ETag` and trickle `If-Match`.
+    pub etag: String,
+}
+
+/// Answers `offer` for the session of `claim` and starts the session task.
 pub async fn answer(
     ctx: Arc<MediaContext>,
     claim: Claim,
     offer: String,
     info: OfferInfo,
-) -> Result<String, SignalingError> {
+) -> Result<Answered, SignalingError> {
+    let remote_credentials = ice_credentials(&offer);
     let ufrag = random_id(16);
     let runtime = Arc::new(MuxRuntime::new(ctx.mux.clone(), ufrag.clone()));
 
@@ -124,8 +135,12 @@ pub async fn answer(
             RtpCodecKind::Audio,
         )
         .map_err(internal)?;
-    let registry =
-        register_default_interceptors(Registry::new(), &mut media_engine).map_err(internal)?;
+    let registry = register_default_interceptors(Registry::new(), &mut media_engine)
+        .map_err(internal)?
+        .with(
+            rtcp_reports::METER_SLOT.into(),
+            rtcp_reports::ReceptionReportMeter::new(ctx.metrics.clone()),
+        );
     let settings = SettingEngineBuilder::new()
         .with_ice_credentials(ufrag.clone(), random_id(32))
         // The mux may be bound to loopback (tests, a single-host demo).
@@ -197,13 +212,23 @@ pub async fn answer(
             return Err(e);
         }
     };
+    let etag = format!("\"{}\"", random_id(16));
+    let listed = ctx.peers.list(
+        &claim.connection_id,
+        LivePeer {
+            session_id: claim.session_id.clone(),
+            pc: pc.clone(),
+            remote_credentials,
+            etag: etag.clone(),
+        },
+    );
     let out = RtpOut {
         track,
         ssrc,
         payload_type: info.opus_payload_type,
     };
-    tokio::spawn(run_session(ctx, claim, pc, events, out, ufrag));
-    Ok(answer)
+    tokio::spawn(run_session(ctx, claim, pc, events, out, ufrag, listed));
+    Ok(Answered { sdp: answer, etag })
 }
 
 /// How a session ended, and whether its slot goes with it.
@@ -221,6 +246,7 @@ async fn run_session(
     mut events: mpsc::Receiver<PeerEvent>,
     out: RtpOut,
     ufrag: String,
+    listed: Listed,
 ) {
     let offered = Instant::now();
     let deadline = tokio::time::sleep(ctx.connect_timeout);
@@ -275,6 +301,8 @@ async fn run_session(
         }
     };
     media_stop.cancel();
+    // No trickle PATCH may reach a connection that is going away.
+    drop(listed);
     let reason = match ending {
         Ending::Release(reason) | Ending::Abandon(reason) => reason,
     };

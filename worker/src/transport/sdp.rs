@@ -76,6 +76,18 @@ pub fn check_offer(sdp: &str) -> Result<OfferInfo, OfferError> {
     })
 }
 
+/// The first `a=ice-ufrag` and `a=ice-pwd` of an SDP description (session or media
+/// level; a bundled offer uses one pair for every section).
+pub fn ice_credentials(sdp: &str) -> (Option<String>, Option<String>) {
+    let first = |name: &str| {
+        sdp.lines()
+            .filter_map(|line| line.trim_end().strip_prefix(name))
+            .map(str::to_owned)
+            .next()
+    };
+    (first("a=ice-ufrag:"), first("a=ice-pwd:"))
+}
+
 /// Rewrites the answer's ICE candidates to the one address clients can reach: the UDP
 /// mux's `advertised` address. Host UDP candidates get that address and port; other
 /// candidates (TCP, or addresses of the throwaway socket) are dropped. If the answer has
@@ -187,6 +199,16 @@ mod tests {
         let advertised: SocketAddr = "127.0.0.1:50000".parse().unwrap_or_else(|e| panic!("{e}"));
         let out = rewrite_candidates(answer, advertised);
         assert_eq!(out.matches("127.0.0.1 50000 typ host").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn the_offers_ice_credentials_are_read() {
+        let offer = "v=0\r\nm=audio 9 x 111\r\na=ice-ufrag:abcd\r\na=ice-pwd:secret\r\n";
+        assert_eq!(
+            ice_credentials(offer),
+            (Some("abcd".to_owned()), Some("secret".to_owned()))
+        );
+        assert_eq!(ice_credentials("v=0\r\n"), (None, None));
     }
 
     proptest! {

@@ -251,6 +251,12 @@ impl AsyncUdpSocket for MuxSocket {
     }
 
     fn poll_send(&self, _cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
+        // A mux bound to loopback (tests, a single-host demo) serves this host only: its
+        // ICE agent never sends to another address a client listed as a candidate.
+        if self.local_addr.ip().is_loopback() && !transmit.destination.ip().is_loopback() {
+            self.mux.metrics.count_dropped("udp_not_loopback");
+            return Poll::Ready(Ok(transmit.contents.len()));
+        }
         self.mux
             .learn(self.route_id, &self.ufrag, transmit.destination);
         // Never park a driver on a shared socket (tokio wakes only the last waiter):
