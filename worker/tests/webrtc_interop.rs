@@ -167,5 +167,41 @@ async fn aiortc_hears_its_own_tone_back_through_the_echo_session() {
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+    // aiortc's receiver reports about our stream (about one a second over 5 s) and the
+    // codec's time per frame are in the metrics.
+    let value = |series: &str| {
+        metrics
+            .lines()
+            .find(|line| line.starts_with(series))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+    };
+    let reports = value(r#"voice_worker_rtcp_fraction_lost_count{transport="webrtc"}"#);
+    let jitter_sum = value(r#"voice_worker_rtcp_jitter_seconds_sum{transport="webrtc"}"#);
+    println!(
+        "RTCP: {reports} reception reports, mean jitter {:.3} ms, mean fraction lost {:.4}",
+        1_000.0 * jitter_sum / reports.max(1.0),
+        value(r#"voice_worker_rtcp_fraction_lost_sum{transport="webrtc"}"#) / reports.max(1.0)
+    );
+    assert!(reports >= 3.0, "only {reports} reception reports recorded");
+    assert_eq!(
+        value(r#"voice_worker_rtcp_jitter_seconds_count{transport="webrtc"}"#),
+        reports
+    );
+    assert!(jitter_sum > 0.0, "a real network path has some jitter");
+    for op in ["encode", "decode"] {
+        let frames = value(&format!(
+            "voice_worker_codec_duration_seconds_count{{op=\"{op}\"}}"
+        ));
+        let seconds = value(&format!(
+            "voice_worker_codec_duration_seconds_sum{{op=\"{op}\"}}"
+        ));
+        println!(
+            "codec: {frames} frames {op}d, {:.1} µs per frame",
+            1e6 * seconds / frames.max(1.0)
+        );
+        assert!(frames >= 200.0, "{op}: {frames} frames");
+    }
     assert!(worker.healthy().await);
 }
