@@ -35,6 +35,7 @@ use crate::context::Context;
 use crate::drain::{self, DrainDecision, DrainProbe};
 use crate::error::{Error, Result};
 use crate::health::{self, FoldInput, WorkerObservation};
+use crate::ledger::BackendKey;
 use crate::pod_template::{self, ANNOTATION_DRAINING_SINCE, LABEL_DRAINING, LABEL_TEMPLATE_HASH};
 use crate::rollout::{self, PodView};
 use crate::scaling::{ScalingInput, desired_workers};
@@ -201,12 +202,16 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
     .await;
     let lost_worker = workers.iter().any(|w| w.finished && !w.deleting);
     let observations = observe(&workers, &checks);
-    let active = current.active_sessions;
-    let scaling = ScalingInput::from_backend(
-        &backend.spec,
-        u32::try_from(active).unwrap_or(0),
-        u32::try_from(current.pending_sessions).unwrap_or(0),
-    );
+    // The allocator's counts are fresher than the workers' (a slot counts from the moment it is
+    // recorded), and pending sessions count too, so the backend scales for the queue.
+    let sessions = ctx.session_counts.get(&BackendKey {
+        namespace: backend.namespace().unwrap_or_default(),
+        name: backend.name_any(),
+    });
+    let active = u32::try_from(current.active_sessions)
+        .unwrap_or(0)
+        .max(sessions.active);
+    let scaling = ScalingInput::from_backend(&backend.spec, active, sessions.pending);
     let first_desired = desired_workers(scaling);
     let mut fold = health::fold(
         &fold_input(backend, &current, true, first_desired, lost_worker, now),
@@ -215,7 +220,7 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
     // Desired from this round's session count, which is fresher than the status; fold again
     // when it differs so health compares against the same number the pods are planned for.
     let desired = desired_workers(ScalingInput {
-        active_sessions: fold.active_sessions,
+        active_sessions: fold.active_sessions.max(sessions.active),
         ..scaling
     });
     if desired != first_desired {
@@ -700,7 +705,13 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken, synced: Cancellat
         providers_config = providers_config.labels(selector);
     }
     let metrics = ctx.metrics.clone();
+    let nudges = ctx.session_counts.take_nudges();
+    let nudges = futures::stream::unfold(nudges, |mut rx| async move {
+        let next = rx.as_mut()?.recv().await?;
+        Some((next, rx))
+    });
     Controller::for_stream(backend_changes, reader)
+        .reconcile_on(nudges)
         .owns(
             pods,
             watcher::Config::default().labels("app.kubernetes.io/managed-by=voice-operator"),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::leader::Fence;
 use crate::metrics::Metrics;
+use crate::session_counts::SessionCounts;
 use crate::worker_client::WorkerClients;
 
 /// Which objects this operator instance manages.
@@ -32,6 +34,10 @@ pub struct Context {
     pub workers: WorkerClients,
     /// What this instance manages.
     pub scope: Scope,
+    /// Open while this process may write as the leader.
+    pub fence: Fence,
+    /// Session counts per backend, published by the allocator for scaling.
+    pub session_counts: SessionCounts,
 }
 
 impl std::fmt::Debug for Context {
@@ -49,6 +55,7 @@ impl Context {
         metrics: Metrics,
         scope: Scope,
         instance: Option<String>,
+        fence: Fence,
     ) -> Arc<Self> {
         let reporter = |controller: &str| Reporter {
             controller: controller.to_owned(),
@@ -67,6 +74,8 @@ impl Context {
             metrics,
             workers: WorkerClients::default(),
             scope,
+            fence,
+            session_counts: SessionCounts::default(),
         })
     }
 }

@@ -11,6 +11,7 @@
 //! stops at once; `main` then exits non-zero and Kubernetes restarts the process clean, which
 //! is simpler and safer than stopping controllers mid-reconcile and starting them again.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -129,11 +130,20 @@ pub async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> Res
 }
 
 /// Waits until this process holds the lease (or `cancel` fires: then `false`).
-pub async fn acquire(client: Client, config: &LeaseConfig, cancel: &CancellationToken) -> bool {
+pub async fn acquire(
+    client: Client,
+    config: &LeaseConfig,
+    fence: &Fence,
+    cancel: &CancellationToken,
+) -> bool {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     loop {
+        let attempt = tokio::time::Instant::now();
         match try_acquire_or_renew(&api, config).await {
-            Ok(true) => return true,
+            Ok(true) => {
+                fence.renewed(attempt, config);
+                return true;
+            }
             Ok(false) => {}
             Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
         }
@@ -144,12 +154,55 @@ pub async fn acquire(client: Client, config: &LeaseConfig, cancel: &Cancellation
     }
 }
 
+/// Whether this process may still write as the leader.
+///
+/// The process exits when it loses the lease, but between the renew deadline passing and the
+/// exit there is a window in which a stalled leader could still be mid-admission while another
+/// replica already leads. Every admission write checks the fence first: it is open only until
+/// the renew deadline after the last successful renewal (counted from when that renewal was
+/// sent), which ends before any other candidate can take the lease. This is what keeps two
+/// replicas from admitting at once.
+#[derive(Clone, Debug, Default)]
+pub struct Fence {
+    valid_until: Arc<Mutex<Option<tokio::time::Instant>>>,
+}
+
+impl Fence {
+    /// A closed fence (not leading yet).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A fence that is always open, for a single process without election (tests, `dev`).
+    pub fn always_open() -> Self {
+        let fence = Self::default();
+        *fence.lock() = Some(tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+        fence
+    }
+
+    /// Whether writes are still allowed now.
+    pub fn is_open(&self) -> bool {
+        self.lock()
+            .is_some_and(|until| tokio::time::Instant::now() < until)
+    }
+
+    fn renewed(&self, attempt: tokio::time::Instant, config: &LeaseConfig) {
+        let deadline = config.duration.saturating_sub(config.renew_period);
+        *self.lock() = Some(attempt + deadline);
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+        self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
 /// Renews the lease until `cancel` fires (returns `Ok`) or leadership is lost (returns `Err`
 /// with why). Lost means: another holder took it, or no renewal succeeded within the renew
 /// deadline.
 pub async fn hold(
     client: Client,
     config: &LeaseConfig,
+    fence: &Fence,
     cancel: &CancellationToken,
 ) -> Result<(), String> {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
@@ -160,8 +213,12 @@ pub async fn hold(
             () = cancel.cancelled() => return Ok(()),
             () = tokio::time::sleep(config.renew_period) => {}
         }
+        let attempt = tokio::time::Instant::now();
         match try_acquire_or_renew(&api, config).await {
-            Ok(true) => last_renewal = tokio::time::Instant::now(),
+            Ok(true) => {
+                last_renewal = tokio::time::Instant::now();
+                fence.renewed(attempt, config);
+            }
             Ok(false) => {
                 return Err(format!(
                     "lease {} is held by another candidate",

@@ -4,6 +4,7 @@
 
 pub mod acceptance;
 pub mod admission;
+pub mod allocator;
 pub mod backend_children;
 pub mod backend_controller;
 pub mod backend_status;
@@ -23,6 +24,11 @@ pub mod predicates;
 pub mod provider_controller;
 pub mod rollout;
 pub mod scaling;
+pub mod session_admit;
+pub mod session_counts;
+pub mod session_lifecycle;
+pub mod session_live;
+pub mod session_timeouts;
 pub mod worker_client;
 
 pub use error::{Error, Result};

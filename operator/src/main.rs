@@ -11,7 +11,7 @@ use voice_operator::config::Config;
 use voice_operator::context::{Context, Scope};
 use voice_operator::leader::{self, LeaseConfig};
 use voice_operator::metrics::Metrics;
-use voice_operator::{backend_controller, http, provider_controller};
+use voice_operator::{allocator, backend_controller, http, provider_controller, session_live};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -50,7 +50,8 @@ async fn main() -> anyhow::Result<()> {
         renew_period: config.lease_renew(),
     };
     tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
-    if !leader::acquire(client.clone(), &lease, &shutdown).await {
+    let fence = leader::Fence::new();
+    if !leader::acquire(client.clone(), &lease, &fence, &shutdown).await {
         let _ = server.await;
         return Ok(());
     }
@@ -61,17 +62,22 @@ async fn main() -> anyhow::Result<()> {
         namespace: config.watch_namespace.clone(),
         provider_selector: config.provider_selector.clone(),
     };
-    let ctx: Arc<Context> = Context::new(client.clone(), metrics.clone(), scope, pod);
+    let ctx: Arc<Context> =
+        Context::new(client.clone(), metrics.clone(), scope, pod, fence.clone());
     let controllers = tokio::spawn({
         let (ctx, cancel) = (ctx.clone(), shutdown.clone());
         async move {
+            let (addrs_tx, addrs_rx) = tokio::sync::watch::channel(Default::default());
+            let (ended_tx, ended_rx) = tokio::sync::mpsc::channel(1024);
             tokio::join!(
                 provider_controller::run(ctx.clone(), cancel.clone()),
-                backend_controller::run(ctx, cancel, synced),
+                backend_controller::run(ctx.clone(), cancel.clone(), synced),
+                allocator::run(ctx.clone(), cancel.clone(), ended_rx, addrs_tx),
+                session_live::run(ctx, cancel, addrs_rx, ended_tx),
             );
         }
     });
-    let lost = leader::hold(client.clone(), &lease, &shutdown).await;
+    let lost = leader::hold(client.clone(), &lease, &fence, &shutdown).await;
     if let Err(why) = lost {
         // Another instance may already be writing: stop every write now, by exiting.
         tracing::error!(%why, "lost leadership; exiting");

@@ -3,8 +3,8 @@
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// Every metric of the operator process.
@@ -23,6 +23,26 @@ pub struct Metrics {
     pub health_check_duration: Histogram,
     /// `voice_operator_leader`: 1 while this process holds the lease.
     pub leader: IntGauge,
+    /// `voice_session_admissions_total{result}`: admission attempts by outcome.
+    pub admissions: IntCounterVec,
+    /// `voice_session_admission_latency_seconds`: session creation to Active.
+    pub admission_latency: Histogram,
+    /// `voice_session_admission_duration_seconds`: one admission's steps (status, gRPC, Secret).
+    pub admission_step_duration: Histogram,
+    /// `voice_session_admissions_in_flight`.
+    pub admissions_in_flight: IntGauge,
+    /// `voice_sessions_ledger`: sessions holding a slot in the allocator's ledger.
+    pub ledger_sessions: IntGauge,
+    /// `voice_provider_sessions{provider,state}`: in_use and pending per provider.
+    pub provider_sessions: IntGaugeVec,
+    /// `voice_sessions_ended_total{reason}`.
+    pub sessions_ended: IntCounterVec,
+    /// `voice_sessions_worker_lost_total`: sessions whose worker died while they held it.
+    pub sessions_lost: IntCounter,
+    /// `voice_session_orphans_released_total`: worker reservations the API did not know.
+    pub orphans_released: IntCounter,
+    /// `voice_session_live_status_writes_total`: coalesced live-status writes.
+    pub live_status_writes: IntCounter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -85,6 +105,86 @@ impl Metrics {
         .expect("valid metric");
         let leader = IntGauge::new("voice_operator_leader", "1 while this process leads.")
             .expect("valid metric");
+        let admissions = IntCounterVec::new(
+            Opts::new(
+                "voice_session_admissions_total",
+                "Session admission attempts by result (admitted, refused, retry, not_started).",
+            ),
+            &["result"],
+        )
+        .expect("valid metric");
+        let admission_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "voice_session_admission_latency_seconds",
+                "Time from a VoiceSession's creation to its admission (queueing included).",
+            )
+            .buckets(vec![
+                0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0,
+            ]),
+        )
+        .expect("valid metric");
+        let admission_step_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "voice_session_admission_duration_seconds",
+                "Time one admission's steps took (intent, reservation, token Secret, Active).",
+            )
+            .buckets(vec![
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+        )
+        .expect("valid metric");
+        let admissions_in_flight = IntGauge::new(
+            "voice_session_admissions_in_flight",
+            "Admissions running now.",
+        )
+        .expect("valid metric");
+        let ledger_sessions = IntGauge::new(
+            "voice_sessions_ledger",
+            "Sessions holding a slot in the allocator's ledger.",
+        )
+        .expect("valid metric");
+        let provider_sessions = IntGaugeVec::new(
+            Opts::new(
+                "voice_provider_sessions",
+                "Sessions of a provider by state (in_use, pending).",
+            ),
+            &["provider", "state"],
+        )
+        .expect("valid metric");
+        let sessions_ended = IntCounterVec::new(
+            Opts::new("voice_sessions_ended_total", "Sessions ended by reason."),
+            &["reason"],
+        )
+        .expect("valid metric");
+        let sessions_lost = IntCounter::new(
+            "voice_sessions_worker_lost_total",
+            "Sessions whose worker died while holding them.",
+        )
+        .expect("valid metric");
+        let orphans_released = IntCounter::new(
+            "voice_session_orphans_released_total",
+            "Worker reservations released because no session in the API held them.",
+        )
+        .expect("valid metric");
+        let live_status_writes = IntCounter::new(
+            "voice_session_live_status_writes_total",
+            "Coalesced writes of sessions' live status (connection, pipeline state, context).",
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(admissions.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(admission_latency.clone()),
+            Box::new(admission_step_duration.clone()),
+            Box::new(admissions_in_flight.clone()),
+            Box::new(ledger_sessions.clone()),
+            Box::new(provider_sessions.clone()),
+            Box::new(sessions_ended.clone()),
+            Box::new(sessions_lost.clone()),
+            Box::new(orphans_released.clone()),
+            Box::new(live_status_writes.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
         for c in [
             Box::new(reconciles.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(reconcile_duration.clone()),
@@ -103,6 +203,16 @@ impl Metrics {
             health_checks,
             health_check_duration,
             leader,
+            admissions,
+            admission_latency,
+            admission_step_duration,
+            admissions_in_flight,
+            ledger_sessions,
+            provider_sessions,
+            sessions_ended,
+            sessions_lost,
+            orphans_released,
+            live_status_writes,
         }
     }
 

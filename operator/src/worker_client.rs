@@ -1,4 +1,5 @@
-//! The operator's gRPC client to its workers: health, stats and drain.
+//! The operator's gRPC client to its workers: health, stats, drain, session slots and the
+//! session event stream.
 //!
 //! One lazily connected channel per worker address is cached and reused across checks, so a
 //! health check is one request on an open HTTP/2 connection rather than a new TCP handshake.
@@ -13,7 +14,11 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
-use voice_proto::worker::v1::{DrainRequest, GetStatsRequest};
+use voice_proto::worker::v1::{
+    DrainRequest, GetStatsRequest, ListSessionsRequest, ReleaseSessionRequest,
+    ReserveSessionRequest, ReserveSessionResponse, SessionEvent, SessionSummary,
+    WatchEventsRequest,
+};
 
 use crate::pod_template::GRPC_PORT;
 
@@ -138,6 +143,90 @@ impl WorkerClients {
             Err(_) => {
                 self.forget(ip);
                 Err(format!("Drain: no answer within {timeout:?}"))
+            }
+        }
+    }
+
+    /// `WorkerControl/ReserveSession`: holds a slot for the session (idempotent by uid).
+    pub async fn reserve(
+        &self,
+        ip: &str,
+        request: ReserveSessionRequest,
+        timeout: Duration,
+    ) -> Result<ReserveSessionResponse, String> {
+        let channel = self.channel(ip, timeout)?;
+        let mut client = WorkerControlClient::new(channel);
+        let call = client.reserve_session(request);
+        self.bounded(ip, "ReserveSession", timeout, call).await
+    }
+
+    /// `WorkerControl/ReleaseSession`: frees the session's slot and hangs its client up.
+    pub async fn release(
+        &self,
+        ip: &str,
+        session_id: &str,
+        uid: &str,
+        reason: &str,
+        timeout: Duration,
+    ) -> Result<(), String> {
+        let channel = self.channel(ip, timeout)?;
+        let mut client = WorkerControlClient::new(channel);
+        let call = client.release_session(ReleaseSessionRequest {
+            session_id: session_id.to_owned(),
+            uid: uid.to_owned(),
+            reason: reason.to_owned(),
+        });
+        self.bounded(ip, "ReleaseSession", timeout, call)
+            .await
+            .map(|_| ())
+    }
+
+    /// `WorkerControl/ListSessions`: every session the worker holds.
+    pub async fn list_sessions(
+        &self,
+        ip: &str,
+        timeout: Duration,
+    ) -> Result<Vec<SessionSummary>, String> {
+        let channel = self.channel(ip, timeout)?;
+        let mut client = WorkerControlClient::new(channel);
+        let call = client.list_sessions(ListSessionsRequest {});
+        self.bounded(ip, "ListSessions", timeout, call)
+            .await
+            .map(|r| r.sessions)
+    }
+
+    /// `WorkerControl/WatchEvents`: the worker's session events from now on.
+    pub async fn watch_events(
+        &self,
+        ip: &str,
+        timeout: Duration,
+    ) -> Result<tonic::Streaming<SessionEvent>, String> {
+        let channel = self.channel(ip, timeout)?;
+        let mut client = WorkerControlClient::new(channel);
+        let call = client.watch_events(WatchEventsRequest {});
+        self.bounded(ip, "WatchEvents", timeout, call).await
+    }
+
+    /// Runs one unary call within `timeout`, forgetting the channel when it fails so the
+    /// next call reconnects.
+    async fn bounded<T>(
+        &self,
+        ip: &str,
+        what: &str,
+        timeout: Duration,
+        call: impl Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    ) -> Result<T, String> {
+        match tokio::time::timeout(timeout, call).await {
+            Ok(Ok(response)) => Ok(response.into_inner()),
+            Ok(Err(status)) => {
+                if status.code() != tonic::Code::InvalidArgument {
+                    self.forget(ip);
+                }
+                Err(format!("{what}: {}", status.message()))
+            }
+            Err(_) => {
+                self.forget(ip);
+                Err(format!("{what}: no answer within {timeout:?}"))
             }
         }
     }

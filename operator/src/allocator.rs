@@ -1,0 +1,1076 @@
+//! The session allocator: the one place that admits, re-admits and ends VoiceSessions.
+//!
+//! It runs in the leader only, as a single loop that owns the [`Ledger`], so every admission
+//! decision is serialized (per provider and globally) without locks. Each round it reads the
+//! watched API state, reconciles the ledger with it (deleted sessions, lost workers, deleted
+//! backends, expired clocks), asks the pure [`admission::plan`] which pending sessions fit,
+//! and starts their write-ahead admissions ([`session_admit`]) as tasks whose outcomes come
+//! back to the loop. The ledger is rebuilt from the sessions' statuses at start: the API is
+//! the truth.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, Resource, ResourceExt};
+use tokio::sync::{Notify, Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use voice_crds::conditions::ACCEPTED;
+use voice_crds::{SessionPhase, SessionWorker, VoiceBackend, VoiceProvider, VoiceSession};
+
+use crate::admission::{self, BackendView, PendingSession};
+use crate::context::Context;
+use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
+use crate::placement::WorkerView;
+use crate::pod_template::{self, SIGNING_KEY_KEY};
+use crate::session_admit::{self, Admission, Outcome};
+use crate::session_counts::BackendSessions;
+use crate::session_lifecycle::{Lifecycle, reason};
+use crate::session_live::{Ended, WorkerAddrs};
+use crate::session_timeouts::{self, Clocks, Expired};
+
+/// Admissions running at once: enough to hide API and gRPC latency, few enough to keep the
+/// API server's write rate sane during a burst.
+const MAX_ADMISSIONS_IN_FLIGHT: usize = 32;
+/// How often a waiting session's queue position may be rewritten.
+const WAITING_WRITE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the counts on backends and providers may be rewritten.
+const COUNTS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
+/// How often workers are asked for reservations the API does not know about.
+const REPAIR_INTERVAL: Duration = Duration::from_secs(30);
+/// Bound on the gRPC calls made outside admissions.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The loop's state. Only the loop touches it.
+struct Allocator {
+    ctx: Arc<Context>,
+    sessions: Store<VoiceSession>,
+    backends: Store<VoiceBackend>,
+    providers: Store<VoiceProvider>,
+    pods: Store<Pod>,
+    ledger: Ledger,
+    /// What the allocator last applied to each session's status.
+    lifecycle: HashMap<SessionKey, Lifecycle>,
+    /// Sessions with an admission task running.
+    in_flight: HashSet<SessionKey>,
+    /// When each waiting session's status was last written.
+    waiting_written: HashMap<SessionKey, Instant>,
+    /// Counts last written to backends and providers.
+    counts_written: HashMap<String, (i32, i32)>,
+    counts_at: Option<Instant>,
+    repair_at: Instant,
+    signing_keys: SigningKeys,
+    outcomes: mpsc::Sender<(SessionKey, Outcome)>,
+    admissions: Arc<Semaphore>,
+    addrs: watch::Sender<WorkerAddrs>,
+}
+
+/// Runs the allocator until `cancel` fires. `ended` carries sessions the workers ended;
+/// `addrs` is where the allocator publishes the workers the live-state writer follows.
+pub async fn run(
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+    mut ended: mpsc::Receiver<Ended>,
+    addrs: watch::Sender<WorkerAddrs>,
+) {
+    let wake = Arc::new(Notify::new());
+    let client = ctx.client.clone();
+    let (sessions, backends, pods) = match &ctx.scope.namespace {
+        Some(ns) => (
+            Api::<VoiceSession>::namespaced(client.clone(), ns),
+            Api::<VoiceBackend>::namespaced(client.clone(), ns),
+            Api::<Pod>::namespaced(client.clone(), ns),
+        ),
+        None => (
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+            Api::all(client.clone()),
+        ),
+    };
+    let mut provider_config = watcher::Config::default();
+    if let Some(selector) = &ctx.scope.provider_selector {
+        provider_config = provider_config.labels(selector);
+    }
+    let pod_config =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=voice-operator");
+    let sessions = reflect(sessions, watcher::Config::default(), &wake, &cancel);
+    let backends = reflect(backends, watcher::Config::default(), &wake, &cancel);
+    let providers = reflect(Api::all(client), provider_config, &wake, &cancel);
+    let pods = reflect(pods, pod_config, &wake, &cancel);
+    for ready in [
+        sessions.wait_until_ready().await.is_ok(),
+        backends.wait_until_ready().await.is_ok(),
+        providers.wait_until_ready().await.is_ok(),
+        pods.wait_until_ready().await.is_ok(),
+    ] {
+        if !ready {
+            return;
+        }
+    }
+
+    let (outcomes, mut outcome_rx) = mpsc::channel(MAX_ADMISSIONS_IN_FLIGHT * 4);
+    let mut a = Allocator {
+        ctx,
+        sessions,
+        backends,
+        providers,
+        pods,
+        ledger: Ledger::new(),
+        lifecycle: HashMap::new(),
+        in_flight: HashSet::new(),
+        waiting_written: HashMap::new(),
+        counts_written: HashMap::new(),
+        counts_at: None,
+        repair_at: Instant::now() + REPAIR_INTERVAL,
+        signing_keys: SigningKeys::default(),
+        outcomes,
+        admissions: Arc::new(Semaphore::new(MAX_ADMISSIONS_IN_FLIGHT)),
+        addrs,
+    };
+    a.rebuild();
+    tracing::info!(held = a.ledger.len(), "session ledger rebuilt from the API");
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = wake.notified() => {
+                // Let a burst of watch events land before planning over them.
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Some((key, outcome)) = outcome_rx.recv() => a.settle(key, outcome),
+            Some(end) = ended.recv() => a.worker_ended(end).await,
+            _ = tick.tick() => {}
+        }
+        while let Ok((key, outcome)) = outcome_rx.try_recv() {
+            a.settle(key, outcome);
+        }
+        if a.ctx.fence.is_open() {
+            a.round().await;
+        }
+    }
+}
+
+/// A reflector store kept current by a background task that wakes the loop on every change.
+fn reflect<K>(
+    api: Api<K>,
+    config: watcher::Config,
+    wake: &Arc<Notify>,
+    cancel: &CancellationToken,
+) -> Store<K>
+where
+    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
+{
+    let (reader, writer) = reflector::store();
+    let stream = watcher(api, config)
+        .default_backoff()
+        .reflect(writer)
+        .touched_objects();
+    let (wake, cancel) = (wake.clone(), cancel.clone());
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                next = stream.next() => match next {
+                    Some(Ok(_)) => wake.notify_one(),
+                    Some(Err(e)) => tracing::warn!(error = %e, "allocator watch error"),
+                    None => return,
+                },
+            }
+        }
+    });
+    reader
+}
+
+fn key_of(s: &VoiceSession) -> SessionKey {
+    SessionKey {
+        namespace: s.namespace().unwrap_or_default(),
+        name: s.name_any(),
+        uid: s.uid().unwrap_or_default(),
+    }
+}
+
+fn backend_key_of(s: &VoiceSession) -> BackendKey {
+    BackendKey {
+        namespace: s.namespace().unwrap_or_default(),
+        name: s.spec.backend_ref.name.clone(),
+    }
+}
+
+fn timestamp(t: Option<&Time>) -> Option<Timestamp> {
+    t.map(|t| t.0)
+}
+
+impl Allocator {
+    /// Rebuilds the ledger from every session whose status names a worker and has not ended.
+    fn rebuild(&mut self) {
+        for s in self.sessions.state() {
+            let key = key_of(&s);
+            let lifecycle = Lifecycle::observed(s.status.as_ref());
+            if lifecycle.holds_slot() {
+                let backend = backend_key_of(&s);
+                let provider = self.provider_of(&backend).unwrap_or_default();
+                if let Some(worker) = &lifecycle.worker {
+                    self.ledger.hold(
+                        key.clone(),
+                        Slot {
+                            provider,
+                            backend,
+                            worker: worker.pod.clone(),
+                        },
+                    );
+                }
+            }
+            self.lifecycle.insert(key, lifecycle);
+        }
+        self.publish_metrics();
+    }
+
+    fn provider_of(&self, backend: &BackendKey) -> Option<String> {
+        let reference = reflector::ObjectRef::new(&backend.name).within(&backend.namespace);
+        self.backends
+            .get(&reference)
+            .map(|b| b.spec.provider.clone())
+    }
+
+    /// The lifecycle the allocator last applied to `session` (or the observed one).
+    fn lifecycle_of(&self, key: &SessionKey, session: &VoiceSession) -> Lifecycle {
+        self.lifecycle
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| Lifecycle::observed(session.status.as_ref()))
+    }
+
+    /// One pass over the API state.
+    async fn round(&mut self) {
+        let now = Timestamp::now();
+        let sessions: HashMap<SessionKey, Arc<VoiceSession>> = self
+            .sessions
+            .state()
+            .into_iter()
+            .filter(|s| s.meta().deletion_timestamp.is_none())
+            .map(|s| (key_of(&s), s))
+            .collect();
+        self.forget_deleted(&sessions);
+        let backends = self.backend_views();
+        self.publish_addrs(&backends);
+        self.handle_lost_workers(&sessions, &backends, now).await;
+        self.handle_clocks(&sessions, now).await;
+        self.resume_half_done(&sessions, &backends);
+        self.admit_pending(&sessions, &backends, now).await;
+        self.write_counts(&sessions).await;
+        if Instant::now() >= self.repair_at {
+            self.repair_at = Instant::now() + REPAIR_INTERVAL;
+            self.repair_orphans(&backends);
+        }
+        self.publish_metrics();
+    }
+
+    /// Frees the slots of sessions that are gone from the API and tells their workers.
+    fn forget_deleted(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
+        let gone: Vec<SessionKey> = self
+            .ledger
+            .iter()
+            .map(|(k, _)| k.clone())
+            .filter(|k| !sessions.contains_key(k) && !self.in_flight.contains(k))
+            .collect();
+        for key in gone {
+            if let Some(slot) = self.ledger.release(&key) {
+                tracing::info!(session = %format!("{}/{}", key.namespace, key.name), worker = %slot.worker, "session deleted; slot released");
+                self.release_on_worker(&key, &slot, "Deleted");
+            }
+        }
+        self.lifecycle.retain(|k, _| sessions.contains_key(k));
+        self.waiting_written.retain(|k, _| sessions.contains_key(k));
+    }
+
+    /// Asks the worker (by pod name, via the backend's pods) to free a slot; best effort: the
+    /// repair pass catches what fails here.
+    fn release_on_worker(&self, key: &SessionKey, slot: &Slot, why: &str) {
+        let Some(ip) = self.pod_ip(&slot.backend.namespace, &slot.worker) else {
+            return;
+        };
+        let ctx = self.ctx.clone();
+        let (id, uid, why) = (
+            format!("{}/{}", key.namespace, key.name),
+            key.uid.clone(),
+            why.to_owned(),
+        );
+        tokio::spawn(async move {
+            if let Err(e) = ctx
+                .workers
+                .release(&ip, &id, &uid, &why, WORKER_TIMEOUT)
+                .await
+            {
+                tracing::warn!(session = %id, error = %e, "releasing the slot on the worker failed; the repair pass will retry");
+            }
+        });
+    }
+
+    fn pod_ip(&self, namespace: &str, pod: &str) -> Option<String> {
+        let reference = reflector::ObjectRef::new(pod).within(namespace);
+        self.pods
+            .get(&reference)
+            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
+    }
+
+    /// The allocator's view of every backend: acceptance, caps, placement and workers.
+    fn backend_views(&self) -> HashMap<BackendKey, (BackendView, BTreeMap<String, String>)> {
+        let mut pods_by_backend: HashMap<BackendKey, Vec<Arc<Pod>>> = HashMap::new();
+        for pod in self.pods.state() {
+            let Some(backend) = pod.labels().get(pod_template::LABEL_BACKEND).cloned() else {
+                continue;
+            };
+            pods_by_backend
+                .entry(BackendKey {
+                    namespace: pod.namespace().unwrap_or_default(),
+                    name: backend,
+                })
+                .or_default()
+                .push(pod);
+        }
+        let mut views = HashMap::new();
+        for b in self.backends.state() {
+            let key = BackendKey {
+                namespace: b.namespace().unwrap_or_default(),
+                name: b.name_any(),
+            };
+            let status = b.status.clone().unwrap_or_default();
+            let accepted = b.meta().deletion_timestamp.is_none()
+                && status
+                    .conditions
+                    .iter()
+                    .any(|c| c.type_ == ACCEPTED && c.status == "True");
+            let capacity = u32::try_from(b.spec.workers.sessions_per_worker).unwrap_or(0);
+            let healthy: HashMap<&str, voice_crds::WorkerPhase> = status
+                .worker_statuses
+                .iter()
+                .map(|w| (w.name.as_str(), w.phase))
+                .collect();
+            let mut ips = BTreeMap::new();
+            let workers = pods_by_backend
+                .get(&key)
+                .map(|pods| {
+                    pods.iter()
+                        .filter_map(|p| {
+                            let name = p.name_any();
+                            let ip = p.status.as_ref()?.pod_ip.clone()?;
+                            let running = p.status.as_ref()?.phase.as_deref() == Some("Running");
+                            let deleting = p.meta().deletion_timestamp.is_some();
+                            let draining = p.labels().contains_key(pod_template::LABEL_DRAINING)
+                                || healthy.get(name.as_str())
+                                    == Some(&voice_crds::WorkerPhase::Draining);
+                            let ready = running
+                                && !deleting
+                                && healthy.get(name.as_str())
+                                    == Some(&voice_crds::WorkerPhase::Ready);
+                            ips.insert(name.clone(), ip);
+                            Some(WorkerView {
+                                name,
+                                ready,
+                                draining: draining || deleting,
+                                capacity,
+                                held: 0,
+                            })
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            views.insert(
+                key,
+                (
+                    BackendView {
+                        provider: b.spec.provider.clone(),
+                        accepted,
+                        max_sessions: u32::try_from(b.spec.max_sessions).unwrap_or(0),
+                        placement: b.spec.placement,
+                        workers,
+                    },
+                    ips,
+                ),
+            );
+        }
+        views
+    }
+
+    fn publish_addrs(
+        &self,
+        backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
+    ) {
+        let addrs: WorkerAddrs = backends
+            .values()
+            .flat_map(|(_, ips)| ips.values().cloned())
+            .collect();
+        self.addrs.send_if_modified(|current| {
+            if *current == addrs {
+                false
+            } else {
+                *current = addrs;
+                true
+            }
+        });
+    }
+
+    /// Sessions whose worker pod is gone or finished go back to Pending (WorkerLost) to be
+    /// re-admitted elsewhere with their persisted context; sessions of a deleted backend end.
+    async fn handle_lost_workers(
+        &mut self,
+        sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
+        backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
+        now: Timestamp,
+    ) {
+        let held: Vec<(SessionKey, Slot)> = self
+            .ledger
+            .iter()
+            .filter(|(k, _)| !self.in_flight.contains(*k))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        for (key, slot) in held {
+            let Some(session) = sessions.get(&key) else {
+                continue;
+            };
+            let Some((_, ips)) = backends.get(&slot.backend) else {
+                self.end(
+                    session,
+                    &key,
+                    SessionPhase::Completed,
+                    reason::BACKEND_DELETED,
+                    "its VoiceBackend was deleted",
+                    now,
+                )
+                .await;
+                continue;
+            };
+            if self.worker_alive(&slot.backend.namespace, &slot.worker)
+                && ips.contains_key(&slot.worker)
+            {
+                continue;
+            }
+            self.ledger.release(&key);
+            let lifecycle = self.lifecycle_of(&key, session);
+            let message = format!(
+                "worker {} was lost; waiting for another worker (the client reconnects with the same token)",
+                slot.worker
+            );
+            let next = lifecycle
+                .pending(reason::WORKER_LOST, &message, None, Time(now))
+                .observing(session.metadata.generation);
+            tracing::warn!(session = %format!("{}/{}", key.namespace, key.name), worker = %slot.worker, "worker lost; re-admitting");
+            self.ctx.metrics.sessions_lost.inc();
+            self.write(session, &key, next).await;
+        }
+    }
+
+    fn worker_alive(&self, namespace: &str, pod: &str) -> bool {
+        let reference = reflector::ObjectRef::new(pod).within(namespace);
+        self.pods.get(&reference).is_some_and(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Failed" | "Succeeded")
+            )
+        })
+    }
+
+    /// Pending timeouts, maximum durations, idle timeouts and TTLs.
+    async fn handle_clocks(
+        &mut self,
+        sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
+        now: Timestamp,
+    ) {
+        for (key, session) in sessions {
+            if self.in_flight.contains(key) {
+                continue;
+            }
+            let lifecycle = self.lifecycle_of(key, session);
+            let lost_at = (lifecycle.admitted_reason() == Some(reason::WORKER_LOST))
+                .then(|| timestamp(lifecycle.admitted_since()))
+                .flatten();
+            let clocks = Clocks {
+                phase: lifecycle.phase,
+                holds_slot: self.ledger.slot(key).is_some(),
+                created: timestamp(session.metadata.creation_timestamp.as_ref()),
+                lost_worker_at: lost_at,
+                admitted_at: timestamp(lifecycle.admitted_at.as_ref()),
+                last_activity: timestamp(
+                    session
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_activity.as_ref()),
+                ),
+                ended_at: timestamp(lifecycle.ended_at.as_ref()),
+                pending_timeout: session.spec.pending_timeout.map(Duration::from),
+                max_duration: session.spec.max_duration.map(Duration::from),
+                idle_timeout: session.spec.idle_timeout.map(Duration::from),
+                ttl_after_finished: Duration::from_secs(
+                    u64::try_from(session.spec.ttl_seconds_after_finished).unwrap_or(0),
+                ),
+            };
+            match session_timeouts::check(&clocks, now) {
+                None => {}
+                Some(Expired::Fail(why)) => {
+                    let message = if why == reason::WORKER_LOST {
+                        "its worker was lost and no other worker had room within spec.pendingTimeout"
+                    } else {
+                        "no capacity within spec.pendingTimeout"
+                    };
+                    self.end(session, key, SessionPhase::Failed, why, message, now)
+                        .await;
+                }
+                Some(Expired::End(why)) => {
+                    let message = if why == reason::MAX_DURATION {
+                        "the session reached spec.maxDuration"
+                    } else {
+                        "no client activity within spec.idleTimeout"
+                    };
+                    self.end(session, key, SessionPhase::Completed, why, message, now)
+                        .await;
+                }
+                Some(Expired::Delete) => self.delete_finished(session).await,
+            }
+        }
+    }
+
+    /// Ends a session: frees its slot, tells its worker, and records the end.
+    async fn end(
+        &mut self,
+        session: &VoiceSession,
+        key: &SessionKey,
+        phase: SessionPhase,
+        why: &str,
+        message: &str,
+        now: Timestamp,
+    ) {
+        if let Some(slot) = self.ledger.release(key) {
+            self.release_on_worker(key, &slot, why);
+        }
+        let next = self
+            .lifecycle_of(key, session)
+            .ended(phase, why, message, Time(now))
+            .observing(session.metadata.generation);
+        self.ctx
+            .metrics
+            .sessions_ended
+            .with_label_values(&[why])
+            .inc();
+        self.write(session, key, next).await;
+    }
+
+    /// A worker reported that a session ended (client hang-up, drain deadline, ...).
+    async fn worker_ended(&mut self, end: Ended) {
+        let Some((key, _)) = self
+            .ledger
+            .iter()
+            .find(|(k, _)| {
+                k.uid == end.uid && format!("{}/{}", k.namespace, k.name) == end.session_id
+            })
+            .map(|(k, s)| (k.clone(), s.clone()))
+        else {
+            return;
+        };
+        if self.in_flight.contains(&key) {
+            return;
+        }
+        let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
+        let Some(session) = self.sessions.get(&reference) else {
+            return;
+        };
+        let message = format!("the worker ended the session: {}", end.reason);
+        self.end(
+            &session,
+            &key,
+            SessionPhase::Completed,
+            &end.reason,
+            &message,
+            Timestamp::now(),
+        )
+        .await;
+    }
+
+    async fn delete_finished(&mut self, session: &VoiceSession) {
+        let api: Api<VoiceSession> = Api::namespaced(
+            self.ctx.client.clone(),
+            &session.namespace().unwrap_or_default(),
+        );
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: session.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&session.name_any(), &params).await {
+            Ok(_) => {
+                tracing::info!(session = %session.name_any(), "finished session deleted after its TTL")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(session = %session.name_any(), error = %e, "deleting a finished session failed")
+            }
+        }
+    }
+
+    /// Sessions whose worker is recorded but which are not Active yet: finish their admission.
+    fn resume_half_done(
+        &mut self,
+        sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
+        backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
+    ) {
+        let half: Vec<SessionKey> = self
+            .lifecycle
+            .iter()
+            .filter(|(k, l)| {
+                l.half_admitted() && !self.in_flight.contains(*k) && self.ledger.slot(k).is_some()
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in half {
+            let (Some(session), Some(slot)) = (sessions.get(&key), self.ledger.slot(&key).cloned())
+            else {
+                continue;
+            };
+            let Some((_, ips)) = backends.get(&slot.backend) else {
+                continue;
+            };
+            let worker = SessionWorker {
+                pod: slot.worker.clone(),
+                pod_ip: ips.get(&slot.worker).cloned(),
+            };
+            self.start(session.clone(), key, worker, true);
+        }
+    }
+
+    /// Plans the pending sessions, starts the admissions that fit, and records why the rest wait.
+    async fn admit_pending(
+        &mut self,
+        sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
+        backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
+        now: Timestamp,
+    ) {
+        let pending: Vec<PendingSession> = sessions
+            .iter()
+            .filter(|(k, s)| {
+                !self.in_flight.contains(*k)
+                    && self.ledger.slot(k).is_none()
+                    && self.lifecycle_of(k, s).phase == SessionPhase::Pending
+            })
+            .map(|(k, s)| PendingSession {
+                key: k.clone(),
+                backend: backend_key_of(s),
+                created: s
+                    .metadata
+                    .creation_timestamp
+                    .as_ref()
+                    .map_or(0, |t| t.0.as_millisecond()),
+            })
+            .collect();
+        if pending.is_empty() {
+            return;
+        }
+        let views: HashMap<BackendKey, BackendView> = backends
+            .iter()
+            .map(|(k, (v, _))| (k.clone(), v.clone()))
+            .collect();
+        let caps: HashMap<String, u32> = self
+            .providers
+            .state()
+            .iter()
+            .map(|p| {
+                (
+                    p.name_any(),
+                    u32::try_from(p.spec.capabilities.max_concurrent_sessions).unwrap_or(0),
+                )
+            })
+            .collect();
+        let plan = admission::plan(&self.ledger, &pending, &views, &caps);
+        for (key, slot) in plan.admit {
+            let Some(session) = sessions.get(&key) else {
+                continue;
+            };
+            let ip = backends
+                .get(&slot.backend)
+                .and_then(|(_, ips)| ips.get(&slot.worker).cloned());
+            let worker = SessionWorker {
+                pod: slot.worker.clone(),
+                pod_ip: ip,
+            };
+            self.ledger.hold(key.clone(), slot);
+            self.start(session.clone(), key, worker, false);
+        }
+        for waiting in plan.waiting {
+            let Some(session) = sessions.get(&waiting.key) else {
+                continue;
+            };
+            let lifecycle = self.lifecycle_of(&waiting.key, session);
+            // A session that lost its worker keeps saying so while it waits.
+            let why = if lifecycle.admitted_reason() == Some(reason::WORKER_LOST) {
+                reason::WORKER_LOST
+            } else {
+                waiting.blocked.reason()
+            };
+            let message = waiting_message(waiting.blocked, &session.spec.backend_ref.name);
+            let next = lifecycle
+                .pending(
+                    why,
+                    &message,
+                    Some(i32::try_from(waiting.queue_position).unwrap_or(i32::MAX)),
+                    Time(now),
+                )
+                .observing(session.metadata.generation);
+            if next == lifecycle {
+                continue;
+            }
+            let due = self
+                .waiting_written
+                .get(&waiting.key)
+                .is_none_or(|at| at.elapsed() >= WAITING_WRITE_INTERVAL);
+            // The reason changing is news; a shifted position can wait for the next interval.
+            if due || next.admitted_reason() != lifecycle.admitted_reason() {
+                self.waiting_written
+                    .insert(waiting.key.clone(), Instant::now());
+                self.write(session, &waiting.key, next).await;
+            }
+        }
+    }
+
+    /// Starts an admission task for `session` onto `worker`; its slot is already in the ledger.
+    fn start(
+        &mut self,
+        session: Arc<VoiceSession>,
+        key: SessionKey,
+        worker: SessionWorker,
+        resume: bool,
+    ) {
+        let backend_ref =
+            reflector::ObjectRef::new(&session.spec.backend_ref.name).within(&key.namespace);
+        let Some(backend) = self.backends.get(&backend_ref) else {
+            return;
+        };
+        let lifecycle = self.lifecycle_of(&key, &session);
+        let ctx = self.ctx.clone();
+        let outcomes = self.outcomes.clone();
+        let permits = self.admissions.clone();
+        let keys = self.signing_keys.clone();
+        self.in_flight.insert(key.clone());
+        tokio::spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let started = Instant::now();
+            let outcome = match signing_key(&ctx, &backend, &keys).await {
+                Ok(signing_key) => {
+                    let admission = Admission {
+                        session: (*session).clone(),
+                        backend: (*backend).clone(),
+                        lifecycle,
+                        worker,
+                        resume,
+                        signing_key,
+                    };
+                    session_admit::admit(&ctx, admission).await
+                }
+                Err(e) if resume => Outcome::Retry {
+                    applied: None,
+                    error: e,
+                },
+                Err(e) => Outcome::NotStarted(e),
+            };
+            ctx.metrics
+                .admission_step_duration
+                .observe(started.elapsed().as_secs_f64());
+            if let Outcome::Admitted(_) = &outcome
+                && let Some(created) = session.metadata.creation_timestamp.as_ref()
+            {
+                let waited = Timestamp::now().duration_since(created.0);
+                ctx.metrics
+                    .admission_latency
+                    .observe(waited.as_secs_f64().max(0.0));
+            }
+            let _ = outcomes.send((key, outcome)).await;
+        });
+    }
+
+    /// Takes an admission's outcome into the loop's state.
+    fn settle(&mut self, key: SessionKey, outcome: Outcome) {
+        self.in_flight.remove(&key);
+        let result = match &outcome {
+            Outcome::Admitted(_) => "admitted",
+            Outcome::Refused { .. } => "refused",
+            Outcome::Retry { .. } => "retry",
+            Outcome::NotStarted(_) => "not_started",
+        };
+        self.ctx
+            .metrics
+            .admissions
+            .with_label_values(&[result])
+            .inc();
+        match outcome {
+            Outcome::Admitted(lifecycle) => {
+                self.waiting_written.remove(&key);
+                self.lifecycle.insert(key, lifecycle);
+            }
+            Outcome::Refused { applied, error } => {
+                tracing::info!(session = %format!("{}/{}", key.namespace, key.name), %error, "worker refused the reservation; planning again");
+                self.ledger.release(&key);
+                // The recorded intent stays in the map, so the next round sees a Pending
+                // session without a slot, plans it again, and overwrites the stale worker.
+                self.lifecycle.insert(key, applied);
+            }
+            Outcome::Retry { applied, error } => {
+                tracing::warn!(session = %format!("{}/{}", key.namespace, key.name), %error, "admission step failed; retrying");
+                if let Some(applied) = applied {
+                    self.lifecycle.insert(key, applied);
+                }
+            }
+            Outcome::NotStarted(error) => {
+                tracing::warn!(session = %format!("{}/{}", key.namespace, key.name), %error, "admission did not start; planning again");
+                self.ledger.release(&key);
+            }
+        }
+    }
+
+    /// Applies `next` as the session's lifecycle; remembered only once the API took it.
+    async fn write(&mut self, session: &VoiceSession, key: &SessionKey, next: Lifecycle) {
+        if !self.ctx.fence.is_open() {
+            return;
+        }
+        let api: Api<VoiceSession> = Api::namespaced(self.ctx.client.clone(), &key.namespace);
+        match session_admit::apply_status(&api, &session.name_any(), &next).await {
+            Ok(()) => {
+                self.lifecycle.insert(key.clone(), next);
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => {
+                tracing::warn!(session = %session.name_any(), error = %e, "writing the session status failed");
+            }
+        }
+    }
+
+    /// Writes sessions in use and pending to providers and backends, and publishes the
+    /// per-backend counts for scaling.
+    async fn write_counts(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
+        let mut per_backend: HashMap<BackendKey, BackendSessions> = HashMap::new();
+        let mut provider_pending: HashMap<String, i32> = HashMap::new();
+        for (key, session) in sessions {
+            let backend = backend_key_of(session);
+            let entry = per_backend.entry(backend.clone()).or_default();
+            if self.ledger.slot(key).is_some() {
+                entry.active += 1;
+            } else if self.lifecycle_of(key, session).phase == SessionPhase::Pending {
+                entry.pending += 1;
+                if let Some(provider) = self.provider_of(&backend) {
+                    *provider_pending.entry(provider).or_default() += 1;
+                }
+            }
+        }
+        self.ctx.session_counts.publish(per_backend.clone());
+        if self
+            .counts_at
+            .is_some_and(|at| at.elapsed() < COUNTS_WRITE_INTERVAL)
+        {
+            return;
+        }
+        self.counts_at = Some(Instant::now());
+        for b in self.backends.state() {
+            let key = BackendKey {
+                namespace: b.namespace().unwrap_or_default(),
+                name: b.name_any(),
+            };
+            let pending =
+                i32::try_from(per_backend.get(&key).map_or(0, |c| c.pending)).unwrap_or(i32::MAX);
+            let id = format!("backend/{}/{}", key.namespace, key.name);
+            let observed = b.status.as_ref().map_or(0, |s| s.pending_sessions);
+            if self.counts_written.get(&id) == Some(&(pending, 0)) && observed == pending {
+                continue;
+            }
+            let body = serde_json::json!({
+                "apiVersion": VoiceBackend::api_version(&()),
+                "kind": VoiceBackend::kind(&()),
+                "status": { "pendingSessions": pending },
+            });
+            let api: Api<VoiceBackend> = Api::namespaced(self.ctx.client.clone(), &key.namespace);
+            if api
+                .patch_status(
+                    &key.name,
+                    &PatchParams::apply(COUNTS_FIELD_MANAGER).force(),
+                    &Patch::Apply(body),
+                )
+                .await
+                .is_ok()
+            {
+                self.counts_written.insert(id, (pending, 0));
+            }
+        }
+        for p in self.providers.state() {
+            let name = p.name_any();
+            let in_use = i32::try_from(self.ledger.provider_count(&name)).unwrap_or(i32::MAX);
+            let pending = provider_pending.get(&name).copied().unwrap_or(0);
+            let id = format!("provider/{name}");
+            let observed = p
+                .status
+                .as_ref()
+                .map_or((0, 0), |s| (s.sessions_in_use, s.sessions_pending));
+            if self.counts_written.get(&id) == Some(&(in_use, pending))
+                && observed == (in_use, pending)
+            {
+                continue;
+            }
+            let body = serde_json::json!({
+                "apiVersion": VoiceProvider::api_version(&()),
+                "kind": VoiceProvider::kind(&()),
+                "status": { "sessionsInUse": in_use, "sessionsPending": pending },
+            });
+            let api: Api<VoiceProvider> = Api::all(self.ctx.client.clone());
+            if api
+                .patch_status(
+                    &name,
+                    &PatchParams::apply(COUNTS_FIELD_MANAGER).force(),
+                    &Patch::Apply(body),
+                )
+                .await
+                .is_ok()
+            {
+                self.counts_written.insert(id, (in_use, pending));
+            }
+            self.ctx
+                .metrics
+                .provider_sessions
+                .with_label_values(&[&name, "in_use"])
+                .set(i64::from(in_use));
+            self.ctx
+                .metrics
+                .provider_sessions
+                .with_label_values(&[&name, "pending"])
+                .set(i64::from(pending));
+        }
+    }
+
+    /// Releases reservations that workers hold but the ledger does not (an admission refused
+    /// after a timeout, a session deleted while the operator was down).
+    fn repair_orphans(
+        &self,
+        backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
+    ) {
+        let mut known: HashSet<(String, String)> = self
+            .ledger
+            .iter()
+            .map(|(k, _)| (format!("{}/{}", k.namespace, k.name), k.uid.clone()))
+            .collect();
+        known.extend(
+            self.in_flight
+                .iter()
+                .map(|k| (format!("{}/{}", k.namespace, k.name), k.uid.clone())),
+        );
+        let ips: BTreeSet<String> = backends
+            .values()
+            .flat_map(|(_, ips)| ips.values().cloned())
+            .collect();
+        let ctx = self.ctx.clone();
+        tokio::spawn(async move {
+            for ip in ips {
+                let Ok(held) = ctx.workers.list_sessions(&ip, WORKER_TIMEOUT).await else {
+                    continue;
+                };
+                for s in held {
+                    if known.contains(&(s.session_id.clone(), s.uid.clone())) {
+                        continue;
+                    }
+                    // Grace for a reservation made just before this snapshot was taken.
+                    let fresh = s.reserved_at.as_ref().is_some_and(|t| {
+                        Timestamp::now().as_second() - t.seconds < REPAIR_INTERVAL.as_secs() as i64
+                    });
+                    if fresh {
+                        continue;
+                    }
+                    tracing::warn!(session = %s.session_id, uid = %s.uid, worker = %ip, "worker holds a slot the API does not know; releasing it");
+                    ctx.metrics.orphans_released.inc();
+                    let _ = ctx
+                        .workers
+                        .release(&ip, &s.session_id, &s.uid, "Orphaned", WORKER_TIMEOUT)
+                        .await;
+                }
+            }
+        });
+    }
+
+    fn publish_metrics(&self) {
+        self.ctx
+            .metrics
+            .ledger_sessions
+            .set(i64::try_from(self.ledger.len()).unwrap_or(i64::MAX));
+        self.ctx
+            .metrics
+            .admissions_in_flight
+            .set(i64::try_from(self.in_flight.len()).unwrap_or(i64::MAX));
+    }
+}
+
+/// Field manager of the session counts on backends and providers.
+pub const COUNTS_FIELD_MANAGER: &str = "voice-operator/session-counts";
+
+fn waiting_message(blocked: admission::Blocked, backend: &str) -> String {
+    use admission::Blocked;
+    match blocked {
+        Blocked::ProviderLimit => {
+            "the provider's maxConcurrentSessions is reached; waiting for a session to end".into()
+        }
+        Blocked::BackendLimit => {
+            format!("VoiceBackend {backend} is at spec.maxSessions; waiting for a session to end")
+        }
+        Blocked::NoWorkerCapacity => format!(
+            "every ready worker of VoiceBackend {backend} is full; waiting for a slot or a new worker"
+        ),
+        Blocked::BackendNotReady => format!("VoiceBackend {backend} has no ready worker yet"),
+        Blocked::BackendNotFound => format!(
+            "VoiceBackend {backend} does not exist in this namespace: create it or fix spec.backendRef.name"
+        ),
+        Blocked::BackendNotAccepted => {
+            format!("VoiceBackend {backend} is not Accepted: see its Accepted condition")
+        }
+    }
+}
+
+/// Backends' signing keys by backend uid: the Secret is written once per backend and never
+/// rotated, so one read per backend is enough.
+type SigningKeys = Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>;
+
+/// The backend's signing key from its Secret (cached).
+async fn signing_key(
+    ctx: &Context,
+    backend: &VoiceBackend,
+    keys: &SigningKeys,
+) -> Result<Vec<u8>, String> {
+    let uid = backend.uid().unwrap_or_default();
+    let cached = keys
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(&uid)
+        .cloned();
+    if let Some(key) = cached {
+        return Ok(key);
+    }
+    let api: Api<Secret> =
+        Api::namespaced(ctx.client.clone(), &backend.namespace().unwrap_or_default());
+    let name = pod_template::signing_secret_name(&backend.name_any());
+    let secret = api
+        .get(&name)
+        .await
+        .map_err(|e| format!("reading Secret {name}: {e}"))?;
+    let key = secret
+        .data
+        .and_then(|mut d| d.remove(SIGNING_KEY_KEY))
+        .map(|b| b.0)
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| format!("Secret {name} has no {SIGNING_KEY_KEY}"))?;
+    keys.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(uid, key.clone());
+    Ok(key)
+}

@@ -1,0 +1,296 @@
+//! One admission, write-ahead: record the chosen worker in the session's status (from then
+//! on the slot counts, even across a crash), reserve the slot on the worker (idempotent by
+//! uid), write the join-token Secret owned by the session, then mark the session Active.
+//! A crash between any two steps leaves a status that names a worker in phase Pending: the
+//! allocator counts it and resumes from the reservation, which the worker answers with
+//! ALREADY_RESERVED. Every step checks the leader fence first.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use voice_crds::{SessionEndpoint, SessionWorker, Transport, VoiceBackend, VoiceSession};
+use voice_proto::token::{self, JoinClaims};
+use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest};
+
+use crate::context::Context;
+use crate::pod_template::HTTP_PORT;
+use crate::session_lifecycle::Lifecycle;
+
+/// Field manager of the allocator's session status and token Secrets.
+pub const FIELD_MANAGER: &str = "voice-operator/session";
+/// Key of the join token in the token Secret.
+pub const TOKEN_KEY: &str = "token";
+/// Longest a join token stays valid when the session sets no `maxDuration`.
+const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// Bound on each gRPC call of an admission.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What an admission came to.
+#[derive(Debug)]
+pub enum Outcome {
+    /// The session is Active with this lifecycle.
+    Admitted(Lifecycle),
+    /// The worker refused (full, draining, stale uid): give the slot back and plan again.
+    Refused {
+        /// The lifecycle as last applied (the intent).
+        applied: Lifecycle,
+        /// Why.
+        error: String,
+    },
+    /// Something failed after the intent was recorded: keep the slot, retry later.
+    Retry {
+        /// The lifecycle as last applied (the intent, if it was written).
+        applied: Option<Lifecycle>,
+        /// Why.
+        error: String,
+    },
+    /// Nothing was written (the intent failed, or the fence was closed): plan again.
+    NotStarted(String),
+}
+
+/// Everything one admission needs, captured by the allocator when it decided.
+#[derive(Clone, Debug)]
+pub struct Admission {
+    /// The session.
+    pub session: VoiceSession,
+    /// Its backend.
+    pub backend: VoiceBackend,
+    /// The lifecycle as currently applied.
+    pub lifecycle: Lifecycle,
+    /// The chosen worker.
+    pub worker: SessionWorker,
+    /// Whether the intent is already recorded (resuming a half-done admission).
+    pub resume: bool,
+    /// The backend's signing key (the hex string's bytes, as the worker reads its env).
+    pub signing_key: Vec<u8>,
+}
+
+/// Runs the admission's remaining steps.
+pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
+    let ns = a.session.namespace().unwrap_or_default();
+    let name = a.session.name_any();
+    let uid = a.session.uid().unwrap_or_default();
+    let api: Api<VoiceSession> = Api::namespaced(ctx.client.clone(), &ns);
+    let generation = a.session.metadata.generation;
+
+    let mut applied = a.lifecycle.clone();
+    if !a.resume {
+        if !ctx.fence.is_open() {
+            return Outcome::NotStarted("not leading".into());
+        }
+        let intent = a
+            .lifecycle
+            .intent(a.worker.clone(), Time(Timestamp::now()))
+            .observing(generation);
+        if let Err(e) = apply_status(&api, &name, &intent).await {
+            return Outcome::NotStarted(format!("recording the worker: {e}"));
+        }
+        applied = intent;
+    }
+    let retry = |applied: &Lifecycle, error: String| Outcome::Retry {
+        applied: Some(applied.clone()),
+        error,
+    };
+
+    let Some(ip) = a.worker.pod_ip.clone() else {
+        return retry(&applied, format!("worker {} has no IP yet", a.worker.pod));
+    };
+    if !ctx.fence.is_open() {
+        return retry(&applied, "not leading".into());
+    }
+    let request = ReserveSessionRequest {
+        session_id: format!("{ns}/{name}"),
+        uid: uid.clone(),
+        token_key_id: None,
+        config_json: session_config(&a.session, &a.backend).to_string(),
+        context_json: session_context(&a.session),
+    };
+    match ctx.workers.reserve(&ip, request, WORKER_TIMEOUT).await {
+        Ok(r) => match r.result() {
+            ReserveResult::Reserved | ReserveResult::AlreadyReserved => {}
+            other => {
+                return Outcome::Refused {
+                    applied,
+                    error: format!(
+                        "worker {} refused: {} {}",
+                        a.worker.pod,
+                        other.as_str_name(),
+                        r.message
+                    ),
+                };
+            }
+        },
+        Err(e) => return retry(&applied, e),
+    }
+
+    let endpoint = endpoint(&a.session, &a.backend, &ip);
+    let now = Timestamp::now();
+    let lifetime = a
+        .session
+        .spec
+        .max_duration
+        .map(Duration::from)
+        .unwrap_or(DEFAULT_TOKEN_LIFETIME)
+        .max(DEFAULT_TOKEN_LIFETIME);
+    let iat = u64::try_from(now.as_second()).unwrap_or(0);
+    let claims = JoinClaims {
+        sub: format!("{ns}/{name}"),
+        uid: uid.clone(),
+        backend: a.backend.name_any(),
+        iat,
+        exp: iat + lifetime.as_secs(),
+    };
+    let join_token = token::mint(&a.signing_key, &claims);
+    if !ctx.fence.is_open() {
+        return retry(&applied, "not leading".into());
+    }
+    if let Err(e) = apply_token_secret(ctx, &a.session, &endpoint, &join_token).await {
+        return retry(&applied, format!("writing the token Secret: {e}"));
+    }
+
+    if !ctx.fence.is_open() {
+        return retry(&applied, "not leading".into());
+    }
+    let active = applied.active(endpoint, Time(now)).observing(generation);
+    match apply_status(&api, &name, &active).await {
+        Ok(()) => Outcome::Admitted(active),
+        Err(e) => retry(&applied, format!("marking the session Active: {e}")),
+    }
+}
+
+/// Applies the allocator's lifecycle fields to the session's status.
+pub async fn apply_status(
+    api: &Api<VoiceSession>,
+    name: &str,
+    lifecycle: &Lifecycle,
+) -> Result<(), kube::Error> {
+    api.patch_status(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(lifecycle.apply_body()),
+    )
+    .await
+    .map(|_| ())
+}
+
+/// The Secret's name: `<session>-join-token`.
+pub fn token_secret_name(session: &str) -> String {
+    format!("{session}-join-token")
+}
+
+/// Where the client connects: the WHIP offer URL or the WebSocket URL on the worker.
+pub fn endpoint(session: &VoiceSession, backend: &VoiceBackend, ip: &str) -> SessionEndpoint {
+    let ns = session.namespace().unwrap_or_default();
+    let name = session.name_any();
+    let host = if ip.contains(':') {
+        format!("[{ip}]")
+    } else {
+        ip.to_owned()
+    };
+    let url = match session.spec.transport {
+        Transport::WebRtc => format!("http://{host}:{HTTP_PORT}/v1/sessions/{ns}/{name}/offer"),
+        Transport::WebSocket => format!("ws://{host}:{HTTP_PORT}/v1/sessions/{ns}/{name}/ws"),
+    };
+    SessionEndpoint {
+        url,
+        token_secret_name: token_secret_name(&name),
+        ice_servers: backend
+            .spec
+            .workers
+            .network
+            .ice_servers
+            .iter()
+            .flat_map(|s| s.urls.iter().cloned())
+            .collect(),
+    }
+}
+
+/// The pipeline configuration handed to the worker: the backend's pipeline and agent with the
+/// session's overrides beside them.
+pub fn session_config(session: &VoiceSession, backend: &VoiceBackend) -> serde_json::Value {
+    serde_json::json!({
+        "pipeline": backend.spec.pipeline,
+        "agent": backend.spec.agent,
+        "audio": session.spec.audio.as_ref().or(Some(&backend.spec.audio)),
+        "sessionAgent": session.spec.agent,
+        "turnDetection": session.spec.turn_detection,
+        "user": session.spec.user,
+        "metadata": session.spec.metadata,
+        "transport": session.spec.transport,
+    })
+}
+
+/// The persisted conversation context (metadata and transcript so far) for a re-admission;
+/// empty for a new conversation.
+pub fn session_context(session: &VoiceSession) -> String {
+    match session.status.as_ref().and_then(|s| s.context.as_ref()) {
+        Some(context) if context.turns > 0 || !context.transcript.is_empty() => serde_json::json!({
+            "metadata": session.spec.metadata,
+            "context": context,
+        })
+        .to_string(),
+        _ => String::new(),
+    }
+}
+
+async fn apply_token_secret(
+    ctx: &Context,
+    session: &VoiceSession,
+    endpoint: &SessionEndpoint,
+    join_token: &str,
+) -> Result<(), kube::Error> {
+    let ns = session.namespace().unwrap_or_default();
+    let name = token_secret_name(&session.name_any());
+    let owner = OwnerReference {
+        api_version: VoiceSession::api_version(&()).into_owned(),
+        kind: VoiceSession::kind(&()).into_owned(),
+        name: session.name_any(),
+        uid: session.uid().unwrap_or_default(),
+        controller: Some(true),
+        block_owner_deletion: Some(true),
+    };
+    let secret = Secret {
+        metadata: ObjectMeta {
+            name: Some(name.clone()),
+            namespace: Some(ns.clone()),
+            owner_references: Some(vec![owner]),
+            labels: Some(BTreeMap::from([
+                (
+                    "app.kubernetes.io/managed-by".to_owned(),
+                    "voice-operator".to_owned(),
+                ),
+                ("voicebackends.dev/session".to_owned(), session.name_any()),
+            ])),
+            ..ObjectMeta::default()
+        },
+        type_: Some("voicebackends.dev/join-token".to_owned()),
+        data: Some(BTreeMap::from([
+            (
+                TOKEN_KEY.to_owned(),
+                ByteString(join_token.as_bytes().to_vec()),
+            ),
+            (
+                "url".to_owned(),
+                ByteString(endpoint.url.as_bytes().to_vec()),
+            ),
+        ])),
+        ..Secret::default()
+    };
+    let mut body = serde_json::to_value(&secret).map_err(kube::Error::SerdeError)?;
+    body["apiVersion"] = "v1".into();
+    body["kind"] = "Secret".into();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    api.patch(
+        &name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(body),
+    )
+    .await
+    .map(|_| ())
+}

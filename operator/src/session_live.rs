@@ -1,0 +1,389 @@
+//! The live part of `VoiceSession.status`, mirrored from the workers' session event streams:
+//! connection details, pipeline state, last activity, the persisted conversation context and
+//! the `Connected`/`Ready` conditions.
+//!
+//! One subscription per worker feeds one writer. The writer coalesces: events only mark a
+//! session dirty, and dirty sessions are applied at most every [`FLUSH_INTERVAL`] (pings, which
+//! only move `lastActivity`, at most every [`PING_WRITE_INTERVAL`]), so a chatty call does not
+//! turn the API server into a per-frame bus. "Ended" events go to the allocator, which owns
+//! the lifecycle fields.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Patch, PatchParams};
+use kube::{Api, Resource};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use voice_crds::conditions::{CONNECTED, READY, set_condition};
+use voice_crds::{
+    PipelineState, SessionContext, Speaker, TranscriptEntry, Transport, UserConnectionStatus,
+    VoiceSession,
+};
+use voice_proto::worker::v1 as pb;
+use voice_proto::worker::v1::session_event::Event;
+
+use crate::context::Context;
+
+/// Field manager of the live session status.
+pub const FIELD_MANAGER: &str = "voice-operator/session-live";
+/// Most often a session's live status is written.
+const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
+/// Most often a ping alone causes a write.
+const PING_WRITE_INTERVAL: Duration = Duration::from_secs(15);
+/// Transcript entries kept in status; older ones are trimmed to keep the object small.
+const TRANSCRIPT_KEPT: usize = 50;
+/// Events buffered between the worker streams and the writer.
+const EVENT_BUFFER: usize = 8192;
+
+/// The worker pod IPs the writer follows, published by the allocator.
+pub type WorkerAddrs = BTreeSet<String>;
+
+/// A session a worker ended, for the allocator.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Ended {
+    /// `namespace/name`.
+    pub session_id: String,
+    /// The session's uid.
+    pub uid: String,
+    /// Why, as the worker said.
+    pub reason: String,
+}
+
+/// The writer-owned status fields of one session, exactly as applied.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Live {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    connection: Option<UserConnectionStatus>,
+    pipeline_state: PipelineState,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_activity: Option<Time>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    context: Option<SessionContext>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    conditions: Vec<Condition>,
+}
+
+struct Entry {
+    live: Live,
+    dirty: bool,
+    ping_only: bool,
+    written: Option<Instant>,
+}
+
+/// Runs the subscriptions and the writer until `cancel` fires.
+pub async fn run(
+    ctx: Arc<Context>,
+    cancel: CancellationToken,
+    mut addrs: watch::Receiver<WorkerAddrs>,
+    ended: mpsc::Sender<Ended>,
+) {
+    let (events_tx, mut events) = mpsc::channel::<pb::SessionEvent>(EVENT_BUFFER);
+    let mut subscriptions: HashMap<String, CancellationToken> = HashMap::new();
+    let mut entries: HashMap<(String, String), Entry> = HashMap::new();
+    let mut flush = tokio::time::interval(FLUSH_INTERVAL);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            changed = addrs.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let wanted = addrs.borrow_and_update().clone();
+                subscriptions.retain(|ip, token| {
+                    let keep = wanted.contains(ip);
+                    if !keep {
+                        token.cancel();
+                    }
+                    keep
+                });
+                for ip in wanted {
+                    if let std::collections::hash_map::Entry::Vacant(slot) = subscriptions.entry(ip) {
+                        let token = cancel.child_token();
+                        tokio::spawn(follow(ctx.clone(), slot.key().clone(), events_tx.clone(), token.clone()));
+                        slot.insert(token);
+                    }
+                }
+            }
+            Some(event) = events.recv() => {
+                if let Some(end) = absorb(&ctx, &mut entries, event).await {
+                    let _ = ended.send(end).await;
+                }
+            }
+            _ = flush.tick() => write_dirty(&ctx, &mut entries).await,
+        }
+    }
+}
+
+/// Follows one worker's event stream, resubscribing after errors until cancelled.
+async fn follow(
+    ctx: Arc<Context>,
+    ip: String,
+    events: mpsc::Sender<pb::SessionEvent>,
+    cancel: CancellationToken,
+) {
+    loop {
+        match ctx.workers.watch_events(&ip, Duration::from_secs(5)).await {
+            Ok(mut stream) => loop {
+                tokio::select! {
+                    () = cancel.cancelled() => return,
+                    next = stream.message() => match next {
+                        Ok(Some(event)) => {
+                            if events.send(event).await.is_err() {
+                                return;
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(status) => {
+                            tracing::debug!(worker = %ip, %status, "event stream ended; resubscribing");
+                            break;
+                        }
+                    },
+                }
+            },
+            Err(e) => {
+                tracing::debug!(worker = %ip, error = %e, "subscribing to worker events failed")
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+    }
+}
+
+/// Folds one event into its session's live state; returns the end of a session for the
+/// allocator.
+async fn absorb(
+    ctx: &Context,
+    entries: &mut HashMap<(String, String), Entry>,
+    event: pb::SessionEvent,
+) -> Option<Ended> {
+    let id = (event.session_id.clone(), event.uid.clone());
+    if !entries.contains_key(&id) {
+        let live = seed(ctx, &event.session_id, &event.uid).await?;
+        entries.insert(
+            id.clone(),
+            Entry {
+                live,
+                dirty: false,
+                ping_only: true,
+                written: None,
+            },
+        );
+    }
+    let entry = entries.get_mut(&id)?;
+    let at = event
+        .timestamp
+        .as_ref()
+        .and_then(|t| Timestamp::new(t.seconds, t.nanos).ok())
+        .unwrap_or_else(Timestamp::now);
+    let now = Time(at);
+    let live = &mut entry.live;
+    let mut ping = false;
+    let mut end = None;
+    match event.event? {
+        Event::Reserved(_) => return None,
+        Event::Connected(c) => {
+            let transport = match c.transport() {
+                pb::Transport::Websocket => Transport::WebSocket,
+                _ => Transport::WebRtc,
+            };
+            live.connection = Some(UserConnectionStatus {
+                connection_id: c.connection_id,
+                transport,
+                remote_address: Some(c.remote_address).filter(|a| !a.is_empty()),
+                connected_at: Some(now.clone()),
+                last_ping: Some(now.clone()),
+            });
+            live.last_activity = Some(now.clone());
+            set_condition(
+                &mut live.conditions,
+                CONNECTED,
+                true,
+                "ClientConnected",
+                "the client's media connection is up",
+                None,
+                now.clone(),
+            );
+            let error = live.pipeline_state == PipelineState::Error;
+            set_condition(
+                &mut live.conditions,
+                READY,
+                !error,
+                if error { "PipelineError" } else { "Connected" },
+                "",
+                None,
+                now,
+            );
+        }
+        Event::PipelineState(p) => {
+            let state = match p.state() {
+                pb::PipelineState::Listening => PipelineState::Listening,
+                pb::PipelineState::Processing => PipelineState::Processing,
+                pb::PipelineState::Speaking => PipelineState::Speaking,
+                pb::PipelineState::Error => PipelineState::Error,
+                _ => PipelineState::Idle,
+            };
+            live.pipeline_state = state;
+            live.last_activity = Some(now.clone());
+            if live.connection.is_some() {
+                let error = state == PipelineState::Error;
+                let message = if error { p.detail } else { String::new() };
+                set_condition(
+                    &mut live.conditions,
+                    READY,
+                    !error,
+                    if error { "PipelineError" } else { "Connected" },
+                    message,
+                    None,
+                    now,
+                );
+            }
+        }
+        Event::Ping(_) => {
+            ping = true;
+            live.last_activity = Some(now.clone());
+            if let Some(c) = live.connection.as_mut() {
+                c.last_ping = Some(now);
+            }
+        }
+        Event::Transcript(t) => {
+            let speaker = if t.role() == pb::transcript::Role::Agent {
+                Speaker::Agent
+            } else {
+                Speaker::User
+            };
+            let context = live.context.get_or_insert_with(SessionContext::default);
+            if speaker == Speaker::Agent {
+                context.turns += 1;
+            }
+            context.transcript.push(TranscriptEntry {
+                speaker,
+                text: t.text,
+                time: Some(now.clone()),
+            });
+            let excess = context.transcript.len().saturating_sub(TRANSCRIPT_KEPT);
+            context.transcript.drain(..excess);
+            live.last_activity = Some(now);
+        }
+        Event::Ended(e) => {
+            live.connection = None;
+            set_condition(
+                &mut live.conditions,
+                CONNECTED,
+                false,
+                "SessionEnded",
+                format!("the session ended: {}", e.reason),
+                None,
+                now.clone(),
+            );
+            set_condition(
+                &mut live.conditions,
+                READY,
+                false,
+                "SessionEnded",
+                "",
+                None,
+                now,
+            );
+            end = Some(Ended {
+                session_id: event.session_id,
+                uid: event.uid,
+                reason: e.reason,
+            });
+        }
+    }
+    entry.ping_only = if entry.dirty {
+        entry.ping_only && ping
+    } else {
+        ping
+    };
+    entry.dirty = true;
+    end
+}
+
+/// The live state as the API has it, so the writer continues (rather than replaces) the
+/// context after an operator restart. `None` when the session is gone or was recreated.
+async fn seed(ctx: &Context, session_id: &str, uid: &str) -> Option<Live> {
+    let (ns, name) = session_id.split_once('/')?;
+    let api: Api<VoiceSession> = Api::namespaced(ctx.client.clone(), ns);
+    let session = api.get_opt(name).await.ok()??;
+    if session.metadata.uid.as_deref() != Some(uid) {
+        return None;
+    }
+    let status = session.status.unwrap_or_default();
+    Some(Live {
+        connection: status.connection,
+        pipeline_state: status.pipeline_state,
+        last_activity: status.last_activity,
+        context: status.context,
+        conditions: status
+            .conditions
+            .into_iter()
+            .filter(|c| c.type_ == CONNECTED || c.type_ == READY)
+            .collect(),
+    })
+}
+
+async fn write_dirty(ctx: &Context, entries: &mut HashMap<(String, String), Entry>) {
+    let mut gone: HashSet<(String, String)> = HashSet::new();
+    for (id, entry) in entries.iter_mut() {
+        if !entry.dirty {
+            continue;
+        }
+        if entry.ping_only
+            && entry
+                .written
+                .is_some_and(|at| at.elapsed() < PING_WRITE_INTERVAL)
+        {
+            continue;
+        }
+        let Some((ns, name)) = id.0.split_once('/') else {
+            continue;
+        };
+        let api: Api<VoiceSession> = Api::namespaced(ctx.client.clone(), ns);
+        let body = serde_json::json!({
+            "apiVersion": VoiceSession::api_version(&()),
+            "kind": VoiceSession::kind(&()),
+            "metadata": { "uid": id.1 },
+            "status": entry.live,
+        });
+        match api
+            .patch_status(
+                name,
+                &PatchParams::apply(FIELD_MANAGER).force(),
+                &Patch::Apply(body),
+            )
+            .await
+        {
+            Ok(_) => {
+                entry.dirty = false;
+                entry.written = Some(Instant::now());
+                ctx.metrics.live_status_writes.inc();
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {
+                gone.insert(id.clone());
+            }
+            Err(e) => {
+                tracing::warn!(session = %id.0, error = %e, "writing live session status failed")
+            }
+        }
+    }
+    // Forget sessions that are gone, and ended ones once their last state is written.
+    entries.retain(|id, e| {
+        let finished = e.live.connection.is_none() && !e.dirty && ended(&e.live);
+        !gone.contains(id) && !finished
+    });
+}
+
+fn ended(live: &Live) -> bool {
+    live.conditions
+        .iter()
+        .any(|c| c.type_ == CONNECTED && c.reason == "SessionEnded")
+}
