@@ -19,6 +19,7 @@ pub mod http;
 pub mod lifecycle;
 pub mod media;
 pub mod metrics;
+pub mod pipeline;
 pub mod server;
 pub mod sessions;
 pub mod signaling;

@@ -20,6 +20,15 @@ pub trait SpeechToSpeech: Send {
     /// Fills `out` with the next frame to send; false when the provider has nothing to
     /// say (the caller sends silence, so the stream's timing never stops).
     fn pull(&mut self, out: &mut Frame) -> bool;
+
+    /// The client's media connection is up (a pipeline starts listening).
+    fn connected(&mut self) {}
+
+    /// The next text event for the client (JSON: state changes, transcripts, latency
+    /// figures), which transports send as data-channel messages or WebSocket text frames.
+    fn next_event(&mut self) -> Option<String> {
+        None
+    }
 }
 
 /// Returns every frame it is given, in order, through a bounded queue.

@@ -1,0 +1,202 @@
+//! Audio helpers the providers share: WAV in and out, and resampling between the rates
+//! engines speak (espeak-ng 22.05 kHz, OpenAI 24 kHz, pocketsphinx 16 kHz) and the
+//! pipeline's 48 kHz.
+
+/// Mono PCM16 samples with their rate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pcm {
+    /// Samples per second.
+    pub rate: u32,
+    /// Mono samples.
+    pub samples: Vec<i16>,
+}
+
+/// Why a WAV could not be read.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WavError {
+    /// Not RIFF/WAVE, or a chunk runs past the end.
+    #[error("not a WAV file: {0}")]
+    Malformed(&'static str),
+    /// Not 16-bit PCM.
+    #[error("unsupported WAV format (need 16-bit PCM, got format {format} with {bits} bits)")]
+    Unsupported {
+        /// WAVE format tag.
+        format: u16,
+        /// Bits per sample.
+        bits: u16,
+    },
+}
+
+/// Reads a 16-bit PCM WAV (any channel count: channels are averaged to mono). A `data`
+/// chunk whose size field is a streaming placeholder (0 or 0xFFFFFFFF) runs to the end.
+pub fn parse_wav(bytes: &[u8]) -> Result<Pcm, WavError> {
+    if bytes.len() < 12 || &bytes[..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+        return Err(WavError::Malformed("missing RIFF/WAVE header"));
+    }
+    let u16_at = |i: usize| u16::from_le_bytes([bytes[i], bytes[i + 1]]);
+    let u32_at =
+        |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let mut at = 12;
+    let mut format: Option<(u16, u16, u32, u16)> = None;
+    while at + 8 <= bytes.len() {
+        let id = &bytes[at..at + 4];
+        let size = u32_at(at + 4) as usize;
+        let body = at + 8;
+        if id == b"fmt " {
+            if body + 16 > bytes.len() {
+                return Err(WavError::Malformed("short fmt chunk"));
+            }
+            format = Some((
+                u16_at(body),
+                u16_at(body + 2),
+                u32_at(body + 4),
+                u16_at(body + 14),
+            ));
+        } else if id == b"data" {
+            let (tag, channels, rate, bits) =
+                format.ok_or(WavError::Malformed("data before fmt"))?;
+            if tag != 1 || bits != 16 {
+                return Err(WavError::Unsupported { format: tag, bits });
+            }
+            let end = if size == 0 || size == u32::MAX as usize {
+                bytes.len()
+            } else {
+                (body + size).min(bytes.len())
+            };
+            let channels = usize::from(channels.max(1));
+            let samples = bytes[body..end]
+                .chunks_exact(2 * channels)
+                .map(|frame| {
+                    let sum: i32 = frame
+                        .chunks_exact(2)
+                        .map(|b| i32::from(i16::from_le_bytes([b[0], b[1]])))
+                        .sum();
+                    (sum / channels as i32) as i16
+                })
+                .collect();
+            return Ok(Pcm { rate, samples });
+        }
+        at = body + size + (size & 1);
+    }
+    Err(WavError::Malformed("no data chunk"))
+}
+
+/// A canonical 44-byte-header mono PCM16 WAV.
+pub fn encode_wav(pcm: &Pcm) -> Vec<u8> {
+    let data_len = (pcm.samples.len() * 2) as u32;
+    let mut out = Vec::with_capacity(44 + pcm.samples.len() * 2);
+    out.extend_from_slice(b"RIFF");
+    out.extend_from_slice(&(36 + data_len).to_le_bytes());
+    out.extend_from_slice(b"WAVEfmt ");
+    out.extend_from_slice(&16u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&pcm.rate.to_le_bytes());
+    out.extend_from_slice(&(pcm.rate * 2).to_le_bytes());
+    out.extend_from_slice(&2u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(b"data");
+    out.extend_from_slice(&data_len.to_le_bytes());
+    for s in &pcm.samples {
+        out.extend_from_slice(&s.to_le_bytes());
+    }
+    out
+}
+
+/// Streaming linear-interpolation resampler for any pair of rates; speech-grade (the
+/// engines it serves band-limit their own output far below Nyquist).
+#[derive(Clone, Debug)]
+pub struct Resampler {
+    from: u32,
+    to: u32,
+    /// Position of the next output sample, in input samples, relative to `prev`.
+    pos: f64,
+    prev: Option<i16>,
+}
+
+impl Resampler {
+    /// From `from` Hz to `to` Hz.
+    pub fn new(from: u32, to: u32) -> Self {
+        Self {
+            from: from.max(1),
+            to: to.max(1),
+            pos: 0.0,
+            prev: None,
+        }
+    }
+
+    /// Appends the resampled `input` to `out`; state carries across calls.
+    pub fn process(&mut self, input: &[i16], out: &mut Vec<i16>) {
+        if self.from == self.to {
+            out.extend_from_slice(input);
+            return;
+        }
+        let step = f64::from(self.from) / f64::from(self.to);
+        for &x in input {
+            let Some(prev) = self.prev else {
+                self.prev = Some(x);
+                out.push(x);
+                self.pos = step;
+                continue;
+            };
+            // Output samples between `prev` (at 0) and `x` (at 1).
+            while self.pos <= 1.0 {
+                let y = f64::from(prev) + (f64::from(x) - f64::from(prev)) * self.pos;
+                out.push(y.round().clamp(-32_768.0, 32_767.0) as i16);
+                self.pos += step;
+            }
+            self.pos -= 1.0;
+            self.prev = Some(x);
+        }
+    }
+}
+
+/// Resamples a whole buffer.
+pub fn resample(pcm: &Pcm, to: u32) -> Vec<i16> {
+    let mut out =
+        Vec::with_capacity(pcm.samples.len() * to as usize / pcm.rate.max(1) as usize + 1);
+    Resampler::new(pcm.rate, to).process(&pcm.samples, &mut out);
+    out
+}
+
+/// Little-endian PCM16 bytes to samples (an odd trailing byte is ignored).
+pub fn samples_from_le(bytes: &[u8]) -> Vec<i16> {
+    bytes
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wav_round_trips_and_garbage_is_refused() {
+        let pcm = Pcm {
+            rate: 16_000,
+            samples: vec![1, -2, 300, i16::MIN, i16::MAX],
+        };
+        assert_eq!(parse_wav(&encode_wav(&pcm)), Ok(pcm));
+        assert!(parse_wav(b"RIFF0000WAVE").is_err());
+        assert!(parse_wav(b"hello").is_err());
+    }
+
+    #[test]
+    fn resampling_keeps_duration_and_a_tone() {
+        let tone: Vec<i16> = (0..22_050)
+            .map(|i| {
+                (8_000.0 * (2.0 * std::f64::consts::PI * 440.0 * i as f64 / 22_050.0).sin()) as i16
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut r = Resampler::new(22_050, 48_000);
+        for chunk in tone.chunks(333) {
+            r.process(chunk, &mut out);
+        }
+        assert!((out.len() as i64 - 48_000).abs() <= 3, "{}", out.len());
+        // Zero crossings: 440 Hz for one second has 880 of them.
+        let crossings = out.windows(2).filter(|w| (w[0] < 0) != (w[1] < 0)).count();
+        assert!((870..=890).contains(&crossings), "{crossings}");
+    }
+}

@@ -1,0 +1,275 @@
+//! From a session's configuration to a running pipeline: pick one implementation per
+//! stage, put the frame stages in `processingOrder`, and fail with a message naming the
+//! field when something cannot run.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use voice_crds::{AgentIntegration, AgentType, PipelineComponent, PipelineType, StageProvider};
+
+use super::metrics::PipelineMetrics;
+use super::processors;
+use super::providers::echo_agent::EchoAgent;
+use super::providers::espeak::Espeak;
+use super::providers::pocketsphinx::Pocketsphinx;
+use super::providers::{Agent, ProviderError, SpeechToText, TextToSpeech};
+use super::session::{Behaviour, EventSink, FrameStage, SessionPipeline};
+use super::spec::PipelineSpec;
+use super::turn::Providers;
+use super::turn_detector::TurnDetector;
+use super::vad::{EarshotVad, VoiceActivity};
+use crate::media::echo::{Echo, SpeechToSpeech};
+
+/// Frames the diagnostic echo holds: half a second.
+const ECHO_FRAMES: usize = 25;
+
+/// Without `turnDetection`, a turn ends when VAD has reported this much non-speech.
+const VAD_ONLY_SILENCE: Duration = Duration::from_millis(300);
+
+/// Speech frames in a row that start a turn (20 ms each): quick enough for barge-in
+/// within two frames, long enough to skip a click.
+const ONSET_FRAMES: u32 = 2;
+
+/// A configuration the worker cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// A stage names an implementation or option the worker does not have.
+    #[error("{field}: {message}")]
+    Unsupported {
+        /// The spec field, e.g. `pipeline.stt.provider`.
+        field: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// A provider could not be set up (e.g. its credentials are missing).
+    #[error(transparent)]
+    Provider(#[from] ProviderError),
+    /// A custom processor or noise suppression is unknown or misconfigured.
+    #[error(transparent)]
+    Processor(#[from] processors::ProcessorError),
+}
+
+impl BuildError {
+    /// Stable CamelCase reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            BuildError::Unsupported { .. } | BuildError::Processor(_) => "PipelineUnsupported",
+            BuildError::Provider(e) => e.reason(),
+        }
+    }
+}
+
+fn unsupported(field: &'static str, message: impl Into<String>) -> BuildError {
+    BuildError::Unsupported {
+        field,
+        message: message.into(),
+    }
+}
+
+/// Builds the pipeline `spec` describes, reporting to `sink`.
+pub fn build(
+    spec: &PipelineSpec,
+    sink: Box<dyn EventSink>,
+    metrics: PipelineMetrics,
+) -> Result<Box<dyn SpeechToSpeech>, BuildError> {
+    let pipeline = &spec.pipeline;
+    match pipeline.type_ {
+        PipelineType::S2s => {
+            let s2s = pipeline
+                .s2s
+                .as_ref()
+                .ok_or_else(|| unsupported("pipeline.s2s", "type S2S needs pipeline.s2s"))?;
+            match s2s.provider.as_str() {
+                "echo" => Ok(Box::new(Echo::new(ECHO_FRAMES))),
+                other => Err(unsupported(
+                    "pipeline.s2s.provider",
+                    format!("unknown speech-to-speech provider {other:?} (known: echo)"),
+                )),
+            }
+        }
+        PipelineType::SttTts => {
+            let stt = stage(pipeline.stt.as_ref(), "pipeline.stt")?;
+            let tts = stage(pipeline.tts.as_ref(), "pipeline.tts")?;
+            let agent = spec
+                .agent
+                .as_ref()
+                .ok_or_else(|| unsupported("spec.agent", "type STT_TTS needs an agent"))?;
+            let providers = Providers {
+                stt: build_stt(stt)?,
+                agent: build_agent(agent)?,
+                tts: build_tts(tts)?,
+            };
+            let behaviour = Behaviour {
+                streaming: agent.streaming_mode,
+                interruption: agent.interruption_handling,
+                preemptive: agent.preemptive_generation,
+            };
+            let aggressiveness = pipeline.vad.as_ref().map_or(2, |v| v.aggressiveness);
+            if let Some(vad) = &pipeline.vad
+                && !matches!(vad.provider.as_str(), "webrtc" | "earshot")
+            {
+                return Err(unsupported(
+                    "pipeline.vad.provider",
+                    format!("unknown VAD {:?} (known: webrtc, earshot)", vad.provider),
+                ));
+            }
+            let silence = match &pipeline.turn_detection {
+                Some(td) if td.provider == "silence" => Duration::from(td.silence_timeout),
+                Some(td) => {
+                    return Err(unsupported(
+                        "pipeline.turnDetection.provider",
+                        format!("unknown turn detector {:?} (known: silence)", td.provider),
+                    ));
+                }
+                None => VAD_ONLY_SILENCE,
+            };
+            let stages = frame_stages(spec)?;
+            let vad: Box<dyn VoiceActivity> = Box::new(EarshotVad::new(aggressiveness));
+            Ok(Box::new(SessionPipeline::new(
+                stages,
+                vad,
+                TurnDetector::new(silence, ONSET_FRAMES),
+                behaviour,
+                providers,
+                sink,
+                metrics,
+            )))
+        }
+    }
+}
+
+fn stage<'a>(
+    s: Option<&'a StageProvider>,
+    field: &'static str,
+) -> Result<&'a StageProvider, BuildError> {
+    s.ok_or_else(|| unsupported(field, "required for type STT_TTS"))
+}
+
+/// The per-frame stages in `processingOrder`. VAD and turn detection always run in an
+/// STT_TTS pipeline (a turn must end somehow); when the order does not list them they go
+/// after everything it does list, VAD first.
+fn frame_stages(spec: &PipelineSpec) -> Result<Vec<FrameStage>, BuildError> {
+    let pipeline = &spec.pipeline;
+    let mut stages = Vec::new();
+    let (mut vad, mut turn) = (false, false);
+    for component in pipeline.effective_order(spec.agent.is_some()) {
+        match component {
+            PipelineComponent::NoiseCancellation => {
+                if let Some(nc) = &pipeline.noise_cancellation {
+                    stages.push(FrameStage::Processor(processors::build_noise(nc)?));
+                }
+            }
+            PipelineComponent::CustomProcessors => {
+                for p in pipeline.active_processors() {
+                    stages.push(FrameStage::Processor(processors::build(p)?));
+                }
+            }
+            PipelineComponent::Vad => {
+                vad = true;
+                stages.push(FrameStage::Vad);
+            }
+            PipelineComponent::TurnDetection => {
+                turn = true;
+                stages.push(FrameStage::TurnDetection);
+            }
+            _ => {}
+        }
+    }
+    if !vad {
+        let at = stages
+            .iter()
+            .position(|s| matches!(s, FrameStage::TurnDetection))
+            .unwrap_or(stages.len());
+        stages.insert(at, FrameStage::Vad);
+    }
+    if !turn {
+        stages.push(FrameStage::TurnDetection);
+    }
+    Ok(stages)
+}
+
+fn build_stt(s: &StageProvider) -> Result<Arc<dyn SpeechToText>, BuildError> {
+    match s.provider.as_str() {
+        "pocketsphinx" => Ok(Arc::new(Pocketsphinx::from_options(&s.options))),
+        other => Err(unsupported(
+            "pipeline.stt.provider",
+            format!("unknown STT provider {other:?} (known: pocketsphinx, openai)"),
+        )),
+    }
+}
+
+fn build_tts(s: &StageProvider) -> Result<Arc<dyn TextToSpeech>, BuildError> {
+    match s.provider.as_str() {
+        "espeak" | "espeak-ng" => Ok(Arc::new(Espeak::from_options(&s.options))),
+        other => Err(unsupported(
+            "pipeline.tts.provider",
+            format!("unknown TTS provider {other:?} (known: espeak, openai)"),
+        )),
+    }
+}
+
+fn build_agent(a: &AgentIntegration) -> Result<Arc<dyn Agent>, BuildError> {
+    match a.type_ {
+        AgentType::Echo => Ok(Arc::new(EchoAgent)),
+        other => Err(unsupported(
+            "spec.agent.type",
+            format!("agent type {other:?} is not available"),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct NoSink;
+    impl EventSink for NoSink {
+        fn state(&self, _: voice_crds::PipelineState, _: &str) {}
+        fn transcript(&self, _: &str, _: &str, _: &str) {}
+    }
+
+    fn spec(json: serde_json::Value) -> PipelineSpec {
+        PipelineSpec::parse(&json.to_string()).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn processing_order_puts_processors_vad_and_turn_detection_where_asked() {
+        let s = spec(serde_json::json!({
+            "pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"},
+                "vad": {"provider": "webrtc"}, "noiseCancellation": {"provider": "gate"},
+                "turnDetection": {"provider": "silence"},
+                "customProcessors": [
+                    {"name": "late", "processor": "highpass", "order": 5},
+                    {"name": "off", "processor": "reverb", "enabled": false},
+                    {"name": "early", "processor": "gain", "order": 1}],
+                "processingOrder": ["customProcessors", "noiseCancellation", "vad", "turnDetection", "stt", "agent", "tts"]},
+            "agent": {"type": "Echo"}}));
+        let stages = frame_stages(&s).unwrap_or_else(|e| panic!("{e}"));
+        let names: Vec<String> = stages
+            .iter()
+            .map(|st| match st {
+                FrameStage::Processor(p) => p.name().to_owned(),
+                FrameStage::Vad => "vad".into(),
+                FrameStage::TurnDetection => "turn".into(),
+            })
+            .collect();
+        assert_eq!(
+            names,
+            ["early", "late", "gate", "vad", "turn"],
+            "disabled processors do not run"
+        );
+    }
+
+    #[test]
+    fn unknown_implementations_name_their_field() {
+        let s = spec(serde_json::json!({
+            "pipeline": {"type": "STT_TTS", "stt": {"provider": "nope"}, "tts": {"provider": "espeak"}},
+            "agent": {"type": "Echo"}}));
+        let err = build(&s, Box::new(NoSink), PipelineMetrics::unregistered())
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("pipeline.stt.provider"), "{err}");
+        let s = spec(serde_json::json!({"pipeline": {"type": "S2S", "s2s": {"provider": "echo"}}}));
+        assert!(build(&s, Box::new(NoSink), PipelineMetrics::unregistered()).is_ok());
+    }
+}
