@@ -16,7 +16,16 @@ pub fn ensure() -> anyhow::Result<()> {
 
 /// Debian packages the workspace needs at build or test time: cmake and a C compiler build the
 /// bundled libopus; python3-venv holds aiortc, the independent WebRTC peer of the interop tests.
-const DEBIAN_PACKAGES: &[&str] = &["cmake", "build-essential", "python3-venv"];
+const DEBIAN_PACKAGES: &[&str] = &[
+    "cmake",
+    "build-essential",
+    "python3-venv",
+    "pocketsphinx",
+    "pocketsphinx-en-us",
+    "espeak-ng",
+    "libpocketsphinx-dev",
+    "libespeak-ng-dev",
+];
 
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
     let missing: Vec<&str> = packages
