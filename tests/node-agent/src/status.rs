@@ -179,7 +179,9 @@ pub fn build(view: &PodView, conditions: &mut Conditions, now: Timestamp) -> Pod
         pod_ips: view.pod_ip.map(|ip| vec![PodIP { ip: ip.to_string() }]),
         start_time: Some(Time(view.start_time)),
         container_statuses: Some(view.containers.iter().map(container_status).collect()),
-        qos_class: Some("BestEffort".to_owned()),
+        // The API server sets qosClass from the resources when the pod is created and refuses
+        // any change, so the agent leaves it out (a pod with requests is not BestEffort).
+        qos_class: None,
         ..PodStatus::default()
     }
 }
