@@ -323,10 +323,15 @@ pub struct OperatorStack {
 impl OperatorStack {
     /// Starts the stack in a namespace named after `prefix`.
     pub async fn start(prefix: &str) -> OperatorStack {
+        Self::start_with(prefix, json!({})).await
+    }
+
+    /// [`OperatorStack::start`] with `provider_patch` merged into the provider's spec.
+    pub async fn start_with(prefix: &str, provider_patch: Value) -> OperatorStack {
         voice_tests::install_crds();
         voice_tests::node_agent();
         let ns = TestNamespace::new(prefix).await;
-        let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+        let (provider, manifest) = provider_manifest(&ns, "p", provider_patch);
         let cleanup = ProviderCleanup(vec![provider.clone()]);
         apply(&ns, &[&manifest]);
         let operator = voice_tests::OperatorProcess::start(ns.name(), "a");

@@ -10,6 +10,7 @@
 mod client;
 mod cluster;
 mod crds;
+pub mod helm;
 mod kubectl;
 mod namespace;
 mod node_agent;

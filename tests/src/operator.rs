@@ -26,6 +26,11 @@ impl OperatorProcess {
     /// Starts an operator for namespace `ns` (see the module doc). `instance` tells apart
     /// several operators of one test (leader election) in their log file names.
     pub fn start(ns: &str, instance: &str) -> OperatorProcess {
+        Self::start_with(ns, instance, &[])
+    }
+
+    /// [`OperatorProcess::start`] with extra command-line flags (e.g. a short lease).
+    pub fn start_with(ns: &str, instance: &str, extra: &[&str]) -> OperatorProcess {
         let target = voice_cluster::layout::target_dir();
         let binary = target.join("debug/voice-operator");
         assert!(
@@ -50,6 +55,7 @@ impl OperatorProcess {
                 "--metrics-addr",
                 &format!("127.0.0.1:{metrics_port}"),
             ])
+            .args(extra)
             .env("KUBECONFIG", cluster().kubeconfig())
             .env("POD_NAME", format!("{ns}-{instance}"))
             .env(

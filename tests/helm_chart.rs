@@ -1,0 +1,779 @@
+//! The Helm chart (`charts/voice-operator`) with Helm built from its Go module: lint, render,
+//! schema errors, server-side dry runs, and a real install whose operator runs as the chart's
+//! ServiceAccount (so its RBAC is what the API server checks) on the node agent.
+
+mod operator_common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::ListParams;
+use serde_json::{Value, json};
+use voice_crds::VoiceProvider;
+use voice_tests::helm::{chart_dir, helm_ok, helm_on_cluster, helm_run, prometheus_operator_crds};
+use voice_tests::{TestNamespace, kubectl, kubectl_ok, kubectl_with_stdin};
+
+use operator_common::{
+    apply, backend_manifest, events_about, provider_condition, wait_for, wait_healthy,
+};
+
+/// Values that turn on every optional object of the chart.
+const ALL_ENABLED: &[&str] = &[
+    "monitoring.serviceMonitor.enabled=true",
+    "monitoring.podMonitor.enabled=true",
+    "monitoring.prometheusRule.enabled=true",
+    "monitoring.grafanaDashboard.enabled=true",
+    "networkPolicy.enabled=true",
+    "opentelemetry.endpoint=http://otel-collector.observability:4317",
+];
+
+fn chart() -> String {
+    chart_dir().display().to_string()
+}
+
+/// `helm template` of the chart into namespace `ns` with `--set` values; the documents.
+fn render(ns: &str, set: &[&str]) -> Vec<Value> {
+    let chart = chart();
+    let mut args = vec!["template", "voice", chart.as_str(), "--namespace", ns];
+    for s in set {
+        args.extend(["--set", s]);
+    }
+    parse_documents(&helm_ok(helm_run(&args), "template"))
+}
+
+fn parse_documents(yaml: &str) -> Vec<Value> {
+    let mut docs = Vec::new();
+    let mut current = String::new();
+    for line in yaml.lines().chain(std::iter::once("---")) {
+        if line == "---" {
+            let v: Value = serde_yaml_ng::from_str(&current).expect("helm renders valid YAML");
+            if !v.is_null() {
+                docs.push(v);
+            }
+            current.clear();
+        } else {
+            current.push_str(line);
+            current.push('\n');
+        }
+    }
+    docs
+}
+
+fn kinds(docs: &[Value]) -> BTreeSet<String> {
+    docs.iter()
+        .filter_map(|d| d["kind"].as_str().map(str::to_owned))
+        .collect()
+}
+
+fn find<'a>(docs: &'a [Value], kind: &str) -> Vec<&'a Value> {
+    docs.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+fn one<'a>(docs: &'a [Value], kind: &str) -> &'a Value {
+    let all = find(docs, kind);
+    assert_eq!(all.len(), 1, "expected one {kind}, got {}", all.len());
+    all[0]
+}
+
+#[test]
+fn lint_passes_with_default_and_all_enabled_values() {
+    let chart = chart();
+    helm_ok(helm_run(&["lint", "--strict", &chart]), "lint (defaults)");
+    let mut args = vec!["lint", "--strict", chart.as_str()];
+    for s in ALL_ENABLED {
+        args.extend(["--set", s]);
+    }
+    helm_ok(helm_run(&args), "lint (everything enabled)");
+}
+
+#[test]
+fn default_render_is_a_hardened_leader_elected_operator_without_monitoring_objects() {
+    let docs = render("voice-system", &[]);
+    let kinds = kinds(&docs);
+    for kind in [
+        "Deployment",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "Service",
+        "PodDisruptionBudget",
+        "VoiceProvider",
+    ] {
+        assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
+    }
+    for kind in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "NetworkPolicy",
+    ] {
+        assert!(
+            !kinds.contains(kind),
+            "{kind} is optional and off by default"
+        );
+    }
+
+    let deploy = one(&docs, "Deployment");
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    let pod = &deploy["spec"]["template"]["spec"];
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(
+        pod["securityContext"]["seccompProfile"]["type"],
+        "RuntimeDefault"
+    );
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!(sc["readOnlyRootFilesystem"], true);
+    assert_eq!(sc["allowPrivilegeEscalation"], false);
+    assert_eq!(sc["runAsNonRoot"], true);
+    assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+    assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+    let args: Vec<&str> = c["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    assert!(args.contains(&"--lease-name=voice-operator"), "{args:?}");
+    assert!(args.contains(&"--lease-namespace=voice-system"), "{args:?}");
+    assert!(args.contains(&"--metrics-addr=0.0.0.0:8081"), "{args:?}");
+    assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
+    assert_eq!(c["ports"][0]["containerPort"], 8081);
+    assert!(c["resources"]["requests"]["cpu"].is_string());
+    assert!(c["resources"]["limits"]["memory"].is_string());
+    assert_eq!(c["image"], "voice-operator/operator:0.1.0");
+
+    let pdb = one(&docs, "PodDisruptionBudget");
+    assert_eq!(pdb["spec"]["maxUnavailable"], 1);
+    assert_eq!(
+        pdb["spec"]["selector"]["matchLabels"],
+        deploy["spec"]["selector"]["matchLabels"]
+    );
+
+    // The built-in provider is the example's, with the worker image from the values.
+    let provider = one(&docs, "VoiceProvider");
+    let example: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(
+            voice_cluster::layout::workspace_root().join("examples/00-provider-builtin.yaml"),
+        )
+        .expect("the example exists"),
+    )
+    .expect("the example is YAML");
+    assert_eq!(provider["metadata"]["name"], example["metadata"]["name"]);
+    assert_eq!(provider["spec"], example["spec"]);
+}
+
+/// (API group, resource, verb) triples of the rendered ClusterRole and Role.
+fn granted(docs: &[Value]) -> BTreeSet<(String, String, String)> {
+    let mut out = BTreeSet::new();
+    for role in find(docs, "ClusterRole")
+        .into_iter()
+        .chain(find(docs, "Role"))
+    {
+        for rule in role["rules"].as_array().expect("rules") {
+            let list = |key: &str| -> Vec<String> {
+                rule[key]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|v| v.as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default()
+            };
+            for g in list("apiGroups") {
+                for r in list("resources") {
+                    for v in list("verbs") {
+                        out.insert((g.clone(), r.clone(), v));
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn rbac_grants_what_the_operator_calls_and_nothing_wider() {
+    let docs = render("voice-system", &[]);
+    let granted = granted(&docs);
+    assert!(!granted.is_empty());
+    for (g, r, v) in &granted {
+        for part in [g, r, v] {
+            assert!(!part.contains('*'), "wildcard in ({g}, {r}, {v})");
+        }
+    }
+    // What operator/src calls (kube Api calls, Controller watches, the event Recorder, the
+    // Lease loop) and the session allocator (session status, join-token Secrets, TTL deletes).
+    let needed = [
+        ("voicebackends.dev", "voiceproviders", "list"),
+        ("voicebackends.dev", "voiceproviders", "watch"),
+        ("voicebackends.dev", "voiceproviders/status", "patch"),
+        ("voicebackends.dev", "voicebackends", "list"),
+        ("voicebackends.dev", "voicebackends", "watch"),
+        ("voicebackends.dev", "voicebackends/status", "patch"),
+        ("voicebackends.dev", "voicesessions", "list"),
+        ("voicebackends.dev", "voicesessions", "watch"),
+        ("voicebackends.dev", "voicesessions", "delete"),
+        ("voicebackends.dev", "voicesessions/status", "patch"),
+        ("", "pods", "list"),
+        ("", "pods", "watch"),
+        ("", "pods", "create"),
+        ("", "pods", "patch"),
+        ("", "pods", "delete"),
+        ("", "services", "get"),
+        ("", "services", "patch"),
+        ("", "secrets", "get"),
+        ("", "secrets", "create"),
+        ("events.k8s.io", "events", "create"),
+        ("events.k8s.io", "events", "patch"),
+        ("coordination.k8s.io", "leases", "get"),
+        ("coordination.k8s.io", "leases", "create"),
+        ("coordination.k8s.io", "leases", "update"),
+    ];
+    for (g, r, v) in needed {
+        assert!(
+            granted.contains(&(g.to_owned(), r.to_owned(), v.to_owned())),
+            "the chart does not grant {v} on {r}.{g}"
+        );
+    }
+    // Nothing the operator never touches.
+    let resources: BTreeSet<&str> = granted.iter().map(|(_, r, _)| r.as_str()).collect();
+    for never in [
+        "nodes",
+        "configmaps",
+        "namespaces",
+        "clusterroles",
+        "roles",
+        "rolebindings",
+        "serviceaccounts",
+        "customresourcedefinitions",
+        "pods/exec",
+    ] {
+        assert!(
+            !resources.contains(never),
+            "the chart grants access to {never}"
+        );
+    }
+    // Leases live in the release namespace only: a Role, not the ClusterRole.
+    let cluster_role = one(&docs, "ClusterRole");
+    assert!(
+        !cluster_role.to_string().contains("leases"),
+        "leases belong in the namespaced Role"
+    );
+    let role = one(&docs, "Role");
+    assert_eq!(role["metadata"]["namespace"], "voice-system");
+}
+
+#[test]
+fn everything_enabled_renders_monitors_rules_dashboard_and_network_policy() {
+    let docs = render("voice-system", ALL_ENABLED);
+    let kinds = kinds(&docs);
+    for kind in [
+        "ServiceMonitor",
+        "PodMonitor",
+        "PrometheusRule",
+        "ConfigMap",
+        "NetworkPolicy",
+    ] {
+        assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
+    }
+    let cm = one(&docs, "ConfigMap");
+    assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value = serde_json::from_str(
+        cm["data"]["voice-operator.json"]
+            .as_str()
+            .expect("dashboard JSON"),
+    )
+    .expect("the dashboard is JSON");
+    assert!(dashboard["panels"].as_array().is_some_and(|p| p.len() > 10));
+
+    let deploy = one(&docs, "Deployment");
+    let env = deploy["spec"]["template"]["spec"]["containers"][0]["env"].to_string();
+    assert!(env.contains("OTEL_EXPORTER_OTLP_ENDPOINT"), "{env}");
+
+    // The alert rules pass Prometheus' own checker.
+    let rule = one(&docs, "PrometheusRule");
+    let groups = json!({"groups": rule["spec"]["groups"]});
+    let dir = scratch_dir("rules");
+    let file = dir.join("rules.yaml");
+    std::fs::write(&file, serde_yaml_ng::to_string(&groups).expect("YAML")).expect("writing");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool runs (Debian package prometheus; cargo xtask test installs it)");
+    assert!(
+        out.status.success(),
+        "promtool check rules: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn scratch_dir(what: &str) -> PathBuf {
+    let dir = voice_cluster::layout::target_dir()
+        .join("voice-helm")
+        .join(format!("{what}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("creating a scratch dir");
+    dir
+}
+
+#[test]
+fn bad_values_fail_template_and_install_with_the_schema_message() {
+    let chart = chart();
+    let cases: &[(&str, &[&str])] = &[
+        ("replicaCount=0", &["replicaCount", "minimum"]),
+        (
+            "image.pullPolicy=Sometimes",
+            &["pullPolicy", "must be one of"],
+        ),
+        (
+            "monitoring.prometheusRule.backendDegradedFor=five minutes",
+            &["backendDegradedFor"],
+        ),
+        ("replicas=2", &["replicas", "additional properties"]),
+        ("metrics.port=70000", &["port", "maximum"]),
+        ("opentelemetry.endpoint=collector:4317", &["endpoint"]),
+    ];
+    for (set, words) in cases {
+        let out = helm_run(&["template", "voice", &chart, "--set", set]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "--set {set} rendered");
+        for w in *words {
+            assert!(stderr.contains(w), "--set {set}: {w:?} not in {stderr}");
+        }
+    }
+    // helm install checks the same schema before it creates anything.
+    let out = helm_on_cluster(&[
+        "install",
+        "bad-values",
+        &chart,
+        "--namespace",
+        "default",
+        "--set",
+        "replicaCount=0",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "install with replicaCount=0 succeeded"
+    );
+    assert!(
+        stderr.contains("replicaCount") && stderr.contains("minimum"),
+        "{stderr}"
+    );
+    let ls = helm_ok(
+        helm_on_cluster(&["list", "--namespace", "default", "-q", "--all"]),
+        "list",
+    );
+    assert!(!ls.contains("bad-values"), "a release was recorded: {ls}");
+}
+
+/// `kubectl apply --dry-run=server` of documents into `ns`: the API server's admission and
+/// schema validation, nothing stored.
+fn server_dry_run(ns: &str, docs: &[&Value]) {
+    let input: String = docs
+        .iter()
+        .map(|d| format!("---\n{}", serde_yaml_ng::to_string(d).expect("YAML")))
+        .collect();
+    let out = kubectl_with_stdin(&["apply", "--dry-run=server", "-n", ns, "-f", "-"], &input);
+    assert!(
+        out.status.success(),
+        "dry run failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        stdout.matches("(server dry run)").count(),
+        docs.len(),
+        "{stdout}"
+    );
+}
+
+#[tokio::test]
+async fn rendered_manifests_pass_a_server_side_dry_run() {
+    voice_tests::install_crds();
+    let ns = TestNamespace::new("helm-dry").await;
+    let defaults = render(ns.name(), &[]);
+    server_dry_run(ns.name(), &defaults.iter().collect::<Vec<_>>());
+
+    let all = render(ns.name(), ALL_ENABLED);
+    let monitoring = ["ServiceMonitor", "PodMonitor", "PrometheusRule"];
+    let (mon, rest): (Vec<&Value>, Vec<&Value>) = all
+        .iter()
+        .partition(|d| monitoring.iter().any(|k| d["kind"] == *k));
+    assert_eq!(mon.len(), 3);
+    server_dry_run(ns.name(), &rest);
+    match prometheus_operator_crds(&["servicemonitors", "podmonitors", "prometheusrules"]) {
+        Ok(files) => {
+            for f in &files {
+                let f = f.to_str().expect("UTF-8 path");
+                kubectl_ok(&[
+                    "apply",
+                    "--server-side",
+                    "--force-conflicts",
+                    "--field-manager=voice-tests",
+                    "-f",
+                    f,
+                ]);
+                kubectl_ok(&[
+                    "wait",
+                    "--for=condition=Established",
+                    "--timeout=60s",
+                    "-f",
+                    f,
+                ]);
+            }
+            server_dry_run(ns.name(), &mon);
+        }
+        Err(reason) => eprintln!(
+            "skipping the dry run of ServiceMonitor/PodMonitor/PrometheusRule: no \
+             monitoring.coreos.com CRDs ({reason})"
+        ),
+    }
+}
+
+/// Removes a release (and with it the cluster-scoped ClusterRole, binding and provider).
+struct Release {
+    name: String,
+    ns: String,
+}
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        let _ = helm_on_cluster(&[
+            "uninstall",
+            &self.name,
+            "--namespace",
+            &self.ns,
+            "--wait=false",
+        ]);
+    }
+}
+
+/// A kubeconfig that authenticates as ServiceAccount `sa` of `ns` (a TokenRequest token),
+/// against the local control plane.
+fn service_account_kubeconfig(ns: &str, sa: &str, path: &Path) {
+    let token = kubectl_ok(&["create", "token", sa, "-n", ns, "--duration=2h"]);
+    let admin: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(voice_tests::cluster().kubeconfig()).expect("admin kubeconfig"),
+    )
+    .expect("kubeconfig is YAML");
+    let config = json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "local", "cluster": admin["clusters"][0]["cluster"]}],
+        "users": [{"name": sa, "user": {"token": token.trim()}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "local", "user": sa, "namespace": ns}}],
+        "current-context": "sa",
+    });
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_yaml_ng::to_string(&config).expect("YAML")).expect("writing");
+    std::fs::rename(&tmp, path).expect("renaming the kubeconfig into place");
+}
+
+/// The local control plane runs no Deployment or ReplicaSet controller (only garbage
+/// collection and namespaces), so this plays their part: it creates the Deployment's
+/// `replicas` pods from its pod template as they would, owned by the Deployment so that
+/// uninstalling the release removes them. Returns how many it created.
+fn create_deployment_pods(ns: &str, deployment: &str) -> usize {
+    let deploy: Value = serde_json::from_str(&kubectl_ok(&[
+        "get",
+        "deployment",
+        deployment,
+        "-n",
+        ns,
+        "-o",
+        "json",
+    ]))
+    .expect("kubectl prints JSON");
+    let replicas = deploy["spec"]["replicas"].as_u64().expect("replicas");
+    let template = &deploy["spec"]["template"];
+    for _ in 0..replicas {
+        let pod = json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "generateName": format!("{deployment}-"),
+                "labels": template["metadata"]["labels"],
+                "ownerReferences": [{
+                    "apiVersion": "apps/v1",
+                    "kind": "Deployment",
+                    "name": deployment,
+                    "uid": deploy["metadata"]["uid"],
+                    "controller": true,
+                }],
+            },
+            "spec": template["spec"],
+        });
+        voice_tests::kubectl_stdin(&["create", "-n", ns, "-f", "-"], &pod.to_string());
+    }
+    usize::try_from(replicas).expect("a small count")
+}
+
+/// Whether the API server's authorizer lets `sa` do `verb` on `resource` (`name.group`,
+/// `name.group/object`, or `name.group:subresource`).
+fn can_i(ns: &str, sa: &str, verb: &str, resource: &str) -> bool {
+    let who = format!("--as=system:serviceaccount:{ns}:{sa}");
+    let (resource, sub) = match resource.split_once(':') {
+        Some((r, s)) => (r, format!("--subresource={s}")),
+        None => (resource, String::new()),
+    };
+    let mut args = vec!["auth", "can-i", verb, resource, "-n", ns, &who];
+    if !sub.is_empty() {
+        args.push(&sub);
+    }
+    let out = kubectl(&args);
+    String::from_utf8_lossy(&out.stdout).trim() == "yes"
+}
+
+/// Operator pods of the release, Running and Ready.
+async fn ready_operator_pods(ns: &TestNamespace, release: &str) -> Result<Vec<Pod>, String> {
+    let pods = ns
+        .api::<Pod>()
+        .list(&ListParams::default().labels(&format!(
+            "app.kubernetes.io/instance={release},app.kubernetes.io/component=operator"
+        )))
+        .await
+        .map_err(|e| e.to_string())?
+        .items;
+    let ready = pods
+        .iter()
+        .filter(|p| operator_common::pod_ready(p))
+        .count();
+    if ready == 2 {
+        Ok(pods)
+    } else {
+        Err(format!("{ready} of {} operator pods Ready", pods.len()))
+    }
+}
+
+fn pod_ip(pod: &Pod) -> String {
+    pod.status
+        .as_ref()
+        .and_then(|s| s.pod_ip.clone())
+        .expect("a running pod has an IP")
+}
+
+/// GET http://ip:port/path with plain HTTP/1.0; the body.
+fn http_get(ip: &str, port: u16, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect((ip, port))
+        .unwrap_or_else(|e| panic!("connecting {ip}:{port}: {e}"));
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").expect("writing");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("reading");
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
+    voice_tests::install_crds();
+    let agent = voice_tests::node_agent();
+    let ns = TestNamespace::new("helm-install").await;
+    let release = ns.name().to_owned();
+    let sa = format!("{release}-voice-operator");
+    let provider = format!("{release}-builtin");
+    let dir = scratch_dir(&release);
+    let kubeconfig = dir.join("operator-kubeconfig.yaml");
+
+    // The shipped built-in provider spec, under a name and label only this test's operator
+    // manages (the cluster is shared with tests running in parallel).
+    let chart_values: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml is YAML");
+    let values = json!({
+        "operator": {
+            "watchNamespace": ns.name(),
+            "providerSelector": format!("{}={}", voice_tests::PROVIDER_LABEL, ns.name()),
+            "logJson": false,
+            "logLevel": "info,voice_operator=debug",
+            // The node agent runs the pod as a local process with no service-account mount:
+            // this kubeconfig carries a token of the chart's ServiceAccount instead, so every
+            // call the operator makes is authorised by the chart's RBAC alone.
+            "extraEnv": [{"name": "KUBECONFIG", "value": kubeconfig.display().to_string()}],
+        },
+        // Both replicas are processes on one machine: each binds its own pod IP.
+        "metrics": {"bindAddress": "$(POD_IP)"},
+        "providers": [{
+            "name": provider,
+            "labels": {voice_tests::PROVIDER_LABEL: ns.name()},
+            "spec": chart_values["providers"][0]["spec"],
+        }],
+    });
+    let values_file = dir.join("values.yaml");
+    std::fs::write(
+        &values_file,
+        serde_yaml_ng::to_string(&values).expect("YAML"),
+    )
+    .expect("writing");
+
+    let started = Instant::now();
+    let chart = chart();
+    let _release = Release {
+        name: release.clone(),
+        ns: ns.name().to_owned(),
+    };
+    helm_ok(
+        helm_on_cluster(&[
+            "install",
+            &release,
+            &chart,
+            "--namespace",
+            ns.name(),
+            "-f",
+            values_file.to_str().expect("UTF-8 path"),
+        ]),
+        "install",
+    );
+    service_account_kubeconfig(ns.name(), &sa, &kubeconfig);
+    // The Deployment and the ServiceAccount share the full name.
+    let replicas = create_deployment_pods(ns.name(), &sa);
+    assert_eq!(replicas, 2, "the chart's default is two replicas");
+
+    // Least privilege, asked of the API server's authorizer for the chart's ServiceAccount.
+    assert!(can_i(
+        ns.name(),
+        &sa,
+        "patch",
+        "voicebackends.voicebackends.dev:status"
+    ));
+    assert!(can_i(ns.name(), &sa, "create", "pods"));
+    assert!(can_i(ns.name(), &sa, "create", "events.events.k8s.io"));
+    assert!(can_i(ns.name(), &sa, "update", "leases/voice-operator"));
+    for (verb, resource) in [
+        ("list", "configmaps"),
+        ("get", "nodes"),
+        ("update", "leases/someone-elses-lease"),
+        ("delete", "voicebackends.voicebackends.dev"),
+        ("create", "pods:exec"),
+        ("create", "clusterroles"),
+    ] {
+        assert!(
+            !can_i(ns.name(), &sa, verb, resource),
+            "{sa} may {verb} {resource}"
+        );
+    }
+
+    // Both replicas run and turn Ready (/readyz answers once the caches synced, which needs
+    // list/watch on everything the controllers watch).
+    let pods = wait_for(Duration::from_secs(90), "two Ready operator pods", || {
+        ready_operator_pods(&ns, &release)
+    })
+    .await;
+    let operators_ready = started.elapsed();
+
+    // An example backend on the chart's provider is reconciled into a healthy worker.
+    let mut backend = backend_manifest(
+        "assistant",
+        &provider,
+        json!({"scaling": {"minWorkers": 1, "maxWorkers": 2}}),
+    );
+    let example: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(
+            voice_cluster::layout::workspace_root().join("examples/10-backend-stt-tts.yaml"),
+        )
+        .expect("the example exists"),
+    )
+    .expect("YAML");
+    backend["spec"]["pipeline"] = example["spec"]["pipeline"].clone();
+    backend["spec"]["agent"] = example["spec"]["agent"].clone();
+    apply(&ns, &[&backend]);
+    let status = wait_healthy(&ns, "assistant", 1, Duration::from_secs(120)).await;
+    assert_eq!(status.workers.ready, 1);
+    let backend_healthy = started.elapsed();
+
+    // The chart's provider is Accepted: the provider controller could write its status.
+    let vp = kube::Api::<VoiceProvider>::all(voice_tests::client().await)
+        .get(&provider)
+        .await
+        .expect("the chart's provider exists");
+    let accepted = provider_condition(&vp, "Accepted");
+    assert_eq!(
+        accepted.as_ref().map(|c| c.0.as_str()),
+        Some("True"),
+        "{accepted:?}"
+    );
+
+    // The leader holds the Lease named by the chart, in the release namespace.
+    let holder = kubectl_ok(&[
+        "get",
+        "lease",
+        "voice-operator",
+        "-n",
+        ns.name(),
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    let names: Vec<String> = pods
+        .iter()
+        .filter_map(|p| p.metadata.name.clone())
+        .collect();
+    assert!(
+        names.contains(&holder),
+        "lease holder {holder:?} not in {names:?}"
+    );
+
+    // No permission error anywhere: not in either operator's log, not in any Event.
+    let mut logs = String::new();
+    for name in &names {
+        let log = agent.container_log(ns.name(), name, "operator");
+        logs.push_str(&std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    assert!(
+        logs.contains("voice_operator") || logs.contains("INFO"),
+        "the operator logs are empty: {}",
+        &logs
+    );
+    for line in logs.lines() {
+        let lower = line.to_lowercase();
+        assert!(
+            !lower.contains("forbidden")
+                && !lower.contains("cannot list")
+                && !lower.contains("cannot watch"),
+            "permission error in the operator log: {line}"
+        );
+    }
+    let events = events_about(&ns, "assistant").await;
+    assert!(
+        !events.is_empty(),
+        "the operator published no Event about the backend"
+    );
+    for (reason, note) in &events {
+        assert!(
+            !reason.to_lowercase().contains("forbidden")
+                && !note.to_lowercase().contains("forbidden"),
+            "Event {reason}: {note}"
+        );
+    }
+
+    // Their metrics endpoints serve on the pod IPs, and the leader exports its reconciles.
+    let leader = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() == Some(holder.as_str()))
+        .expect("leader pod");
+    let metrics = http_get(&pod_ip(leader), 8081, "/metrics");
+    assert!(metrics.contains("voice_operator_leader 1"), "{metrics}");
+    assert!(
+        metrics.contains("voice_operator_reconciles_total{controller=\"backend\",result=\"ok\"}"),
+        "{metrics}"
+    );
+    eprintln!(
+        "helm install: operators Ready after {:.1} s, backend Healthy after {:.1} s",
+        operators_ready.as_secs_f64(),
+        backend_healthy.as_secs_f64()
+    );
+}

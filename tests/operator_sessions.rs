@@ -1,0 +1,821 @@
+//! End to end: session admission by the real operator against the real API server, with
+//! workers as local processes. A watch samples every status change of every session and
+//! checks the caps at each one, so an over-admission that lasted one write would be seen.
+
+mod operator_common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{DeleteParams, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Api, ResourceExt};
+use operator_common::*;
+use serde_json::{Value, json};
+use voice_crds::{SessionPhase, VoiceProvider, VoiceSession};
+use voice_tests::{OperatorProcess, TestNamespace};
+
+const T: Duration = Duration::from_secs(120);
+
+/// The highest counts of Active sessions the watch ever saw.
+#[derive(Debug, Default)]
+struct Maxima {
+    total: usize,
+    per_backend: BTreeMap<String, usize>,
+    per_worker: BTreeMap<String, usize>,
+    events: usize,
+}
+
+/// Follows every session of `ns` and records, after each change, the Active counts.
+fn sample_caps(ns: &TestNamespace) -> (Arc<Mutex<Maxima>>, tokio::task::JoinHandle<()>) {
+    let maxima = Arc::new(Mutex::new(Maxima::default()));
+    let api: Api<VoiceSession> = ns.api();
+    let m = maxima.clone();
+    let task = tokio::spawn(async move {
+        let mut state: HashMap<String, (String, Option<String>)> = HashMap::new();
+        let mut stream = std::pin::pin!(watcher(api, watcher::Config::default()).default_backoff());
+        while let Some(event) = stream.next().await {
+            let Ok(event) = event else { continue };
+            let apply = |state: &mut HashMap<_, _>, s: VoiceSession| {
+                let status = s.status.clone().unwrap_or_default();
+                if status.phase == SessionPhase::Active {
+                    let worker = status.worker.map(|w| w.pod);
+                    state.insert(s.name_any(), (s.spec.backend_ref.name.clone(), worker));
+                } else {
+                    state.remove(&s.name_any());
+                }
+            };
+            match event {
+                watcher::Event::Apply(s) | watcher::Event::InitApply(s) => apply(&mut state, s),
+                watcher::Event::Delete(s) => {
+                    state.remove(&s.name_any());
+                }
+                watcher::Event::Init | watcher::Event::InitDone => {}
+            }
+            let mut m = m.lock().unwrap();
+            m.events += 1;
+            m.total = m.total.max(state.len());
+            let mut backends: BTreeMap<String, usize> = BTreeMap::new();
+            let mut workers: BTreeMap<String, usize> = BTreeMap::new();
+            for (backend, worker) in state.values() {
+                *backends.entry(backend.clone()).or_default() += 1;
+                if let Some(w) = worker {
+                    *workers.entry(w.clone()).or_default() += 1;
+                }
+            }
+            for (k, v) in backends {
+                let e = m.per_backend.entry(k).or_default();
+                *e = (*e).max(v);
+            }
+            for (k, v) in workers {
+                let e = m.per_worker.entry(k).or_default();
+                *e = (*e).max(v);
+            }
+        }
+    });
+    (maxima, task)
+}
+
+fn session(name: &str, backend: &str, extra: Value) -> VoiceSession {
+    let mut spec = json!({
+        "backendRef": {"name": backend},
+        "user": {"userID": format!("user-{name}")},
+        "transport": "webrtc",
+    });
+    merge(&mut spec, extra);
+    serde_json::from_value(json!({
+        "apiVersion": "voicebackends.dev/v1alpha1",
+        "kind": "VoiceSession",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("valid session")
+}
+
+/// Creates `count` sessions `<prefix>-000..` on `backend`, 50 at a time in parallel.
+async fn create_sessions(
+    ns: &TestNamespace,
+    prefix: &str,
+    backend: &str,
+    count: usize,
+) -> Duration {
+    let api: Api<VoiceSession> = ns.api();
+    let start = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let api = api.clone();
+            let s = session(&format!("{prefix}-{i:03}"), backend, json!({}));
+            async move { api.create(&PostParams::default(), &s).await }
+        })
+        .buffer_unordered(50)
+        .try_collect::<Vec<_>>()
+        .await
+        .expect("creating sessions");
+    start.elapsed()
+}
+
+async fn sessions(ns: &TestNamespace) -> Vec<VoiceSession> {
+    let api: Api<VoiceSession> = ns.api();
+    api.list(&ListParams::default()).await.expect("list").items
+}
+
+fn phase(s: &VoiceSession) -> SessionPhase {
+    s.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+fn admitted_reason(s: &VoiceSession) -> Option<String> {
+    s.status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .map(|c| c.reason.clone())
+}
+
+/// Waits until exactly `n` sessions of `backend` are Active and every other one is Pending with
+/// a queue position.
+async fn wait_settled(ns: &TestNamespace, backend: &str, n: usize) -> Vec<VoiceSession> {
+    wait_for(
+        T,
+        &format!("{n} Active sessions of {backend}, the rest queued"),
+        || async {
+            let all: Vec<VoiceSession> = sessions(ns)
+                .await
+                .into_iter()
+                .filter(|s| s.spec.backend_ref.name == backend)
+                .collect();
+            let active = all
+                .iter()
+                .filter(|s| phase(s) == SessionPhase::Active)
+                .count();
+            let queued = all
+                .iter()
+                .filter(|s| phase(s) == SessionPhase::Pending)
+                .filter(|s| s.status.as_ref().and_then(|s| s.queue_position).is_some())
+                .count();
+            // Positions are rewritten at most every 2 s per session: wait for them to agree.
+            let mut positions: Vec<i32> = all
+                .iter()
+                .filter(|s| phase(s) == SessionPhase::Pending)
+                .filter_map(|s| s.status.as_ref()?.queue_position)
+                .collect();
+            positions.sort_unstable();
+            let contiguous = positions
+                .iter()
+                .enumerate()
+                .all(|(i, p)| usize::try_from(*p) == Ok(i + 1));
+            if active == n && active + queued == all.len() && contiguous {
+                Ok(all)
+            } else {
+                Err(format!("{active} active, {queued} queued of {}", all.len()))
+            }
+        },
+    )
+    .await
+}
+
+/// Queue positions must follow creation order (names are created in order within a second).
+fn assert_fcfs(all: &[VoiceSession]) {
+    let mut pending: Vec<(&str, i32)> = all
+        .iter()
+        .filter(|s| phase(s) == SessionPhase::Pending)
+        .map(|s| {
+            (
+                s.metadata.name.as_deref().unwrap_or(""),
+                s.status.as_ref().unwrap().queue_position.unwrap(),
+            )
+        })
+        .collect();
+    pending.sort_by_key(|(_, p)| *p);
+    let positions: Vec<i32> = pending.iter().map(|(_, p)| *p).collect();
+    let expected: Vec<i32> = (1..=i32::try_from(pending.len()).unwrap()).collect();
+    assert_eq!(positions, expected, "positions are 1..n without gaps");
+    let created: Vec<_> = pending
+        .iter()
+        .map(|(n, _)| {
+            let s = all
+                .iter()
+                .find(|s| s.metadata.name.as_deref() == Some(n))
+                .unwrap();
+            (
+                s.metadata.creation_timestamp.clone().unwrap().0,
+                n.to_string(),
+            )
+        })
+        .collect();
+    let mut sorted = created.clone();
+    sorted.sort();
+    assert_eq!(created, sorted, "queue order is creation order");
+}
+
+async fn provider_counts(name: &str) -> (i32, i32) {
+    let api: Api<VoiceProvider> = Api::all(voice_tests::client().await);
+    let p = api.get(name).await.expect("provider");
+    p.status
+        .map_or((0, 0), |s| (s.sessions_in_use, s.sessions_pending))
+}
+
+async fn delete_sessions(ns: &TestNamespace, names: &[String]) {
+    let api: Api<VoiceSession> = ns.api();
+    futures::stream::iter(names.to_vec())
+        .map(|n| {
+            let api = api.clone();
+            async move { api.delete(&n, &DeleteParams::default()).await }
+        })
+        .buffer_unordered(50)
+        .collect::<Vec<_>>()
+        .await;
+}
+
+/// Deletes every session and waits for every count to return to zero: the provider's, the
+/// backends' and every worker's own.
+async fn assert_no_leak(ns: &TestNamespace, provider: &str, backends: &[&str]) {
+    let names: Vec<String> = sessions(ns)
+        .await
+        .into_iter()
+        .map(|s| s.name_any())
+        .collect();
+    delete_sessions(ns, &names).await;
+    wait_for(T, "every count back to 0", || async {
+        let (in_use, pending) = provider_counts(provider).await;
+        let mut held = 0;
+        let mut pending_b = 0;
+        for b in backends {
+            if let Ok(status) = backend_status(ns, b).await {
+                held += status.worker_statuses.iter().map(|w| w.sessions).sum::<i32>();
+                pending_b += status.pending_sessions;
+            }
+        }
+        if (in_use, pending, held, pending_b) == (0, 0, 0, 0) {
+            Ok(())
+        } else {
+            Err(format!("provider in use {in_use}, pending {pending}; workers hold {held}; backends pending {pending_b}"))
+        }
+    })
+    .await;
+}
+
+/// The two backends of the burst tests: `a` (10 workers × 10, maxSessions 80) and `b`
+/// (3 workers × 10, no backend cap) on a provider capped at 100.
+async fn burst_stack(prefix: &str, provider_cap: i32) -> OperatorStack {
+    let stack = OperatorStack::start_with(
+        prefix,
+        json!({"capabilities": {"maxConcurrentSessions": provider_cap}}),
+    )
+    .await;
+    let workers = |replicas: i32, max: i32| {
+        json!({
+            "replicas": replicas,
+            "maxSessions": max,
+            "workers": {"sessionsPerWorker": 10},
+            "scaling": {"minWorkers": 0, "maxWorkers": 12},
+            "healthCheck": {"interval": "2s", "timeout": "2s", "failureThreshold": 3},
+        })
+    };
+    stack.apply_backend("a", workers(10, 80));
+    stack.apply_backend("b", workers(3, 0));
+    wait_healthy(&stack.ns, "a", 10, T).await;
+    wait_healthy(&stack.ns, "b", 3, T).await;
+    stack
+}
+
+fn assert_caps(m: &Maxima) {
+    eprintln!(
+        "watch saw {} changes; max active: total {}, per backend {:?}, per worker max {:?}",
+        m.events,
+        m.total,
+        m.per_backend,
+        m.per_worker.values().max()
+    );
+    assert!(m.total <= 100, "provider cap exceeded: {}", m.total);
+    assert!(
+        m.per_backend.get("a").copied().unwrap_or(0) <= 80,
+        "backend cap exceeded: {m:?}"
+    );
+    assert!(
+        m.per_worker.values().all(|n| *n <= 10),
+        "worker cap exceeded: {m:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_burst_of_400_never_exceeds_a_cap_queues_in_order_and_leaks_nothing() {
+    let stack = burst_stack("sess-burst", 100).await;
+    let ns = &stack.ns;
+    let (maxima, sampler) = sample_caps(ns);
+
+    let created = create_sessions(ns, "s", "a", 400).await;
+    let start = Instant::now();
+    let all = wait_settled(ns, "a", 80).await;
+    eprintln!(
+        "400 sessions created in {created:?}; 80 admitted and 320 queued {:?} later",
+        start.elapsed()
+    );
+    assert_fcfs(&all);
+    let waiting: Vec<&VoiceSession> = all
+        .iter()
+        .filter(|s| phase(s) == SessionPhase::Pending)
+        .collect();
+    assert!(
+        waiting
+            .iter()
+            .all(|s| admitted_reason(s).as_deref() == Some("BackendLimit"))
+    );
+    let packed = maxima
+        .lock()
+        .unwrap()
+        .per_worker
+        .values()
+        .filter(|n| **n == 10)
+        .count();
+    assert_eq!(packed, 8, "packed placement fills 8 workers to 10");
+
+    // The provider cap binds for backend b: 100 - 80 = 20 of its 30 slots.
+    create_sessions(ns, "t", "b", 30).await;
+    let all_b = wait_settled(ns, "b", 20).await;
+    assert!(
+        all_b
+            .iter()
+            .filter(|s| phase(s) == SessionPhase::Pending)
+            .all(|s| admitted_reason(s).as_deref() == Some("ProviderLimit")),
+        "b's waiting sessions say ProviderLimit"
+    );
+    wait_for(T, "provider status 100 in use, 330 pending", || async {
+        match provider_counts(&stack.provider).await {
+            (100, 330) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // Deleting 10 of a's active sessions admits exactly the first 10 of its queue.
+    let mut first_ten: Vec<(i32, String)> = all
+        .iter()
+        .filter(|s| phase(s) == SessionPhase::Pending)
+        .map(|s| {
+            (
+                s.status.as_ref().unwrap().queue_position.unwrap(),
+                s.name_any(),
+            )
+        })
+        .collect();
+    first_ten.sort();
+    first_ten.truncate(10);
+    let active: Vec<String> = all
+        .iter()
+        .filter(|s| phase(s) == SessionPhase::Active)
+        .take(10)
+        .map(|s| s.name_any())
+        .collect();
+    delete_sessions(ns, &active).await;
+    let all = wait_settled(ns, "a", 80).await;
+    for (_, name) in &first_ten {
+        let s = all
+            .iter()
+            .find(|s| &s.name_any() == name)
+            .expect("still there");
+        assert_eq!(phase(s), SessionPhase::Active, "{name} was next in line");
+    }
+    assert_fcfs(&all);
+
+    assert_no_leak(ns, &stack.provider, &["a", "b"]).await;
+    sampler.abort();
+    assert_caps(&maxima.lock().unwrap());
+}
+
+#[tokio::test]
+async fn killing_the_operator_twice_mid_burst_neither_over_admits_nor_leaks() {
+    let mut stack = burst_stack("sess-crash", 100).await;
+    let ns = stack.ns.name().to_owned();
+    let (maxima, sampler) = sample_caps(&stack.ns);
+    let short_lease = [
+        "--lease-duration-seconds",
+        "3",
+        "--lease-renew-seconds",
+        "1",
+    ];
+    stack.operator.kill();
+    stack.operator = OperatorProcess::start_with(&ns, "crash-1", &short_lease);
+    // Two SIGKILLs while the allocator works through the burst, each followed by a restart
+    // that must rebuild its ledger from the API and finish or repair half-done admissions.
+    for (i, prefix) in [(2, "s"), (3, "u")] {
+        create_sessions(&stack.ns, prefix, "a", 200).await;
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let active = sessions(&stack.ns)
+            .await
+            .iter()
+            .filter(|s| phase(s) == SessionPhase::Active)
+            .count();
+        eprintln!("SIGKILL of the operator with {active} sessions Active");
+        stack.operator.kill();
+        stack.operator = OperatorProcess::start_with(&ns, &format!("crash-{i}"), &short_lease);
+    }
+    let all = wait_settled(&stack.ns, "a", 80).await;
+    assert_fcfs(&all);
+    assert_no_leak(&stack.ns, &stack.provider, &["a", "b"]).await;
+    sampler.abort();
+    assert_caps(&maxima.lock().unwrap());
+}
+
+#[tokio::test]
+async fn two_operator_replicas_during_a_burst_keep_every_cap() {
+    let stack = burst_stack("sess-replicas", 100).await;
+    let ns = stack.ns.name().to_owned();
+    let short_lease = [
+        "--lease-duration-seconds",
+        "3",
+        "--lease-renew-seconds",
+        "1",
+    ];
+    let mut second = OperatorProcess::start_with(&ns, "b", &short_lease);
+    let (maxima, sampler) = sample_caps(&stack.ns);
+    create_sessions(&stack.ns, "s", "a", 400).await;
+    let all = wait_settled(&stack.ns, "a", 80).await;
+    assert_fcfs(&all);
+    assert!(second.is_running(), "the standby waits, it does not crash");
+    assert_no_leak(&stack.ns, &stack.provider, &["a", "b"]).await;
+    sampler.abort();
+    assert_caps(&maxima.lock().unwrap());
+}
+
+#[tokio::test]
+async fn an_admitted_session_gets_an_endpoint_and_a_token_the_worker_accepts_and_deletion_frees_it()
+{
+    let stack = OperatorStack::start("sess-token").await;
+    let ns = &stack.ns;
+    stack.apply_backend("echo", json!({"replicas": 1}));
+    wait_healthy(ns, "echo", 1, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    api.create(&PostParams::default(), &session("call", "echo", json!({})))
+        .await
+        .unwrap();
+    let s = wait_for(T, "call Active", || async {
+        let s = api.get("call").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Active {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", s.status))
+        }
+    })
+    .await;
+    let status = s.status.clone().unwrap();
+    let endpoint = status.endpoint.expect("endpoint");
+    assert!(
+        endpoint
+            .url
+            .ends_with(&format!("/v1/sessions/{}/call/offer", ns.name())),
+        "{}",
+        endpoint.url
+    );
+    assert_eq!(status.persistence, voice_crds::PersistenceStatus::Active);
+    assert_eq!(
+        status.worker.as_ref().map(|w| w.pod.starts_with("echo-")),
+        Some(true)
+    );
+
+    let secrets: Api<Secret> = ns.api();
+    let secret = secrets
+        .get(&endpoint.token_secret_name)
+        .await
+        .expect("token Secret");
+    let owner = &secret.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!(
+        (owner.kind.as_str(), owner.uid.as_str()),
+        ("VoiceSession", s.metadata.uid.as_deref().unwrap())
+    );
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+
+    // The worker takes the token: a bad SDP gets 400 (past the 401/403 token checks), and a
+    // wrong token gets 401.
+    let offer = |token: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-X",
+                "POST",
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                "Content-Type: application/sdp",
+                "--data",
+                "not sdp",
+                &endpoint.url,
+            ])
+            .output()
+            .expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(offer(&token), "400");
+    assert_eq!(offer("not-a-token"), "401");
+
+    api.delete("call", &DeleteParams::default()).await.unwrap();
+    wait_for(
+        T,
+        "the worker's slot freed and the token Secret collected",
+        || async {
+            let held: i32 = backend_status(ns, "echo")
+                .await
+                .map_or(-1, |s| s.worker_statuses.iter().map(|w| w.sessions).sum());
+            let secret_gone = secrets
+                .get_opt(&endpoint.token_secret_name)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_none();
+            let (in_use, _) = provider_counts(&stack.provider).await;
+            if held == 0 && secret_gone && in_use == 0 {
+                Ok(())
+            } else {
+                Err(format!(
+                    "held {held}, secret gone {secret_gone}, provider in use {in_use}"
+                ))
+            }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn finished_sessions_end_with_their_reason_and_go_after_their_ttl() {
+    let stack = OperatorStack::start("sess-ttl").await;
+    let ns = &stack.ns;
+    stack.apply_backend("echo", json!({"replicas": 1}));
+    wait_healthy(ns, "echo", 1, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    api.create(
+        &PostParams::default(),
+        &session(
+            "short",
+            "echo",
+            json!({"maxDuration": "2s", "ttlSecondsAfterFinished": 3}),
+        ),
+    )
+    .await
+    .unwrap();
+    let ended = wait_for(T, "short Completed", || async {
+        let s = api.get("short").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Completed {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", phase(&s)))
+        }
+    })
+    .await;
+    let status = ended.status.unwrap();
+    assert_eq!(status.end_reason.as_deref(), Some("MaxDuration"));
+    assert_eq!(status.persistence, voice_crds::PersistenceStatus::Completed);
+    assert!(status.ended_at.is_some());
+    let start = Instant::now();
+    wait_for(T, "short deleted after its TTL", || async {
+        match api.get_opt("short").await.map_err(|e| e.to_string())? {
+            None => Ok(()),
+            Some(_) => Err("still there".into()),
+        }
+    })
+    .await;
+    eprintln!(
+        "deleted {:?} after Completed was observed (TTL 3 s)",
+        start.elapsed()
+    );
+
+    // Pending timeout: a backend with no workers never admits.
+    stack.apply_backend("empty", json!({"replicas": 0}));
+    api.create(
+        &PostParams::default(),
+        &session("waits", "empty", json!({"pendingTimeout": "2s"})),
+    )
+    .await
+    .unwrap();
+    let failed = wait_for(T, "waits Failed", || async {
+        let s = api.get("waits").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Failed {
+            Ok(s)
+        } else {
+            Err(format!("{:?} {:?}", phase(&s), admitted_reason(&s)))
+        }
+    })
+    .await;
+    assert_eq!(
+        failed.status.unwrap().end_reason.as_deref(),
+        Some("QueueTimeout")
+    );
+}
+
+#[tokio::test]
+async fn sessions_for_a_missing_or_unaccepted_backend_wait_with_a_clear_reason() {
+    let stack = OperatorStack::start("sess-badref").await;
+    let ns = &stack.ns;
+    // A backend naming a stage its provider does not offer is not Accepted.
+    stack.apply_backend(
+        "bad",
+        json!({"pipeline": {"stt": {"provider": "nonexistent"}}}),
+    );
+    let api: Api<VoiceSession> = ns.api();
+    api.create(
+        &PostParams::default(),
+        &session("lost", "nowhere", json!({})),
+    )
+    .await
+    .unwrap();
+    api.create(
+        &PostParams::default(),
+        &session("refused", "bad", json!({})),
+    )
+    .await
+    .unwrap();
+    for (name, reason) in [
+        ("lost", "BackendNotFound"),
+        ("refused", "BackendNotAccepted"),
+    ] {
+        let s = wait_for(T, &format!("{name} says {reason}"), || async {
+            let s = api.get(name).await.map_err(|e| e.to_string())?;
+            if admitted_reason(&s).as_deref() == Some(reason) {
+                Ok(s)
+            } else {
+                Err(format!("{:?}", s.status))
+            }
+        })
+        .await;
+        let c = s
+            .status
+            .unwrap()
+            .conditions
+            .into_iter()
+            .find(|c| c.type_ == "Admitted")
+            .unwrap();
+        assert_eq!(c.status, "False");
+        assert!(c.message.contains("VoiceBackend"), "{}", c.message);
+    }
+    // Creating the missing backend admits the session that waited for it.
+    stack.apply_backend("nowhere", json!({"replicas": 1}));
+    wait_for(T, "lost admitted once its backend exists", || async {
+        let s = api.get("lost").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Active {
+            Ok(())
+        } else {
+            Err(format!("{:?}", admitted_reason(&s)))
+        }
+    })
+    .await;
+    assert!(stack.operator.log_tail(400).matches("panicked").count() == 0);
+}
+
+#[tokio::test]
+async fn a_killed_workers_sessions_are_readmitted_elsewhere_or_fail_with_worker_lost() {
+    let stack = OperatorStack::start("sess-lost").await;
+    let ns = &stack.ns;
+    stack.apply_backend(
+        "echo",
+        json!({"replicas": 2, "workers": {"sessionsPerWorker": 2}, "scaling": {"maxWorkers": 2}}),
+    );
+    wait_healthy(ns, "echo", 2, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    // Packed: both land on one worker; the other has 2 free slots for them.
+    for name in ["x1", "x2"] {
+        api.create(
+            &PostParams::default(),
+            &session(name, "echo", json!({"pendingTimeout": "20s"})),
+        )
+        .await
+        .unwrap();
+    }
+    let worker = wait_for(T, "x1 and x2 Active on one worker", || async {
+        let all = sessions(ns).await;
+        let workers: Vec<String> = all
+            .iter()
+            .filter(|s| phase(s) == SessionPhase::Active)
+            .filter_map(|s| s.status.as_ref()?.worker.as_ref().map(|w| w.pod.clone()))
+            .collect();
+        if workers.len() == 2 && workers[0] == workers[1] {
+            Ok(workers[0].clone())
+        } else {
+            Err(format!("{workers:?}"))
+        }
+    })
+    .await;
+    let pods = live_pods(ns, "echo").await;
+    let pod = pods
+        .iter()
+        .find(|p| p.name_any() == worker)
+        .expect("the worker pod");
+    let pid = worker_pid(pod).expect("pid");
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let start = Instant::now();
+    wait_for(T, "x1 and x2 Active on the other worker", || async {
+        let all = sessions(ns).await;
+        let moved = all
+            .iter()
+            .filter(|s| phase(s) == SessionPhase::Active)
+            .filter(|s| {
+                s.status
+                    .as_ref()
+                    .and_then(|s| s.worker.as_ref())
+                    .is_some_and(|w| w.pod != worker)
+            })
+            .count();
+        if moved == 2 {
+            Ok(())
+        } else {
+            Err(format!("{moved} moved"))
+        }
+    })
+    .await;
+    eprintln!(
+        "re-admitted on another worker {:?} after the kill",
+        start.elapsed()
+    );
+    let s = api.get("x1").await.unwrap();
+    assert!(
+        s.status
+            .unwrap()
+            .endpoint
+            .unwrap()
+            .url
+            .contains("/x1/offer")
+    );
+
+    // Fill the other worker too, then make every new worker impossible (an image no node
+    // runs): killing the worker of x1 and x2 leaves them nowhere to go, so they wait as
+    // WorkerLost and fail when their pending timeout passes.
+    for name in ["y1", "y2"] {
+        api.create(&PostParams::default(), &session(name, "echo", json!({})))
+            .await
+            .unwrap();
+    }
+    wait_for(T, "4 sessions Active", || async {
+        let active = sessions(ns)
+            .await
+            .iter()
+            .filter(|s| phase(s) == SessionPhase::Active)
+            .count();
+        if active == 4 {
+            Ok(())
+        } else {
+            Err(format!("{active} active"))
+        }
+    })
+    .await;
+    let (_, provider) = provider_manifest(
+        ns,
+        "p",
+        json!({"worker": {"image": "example.com/unrunnable:1"}}),
+    );
+    apply(ns, &[&provider]);
+    let x1 = api.get("x1").await.unwrap();
+    let holder = x1.status.unwrap().worker.unwrap().pod;
+    let pods = live_pods(ns, "echo").await;
+    let pod = pods
+        .iter()
+        .find(|p| p.name_any() == holder)
+        .expect("x1's worker pod");
+    let pid = worker_pid(pod).expect("pid");
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    wait_for(T, "x1 and x2 Pending with WorkerLost", || async {
+        let all = sessions(ns).await;
+        let lost = all
+            .iter()
+            .filter(|s| {
+                phase(s) == SessionPhase::Pending
+                    && admitted_reason(s).as_deref() == Some("WorkerLost")
+            })
+            .count();
+        if lost == 2 {
+            Ok(())
+        } else {
+            Err(format!("{lost} lost"))
+        }
+    })
+    .await;
+    wait_for(T, "x1 and x2 Failed with WorkerLost", || async {
+        let all = sessions(ns).await;
+        let failed = all
+            .iter()
+            .filter(|s| {
+                phase(s) == SessionPhase::Failed
+                    && s.status.as_ref().and_then(|s| s.end_reason.as_deref()) == Some("WorkerLost")
+            })
+            .count();
+        if failed == 2 {
+            Ok(())
+        } else {
+            Err(all
+                .iter()
+                .map(|s| format!("{}: {:?} {:?}", s.name_any(), phase(s), admitted_reason(s)))
+                .collect::<Vec<_>>()
+                .join(", "))
+        }
+    })
+    .await;
+}
