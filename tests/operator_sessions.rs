@@ -386,6 +386,24 @@ async fn a_burst_of_400_never_exceeds_a_cap_queues_in_order_and_leaks_nothing() 
     assert_caps(&maxima.lock().unwrap());
 }
 
+/// Waits until `operator` reports that it leads.
+async fn wait_leading(operator: &OperatorProcess) {
+    let port = operator.metrics_port();
+    wait_for(T, "the operator to lead", || async move {
+        let metrics = tokio::task::spawn_blocking(move || {
+            std::panic::catch_unwind(|| http_get(port, "/metrics")).unwrap_or_default()
+        })
+        .await
+        .unwrap_or_default();
+        if metrics.contains("voice_operator_leader 1") {
+            Ok(())
+        } else {
+            Err("not leading".into())
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn killing_the_operator_twice_mid_burst_neither_over_admits_nor_leaks() {
     let mut stack = burst_stack("sess-crash", 100).await;
@@ -399,20 +417,56 @@ async fn killing_the_operator_twice_mid_burst_neither_over_admits_nor_leaks() {
     ];
     stack.operator.kill();
     stack.operator = OperatorProcess::start_with(&ns, "crash-1", &short_lease);
-    // Two SIGKILLs while the allocator works through the burst, each followed by a restart
-    // that must rebuild its ledger from the API and finish or repair half-done admissions.
-    for (i, prefix) in [(2, "s"), (3, "u")] {
-        create_sessions(&stack.ns, prefix, "a", 200).await;
-        tokio::time::sleep(Duration::from_millis(400)).await;
-        let active = sessions(&stack.ns)
+    wait_leading(&stack.operator).await;
+    // Two SIGKILLs while the allocator works through the burst (once 10, then 40 sessions
+    // are Active, with admissions in flight), each followed by a restart that must rebuild
+    // its ledger from the API and finish or repair the half-done admissions.
+    let api: Api<VoiceSession> = stack.ns.api();
+    let creating = tokio::spawn({
+        let api = api.clone();
+        async move {
+            futures::stream::iter(0..400)
+                .map(|i| {
+                    let api = api.clone();
+                    let s = session(&format!("s-{i:03}"), "a", json!({}));
+                    async move { api.create(&PostParams::default(), &s).await }
+                })
+                .buffer_unordered(50)
+                .try_collect::<Vec<_>>()
+                .await
+                .expect("creating sessions")
+        }
+    });
+    for (i, at_least) in [(2, 10), (3, 40)] {
+        let active = wait_for(T, &format!("{at_least} Active"), || async {
+            let n = sessions(&stack.ns)
+                .await
+                .iter()
+                .filter(|s| phase(s) == SessionPhase::Active)
+                .count();
+            if n >= at_least {
+                Ok(n)
+            } else {
+                Err(format!("{n}"))
+            }
+        })
+        .await;
+        let half_done = sessions(&stack.ns)
             .await
             .iter()
-            .filter(|s| phase(s) == SessionPhase::Active)
+            .filter(|s| {
+                phase(s) == SessionPhase::Pending
+                    && s.status.as_ref().is_some_and(|s| s.worker.is_some())
+            })
             .count();
-        eprintln!("SIGKILL of the operator with {active} sessions Active");
         stack.operator.kill();
+        eprintln!(
+            "SIGKILL of the operator with {active} sessions Active and {half_done} half admitted"
+        );
         stack.operator = OperatorProcess::start_with(&ns, &format!("crash-{i}"), &short_lease);
+        wait_leading(&stack.operator).await;
     }
+    creating.await.expect("creates finished");
     let all = wait_settled(&stack.ns, "a", 80).await;
     assert_fcfs(&all);
     assert_no_leak(&stack.ns, &stack.provider, &["a", "b"]).await;
