@@ -722,7 +722,11 @@ async fn sessions_for_a_missing_or_unaccepted_backend_wait_with_a_clear_reason()
 
 #[tokio::test]
 async fn a_killed_workers_sessions_are_readmitted_elsewhere_or_fail_with_worker_lost() {
-    let stack = OperatorStack::start("sess-lost").await;
+    let stack = OperatorStack::start_with(
+        "sess-lost",
+        json!({"capabilities": {"sessionPersistence": true}}),
+    )
+    .await;
     let ns = &stack.ns;
     stack.apply_backend(
         "echo",
@@ -821,7 +825,7 @@ async fn a_killed_workers_sessions_are_readmitted_elsewhere_or_fail_with_worker_
     let (_, provider) = provider_manifest(
         ns,
         "p",
-        json!({"worker": {"image": "example.com/unrunnable:1"}}),
+        json!({"capabilities": {"sessionPersistence": true}, "worker": {"image": "example.com/unrunnable:1"}}),
     );
     apply(ns, &[&provider]);
     let x1 = api.get("x1").await.unwrap();
@@ -872,4 +876,52 @@ async fn a_killed_workers_sessions_are_readmitted_elsewhere_or_fail_with_worker_
         }
     })
     .await;
+}
+
+#[tokio::test]
+async fn without_session_persistence_a_lost_worker_fails_its_sessions_at_once() {
+    let stack = OperatorStack::start("sess-nopersist").await;
+    let ns = &stack.ns;
+    stack.apply_backend("echo", json!({"replicas": 1}));
+    wait_healthy(ns, "echo", 1, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    api.create(&PostParams::default(), &session("call", "echo", json!({})))
+        .await
+        .unwrap();
+    let holder = wait_for(T, "call Active", || async {
+        let s = api.get("call").await.map_err(|e| e.to_string())?;
+        match s.status.filter(|s| s.phase == SessionPhase::Active) {
+            Some(status) => Ok(status.worker.unwrap().pod),
+            None => Err("not yet".into()),
+        }
+    })
+    .await;
+    let pods = live_pods(ns, "echo").await;
+    let pod = pods.iter().find(|p| p.name_any() == holder).unwrap();
+    let pid = worker_pid(pod).unwrap();
+    std::process::Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    let s = wait_for(T, "call Failed", || async {
+        let s = api.get("call").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Failed {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", phase(&s)))
+        }
+    })
+    .await;
+    let status = s.status.unwrap();
+    assert_eq!(status.end_reason.as_deref(), Some("WorkerLost"));
+    let admitted = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .unwrap();
+    assert!(
+        admitted.message.contains("sessionPersistence"),
+        "{}",
+        admitted.message
+    );
 }

@@ -454,6 +454,23 @@ impl Allocator {
             {
                 continue;
             }
+            if !self.persistent(&slot.provider) {
+                let message = format!(
+                    "worker {} was lost and provider {} does not offer capabilities.sessionPersistence",
+                    slot.worker, slot.provider
+                );
+                self.ctx.metrics.sessions_lost.inc();
+                self.end(
+                    session,
+                    &key,
+                    SessionPhase::Failed,
+                    reason::WORKER_LOST,
+                    &message,
+                    now,
+                )
+                .await;
+                continue;
+            }
             self.ledger.release(&key);
             let lifecycle = self.lifecycle_of(&key, session);
             let message = format!(
@@ -467,6 +484,14 @@ impl Allocator {
             self.ctx.metrics.sessions_lost.inc();
             self.write(session, &key, next).await;
         }
+    }
+
+    /// Whether the provider's sessions survive worker loss (FR-025): re-admitted with their
+    /// context rather than failed.
+    fn persistent(&self, provider: &str) -> bool {
+        self.providers
+            .get(&reflector::ObjectRef::new(provider))
+            .is_some_and(|p| p.spec.capabilities.session_persistence)
     }
 
     fn worker_alive(&self, namespace: &str, pod: &str) -> bool {
