@@ -35,12 +35,15 @@ const SERVER_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Runs the worker until `terminate` resolves, then drains and stops.
 pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<(), Error> {
     let metrics = Metrics::new()?;
-    let sessions = Arc::new(Sessions::new(
-        config.sessions_per_worker,
-        config.drain_timeout(),
-        usize::from(config.event_buffer),
-        metrics,
-    ));
+    let sessions = Arc::new(
+        Sessions::new(
+            config.sessions_per_worker,
+            config.drain_timeout(),
+            usize::from(config.event_buffer),
+            metrics,
+        )
+        .with_default_pipeline(config.pipeline.as_ref()),
+    );
     let shutdown = CancellationToken::new();
     let started = Arc::new(AtomicBool::new(false));
 

@@ -17,6 +17,7 @@ pub struct Metrics {
     reservations: IntCounterVec,
     events_lagged: IntCounter,
     media: MediaMetrics,
+    pipeline: crate::pipeline::PipelineMetrics,
 }
 
 /// The data plane's metrics: transports, offers, packets and codec time. Cheap to clone
@@ -76,6 +77,7 @@ impl Metrics {
         registry.register(Box::new(reservations.clone()))?;
         registry.register(Box::new(events_lagged.clone()))?;
         let media = MediaMetrics::register(&registry)?;
+        let pipeline = crate::pipeline::PipelineMetrics::register(&registry)?;
         // Both states exist from the start so dashboards see 0, not "no data".
         sessions.with_label_values(&["reserved"]).set(0);
         sessions.with_label_values(&["active"]).set(0);
@@ -87,12 +89,18 @@ impl Metrics {
             reservations,
             events_lagged,
             media,
+            pipeline,
         })
     }
 
     /// The data plane's metrics.
     pub fn media(&self) -> &MediaMetrics {
         &self.media
+    }
+
+    /// The voice pipeline's metrics (stage latencies, turns, provider errors).
+    pub fn pipeline(&self) -> &crate::pipeline::PipelineMetrics {
+        &self.pipeline
     }
 
     /// Mirrors the ledger's occupancy into the gauges.

@@ -9,7 +9,10 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
-use voice_proto::worker::v1::{Connected, Ended, Reserved as ReservedEvent, session_event::Event};
+use voice_proto::worker::v1::{
+    Connected, Ended, PipelineStateChanged, Reserved as ReservedEvent, Transcript,
+    session_event::Event,
+};
 
 use crate::capacity::{Ledger, Refusal, Released, Reserved, Session, SessionRequest};
 use crate::events::{EventBus, EventStream};
@@ -66,6 +69,8 @@ pub struct Sessions {
     occupancy: watch::Sender<Occupancy>,
     default_drain: Duration,
     started_at: Instant,
+    /// The worker's pipeline (`VOICE_PIPELINE`), for sessions reserved without their own.
+    default_pipeline: Option<String>,
 }
 
 impl Sessions {
@@ -88,7 +93,54 @@ impl Sessions {
             occupancy,
             default_drain,
             started_at: Instant::now(),
+            default_pipeline: None,
         }
+    }
+
+    /// Sessions reserved without a pipeline configuration run `pipeline` (the worker's
+    /// `VOICE_PIPELINE`); without one they run the diagnostic S2S `echo`.
+    pub fn with_default_pipeline(mut self, pipeline: Option<&serde_json::Value>) -> Self {
+        self.default_pipeline = pipeline.map(serde_json::Value::to_string);
+        self
+    }
+
+    /// The pipeline configuration (JSON) `session_id` runs: its own `config_json` when it
+    /// was reserved with one, else the worker's default; `None` means the echo default.
+    pub fn pipeline_config(&self, session_id: &str) -> Option<String> {
+        let own = self
+            .lock()
+            .get(session_id)
+            .map(|s| s.request.config_json.clone())
+            .filter(|c| !c.trim().is_empty());
+        own.or_else(|| self.default_pipeline.clone())
+    }
+
+    /// Publishes a pipeline state change of a session.
+    pub fn publish_pipeline_state(
+        &self,
+        session_id: &str,
+        uid: &str,
+        state: voice_proto::worker::v1::PipelineState,
+        detail: &str,
+        now: SystemTime,
+    ) {
+        let event = Event::PipelineState(PipelineStateChanged {
+            state: state.into(),
+            detail: detail.to_owned(),
+        });
+        self.events.publish(session_id, uid, now, event);
+    }
+
+    /// Publishes a finished piece of a session's conversation.
+    pub fn publish_transcript(
+        &self,
+        session_id: &str,
+        uid: &str,
+        transcript: Transcript,
+        now: SystemTime,
+    ) {
+        self.events
+            .publish(session_id, uid, now, Event::Transcript(transcript));
     }
 
     /// Holds a slot for `request`; publishes `reserved` only for a new slot, since a

@@ -24,6 +24,7 @@ pub mod state;
 pub mod turn;
 pub mod turn_detector;
 pub mod vad;
+pub mod wiring;
 
 pub use build::{BuildError, build};
 pub use metrics::PipelineMetrics;

@@ -42,7 +42,7 @@ impl SentenceSplitter {
             if c == '\n' {
                 return Some(i + 1);
             }
-            if matches!(c, '.' | '!' | '?' | ';' | ':' | '。' | '！' | '？')
+            if matches!(c, '.' | '!' | '?' | '。' | '！' | '？')
                 && let Some(&(j, next)) = chars.peek()
                 && next.is_whitespace()
             {

@@ -2,7 +2,10 @@
 //! for the worker, `ReserveSessionRequest.config_json` per session), parsed into the CRD
 //! types so worker and operator read the very same schema.
 
-use voice_crds::{AgentIntegration, AgentOverrides, AudioFormat, PipelineConfiguration};
+use voice_crds::{
+    AgentIntegration, AgentOverrides, AudioFormat, PipelineConfiguration, SessionTurnDetection,
+    TurnDetectionConfig,
+};
 
 /// The pipeline part of a backend spec, as serialised by the operator.
 #[derive(Clone, Debug, serde::Deserialize)]
@@ -16,9 +19,13 @@ pub struct PipelineSpec {
     /// `spec.audio`.
     #[serde(default)]
     pub audio: Option<AudioFormat>,
-    /// The session's agent overrides, when the operator merged none in itself.
-    #[serde(default)]
+    /// The session's agent overrides (`VoiceSession.spec.agent`; the operator sends them
+    /// as `sessionAgent`).
+    #[serde(default, alias = "sessionAgent")]
     pub agent_overrides: Option<AgentOverrides>,
+    /// The session's turn detection override (`VoiceSession.spec.turnDetection`).
+    #[serde(default)]
+    pub turn_detection: Option<SessionTurnDetection>,
 }
 
 /// A configuration the worker cannot run.
@@ -30,9 +37,30 @@ pub enum SpecError {
 }
 
 impl PipelineSpec {
-    /// Parses the operator's JSON and applies `agentOverrides`.
+    /// Parses the operator's JSON and applies the session's overrides. A stage given as a
+    /// bare string (`"s2s": "echo"`) is shorthand for `{"provider": "echo"}`.
     pub fn parse(json: &str) -> Result<Self, SpecError> {
-        let mut spec: Self = serde_json::from_str(json)?;
+        let mut value: serde_json::Value = serde_json::from_str(json)?;
+        if let Some(pipeline) = value.get_mut("pipeline").and_then(|p| p.as_object_mut()) {
+            for stage in ["stt", "tts", "s2s", "noiseCancellation"] {
+                if let Some(serde_json::Value::String(name)) = pipeline.get(stage) {
+                    let expanded = serde_json::json!({ "provider": name });
+                    pipeline.insert(stage.to_owned(), expanded);
+                }
+            }
+        }
+        let mut spec: Self = serde_json::from_value(value)?;
+        if let Some(td) = spec.turn_detection.take() {
+            let provider = spec
+                .pipeline
+                .turn_detection
+                .as_ref()
+                .map_or_else(|| "silence".to_owned(), |t| t.provider.clone());
+            spec.pipeline.turn_detection = Some(TurnDetectionConfig {
+                provider,
+                silence_timeout: td.silence_timeout,
+            });
+        }
         if let (Some(agent), Some(o)) = (spec.agent.as_mut(), spec.agent_overrides.take()) {
             if let Some(v) = o.streaming_mode {
                 agent.streaming_mode = v;
@@ -87,5 +115,25 @@ mod tests {
             std::time::Duration::from_millis(400)
         );
         assert!(PipelineSpec::parse(r#"{"pipeline": {"type": "NOPE"}}"#).is_err());
+        let short = PipelineSpec::parse(r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(short.is_echo());
+    }
+
+    #[test]
+    fn the_operators_session_config_applies_session_overrides() {
+        let json = r#"{"pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"}},
+            "agent": {"type": "Echo"}, "audio": null, "sessionAgent": {"streamingMode": false},
+            "turnDetection": {"silenceTimeout": "1s"}, "user": {"id": "u"}, "metadata": null, "transport": "websocket"}"#;
+        let spec = PipelineSpec::parse(json).unwrap_or_else(|e| panic!("{e}"));
+        assert!(!spec.agent.as_ref().is_some_and(|a| a.streaming_mode));
+        let td = spec
+            .pipeline
+            .turn_detection
+            .unwrap_or_else(|| panic!("turn detection"));
+        assert_eq!(
+            std::time::Duration::from(td.silence_timeout),
+            std::time::Duration::from_secs(1)
+        );
     }
 }

@@ -279,7 +279,8 @@ async fn run_session(
                     tracing::info!(session = %claim.session_id, connection = %claim.connection_id, %remote,
                         connect_ms = offered.elapsed().as_millis(), "WebRTC peer connected");
                     if let (Some(rx), Some(out)) = (rtp_rx.take(), out.take()) {
-                        tokio::spawn(rtp_media::run(rx, out, ctx.metrics.clone(), media_stop.clone()));
+                        let provider = crate::pipeline::wiring::for_session(&ctx.sessions, &claim.session_id, &claim.uid);
+                        tokio::spawn(rtp_media::run(rx, out, ctx.metrics.clone(), media_stop.clone(), provider));
                     }
                     phase.send_replace(Phase::Connected {
                         session: claim.session_id.clone(),

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use webrtc::media_stream::track_local::TrackLocal;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 
-use crate::media::echo::{Echo, SpeechToSpeech};
+use crate::media::echo::SpeechToSpeech;
 use crate::media::jitter::{JitterBuffer, Playout, Pushed};
 use crate::media::opus_codec::{CodecError, FrameDecoder, FrameEncoder};
 use crate::media::{FRAME_PERIOD, FRAME_SAMPLES, Frame};
@@ -27,9 +27,6 @@ const JITTER_TARGET: usize = 2;
 
 /// Packets the jitter buffer holds at most: a second.
 const JITTER_CAPACITY: usize = 50;
-
-/// Frames the echo holds before dropping the oldest: half a second.
-const ECHO_FRAMES: usize = 25;
 
 /// Where the loop sends: the local track, its SSRC and the negotiated Opus payload type.
 pub struct RtpOut {
@@ -47,10 +44,11 @@ pub async fn run(
     out: RtpOut,
     metrics: MediaMetrics,
     stop: CancellationToken,
+    mut provider: Box<dyn SpeechToSpeech>,
 ) -> Result<(), CodecError> {
     let mut decoder = FrameDecoder::new(metrics.clone())?;
     let mut encoder = FrameEncoder::new(metrics.clone())?;
-    let mut provider: Box<dyn SpeechToSpeech> = Box::new(Echo::new(ECHO_FRAMES));
+    provider.connected();
     let mut jitter = JitterBuffer::new(JITTER_TARGET, JITTER_CAPACITY);
     let mut pcm_in: VecDeque<i16> = VecDeque::with_capacity(4 * FRAME_SAMPLES);
     let mut sequence = u16::from_be_bytes(seed::<2>());
@@ -109,6 +107,11 @@ pub async fn run(
 
         let mut frame: Frame = [0; FRAME_SAMPLES];
         let talking = provider.pull(&mut frame);
+        // Pipeline events reach WebRTC clients through the operator (session status) for
+        // now; the data channel does not carry them yet.
+        while let Some(event) = provider.next_event() {
+            tracing::trace!(%event, "pipeline event");
+        }
         let payload = Bytes::copy_from_slice(encoder.encode(&frame)?);
         let header = rtp::header::Header {
             version: 2,

@@ -14,13 +14,14 @@ use axum::extract::ws::{Message, WebSocket};
 use voice_proto::worker::v1::Connected;
 
 use crate::connections::Claim;
-use crate::media::echo::{Echo, SpeechToSpeech};
+use crate::media::echo::SpeechToSpeech;
 use crate::media::resample::{Downsample3, Upsample3};
 use crate::media::{FRAME_SAMPLES, Frame};
 use crate::signaling::MediaContext;
 
 /// Frames the echo holds before dropping the oldest: two seconds, since a WebSocket
 /// client may send faster than real time.
+#[cfg(test)]
 const ECHO_FRAMES: usize = 100;
 
 /// Largest binary message accepted: a second of 48 kHz PCM16.
@@ -74,7 +75,12 @@ pub async fn serve(
         "rate": rate.hz(),
         "format": "pcm16le",
     });
-    let state = serde_json::json!({ "type": "state", "state": "LISTENING", "provider": "echo" });
+    // The pipeline the session's configuration asks for (the diagnostic `echo` by default).
+    let mut provider =
+        crate::pipeline::wiring::for_session(&ctx.sessions, &claim.session_id, &claim.uid);
+    provider.connected();
+    let state =
+        serde_json::json!({ "type": "state", "state": "LISTENING", "provider": provider.name() });
     let mut reason = "HungUp";
     for message in [hello, state] {
         if socket
@@ -85,7 +91,7 @@ pub async fn serve(
             reason = "PeerClosed";
         }
     }
-    let mut pipeline = Pipeline::new(rate);
+    let mut pipeline = Pipeline::with_provider(rate, provider);
     while reason == "HungUp" {
         let message = tokio::select! {
             () = claim.cancel.cancelled() => break,
@@ -104,6 +110,13 @@ pub async fn serve(
                 while let Some(reply) = pipeline.pull_bytes() {
                     ctx.metrics.count_packet("websocket", "out", reply.len());
                     if socket.send(Message::Binary(reply.into())).await.is_err() {
+                        reason = "PeerClosed";
+                        break;
+                    }
+                }
+                // Pipeline events (state changes, transcripts) as text frames.
+                while let Some(event) = pipeline.provider.next_event() {
+                    if socket.send(Message::Text(event.into())).await.is_err() {
                         reason = "PeerClosed";
                         break;
                     }
@@ -141,10 +154,15 @@ struct Pipeline {
 }
 
 impl Pipeline {
+    #[cfg(test)]
     fn new(rate: Rate) -> Self {
+        Self::with_provider(rate, Box::new(crate::media::echo::Echo::new(ECHO_FRAMES)))
+    }
+
+    fn with_provider(rate: Rate, provider: Box<dyn SpeechToSpeech>) -> Self {
         Self {
             rate,
-            provider: Box::new(Echo::new(ECHO_FRAMES)),
+            provider,
             carry: None,
             samples: Vec::new(),
             wide: Vec::with_capacity(4 * FRAME_SAMPLES),

@@ -117,6 +117,11 @@ impl Espeak {
                 return Ok(()); // the turn was cancelled; kill_on_drop ends espeak-ng
             }
         }
+        let mut tail = Vec::new();
+        resampler.flush(&mut tail);
+        if audio.send(tail).await.is_err() {
+            return Ok(());
+        }
         let status = child
             .wait()
             .await

@@ -1,0 +1,117 @@
+//! A session's pipeline as the transports get it: its configuration looked up in the
+//! ledger, built, and reporting state changes and transcripts to the worker's event bus
+//! (which the operator mirrors into `VoiceSession.status`).
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use voice_crds::PipelineState;
+use voice_proto::worker::v1::{Transcript, transcript::Role};
+
+use super::session::EventSink;
+use super::spec::PipelineSpec;
+use crate::media::Frame;
+use crate::media::echo::{Echo, SpeechToSpeech};
+use crate::sessions::Sessions;
+
+/// Frames the diagnostic echo holds: half a second.
+const ECHO_FRAMES: usize = 25;
+
+/// Publishes one session's pipeline events on the worker's bus.
+#[derive(Debug)]
+pub struct BusSink {
+    sessions: Arc<Sessions>,
+    session_id: String,
+    uid: String,
+}
+
+impl EventSink for BusSink {
+    fn state(&self, state: PipelineState, detail: &str) {
+        tracing::info!(session = %self.session_id, state = ?state, detail, "pipeline state");
+        self.sessions.publish_pipeline_state(
+            &self.session_id,
+            &self.uid,
+            super::state::to_proto(state),
+            detail,
+            SystemTime::now(),
+        );
+    }
+
+    fn transcript(&self, role: &str, text: &str, turn_id: &str) {
+        let role = if role == "user" {
+            Role::User
+        } else {
+            Role::Agent
+        };
+        let transcript = Transcript {
+            role: role.into(),
+            text: text.to_owned(),
+            turn_id: turn_id.to_owned(),
+        };
+        self.sessions.publish_transcript(
+            &self.session_id,
+            &self.uid,
+            transcript,
+            SystemTime::now(),
+        );
+    }
+}
+
+/// The pipeline `session_id` asks for. A configuration that cannot run gives a pipeline
+/// that stays silent and reports `Error` with the reason (to the client and the operator)
+/// rather than silently running something else.
+pub fn for_session(
+    sessions: &Arc<Sessions>,
+    session_id: &str,
+    uid: &str,
+) -> Box<dyn SpeechToSpeech> {
+    let sink = || {
+        Box::new(BusSink {
+            sessions: sessions.clone(),
+            session_id: session_id.to_owned(),
+            uid: uid.to_owned(),
+        })
+    };
+    let Some(json) = sessions.pipeline_config(session_id) else {
+        return Box::new(Echo::new(ECHO_FRAMES));
+    };
+    let metrics = sessions.metrics().pipeline().clone();
+    let built = PipelineSpec::parse(&json)
+        .map_err(|e| e.to_string())
+        .and_then(|spec| super::build(&spec, sink(), metrics).map_err(|e| e.to_string()));
+    match built {
+        Ok(pipeline) => pipeline,
+        Err(message) => {
+            tracing::warn!(session = %session_id, error = %message, "the session's pipeline cannot run");
+            let sink = sink();
+            sink.state(PipelineState::Error, &message);
+            Box::new(Broken {
+                message: Some(message),
+            })
+        }
+    }
+}
+
+/// A pipeline whose configuration cannot run: silent, and says why once.
+#[derive(Debug)]
+struct Broken {
+    message: Option<String>,
+}
+
+impl SpeechToSpeech for Broken {
+    fn name(&self) -> &'static str {
+        "broken"
+    }
+    fn push(&mut self, _frame: &Frame) -> usize {
+        0
+    }
+    fn pull(&mut self, _out: &mut Frame) -> bool {
+        false
+    }
+    fn next_event(&mut self) -> Option<String> {
+        let message = self.message.take()?;
+        Some(
+            serde_json::json!({ "type": "state", "state": "ERROR", "detail": message }).to_string(),
+        )
+    }
+}

@@ -1,0 +1,280 @@
+//! The offline voice pipeline end to end: the real worker binary runs an STT_TTS session
+//! (pocketsphinx → echo agent → espeak-ng); a WebSocket client (tungstenite) speaks a
+//! phrase synthesized by espeak-ng and converted by sox, and gets back speech that
+//! pocketsphinx — run here as its own CLI — recognises; transcripts and pipeline states
+//! arrive as text frames and on the worker's event stream.
+
+mod common;
+
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{PATIENCE, Worker, token};
+use futures::{SinkExt, StreamExt};
+use tokio_tungstenite::tungstenite::Message;
+use voice_proto::worker::v1::{
+    PipelineState, ReserveResult, ReserveSessionRequest, WatchEventsRequest, session_event::Event,
+    transcript::Role,
+};
+
+/// Samples per 20 ms at 16 kHz.
+const FRAME: usize = 320;
+
+/// Words pocketsphinx reliably gets from espeak-ng's "please tell me about the weather"
+/// (it hears e.g. "please do not aware that"): pocketsphinx is imperfect on synthetic speech.
+const ROBUST: &[&str] = &["please", "aware", "about", "weather", "tell"];
+
+/// `text` spoken by espeak-ng, as 16 kHz mono PCM16 (sox does the conversion).
+fn speak(text: &str) -> Vec<i16> {
+    let mut espeak = Command::new("espeak-ng")
+        .args(["--stdout", text])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("espeak-ng (apt-get install espeak-ng): {e}"));
+    let out = Command::new("sox")
+        .args([
+            "-t", "wav", "-", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1",
+            "-",
+        ])
+        .stdin(
+            espeak
+                .stdout
+                .take()
+                .unwrap_or_else(|| panic!("no espeak stdout")),
+        )
+        .output()
+        .unwrap_or_else(|e| panic!("sox (apt-get install sox): {e}"));
+    assert!(out.status.success(), "sox failed");
+    let spoke = espeak.wait().map(|s| s.success());
+    assert!(matches!(spoke, Ok(true)), "espeak-ng failed: {spoke:?}");
+    out.stdout
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect()
+}
+
+/// What pocketsphinx's own CLI hears in 16 kHz PCM (with half a second of silence on
+/// either side, which its noise floor estimate needs).
+fn recognise(samples: &[i16]) -> String {
+    let path = std::env::temp_dir().join(format!("pipeline-e2e-{}.raw", std::process::id()));
+    let pad = [0u8; 16_000];
+    let bytes: Vec<u8> = pad
+        .iter()
+        .copied()
+        .chain(samples.iter().flat_map(|s| s.to_le_bytes()))
+        .chain(pad.iter().copied())
+        .collect();
+    std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{e}"));
+    let out = Command::new("pocketsphinx_continuous")
+        .args(["-infile"])
+        .arg(&path)
+        .args(["-logfn", "/dev/null", "-samprate", "16000"])
+        .output()
+        .unwrap_or_else(|e| panic!("pocketsphinx_continuous: {e}"));
+    let _ = std::fs::remove_file(&path);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn has_robust_word(text: &str) -> bool {
+    text.split_whitespace().any(|w| ROBUST.contains(&w))
+}
+
+#[tokio::test]
+async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcripts() {
+    let worker = Worker::start(1);
+    let config = serde_json::json!({
+        "pipeline": {
+            "type": "STT_TTS",
+            "stt": {"provider": "pocketsphinx"},
+            "tts": {"provider": "espeak"},
+            "vad": {"provider": "webrtc", "aggressiveness": 2},
+            "turnDetection": {"provider": "silence", "silenceTimeout": "600ms"},
+            "customProcessors": [{"name": "level", "processor": "gain", "options": {"gainDb": "0"}}]
+        },
+        "agent": {"type": "Echo"}
+    });
+    let reply = worker
+        .client()
+        .await
+        .reserve_session(ReserveSessionRequest {
+            session_id: "team/talk".into(),
+            uid: "uid-talk".into(),
+            token_key_id: None,
+            config_json: config.to_string(),
+            context_json: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ReserveSession: {e}"))
+        .into_inner();
+    assert_eq!(reply.result(), ReserveResult::Reserved);
+    let mut events = worker
+        .client()
+        .await
+        .watch_events(WatchEventsRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("WatchEvents: {e}"))
+        .into_inner();
+
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/sessions/team/talk/ws?token={}&rate=16000",
+        worker.http_port,
+        token("team/talk", "uid-talk", 600)
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket upgrade: {e}"));
+    let (mut tx, mut rx) = ws.split();
+
+    // Half a second of silence, the phrase, then silence until the reply is over.
+    let phrase = speak("please tell me about the weather");
+    let mut script = vec![0i16; 8_000];
+    script.extend(&phrase);
+    let sender = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        let silence = [0i16; FRAME];
+        for i in 0.. {
+            ticks.tick().await;
+            let frame = script.get(i * FRAME..(i + 1) * FRAME).unwrap_or(&silence);
+            let bytes: Vec<u8> = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+            if tx.send(Message::Binary(bytes.into())).await.is_err() || i > 1_500 {
+                break;
+            }
+        }
+    });
+    let spoken_at = Instant::now()
+        + Duration::from_millis(500)
+        + Duration::from_millis(phrase.len() as u64 / 16);
+
+    let mut reply_audio: Vec<i16> = Vec::new();
+    let mut texts: Vec<serde_json::Value> = Vec::new();
+    let mut first_audio: Option<Instant> = None;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut spoke = false;
+    while Instant::now() < deadline {
+        let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await
+        else {
+            break;
+        };
+        match message {
+            Message::Binary(data) => {
+                let samples: Vec<i16> = data
+                    .chunks_exact(2)
+                    .map(|b| i16::from_le_bytes([b[0], b[1]]))
+                    .collect();
+                if first_audio.is_none() && samples.iter().any(|s| s.abs() > 500) {
+                    first_audio = Some(Instant::now());
+                }
+                if first_audio.is_some() {
+                    reply_audio.extend(samples);
+                }
+            }
+            Message::Text(text) => {
+                let event: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                println!("event: {event}");
+                spoke |= event["state"] == "SPEAKING";
+                let done = spoke && event["state"] == "LISTENING";
+                texts.push(event);
+                if done {
+                    break;
+                }
+            }
+            _ => {}
+        }
+    }
+    sender.abort();
+
+    let user = texts
+        .iter()
+        .find(|e| e["type"] == "transcript" && e["role"] == "user")
+        .and_then(|e| e["text"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    let agent = texts
+        .iter()
+        .find(|e| e["type"] == "transcript" && e["role"] == "agent")
+        .and_then(|e| e["text"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    println!("user transcript:  {user:?}");
+    println!("agent transcript: {agent:?}");
+    assert!(has_robust_word(&user), "the worker's STT heard {user:?}");
+    assert_eq!(
+        agent,
+        format!("You said: {user}."),
+        "the echo agent repeats the user"
+    );
+
+    let heard = recognise(&reply_audio);
+    println!(
+        "reply audio: {:.2} s; pocketsphinx hears: {heard:?}",
+        reply_audio.len() as f64 / 16_000.0
+    );
+    assert!(
+        reply_audio.len() > 16_000,
+        "the reply is at least a second of speech"
+    );
+    let user_words: Vec<&str> = user.split_whitespace().collect();
+    assert!(
+        heard
+            .split_whitespace()
+            .any(|w| w == "said" || (w.len() > 2 && user_words.contains(&w))),
+        "the spoken reply {heard:?} does not say the user's words {user:?}"
+    );
+    if let Some(first) = first_audio {
+        println!(
+            "end of phrase → first reply audio at the client: {} ms (silence timeout 600 ms included)",
+            first.saturating_duration_since(spoken_at).as_millis()
+        );
+    }
+    if let Some(latency) = texts.iter().find(|e| e["type"] == "latency") {
+        println!("worker turn figures: {latency}");
+    }
+
+    // The operator's view: states and transcripts on the event stream.
+    let mut states = Vec::new();
+    let mut roles = Vec::new();
+    let until = Instant::now() + PATIENCE;
+    while Instant::now() < until
+        && !(roles.contains(&Role::Agent)
+            && states.contains(&PipelineState::Listening)
+            && states.len() >= 4)
+    {
+        let Ok(Some(Ok(event))) = tokio::time::timeout(Duration::from_secs(2), events.next()).await
+        else {
+            break;
+        };
+        match event.event {
+            Some(Event::PipelineState(s)) => states.push(s.state()),
+            Some(Event::Transcript(t)) => roles.push(t.role()),
+            _ => {}
+        }
+    }
+    assert!(
+        states.windows(3).any(|w| w
+            == [
+                PipelineState::Processing,
+                PipelineState::Speaking,
+                PipelineState::Listening
+            ]),
+        "{states:?}"
+    );
+    assert_eq!(roles, [Role::User, Role::Agent]);
+    let metrics = worker.metrics().await;
+    for stage in [
+        "stt",
+        "agent_first_token",
+        "tts_first_audio",
+        "first_packet",
+        "turn_detect",
+    ] {
+        assert!(
+            metrics.contains(&format!(
+                "voice_pipeline_stage_duration_seconds_count{{stage=\"{stage}\"}} 1"
+            )),
+            "stage {stage} not timed"
+        );
+    }
+}
