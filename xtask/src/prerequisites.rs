@@ -25,6 +25,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "espeak-ng",
     "libpocketsphinx-dev",
     "libespeak-ng-dev",
+    "sox",
 ];
 
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
