@@ -218,6 +218,7 @@ fn rbac_grants_what_the_operator_calls_and_nothing_wider() {
         ("voicebackends.dev", "voiceproviders/status", "patch"),
         ("voicebackends.dev", "voicebackends", "list"),
         ("voicebackends.dev", "voicebackends", "watch"),
+        ("voicebackends.dev", "voicebackends", "patch"),
         ("voicebackends.dev", "voicebackends/status", "patch"),
         ("voicebackends.dev", "voicesessions", "list"),
         ("voicebackends.dev", "voicesessions", "watch"),
@@ -536,8 +537,10 @@ fn can_i(ns: &str, sa: &str, verb: &str, resource: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
-/// Operator pods of the release, Running and Ready.
-async fn ready_operator_pods(ns: &TestNamespace, release: &str) -> Result<Vec<Pod>, String> {
+/// The release's two operator pods once both run and one of them, the leader, is Ready.
+/// The standby stays unready by the operator's design (`/readyz` answers 503 "not leading or
+/// caches not synced" until it leads).
+async fn running_operator_pods(ns: &TestNamespace, release: &str) -> Result<Vec<Pod>, String> {
     let pods = ns
         .api::<Pod>()
         .list(&ListParams::default().labels(&format!(
@@ -546,14 +549,21 @@ async fn ready_operator_pods(ns: &TestNamespace, release: &str) -> Result<Vec<Po
         .await
         .map_err(|e| e.to_string())?
         .items;
+    let running = pods
+        .iter()
+        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"))
+        .count();
     let ready = pods
         .iter()
         .filter(|p| operator_common::pod_ready(p))
         .count();
-    if ready == 2 {
+    if running == 2 && ready == 1 {
         Ok(pods)
     } else {
-        Err(format!("{ready} of {} operator pods Ready", pods.len()))
+        Err(format!(
+            "{running} of {} operator pods Running, {ready} Ready",
+            pods.len()
+        ))
     }
 }
 
@@ -668,11 +678,13 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         );
     }
 
-    // Both replicas run and turn Ready (/readyz answers once the caches synced, which needs
-    // list/watch on everything the controllers watch).
-    let pods = wait_for(Duration::from_secs(90), "two Ready operator pods", || {
-        ready_operator_pods(&ns, &release)
-    })
+    // Both replicas run; the leader turns Ready (/readyz answers once its caches synced, which
+    // needs list/watch on everything the controllers watch).
+    let pods = wait_for(
+        Duration::from_secs(90),
+        "two running operator pods, one Ready",
+        || running_operator_pods(&ns, &release),
+    )
     .await;
     let operators_ready = started.elapsed();
 
@@ -722,10 +734,12 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         .iter()
         .filter_map(|p| p.metadata.name.clone())
         .collect();
-    assert!(
-        names.contains(&holder),
-        "lease holder {holder:?} not in {names:?}"
-    );
+    // The holder identity is the pod name plus a per-process suffix.
+    let leader_name = names
+        .iter()
+        .find(|n| holder.starts_with(&format!("{n}-")))
+        .unwrap_or_else(|| panic!("lease holder {holder:?} is none of {names:?}"))
+        .clone();
 
     // No permission error anywhere: not in either operator's log, not in any Event.
     let mut logs = String::new();
@@ -763,8 +777,17 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
     // Their metrics endpoints serve on the pod IPs, and the leader exports its reconciles.
     let leader = pods
         .iter()
-        .find(|p| p.metadata.name.as_deref() == Some(holder.as_str()))
+        .find(|p| p.metadata.name.as_deref() == Some(leader_name.as_str()))
         .expect("leader pod");
+    assert!(
+        operator_common::pod_ready(leader),
+        "the leader is the Ready pod"
+    );
+    let standby = pods
+        .iter()
+        .find(|p| p.metadata.name.as_deref() != Some(leader_name.as_str()))
+        .expect("standby pod");
+    assert_eq!(http_get(&pod_ip(standby), 8081, "/healthz"), "ok");
     let metrics = http_get(&pod_ip(leader), 8081, "/metrics");
     assert!(metrics.contains("voice_operator_leader 1"), "{metrics}");
     assert!(
