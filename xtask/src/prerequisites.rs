@@ -26,6 +26,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libpocketsphinx-dev",
     "libespeak-ng-dev",
     "sox",
+    "prometheus", // real Prometheus and promtool for the chart's alert rules and the scrape tests
 ];
 
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
