@@ -8,10 +8,10 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use kube::api::ListParams;
 use serde_json::{Value, json};
-use voice_crds::VoiceProvider;
+use voice_crds::{SessionPhase, VoiceProvider, VoiceSession};
 use voice_tests::helm::{chart_dir, helm_ok, helm_on_cluster, helm_run, prometheus_operator_crds};
 use voice_tests::{TestNamespace, kubectl, kubectl_ok, kubectl_with_stdin};
 
@@ -708,6 +708,43 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
     assert_eq!(status.workers.ready, 1);
     let backend_healthy = started.elapsed();
 
+    // A session (the example's) is admitted through the chart's RBAC: the allocator lists and
+    // watches sessions, reserves a slot on the worker, writes the join-token Secret and the
+    // session's status.
+    let mut session: Value = serde_yaml_ng::from_str(
+        &std::fs::read_to_string(
+            voice_cluster::layout::workspace_root().join("examples/30-session.yaml"),
+        )
+        .expect("the example exists"),
+    )
+    .expect("YAML");
+    session["spec"]["backendRef"]["name"] = json!("assistant");
+    apply(&ns, &[&session]);
+    let sessions = ns.api::<VoiceSession>();
+    let endpoint = wait_for(Duration::from_secs(60), "call-42 Active", || {
+        let sessions = sessions.clone();
+        async move {
+            let s = sessions.get("call-42").await.map_err(|e| e.to_string())?;
+            let status = s.status.unwrap_or_default();
+            match (status.phase, status.endpoint) {
+                (SessionPhase::Active, Some(endpoint)) => Ok(endpoint),
+                (phase, _) => Err(format!("{phase:?}, conditions {:?}", status.conditions)),
+            }
+        }
+    })
+    .await;
+    let token = kube::Api::<Secret>::namespaced(voice_tests::client().await, ns.name())
+        .get(&endpoint.token_secret_name)
+        .await
+        .expect("the join-token Secret was written");
+    assert!(
+        token
+            .data
+            .is_some_and(|d| d.get("token").is_some_and(|t| !t.0.is_empty())),
+        "the token Secret holds a token"
+    );
+    let session_active = started.elapsed();
+
     // The chart's provider is Accepted: the provider controller could write its status.
     let vp = kube::Api::<VoiceProvider>::all(voice_tests::client().await)
         .get(&provider)
@@ -761,7 +798,8 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
             "permission error in the operator log: {line}"
         );
     }
-    let events = events_about(&ns, "assistant").await;
+    let mut events = events_about(&ns, "assistant").await;
+    events.extend(events_about(&ns, "call-42").await);
     assert!(
         !events.is_empty(),
         "the operator published no Event about the backend"
@@ -794,9 +832,15 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         metrics.contains("voice_operator_reconciles_total{controller=\"backend\",result=\"ok\"}"),
         "{metrics}"
     );
+    assert!(
+        metrics.contains("voice_session_admissions_total{result=\"admitted\"} 1"),
+        "{metrics}"
+    );
     eprintln!(
-        "helm install: operators Ready after {:.1} s, backend Healthy after {:.1} s",
+        "helm install: operators Ready after {:.1} s, backend Healthy after {:.1} s, \
+         session Active after {:.1} s",
         operators_ready.as_secs_f64(),
-        backend_healthy.as_secs_f64()
+        backend_healthy.as_secs_f64(),
+        session_active.as_secs_f64()
     );
 }
