@@ -925,3 +925,96 @@ async fn without_session_persistence_a_lost_worker_fails_its_sessions_at_once() 
         admitted.message
     );
 }
+
+#[tokio::test]
+async fn a_connected_client_shows_in_status_and_hanging_up_completes_the_session() {
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let stack = OperatorStack::start("sess-live").await;
+    let ns = &stack.ns;
+    stack.apply_backend("echo", json!({"replicas": 1}));
+    wait_healthy(ns, "echo", 1, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    api.create(
+        &PostParams::default(),
+        &session("talk", "echo", json!({"transport": "websocket"})),
+    )
+    .await
+    .unwrap();
+    let s = wait_for(T, "talk Active", || async {
+        let s = api.get("talk").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Active {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", s.status))
+        }
+    })
+    .await;
+    let endpoint = s.status.unwrap().endpoint.unwrap();
+    assert!(endpoint.url.starts_with("ws://"), "{}", endpoint.url);
+    let secrets: Api<Secret> = ns.api();
+    let secret = secrets.get(&endpoint.token_secret_name).await.unwrap();
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
+            .await
+            .expect("the worker takes the token");
+    // 100 ms of PCM16 silence-free audio, so the session sees activity.
+    let frame: Vec<u8> = (0..1600i16)
+        .flat_map(|i| ((i % 64) * 200).to_le_bytes())
+        .collect();
+    ws.send(Message::Binary(frame.into())).await.unwrap();
+
+    let live = wait_for(T, "status shows the WebSocket connection", || async {
+        let s = api.get("talk").await.map_err(|e| e.to_string())?;
+        let status = s.status.unwrap_or_default();
+        let connected = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Connected" && c.status == "True");
+        match status.connection {
+            Some(c) if connected => Ok((c, status.last_activity)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(live.0.transport, voice_crds::Transport::WebSocket);
+    assert!(
+        live.0
+            .remote_address
+            .as_deref()
+            .is_some_and(|a| a.starts_with("127.")),
+        "{:?}",
+        live.0
+    );
+    assert!(!live.0.connection_id.is_empty());
+    assert!(live.1.is_some(), "lastActivity is set");
+
+    // A normal close is a hang-up: the session completes and its slot frees.
+    ws.close(None).await.unwrap();
+    let ended = wait_for(T, "talk Completed", || async {
+        let s = api.get("talk").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Completed {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", phase(&s)))
+        }
+    })
+    .await;
+    let status = ended.status.unwrap();
+    assert_eq!(
+        status.end_reason.as_deref(),
+        Some("PeerClosed"),
+        "the worker's reason"
+    );
+    assert!(status.connection.is_none());
+    wait_for(T, "provider shows 0 in use", || async {
+        match provider_counts(&stack.provider).await {
+            (0, 0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}

@@ -112,6 +112,9 @@ pub async fn run(
             }
             Some(event) = events.recv() => {
                 if let Some(end) = absorb(&ctx, &mut entries, event).await {
+                    // The live fields' last word (disconnected) lands before the allocator
+                    // marks the session Completed, so a finished status is final at once.
+                    write_dirty(&ctx, &mut entries).await;
                     let _ = ended.send(end).await;
                 }
             }
