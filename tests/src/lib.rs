@@ -15,6 +15,7 @@ mod kubectl;
 mod namespace;
 mod node_agent;
 mod operator;
+pub mod prometheus;
 
 pub use client::client;
 pub use cluster::cluster;
