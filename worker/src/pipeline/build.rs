@@ -11,8 +11,13 @@ use super::metrics::PipelineMetrics;
 use super::processors;
 use super::providers::echo_agent::EchoAgent;
 use super::providers::espeak::Espeak;
+use super::providers::grpc_agent::GrpcAgent;
+use super::providers::openai_chat::OpenAiChat;
+use super::providers::openai_stt::OpenAiStt;
+use super::providers::openai_tts::OpenAiTts;
 use super::providers::pocketsphinx::Pocketsphinx;
-use super::providers::{Agent, ProviderError, SpeechToText, TextToSpeech};
+use super::providers::webhook_agent::WebhookAgent;
+use super::providers::{Agent, HttpTarget, ProviderError, SpeechToText, TextToSpeech, credentials};
 use super::session::{Behaviour, EventSink, FrameStage, SessionPipeline};
 use super::spec::PipelineSpec;
 use super::turn::Providers;
@@ -69,6 +74,7 @@ fn unsupported(field: &'static str, message: impl Into<String>) -> BuildError {
 /// Builds the pipeline `spec` describes, reporting to `sink`.
 pub fn build(
     spec: &PipelineSpec,
+    session_id: &str,
     sink: Box<dyn EventSink>,
     metrics: PipelineMetrics,
 ) -> Result<Box<dyn SpeechToSpeech>, BuildError> {
@@ -96,7 +102,7 @@ pub fn build(
                 .ok_or_else(|| unsupported("spec.agent", "type STT_TTS needs an agent"))?;
             let providers = Providers {
                 stt: build_stt(stt)?,
-                agent: build_agent(agent)?,
+                agent: build_agent(agent, session_id)?,
                 tts: build_tts(tts)?,
             };
             let behaviour = Behaviour {
@@ -188,9 +194,39 @@ fn frame_stages(spec: &PipelineSpec) -> Result<Vec<FrameStage>, BuildError> {
     Ok(stages)
 }
 
+/// Where OpenAI itself lives, for stages that give no endpoint.
+const OPENAI: &str = "https://api.openai.com/v1";
+
+/// Time a network provider gets for its headers and between body chunks.
+const NETWORK_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn http(
+    provider: &'static str,
+    s: &StageProvider,
+    default_model: &str,
+) -> Result<HttpTarget, BuildError> {
+    let key = credentials::load(provider, s.credentials_secret_ref.as_ref())?;
+    let timeout = s
+        .options
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse().ok())
+        .map_or(NETWORK_TIMEOUT, Duration::from_secs_f64);
+    Ok(HttpTarget::new(
+        provider,
+        s.endpoint.as_deref().unwrap_or(OPENAI),
+        s.model.as_deref().unwrap_or(default_model),
+        key,
+        timeout,
+    )?)
+}
+
 fn build_stt(s: &StageProvider) -> Result<Arc<dyn SpeechToText>, BuildError> {
     match s.provider.as_str() {
         "pocketsphinx" => Ok(Arc::new(Pocketsphinx::from_options(&s.options))),
+        "openai" => Ok(Arc::new(OpenAiStt {
+            target: http("openai-stt", s, "whisper-1")?,
+            language: s.options.get("language").cloned(),
+        })),
         other => Err(unsupported(
             "pipeline.stt.provider",
             format!("unknown STT provider {other:?} (known: pocketsphinx, openai)"),
@@ -201,6 +237,14 @@ fn build_stt(s: &StageProvider) -> Result<Arc<dyn SpeechToText>, BuildError> {
 fn build_tts(s: &StageProvider) -> Result<Arc<dyn TextToSpeech>, BuildError> {
     match s.provider.as_str() {
         "espeak" | "espeak-ng" => Ok(Arc::new(Espeak::from_options(&s.options))),
+        "openai" => Ok(Arc::new(OpenAiTts {
+            target: http("openai-tts", s, "tts-1")?,
+            voice: s
+                .options
+                .get("voice")
+                .cloned()
+                .unwrap_or_else(|| "alloy".into()),
+        })),
         other => Err(unsupported(
             "pipeline.tts.provider",
             format!("unknown TTS provider {other:?} (known: espeak, openai)"),
@@ -208,13 +252,51 @@ fn build_tts(s: &StageProvider) -> Result<Arc<dyn TextToSpeech>, BuildError> {
     }
 }
 
-fn build_agent(a: &AgentIntegration) -> Result<Arc<dyn Agent>, BuildError> {
+fn build_agent(a: &AgentIntegration, session_id: &str) -> Result<Arc<dyn Agent>, BuildError> {
     match a.type_ {
         AgentType::Echo => Ok(Arc::new(EchoAgent)),
-        other => Err(unsupported(
-            "spec.agent.type",
-            format!("agent type {other:?} is not available"),
-        )),
+        AgentType::Llm => {
+            let llm = a
+                .llm
+                .as_ref()
+                .ok_or_else(|| unsupported("spec.agent.llm", "agent type Llm needs agent.llm"))?;
+            let key = credentials::load("openai-chat", llm.credentials_secret_ref.as_ref())?;
+            Ok(Arc::new(OpenAiChat {
+                target: HttpTarget::new(
+                    "openai-chat",
+                    &llm.endpoint,
+                    &llm.model,
+                    key,
+                    NETWORK_TIMEOUT,
+                )?,
+                system_prompt: llm.system_prompt.clone(),
+            }))
+        }
+        AgentType::Callback => {
+            let cb = a.callback.as_ref().ok_or_else(|| {
+                unsupported(
+                    "spec.agent.callback",
+                    "agent type Callback needs agent.callback",
+                )
+            })?;
+            let key = credentials::load("webhook", cb.auth_secret_ref.as_ref())?;
+            Ok(Arc::new(WebhookAgent {
+                target: HttpTarget::new("webhook", &cb.url, "", key, Duration::from(cb.timeout))?,
+                retries: u32::try_from(cb.retries).unwrap_or(0),
+                session_id: session_id.to_owned(),
+            }))
+        }
+        AgentType::Grpc => {
+            let grpc = a.grpc.as_ref().ok_or_else(|| {
+                unsupported("spec.agent.grpc", "agent type Grpc needs agent.grpc")
+            })?;
+            Ok(Arc::new(GrpcAgent::new(
+                &grpc.endpoint,
+                Duration::from(grpc.timeout),
+                session_id,
+                &serde_json::to_string(a).unwrap_or_default(),
+            )?))
+        }
     }
 }
 
@@ -265,11 +347,24 @@ mod tests {
         let s = spec(serde_json::json!({
             "pipeline": {"type": "STT_TTS", "stt": {"provider": "nope"}, "tts": {"provider": "espeak"}},
             "agent": {"type": "Echo"}}));
-        let err = build(&s, Box::new(NoSink), PipelineMetrics::unregistered())
-            .map(|_| ())
-            .unwrap_err();
+        let err = build(
+            &s,
+            "ns/s",
+            Box::new(NoSink),
+            PipelineMetrics::unregistered(),
+        )
+        .map(|_| ())
+        .unwrap_err();
         assert!(err.to_string().contains("pipeline.stt.provider"), "{err}");
         let s = spec(serde_json::json!({"pipeline": {"type": "S2S", "s2s": {"provider": "echo"}}}));
-        assert!(build(&s, Box::new(NoSink), PipelineMetrics::unregistered()).is_ok());
+        assert!(
+            build(
+                &s,
+                "ns/s",
+                Box::new(NoSink),
+                PipelineMetrics::unregistered()
+            )
+            .is_ok()
+        );
     }
 }

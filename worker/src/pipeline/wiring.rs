@@ -78,7 +78,9 @@ pub fn for_session(
     let metrics = sessions.metrics().pipeline().clone();
     let built = PipelineSpec::parse(&json)
         .map_err(|e| e.to_string())
-        .and_then(|spec| super::build(&spec, sink(), metrics).map_err(|e| e.to_string()));
+        .and_then(|spec| {
+            super::build(&spec, session_id, sink(), metrics).map_err(|e| e.to_string())
+        });
     match built {
         Ok(pipeline) => pipeline,
         Err(message) => {

@@ -56,10 +56,19 @@ pub fn load(
     provider: &'static str,
     r: Option<&SecretKeyRef>,
 ) -> Result<Option<ApiKey>, ProviderError> {
-    let Some(r) = r else { return Ok(None) };
     let dir = std::env::var_os("VOICE_SECRETS_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(DEFAULT_SECRETS_DIR));
+    load_from(&dir, provider, r)
+}
+
+/// [`load`] with the Secrets mounted under `dir`.
+pub fn load_from(
+    dir: &std::path::Path,
+    provider: &'static str,
+    r: Option<&SecretKeyRef>,
+) -> Result<Option<ApiKey>, ProviderError> {
+    let Some(r) = r else { return Ok(None) };
     let file = dir.join(&r.name).join(&r.key);
     if let Ok(value) = std::fs::read_to_string(&file) {
         return Ok(Some(ApiKey(value.trim().to_owned())));

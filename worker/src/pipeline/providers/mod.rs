@@ -7,7 +7,13 @@
 pub mod credentials;
 pub mod echo_agent;
 pub mod espeak;
+pub mod grpc_agent;
+pub mod openai_chat;
+pub mod openai_stt;
+pub mod openai_tts;
 pub mod pocketsphinx;
+pub mod sse;
+pub mod webhook_agent;
 
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
@@ -115,4 +121,155 @@ pub trait TextToSpeech: Send + Sync {
         text: &'a str,
         audio: mpsc::Sender<Vec<i16>>,
     ) -> BoxFuture<'a, Result<(), ProviderError>>;
+}
+/// Maps a reqwest failure to a provider error without the URL's query (which could hold
+/// a key for some self-hosted servers).
+pub(crate) fn http_error(provider: &'static str, e: &reqwest::Error) -> ProviderError {
+    let kind = if e.is_timeout() {
+        ErrorKind::Timeout
+    } else if let Some(status) = e.status() {
+        ErrorKind::Status(status.as_u16())
+    } else if e.is_decode() || e.is_body() {
+        ErrorKind::Malformed
+    } else {
+        ErrorKind::Unavailable
+    };
+    let e = e.without_url_ref();
+    ProviderError::new(provider, kind, e)
+}
+
+trait WithoutUrl {
+    fn without_url_ref(&self) -> String;
+}
+
+impl WithoutUrl for reqwest::Error {
+    fn without_url_ref(&self) -> String {
+        let mut message = self.to_string();
+        if let Some(url) = self.url() {
+            message = message.replace(url.as_str(), url.path());
+        }
+        message
+    }
+}
+
+/// An error status with the body's message (OpenAI puts it at `error.message`).
+pub(crate) async fn status_error(
+    provider: &'static str,
+    response: reqwest::Response,
+) -> ProviderError {
+    let status = response.status().as_u16();
+    let body = response.text().await.unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&body)
+        .ok()
+        .and_then(|v| {
+            v.pointer("/error/message")
+                .and_then(|m| m.as_str())
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| body.chars().take(300).collect());
+    ProviderError::new(
+        provider,
+        ErrorKind::Status(status),
+        format!("HTTP {status}: {message}"),
+    )
+}
+
+/// How a network provider is reached.
+#[derive(Clone, Debug)]
+pub struct HttpTarget {
+    /// Base URL, e.g. `https://api.openai.com/v1`.
+    pub base: String,
+    /// Model name.
+    pub model: String,
+    /// API key, sent as a bearer token.
+    pub key: Option<credentials::ApiKey>,
+    /// Time allowed until the response headers (and between body chunks).
+    pub timeout: std::time::Duration,
+    /// The HTTP client (connection pool shared by every call of this provider).
+    pub client: reqwest::Client,
+}
+
+impl HttpTarget {
+    /// A target with its own client.
+    pub fn new(
+        provider: &'static str,
+        base: &str,
+        model: &str,
+        key: Option<credentials::ApiKey>,
+        timeout: std::time::Duration,
+    ) -> Result<Self, ProviderError> {
+        let client = reqwest::Client::builder()
+            .connect_timeout(timeout.min(std::time::Duration::from_secs(10)))
+            .build()
+            .map_err(|e| ProviderError::new(provider, ErrorKind::Config, e.to_string()))?;
+        Ok(Self {
+            base: base.to_owned(),
+            model: model.to_owned(),
+            key,
+            timeout,
+            client,
+        })
+    }
+
+    /// A POST to `path` with the bearer token, if any.
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        let request = self.client.post(join(&self.base, path));
+        match &self.key {
+            Some(key) => request.bearer_auth(key.expose()),
+            None => request,
+        }
+    }
+
+    /// Sends `request`, waiting at most `timeout` for the headers; an error status is
+    /// turned into an error with the provider's message.
+    pub async fn send(
+        &self,
+        provider: &'static str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ProviderError> {
+        let response = tokio::time::timeout(self.timeout, request.send())
+            .await
+            .map_err(|_| {
+                ProviderError::new(
+                    provider,
+                    ErrorKind::Timeout,
+                    format!("no response within {:?}", self.timeout),
+                )
+            })?
+            .map_err(|e| http_error(provider, &e))?;
+        if !response.status().is_success() {
+            return Err(status_error(provider, response).await);
+        }
+        Ok(response)
+    }
+
+    /// The next body chunk, waiting at most `timeout`; `None` at the end.
+    pub async fn chunk(
+        &self,
+        provider: &'static str,
+        response: &mut reqwest::Response,
+    ) -> Result<Option<bytes::Bytes>, ProviderError> {
+        tokio::time::timeout(self.timeout, response.chunk())
+            .await
+            .map_err(|_| {
+                ProviderError::new(
+                    provider,
+                    ErrorKind::Timeout,
+                    format!("the stream stalled for {:?}", self.timeout),
+                )
+            })?
+            .map_err(|e| http_error(provider, &e))
+    }
+}
+
+/// `base` joined with `path` (`https://api.openai.com/v1` + `audio/speech`).
+pub(crate) fn join(base: &str, path: &str) -> String {
+    if path.is_empty() {
+        return base.to_owned();
+    }
+    format!(
+        "{}/{}",
+        base.trim_end_matches('/'),
+        path.trim_start_matches('/')
+    )
 }

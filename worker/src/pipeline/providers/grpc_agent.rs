@@ -1,0 +1,198 @@
+//! The seed's AgentInstance as a gRPC service (`voice.agent.v1.Agent`, see
+//! `proto/agent.proto`): one `Converse` stream per session, opened at the first turn with
+//! `start`, then a final `transcript` per turn answered by text deltas and `end_of_turn`;
+//! barge-in sends `interruption`. A broken stream is reopened at the next turn.
+
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use tokio::sync::{Mutex, mpsc};
+use voice_proto::agent::v1::agent_client::AgentClient;
+use voice_proto::agent::v1::{
+    ConverseRequest, ConverseResponse, Interruption, SessionStart, UserTranscript,
+    converse_request, converse_response,
+};
+
+use super::{Agent, AgentTurn, ErrorKind, ProviderError};
+
+const NAME: &str = "grpc-agent";
+
+/// Requests queued towards the agent.
+const OUTBOUND: usize = 16;
+
+struct Conversation {
+    requests: mpsc::Sender<ConverseRequest>,
+    responses: tonic::Streaming<ConverseResponse>,
+}
+
+/// A gRPC agent for one session.
+pub struct GrpcAgent {
+    endpoint: tonic::transport::Endpoint,
+    timeout: Duration,
+    session_id: String,
+    config_json: String,
+    conversation: Mutex<Option<Conversation>>,
+}
+
+impl std::fmt::Debug for GrpcAgent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GrpcAgent")
+            .field("endpoint", &self.endpoint.uri())
+            .finish_non_exhaustive()
+    }
+}
+
+fn request(event: converse_request::Event) -> ConverseRequest {
+    ConverseRequest {
+        timestamp: Some(SystemTime::now().into()),
+        event: Some(event),
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> ProviderError {
+    ProviderError::new(NAME, ErrorKind::Unavailable, e.to_string())
+}
+
+impl GrpcAgent {
+    /// An agent at `endpoint` (`http://host:port`), allowed `timeout` per reply message.
+    pub fn new(
+        endpoint: &str,
+        timeout: Duration,
+        session_id: &str,
+        config_json: &str,
+    ) -> Result<Self, ProviderError> {
+        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| ProviderError::new(NAME, ErrorKind::Config, format!("bad endpoint: {e}")))?
+            .connect_timeout(timeout);
+        Ok(Self {
+            endpoint,
+            timeout,
+            session_id: session_id.to_owned(),
+            config_json: config_json.to_owned(),
+            conversation: Mutex::new(None),
+        })
+    }
+
+    async fn open(&self) -> Result<Conversation, ProviderError> {
+        let channel = self.endpoint.connect().await.map_err(unavailable)?;
+        let (requests, outbound) = mpsc::channel(OUTBOUND);
+        let start = request(converse_request::Event::Start(SessionStart {
+            session_id: self.session_id.clone(),
+            uid: String::new(),
+            agent_config_json: self.config_json.clone(),
+            context_json: String::new(),
+            metadata: Default::default(),
+        }));
+        requests.send(start).await.map_err(unavailable)?;
+        let outbound = futures::stream::unfold(outbound, |mut rx| async move {
+            rx.recv().await.map(|m| (m, rx))
+        });
+        let responses =
+            tokio::time::timeout(self.timeout, AgentClient::new(channel).converse(outbound))
+                .await
+                .map_err(|_| {
+                    ProviderError::new(
+                        NAME,
+                        ErrorKind::Timeout,
+                        "Converse was not accepted in time",
+                    )
+                })?
+                .map_err(|s| status(&s))?
+                .into_inner();
+        Ok(Conversation {
+            requests,
+            responses,
+        })
+    }
+
+    async fn run(
+        &self,
+        turn: AgentTurn,
+        deltas: mpsc::Sender<String>,
+    ) -> Result<(), ProviderError> {
+        let mut guard = self.conversation.lock().await;
+        if guard.is_none() {
+            *guard = Some(self.open().await?);
+        }
+        let result = async {
+            let conversation = guard.as_mut().ok_or_else(|| unavailable("no conversation"))?;
+            let transcript = request(converse_request::Event::Transcript(UserTranscript {
+                turn_id: turn.turn_id.clone(),
+                text: turn.text.clone(),
+                is_final: true,
+                language: String::new(),
+            }));
+            conversation.requests.send(transcript).await.map_err(unavailable)?;
+            loop {
+                let message = tokio::time::timeout(self.timeout, conversation.responses.next())
+                    .await
+                    .map_err(|_| ProviderError::new(NAME, ErrorKind::Timeout, format!("no reply within {:?}", self.timeout)))?;
+                let message = match message {
+                    Some(Ok(m)) => m,
+                    Some(Err(s)) => return Err(status(&s)),
+                    None => return Err(unavailable("the agent closed the Converse stream")),
+                };
+                match message.event {
+                    Some(converse_response::Event::Delta(d)) if d.turn_id == turn.turn_id => {
+                        let passed = deltas.send(d.text).await;
+                        if passed.is_err() {
+                            return Ok(()); // the turn was cancelled
+                        }
+                    }
+                    Some(converse_response::Event::EndOfTurn(e)) if e.turn_id == turn.turn_id => return Ok(()),
+                    Some(converse_response::Event::Hangup(h)) => {
+                        tracing::info!(session = %self.session_id, reason = %h.reason, "the gRPC agent hung up");
+                        return Ok(());
+                    }
+                    // Deltas of an interrupted earlier turn: dropped, as agent.proto says.
+                    _ => {}
+                }
+            }
+        }
+        .await;
+        if result.as_ref().is_err_and(|e| e.kind != ErrorKind::Timeout) {
+            *guard = None; // reopen at the next turn
+        }
+        result
+    }
+}
+
+fn status(s: &tonic::Status) -> ProviderError {
+    let kind = match s.code() {
+        tonic::Code::DeadlineExceeded => ErrorKind::Timeout,
+        tonic::Code::Unavailable => ErrorKind::Unavailable,
+        tonic::Code::InvalidArgument
+        | tonic::Code::PermissionDenied
+        | tonic::Code::Unauthenticated => ErrorKind::Status(400),
+        _ => ErrorKind::Status(500),
+    };
+    ProviderError::new(NAME, kind, format!("{:?}: {}", s.code(), s.message()))
+}
+
+impl Agent for GrpcAgent {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    fn reply<'a>(
+        &'a self,
+        turn: AgentTurn,
+        deltas: mpsc::Sender<String>,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(self.run(turn, deltas))
+    }
+
+    fn interrupted<'a>(&'a self, turn_id: &'a str, heard: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let guard = self.conversation.lock().await;
+            if let Some(conversation) = guard.as_ref() {
+                let message = request(converse_request::Event::Interruption(Interruption {
+                    turn_id: turn_id.to_owned(),
+                    heard_text: heard.to_owned(),
+                }));
+                let _ = conversation.requests.try_send(message);
+            }
+        })
+    }
+}
