@@ -73,11 +73,20 @@ fn scrape(addr: &str) -> String {
 
 #[tokio::test]
 async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
-    let stack = OperatorStack::start("prom").await;
+    // The diagnostic echo speech-to-speech pipeline, so a WebRTC call hears itself back.
+    let stack = OperatorStack::start_with(
+        "prom",
+        json!({"capabilities": {"s2sSupport": true}, "stages": {"s2s": ["echo"]}}),
+    )
+    .await;
     let ns = &stack.ns;
     stack.apply_backend(
         "assistant",
-        json!({"scaling": {"minWorkers": 2, "maxWorkers": 2}, "workers": {"sessionsPerWorker": 2}}),
+        json!({
+            "pipeline": {"type": "S2S", "s2s": {"provider": "echo"}, "stt": null, "tts": null},
+            "scaling": {"minWorkers": 2, "maxWorkers": 2},
+            "workers": {"sessionsPerWorker": 2},
+        }),
     );
     wait_healthy(ns, "assistant", 2, T).await;
     let names = ["s1", "s2", "s3"];
@@ -201,6 +210,60 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
     )
     .await;
 
+    // An echo call from an independent WebRTC client (aiortc) fills the media and latency
+    // histograms, and Prometheus sees them.
+    let mut call = session("call");
+    call["spec"]["transport"] = json!("webrtc");
+    apply(ns, &[&call]);
+    let api = ns.api::<VoiceSession>();
+    let endpoint = wait_for(T, "call Active", || async {
+        let s = api.get("call").await.map_err(|e| e.to_string())?;
+        let status = s.status.unwrap_or_default();
+        match (status.phase, status.endpoint) {
+            (SessionPhase::Active, Some(e)) => Ok(e),
+            (phase, _) => Err(format!("{phase:?}")),
+        }
+    })
+    .await;
+    let token = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+        voice_tests::client().await,
+        ns.name(),
+    )
+    .get(&endpoint.token_secret_name)
+    .await
+    .expect("token Secret");
+    let token = String::from_utf8(token.data.expect("data")["token"].0.clone()).expect("UTF-8");
+    let (base, _) = endpoint
+        .url
+        .split_once("/v1/sessions/")
+        .expect("a WHIP offer URL");
+    let report = aiortc_echo_call(base, &format!("{}/call", ns.name()), &token).await;
+    assert_eq!(report["state"], "connected", "{report}");
+    for promql in [
+        format!("sum(voice_worker_connect_duration_seconds_count{{backend=\"{backend}\"}})"),
+        format!("sum(voice_worker_codec_duration_seconds_count{{backend=\"{backend}\"}})"),
+        format!("sum(voice_worker_media_packets_total{{backend=\"{backend}\",direction=\"in\"}})"),
+        format!("sum(voice_worker_media_packets_total{{backend=\"{backend}\",direction=\"out\"}})"),
+    ] {
+        wait_for(Duration::from_secs(30), &promql, || async {
+            match prom.scalar(&promql) {
+                Ok(v) if v >= 1.0 => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        })
+        .await;
+    }
+    let connect_p95 = prom
+        .scalar(&format!(
+            "histogram_quantile(0.95, sum by (le) (voice_worker_connect_duration_seconds_bucket{{backend=\"{backend}\"}}))"
+        ))
+        .expect("a connect p95");
+    assert!(
+        connect_p95.is_finite() && connect_p95 > 0.0,
+        "connect p95 {connect_p95}"
+    );
+    eprintln!("prometheus: echo call connected; connect time p95 {connect_p95} s");
+
     // What the processes expose is what their metric definitions declare.
     let declared = declared_metrics();
     let mut live = exposition_names(&scrape(&operator_addr));
@@ -216,6 +279,58 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
              declared_metrics() is out of date"
         );
     }
+}
+
+/// The worker's aiortc interop client (`worker/tests/interop/aiortc_echo.py`): a 1 kHz tone for
+/// three seconds through the session at `base`, its JSON report. aiortc lives in the venv the
+/// worker's interop test provisions (`~/.cache/voice-operator/venv`), installed here too when
+/// missing.
+async fn aiortc_echo_call(base: &str, session: &str, token: &str) -> Value {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let venv = std::path::PathBuf::from(home).join(".cache/voice-operator/venv");
+    let python = venv.join("bin/python");
+    let has_aiortc = || {
+        std::process::Command::new(&python)
+            .args(["-c", "import aiortc, av"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !has_aiortc() {
+        if !python.exists() {
+            let ok = std::process::Command::new("python3")
+                .args(["-m", "venv"])
+                .arg(&venv)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "python3 -m venv failed: install python3-venv");
+        }
+        let ok = std::process::Command::new(&python)
+            .args(["-m", "pip", "install", "--quiet", "aiortc==1.16.0"])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok && has_aiortc(), "pip install aiortc failed");
+    }
+    let script =
+        voice_cluster::layout::workspace_root().join("worker/tests/interop/aiortc_echo.py");
+    let out = std::env::temp_dir().join(format!("prom-echo-{}.pcm", std::process::id()));
+    let run = tokio::process::Command::new(&python)
+        .arg(&script)
+        .args([base, session, token, "3"])
+        .arg(&out)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the aiortc client hung")
+        .expect("running the aiortc client");
+    let _ = std::fs::remove_file(&out);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "aiortc client failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}"))
 }
 
 /// Every metric the operator and worker define, with its type: the string literals that name a
