@@ -16,6 +16,7 @@ use super::providers::openai_chat::OpenAiChat;
 use super::providers::openai_stt::OpenAiStt;
 use super::providers::openai_tts::OpenAiTts;
 use super::providers::pocketsphinx::Pocketsphinx;
+use super::providers::realtime::{RealtimeConfig, RealtimeS2s};
 use super::providers::webhook_agent::WebhookAgent;
 use super::providers::{Agent, HttpTarget, ProviderError, SpeechToText, TextToSpeech, credentials};
 use super::session::{Behaviour, EventSink, FrameStage, SessionPipeline};
@@ -87,9 +88,38 @@ pub fn build(
                 .ok_or_else(|| unsupported("pipeline.s2s", "type S2S needs pipeline.s2s"))?;
             match s2s.provider.as_str() {
                 "echo" => Ok(Box::new(Echo::new(ECHO_FRAMES))),
+                "openai-realtime" => {
+                    let model = s2s.model.clone().unwrap_or_else(|| REALTIME_MODEL.into());
+                    let url = match s2s.endpoint.as_deref() {
+                        Some(e) => e
+                            .replacen("https://", "wss://", 1)
+                            .replacen("http://", "ws://", 1),
+                        None => format!("wss://api.openai.com/v1/realtime?model={model}"),
+                    };
+                    let silence = pipeline
+                        .turn_detection
+                        .as_ref()
+                        .map_or(Duration::from_millis(500), |t| {
+                            Duration::from(t.silence_timeout)
+                        });
+                    let config = RealtimeConfig {
+                        url,
+                        key: credentials::load(
+                            "openai-realtime",
+                            s2s.credentials_secret_ref.as_ref(),
+                        )?,
+                        model,
+                        voice: s2s.options.get("voice").cloned(),
+                        instructions: s2s.options.get("instructions").cloned(),
+                        silence,
+                    };
+                    Ok(Box::new(RealtimeS2s::start(config, sink, metrics)))
+                }
                 other => Err(unsupported(
                     "pipeline.s2s.provider",
-                    format!("unknown speech-to-speech provider {other:?} (known: echo)"),
+                    format!(
+                        "unknown speech-to-speech provider {other:?} (known: echo, openai-realtime)"
+                    ),
                 )),
             }
         }
@@ -193,6 +223,9 @@ fn frame_stages(spec: &PipelineSpec) -> Result<Vec<FrameStage>, BuildError> {
     }
     Ok(stages)
 }
+
+/// The Realtime model used when `pipeline.s2s.model` is not set.
+const REALTIME_MODEL: &str = "gpt-4o-realtime-preview";
 
 /// Where OpenAI itself lives, for stages that give no endpoint.
 const OPENAI: &str = "https://api.openai.com/v1";

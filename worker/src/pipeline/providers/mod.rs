@@ -12,6 +12,7 @@ pub mod openai_chat;
 pub mod openai_stt;
 pub mod openai_tts;
 pub mod pocketsphinx;
+pub mod realtime;
 pub mod sse;
 pub mod webhook_agent;
 
