@@ -844,3 +844,144 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         session_active.as_secs_f64()
     );
 }
+
+/// An alert as `promtool test rules` expects it: the rule's labels plus `labels`, and its
+/// annotations with `{{ $labels.x }}` and `{{ $value }}` filled in as Prometheus would.
+fn expected_alert(rules: &[Value], alert: &str, labels: &[(&str, &str)], value: &str) -> Value {
+    let rule = rules
+        .iter()
+        .find(|r| r["alert"] == alert)
+        .unwrap_or_else(|| panic!("no alert {alert} in the chart"));
+    let mut exp_labels = rule["labels"].clone();
+    for (k, v) in labels {
+        exp_labels[*k] = json!(v);
+    }
+    let mut annotations = serde_json::Map::new();
+    for (k, v) in rule["annotations"].as_object().expect("annotations") {
+        let mut text = v
+            .as_str()
+            .expect("annotation text")
+            .replace("{{ $value }}", value);
+        for (lk, lv) in labels {
+            text = text.replace(&format!("{{{{ $labels.{lk} }}}}"), lv);
+        }
+        assert!(!text.contains("{{"), "{alert}: unfilled template in {text}");
+        annotations.insert(k.clone(), json!(text));
+    }
+    json!({"exp_labels": exp_labels, "exp_annotations": annotations})
+}
+
+#[test]
+fn alerts_fire_on_the_conditions_the_runbook_names_and_not_otherwise() {
+    let docs = render("voice-system", &["monitoring.prometheusRule.enabled=true"]);
+    let rule = one(&docs, "PrometheusRule");
+    let groups = rule["spec"]["groups"].as_array().expect("groups");
+    let rules: Vec<Value> = groups
+        .iter()
+        .flat_map(|g| g["rules"].as_array().expect("rules").clone())
+        .collect();
+    let series = |s: &str, v: &str| json!({"series": s, "values": v});
+    let case = |t: &str, alert: &str, exp: Vec<Value>| json!({"eval_time": t, "alertname": alert, "exp_alerts": exp});
+    let healthy_world = json!({
+        "interval": "1m",
+        "input_series": [
+            // ns/a: workers desired, none ready. ns/b: one of three ready. ns/ok: all ready.
+            series(r#"voice_workers{backend="ns/a",state="desired"}"#, "2x30"),
+            series(r#"voice_workers{backend="ns/a",state="ready"}"#, "0x30"),
+            series(r#"voice_workers{backend="ns/b",state="desired"}"#, "3x30"),
+            series(r#"voice_workers{backend="ns/b",state="ready"}"#, "1x30"),
+            series(r#"voice_workers{backend="ns/ok",state="desired"}"#, "2x30"),
+            series(r#"voice_workers{backend="ns/ok",state="ready"}"#, "2x30"),
+            // ns/c: its only worker is full; ns/ok's has room.
+            series(r#"voice_worker_sessions{backend="ns/c",pod="c-0",state="active"}"#, "1x30"),
+            series(r#"voice_worker_sessions{backend="ns/c",pod="c-0",state="reserved"}"#, "1x30"),
+            series(r#"voice_worker_capacity{backend="ns/c",pod="c-0"}"#, "2x30"),
+            series(r#"voice_worker_sessions{backend="ns/ok",pod="ok-0",state="active"}"#, "1x30"),
+            series(r#"voice_worker_capacity{backend="ns/ok",pod="ok-0"}"#, "4x30"),
+            series(r#"voice_operator_leader{pod="op-0"}"#, "1x30"),
+            series(r#"voice_operator_leader{pod="op-1"}"#, "0x30"),
+            // Provider p has a queue that never empties; q's is empty.
+            series(r#"voice_provider_sessions{provider="p",state="pending"}"#, "3x30"),
+            series(r#"voice_provider_sessions{provider="q",state="pending"}"#, "0x30"),
+            // Every turn of ns/a takes 0.5 to 1 s; admissions take 1 to 2.5 s; clients of
+            // ns/a lose 5 to 10 % of packets.
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/a",le="0.5"}"#, "0x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/a",le="1"}"#, "0+10x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/a",le="+Inf"}"#, "0+10x30"),
+            series(r#"voice_session_admission_duration_seconds_bucket{le="1"}"#, "0x30"),
+            series(r#"voice_session_admission_duration_seconds_bucket{le="2.5"}"#, "0+10x30"),
+            series(r#"voice_session_admission_duration_seconds_bucket{le="+Inf"}"#, "0+10x30"),
+            series(r#"voice_worker_rtcp_fraction_lost_bucket{backend="ns/a",le="0.05"}"#, "0x30"),
+            series(r#"voice_worker_rtcp_fraction_lost_bucket{backend="ns/a",le="0.1"}"#, "0+10x30"),
+            series(r#"voice_worker_rtcp_fraction_lost_bucket{backend="ns/a",le="+Inf"}"#, "0+10x30"),
+            series(r#"voice_operator_reconciles_total{controller="backend",result="ok"}"#, "0+60x30"),
+            series(r#"voice_health_checks_total{result="ok"}"#, "0+60x30"),
+        ],
+        "alert_rule_test": [
+            case("4m", "VoiceBackendUnhealthy", vec![]),
+            case("6m", "VoiceBackendUnhealthy", vec![expected_alert(&rules, "VoiceBackendUnhealthy", &[("backend", "ns/a")], "0")]),
+            case("4m", "VoiceBackendDegraded", vec![]),
+            case("6m", "VoiceBackendDegraded", vec![expected_alert(&rules, "VoiceBackendDegraded", &[("backend", "ns/b")], "1")]),
+            case("6m", "VoiceWorkersFull", vec![expected_alert(&rules, "VoiceWorkersFull", &[("backend", "ns/c")], "2")]),
+            case("1m", "VoiceSessionsPendingTooLong", vec![]),
+            case("3m", "VoiceSessionsPendingTooLong", vec![expected_alert(&rules, "VoiceSessionsPendingTooLong", &[("provider", "p")], "3")]),
+            case("20m", "VoiceTurnLatencyHigh", vec![expected_alert(&rules, "VoiceTurnLatencyHigh", &[("backend", "ns/a")], "0.975")]),
+            case("20m", "VoiceAdmissionSlow", vec![expected_alert(&rules, "VoiceAdmissionSlow", &[], "2.425")]),
+            case("20m", "VoiceMediaPacketLoss", vec![expected_alert(&rules, "VoiceMediaPacketLoss", &[("backend", "ns/a")], "0.0975")]),
+            case("20m", "VoiceOperatorNoLeader", vec![]),
+            case("20m", "VoiceOperatorReconcileErrors", vec![]),
+            case("20m", "VoiceWorkerHealthChecksFailing", vec![]),
+        ],
+    });
+    let broken_world = json!({
+        "interval": "1m",
+        "input_series": [
+            series(r#"voice_operator_leader{pod="op-0"}"#, "0x30"),
+            series(r#"voice_operator_reconciles_total{controller="backend",result="error"}"#, "0+60x30"),
+            series(r#"voice_health_checks_total{result="ok"}"#, "0+60x30"),
+            series(r#"voice_health_checks_total{result="error"}"#, "0+60x30"),
+        ],
+        "alert_rule_test": [
+            case("1m", "VoiceOperatorNoLeader", vec![]),
+            case("3m", "VoiceOperatorNoLeader", vec![expected_alert(&rules, "VoiceOperatorNoLeader", &[], "0")]),
+            case("20m", "VoiceOperatorReconcileErrors", vec![expected_alert(&rules, "VoiceOperatorReconcileErrors", &[("controller", "backend")], "1")]),
+            case("20m", "VoiceWorkerHealthChecksFailing", vec![expected_alert(&rules, "VoiceWorkerHealthChecksFailing", &[], "0.5")]),
+        ],
+    });
+    // Every alert of the chart is exercised at least once.
+    for r in &rules {
+        let name = r["alert"].as_str().expect("alert name");
+        assert!(
+            healthy_world.to_string().contains(&format!("\"{name}\""))
+                || broken_world.to_string().contains(&format!("\"{name}\"")),
+            "alert {name} has no case"
+        );
+    }
+    let dir = scratch_dir("alerts");
+    std::fs::write(
+        dir.join("rules.yaml"),
+        serde_yaml_ng::to_string(&json!({"groups": groups})).expect("YAML"),
+    )
+    .expect("writing rules");
+    let tests = json!({
+        "rule_files": ["rules.yaml"],
+        "evaluation_interval": "1m",
+        "tests": [healthy_world, broken_world],
+    });
+    std::fs::write(
+        dir.join("tests.yaml"),
+        serde_yaml_ng::to_string(&tests).expect("YAML"),
+    )
+    .expect("writing tests");
+    let out = std::process::Command::new("promtool")
+        .current_dir(&dir)
+        .args(["test", "rules", "tests.yaml"])
+        .output()
+        .expect("promtool runs (Debian package prometheus)");
+    assert!(
+        out.status.success(),
+        "promtool test rules:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
