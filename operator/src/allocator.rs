@@ -39,6 +39,8 @@ use crate::session_timeouts::{self, Clocks, Expired};
 /// Admissions running at once: enough to hide API and gRPC latency, few enough to keep the
 /// API server's write rate sane during a burst.
 const MAX_ADMISSIONS_IN_FLIGHT: usize = 32;
+/// Shortest time between two allocation rounds.
+const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(25);
 /// How often a waiting session's queue position may be rewritten.
 const WAITING_WRITE_INTERVAL: Duration = Duration::from_secs(2);
 /// How often the counts on backends and providers may be rewritten.
@@ -137,23 +139,29 @@ pub async fn run(
     a.rebuild();
     tracing::info!(held = a.ledger.len(), "session ledger rebuilt from the API");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut last_round = Instant::now();
     loop {
+        let mut clocks_due = false;
         tokio::select! {
             () = cancel.cancelled() => return,
-            () = wake.notified() => {
-                // Let a burst of watch events land before planning over them.
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
+            () = wake.notified() => {}
             Some((key, outcome)) = outcome_rx.recv() => a.settle(key, outcome),
             Some(end) = ended.recv() => a.worker_ended(end).await,
-            _ = tick.tick() => {}
+            _ = tick.tick() => clocks_due = true,
+        }
+        // Rounds are O(sessions): batch the watch events and outcomes of a burst into one
+        // round every MIN_ROUND_INTERVAL rather than one round per event.
+        let since = last_round.elapsed();
+        if since < MIN_ROUND_INTERVAL {
+            tokio::time::sleep(MIN_ROUND_INTERVAL - since).await;
         }
         while let Ok((key, outcome)) = outcome_rx.try_recv() {
             a.settle(key, outcome);
         }
         if a.ctx.fence.is_open() {
-            a.round().await;
+            a.round(clocks_due).await;
         }
+        last_round = Instant::now();
     }
 }
 
@@ -171,6 +179,8 @@ where
     let (reader, writer) = reflector::store();
     let stream = watcher(api, config)
         .default_backoff()
+        // managedFields are most of a session's bytes and the allocator never reads them.
+        .modify(|o| o.managed_fields_mut().clear())
         .reflect(writer)
         .touched_objects();
     let (wake, cancel) = (wake.clone(), cancel.clone());
@@ -249,8 +259,16 @@ impl Allocator {
             .unwrap_or_else(|| Lifecycle::observed(session.status.as_ref()))
     }
 
+    /// The phase of `session` as the allocator knows it, without cloning its lifecycle.
+    fn phase_of(&self, key: &SessionKey, session: &VoiceSession) -> SessionPhase {
+        match self.lifecycle.get(key) {
+            Some(l) => l.phase,
+            None => session.status.as_ref().map(|s| s.phase).unwrap_or_default(),
+        }
+    }
+
     /// One pass over the API state.
-    async fn round(&mut self) {
+    async fn round(&mut self, clocks_due: bool) {
         let now = Timestamp::now();
         let sessions: HashMap<SessionKey, Arc<VoiceSession>> = self
             .sessions
@@ -263,7 +281,9 @@ impl Allocator {
         let backends = self.backend_views();
         self.publish_addrs(&backends);
         self.handle_lost_workers(&sessions, &backends, now).await;
-        self.handle_clocks(&sessions, now).await;
+        if clocks_due {
+            self.handle_clocks(&sessions, now).await;
+        }
         self.resume_half_done(&sessions, &backends);
         self.admit_pending(&sessions, &backends, now).await;
         self.write_counts(&sessions).await;
@@ -514,7 +534,14 @@ impl Allocator {
             if self.in_flight.contains(key) {
                 continue;
             }
-            let lifecycle = self.lifecycle_of(key, session);
+            let observed;
+            let lifecycle = match self.lifecycle.get(key) {
+                Some(l) => l,
+                None => {
+                    observed = Lifecycle::observed(session.status.as_ref());
+                    &observed
+                }
+            };
             let lost_at = (lifecycle.admitted_reason() == Some(reason::WORKER_LOST))
                 .then(|| timestamp(lifecycle.admitted_since()))
                 .flatten();
@@ -538,7 +565,8 @@ impl Allocator {
                     u64::try_from(session.spec.ttl_seconds_after_finished).unwrap_or(0),
                 ),
             };
-            match session_timeouts::check(&clocks, now) {
+            let expired = session_timeouts::check(&clocks, now);
+            match expired {
                 None => {}
                 Some(Expired::Fail(why)) => {
                     let message = if why == reason::WORKER_LOST {
@@ -684,7 +712,7 @@ impl Allocator {
             .filter(|(k, s)| {
                 !self.in_flight.contains(*k)
                     && self.ledger.slot(k).is_none()
-                    && self.lifecycle_of(k, s).phase == SessionPhase::Pending
+                    && self.phase_of(k, s) == SessionPhase::Pending
             })
             .map(|(k, s)| PendingSession {
                 key: k.clone(),
@@ -888,7 +916,7 @@ impl Allocator {
             let entry = per_backend.entry(backend.clone()).or_default();
             if self.ledger.slot(key).is_some() {
                 entry.active += 1;
-            } else if self.lifecycle_of(key, session).phase == SessionPhase::Pending {
+            } else if self.phase_of(key, session) == SessionPhase::Pending {
                 entry.pending += 1;
                 if let Some(provider) = self.provider_of(&backend) {
                     *provider_pending.entry(provider).or_default() += 1;

@@ -32,7 +32,10 @@ impl OperatorProcess {
     /// [`OperatorProcess::start`] with extra command-line flags (e.g. a short lease).
     pub fn start_with(ns: &str, instance: &str, extra: &[&str]) -> OperatorProcess {
         let target = voice_cluster::layout::target_dir();
-        let binary = target.join("debug/voice-operator");
+        // Benchmarks point this at a release build.
+        let binary = std::env::var_os("VOICE_OPERATOR_BIN")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| target.join("debug/voice-operator"));
         assert!(
             binary.exists(),
             "{} is missing: run `cargo build --workspace --bins` (cargo xtask test does this)",

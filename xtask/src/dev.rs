@@ -101,10 +101,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ];
 
     let ready = wait_for_examples(&cluster, &stop_rx, &mut children);
+    let demo = match &ready {
+        Ok(()) => {
+            demo_session(&cluster, &stop_rx).unwrap_or_else(|e| format!("(no demo session: {e:#})"))
+        }
+        Err(_) => String::new(),
+    };
     kubectl(&cluster, &["get", "voice", "-A"])?;
     match &ready {
         Ok(()) => println!(
-            "\nvoice-operator is running on a local cluster.\n\n  export KUBECONFIG={kubeconfig}\n  alias kubectl={kubectl}   # a v1.36 client that matches the server\n  kubectl get voice -A -w\n  curl -s http://{metrics}/metrics | grep ^voice_\n\nLogs: {logs}/operator.log and {logs}/node-agent.log (workers: {target}/voice-node-agent/logs/).\nCtrl-C stops everything.",
+            "\nvoice-operator is running on a local cluster.\n\nTalk to the assistant in a browser (a fresh session, its join token in the link):\n  {demo}\n\n  export KUBECONFIG={kubeconfig}\n  alias kubectl={kubectl}   # a v1.36 client that matches the server\n  kubectl get voice -A -w\n  curl -s http://{metrics}/metrics | grep ^voice_\n\nLogs: {logs}/operator.log and {logs}/node-agent.log (workers: {target}/voice-node-agent/logs/).\nCtrl-C stops everything.",
+            demo = demo,
             kubeconfig = cluster.kubeconfig().display(),
             kubectl = cluster.kubectl_path().display(),
             metrics = args.operator_metrics,
@@ -191,6 +198,75 @@ fn wait_for_examples(
             );
         }
     }
+}
+
+/// Creates a fresh session on the example `assistant`, waits until it is admitted, and
+/// returns the worker's demo page URL with the session and its join token.
+fn demo_session(
+    cluster: &voice_cluster::Cluster,
+    stop: &mpsc::Receiver<()>,
+) -> anyhow::Result<String> {
+    step("creating a fresh session for the demo page");
+    let manifest = r#"{"apiVersion":"voicebackends.dev/v1alpha1","kind":"VoiceSession","metadata":{"generateName":"demo-","namespace":"default"},"spec":{"backendRef":{"name":"assistant"},"user":{"userID":"dev"},"transport":"webrtc","maxDuration":"1h","ttlSecondsAfterFinished":60}}"#;
+    let mut child = cluster
+        .kubectl()
+        .args(["create", "-f", "-", "-o", "jsonpath={.metadata.name}"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("running kubectl create")?;
+    std::io::Write::write_all(
+        child.stdin.as_mut().context("kubectl stdin")?,
+        manifest.as_bytes(),
+    )?;
+    drop(child.stdin.take());
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!("kubectl create failed");
+    }
+    let name = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let url = loop {
+        let out = cluster
+            .kubectl()
+            .args([
+                "get",
+                "vs",
+                &name,
+                "-n",
+                "default",
+                "-o",
+                "jsonpath={.status.phase} {.status.endpoint.url}",
+            ])
+            .output()?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        if let Some(url) = text.strip_prefix("Active ") {
+            break url.trim().to_owned();
+        }
+        if stop.recv_timeout(Duration::from_millis(500)).is_ok() || Instant::now() > deadline {
+            bail!("session {name} was not admitted (status: {text})");
+        }
+    };
+    let out = cluster
+        .kubectl()
+        .args([
+            "get",
+            "secret",
+            &format!("{name}-join-token"),
+            "-n",
+            "default",
+            "-o",
+            "go-template={{.data.token | base64decode}}",
+        ])
+        .output()?;
+    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let origin = url
+        .split("/v1/")
+        .next()
+        .context("endpoint URL without /v1/")?;
+    Ok(format!(
+        "{origin}/demo?session=default/{name}&token={token}"
+    ))
 }
 
 fn wait_for_stop(stop: &mpsc::Receiver<()>, children: &mut [Process]) {

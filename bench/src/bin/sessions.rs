@@ -7,7 +7,9 @@
 //!    (p50/p99), and admitted sessions per second over the whole burst; the ratio to (1).
 //! 3. The operator's peak RSS once `--ledger` sessions hold a slot.
 //!
-//! `cargo build --workspace --bins && cargo run --release -p voice-bench --bin sessions`
+//! `cargo build --workspace --bins && cargo build --release -p voice-operator &&
+//! VOICE_OPERATOR_BIN=target/release/voice-operator cargo run --release -p voice-bench --bin sessions`
+//! (without `VOICE_OPERATOR_BIN` the debug operator is measured).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -92,8 +94,9 @@ async fn main() -> anyhow::Result<()> {
     );
     let operator = OperatorProcess::start(ns.name(), "bench");
     println!(
-        "operator pid {} (debug build: target/debug/voice-operator); {} workers × {per_worker} sessions",
+        "operator pid {} ({}); {} workers × {per_worker} sessions",
         operator.pid(),
+        std::env::var("VOICE_OPERATOR_BIN").unwrap_or_else(|_| "target/debug/voice-operator".into()),
         args.workers
     );
     wait_workers(&ns, args.workers).await?;
