@@ -524,3 +524,106 @@ async fn grpc_agent_converses_over_one_stream_and_hears_interruptions() {
     let err = nowhere.reply(turn("x"), tx).await.unwrap_err();
     assert_eq!(err.reason(), "ProviderUnavailable", "{err}");
 }
+
+/// A transcription server that always hears the same words.
+async fn fixed_transcription(
+    State(seen): State<Shared>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    record(&seen, &headers, &body);
+    Response::builder()
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"text":"what is the weather"}"#))
+        .unwrap_or_default()
+}
+
+/// A whole STT_TTS pipeline on network providers (transcription, a chat-completions server
+/// that streams a token every 200 ms, streamed speech), with the real VAD hearing real
+/// speech: the first reply audio leaves before the agent's last token has been sent.
+#[tokio::test]
+async fn streaming_pipeline_speaks_before_the_llm_has_finished() {
+    use voice_worker::media::{FRAME_SAMPLES, Frame};
+    use voice_worker::pipeline::{EventSink, PipelineMetrics, PipelineSpec};
+
+    struct NoSink;
+    impl EventSink for NoSink {
+        fn state(&self, _: voice_crds::PipelineState, _: &str) {}
+        fn transcript(&self, _: &str, _: &str, _: &str) {}
+    }
+
+    let seen: Shared = Arc::default();
+    let router = Router::new()
+        .route("/v1/audio/transcriptions", post(fixed_transcription))
+        .route("/v1/chat/completions", post(slow_chat))
+        .route("/v1/audio/speech", post(speech));
+    let addr = serve(router.with_state(seen.clone())).await;
+    let base = format!("http://{addr}/v1");
+    let spec = serde_json::json!({
+        "pipeline": {"type": "STT_TTS",
+            "stt": {"provider": "openai", "endpoint": base},
+            "tts": {"provider": "openai", "endpoint": base},
+            "vad": {"provider": "webrtc"},
+            "turnDetection": {"provider": "silence", "silenceTimeout": "300ms"}},
+        "agent": {"type": "Llm", "llm": {"endpoint": base, "model": "m"}, "streamingMode": true}
+    });
+    let spec = PipelineSpec::parse(&spec.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let mut p = voice_worker::pipeline::build(
+        &spec,
+        "team/net",
+        Box::new(NoSink),
+        PipelineMetrics::unregistered(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    p.connected();
+
+    let wav = include_bytes!("fixtures/weather-16k.wav");
+    let speech16 = voice_worker::pipeline::audio::parse_wav(wav).unwrap_or_else(|e| panic!("{e}"));
+    let speech48 = voice_worker::pipeline::audio::resample(&speech16, 48_000);
+    let mut script = vec![0i16; 24_000];
+    script.extend(speech48);
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    let mut first_audio = None;
+    let mut events = Vec::new();
+    for i in 0..250 {
+        ticks.tick().await;
+        let mut frame: Frame = [0; FRAME_SAMPLES];
+        if let Some(chunk) = script.get(i * FRAME_SAMPLES..(i + 1) * FRAME_SAMPLES) {
+            frame.copy_from_slice(chunk);
+        }
+        p.push(&frame);
+        let mut out: Frame = [0; FRAME_SAMPLES];
+        if p.pull(&mut out) && first_audio.is_none() {
+            first_audio = Some(Instant::now());
+        }
+        events.extend(std::iter::from_fn(|| p.next_event()));
+        if first_audio.is_some()
+            && seen
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .last_token_sent
+                .is_some()
+        {
+            break;
+        }
+    }
+    for e in &events {
+        println!("event: {e}");
+    }
+    let first_audio = first_audio.unwrap_or_else(|| panic!("no reply audio; events: {events:?}"));
+    let last_token = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .last_token_sent
+        .unwrap_or_else(|| panic!("the LLM never finished"));
+    println!(
+        "first reply audio {} ms before the LLM's last token",
+        last_token
+            .saturating_duration_since(first_audio)
+            .as_millis()
+    );
+    assert!(
+        first_audio < last_token,
+        "first audio waited for the whole reply"
+    );
+}
