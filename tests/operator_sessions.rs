@@ -763,6 +763,10 @@ async fn a_killed_workers_sessions_are_readmitted_elsewhere_or_fail_with_worker_
         .find(|p| p.name_any() == worker)
         .expect("the worker pod");
     let pid = worker_pid(pod).expect("pid");
+    let secrets: Api<Secret> = ns.api();
+    let token_of =
+        |secret: Secret| String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let token = token_of(secrets.get("x1-join-token").await.unwrap());
     std::process::Command::new("kill")
         .args(["-9", &pid.to_string()])
         .status()
@@ -792,13 +796,33 @@ async fn a_killed_workers_sessions_are_readmitted_elsewhere_or_fail_with_worker_
         start.elapsed()
     );
     let s = api.get("x1").await.unwrap();
-    assert!(
-        s.status
-            .unwrap()
-            .endpoint
-            .unwrap()
-            .url
-            .contains("/x1/offer")
+    let url = s.status.unwrap().endpoint.unwrap().url;
+    assert!(url.contains("/x1/offer"), "{url}");
+    // The client reconnects with the token it already has: the new worker takes it (a bad
+    // SDP gets 400, past the 401/403 token checks).
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/sdp",
+            "--data",
+            "not sdp",
+            &url,
+        ])
+        .output()
+        .expect("curl runs");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "400",
+        "the old token works on the new worker"
     );
 
     // Fill the other worker too, then make every new worker impossible (an image no node
