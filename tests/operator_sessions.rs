@@ -1042,3 +1042,42 @@ async fn a_connected_client_shows_in_status_and_hanging_up_completes_the_session
     })
     .await;
 }
+
+#[tokio::test]
+async fn pending_sessions_scale_a_backend_up_from_zero_and_are_then_admitted() {
+    let stack = OperatorStack::start("sess-scale").await;
+    let ns = &stack.ns;
+    stack.apply_backend(
+        "echo",
+        json!({"workers": {"sessionsPerWorker": 2}, "scaling": {"minWorkers": 0, "maxWorkers": 3, "bufferSessions": 0}}),
+    );
+    let api: Api<VoiceSession> = ns.api();
+    let start = Instant::now();
+    for i in 0..5 {
+        api.create(
+            &PostParams::default(),
+            &session(&format!("q{i}"), "echo", json!({})),
+        )
+        .await
+        .unwrap();
+    }
+    let status = wait_for(T, "5 sessions Active on 3 workers", || async {
+        let active = sessions(ns)
+            .await
+            .iter()
+            .filter(|s| phase(s) == SessionPhase::Active)
+            .count();
+        let status = backend_status(ns, "echo").await?;
+        if active == 5 && status.workers.ready == 3 {
+            Ok(status)
+        } else {
+            Err(format!("{active} active, workers {:?}", status.workers))
+        }
+    })
+    .await;
+    eprintln!(
+        "5 queued sessions scaled the backend 0 → 3 workers and were admitted in {:?}",
+        start.elapsed()
+    );
+    assert_eq!(status.workers.desired, 3);
+}
