@@ -836,6 +836,16 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         metrics.contains("voice_session_admissions_total{result=\"admitted\"} 1"),
         "{metrics}"
     );
+    // Removed while the operator runs, so its cleanup finalizer is released and the
+    // namespace can go.
+    kubectl_ok(&[
+        "delete",
+        "voicebackend",
+        "assistant",
+        "-n",
+        ns.name(),
+        "--timeout=60s",
+    ]);
     eprintln!(
         "helm install: operators Ready after {:.1} s, backend Healthy after {:.1} s, \
          session Active after {:.1} s",

@@ -279,6 +279,16 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
              declared_metrics() is out of date"
         );
     }
+    // Removed while the operator runs, so its cleanup finalizer is released and the
+    // namespace can go.
+    voice_tests::kubectl_ok(&[
+        "delete",
+        "voicebackend",
+        "assistant",
+        "-n",
+        ns.name(),
+        "--timeout=60s",
+    ]);
 }
 
 /// The worker's aiortc interop client (`worker/tests/interop/aiortc_echo.py`): a 1 kHz tone for
