@@ -278,3 +278,113 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
         );
     }
 }
+
+/// Barge-in through the worker process: while the reply plays, the client starts speaking
+/// again; reply frames stop within two frames (40 ms) of the first loud frame it sent.
+/// VAD aggressiveness 0: at the default 2 the detector needs ~3 frames of this synthetic
+/// voice before it calls it speech (60 ms), which is the VAD's latency, not the pipeline's.
+#[tokio::test]
+async fn speaking_over_the_reply_stops_it_within_40_ms() {
+    let worker = Worker::start(1);
+    let config = serde_json::json!({
+        "pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"},
+                     "vad": {"provider": "webrtc", "aggressiveness": 0},
+                     "turnDetection": {"provider": "silence", "silenceTimeout": "600ms"}},
+        "agent": {"type": "Echo", "interruptionHandling": true}
+    });
+    let reply = worker
+        .client()
+        .await
+        .reserve_session(ReserveSessionRequest {
+            session_id: "team/barge".into(),
+            uid: "uid-barge".into(),
+            token_key_id: None,
+            config_json: config.to_string(),
+            context_json: String::new(),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ReserveSession: {e}"))
+        .into_inner();
+    assert_eq!(reply.result(), ReserveResult::Reserved);
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/sessions/team/barge/ws?token={}&rate=16000",
+        worker.http_port,
+        token("team/barge", "uid-barge", 600)
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket upgrade: {e}"));
+    let (mut tx, mut rx) = ws.split();
+    let phrase = speak("please tell me about the weather");
+    // Where speech energy starts in the phrase, in frames.
+    let onset = phrase
+        .chunks(FRAME)
+        .position(|f| {
+            f.iter().map(|&s| i64::from(s).pow(2)).sum::<i64>() / FRAME as i64 > 500_i64.pow(2)
+        })
+        .unwrap_or(0);
+    let mut script: Vec<i16> = vec![0; 8_000];
+    script.extend(&phrase);
+
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    let mut sent = 0usize;
+    let mut speaking_since: Option<usize> = None;
+    let mut barge_start: Option<usize> = None; // frame index where the second phrase starts
+    let mut reply_frames_after_onset = 0;
+    let mut reply_frames_before = 0;
+    let mut interrupted = false;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        tokio::select! {
+            _ = ticks.tick() => {
+                let silence = [0i16; FRAME];
+                let frame: &[i16] = match barge_start {
+                    Some(start) => phrase.get((sent - start) * FRAME..(sent - start + 1) * FRAME).unwrap_or(&silence),
+                    None => script.get(sent * FRAME..(sent + 1) * FRAME).unwrap_or(&silence),
+                };
+                let bytes: Vec<u8> = frame.iter().flat_map(|s| s.to_le_bytes()).collect();
+                if tx.send(Message::Binary(bytes.into())).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                // Barge in once the reply has played for 300 ms.
+                if barge_start.is_none() && speaking_since.is_some_and(|s| sent >= s + 15) {
+                    barge_start = Some(sent);
+                }
+                if barge_start.is_some_and(|b| sent > b + onset + 15) {
+                    break;
+                }
+            }
+            message = rx.next() => {
+                match message {
+                    Some(Ok(Message::Binary(_))) => {
+                        // Replies answer the frame just sent: frame `sent - 1`.
+                        match barge_start {
+                            Some(b) if sent > b + onset => reply_frames_after_onset += 1,
+                            _ if speaking_since.is_some() => reply_frames_before += 1,
+                            _ => {}
+                        }
+                    }
+                    Some(Ok(Message::Text(text))) => {
+                        let event: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+                        if event["state"] == "SPEAKING" && speaking_since.is_none() {
+                            speaking_since = Some(sent);
+                        }
+                        interrupted |= event["type"] == "interrupted";
+                    }
+                    Some(Ok(_)) => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+    println!(
+        "reply frames: {reply_frames_before} before the barge-in, {reply_frames_after_onset} after the first loud frame of it (onset at frame {onset} of the phrase)"
+    );
+    assert!(reply_frames_before >= 5, "the reply never played");
+    assert!(interrupted, "no interrupted event");
+    assert!(
+        reply_frames_after_onset <= 2,
+        "{reply_frames_after_onset} reply frames (20 ms each) went out after the user spoke"
+    );
+}

@@ -192,6 +192,14 @@ impl SessionPipeline {
                     self.speech = self.vad.is_speech(&self.narrow);
                 }
                 FrameStage::TurnDetection => {
+                    // Barge-in does not wait for the turn detector's onset: the first
+                    // frame VAD calls speech stops the reply (the turn starts as usual).
+                    if self.speech
+                        && self.behaviour.interruption
+                        && self.state() == PipelineState::Speaking
+                    {
+                        self.barge_in();
+                    }
                     let event = self.detector.observe(self.media_time, self.speech);
                     self.on_turn_event(event, now);
                 }
