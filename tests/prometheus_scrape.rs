@@ -101,11 +101,22 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
     })
     .await;
 
+    // The operator through file-based discovery; the workers through the API, with the
+    // scrape config the Prometheus Operator would build from the chart's PodMonitor.
     let started = Instant::now();
-    let prom = Prometheus::start(ns.name());
+    let sd_dir = voice_cluster::layout::target_dir().join("voice-prometheus");
+    std::fs::create_dir_all(&sd_dir).expect("creating the Prometheus directory");
+    let sd_file = sd_dir.join(format!("{}-pods.json", ns.name()));
+    let tmp = sd_file.with_extension("tmp");
+    std::fs::write(&tmp, discovered_pods(ns).await.to_string()).expect("writing pods");
+    std::fs::rename(&tmp, &sd_file).expect("renaming pods");
+    let prom = Prometheus::start_with(
+        ns.name(),
+        vec![podmonitor_scrape_config(ns.name(), &sd_file)],
+    );
     let backend = format!("{}/assistant", ns.name());
     let operator_addr = format!("127.0.0.1:{}", stack.operator.metrics_port());
-    let mut targets = vec![Target {
+    let targets = vec![Target {
         address: operator_addr.clone(),
         labels: vec![("role".into(), "operator".into())],
     }];
@@ -116,17 +127,7 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
             .as_ref()
             .and_then(|s| s.pod_ip.clone())
             .expect("a running worker has an IP");
-        let address = format!("{ip}:8080");
-        worker_addrs.push(address.clone());
-        targets.push(Target {
-            address,
-            // What the chart's PodMonitor relabels onto worker series.
-            labels: vec![
-                ("role".into(), "worker".into()),
-                ("backend".into(), backend.clone()),
-                ("pod".into(), pod.metadata.name.clone().unwrap_or_default()),
-            ],
-        });
+        worker_addrs.push(format!("{ip}:8080"));
     }
     assert_eq!(worker_addrs.len(), 2);
     prom.set_targets(&targets);
@@ -171,7 +172,13 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
         f64::from(status.workers.ready),
     )
     .await;
-    wait_value(&prom, "count(up{role=\"worker\"} == 1)", 2.0).await;
+    // Both workers were found through the API and carry the PodMonitor's labels.
+    wait_value(
+        &prom,
+        &format!("count(up{{job=\"podmonitor\",backend=\"{backend}\"}} == 1)"),
+        2.0,
+    )
+    .await;
     // The operator's reconcile and admission histograms have observations.
     for promql in [
         "sum(voice_operator_reconciles_total{controller=\"backend\"})",
@@ -279,6 +286,7 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
              declared_metrics() is out of date"
         );
     }
+    let _ = std::fs::remove_file(&sd_file);
     // Removed while the operator runs, so its cleanup finalizer is released and the
     // namespace can go.
     voice_tests::kubectl_ok(&[
@@ -289,6 +297,130 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
         ns.name(),
         "--timeout=60s",
     ]);
+}
+
+/// The scrape config the Prometheus Operator generates from the chart's PodMonitor, built here
+/// from the rendered PodMonitor: `keep` rules for its pod selector and port, its path, and its
+/// relabelings as written. Debian's Prometheus is built without Kubernetes discovery, so the
+/// pods come from `sd_file`, which [`discovered_pods`] fills from the API with the `__meta_*`
+/// labels Kubernetes discovery would give them.
+fn podmonitor_scrape_config(ns: &str, sd_file: &Path) -> Value {
+    let chart = chart_dir().display().to_string();
+    let watch = format!("operator.watchNamespace={ns}");
+    let rendered = helm_ok(
+        helm_run(&[
+            "template",
+            "voice",
+            &chart,
+            "--set",
+            "monitoring.podMonitor.enabled=true",
+            "--set",
+            &watch,
+        ]),
+        "template",
+    );
+    let pm = rendered
+        .split("\n---\n")
+        .map(|d| serde_yaml_ng::from_str::<Value>(d).unwrap_or(Value::Null))
+        .find(|d| d["kind"] == "PodMonitor")
+        .expect("a PodMonitor");
+    let spec = &pm["spec"];
+    let endpoint = &spec["podMetricsEndpoints"][0];
+    let sanitize = |label: &str| {
+        label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+            .collect::<String>()
+    };
+    let mut relabel = Vec::new();
+    for (k, v) in spec["selector"]["matchLabels"]
+        .as_object()
+        .expect("matchLabels")
+    {
+        relabel.push(json!({
+            "action": "keep",
+            "source_labels": [format!("__meta_kubernetes_pod_label_{}", sanitize(k))],
+            "regex": v,
+        }));
+    }
+    relabel.push(json!({
+        "action": "keep",
+        "source_labels": ["__meta_kubernetes_pod_container_port_name"],
+        "regex": endpoint["port"],
+    }));
+    for r in endpoint["relabelings"].as_array().expect("relabelings") {
+        let mut out = json!({"source_labels": r["sourceLabels"], "target_label": r["targetLabel"]});
+        for (from, to) in [
+            ("separator", "separator"),
+            ("regex", "regex"),
+            ("replacement", "replacement"),
+            ("action", "action"),
+        ] {
+            if !r[from].is_null() {
+                out[to] = r[from].clone();
+            }
+        }
+        relabel.push(out);
+    }
+    let names = spec["namespaceSelector"]["matchNames"].clone();
+    assert_eq!(
+        names,
+        json!([ns]),
+        "the PodMonitor follows operator.watchNamespace"
+    );
+    json!({
+        "job_name": "podmonitor",
+        "metrics_path": endpoint["path"],
+        "file_sd_configs": [{
+            "files": [sd_file.display().to_string()],
+            "refresh_interval": "1s",
+        }],
+        "relabel_configs": relabel,
+    })
+}
+
+/// Every container port of every pod in `ns` as a target with the meta labels of Prometheus'
+/// Kubernetes pod discovery (namespace, pod name, pod labels, container port name).
+async fn discovered_pods(ns: &voice_tests::TestNamespace) -> Value {
+    let pods = ns
+        .api::<k8s_openapi::api::core::v1::Pod>()
+        .list(&Default::default())
+        .await
+        .expect("listing pods")
+        .items;
+    let mut groups = Vec::new();
+    for pod in pods {
+        let Some(ip) = pod.status.as_ref().and_then(|s| s.pod_ip.clone()) else {
+            continue;
+        };
+        let mut labels = serde_json::Map::new();
+        labels.insert("__meta_kubernetes_namespace".into(), json!(ns.name()));
+        labels.insert(
+            "__meta_kubernetes_pod_name".into(),
+            json!(pod.metadata.name.clone().unwrap_or_default()),
+        );
+        for (k, v) in pod.metadata.labels.clone().unwrap_or_default() {
+            let k: String = k
+                .chars()
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+                .collect();
+            labels.insert(format!("__meta_kubernetes_pod_label_{k}"), json!(v));
+        }
+        for c in pod.spec.iter().flat_map(|s| s.containers.iter()) {
+            for port in c.ports.iter().flatten() {
+                let mut l = labels.clone();
+                l.insert(
+                    "__meta_kubernetes_pod_container_port_name".into(),
+                    json!(port.name.clone().unwrap_or_default()),
+                );
+                groups.push(json!({
+                    "targets": [format!("{ip}:{}", port.container_port)],
+                    "labels": l,
+                }));
+            }
+        }
+    }
+    Value::Array(groups)
 }
 
 /// The worker's aiortc interop client (`worker/tests/interop/aiortc_echo.py`): a 1 kHz tone for

@@ -31,18 +31,32 @@ impl Prometheus {
     /// its config, data and log live in a fresh directory under `target/voice-prometheus/`.
     /// Panics when the binary is missing (`cargo xtask test` installs the Debian package).
     pub fn start(name: &str) -> Prometheus {
+        Self::start_with(name, Vec::new())
+    }
+
+    /// [`Prometheus::start`] with more scrape configs (as JSON values of Prometheus' YAML
+    /// schema, e.g. a `kubernetes_sd_configs` job) beside the file-discovered job `voice`.
+    pub fn start_with(name: &str, extra_scrape_configs: Vec<Value>) -> Prometheus {
         let dir = voice_cluster::layout::target_dir()
             .join("voice-prometheus")
             .join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("data")).expect("creating the Prometheus directory");
         std::fs::write(dir.join("targets.json"), "[]").expect("writing targets");
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
-             scrape_configs:\n  - job_name: voice\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 1s\n",
-            dir.join("targets.json").display()
-        );
-        std::fs::write(dir.join("prometheus.yml"), config).expect("writing the config");
+        let mut scrape_configs = vec![json!({
+            "job_name": "voice",
+            "file_sd_configs": [{
+                "files": [dir.join("targets.json").display().to_string()],
+                "refresh_interval": "1s",
+            }],
+        })];
+        scrape_configs.extend(extra_scrape_configs);
+        // YAML is a superset of JSON: the config is written as JSON.
+        let config = json!({
+            "global": {"scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s"},
+            "scrape_configs": scrape_configs,
+        });
+        std::fs::write(dir.join("prometheus.yml"), config.to_string()).expect("writing the config");
         let port = free_port();
         let log = File::create(dir.join("prometheus.log")).expect("creating the log");
         let child = Command::new("prometheus")
@@ -181,6 +195,10 @@ impl Drop for Prometheus {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        // Kept after a failure, for its log and data.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
 
