@@ -239,6 +239,9 @@ enum Ending {
     Abandon(&'static str),
 }
 
+/// Pipeline events queued for the data channel; beyond that they are dropped (counted).
+const PIPELINE_EVENTS: usize = 64;
+
 async fn run_session(
     ctx: Arc<MediaContext>,
     mut claim: Claim,
@@ -256,6 +259,10 @@ async fn run_session(
     let mut out = Some(out);
     let mut connected = false;
     let (phase, _) = watch::channel(Phase::Connecting);
+    // Pipeline events (states, transcripts) for the first events data channel.
+    let (pipeline_tx, pipeline_rx) = mpsc::channel::<String>(PIPELINE_EVENTS);
+    let mut pipeline_rx = Some(pipeline_rx);
+    let mut pipeline_tx = Some(pipeline_tx);
     let media_stop = claim.cancel.child_token();
     let ending = loop {
         tokio::select! {
@@ -280,7 +287,7 @@ async fn run_session(
                         connect_ms = offered.elapsed().as_millis(), "WebRTC peer connected");
                     if let (Some(rx), Some(out)) = (rtp_rx.take(), out.take()) {
                         let provider = crate::pipeline::wiring::for_session(&ctx.sessions, &claim.session_id, &claim.uid);
-                        tokio::spawn(rtp_media::run(rx, out, ctx.metrics.clone(), media_stop.clone(), provider));
+                        tokio::spawn(rtp_media::run(rx, out, ctx.metrics.clone(), media_stop.clone(), provider, pipeline_tx.take()));
                     }
                     phase.send_replace(Phase::Connected {
                         session: claim.session_id.clone(),
@@ -296,7 +303,7 @@ async fn run_session(
                     tokio::spawn(receive(track, rtp_tx.clone(), ctx.metrics.clone(), media_stop.clone()));
                 }
                 Some(PeerEvent::DataChannel(channel)) => {
-                    tokio::spawn(session_events(channel, phase.subscribe()));
+                    tokio::spawn(session_events(channel, phase.subscribe(), pipeline_rx.take()));
                 }
             },
         }
@@ -339,7 +346,11 @@ enum Phase {
 
 /// Feeds one client-created data channel with the session's events as JSON messages
 /// (`connected`, `state`, `ended`) once it is open.
-async fn session_events(channel: Arc<dyn DataChannel>, mut phase: watch::Receiver<Phase>) {
+async fn session_events(
+    channel: Arc<dyn DataChannel>,
+    mut phase: watch::Receiver<Phase>,
+    mut pipeline: Option<mpsc::Receiver<String>>,
+) {
     loop {
         match channel.poll().await {
             Some(DataChannelEvent::OnOpen) => break,
@@ -376,7 +387,29 @@ async fn session_events(channel: Arc<dyn DataChannel>, mut phase: watch::Receive
                 return;
             }
         }
-        if matches!(*phase.borrow(), Phase::Ended(_)) || phase.changed().await.is_err() {
+        if matches!(*phase.borrow(), Phase::Ended(_)) {
+            return;
+        }
+        // Pipeline events go out as they come, between phase changes.
+        let changed = loop {
+            let event = match pipeline.as_mut() {
+                Some(rx) => tokio::select! {
+                    changed = phase.changed() => break changed,
+                    event = rx.recv() => event,
+                },
+                None => break phase.changed().await,
+            };
+            match event {
+                Some(event) => {
+                    if let Err(e) = channel.send_text(&event).await {
+                        tracing::debug!(error = %e, "events data channel send failed");
+                        return;
+                    }
+                }
+                None => pipeline = None,
+            }
+        };
+        if changed.is_err() {
             return;
         }
     }

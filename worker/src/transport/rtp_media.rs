@@ -45,6 +45,7 @@ pub async fn run(
     metrics: MediaMetrics,
     stop: CancellationToken,
     mut provider: Box<dyn SpeechToSpeech>,
+    events: Option<mpsc::Sender<String>>,
 ) -> Result<(), CodecError> {
     let mut decoder = FrameDecoder::new(metrics.clone())?;
     let mut encoder = FrameEncoder::new(metrics.clone())?;
@@ -107,10 +108,14 @@ pub async fn run(
 
         let mut frame: Frame = [0; FRAME_SAMPLES];
         let talking = provider.pull(&mut frame);
-        // Pipeline events reach WebRTC clients through the operator (session status) for
-        // now; the data channel does not carry them yet.
+        // Pipeline events (states, transcripts) go to the client's events data channel.
         while let Some(event) = provider.next_event() {
-            tracing::trace!(%event, "pipeline event");
+            if events
+                .as_ref()
+                .is_some_and(|tx| tx.try_send(event).is_err())
+            {
+                metrics.count_dropped("pipeline_event_queue_full");
+            }
         }
         let payload = Bytes::copy_from_slice(encoder.encode(&frame)?);
         let header = rtp::header::Header {
