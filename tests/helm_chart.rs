@@ -142,6 +142,19 @@ fn default_render_is_a_hardened_leader_elected_operator_without_monitoring_objec
     assert!(args.contains(&"--lease-name=voice-operator"), "{args:?}");
     assert!(args.contains(&"--lease-namespace=voice-system"), "{args:?}");
     assert!(args.contains(&"--metrics-addr=0.0.0.0:8081"), "{args:?}");
+    // The operator binary accepts every rendered flag (clap refuses an unknown one before it
+    // reaches the trailing --help).
+    let binary = voice_cluster::layout::target_dir().join("debug/voice-operator");
+    let out = std::process::Command::new(&binary)
+        .args(&args)
+        .arg("--help")
+        .output()
+        .unwrap_or_else(|e| panic!("running {} (cargo build --bins): {e}", binary.display()));
+    assert!(
+        out.status.success(),
+        "voice-operator refuses the chart's args {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
     assert_eq!(c["livenessProbe"]["httpGet"]["port"], "metrics");
