@@ -859,6 +859,22 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         ns.name(),
         "--timeout=60s",
     ]);
+    // Uninstalling removes the cluster-scoped objects too (ClusterRole, binding, provider).
+    helm_ok(
+        helm_on_cluster(&["uninstall", &release, "--namespace", ns.name(), "--wait"]),
+        "uninstall",
+    );
+    for (kind, name) in [
+        ("clusterrole", sa.as_str()),
+        ("clusterrolebinding", sa.as_str()),
+        ("voiceprovider", provider.as_str()),
+    ] {
+        let out = kubectl(&["get", kind, name, "--ignore-not-found", "-o", "name"]);
+        assert!(
+            String::from_utf8_lossy(&out.stdout).trim().is_empty(),
+            "{kind} {name} outlived helm uninstall"
+        );
+    }
     eprintln!(
         "helm install: operators Ready after {:.1} s, backend Healthy after {:.1} s, \
          session Active after {:.1} s",
