@@ -115,6 +115,14 @@ impl Sessions {
         own.or_else(|| self.default_pipeline.clone())
     }
 
+    /// The persisted conversation context `session_id` was reserved with, if any.
+    pub fn context_json(&self, session_id: &str) -> Option<String> {
+        self.lock()
+            .get(session_id)
+            .map(|s| s.request.context_json.clone())
+            .filter(|c| !c.trim().is_empty())
+    }
+
     /// Publishes a pipeline state change of a session.
     pub fn publish_pipeline_state(
         &self,

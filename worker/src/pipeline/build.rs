@@ -161,7 +161,7 @@ pub fn build(
             };
             let stages = frame_stages(spec)?;
             let vad: Box<dyn VoiceActivity> = Box::new(EarshotVad::new(aggressiveness));
-            Ok(Box::new(SessionPipeline::new(
+            let mut session = SessionPipeline::new(
                 stages,
                 vad,
                 TurnDetector::new(silence, ONSET_FRAMES),
@@ -169,7 +169,11 @@ pub fn build(
                 providers,
                 sink,
                 metrics,
-            )))
+            );
+            if let Some(resume) = &spec.resume {
+                session.resume(resume.history.clone(), resume.turns);
+            }
+            Ok(Box::new(session))
         }
     }
 }

@@ -161,6 +161,15 @@ impl SessionPipeline {
         }
     }
 
+    /// Continues a conversation: the agent sees `history`, and turn ids continue after
+    /// `turns`.
+    pub fn resume(&mut self, history: Vec<(String, String)>, turns: u64) {
+        self.history = history;
+        let excess = self.history.len().saturating_sub(HISTORY);
+        self.history.drain(..excess);
+        self.turn_seq = turns;
+    }
+
     /// The current PipelineState.
     pub fn state(&self) -> PipelineState {
         self.machine.state()

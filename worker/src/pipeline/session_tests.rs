@@ -390,3 +390,59 @@ async fn preemptive_generation_starts_at_the_pause_and_is_discarded_if_the_user_
     assert!(h.wait(5, |h| h.sent > 0).await.is_some());
     assert_eq!(h.stt_calls.load(Ordering::SeqCst), 2);
 }
+
+/// Records what it was asked.
+struct RecordingAgent {
+    turns: Arc<Mutex<Vec<AgentTurn>>>,
+}
+impl Agent for RecordingAgent {
+    fn name(&self) -> &'static str {
+        "recording"
+    }
+    fn reply<'a>(
+        &'a self,
+        turn: AgentTurn,
+        deltas: tokio::sync::mpsc::Sender<String>,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        self.turns
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(turn);
+        Box::pin(async move {
+            let _ = deltas.send("Okay.".to_owned()).await;
+            Ok(())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_session_hands_the_agent_its_history_and_continues_turn_ids() {
+    let turns = Arc::new(Mutex::new(Vec::new()));
+    let mut h = harness(
+        Arc::new(RecordingAgent {
+            turns: turns.clone(),
+        }),
+        ALL_ON,
+    );
+    h.pipeline.resume(
+        vec![
+            ("user".into(), "hi".into()),
+            ("assistant".into(), "hello".into()),
+        ],
+        7,
+    );
+    h.speak(10).await;
+    h.wait(400, |h| h.sent > 0).await;
+    let asked = turns.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    assert_eq!(asked.len(), 1);
+    assert_eq!(asked[0].turn_id, "t8");
+    // The history so far; the current utterance travels as the turn's text.
+    assert_eq!(
+        asked[0].history,
+        [
+            ("user".to_owned(), "hi".to_owned()),
+            ("assistant".to_owned(), "hello".to_owned())
+        ]
+    );
+    assert_eq!(asked[0].text, "hello there");
+}

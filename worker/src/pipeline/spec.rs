@@ -26,6 +26,48 @@ pub struct PipelineSpec {
     /// The session's turn detection override (`VoiceSession.spec.turnDetection`).
     #[serde(default)]
     pub turn_detection: Option<SessionTurnDetection>,
+    /// The conversation so far, when the session resumes on this worker
+    /// (`ReserveSessionRequest.context_json`); not part of the configuration JSON.
+    #[serde(skip)]
+    pub resume: Option<Resume>,
+}
+
+/// A conversation resumed from persisted context.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Resume {
+    /// Transcript so far, oldest first: (`user`|`assistant`, text).
+    pub history: Vec<(String, String)>,
+    /// Completed turns (new turn ids continue after them).
+    pub turns: u64,
+}
+
+impl Resume {
+    /// Reads the operator's `context_json` (`{"context": {"turns": n, "transcript":
+    /// [{"speaker": "User"|"Agent", "text": ...}]}, "metadata": ...}`); `None` when empty
+    /// or unreadable (a new conversation then, logged by the caller).
+    pub fn parse(json: &str) -> Option<Self> {
+        if json.trim().is_empty() {
+            return None;
+        }
+        let value: serde_json::Value = serde_json::from_str(json).ok()?;
+        let context: voice_crds::SessionContext =
+            serde_json::from_value(value.get("context")?.clone()).ok()?;
+        let history = context
+            .transcript
+            .into_iter()
+            .map(|e| {
+                let role = match e.speaker {
+                    voice_crds::Speaker::User => "user",
+                    voice_crds::Speaker::Agent => "assistant",
+                };
+                (role.to_owned(), e.text)
+            })
+            .collect();
+        Some(Self {
+            history,
+            turns: u64::try_from(context.turns).unwrap_or(0),
+        })
+    }
 }
 
 /// A configuration the worker cannot run.
@@ -118,6 +160,23 @@ mod tests {
         let short = PipelineSpec::parse(r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(short.is_echo());
+    }
+
+    #[test]
+    fn persisted_context_resumes_the_conversation() {
+        let json = r#"{"metadata": null, "context": {"turns": 2, "transcript": [
+            {"speaker": "User", "text": "hi"}, {"speaker": "Agent", "text": "hello"}]}}"#;
+        let resume = Resume::parse(json).unwrap_or_default();
+        assert_eq!(resume.turns, 2);
+        assert_eq!(
+            resume.history,
+            [
+                ("user".to_owned(), "hi".to_owned()),
+                ("assistant".to_owned(), "hello".to_owned())
+            ]
+        );
+        assert_eq!(Resume::parse(""), None);
+        assert_eq!(Resume::parse("{not json"), None);
     }
 
     #[test]
