@@ -12,6 +12,7 @@ pub mod capacity;
 pub mod config;
 pub mod connections;
 pub mod control;
+pub mod demo;
 pub mod drain;
 pub mod error;
 pub mod events;

@@ -227,7 +227,7 @@ impl IntoResponse for SignalingError {
     }
 }
 
-/// The signaling routes, merged into the worker's HTTP router.
+/// The signaling routes and the demo page, merged into the worker's HTTP router.
 pub fn router(ctx: Arc<MediaContext>) -> Router {
     Router::new()
         .route(OFFER_PATH, post(offer))
@@ -237,6 +237,7 @@ pub fn router(ctx: Arc<MediaContext>) -> Router {
         )
         .route(WEBSOCKET_PATH, get(websocket_upgrade))
         .with_state(ctx)
+        .merge(crate::demo::router())
 }
 
 /// Checks that a client may connect to `session_id` now: the worker takes connections,

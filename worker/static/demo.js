@@ -1,0 +1,218 @@
+// The worker's demo client: WHIP-style offer/answer (RFC 9725) with trickle ICE over
+// PATCH, the microphone as the sent track, the agent's audio played back, and the
+// session events of the "events" data channel shown as they come.
+//
+// Everything the page learns is also kept in `window.voiceDemo`, which the end-to-end
+// test reads through the DevTools protocol.
+"use strict";
+
+// The same templates as the worker's router (worker/src/signaling.rs); a test checks it.
+const OFFER_PATH = "/v1/sessions/{namespace}/{name}/offer";
+const TRICKLE_CONTENT_TYPE = "application/trickle-ice-sdpfrag";
+
+const demo = (window.voiceDemo = {
+  status: "idle",
+  connectionState: "new",
+  events: [],
+  errors: [],
+  inboundBytes: 0,
+  outboundBytes: 0,
+  audioLevel: 0,
+  maxAudioLevel: 0,
+  trickled: 0,
+  trickleStatuses: [],
+});
+
+const $ = (id) => document.getElementById(id);
+let call = null;
+
+function setStatus(text, isError) {
+  demo.status = text;
+  $("status").textContent = text;
+  $("status").className = isError ? "error" : "";
+}
+
+function logEvent(line) {
+  const events = $("events");
+  events.textContent += line + "\n";
+  events.scrollTop = events.scrollHeight;
+}
+
+function fail(message) {
+  demo.errors.push(message);
+  setStatus(message, true);
+  logEvent("error: " + message);
+}
+
+function offerUrl(session) {
+  const parts = session.trim().split("/");
+  if (parts.length !== 2 || !parts[0] || !parts[1]) {
+    throw new Error("the session must be namespace/name, not " + JSON.stringify(session));
+  }
+  return OFFER_PATH.replace("{namespace}", encodeURIComponent(parts[0])).replace(
+    "{name}",
+    encodeURIComponent(parts[1]),
+  );
+}
+
+// An error body from the worker is JSON {code, message}; say both.
+async function describe(response) {
+  const text = await response.text();
+  try {
+    const body = JSON.parse(text);
+    return response.status + " " + body.code + ": " + body.message;
+  } catch (_) {
+    return response.status + " " + text;
+  }
+}
+
+// Sends the candidates gathered so far as one sdpfrag PATCH (RFC 8840 / RFC 9725 §4.3.2).
+async function trickle(state) {
+  if (!state.location || state.sending || state.pending.length === 0) return;
+  const lines = state.pending.splice(0);
+  state.sending = true;
+  const body =
+    ["a=ice-ufrag:" + state.ufrag, "a=ice-pwd:" + state.pwd, "m=audio 9 UDP/TLS/RTP/SAVPF 0", "a=mid:" + state.mid]
+      .concat(lines)
+      .join("\r\n") + "\r\n";
+  const headers = { "Content-Type": TRICKLE_CONTENT_TYPE, Authorization: "Bearer " + state.token };
+  if (state.etag) headers["If-Match"] = state.etag;
+  try {
+    const response = await fetch(state.location, { method: "PATCH", headers, body });
+    demo.trickleStatuses.push(response.status);
+    if (response.status === 204) {
+      demo.trickled += lines.length;
+    } else {
+      logEvent("trickle ICE refused: " + (await describe(response)));
+    }
+  } catch (e) {
+    logEvent("trickle ICE failed: " + e);
+  } finally {
+    state.sending = false;
+  }
+  trickle(state);
+}
+
+async function connect(session, token) {
+  setStatus("asking for the microphone");
+  const microphone = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
+  const pc = new RTCPeerConnection();
+  const state = { pc, token, microphone, location: null, etag: null, pending: [], sending: false };
+  call = state;
+  for (const track of microphone.getAudioTracks()) pc.addTrack(track, microphone);
+
+  const channel = pc.createDataChannel("events");
+  channel.onmessage = (message) => {
+    let event;
+    try {
+      event = JSON.parse(message.data);
+    } catch (_) {
+      event = { type: "unparsed", data: String(message.data) };
+    }
+    demo.events.push(event);
+    logEvent(JSON.stringify(event));
+  };
+
+  pc.ontrack = (event) => {
+    const audio = $("remote");
+    audio.srcObject = event.streams[0] || new MediaStream([event.track]);
+    audio.play().catch((e) => logEvent("autoplay blocked, click the page: " + e));
+  };
+  pc.onconnectionstatechange = () => {
+    demo.connectionState = pc.connectionState;
+    setStatus(pc.connectionState, pc.connectionState === "failed");
+    if (["failed", "closed"].includes(pc.connectionState)) stopStats(state);
+  };
+  pc.onicecandidate = (event) => {
+    if (event.candidate && event.candidate.candidate) {
+      state.pending.push("a=" + event.candidate.candidate);
+    } else if (!event.candidate) {
+      state.pending.push("a=end-of-candidates");
+    }
+    trickle(state);
+  };
+
+  const offer = await pc.createOffer();
+  await pc.setLocalDescription(offer);
+  const sdp = pc.localDescription.sdp;
+  state.ufrag = (sdp.match(/a=ice-ufrag:(\S+)/) || [])[1];
+  state.pwd = (sdp.match(/a=ice-pwd:(\S+)/) || [])[1];
+  state.mid = (sdp.match(/a=mid:(\S+)/) || [, "0"])[1];
+
+  setStatus("sending the offer");
+  const response = await fetch(offerUrl(session), {
+    method: "POST",
+    headers: { "Content-Type": "application/sdp", Authorization: "Bearer " + token },
+    body: sdp,
+  });
+  if (response.status !== 201) {
+    hangUp();
+    throw new Error("offer refused: " + (await describe(response)));
+  }
+  state.location = new URL(response.headers.get("Location"), window.location.href).href;
+  state.etag = response.headers.get("ETag");
+  await pc.setRemoteDescription({ type: "answer", sdp: await response.text() });
+  setStatus("connecting");
+  trickle(state);
+  state.stats = setInterval(() => readStats(state), 500);
+  $("hangup").disabled = false;
+}
+
+async function readStats(state) {
+  const report = await state.pc.getStats();
+  report.forEach((entry) => {
+    if (entry.type === "inbound-rtp" && entry.kind === "audio") {
+      demo.inboundBytes = entry.bytesReceived || 0;
+      demo.audioLevel = entry.audioLevel || 0;
+      demo.maxAudioLevel = Math.max(demo.maxAudioLevel, demo.audioLevel);
+    } else if (entry.type === "outbound-rtp" && entry.kind === "audio") {
+      demo.outboundBytes = entry.bytesSent || 0;
+    }
+  });
+  $("meter").firstElementChild.style.width = Math.min(100, demo.audioLevel * 300) + "%";
+  $("stats").textContent =
+    "sent " + demo.outboundBytes + " B, received " + demo.inboundBytes + " B, agent level " + demo.audioLevel.toFixed(3);
+}
+
+function stopStats(state) {
+  if (state.stats) clearInterval(state.stats);
+  state.stats = null;
+}
+
+function hangUp() {
+  const state = call;
+  call = null;
+  $("hangup").disabled = true;
+  if (!state) return;
+  stopStats(state);
+  if (state.location) {
+    fetch(state.location, { method: "DELETE", headers: { Authorization: "Bearer " + state.token } }).catch(() => {});
+  }
+  state.microphone.getTracks().forEach((track) => track.stop());
+  state.pc.close();
+  demo.connectionState = "closed";
+  setStatus("hung up");
+}
+
+$("form").addEventListener("submit", (event) => {
+  event.preventDefault();
+  if (call) return;
+  $("connect").disabled = true;
+  connect($("session").value, $("token").value.trim())
+    .catch((e) => fail(e.message || String(e)))
+    .finally(() => {
+      $("connect").disabled = false;
+    });
+});
+$("hangup").addEventListener("click", hangUp);
+window.addEventListener("pagehide", hangUp);
+
+// A link may carry the session and token; the token is then taken out of the address bar
+// (and so out of the history) and the call starts at once.
+const params = new URLSearchParams(window.location.search);
+if (params.get("session")) $("session").value = params.get("session");
+if (params.get("token")) {
+  $("token").value = params.get("token");
+  history.replaceState(null, "", window.location.pathname + (params.get("session") ? "?session=" + params.get("session") : ""));
+  if ($("session").value) $("form").requestSubmit();
+}
