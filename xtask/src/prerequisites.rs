@@ -27,6 +27,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "libespeak-ng-dev",
     "sox",
     "prometheus", // real Prometheus and promtool for the chart's alert rules and the scrape tests
+    "chromium",   // the headless browser of the worker's demo-page test
 ];
 
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
