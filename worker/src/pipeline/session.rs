@@ -17,6 +17,7 @@ use voice_crds::PipelineState;
 
 use super::metrics::{PipelineMetrics, Stage};
 use super::processors::AudioProcessor;
+use super::providers::{ProviderError, SttStream};
 use super::state::{Input, StateMachine};
 use super::turn::{self, OUTPUT_FRAMES, Providers, TurnJob, TurnOutput};
 use super::turn_detector::{TurnDetector, TurnEvent};
@@ -112,6 +113,8 @@ pub struct SessionPipeline {
     next_due: Option<Instant>,
     outbox: VecDeque<String>,
     history: Vec<(String, String)>,
+    /// Recognition running while the user speaks, when STT can stream.
+    stt_stream: Option<Box<dyn SttStream>>,
 }
 
 impl std::fmt::Debug for SessionPipeline {
@@ -158,6 +161,7 @@ impl SessionPipeline {
             next_due: None,
             outbox: VecDeque::with_capacity(OUTBOX),
             history: Vec::new(),
+            stt_stream: None,
         }
     }
 
@@ -285,6 +289,11 @@ impl SessionPipeline {
     fn keep_audio(&mut self) {
         if self.detector.in_turn() {
             self.utterance.extend_from_slice(&self.narrow);
+            if let Some(stream) = self.stt_stream.as_mut()
+                && !stream.push(&self.narrow)
+            {
+                self.metrics.count_dropped("stt_stream_full");
+            }
             if self.speech {
                 self.speech_len = self.utterance.len();
             }
@@ -317,6 +326,15 @@ impl SessionPipeline {
                 self.utterance.clear();
                 self.utterance.extend(self.preroll.drain(..));
                 self.speech_len = self.utterance.len();
+                // Preemptive turns transcribe at each pause instead.
+                self.stt_stream = if self.behaviour.preemptive {
+                    None
+                } else {
+                    self.providers.stt.stream()
+                };
+                if let Some(stream) = self.stt_stream.as_mut() {
+                    stream.push(&self.utterance);
+                }
                 if self.state() != PipelineState::Speaking
                     && self.state() != PipelineState::Processing
                 {
@@ -326,7 +344,7 @@ impl SessionPipeline {
             TurnEvent::SpeechPaused => {
                 if self.behaviour.preemptive && self.turn.is_none() {
                     let (tx, rx) = oneshot::channel();
-                    self.start_turn(Some(rx), now);
+                    self.start_turn(Some(rx), None, now);
                     if let Some(turn) = self.turn.as_mut() {
                         turn.gate = Some(tx);
                     }
@@ -356,7 +374,8 @@ impl SessionPipeline {
                     if self.turn.is_some() {
                         self.cancel_turn("superseded");
                     }
-                    self.start_turn(None, now);
+                    let streamed = self.stt_stream.take().map(|s| s.finish());
+                    self.start_turn(None, streamed, now);
                 }
                 if let Some(turn) = self.turn.as_mut() {
                     turn.timings.vad_end = vad_end;
@@ -371,7 +390,12 @@ impl SessionPipeline {
         }
     }
 
-    fn start_turn(&mut self, gate: Option<oneshot::Receiver<()>>, _now: Instant) {
+    fn start_turn(
+        &mut self,
+        gate: Option<oneshot::Receiver<()>>,
+        transcript: Option<futures::future::BoxFuture<'static, Result<String, ProviderError>>>,
+        _now: Instant,
+    ) {
         self.turn_seq += 1;
         let id = format!("t{}", self.turn_seq);
         let audio = self.utterance[..self.speech_len.min(self.utterance.len())].to_vec();
@@ -385,6 +409,7 @@ impl SessionPipeline {
             providers: self.providers.clone(),
             streaming: self.behaviour.streaming,
             gate,
+            transcript,
         };
         tokio::spawn(turn::run(job, tx, cancel.clone()));
         self.turn = Some(ActiveTurn {

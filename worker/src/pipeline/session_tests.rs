@@ -446,3 +446,63 @@ async fn a_resumed_session_hands_the_agent_its_history_and_continues_turn_ids() 
     );
     assert_eq!(asked[0].text, "hello there");
 }
+
+/// STT that listens while the user speaks: counts what it was fed.
+struct StreamingStt {
+    fed: Arc<AtomicUsize>,
+    batch_calls: Arc<AtomicUsize>,
+}
+struct Fed(Arc<AtomicUsize>);
+impl crate::pipeline::providers::SttStream for Fed {
+    fn push(&mut self, samples: &[i16]) -> bool {
+        self.0.fetch_add(samples.len(), Ordering::SeqCst);
+        true
+    }
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<String, ProviderError>> {
+        let fed = self.0.load(Ordering::SeqCst);
+        Box::pin(async move { Ok(format!("heard {fed} samples")) })
+    }
+}
+impl SpeechToText for StreamingStt {
+    fn name(&self) -> &'static str {
+        "streaming"
+    }
+    fn stream(&self) -> Option<Box<dyn crate::pipeline::providers::SttStream>> {
+        Some(Box::new(Fed(self.fed.clone())))
+    }
+    fn transcribe<'a>(&'a self, _audio: &'a [i16]) -> BoxFuture<'a, Result<String, ProviderError>> {
+        self.batch_calls.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok(String::new()) })
+    }
+}
+
+#[tokio::test]
+async fn a_streaming_recogniser_hears_the_utterance_as_it_is_spoken() {
+    let fed = Arc::new(AtomicUsize::new(0));
+    let batch_calls = Arc::new(AtomicUsize::new(0));
+    let mut h = harness(Arc::new(EchoAgent), ALL_ON);
+    h.pipeline.providers.stt = Arc::new(StreamingStt {
+        fed: fed.clone(),
+        batch_calls: batch_calls.clone(),
+    });
+    h.speak(10).await;
+    assert!(fed.load(Ordering::SeqCst) >= 10 * 320, "fed while speaking");
+    h.wait(400, |h| h.sent > 0).await;
+    assert_eq!(
+        batch_calls.load(Ordering::SeqCst),
+        0,
+        "no second, whole-utterance run"
+    );
+    let transcripts = h
+        .recorder
+        .transcripts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    // 10 speech frames and the 9 silent ones before the 200 ms timeout ended the turn
+    // (the frame that ends it is not part of it), at 16 kHz.
+    assert_eq!(
+        transcripts.first().map(|t| t.1.as_str()),
+        Some("heard 6080 samples")
+    );
+}

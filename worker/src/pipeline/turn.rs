@@ -7,6 +7,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -59,7 +60,6 @@ pub enum TurnOutput {
 pub const OUTPUT_FRAMES: usize = 50;
 
 /// Everything a turn needs.
-#[derive(Debug)]
 pub struct TurnJob {
     /// The turn id.
     pub turn_id: String,
@@ -73,6 +73,19 @@ pub struct TurnJob {
     pub streaming: bool,
     /// Preemptive turns wait here before saying anything; `None` goes ahead at once.
     pub gate: Option<oneshot::Receiver<()>>,
+    /// The transcript of a streamed recognition, when STT listened while the user spoke;
+    /// `None` transcribes `audio` now.
+    pub transcript: Option<BoxFuture<'static, Result<String, ProviderError>>>,
+}
+
+impl std::fmt::Debug for TurnJob {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TurnJob")
+            .field("turn_id", &self.turn_id)
+            .field("samples", &self.audio.len())
+            .field("streamed", &self.transcript.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Runs `job` until it completes or `cancel` fires; everything goes to `out`.
@@ -99,8 +112,12 @@ async fn speak(job: TurnJob, out: mpsc::Sender<TurnOutput>) -> Result<(), Provid
         providers,
         streaming,
         gate,
+        transcript,
     } = job;
-    let text = providers.stt.transcribe(&audio).await?;
+    let text = match transcript {
+        Some(streamed) => streamed.await?,
+        None => providers.stt.transcribe(&audio).await?,
+    };
     let transcribed = Instant::now();
     let (deltas_tx, deltas) = mpsc::channel::<String>(64);
     let turn = AgentTurn {

@@ -76,10 +76,23 @@ impl ProviderError {
     }
 }
 
+/// An utterance being transcribed while the user speaks.
+pub trait SttStream: Send {
+    /// Feeds 16 kHz mono samples; never blocks (a full queue drops and returns false).
+    fn push(&mut self, samples: &[i16]) -> bool;
+    /// The utterance is over: the final transcript.
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<String, ProviderError>>;
+}
+
 /// Speech to text over a whole utterance.
 pub trait SpeechToText: Send + Sync {
     /// The implementation's name.
     fn name(&self) -> &'static str;
+    /// A transcription that starts now and is fed as the user speaks, when the
+    /// implementation can do that (it then has the transcript moments after the turn ends).
+    fn stream(&self) -> Option<Box<dyn SttStream>> {
+        None
+    }
     /// The transcript of `audio` (16 kHz mono PCM16); empty when nothing was recognised.
     fn transcribe<'a>(&'a self, audio: &'a [i16]) -> BoxFuture<'a, Result<String, ProviderError>>;
 }

@@ -11,7 +11,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::process::Command;
 
-use super::{ErrorKind, ProviderError, SpeechToText};
+use tokio::sync::{mpsc, oneshot};
+
+use super::{ErrorKind, ProviderError, SpeechToText, SttStream};
 use crate::pipeline::audio::{Pcm, encode_wav};
 
 const NAME: &str = "pocketsphinx";
@@ -106,9 +108,169 @@ impl Pocketsphinx {
     }
 }
 
+/// 20 ms chunks queued towards a streaming recogniser: ten seconds.
+const STREAM_QUEUE: usize = 500;
+
+/// A recogniser fed through a named pipe while the user speaks: pocketsphinx loads its
+/// model and decodes as audio arrives, so at the end of the turn only the final search is
+/// left (~0.2 s instead of ~0.8 s for a whole-utterance run on this machine).
+struct PocketsphinxStream {
+    audio: mpsc::Sender<Vec<i16>>,
+    result: oneshot::Receiver<Result<String, ProviderError>>,
+    timeout: Duration,
+}
+
+impl SttStream for PocketsphinxStream {
+    fn push(&mut self, samples: &[i16]) -> bool {
+        self.audio.try_send(samples.to_vec()).is_ok()
+    }
+
+    fn finish(self: Box<Self>) -> BoxFuture<'static, Result<String, ProviderError>> {
+        let Self {
+            audio,
+            result,
+            timeout,
+        } = *self;
+        drop(audio); // end of file for pocketsphinx
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, result).await {
+                Ok(Ok(r)) => r,
+                Ok(Err(_)) => Err(ProviderError::new(
+                    NAME,
+                    ErrorKind::Unavailable,
+                    "the recogniser task ended",
+                )),
+                Err(_) => Err(ProviderError::new(
+                    NAME,
+                    ErrorKind::Timeout,
+                    "pocketsphinx took too long",
+                )),
+            }
+        })
+    }
+}
+
+impl Pocketsphinx {
+    async fn run_stream(
+        self,
+        mut audio: mpsc::Receiver<Vec<i16>>,
+    ) -> Result<String, ProviderError> {
+        let path: PathBuf = std::env::temp_dir().join(format!(
+            "voice-stt-{}.wav",
+            crate::connections::random_id(12)
+        ));
+        let made = Command::new("mkfifo")
+            .arg(&path)
+            .status()
+            .await
+            .map_err(|e| {
+                ProviderError::new(NAME, ErrorKind::Config, format!("cannot run mkfifo: {e}"))
+            })?;
+        if !made.success() {
+            return Err(ProviderError::new(
+                NAME,
+                ErrorKind::Config,
+                format!("mkfifo {} failed", path.display()),
+            ));
+        }
+        let child = Command::new(&self.program)
+            .arg("-infile")
+            .arg(&path)
+            .arg("-logfn")
+            .arg("/dev/null")
+            .args(&self.model_args)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn();
+        let child = match child {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&path).await;
+                return Err(ProviderError::new(
+                    NAME,
+                    ErrorKind::Config,
+                    format!("cannot run {}: {e}", self.program),
+                ));
+            }
+        };
+        // Opening a FIFO for writing waits for the reader.
+        let opened = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::fs::OpenOptions::new().write(true).open(&path),
+        )
+        .await;
+        let _ = tokio::fs::remove_file(&path).await; // both ends are open (or it failed)
+        let mut fifo = opened
+            .map_err(|_| {
+                ProviderError::new(
+                    NAME,
+                    ErrorKind::Timeout,
+                    "pocketsphinx never opened its input",
+                )
+            })?
+            .map_err(|e| ProviderError::new(NAME, ErrorKind::Unavailable, e.to_string()))?;
+        // A WAV header whose sizes say "until the end".
+        let mut header = encode_wav(&Pcm {
+            rate: 16_000,
+            samples: Vec::new(),
+        });
+        header[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
+        header[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        use tokio::io::AsyncWriteExt;
+        let mut write_failed = fifo.write_all(&header).await.is_err();
+        while let Some(chunk) = audio.recv().await {
+            if write_failed {
+                continue;
+            }
+            let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+            write_failed = fifo.write_all(&bytes).await.is_err();
+        }
+        drop(fifo);
+        let output = child
+            .wait_with_output()
+            .await
+            .map_err(|e| ProviderError::new(NAME, ErrorKind::Unavailable, e.to_string()))?;
+        if !output.status.success() {
+            let err = String::from_utf8_lossy(&output.stderr);
+            return Err(ProviderError::new(
+                NAME,
+                ErrorKind::Unavailable,
+                format!(
+                    "{} exited with {}: {}",
+                    self.program,
+                    output.status,
+                    err.trim()
+                ),
+            ));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "))
+    }
+}
+
 impl SpeechToText for Pocketsphinx {
     fn name(&self) -> &'static str {
         NAME
+    }
+
+    fn stream(&self) -> Option<Box<dyn SttStream>> {
+        let (audio, rx) = mpsc::channel(STREAM_QUEUE);
+        let (tx, result) = oneshot::channel();
+        let engine = self.clone();
+        tokio::spawn(async move {
+            let _ = tx.send(engine.run_stream(rx).await);
+        });
+        Some(Box::new(PocketsphinxStream {
+            audio,
+            result,
+            timeout: self.timeout,
+        }))
     }
 
     fn transcribe<'a>(&'a self, audio: &'a [i16]) -> BoxFuture<'a, Result<String, ProviderError>> {
@@ -145,6 +307,25 @@ mod tests {
                 .iter()
                 .any(|w| text.split_whitespace().any(|t| t == *w)),
             "{text:?}"
+        );
+        // The same speech fed as it is spoken, 20 ms at a time.
+        let mut stream = stt
+            .stream()
+            .unwrap_or_else(|| panic!("pocketsphinx streams"));
+        for chunk in pcm
+            .samples
+            .chunks(320)
+            .chain(std::iter::once(&[0i16; 3_200][..]))
+        {
+            assert!(stream.push(chunk));
+        }
+        let streamed = stream.finish().await.unwrap_or_else(|e| panic!("{e}"));
+        println!("pocketsphinx (streamed) heard: {streamed:?}");
+        assert!(
+            robust
+                .iter()
+                .any(|w| streamed.split_whitespace().any(|t| t == *w)),
+            "{streamed:?}"
         );
         let silence = vec![0i16; 16_000];
         let text = stt
