@@ -136,8 +136,9 @@ pub struct Config {
     #[arg(long, env = "BACKEND_NAME", value_name = "BACKEND_NAME")]
     pub backend_name: Option<String>,
 
-    /// The backend's pipeline configuration as JSON. Stored for the media pipeline;
-    /// only checked to be JSON for now.
+    /// The backend's pipeline configuration as JSON (`{"pipeline", "agent", "audio"}` from
+    /// the VoiceBackend spec): what sessions reserved without their own `config_json` run.
+    /// Unset, they run the diagnostic speech-to-speech `echo`.
     #[arg(long = "pipeline", env = "VOICE_PIPELINE", value_name = "VOICE_PIPELINE", value_parser = parse_pipeline)]
     pub pipeline: Option<serde_json::Value>,
 

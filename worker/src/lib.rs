@@ -4,9 +4,9 @@
 //! service ([`control`]), session events, health, metrics and a draining shutdown. The
 //! data plane takes clients of reserved sessions: WHIP-style WebRTC signaling and a
 //! WebSocket endpoint ([`signaling`]), WebRTC over one shared UDP port
-//! ([`transport::udp_mux`]) and PCM over WebSocket ([`transport::websocket`]), running the
-//! diagnostic speech-to-speech provider `echo` ([`media`]). The full voice pipeline
-//! (VAD, STT, agent, TTS) is not built yet.
+//! ([`transport::udp_mux`]) and PCM over WebSocket ([`transport::websocket`]). Each
+//! session runs the voice [`pipeline`] its configuration asks for — VAD, turn detection,
+//! STT → agent → TTS, or speech-to-speech — or the diagnostic `echo` ([`media`]).
 
 pub mod capacity;
 pub mod config;
