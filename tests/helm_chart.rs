@@ -550,9 +550,8 @@ fn can_i(ns: &str, sa: &str, verb: &str, resource: &str) -> bool {
     String::from_utf8_lossy(&out.stdout).trim() == "yes"
 }
 
-/// The release's two operator pods once both run and one of them, the leader, is Ready.
-/// The standby stays unready by the operator's design (`/readyz` answers 503 "not leading or
-/// caches not synced" until it leads).
+/// The release's two operator pods once both run and are Ready: the leader once its caches
+/// synced, the standby at once (`/readyz` answers "standby", so the PDB can evict the leader).
 async fn running_operator_pods(ns: &TestNamespace, release: &str) -> Result<Vec<Pod>, String> {
     let pods = ns
         .api::<Pod>()
@@ -570,7 +569,7 @@ async fn running_operator_pods(ns: &TestNamespace, release: &str) -> Result<Vec<
         .iter()
         .filter(|p| operator_common::pod_ready(p))
         .count();
-    if running == 2 && ready == 1 {
+    if running == 2 && ready == 2 {
         Ok(pods)
     } else {
         Err(format!(
@@ -695,7 +694,7 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
     // needs list/watch on everything the controllers watch).
     let pods = wait_for(
         Duration::from_secs(90),
-        "two running operator pods, one Ready",
+        "two running operator pods, both Ready",
         || running_operator_pods(&ns, &release),
     )
     .await;

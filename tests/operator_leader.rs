@@ -45,9 +45,9 @@ async fn a_standby_takes_over_when_the_leader_dies() {
         )],
     );
     wait_condition(&ns, "assistant", "Accepted", "True", T).await;
-    // The standby does nothing: not ready, not leading.
+    // The standby does nothing but is ready (so a PDB lets the leader be evicted).
     assert!(http_get(b.metrics_port(), "/metrics").contains("voice_operator_leader 0"));
-    assert!(http_get(b.metrics_port(), "/readyz").contains("not leading"));
+    assert_eq!(http_get(b.metrics_port(), "/readyz"), "standby");
     assert_eq!(http_get(a.metrics_port(), "/readyz"), "ready");
 
     let killed = Instant::now();

@@ -324,6 +324,23 @@ async fn a_burst_of_400_never_exceeds_a_cap_queues_in_order_and_leaks_nothing() 
             .iter()
             .all(|s| admitted_reason(s).as_deref() == Some("BackendLimit"))
     );
+    let metrics = http_get(stack.operator.metrics_port(), "/metrics");
+    for line in [
+        format!(
+            "voice_sessions_waiting{{backend=\"{}/a\",reason=\"BackendLimit\"}} 320",
+            ns.name()
+        ),
+        format!(
+            "voice_provider_session_limit{{provider=\"{}\"}} 100",
+            stack.provider
+        ),
+        "voice_sessions_ledger 80".to_owned(),
+    ] {
+        assert!(
+            metrics.contains(&line),
+            "{line} missing from the operator's metrics"
+        );
+    }
     let packed = maxima
         .lock()
         .unwrap()

@@ -71,6 +71,8 @@ struct Allocator {
     signing_keys: SigningKeys,
     outcomes: mpsc::Sender<(SessionKey, Outcome)>,
     admissions: Arc<Semaphore>,
+    /// Label pairs of `voice_sessions_waiting` set non-zero last time.
+    waiting_labels: HashSet<(String, &'static str)>,
     addrs: watch::Sender<WorkerAddrs>,
 }
 
@@ -134,6 +136,7 @@ pub async fn run(
         signing_keys: SigningKeys::default(),
         outcomes,
         admissions: Arc::new(Semaphore::new(MAX_ADMISSIONS_IN_FLIGHT)),
+        waiting_labels: HashSet::new(),
         addrs,
     };
     a.rebuild();
@@ -725,6 +728,7 @@ impl Allocator {
             })
             .collect();
         if pending.is_empty() {
+            self.record_waiting(&[]);
             return;
         }
         let views: HashMap<BackendKey, BackendView> = backends
@@ -743,6 +747,7 @@ impl Allocator {
             })
             .collect();
         let plan = admission::plan(&self.ledger, &pending, &views, &caps);
+        self.record_waiting(&plan.waiting);
         for (key, slot) in plan.admit {
             let Some(session) = sessions.get(&key) else {
                 continue;
@@ -965,6 +970,11 @@ impl Allocator {
             let name = p.name_any();
             let in_use = i32::try_from(self.ledger.provider_count(&name)).unwrap_or(i32::MAX);
             let pending = provider_pending.get(&name).copied().unwrap_or(0);
+            self.ctx
+                .metrics
+                .provider_session_limit
+                .with_label_values(&[&name])
+                .set(i64::from(p.spec.capabilities.max_concurrent_sessions));
             let id = format!("provider/{name}");
             let observed = p
                 .status
@@ -1051,6 +1061,38 @@ impl Allocator {
                 }
             }
         });
+    }
+
+    /// `voice_sessions_waiting{backend,reason}`; reasons that no longer apply drop to 0.
+    fn record_waiting(&mut self, waiting: &[admission::Waiting]) {
+        let mut counts: HashMap<(String, &'static str), i64> = HashMap::new();
+        for w in waiting {
+            let Some(backend) = self.ledger_backend_of(&w.key) else {
+                continue;
+            };
+            *counts.entry((backend, w.blocked.reason())).or_default() += 1;
+        }
+        for key in self.waiting_labels.drain() {
+            counts.entry(key).or_default();
+        }
+        for ((backend, reason), n) in &counts {
+            self.ctx
+                .metrics
+                .sessions_waiting
+                .with_label_values(&[backend.as_str(), reason])
+                .set(*n);
+        }
+        self.waiting_labels = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, _)| k)
+            .collect();
+    }
+
+    fn ledger_backend_of(&self, key: &SessionKey) -> Option<String> {
+        let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
+        let s = self.sessions.get(&reference)?;
+        Some(format!("{}/{}", key.namespace, s.spec.backend_ref.name))
     }
 
     fn publish_metrics(&self) {

@@ -346,6 +346,7 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
     )
     .await?;
     record_worker_metrics(ctx, &ns, &name, &fold);
+    record_backend_metrics(ctx, &ns, &name, backend, fold.health_status);
     if fold.connection_state == voice_crds::ConnectionState::Connecting && fold.counts.ready > 0 {
         // One allowed step of the state diagram is left (Connecting → Connected): take it soon.
         requeue = requeue.min(Duration::from_millis(500));
@@ -556,6 +557,35 @@ fn record_worker_metrics(ctx: &Context, ns: &str, name: &str, fold: &health::Fol
             .with_label_values(&[backend.as_str(), state])
             .set(i64::from(value));
     }
+}
+
+/// `voice_backend_health{backend,status}` (1 for the current status, 0 for the others, so
+/// alerts can match `== 1`) and the backend's latency target for turn-latency alerts.
+fn record_backend_metrics(
+    ctx: &Context,
+    ns: &str,
+    name: &str,
+    backend: &VoiceBackend,
+    health: voice_crds::HealthStatus,
+) {
+    use voice_crds::HealthStatus;
+    let id = format!("{ns}/{name}");
+    for (status, label) in [
+        (HealthStatus::Unknown, "Unknown"),
+        (HealthStatus::Healthy, "Healthy"),
+        (HealthStatus::Degraded, "Degraded"),
+        (HealthStatus::Unhealthy, "Unhealthy"),
+    ] {
+        ctx.metrics
+            .backend_health
+            .with_label_values(&[id.as_str(), label])
+            .set(i64::from(status == health));
+    }
+    let target: Duration = backend.spec.pipeline.latency_target.into();
+    ctx.metrics
+        .backend_latency_target
+        .with_label_values(&[id.as_str()])
+        .set(target.as_secs_f64());
 }
 
 async fn delete_pod(api: &Api<Pod>, name: &str) -> Result<()> {

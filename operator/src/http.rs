@@ -1,5 +1,9 @@
-//! The operator's HTTP server: `/metrics`, `/healthz` (the process runs) and `/readyz` (this
-//! instance leads and its caches have synced).
+//! The operator's HTTP server: `/metrics`, `/healthz` (the process runs) and `/readyz`
+//! (a standby waiting for the lease, or a leader whose caches have synced).
+//!
+//! A live standby counts as ready: with two replicas behind a PodDisruptionBudget, an unready
+//! standby would make every voluntary eviction of the leader wait forever. What readiness
+//! guards is a leader that leads before it can see the cluster.
 
 use std::net::SocketAddr;
 
@@ -35,10 +39,12 @@ pub async fn serve(
             get(|State(s): State<AppState>| async move {
                 if s.synced.is_cancelled() {
                     (StatusCode::OK, "ready")
+                } else if s.metrics.leader.get() == 0 {
+                    (StatusCode::OK, "standby")
                 } else {
                     (
                         StatusCode::SERVICE_UNAVAILABLE,
-                        "not leading or caches not synced",
+                        "leading, caches not synced",
                     )
                 }
             }),

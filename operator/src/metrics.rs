@@ -3,7 +3,7 @@
 use std::time::Instant;
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    Encoder, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
@@ -43,6 +43,14 @@ pub struct Metrics {
     pub orphans_released: IntCounter,
     /// `voice_session_live_status_writes_total`: coalesced live-status writes.
     pub live_status_writes: IntCounter,
+    /// `voice_provider_session_limit{provider}`: `maxConcurrentSessions` (0 = unlimited).
+    pub provider_session_limit: IntGaugeVec,
+    /// `voice_sessions_waiting{backend,reason}`: pending sessions by what blocks them.
+    pub sessions_waiting: IntGaugeVec,
+    /// `voice_backend_health{backend,status}`: 1 for the backend's current health status.
+    pub backend_health: IntGaugeVec,
+    /// `voice_backend_latency_target_seconds{backend}`: `pipeline.latencyTarget`.
+    pub backend_latency_target: GaugeVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -171,6 +179,46 @@ impl Metrics {
             "Coalesced writes of sessions' live status (connection, pipeline state, context).",
         )
         .expect("valid metric");
+        let provider_session_limit = IntGaugeVec::new(
+            Opts::new(
+                "voice_provider_session_limit",
+                "A provider's maxConcurrentSessions (0 means unlimited).",
+            ),
+            &["provider"],
+        )
+        .expect("valid metric");
+        let sessions_waiting = IntGaugeVec::new(
+            Opts::new(
+                "voice_sessions_waiting",
+                "Pending sessions by backend and the reason they wait (ProviderLimit, BackendLimit, ...).",
+            ),
+            &["backend", "reason"],
+        )
+        .expect("valid metric");
+        let backend_health = IntGaugeVec::new(
+            Opts::new(
+                "voice_backend_health",
+                "1 for a backend's current health status (Unknown, Healthy, Degraded, Unhealthy), 0 for the others.",
+            ),
+            &["backend", "status"],
+        )
+        .expect("valid metric");
+        let backend_latency_target = GaugeVec::new(
+            Opts::new(
+                "voice_backend_latency_target_seconds",
+                "A backend's pipeline.latencyTarget.",
+            ),
+            &["backend"],
+        )
+        .expect("valid metric");
+        for c in [
+            Box::new(provider_session_limit.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(sessions_waiting.clone()),
+            Box::new(backend_health.clone()),
+            Box::new(backend_latency_target.clone()),
+        ] {
+            registry.register(c).expect("metric names are unique");
+        }
         for c in [
             Box::new(admissions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(admission_latency.clone()),
@@ -213,6 +261,10 @@ impl Metrics {
             sessions_lost,
             orphans_released,
             live_status_writes,
+            provider_session_limit,
+            sessions_waiting,
+            backend_health,
+            backend_latency_target,
         }
     }
 
