@@ -627,3 +627,101 @@ async fn streaming_pipeline_speaks_before_the_llm_has_finished() {
         "first audio waited for the whole reply"
     );
 }
+
+/// Chat completions that answer at once (one short sentence, then `[DONE]`).
+async fn instant_chat(State(seen): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    record(&seen, &headers, &body);
+    let delta = serde_json::json!({"choices": [{"index": 0, "delta": {"content": "Fine."}}]});
+    Response::builder()
+        .header("content-type", "text/event-stream")
+        .body(Body::from(format!("data: {delta}\n\ndata: [DONE]\n\n")))
+        .unwrap_or_default()
+}
+
+/// Eight turns in one session with instant local providers: every turn is answered, the
+/// conversation history grows turn by turn, and the pipeline's own overhead (end of the
+/// turn → first reply frame, i.e. the VAD-end-to-first-packet time minus the silence
+/// timeout) is printed as p50/p99.
+#[tokio::test]
+async fn eight_turns_with_instant_providers_are_all_answered() {
+    use voice_worker::media::{FRAME_SAMPLES, Frame};
+    use voice_worker::pipeline::{EventSink, PipelineMetrics, PipelineSpec};
+
+    struct NoSink;
+    impl EventSink for NoSink {
+        fn state(&self, _: voice_crds::PipelineState, _: &str) {}
+        fn transcript(&self, _: &str, _: &str, _: &str) {}
+    }
+
+    let seen: Shared = Arc::default();
+    let router = Router::new()
+        .route("/v1/audio/transcriptions", post(fixed_transcription))
+        .route("/v1/chat/completions", post(instant_chat))
+        .route("/v1/audio/speech", post(speech));
+    let addr = serve(router.with_state(seen.clone())).await;
+    let base = format!("http://{addr}/v1");
+    let spec = serde_json::json!({
+        "pipeline": {"type": "STT_TTS",
+            "stt": {"provider": "openai", "endpoint": base},
+            "tts": {"provider": "openai", "endpoint": base},
+            "turnDetection": {"provider": "silence", "silenceTimeout": "300ms"}},
+        "agent": {"type": "Llm", "llm": {"endpoint": base, "model": "m"}}
+    });
+    let spec = PipelineSpec::parse(&spec.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let mut p = voice_worker::pipeline::build(
+        &spec,
+        "team/turns",
+        Box::new(NoSink),
+        PipelineMetrics::unregistered(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    p.connected();
+    let wav = include_bytes!("fixtures/weather-16k.wav");
+    let speech16 = voice_worker::pipeline::audio::parse_wav(wav).unwrap_or_else(|e| panic!("{e}"));
+    let speech48 = voice_worker::pipeline::audio::resample(&speech16, 48_000);
+    // Each turn: the phrase, then 1.5 s of silence (the 300 ms reply plays in it).
+    let mut turn_audio = speech48;
+    turn_audio.extend(vec![0i16; 72_000]);
+    let turns = 8;
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    let mut overheads = Vec::new();
+    let frames_per_turn = turn_audio.len() / FRAME_SAMPLES;
+    for i in 0..turns * frames_per_turn {
+        ticks.tick().await;
+        let at = (i % frames_per_turn) * FRAME_SAMPLES;
+        let mut frame: Frame = [0; FRAME_SAMPLES];
+        frame.copy_from_slice(&turn_audio[at..at + FRAME_SAMPLES]);
+        p.push(&frame);
+        let mut out: Frame = [0; FRAME_SAMPLES];
+        p.pull(&mut out);
+        for event in std::iter::from_fn(|| p.next_event()) {
+            let v: serde_json::Value = serde_json::from_str(&event).unwrap_or_default();
+            if v["type"] == "latency" {
+                let total = v["total_ms"].as_f64().unwrap_or_default();
+                let detect = v["turn_detect_ms"].as_f64().unwrap_or_default();
+                overheads.push(total - detect);
+            }
+        }
+    }
+    assert_eq!(overheads.len(), turns, "every turn was answered");
+    let bodies = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .bodies
+        .clone();
+    let chats: Vec<serde_json::Value> = bodies
+        .iter()
+        .filter_map(|b| serde_json::from_str::<serde_json::Value>(b).ok())
+        .filter(|v| v["stream"] == true)
+        .collect();
+    assert_eq!(chats.len(), turns);
+    let last = chats[turns - 1]["messages"].as_array().map_or(0, Vec::len);
+    assert_eq!(last, 2 * turns - 1, "the agent sees the whole conversation");
+    overheads.sort_by(f64::total_cmp);
+    let pct = |q: f64| overheads[((overheads.len() - 1) as f64 * q).round() as usize];
+    println!(
+        "pipeline overhead per turn (end of turn -> first reply frame, instant local providers): p50 {:.1} ms, p99 {:.1} ms",
+        pct(0.5),
+        pct(0.99)
+    );
+}
