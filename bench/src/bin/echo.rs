@@ -732,7 +732,10 @@ pcs = set()
 
 async def handle(reader, writer):
     try:
-        head = await reader.readuntil(b"\r\n\r\n")
+        try:
+            head = await reader.readuntil(b"\r\n\r\n")
+        except asyncio.IncompleteReadError:
+            return  # a readiness probe: connected and closed
         lines = head.decode().split("\r\n")
         method = lines[0].split(" ")[0]
         length = 0
