@@ -38,7 +38,7 @@ use crate::session_timeouts::{self, Clocks, Expired};
 
 /// Admissions running at once: enough to hide API and gRPC latency, few enough to keep the
 /// API server's write rate sane during a burst.
-const MAX_ADMISSIONS_IN_FLIGHT: usize = 32;
+const MAX_ADMISSIONS_IN_FLIGHT: usize = 64;
 /// Shortest time between two allocation rounds.
 const MIN_ROUND_INTERVAL: Duration = Duration::from_millis(25);
 /// How often a waiting session's queue position may be rewritten.
