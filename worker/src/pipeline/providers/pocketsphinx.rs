@@ -111,7 +111,7 @@ impl Pocketsphinx {
 /// 20 ms chunks queued towards a streaming recogniser: ten seconds.
 const STREAM_QUEUE: usize = 500;
 
-/// A recogniser fed through a named pipe while the user speaks: pocketsphinx loads its
+/// A recogniser fed through its stdin while the user speaks: pocketsphinx loads its
 /// model and decodes as audio arrives, so at the end of the turn only the final search is
 /// left (~0.2 s instead of ~0.8 s for a whole-utterance run on this machine).
 struct PocketsphinxStream {
@@ -155,62 +155,29 @@ impl Pocketsphinx {
         self,
         mut audio: mpsc::Receiver<Vec<i16>>,
     ) -> Result<String, ProviderError> {
-        let path: PathBuf = std::env::temp_dir().join(format!(
-            "voice-stt-{}.wav",
-            crate::connections::random_id(12)
-        ));
-        let made = Command::new("mkfifo")
-            .arg(&path)
-            .status()
-            .await
-            .map_err(|e| {
-                ProviderError::new(NAME, ErrorKind::Config, format!("cannot run mkfifo: {e}"))
-            })?;
-        if !made.success() {
-            return Err(ProviderError::new(
-                NAME,
-                ErrorKind::Config,
-                format!("mkfifo {} failed", path.display()),
-            ));
-        }
-        let child = Command::new(&self.program)
+        use tokio::io::AsyncWriteExt;
+        let mut child = Command::new(&self.program)
             .arg("-infile")
-            .arg(&path)
+            .arg("/dev/stdin")
             .arg("-logfn")
             .arg("/dev/null")
             .args(&self.model_args)
-            .stdin(std::process::Stdio::null())
+            .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
-            .spawn();
-        let child = match child {
-            Ok(child) => child,
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&path).await;
-                return Err(ProviderError::new(
+            .spawn()
+            .map_err(|e| {
+                ProviderError::new(
                     NAME,
                     ErrorKind::Config,
                     format!("cannot run {}: {e}", self.program),
-                ));
-            }
-        };
-        // Opening a FIFO for writing waits for the reader.
-        let opened = tokio::time::timeout(
-            Duration::from_secs(10),
-            tokio::fs::OpenOptions::new().write(true).open(&path),
-        )
-        .await;
-        let _ = tokio::fs::remove_file(&path).await; // both ends are open (or it failed)
-        let mut fifo = opened
-            .map_err(|_| {
-                ProviderError::new(
-                    NAME,
-                    ErrorKind::Timeout,
-                    "pocketsphinx never opened its input",
                 )
-            })?
-            .map_err(|e| ProviderError::new(NAME, ErrorKind::Unavailable, e.to_string()))?;
+            })?;
+        let mut stdin = child
+            .stdin
+            .take()
+            .ok_or_else(|| ProviderError::new(NAME, ErrorKind::Unavailable, "no stdin"))?;
         // A WAV header whose sizes say "until the end".
         let mut header = encode_wav(&Pcm {
             rate: 16_000,
@@ -218,16 +185,17 @@ impl Pocketsphinx {
         });
         header[4..8].copy_from_slice(&u32::MAX.to_le_bytes());
         header[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
-        use tokio::io::AsyncWriteExt;
-        let mut write_failed = fifo.write_all(&header).await.is_err();
+        // A dead recogniser makes writes fail (EPIPE), never block: keep draining the
+        // queue so the media loop's pushes stay cheap, and report at the end.
+        let mut write_failed = stdin.write_all(&header).await.is_err();
         while let Some(chunk) = audio.recv().await {
             if write_failed {
                 continue;
             }
             let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-            write_failed = fifo.write_all(&bytes).await.is_err();
+            write_failed = stdin.write_all(&bytes).await.is_err();
         }
-        drop(fifo);
+        drop(stdin); // end of file
         let output = child
             .wait_with_output()
             .await
