@@ -51,6 +51,10 @@ struct Args {
     /// Concurrent echo sessions.
     #[arg(long, default_value_t = 20)]
     sessions: usize,
+    /// Session counts to run one after the other, each on a fresh worker (e.g. 10,20,40);
+    /// prints the most that kept late frames under 1% and receive jitter under 5 ms.
+    #[arg(long, value_delimiter = ',')]
+    sweep: Vec<usize>,
     /// Seconds of steady load measured once every session is connected.
     #[arg(long, default_value_t = 20)]
     seconds: u64,
@@ -91,29 +95,73 @@ async fn run(args: Args) -> anyhow::Result<()> {
     );
     let packets = Arc::new(tone_packets()?);
 
-    let worker = WorkerUnderTest::start(&args, core).await?;
-    let worker_cpu = load(&args, &packets, &worker.target).await;
-    let metrics = http_get(worker.target.http_port, "/metrics")
-        .await
-        .unwrap_or_default();
-    let late = sum_by(&metrics, "voice_worker_media_late_ticks_total", &[], "")
+    let counts = if args.sweep.is_empty() {
+        vec![args.sessions]
+    } else {
+        args.sweep.clone()
+    };
+    let mut rows = Vec::new();
+    for &sessions in &counts {
+        let worker = WorkerUnderTest::start(&args, core, sessions).await?;
+        let figures = load(&args, &packets, &worker.target).await;
+        let metrics = http_get(worker.target.http_port, "/metrics")
+            .await
+            .unwrap_or_default();
+        drop(worker);
+        let late = sum_by(&metrics, "voice_worker_media_late_ticks_total", &[], "")
+            .values()
+            .sum::<f64>();
+        let sent = sum_by(
+            &metrics,
+            "voice_worker_media_packets_total",
+            &["direction=\"out\"", "transport=\"webrtc\""],
+            "",
+        )
         .values()
         .sum::<f64>();
-    let sent = sum_by(
-        &metrics,
-        "voice_worker_media_packets_total",
-        &["direction=\"out\"", "transport=\"webrtc\""],
-        "",
-    )
-    .values()
-    .sum::<f64>();
-    let dropped = sum_by(&metrics, "voice_worker_media_dropped_total", &[], "reason");
-    println!(
-        "worker: late send ticks {late} of {sent} packets sent ({:.3}%); dropped on purpose {dropped:?}",
-        100.0 * late / sent.max(1.0)
-    );
-    drop(worker);
-    let Some(worker_cpu) = worker_cpu else {
+        let dropped = sum_by(&metrics, "voice_worker_media_dropped_total", &[], "reason");
+        println!(
+            "worker: over the whole run (connects included) late send ticks {late} of {sent} packets sent ({:.3}%); dropped on purpose {dropped:?}",
+            100.0 * late / sent.max(1.0)
+        );
+        let late_percent = figures
+            .as_ref()
+            .and_then(|f| f.late_percent)
+            .unwrap_or(f64::NAN);
+        rows.push((sessions, figures, late_percent));
+    }
+    if rows.len() > 1 {
+        println!(
+            "sweep: sessions | connected | CPU per session | late ticks (window) | receive jitter"
+        );
+        for (sessions, figures, late) in &rows {
+            if let Some(f) = figures {
+                println!(
+                    "sweep: {sessions:>8} | {:>9} | {:>14.2}% | {late:>9.3}% | {:>10.2} ms",
+                    f.connected,
+                    f.cpu_per_session * 100.0,
+                    f.jitter_ms
+                );
+            }
+        }
+        let sustained = rows
+            .iter()
+            .filter(|(n, f, late)| {
+                f.as_ref()
+                    .is_some_and(|f| f.connected == *n && *late < 1.0 && f.jitter_ms < 5.0)
+            })
+            .map(|(n, _, _)| *n)
+            .max();
+        println!(
+            "sweep: most sessions with <1% late frames and <5 ms jitter: {}",
+            sustained.map_or_else(|| "none of the counts run".to_owned(), |n| n.to_string())
+        );
+    }
+    let Some(worker_cpu) = rows
+        .last()
+        .and_then(|(_, f, _)| f.as_ref())
+        .map(|f| f.cpu_per_session)
+    else {
         bail!("the worker run failed");
     };
 
@@ -122,10 +170,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
             Ok(server) => {
                 let aiortc_cpu = load(&args, &packets, &server.target).await;
                 drop(server);
-                if let Some(aiortc_cpu) = aiortc_cpu {
+                if let Some(aiortc) = aiortc_cpu {
                     println!(
                         "ratio: the aiortc echo server uses {:.1}x the CPU per session of voice-worker",
-                        aiortc_cpu / worker_cpu
+                        aiortc.cpu_per_session / worker_cpu
                     );
                 }
             }
@@ -206,7 +254,7 @@ struct WorkerUnderTest {
 }
 
 impl WorkerUnderTest {
-    async fn start(args: &Args, core: usize) -> anyhow::Result<Self> {
+    async fn start(args: &Args, core: usize, sessions: usize) -> anyhow::Result<Self> {
         let binary = args.worker.clone().unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/voice-worker")
         });
@@ -223,7 +271,7 @@ impl WorkerUnderTest {
             .arg(&binary)
             .env("POD_IP", "127.0.0.1")
             .env("UDP_PORT", "0")
-            .env("SESSIONS_PER_WORKER", args.sessions.to_string())
+            .env("SESSIONS_PER_WORKER", sessions.to_string())
             .env("SESSION_SIGNING_KEY", KEY)
             .env("RUST_LOG", "error")
             .args(["--grpc-port", &grpc_port.to_string()])
@@ -241,7 +289,7 @@ impl WorkerUnderTest {
                 offers: Vec::new(),
             },
         };
-        worker.target.offers = reserve(grpc_port, args.sessions).await?;
+        worker.target.offers = reserve(grpc_port, sessions).await?;
         Ok(worker)
     }
 }
@@ -307,9 +355,34 @@ struct ClientReport {
     error: Option<String>,
 }
 
-/// Runs the load against `target`; prints its figures and returns the CPU per session
-/// (fraction of a core), or `None` if no session connected.
-async fn load(args: &Args, packets: &Arc<Vec<Bytes>>, target: &Target) -> Option<f64> {
+/// What one load run found.
+struct Figures {
+    connected: usize,
+    /// Server CPU per session, as a fraction of a core.
+    cpu_per_session: f64,
+    /// Mean client-side receive jitter.
+    jitter_ms: f64,
+    /// Send ticks the server skipped in the window, per packet sent (voice-worker only).
+    late_percent: Option<f64>,
+}
+
+/// The worker's late send ticks and WebRTC packets sent so far, if it exports them.
+async fn send_ticks(http_port: u16) -> Option<(f64, f64)> {
+    let metrics = http_get(http_port, "/metrics").await.ok()?;
+    let late = sum_by(&metrics, "voice_worker_media_late_ticks_total", &[], "");
+    let sent = sum_by(
+        &metrics,
+        "voice_worker_media_packets_total",
+        &["direction=\"out\"", "transport=\"webrtc\""],
+        "",
+    );
+    Some((late.values().sum(), sent.values().sum::<f64>()))
+        .filter(|_| !late.is_empty() && !sent.is_empty())
+}
+
+/// Runs the load against `target`; prints its figures and returns them, or `None` if no
+/// session connected.
+async fn load(args: &Args, packets: &Arc<Vec<Bytes>>, target: &Target) -> Option<Figures> {
     let idle_rss = rss_mib(target.pid).unwrap_or(0.0);
     let (go_tx, go) = watch::channel(false);
     let measure_until = Duration::from_secs(args.seconds);
@@ -328,6 +401,7 @@ async fn load(args: &Args, packets: &Arc<Vec<Bytes>>, target: &Target) -> Option
     }
     // Every client connects (or gives up) within its connect timeout; then measure.
     tokio::time::sleep(Duration::from_secs(5)).await;
+    let ticks_before = send_ticks(target.http_port).await;
     let cpu_before = cpu_seconds(target.pid);
     let wall = Instant::now();
     go_tx.send_replace(true);
@@ -336,6 +410,10 @@ async fn load(args: &Args, packets: &Arc<Vec<Bytes>>, target: &Target) -> Option
         .zip(cpu_before)
         .map(|(after, before)| (after - before) / wall.elapsed().as_secs_f64());
     let rss = rss_mib(target.pid).unwrap_or(0.0);
+    // Late send ticks within the steady window only (connecting sessions cost CPU bursts).
+    let late_percent = ticks_before
+        .zip(send_ticks(target.http_port).await)
+        .map(|((late0, sent0), (late1, sent1))| 100.0 * (late1 - late0) / (sent1 - sent0).max(1.0));
     let mut reports = Vec::new();
     for task in tasks {
         reports.push(task.await.unwrap_or_else(|e| ClientReport {
@@ -378,6 +456,9 @@ async fn load(args: &Args, packets: &Arc<Vec<Bytes>>, target: &Target) -> Option
         "receive jitter (RFC 3550, client side): mean {:.2} ms",
         mean_jitter * 1e3
     );
+    if let Some(late) = late_percent {
+        println!("server late send ticks during the window: {late:.3}% of packets sent");
+    }
     let per_session = cpu.map(|c| c / connected.max(1) as f64);
     if let (Some(cpu), Some(per_session)) = (cpu, per_session) {
         println!(
@@ -391,7 +472,13 @@ async fn load(args: &Args, packets: &Arc<Vec<Bytes>>, target: &Target) -> Option
         "server RSS: {idle_rss:.1} MiB idle, {rss:.1} MiB loaded = {:.2} MiB per session",
         (rss - idle_rss) / connected.max(1) as f64
     );
-    (connected > 0).then_some(per_session).flatten()
+    let cpu_per_session = per_session.filter(|_| connected > 0)?;
+    Some(Figures {
+        connected,
+        cpu_per_session,
+        jitter_ms: mean_jitter * 1e3,
+        late_percent,
+    })
 }
 
 fn ms(d: Option<Duration>) -> String {
