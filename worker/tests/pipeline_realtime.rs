@@ -262,3 +262,51 @@ async fn user_speech_during_the_reply_stops_it_within_a_frame_and_cancels_the_re
         "{states:?}"
     );
 }
+
+/// `https://` endpoints are reached over `wss://` with rustls: against a loopback port that
+/// hangs up at once, the session reports a connection error (not "TLS not compiled in",
+/// not a panic for a missing crypto provider) and goes to Error with the provider's message.
+#[tokio::test]
+async fn tls_endpoints_are_dialled_and_failures_become_error_states() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap_or_else(|e| panic!("{e}"));
+    let addr = listener.local_addr().unwrap_or_else(|e| panic!("{e}"));
+    std::thread::spawn(move || {
+        for stream in listener.incoming().take(1) {
+            drop(stream);
+        }
+    });
+    let spec = serde_json::json!({
+        "pipeline": {"type": "S2S", "s2s": {"provider": "openai-realtime", "endpoint": format!("https://{addr}/v1/realtime")}}
+    });
+    let spec = PipelineSpec::parse(&spec.to_string()).unwrap_or_else(|e| panic!("{e}"));
+    let recorder = Arc::new(Recorder::default());
+    let mut p = voice_worker::pipeline::build(
+        &spec,
+        "team/tls",
+        Box::new(Sink(recorder.clone())),
+        PipelineMetrics::unregistered(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    p.connected();
+    let mut error = None;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        p.push(&[0; FRAME_SAMPLES]);
+        let mut out: Frame = [0; FRAME_SAMPLES];
+        p.pull(&mut out);
+        if let Some(e) = std::iter::from_fn(|| p.next_event()).find(|e| e.contains("\"error\"")) {
+            error = Some(e);
+            break;
+        }
+    }
+    let error = error.unwrap_or_else(|| panic!("no error event"));
+    println!("{error}");
+    assert!(error.contains("ProviderUnavailable"), "{error}");
+    assert!(!error.contains("not compiled"), "{error}");
+    let states = recorder
+        .states
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(states.last(), Some(&PipelineState::Error));
+}
