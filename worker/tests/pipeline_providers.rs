@@ -446,6 +446,7 @@ impl agent_server::Agent for TestAgent {
                     Some(converse_request::Event::Interruption(i)) => {
                         format!("interruption {} {}", i.turn_id, i.heard_text)
                     }
+                    Some(converse_request::Event::End(e)) => format!("end {}", e.reason),
                     other => format!("{other:?}"),
                 };
                 log.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
@@ -498,8 +499,9 @@ async fn grpc_agent_converses_over_one_stream_and_hears_interruptions() {
         assert_eq!(reply, format!("Heard: {}", text.to_uppercase()));
     }
     agent.interrupted("t2", "Heard:").await;
+    drop(agent);
     let deadline = Instant::now() + Duration::from_secs(2);
-    while log.lock().unwrap_or_else(|e| e.into_inner()).len() < 4 && Instant::now() < deadline {
+    while log.lock().unwrap_or_else(|e| e.into_inner()).len() < 5 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert_eq!(
@@ -508,7 +510,8 @@ async fn grpc_agent_converses_over_one_stream_and_hears_interruptions() {
             "start team/g",
             "transcript t1 hello",
             "transcript t2 again",
-            "interruption t2 Heard:"
+            "interruption t2 Heard:",
+            "end Released"
         ],
         "one stream for the whole session"
     );

@@ -10,7 +10,7 @@ use futures::future::BoxFuture;
 use tokio::sync::{Mutex, mpsc};
 use voice_proto::agent::v1::agent_client::AgentClient;
 use voice_proto::agent::v1::{
-    ConverseRequest, ConverseResponse, Interruption, SessionStart, UserTranscript,
+    ConverseRequest, ConverseResponse, Interruption, SessionEnd, SessionStart, UserTranscript,
     converse_request, converse_response,
 };
 
@@ -168,6 +168,28 @@ fn status(s: &tonic::Status) -> ProviderError {
         _ => ErrorKind::Status(500),
     };
     ProviderError::new(NAME, kind, format!("{:?}: {}", s.code(), s.message()))
+}
+
+impl Drop for GrpcAgent {
+    /// The session's pipeline is going away: tell the agent (`end`), close the request
+    /// stream and let the agent finish, without holding anything up (at most 2 s, on a task).
+    fn drop(&mut self) {
+        let Some(mut conversation) = self.conversation.get_mut().take() else {
+            return;
+        };
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        runtime.spawn(async move {
+            let end = request(converse_request::Event::End(SessionEnd {
+                reason: "Released".to_owned(),
+            }));
+            let _ = conversation.requests.send(end).await;
+            drop(conversation.requests);
+            let drain = async { while let Some(Ok(_)) = conversation.responses.next().await {} };
+            let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
+        });
+    }
 }
 
 impl Agent for GrpcAgent {
