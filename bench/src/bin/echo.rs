@@ -403,6 +403,7 @@ async fn load(args: &Args, packets: &Arc<Vec<Bytes>>, target: &Target) -> Option
     tokio::time::sleep(Duration::from_secs(5)).await;
     let ticks_before = send_ticks(target.http_port).await;
     let cpu_before = cpu_seconds(target.pid);
+    let waited_before = runqueue_wait_seconds(target.pid);
     let wall = Instant::now();
     go_tx.send_replace(true);
     tokio::time::sleep(measure_until).await;
@@ -410,6 +411,9 @@ async fn load(args: &Args, packets: &Arc<Vec<Bytes>>, target: &Target) -> Option
         .zip(cpu_before)
         .map(|(after, before)| (after - before) / wall.elapsed().as_secs_f64());
     let rss = rss_mib(target.pid).unwrap_or(0.0);
+    let waited = runqueue_wait_seconds(target.pid)
+        .zip(waited_before)
+        .map(|(after, before)| (after - before) / measure_until.as_secs_f64());
     // Late send ticks within the steady window only (connecting sessions cost CPU bursts).
     let late_percent = ticks_before
         .zip(send_ticks(target.http_port).await)
@@ -456,6 +460,13 @@ async fn load(args: &Args, packets: &Arc<Vec<Bytes>>, target: &Target) -> Option
         "receive jitter (RFC 3550, client side): mean {:.2} ms",
         mean_jitter * 1e3
     );
+    if let Some(waited) = waited {
+        // Other processes on the server's core (a shared machine) show up here, not in its CPU.
+        println!(
+            "server threads waited for their core {:.1}% of the window (summed over threads)",
+            waited * 100.0
+        );
+    }
     if let Some(late) = late_percent {
         println!("server late send ticks during the window: {late:.3}% of packets sent");
     }
@@ -495,6 +506,17 @@ fn percentile(values: &mut [Duration], p: f64) -> Option<Duration> {
     values.sort();
     let at = ((values.len() as f64 - 1.0) * p).round() as usize;
     values.get(at).copied()
+}
+
+/// Seconds the threads of `pid` have spent runnable but waiting for a CPU, summed
+/// (`/proc/<pid>/task/*/schedstat`, second field, nanoseconds).
+fn runqueue_wait_seconds(pid: u32) -> Option<f64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().nth(1)?.parse::<u64>().ok()?;
+    }
+    Some(total as f64 / 1e9)
 }
 
 /// Resident set size now, in MiB.
