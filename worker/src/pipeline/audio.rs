@@ -286,3 +286,19 @@ mod tests {
         assert!(peak < 400, "aliased peak {peak} (input peak 8000)");
     }
 }
+
+#[cfg(test)]
+mod fuzz {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any bytes (a client's or a provider's WAV) parse or fail cleanly, never panic.
+        #[test]
+        fn parse_wav_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200), header in any::<bool>()) {
+            let mut input = if header { b"RIFF\0\0\0\0WAVEfmt ".to_vec() } else { Vec::new() };
+            input.extend(bytes);
+            let _ = parse_wav(&input);
+        }
+    }
+}

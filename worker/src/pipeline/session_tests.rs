@@ -506,3 +506,33 @@ async fn a_streaming_recogniser_hears_the_utterance_as_it_is_spoken() {
         Some("heard 6080 samples")
     );
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(12))]
+    /// Whatever the user does (any pattern of speech and silence, with barge-in on), every
+    /// state change the session reports is one the seed allows and starts where the last
+    /// one ended, and the client's event queue stays bounded.
+    #[test]
+    fn any_speech_pattern_gives_only_allowed_state_changes(pattern in proptest::collection::vec(proptest::prelude::any::<bool>(), 1..120)) {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap_or_else(|e| panic!("{e}"));
+        let (states, outbox) = runtime.block_on(async {
+            let mut h = harness(Arc::new(EchoAgent), ALL_ON);
+            for &speech in &pattern {
+                h.step(speech).await;
+            }
+            for _ in 0..60 {
+                h.step(false).await;
+            }
+            (h.states(), h.pipeline.outbox.len())
+        });
+        let mut at = PipelineState::Idle;
+        for s in states {
+            proptest::prop_assert!(at.can_transition_to(s), "{:?} -> {:?}", at, s);
+            at = s;
+        }
+        proptest::prop_assert!(outbox <= OUTBOX);
+    }
+}
