@@ -24,6 +24,7 @@ struct Seen {
     session_update: Option<serde_json::Value>,
     append_bytes: Vec<usize>,
     cancels: usize,
+    truncated_at_ms: Vec<u64>,
     barge_in_at: Option<Instant>,
 }
 type Shared = Arc<Mutex<Seen>>;
@@ -34,7 +35,7 @@ fn event(v: serde_json::Value) -> Message {
 
 fn tone_delta() -> serde_json::Value {
     let bytes: Vec<u8> = (0..480).flat_map(|_| 6_000i16.to_le_bytes()).collect();
-    serde_json::json!({"type": "response.audio.delta", "delta": B64.encode(bytes)})
+    serde_json::json!({"type": "response.audio.delta", "item_id": "item_1", "delta": B64.encode(bytes)})
 }
 
 async fn realtime(
@@ -61,6 +62,14 @@ async fn session(mut socket: WebSocket, scenario: String, seen: Shared) {
                     .session_update = Some(v)
             }
             "response.cancel" => seen.lock().unwrap_or_else(|e| e.into_inner()).cancels += 1,
+            "conversation.item.truncate" => {
+                assert_eq!(v["item_id"], "item_1");
+                let ms = v["audio_end_ms"].as_u64().unwrap_or(u64::MAX);
+                seen.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .truncated_at_ms
+                    .push(ms);
+            }
             "input_audio_buffer.append" => {
                 appends += 1;
                 let len = B64
@@ -231,9 +240,9 @@ async fn user_speech_during_the_reply_stops_it_within_a_frame_and_cancels_the_re
     let recorder = Arc::new(Recorder::default());
     let mut p = pipeline(addr, "bargein", recorder.clone());
     let pulled = run(&mut p, 90).await;
-    let (barge_in_at, cancels) = {
+    let (barge_in_at, cancels, truncated) = {
         let s = seen.lock().unwrap_or_else(|e| e.into_inner());
-        (s.barge_in_at, s.cancels)
+        (s.barge_in_at, s.cancels, s.truncated_at_ms.clone())
     };
     let barge_in_at = barge_in_at.unwrap_or_else(|| panic!("the server never barged in"));
     let after: Vec<_> = pulled.iter().filter(|t| **t > barge_in_at).collect();
@@ -250,8 +259,18 @@ async fn user_speech_during_the_reply_stops_it_within_a_frame_and_cancels_the_re
         );
     }
     assert!(pulled.len() > 10, "the reply played before the barge-in");
-    // One cancel for the first speech_started (nothing to cancel) and one for the barge-in.
-    assert_eq!(cancels, 2);
+    // The server had generated the whole reply before the barge-in (as real ones do, faster
+    // than real time): nothing to cancel, but the item is truncated to what was heard.
+    assert_eq!(
+        cancels, 0,
+        "a cancel without an active response is an error for the server"
+    );
+    let heard_ms = (pulled.len() as u64) * 20;
+    assert_eq!(truncated.len(), 1, "{truncated:?}");
+    assert!(
+        truncated[0].abs_diff(heard_ms) <= 60,
+        "truncated at {truncated:?} ms, heard {heard_ms} ms"
+    );
     let states = recorder
         .states
         .lock()

@@ -6,7 +6,8 @@
 //! (`input_audio_buffer.speech_started` / `speech_stopped`), answers with
 //! `response.audio.delta` (and `response.output_audio.delta`, the GA name), transcripts
 //! and `response.done`. User speech during the reply (`speech_started` while Speaking) is a
-//! barge-in: output stops at once and `response.cancel` goes to the server.
+//! barge-in: output stops at once, `response.cancel` goes to the server if it is still
+//! generating, and `conversation.item.truncate` tells it how much of the reply was heard.
 //!
 //! The socket lives on its own task; the media loop talks to it through two bounded
 //! channels, so a slow or dead server never blocks a frame.
@@ -63,6 +64,15 @@ pub struct RealtimeConfig {
     pub silence: Duration,
 }
 
+/// What the media loop asks of the socket task.
+#[derive(Debug)]
+enum Outbound {
+    /// 24 kHz PCM16 to append to the input buffer.
+    Audio(Vec<i16>),
+    /// The user cut the reply off after hearing `played_ms` of it.
+    Interrupted { played_ms: u64 },
+}
+
 /// What the socket task reports.
 #[derive(Debug)]
 enum ServerEvent {
@@ -76,7 +86,9 @@ enum ServerEvent {
 
 /// A Realtime speech-to-speech session.
 pub struct RealtimeS2s {
-    audio_out: mpsc::Sender<Vec<i16>>,
+    audio_out: mpsc::Sender<Outbound>,
+    /// Reply samples (48 kHz) played since the current response began.
+    played: u64,
     events: mpsc::Receiver<ServerEvent>,
     cancel: CancellationToken,
     down: Resampler,
@@ -112,6 +124,7 @@ impl RealtimeS2s {
         tokio::spawn(socket_task(config, audio_rx, events_tx, cancel.clone()));
         Self {
             audio_out,
+            played: 0,
             events,
             cancel,
             down: Resampler::new(SAMPLE_RATE, RATE),
@@ -151,7 +164,16 @@ impl RealtimeS2s {
             match event {
                 ServerEvent::SpeechStarted => {
                     if self.machine.state() == PipelineState::Speaking || self.responding {
-                        // Barge-in: the socket task already sent response.cancel.
+                        // Barge-in: the socket task cancels a response still being
+                        // generated; the server is told how much of it the user heard.
+                        let played_ms = self.played * 1_000 / u64::from(SAMPLE_RATE);
+                        if self
+                            .audio_out
+                            .try_send(Outbound::Interrupted { played_ms })
+                            .is_err()
+                        {
+                            self.metrics.count_dropped("realtime_outbound_full");
+                        }
                         self.playout.clear();
                         self.responding = false;
                         self.metrics.count_barge_in();
@@ -162,6 +184,7 @@ impl RealtimeS2s {
                 }
                 ServerEvent::SpeechStopped => {
                     self.turn += 1;
+                    self.played = 0;
                     self.responding = true;
                     self.stopped_at = Some(Instant::now());
                     self.apply(Input::TurnEnded);
@@ -210,7 +233,7 @@ impl SpeechToSpeech for RealtimeS2s {
         let mut narrow = Vec::with_capacity(FRAME_SAMPLES / 2 + 2);
         self.down.process(frame, &mut narrow);
         self.drain();
-        match self.audio_out.try_send(narrow) {
+        match self.audio_out.try_send(Outbound::Audio(narrow)) {
             Ok(()) => 0,
             Err(_) => {
                 self.metrics.count_dropped("realtime_outbound_full");
@@ -248,6 +271,7 @@ impl SpeechToSpeech for RealtimeS2s {
         for (slot, s) in out.iter_mut().zip(self.playout.drain(..n)) {
             *slot = s;
         }
+        self.played += n as u64;
         if self.machine.state() == PipelineState::Processing {
             if let Some(stopped) = self.stopped_at.take() {
                 self.metrics
@@ -273,7 +297,7 @@ fn failed(kind: ErrorKind, message: impl Into<String>) -> ServerEvent {
 
 async fn socket_task(
     config: RealtimeConfig,
-    mut audio: mpsc::Receiver<Vec<i16>>,
+    mut audio: mpsc::Receiver<Outbound>,
     events: mpsc::Sender<ServerEvent>,
     cancel: CancellationToken,
 ) {
@@ -288,7 +312,7 @@ async fn socket_task(
 
 async fn converse(
     config: &RealtimeConfig,
-    audio: &mut mpsc::Receiver<Vec<i16>>,
+    audio: &mut mpsc::Receiver<Outbound>,
     events: &mpsc::Sender<ServerEvent>,
 ) -> Result<(), ProviderError> {
     let mut request = config
@@ -347,13 +371,26 @@ async fn converse(
         .await
         .map_err(send_err)?;
     let mut up = Resampler::new(RATE, SAMPLE_RATE);
+    // Whether the server is producing a response (cancelling none is an error there).
+    let mut responding = false;
+    // The assistant item whose audio is playing, for `conversation.item.truncate`.
+    let mut item: Option<String> = None;
     loop {
         tokio::select! {
-            chunk = audio.recv() => {
-                let Some(chunk) = chunk else { return Ok(()) };
-                let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
-                let append = serde_json::json!({"type": "input_audio_buffer.append", "audio": B64.encode(bytes)});
-                tx.send(Message::Text(append.to_string().into())).await.map_err(send_err)?;
+            outbound = audio.recv() => {
+                let message = match outbound {
+                    None => return Ok(()),
+                    Some(Outbound::Audio(chunk)) => {
+                        let bytes: Vec<u8> = chunk.iter().flat_map(|s| s.to_le_bytes()).collect();
+                        serde_json::json!({"type": "input_audio_buffer.append", "audio": B64.encode(bytes)})
+                    }
+                    Some(Outbound::Interrupted { played_ms }) => {
+                        let Some(item_id) = item.take() else { continue };
+                        serde_json::json!({"type": "conversation.item.truncate", "item_id": item_id,
+                                           "content_index": 0, "audio_end_ms": played_ms})
+                    }
+                };
+                tx.send(Message::Text(message.to_string().into())).await.map_err(send_err)?;
             }
             message = rx.next() => {
                 let text = match message {
@@ -369,12 +406,23 @@ async fn converse(
                 let event = match value["type"].as_str().unwrap_or_default() {
                     "input_audio_buffer.speech_started" => {
                         // Barge-in is the server's call; stop its reply too.
-                        let cancel = serde_json::json!({"type": "response.cancel"});
-                        tx.send(Message::Text(cancel.to_string().into())).await.map_err(send_err)?;
+                        if responding {
+                            responding = false;
+                            let cancel = serde_json::json!({"type": "response.cancel"});
+                            tx.send(Message::Text(cancel.to_string().into())).await.map_err(send_err)?;
+                        }
                         Some(ServerEvent::SpeechStarted)
+                    }
+                    "response.created" => {
+                        responding = true;
+                        None
                     }
                     "input_audio_buffer.speech_stopped" => Some(ServerEvent::SpeechStopped),
                     "response.audio.delta" | "response.output_audio.delta" => {
+                        responding = true;
+                        if let Some(id) = value["item_id"].as_str() {
+                            item = Some(id.to_owned());
+                        }
                         let bytes = B64
                             .decode(value["delta"].as_str().unwrap_or_default())
                             .map_err(|e| ProviderError::new(NAME, ErrorKind::Malformed, format!("audio delta is not base64: {e}")))?;
@@ -390,6 +438,7 @@ async fn converse(
                         Some(ServerEvent::Transcript("user", value["transcript"].as_str().unwrap_or_default().trim().to_owned()))
                     }
                     "response.done" => {
+                        responding = false;
                         let mut tail = Vec::new();
                         up.flush(&mut tail);
                         if !tail.is_empty() {
@@ -398,6 +447,8 @@ async fn converse(
                         up = Resampler::new(RATE, SAMPLE_RATE);
                         Some(ServerEvent::ResponseDone)
                     }
+                    // A cancel that crossed the end of the response is harmless.
+                    "error" if value.pointer("/error/code").and_then(|c| c.as_str()) == Some("response_cancel_not_active") => None,
                     "error" => {
                         let message = value.pointer("/error/message").and_then(|m| m.as_str()).unwrap_or("unknown error");
                         Some(failed(ErrorKind::Status(400), message.to_owned()))
