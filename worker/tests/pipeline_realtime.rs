@@ -1,7 +1,7 @@
 //! Speech-to-speech against a local server speaking the OpenAI Realtime protocol over a
 //! WebSocket on loopback: session.update, input_audio_buffer.append, server VAD events,
 //! response.audio.delta, transcripts, response.done, and a barge-in answered by
-//! response.cancel.
+//! conversation.item.truncate (the reply was already generated, so nothing to cancel).
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -235,7 +235,7 @@ async fn a_realtime_turn_plays_the_reply_and_reports_states_and_transcripts() {
 }
 
 #[tokio::test]
-async fn user_speech_during_the_reply_stops_it_within_a_frame_and_cancels_the_response() {
+async fn user_speech_during_the_reply_stops_it_within_a_frame_and_truncates_the_unheard_rest() {
     let (addr, seen) = server().await;
     let recorder = Arc::new(Recorder::default());
     let mut p = pipeline(addr, "bargein", recorder.clone());
