@@ -884,7 +884,8 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
 }
 
 /// An alert as `promtool test rules` expects it: the rule's labels plus `labels`, and its
-/// annotations with `{{ $labels.x }}` and `{{ $value }}` filled in as Prometheus would.
+/// annotations with `{{ $labels.x }}` and `{{ $value }}` (or `{{ printf "%.3f" $value }}`)
+/// filled in as Prometheus would; `value` is the text Prometheus renders.
 fn expected_alert(rules: &[Value], alert: &str, labels: &[(&str, &str)], value: &str) -> Value {
     let rule = rules
         .iter()
@@ -899,7 +900,8 @@ fn expected_alert(rules: &[Value], alert: &str, labels: &[(&str, &str)], value: 
         let mut text = v
             .as_str()
             .expect("annotation text")
-            .replace("{{ $value }}", value);
+            .replace("{{ $value }}", value)
+            .replace(r#"{{ printf "%.3f" $value }}"#, value);
         for (lk, lv) in labels {
             text = text.replace(&format!("{{{{ $labels.{lk} }}}}"), lv);
         }
@@ -923,13 +925,33 @@ fn alerts_fire_on_the_conditions_the_runbook_names_and_not_otherwise() {
     let healthy_world = json!({
         "interval": "1m",
         "input_series": [
-            // ns/a: workers desired, none ready. ns/b: one of three ready. ns/ok: all ready.
+            // Worker counts of the leading operator (the backend alerts join them, so a
+            // deleted backend, whose voice_workers the operator removes, stays quiet).
             series(r#"voice_workers{backend="ns/a",state="desired"}"#, "2x30"),
             series(r#"voice_workers{backend="ns/a",state="ready"}"#, "0x30"),
             series(r#"voice_workers{backend="ns/b",state="desired"}"#, "3x30"),
             series(r#"voice_workers{backend="ns/b",state="ready"}"#, "1x30"),
             series(r#"voice_workers{backend="ns/ok",state="desired"}"#, "2x30"),
             series(r#"voice_workers{backend="ns/ok",state="ready"}"#, "2x30"),
+            series(r#"voice_workers{backend="ns/new",state="desired"}"#, "1x30"),
+            series(r#"voice_workers{backend="ns/idle",state="desired"}"#, "0x30"),
+            // Health: ns/a Unhealthy (the leader moves from op-0 to op-1 after 3 m: the alert
+            // keeps its pending time), ns/b Degraded, ns/ok Healthy, ns/new Unknown with a
+            // worker desired (none ever passed a check), ns/idle Unknown with none desired,
+            // ns/gone Unhealthy when it was deleted (its gauge left behind, no voice_workers).
+            series(r#"voice_backend_health{backend="ns/a",pod="op-0",status="Unhealthy"}"#, "1x3"),
+            series(r#"voice_backend_health{backend="ns/a",pod="op-1",status="Unhealthy"}"#, "_x3 1x26"),
+            series(r#"voice_backend_health{backend="ns/a",pod="op-0",status="Healthy"}"#, "0x3"),
+            series(r#"voice_backend_health{backend="ns/a",pod="op-1",status="Healthy"}"#, "_x3 0x26"),
+            series(r#"voice_backend_health{backend="ns/b",pod="op-0",status="Degraded"}"#, "1x30"),
+            series(r#"voice_backend_health{backend="ns/b",pod="op-0",status="Unhealthy"}"#, "0x30"),
+            series(r#"voice_backend_health{backend="ns/ok",pod="op-0",status="Healthy"}"#, "1x30"),
+            series(r#"voice_backend_health{backend="ns/ok",pod="op-0",status="Degraded"}"#, "0x30"),
+            series(r#"voice_backend_health{backend="ns/ok",pod="op-0",status="Unhealthy"}"#, "0x30"),
+            series(r#"voice_backend_health{backend="ns/ok",pod="op-0",status="Unknown"}"#, "0x30"),
+            series(r#"voice_backend_health{backend="ns/new",pod="op-0",status="Unknown"}"#, "1x30"),
+            series(r#"voice_backend_health{backend="ns/idle",pod="op-0",status="Unknown"}"#, "1x30"),
+            series(r#"voice_backend_health{backend="ns/gone",pod="op-0",status="Unhealthy"}"#, "1x30"),
             // ns/c: its only worker is full; ns/ok's has room.
             series(r#"voice_worker_sessions{backend="ns/c",pod="c-0",state="active"}"#, "1x30"),
             series(r#"voice_worker_sessions{backend="ns/c",pod="c-0",state="reserved"}"#, "1x30"),
@@ -938,14 +960,39 @@ fn alerts_fire_on_the_conditions_the_runbook_names_and_not_otherwise() {
             series(r#"voice_worker_capacity{backend="ns/ok",pod="ok-0"}"#, "4x30"),
             series(r#"voice_operator_leader{pod="op-0"}"#, "1x30"),
             series(r#"voice_operator_leader{pod="op-1"}"#, "0x30"),
-            // Provider p has a queue that never empties; q's is empty.
-            series(r#"voice_provider_sessions{provider="p",state="pending"}"#, "3x30"),
-            series(r#"voice_provider_sessions{provider="q",state="pending"}"#, "0x30"),
-            // Every turn of ns/a takes 0.5 to 1 s; admissions take 1 to 2.5 s; clients of
-            // ns/a lose 5 to 10 % of packets.
-            series(r#"voice_turn_latency_seconds_bucket{backend="ns/a",le="0.5"}"#, "0x30"),
-            series(r#"voice_turn_latency_seconds_bucket{backend="ns/a",le="1"}"#, "0+10x30"),
-            series(r#"voice_turn_latency_seconds_bucket{backend="ns/a",le="+Inf"}"#, "0+10x30"),
+            // Provider p holds its cap of 10; q is below its cap; u has no cap (0).
+            series(r#"voice_provider_sessions{provider="p",pod="op-0",state="in_use"}"#, "10x30"),
+            series(r#"voice_provider_session_limit{provider="p",pod="op-0"}"#, "10x30"),
+            series(r#"voice_provider_sessions{provider="q",pod="op-0",state="in_use"}"#, "5x30"),
+            series(r#"voice_provider_session_limit{provider="q",pod="op-0"}"#, "10x30"),
+            series(r#"voice_provider_sessions{provider="u",pod="op-0",state="in_use"}"#, "50x30"),
+            series(r#"voice_provider_session_limit{provider="u",pod="op-0"}"#, "0x30"),
+            series(r#"voice_provider_sessions{provider="p",pod="op-0",state="pending"}"#, "3x30"),
+            // Two sessions of ns/c wait for worker capacity the whole time; one of ns/ok waited
+            // for a ready worker for a minute only; none waits on ns/ok's provider.
+            series(r#"voice_sessions_waiting{backend="ns/c",pod="op-0",reason="NoWorkerCapacity"}"#, "2x30"),
+            series(r#"voice_sessions_waiting{backend="ns/ok",pod="op-0",reason="BackendNotReady"}"#, "1 0x29"),
+            series(r#"voice_sessions_waiting{backend="ns/ok",pod="op-0",reason="ProviderLimit"}"#, "0x30"),
+            // Turn latency p95 against each backend's own target: ns/a (0.975 s, target
+            // 0.5 s) and ns/strict (0.4875 s, target 0.25 s, under the 0.8 s fallback) are
+            // slow; ns/slow (0.975 s, target 1.5 s, over the fallback) is not; ns/untargeted
+            // (0.975 s) has no target series and falls back to turnLatencyP95Seconds.
+            series(r#"voice_backend_latency_target_seconds{backend="ns/a",pod="op-0"}"#, "0.5x30"),
+            series(r#"voice_backend_latency_target_seconds{backend="ns/strict",pod="op-0"}"#, "0.25x30"),
+            series(r#"voice_backend_latency_target_seconds{backend="ns/slow",pod="op-0"}"#, "1.5x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/a",pod="a-0",le="0.5"}"#, "0x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/a",pod="a-0",le="1"}"#, "0+10x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/a",pod="a-0",le="+Inf"}"#, "0+10x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/strict",pod="s-0",le="0.25"}"#, "0x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/strict",pod="s-0",le="0.5"}"#, "0+10x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/strict",pod="s-0",le="+Inf"}"#, "0+10x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/slow",pod="w-0",le="0.5"}"#, "0x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/slow",pod="w-0",le="1"}"#, "0+10x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/slow",pod="w-0",le="+Inf"}"#, "0+10x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/untargeted",pod="u-0",le="0.5"}"#, "0x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/untargeted",pod="u-0",le="1"}"#, "0+10x30"),
+            series(r#"voice_turn_latency_seconds_bucket{backend="ns/untargeted",pod="u-0",le="+Inf"}"#, "0+10x30"),
+            // Admissions take 1 to 2.5 s; clients of ns/a lose 5 to 10 % of packets.
             series(r#"voice_session_admission_duration_seconds_bucket{le="1"}"#, "0x30"),
             series(r#"voice_session_admission_duration_seconds_bucket{le="2.5"}"#, "0+10x30"),
             series(r#"voice_session_admission_duration_seconds_bucket{le="+Inf"}"#, "0+10x30"),
@@ -957,13 +1004,23 @@ fn alerts_fire_on_the_conditions_the_runbook_names_and_not_otherwise() {
         ],
         "alert_rule_test": [
             case("4m", "VoiceBackendUnhealthy", vec![]),
-            case("6m", "VoiceBackendUnhealthy", vec![expected_alert(&rules, "VoiceBackendUnhealthy", &[("backend", "ns/a")], "0")]),
+            case("6m", "VoiceBackendUnhealthy", vec![
+                expected_alert(&rules, "VoiceBackendUnhealthy", &[("backend", "ns/a")], "1"),
+                expected_alert(&rules, "VoiceBackendUnhealthy", &[("backend", "ns/new")], "1"),
+            ]),
             case("4m", "VoiceBackendDegraded", vec![]),
             case("6m", "VoiceBackendDegraded", vec![expected_alert(&rules, "VoiceBackendDegraded", &[("backend", "ns/b")], "1")]),
             case("6m", "VoiceWorkersFull", vec![expected_alert(&rules, "VoiceWorkersFull", &[("backend", "ns/c")], "2")]),
+            case("4m", "VoiceProviderAtSessionCap", vec![]),
+            case("6m", "VoiceProviderAtSessionCap", vec![expected_alert(&rules, "VoiceProviderAtSessionCap", &[("provider", "p")], "10")]),
             case("1m", "VoiceSessionsPendingTooLong", vec![]),
-            case("3m", "VoiceSessionsPendingTooLong", vec![expected_alert(&rules, "VoiceSessionsPendingTooLong", &[("provider", "p")], "3")]),
-            case("20m", "VoiceTurnLatencyHigh", vec![expected_alert(&rules, "VoiceTurnLatencyHigh", &[("backend", "ns/a")], "0.975")]),
+            case("3m", "VoiceSessionsPendingTooLong", vec![expected_alert(&rules, "VoiceSessionsPendingTooLong", &[("backend", "ns/c"), ("reason", "NoWorkerCapacity")], "2")]),
+            case("9m", "VoiceTurnLatencyHigh", vec![]),
+            case("20m", "VoiceTurnLatencyHigh", vec![
+                expected_alert(&rules, "VoiceTurnLatencyHigh", &[("backend", "ns/a")], "0.975"),
+                expected_alert(&rules, "VoiceTurnLatencyHigh", &[("backend", "ns/strict")], "0.488"),
+                expected_alert(&rules, "VoiceTurnLatencyHigh", &[("backend", "ns/untargeted")], "0.975"),
+            ]),
             case("20m", "VoiceAdmissionSlow", vec![expected_alert(&rules, "VoiceAdmissionSlow", &[], "2.425")]),
             case("20m", "VoiceMediaPacketLoss", vec![expected_alert(&rules, "VoiceMediaPacketLoss", &[("backend", "ns/a")], "0.0975")]),
             case("20m", "VoiceOperatorNoLeader", vec![]),
