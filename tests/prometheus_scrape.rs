@@ -751,6 +751,24 @@ fn dashboard_and_alerts_use_only_metrics_the_components_export() {
         "the chart uses metrics no component exports:\n{}",
         missing.join("\n")
     );
+    // The operator's health, cap, queue and target gauges are on the dashboard, not only in
+    // the alerts (health, provider usage against its cap, sessions waiting by reason).
+    let panel_names: BTreeSet<String> = exprs
+        .iter()
+        .filter(|(w, _)| w.starts_with("panel"))
+        .flat_map(|(_, e)| promql_metrics(e))
+        .collect();
+    for shown in [
+        "voice_backend_health",
+        "voice_provider_session_limit",
+        "voice_sessions_waiting",
+        "voice_backend_latency_target_seconds",
+    ] {
+        assert!(
+            panel_names.contains(shown),
+            "no dashboard panel shows {shown}"
+        );
+    }
     eprintln!(
         "{} metrics used by {} expressions, all exported",
         used.len(),
