@@ -1098,3 +1098,73 @@ async fn pending_sessions_scale_a_backend_up_from_zero_and_are_then_admitted() {
     );
     assert_eq!(status.workers.desired, 3);
 }
+
+#[tokio::test]
+async fn a_session_that_ended_while_the_operator_was_down_is_completed_after_it_restarts() {
+    let mut stack = OperatorStack::start("sess-unseen").await;
+    let ns_name = stack.ns.name().to_owned();
+    let ns = &stack.ns;
+    stack.apply_backend("echo", json!({"replicas": 1}));
+    wait_healthy(ns, "echo", 1, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    api.create(
+        &PostParams::default(),
+        &session("gone", "echo", json!({"transport": "websocket"})),
+    )
+    .await
+    .unwrap();
+    let s = wait_for(T, "gone Active", || async {
+        let s = api.get("gone").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Active {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", phase(&s)))
+        }
+    })
+    .await;
+    let endpoint = s.status.unwrap().endpoint.unwrap();
+    let secrets: Api<Secret> = ns.api();
+    let secret = secrets.get(&endpoint.token_secret_name).await.unwrap();
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
+            .await
+            .unwrap();
+
+    // The operator dies; the client hangs up while nobody listens to the worker's events.
+    stack.operator.kill();
+    ws.close(None).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.operator = OperatorProcess::start_with(
+        &ns_name,
+        "b",
+        &[
+            "--lease-duration-seconds",
+            "3",
+            "--lease-renew-seconds",
+            "1",
+        ],
+    );
+    let start = Instant::now();
+    let ended = wait_for(T, "gone Completed after the restart", || async {
+        let s = api.get("gone").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Completed {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", phase(&s)))
+        }
+    })
+    .await;
+    eprintln!("completed {:?} after the restart", start.elapsed());
+    assert_eq!(
+        ended.status.unwrap().end_reason.as_deref(),
+        Some("EndedOnWorker")
+    );
+    wait_for(T, "provider shows 0 in use", || async {
+        match provider_counts(&stack.provider).await {
+            (0, 0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}

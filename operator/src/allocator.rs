@@ -71,6 +71,8 @@ struct Allocator {
     signing_keys: SigningKeys,
     outcomes: mpsc::Sender<(SessionKey, Outcome)>,
     admissions: Arc<Semaphore>,
+    /// Sessions the repair pass found Active in the ledger but not held by their worker.
+    repairs: mpsc::Sender<(SessionKey, String)>,
     /// Label pairs of `voice_sessions_waiting` set non-zero last time.
     waiting_labels: HashSet<(String, &'static str)>,
     addrs: watch::Sender<WorkerAddrs>,
@@ -120,6 +122,7 @@ pub async fn run(
     }
 
     let (outcomes, mut outcome_rx) = mpsc::channel(MAX_ADMISSIONS_IN_FLIGHT * 4);
+    let (repairs, mut repair_rx) = mpsc::channel(1024);
     let mut a = Allocator {
         ctx,
         sessions,
@@ -132,11 +135,13 @@ pub async fn run(
         waiting_written: HashMap::new(),
         counts_written: HashMap::new(),
         counts_at: None,
-        repair_at: Instant::now() + REPAIR_INTERVAL,
+        // Soon after a start: events the workers sent while no operator listened are lost.
+        repair_at: Instant::now() + Duration::from_secs(5),
         signing_keys: SigningKeys::default(),
         outcomes,
         admissions: Arc::new(Semaphore::new(MAX_ADMISSIONS_IN_FLIGHT)),
         waiting_labels: HashSet::new(),
+        repairs,
         addrs,
     };
     a.rebuild();
@@ -150,6 +155,7 @@ pub async fn run(
             () = wake.notified() => {}
             Some((key, outcome)) = outcome_rx.recv() => a.settle(key, outcome),
             Some(end) = ended.recv() => a.worker_ended(end).await,
+            Some((key, worker)) = repair_rx.recv() => a.ended_unseen(key, worker).await,
             _ = tick.tick() => clocks_due = true,
         }
         // Rounds are O(sessions): batch the watch events and outcomes of a burst into one
@@ -1035,12 +1041,42 @@ impl Allocator {
             .values()
             .flat_map(|(_, ips)| ips.values().cloned())
             .collect();
+        // Sessions Active on each worker now: a worker that no longer holds one ended it
+        // while nobody listened to its events (an operator restart loses them).
+        let mut expected: HashMap<String, Vec<(SessionKey, String)>> = HashMap::new();
+        for (key, slot) in self.ledger.iter() {
+            if self.in_flight.contains(key)
+                || self.lifecycle.get(key).map(|l| l.phase) != Some(SessionPhase::Active)
+            {
+                continue;
+            }
+            if let Some(ip) = backends
+                .get(&slot.backend)
+                .and_then(|(_, ips)| ips.get(&slot.worker))
+            {
+                expected
+                    .entry(ip.clone())
+                    .or_default()
+                    .push((key.clone(), slot.worker.clone()));
+            }
+        }
         let ctx = self.ctx.clone();
+        let repairs = self.repairs.clone();
         tokio::spawn(async move {
             for ip in ips {
                 let Ok(held) = ctx.workers.list_sessions(&ip, WORKER_TIMEOUT).await else {
                     continue;
                 };
+                let holds: HashSet<(String, String)> = held
+                    .iter()
+                    .map(|s| (s.session_id.clone(), s.uid.clone()))
+                    .collect();
+                for (key, worker) in expected.remove(&ip).unwrap_or_default() {
+                    let id = (format!("{}/{}", key.namespace, key.name), key.uid.clone());
+                    if !holds.contains(&id) {
+                        let _ = repairs.send((key, worker)).await;
+                    }
+                }
                 for s in held {
                     if known.contains(&(s.session_id.clone(), s.uid.clone())) {
                         continue;
@@ -1061,6 +1097,31 @@ impl Allocator {
                 }
             }
         });
+    }
+
+    /// The repair pass found `key` Active on `worker` in the ledger, but the worker does not
+    /// hold it: it ended there unseen. End it here too, if nothing moved it meanwhile.
+    async fn ended_unseen(&mut self, key: SessionKey, worker: String) {
+        let still = self.ledger.slot(&key).is_some_and(|s| s.worker == worker)
+            && !self.in_flight.contains(&key)
+            && self.lifecycle.get(&key).map(|l| l.phase) == Some(SessionPhase::Active);
+        if !still {
+            return;
+        }
+        let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
+        let Some(session) = self.sessions.get(&reference) else {
+            return;
+        };
+        tracing::warn!(session = %format!("{}/{}", key.namespace, key.name), %worker, "the worker no longer holds an Active session; ending it");
+        self.end(
+            &session,
+            &key,
+            SessionPhase::Completed,
+            reason::ENDED_ON_WORKER,
+            "the worker no longer holds the session: it ended there while the operator was not listening",
+            Timestamp::now(),
+        )
+        .await;
     }
 
     /// `voice_sessions_waiting{backend,reason}`; reasons that no longer apply drop to 0.

@@ -31,6 +31,9 @@ pub mod reason {
     pub const IDLE_TIMEOUT: &str = "IdleTimeout";
     /// The session's backend was deleted.
     pub const BACKEND_DELETED: &str = "BackendDeleted";
+    /// The worker no longer held an Active session (it ended there unseen, e.g. while the
+    /// operator restarted).
+    pub const ENDED_ON_WORKER: &str = "EndedOnWorker";
     /// The worker refused the reservation (full, draining, or a stale session of that name).
     pub const WORKER_REFUSED: &str = "WorkerRefused";
 }
