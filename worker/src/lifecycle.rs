@@ -113,6 +113,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     let mut http: JoinHandle<Result<(), Error>> =
         tokio::spawn(async move { http.await.map_err(Error::Http) });
     let supervisor = tokio::spawn(drain::supervise(sessions.clone()));
+    tokio::spawn(ping_connected(sessions.clone(), shutdown.clone()));
     started.store(true, Ordering::Release);
     tracing::info!(
         capacity = config.sessions_per_worker,
@@ -177,5 +178,23 @@ fn stop_after_failure(
         }
         Ok(Err(e)) => Err(e),
         Err(e) => Err(Error::Task(server, e)),
+    }
+}
+
+/// How often connected sessions are reported alive to the operator.
+const PING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Reports every connected session alive every [`PING_INTERVAL`] until shutdown, so the
+/// operator's `lastActivity` (and `spec.idleTimeout`) follow the client's connection.
+async fn ping_connected(sessions: Arc<Sessions>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(PING_INTERVAL);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            _ = tick.tick() => {
+                sessions.ping_connected(SystemTime::now());
+            }
+        }
     }
 }

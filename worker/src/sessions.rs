@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 use voice_proto::worker::v1::{
-    Connected, Ended, PipelineStateChanged, Reserved as ReservedEvent, Transcript,
+    Connected, Ended, Ping, PipelineStateChanged, Reserved as ReservedEvent, Transcript,
     session_event::Event,
 };
 
@@ -121,6 +121,23 @@ impl Sessions {
             .get(session_id)
             .map(|s| s.request.context_json.clone())
             .filter(|c| !c.trim().is_empty())
+    }
+
+    /// Publishes a liveness ping for every session whose client is connected: the operator
+    /// turns it into `lastActivity`, which `spec.idleTimeout` is measured from. Returns how
+    /// many were sent.
+    pub fn ping_connected(&self, now: SystemTime) -> usize {
+        let connected: Vec<(String, String)> = self
+            .lock()
+            .sessions()
+            .filter(|s| s.is_connected())
+            .map(|s| (s.request.session_id.clone(), s.request.uid.clone()))
+            .collect();
+        for (id, uid) in &connected {
+            self.events
+                .publish(id, uid, now, Event::Ping(Ping { rtt_ms: None }));
+        }
+        connected.len()
     }
 
     /// Publishes a pipeline state change of a session.
@@ -308,5 +325,42 @@ impl Sessions {
             held: ledger.held(),
             drain_deadline: ledger.drain_deadline(),
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+
+    fn request(id: &str) -> SessionRequest {
+        SessionRequest {
+            session_id: id.to_owned(),
+            uid: format!("uid-{id}"),
+            token_key_id: None,
+            config_json: String::new(),
+            context_json: String::new(),
+        }
+    }
+
+    #[tokio::test]
+    async fn only_connected_sessions_are_pinged() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let sessions = Sessions::new(4, Duration::from_secs(5), 64, metrics);
+        let now = SystemTime::now();
+        let mut events = sessions.subscribe();
+        for id in ["ns/a", "ns/b"] {
+            assert!(sessions.reserve(request(id), now).outcome.is_ok());
+        }
+        assert!(sessions.connect("ns/a", "uid-ns/a", Connected::default(), now));
+        assert_eq!(sessions.ping_connected(now), 1);
+        let mut pinged = Vec::new();
+        while let Some(Ok(event)) = events.next().await {
+            if let Some(Event::Ping(_)) = event.event {
+                pinged.push(event.session_id);
+                break;
+            }
+        }
+        assert_eq!(pinged, ["ns/a"]);
     }
 }
