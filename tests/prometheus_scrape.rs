@@ -76,14 +76,14 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
     // The diagnostic echo speech-to-speech pipeline, so a WebRTC call hears itself back.
     let stack = OperatorStack::start_with(
         "prom",
-        json!({"capabilities": {"s2sSupport": true}, "stages": {"s2s": ["echo"]}}),
+        json!({"capabilities": {"s2sSupport": true, "maxConcurrentSessions": 10}, "stages": {"s2s": ["echo"]}}),
     )
     .await;
     let ns = &stack.ns;
     stack.apply_backend(
         "assistant",
         json!({
-            "pipeline": {"type": "S2S", "s2s": {"provider": "echo"}, "stt": null, "tts": null},
+            "pipeline": {"type": "S2S", "s2s": {"provider": "echo"}, "stt": null, "tts": null, "latencyTarget": "750ms"},
             "scaling": {"minWorkers": 2, "maxWorkers": 2},
             "workers": {"sessionsPerWorker": 2},
         }),
@@ -176,6 +176,52 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
     wait_value(
         &prom,
         &format!("count(up{{job=\"podmonitor\",backend=\"{backend}\"}} == 1)"),
+        2.0,
+    )
+    .await;
+    // The gauges the alerts and the dashboard's health row read: the provider's cap, the
+    // backend's health and latency target, and no session waiting.
+    wait_value(
+        &prom,
+        &format!(
+            "max(voice_provider_session_limit{{provider=\"{}\"}})",
+            stack.provider
+        ),
+        10.0,
+    )
+    .await;
+    wait_value(
+        &prom,
+        &format!("max(voice_backend_health{{backend=\"{backend}\",status=\"Healthy\"}})"),
+        1.0,
+    )
+    .await;
+    wait_value(
+        &prom,
+        &format!("sum(voice_backend_health{{backend=\"{backend}\"}})"),
+        1.0,
+    )
+    .await;
+    wait_value(
+        &prom,
+        &format!("max(voice_backend_latency_target_seconds{{backend=\"{backend}\"}})"),
+        0.75,
+    )
+    .await;
+    wait_value(
+        &prom,
+        &format!("sum(voice_sessions_waiting{{backend=\"{backend}\"}}) or vector(0)"),
+        0.0,
+    )
+    .await;
+    // The workers' backend label (the PodMonitor's relabeling) joins the operator's: the
+    // turn-latency alert compares each backend's p95 with its target this way.
+    wait_value(
+        &prom,
+        &format!(
+            "count(voice_worker_capacity{{job=\"podmonitor\",backend=\"{backend}\"}} \
+             * on (backend) group_left max by (backend) (voice_backend_latency_target_seconds))"
+        ),
         2.0,
     )
     .await;
