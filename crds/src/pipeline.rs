@@ -51,6 +51,26 @@ pub struct SecretKeyRef {
     pub key: String,
 }
 
+impl SecretKeyRef {
+    /// The environment variable that carries this key into a worker:
+    /// `VOICE_SECRET_<NAME>_<KEY>`, upper-cased, every other character `_`. The operator sets
+    /// it from the Secret; the worker's providers read it.
+    pub fn env_var(&self) -> String {
+        let clean = |s: &str| {
+            s.chars()
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() {
+                        c.to_ascii_uppercase()
+                    } else {
+                        '_'
+                    }
+                })
+                .collect::<String>()
+        };
+        format!("VOICE_SECRET_{}_{}", clean(&self.name), clean(&self.key))
+    }
+}
+
 /// One pipeline stage: which provider implementation runs it and how it is reached.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]

@@ -133,7 +133,7 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         value: None,
         value_from: Some(source),
     };
-    let env = vec![
+    let mut env = vec![
         from("POD_IP", field("status.podIP")),
         from("POD_NAME", field("metadata.name")),
         from("POD_NAMESPACE", field("metadata.namespace")),
@@ -158,6 +158,22 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             },
         ),
     ];
+    // Every Secret key the spec references (provider API keys, webhook auth, TURN
+    // credentials) reaches the worker as an environment variable from the Secret itself:
+    // the key never passes through the operator, the pod spec or any status.
+    for r in secret_refs(spec) {
+        env.push(from(
+            &r.env_var(),
+            EnvVarSource {
+                secret_key_ref: Some(SecretKeySelector {
+                    name: r.name.clone(),
+                    key: r.key.clone(),
+                    optional: Some(false),
+                }),
+                ..EnvVarSource::default()
+            },
+        ));
+    }
     let port = |name: &str, port: i32| ContainerPort {
         name: Some(name.to_owned()),
         container_port: port,
@@ -294,6 +310,38 @@ pub fn pod(
         spec: Some(template.spec.clone()),
         status: None,
     }
+}
+
+/// Every `*SecretRef` in the backend's spec, once each, in a stable order.
+pub fn secret_refs(spec: &voice_crds::VoiceBackendSpec) -> Vec<voice_crds::SecretKeyRef> {
+    fn walk(value: &serde_json::Value, out: &mut std::collections::BTreeSet<(String, String)>) {
+        match value {
+            serde_json::Value::Object(map) => {
+                for (k, v) in map {
+                    if k.ends_with("SecretRef")
+                        && let (Some(name), Some(key)) = (
+                            v.get("name").and_then(|n| n.as_str()),
+                            v.get("key").and_then(|n| n.as_str()),
+                        )
+                    {
+                        out.insert((name.to_owned(), key.to_owned()));
+                    } else {
+                        walk(v, out);
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|v| walk(v, out)),
+            _ => {}
+        }
+    }
+    let mut found = std::collections::BTreeSet::new();
+    if let Ok(value) = serde_json::to_value(spec) {
+        walk(&value, &mut found);
+    }
+    found
+        .into_iter()
+        .map(|(name, key)| voice_crds::SecretKeyRef { name, key })
+        .collect()
 }
 
 #[cfg(test)]

@@ -141,3 +141,28 @@ fn selector_string_lists_the_backend_labels() {
     assert!(s.contains("voicebackends.dev/backend=assistant"), "{s}");
     assert!(s.contains("app.kubernetes.io/name=voice-worker"), "{s}");
 }
+
+#[test]
+fn every_referenced_secret_key_reaches_the_worker_by_reference_only() {
+    let mut b = backend(None);
+    b.spec.agent = serde_json::from_value(json!({
+        "type": "Callback",
+        "callback": {"url": "https://agent.example.com/turn", "authSecretRef": {"name": "hook", "key": "token"}}
+    }))
+    .expect("agent");
+    let t = render(&b, &provider()).expect("render");
+    let env = env(&t);
+    for (var, name, key) in [
+        ("VOICE_SECRET_OPENAI_API_KEY", "openai", "api-key"),
+        ("VOICE_SECRET_HOOK_TOKEN", "hook", "token"),
+    ] {
+        let (value, from) = &env[var];
+        assert!(value.is_none(), "{var} carries no literal value");
+        let selector = from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .expect(var);
+        assert_eq!((selector.name.as_str(), selector.key.as_str()), (name, key));
+    }
+    assert_eq!(secret_refs(&b.spec).len(), 2);
+}

@@ -35,20 +35,9 @@ impl ApiKey {
     }
 }
 
-/// The environment variable that carries `r`.
+/// The environment variable that carries `r` (the operator sets it from the Secret).
 pub fn env_name(r: &SecretKeyRef) -> String {
-    let clean = |s: &str| {
-        s.chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect::<String>()
-    };
-    format!("VOICE_SECRET_{}_{}", clean(&r.name), clean(&r.key))
+    r.env_var()
 }
 
 /// Reads the credential `r` names; `None` when no reference is given.
