@@ -353,6 +353,10 @@ fn bad_values_fail_template_and_install_with_the_schema_message() {
             "monitoring.prometheusRule.backendDegradedFor=five minutes",
             &["backendDegradedFor"],
         ),
+        (
+            "monitoring.prometheusRule.providerAtCapFor=soon",
+            &["providerAtCapFor"],
+        ),
         ("replicas=2", &["replicas", "additional properties"]),
         ("metrics.port=70000", &["port", "maximum"]),
         ("opentelemetry.endpoint=collector:4317", &["endpoint"]),
