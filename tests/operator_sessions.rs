@@ -335,6 +335,7 @@ async fn a_burst_of_400_never_exceeds_a_cap_queues_in_order_and_leaks_nothing() 
             stack.provider
         ),
         "voice_sessions_ledger 80".to_owned(),
+        "voice_session_waits_total{reason=\"BackendLimit\"} 320".to_owned(),
     ] {
         assert!(
             metrics.contains(&line),
@@ -955,6 +956,8 @@ async fn without_session_persistence_a_lost_worker_fails_its_sessions_at_once() 
     .await;
     let status = s.status.unwrap();
     assert_eq!(status.end_reason.as_deref(), Some("WorkerLost"));
+    let note = wait_event(ns, "call", "WorkerLost", T).await;
+    assert!(note.contains("sessionPersistence"), "{note}");
     let admitted = status
         .conditions
         .iter()

@@ -73,6 +73,8 @@ struct Allocator {
     admissions: Arc<Semaphore>,
     /// Sessions the repair pass found Active in the ledger but not held by their worker.
     repairs: mpsc::Sender<(SessionKey, String)>,
+    /// Providers with gauges exported.
+    metric_providers: HashSet<String>,
     /// Label pairs of `voice_sessions_waiting` set non-zero last time.
     waiting_labels: HashSet<(String, &'static str)>,
     addrs: watch::Sender<WorkerAddrs>,
@@ -141,6 +143,7 @@ pub async fn run(
         outcomes,
         admissions: Arc::new(Semaphore::new(MAX_ADMISSIONS_IN_FLIGHT)),
         waiting_labels: HashSet::new(),
+        metric_providers: HashSet::new(),
         repairs,
         addrs,
     };
@@ -511,6 +514,15 @@ impl Allocator {
                 .observing(session.metadata.generation);
             tracing::warn!(session = %format!("{}/{}", key.namespace, key.name), worker = %slot.worker, "worker lost; re-admitting");
             self.ctx.metrics.sessions_lost.inc();
+            crate::events::publish_session_warning(
+                &self.ctx.session_recorder,
+                &key.namespace,
+                &key.name,
+                &key.uid,
+                reason::WORKER_LOST,
+                &message,
+            )
+            .await;
             self.write(session, &key, next).await;
         }
     }
@@ -622,6 +634,17 @@ impl Allocator {
             .sessions_ended
             .with_label_values(&[why])
             .inc();
+        if phase == SessionPhase::Failed {
+            crate::events::publish_session_warning(
+                &self.ctx.session_recorder,
+                &key.namespace,
+                &key.name,
+                &key.uid,
+                why,
+                message,
+            )
+            .await;
+        }
         self.write(session, key, next).await;
     }
 
@@ -796,7 +819,15 @@ impl Allocator {
                 .get(&waiting.key)
                 .is_none_or(|at| at.elapsed() >= WAITING_WRITE_INTERVAL);
             // The reason changing is news; a shifted position can wait for the next interval.
-            if due || next.admitted_reason() != lifecycle.admitted_reason() {
+            let new_reason = next.admitted_reason() != lifecycle.admitted_reason();
+            if new_reason {
+                self.ctx
+                    .metrics
+                    .session_waits
+                    .with_label_values(&[why])
+                    .inc();
+            }
+            if due || new_reason {
                 self.waiting_written
                     .insert(waiting.key.clone(), Instant::now());
                 self.write(session, &waiting.key, next).await;
@@ -972,6 +1003,24 @@ impl Allocator {
                 self.counts_written.insert(id, (pending, 0));
             }
         }
+        // A deleted provider's gauges would otherwise be scraped (and alerted on) forever.
+        let providers: HashSet<String> = self
+            .providers
+            .state()
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        for gone in self
+            .metric_providers
+            .iter()
+            .filter(|p| !providers.contains(*p))
+        {
+            let m = &self.ctx.metrics;
+            let _ = m.provider_session_limit.remove_label_values(&[gone]);
+            let _ = m.provider_sessions.remove_label_values(&[gone, "in_use"]);
+            let _ = m.provider_sessions.remove_label_values(&[gone, "pending"]);
+        }
+        self.metric_providers = providers;
         for p in self.providers.state() {
             let name = p.name_any();
             let in_use = i32::try_from(self.ledger.provider_count(&name)).unwrap_or(i32::MAX);

@@ -672,6 +672,16 @@ async fn cleanup(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
             .workers
             .remove_label_values(&[key.as_str(), state]);
     }
+    for status in ["Unknown", "Healthy", "Degraded", "Unhealthy"] {
+        let _ = ctx
+            .metrics
+            .backend_health
+            .remove_label_values(&[key.as_str(), status]);
+    }
+    let _ = ctx
+        .metrics
+        .backend_latency_target
+        .remove_label_values(&[key.as_str()]);
     Ok(Action::await_change())
 }
 

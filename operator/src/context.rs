@@ -28,6 +28,8 @@ pub struct Context {
     pub provider_recorder: Recorder,
     /// Publishes Events as `voice-operator/backend`.
     pub backend_recorder: Recorder,
+    /// Publishes Events about sessions as `voice-operator/session`.
+    pub session_recorder: Recorder,
     /// Process metrics.
     pub metrics: Metrics,
     /// gRPC channels to workers.
@@ -69,6 +71,10 @@ impl Context {
             backend_recorder: Recorder::new(
                 client.clone(),
                 reporter(crate::backend_controller::FIELD_MANAGER),
+            ),
+            session_recorder: Recorder::new(
+                client.clone(),
+                reporter(crate::session_admit::FIELD_MANAGER),
             ),
             client,
             metrics,

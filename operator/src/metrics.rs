@@ -51,6 +51,9 @@ pub struct Metrics {
     pub backend_health: IntGaugeVec,
     /// `voice_backend_latency_target_seconds{backend}`: `pipeline.latencyTarget`.
     pub backend_latency_target: GaugeVec,
+    /// `voice_session_waits_total{reason}`: sessions that started waiting, by reason (a
+    /// counter, so a wait shorter than a scrape interval still leaves a trace).
+    pub session_waits: IntCounterVec,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -211,8 +214,17 @@ impl Metrics {
             &["backend"],
         )
         .expect("valid metric");
+        let session_waits = IntCounterVec::new(
+            Opts::new(
+                "voice_session_waits_total",
+                "Sessions that started waiting for admission, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for c in [
-            Box::new(provider_session_limit.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(session_waits.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(provider_session_limit.clone()),
             Box::new(sessions_waiting.clone()),
             Box::new(backend_health.clone()),
             Box::new(backend_latency_target.clone()),
@@ -265,6 +277,7 @@ impl Metrics {
             sessions_waiting,
             backend_health,
             backend_latency_target,
+            session_waits,
         }
     }
 

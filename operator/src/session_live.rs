@@ -233,6 +233,21 @@ async fn absorb(
                 pb::PipelineState::Error => PipelineState::Error,
                 _ => PipelineState::Idle,
             };
+            if state == PipelineState::Error && live.pipeline_state != PipelineState::Error {
+                // A provider failure (timeout, 4xx/5xx, malformed stream): say so where
+                // `kubectl describe` looks. The worker's detail never carries credentials.
+                if let Some((ns, name)) = event.session_id.split_once('/') {
+                    crate::events::publish_session_warning(
+                        &ctx.session_recorder,
+                        ns,
+                        name,
+                        &event.uid,
+                        "PipelineError",
+                        &p.detail,
+                    )
+                    .await;
+                }
+            }
             live.pipeline_state = state;
             live.last_activity = Some(now.clone());
             if live.connection.is_some() {
