@@ -1171,3 +1171,130 @@ async fn a_session_that_ended_while_the_operator_was_down_is_completed_after_it_
     })
     .await;
 }
+
+/// `text` spoken by espeak-ng as 16 kHz mono PCM16 (sox converts), as the worker's
+/// pipeline tests make it.
+fn speak(text: &str) -> Vec<u8> {
+    use std::process::{Command, Stdio};
+    let mut espeak = Command::new("espeak-ng")
+        .args(["--stdout", text])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("espeak-ng (apt-get install espeak-ng)");
+    let out = Command::new("sox")
+        .args([
+            "-t", "wav", "-", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1",
+            "-",
+        ])
+        .stdin(espeak.stdout.take().expect("espeak stdout"))
+        .output()
+        .expect("sox (apt-get install sox)");
+    assert!(out.status.success() && espeak.wait().unwrap().success());
+    out.stdout
+}
+
+#[tokio::test]
+async fn spoken_turns_fill_the_session_context_and_last_turn_and_a_slow_backend_is_degraded() {
+    use futures::{SinkExt, StreamExt as _};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let stack = OperatorStack::start_with(
+        "sess-turns",
+        json!({"stages": {"turnDetection": ["silence"]}}),
+    )
+    .await;
+    let ns = &stack.ns;
+    // The offline pipeline (pocketsphinx → echo agent → espeak-ng) cannot answer in 50 ms.
+    stack.apply_backend(
+        "assistant",
+        json!({"replicas": 1, "pipeline": {"latencyTarget": "50ms", "turnDetection": {"silenceTimeout": "400ms"}}}),
+    );
+    wait_healthy(ns, "assistant", 1, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    api.create(
+        &PostParams::default(),
+        &session("chat", "assistant", json!({"transport": "websocket"})),
+    )
+    .await
+    .unwrap();
+    let s = wait_for(T, "chat Active", || async {
+        let s = api.get("chat").await.map_err(|e| e.to_string())?;
+        if phase(&s) == SessionPhase::Active {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", phase(&s)))
+        }
+    })
+    .await;
+    let endpoint = s.status.unwrap().endpoint.unwrap();
+    let secrets: Api<Secret> = ns.api();
+    let secret = secrets.get(&endpoint.token_secret_name).await.unwrap();
+    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
+            .await
+            .expect("the worker takes the token");
+    let (mut tx, mut rx) = ws.split();
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+
+    // Six turns: half a second of silence, the phrase, two and a half seconds of silence.
+    let phrase = speak("please tell me about the weather");
+    let mut script = Vec::new();
+    for _ in 0..6 {
+        script.extend(vec![0u8; 16_000]);
+        script.extend(&phrase);
+        script.extend(vec![0u8; 80_000]);
+    }
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    for frame in script.chunks(640) {
+        ticks.tick().await;
+        tx.send(Message::Binary(frame.to_vec().into()))
+            .await
+            .unwrap();
+    }
+
+    let status = wait_for(T, "context and last turn in status", || async {
+        let s = api.get("chat").await.map_err(|e| e.to_string())?;
+        let status = s.status.unwrap_or_default();
+        let context = status.context.clone().unwrap_or_default();
+        let agent = context
+            .transcript
+            .iter()
+            .filter(|e| e.speaker == voice_crds::Speaker::Agent)
+            .count();
+        if status.last_turn.is_some() && agent >= 1 && context.turns >= 1 {
+            Ok(status)
+        } else {
+            Err(format!(
+                "turns {}, last turn {:?}",
+                context.turns, status.last_turn
+            ))
+        }
+    })
+    .await;
+    let last = status.last_turn.unwrap();
+    eprintln!("last turn: {last:?}");
+    assert!(last.total_ms > 0);
+    assert!(
+        last.stt_ms.is_some() && last.tts_first_audio_ms.is_some(),
+        "{last:?}"
+    );
+    let context = status.context.unwrap();
+    assert!(
+        context
+            .transcript
+            .iter()
+            .any(|e| e.speaker == voice_crds::Speaker::User && !e.text.is_empty()),
+        "{context:?}"
+    );
+
+    let degraded = wait_condition(ns, "assistant", "Degraded", "True", T).await;
+    eprintln!("backend Degraded: {degraded:?}");
+    let b = operator_common::backend_status(ns, "assistant")
+        .await
+        .unwrap();
+    let c = b.conditions.iter().find(|c| c.type_ == "Degraded").unwrap();
+    assert_eq!(c.reason, "LatencyTargetExceeded", "{}", c.message);
+    assert!(c.message.contains("50 ms"), "{}", c.message);
+    reader.abort();
+}

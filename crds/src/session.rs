@@ -248,6 +248,30 @@ pub struct TranscriptEntry {
     pub time: Option<Time>,
 }
 
+/// How long the last turn took, stage by stage, in milliseconds (a stage the pipeline does
+/// not run is omitted).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TurnLatencyStatus {
+    /// End of speech (VAD) to end of turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub turn_detect_ms: Option<i64>,
+    /// End of turn to the final transcript.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stt_ms: Option<i64>,
+    /// Final transcript to the agent's first token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_first_token_ms: Option<i64>,
+    /// Agent's first token to the first synthesized audio.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tts_first_audio_ms: Option<i64>,
+    /// First synthesized audio to the first packet sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_packet_ms: Option<i64>,
+    /// End of speech to the first packet of the reply.
+    pub total_ms: i64,
+}
+
 /// Conversation context persisted while the session is active (FR-025), so a session moved to
 /// another worker resumes where it was.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
@@ -301,6 +325,9 @@ pub struct VoiceSessionStatus {
     /// Audio buffers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio_buffers: Option<AudioBufferStatus>,
+    /// Stage timings of the last turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_turn: Option<TurnLatencyStatus>,
     /// Persisted conversation context.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<SessionContext>,

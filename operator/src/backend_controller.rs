@@ -455,6 +455,16 @@ async fn write_with_replicas(
         replicas: i32::try_from(replicas).unwrap_or(i32::MAX),
         selector: pod_template::selector_string(&name),
         now: Time(now),
+        latency: ctx
+            .turn_latencies
+            .p95(
+                &BackendKey {
+                    namespace: backend.namespace().unwrap_or_default(),
+                    name: name.clone(),
+                },
+                std::time::Instant::now(),
+            )
+            .map(|(p95, turns)| (p95, turns, backend.spec.pipeline.latency_target.into())),
     });
     if !backend_status::needs_write(current, &status, &Time(now)) {
         return Ok(());

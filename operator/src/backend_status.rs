@@ -62,6 +62,9 @@ pub struct StatusInput<'a> {
     pub selector: String,
     /// Now.
     pub now: Time,
+    /// The p95 of recent turn latencies and how many turns it covers, with the backend's
+    /// `latencyTarget`; `None` until enough turns were seen.
+    pub latency: Option<(std::time::Duration, usize, std::time::Duration)>,
 }
 
 /// Computes the new status.
@@ -137,6 +140,19 @@ pub fn compute(input: &StatusInput<'_>) -> VoiceBackendStatus {
             "NotChecked",
             "no health check has completed yet".to_owned(),
         ),
+    };
+    // Healthy workers that answer too slowly still leave the backend Degraded.
+    let (degraded, reason, message) = match input.latency {
+        Some((p95, turns, target)) if !degraded && p95 > target => (
+            true,
+            "LatencyTargetExceeded",
+            format!(
+                "p95 turn latency {} ms over the last {turns} turns exceeds pipeline.latencyTarget {} ms",
+                p95.as_millis(),
+                target.as_millis()
+            ),
+        ),
+        _ => (degraded, reason, message),
     };
     set_condition(
         &mut s.conditions,
@@ -261,7 +277,55 @@ mod tests {
             replicas: 1,
             selector: "a=b".to_owned(),
             now: at(now),
+            latency: None,
         })
+    }
+
+    #[test]
+    fn a_p95_over_the_latency_target_makes_a_healthy_backend_degraded() {
+        let ms = std::time::Duration::from_millis;
+        let slow = compute(&StatusInput {
+            current: &VoiceBackendStatus::default(),
+            generation: Some(1),
+            acceptance: &Acceptance::Accepted,
+            fold: &fold(true),
+            progress: Progress::Stable,
+            replicas: 1,
+            selector: "a=b".to_owned(),
+            now: at(10),
+            latency: Some((ms(900), 20, ms(500))),
+        });
+        let c = slow
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("True", "LatencyTargetExceeded")
+        );
+        assert!(
+            c.message.contains("900 ms") && c.message.contains("500 ms"),
+            "{}",
+            c.message
+        );
+        let fast = compute(&StatusInput {
+            latency: Some((ms(300), 20, ms(500))),
+            current: &VoiceBackendStatus::default(),
+            generation: Some(1),
+            acceptance: &Acceptance::Accepted,
+            fold: &fold(true),
+            progress: Progress::Stable,
+            replicas: 1,
+            selector: "a=b".to_owned(),
+            now: at(10),
+        });
+        let c = fast
+            .conditions
+            .iter()
+            .find(|c| c.type_ == DEGRADED)
+            .unwrap();
+        assert_eq!(c.status, "False");
     }
 
     #[test]

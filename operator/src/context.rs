@@ -9,6 +9,7 @@ use kube::runtime::events::{Recorder, Reporter};
 use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::session_counts::SessionCounts;
+use crate::turn_latency::TurnLatencies;
 use crate::worker_client::WorkerClients;
 
 /// Which objects this operator instance manages.
@@ -40,6 +41,8 @@ pub struct Context {
     pub fence: Fence,
     /// Session counts per backend, published by the allocator for scaling.
     pub session_counts: SessionCounts,
+    /// Recent turn latencies per backend, from the workers' events.
+    pub turn_latencies: TurnLatencies,
 }
 
 impl std::fmt::Debug for Context {
@@ -82,6 +85,7 @@ impl Context {
             scope,
             fence,
             session_counts: SessionCounts::default(),
+            turn_latencies: TurnLatencies::default(),
         })
     }
 }

@@ -21,13 +21,14 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use voice_crds::conditions::{CONNECTED, READY, set_condition};
 use voice_crds::{
-    PipelineState, SessionContext, Speaker, TranscriptEntry, Transport, UserConnectionStatus,
-    VoiceSession,
+    PipelineState, SessionContext, Speaker, TranscriptEntry, Transport, TurnLatencyStatus,
+    UserConnectionStatus, VoiceSession,
 };
 use voice_proto::worker::v1 as pb;
 use voice_proto::worker::v1::session_event::Event;
 
 use crate::context::Context;
+use crate::ledger::BackendKey;
 
 /// Field manager of the live session status.
 pub const FIELD_MANAGER: &str = "voice-operator/session-live";
@@ -64,6 +65,8 @@ struct Live {
     #[serde(skip_serializing_if = "Option::is_none")]
     last_activity: Option<Time>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    last_turn: Option<TurnLatencyStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     context: Option<SessionContext>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     conditions: Vec<Condition>,
@@ -71,6 +74,8 @@ struct Live {
 
 struct Entry {
     live: Live,
+    /// The session's backend, for its latency window.
+    backend: BackendKey,
     dirty: bool,
     ping_only: bool,
     written: Option<Instant>,
@@ -169,11 +174,12 @@ async fn absorb(
 ) -> Option<Ended> {
     let id = (event.session_id.clone(), event.uid.clone());
     if !entries.contains_key(&id) {
-        let live = seed(ctx, &event.session_id, &event.uid).await?;
+        let (live, backend) = seed(ctx, &event.session_id, &event.uid).await?;
         entries.insert(
             id.clone(),
             Entry {
                 live,
+                backend,
                 dirty: false,
                 ping_only: true,
                 written: None,
@@ -290,6 +296,22 @@ async fn absorb(
             context.transcript.drain(..excess);
             live.last_activity = Some(now);
         }
+        Event::TurnLatency(t) => {
+            let ms = |v: Option<f64>| v.map(|v| v.round() as i64);
+            live.last_turn = Some(TurnLatencyStatus {
+                turn_detect_ms: ms(t.turn_detect_ms),
+                stt_ms: ms(t.stt_ms),
+                agent_first_token_ms: ms(t.agent_first_token_ms),
+                tts_first_audio_ms: ms(t.tts_first_audio_ms),
+                first_packet_ms: ms(t.first_packet_ms),
+                total_ms: t.total_ms.round() as i64,
+            });
+            ctx.turn_latencies.record(
+                entry.backend.clone(),
+                Duration::from_secs_f64(t.total_ms.max(0.0) / 1000.0),
+                Instant::now(),
+            );
+        }
         Event::Ended(e) => {
             live.connection = None;
             set_condition(
@@ -328,25 +350,31 @@ async fn absorb(
 
 /// The live state as the API has it, so the writer continues (rather than replaces) the
 /// context after an operator restart. `None` when the session is gone or was recreated.
-async fn seed(ctx: &Context, session_id: &str, uid: &str) -> Option<Live> {
+async fn seed(ctx: &Context, session_id: &str, uid: &str) -> Option<(Live, BackendKey)> {
     let (ns, name) = session_id.split_once('/')?;
     let api: Api<VoiceSession> = Api::namespaced(ctx.client.clone(), ns);
     let session = api.get_opt(name).await.ok()??;
     if session.metadata.uid.as_deref() != Some(uid) {
         return None;
     }
+    let backend = BackendKey {
+        namespace: ns.to_owned(),
+        name: session.spec.backend_ref.name.clone(),
+    };
     let status = session.status.unwrap_or_default();
-    Some(Live {
+    let live = Live {
         connection: status.connection,
         pipeline_state: status.pipeline_state,
         last_activity: status.last_activity,
+        last_turn: status.last_turn,
         context: status.context,
         conditions: status
             .conditions
             .into_iter()
             .filter(|c| c.type_ == CONNECTED || c.type_ == READY)
             .collect(),
-    })
+    };
+    Some((live, backend))
 }
 
 async fn write_dirty(ctx: &Context, entries: &mut HashMap<(String, String), Entry>) {

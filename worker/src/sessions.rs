@@ -140,6 +140,18 @@ impl Sessions {
         connected.len()
     }
 
+    /// Publishes the stage timings of a session's finished turn.
+    pub fn publish_turn_latency(
+        &self,
+        session_id: &str,
+        uid: &str,
+        latency: voice_proto::worker::v1::TurnLatency,
+        now: SystemTime,
+    ) {
+        self.events
+            .publish(session_id, uid, now, Event::TurnLatency(latency));
+    }
+
     /// Publishes a pipeline state change of a session.
     pub fn publish_pipeline_state(
         &self,

@@ -44,6 +44,8 @@ pub trait EventSink: Send + Sync {
     fn state(&self, state: PipelineState, detail: &str);
     /// A finished piece of the conversation; `role` is `user` or `agent`.
     fn transcript(&self, role: &str, text: &str, turn_id: &str);
+    /// A turn's stage timings, once its first reply packet went out.
+    fn latency(&self, _latency: voice_proto::worker::v1::TurnLatency) {}
 }
 
 /// A stage that runs on every frame, in `processingOrder`.
@@ -263,6 +265,19 @@ impl SessionPipeline {
             if let Some(vad_end) = t.vad_end {
                 let total = now.saturating_duration_since(vad_end);
                 self.metrics.observe_turn(total);
+                let span = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
+                    (Some(a), Some(b)) => Some(b.saturating_duration_since(a).as_secs_f64() * 1e3),
+                    _ => None,
+                };
+                self.sink.latency(voice_proto::worker::v1::TurnLatency {
+                    turn_id: turn.id.to_string(),
+                    turn_detect_ms: span(t.vad_end, t.turn_end),
+                    stt_ms: span(t.turn_end, t.stt),
+                    agent_first_token_ms: span(t.stt, t.first_token),
+                    tts_first_audio_ms: span(t.first_token, t.first_audio),
+                    first_packet_ms: span(t.first_audio, Some(now)),
+                    total_ms: total.as_secs_f64() * 1e3,
+                });
                 let ms = |a: Option<Instant>, b: Option<Instant>| match (a, b) {
                     (Some(a), Some(b)) => {
                         serde_json::json!(b.saturating_duration_since(a).as_secs_f64() * 1e3)

@@ -55,6 +55,12 @@ impl EventSink for BusSink {
             SystemTime::now(),
         );
     }
+
+    fn latency(&self, latency: voice_proto::worker::v1::TurnLatency) {
+        crate::telemetry::turn(&self.session_id, &self.uid, &latency);
+        self.sessions
+            .publish_turn_latency(&self.session_id, &self.uid, latency, SystemTime::now());
+    }
 }
 
 /// The pipeline `session_id` asks for. A configuration that cannot run gives a pipeline
