@@ -29,6 +29,7 @@ pub mod session_counts;
 pub mod session_lifecycle;
 pub mod session_live;
 pub mod session_timeouts;
+pub mod telemetry;
 pub mod turn_latency;
 pub mod worker_client;
 

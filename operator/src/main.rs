@@ -16,7 +16,7 @@ use voice_operator::{allocator, backend_controller, http, provider_controller, s
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    init_tracing(config.log_json);
+    let _telemetry = voice_operator::telemetry::init(config.log_json, "voice-operator");
     let client = kube::Client::try_default()
         .await
         .context("building a Kubernetes client")?;
@@ -89,17 +89,6 @@ async fn main() -> anyhow::Result<()> {
     let _ = server.await;
     tracing::info!("stopped");
     Ok(())
-}
-
-fn init_tracing(json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.

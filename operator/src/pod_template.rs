@@ -174,6 +174,10 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             },
         ));
     }
+    // An operator exporting traces sends its workers to the same collector (docs/observability.md).
+    if let Some(endpoint) = crate::telemetry::endpoint() {
+        env.push(value(crate::telemetry::ENDPOINT_ENV, endpoint.to_owned()));
+    }
     let port = |name: &str, port: i32| ContainerPort {
         name: Some(name.to_owned()),
         container_port: port,

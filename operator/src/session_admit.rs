@@ -71,7 +71,8 @@ pub struct Admission {
     pub signing_key: Vec<u8>,
 }
 
-/// Runs the admission's remaining steps.
+/// Runs the admission's remaining steps (one `admit` span, the root of its own trace).
+#[tracing::instrument(name = "admit", parent = None, skip_all, fields(voice.session = %format!("{}/{}", a.session.namespace().unwrap_or_default(), a.session.name_any()), voice.session.uid = %a.session.uid().unwrap_or_default(), worker = %a.worker.pod))]
 pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
     let ns = a.session.namespace().unwrap_or_default();
     let name = a.session.name_any();

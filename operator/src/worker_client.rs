@@ -156,6 +156,8 @@ impl WorkerClients {
     ) -> Result<ReserveSessionResponse, String> {
         let channel = self.channel(ip, timeout)?;
         let mut client = WorkerControlClient::new(channel);
+        let mut request = tonic::Request::new(request);
+        crate::telemetry::inject(request.metadata_mut());
         let call = client.reserve_session(request);
         self.bounded(ip, "ReserveSession", timeout, call).await
     }

@@ -130,11 +130,15 @@ impl WorkerControl for ControlService {
         }))
     }
 
-    #[tracing::instrument(skip_all, fields(session = %request.get_ref().session_id, uid = %request.get_ref().uid))]
     async fn reserve_session(
         &self,
         request: Request<pb::ReserveSessionRequest>,
     ) -> Result<Response<pb::ReserveSessionResponse>, Status> {
+        // Built by hand (not #[instrument]) so it can join the operator's admission trace
+        // before it starts; the body has no await, so holding the guard is fine.
+        let span = tracing::info_span!("reserve_session", session = %request.get_ref().session_id, uid = %request.get_ref().uid);
+        crate::telemetry::join_remote(&span, request.metadata(), &request.get_ref().uid);
+        let _entered = span.enter();
         let request = validate(request.into_inner())?;
         let reply = self.sessions.reserve(request, SystemTime::now());
         let (result, message) = match &reply.outcome {
@@ -182,6 +186,7 @@ impl WorkerControl for ControlService {
             Released::NotFound => pb::ReleaseResult::NotFound,
             Released::UidMismatch { .. } => pb::ReleaseResult::UidMismatch,
         };
+        crate::telemetry::forget(&request.uid);
         tracing::info!(?result, held, reason = %request.reason, "release");
         Ok(Response::new(pb::ReleaseSessionResponse {
             result: result.into(),

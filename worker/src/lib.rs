@@ -24,6 +24,7 @@ pub mod pipeline;
 pub mod server;
 pub mod sessions;
 pub mod signaling;
+pub mod telemetry;
 pub mod transport;
 
 pub use config::Config;

@@ -3,13 +3,12 @@
 use anyhow::Context;
 use clap::Parser;
 use tokio::signal::unix::{SignalKind, signal};
-use tracing_subscriber::EnvFilter;
 use voice_worker::Config;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    init_logging(config.log_json);
+    let _telemetry = voice_worker::telemetry::init(config.log_json);
     // Installed before serving so that an early SIGTERM still drains instead of killing.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let terminate = async move {
@@ -22,16 +21,4 @@ async fn main() -> anyhow::Result<()> {
         tracing::error!(reason = e.reason(), error = %e, "worker failed");
         anyhow::Error::new(e)
     })
-}
-
-fn init_logging(json: bool) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    if json {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
 }

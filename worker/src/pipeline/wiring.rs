@@ -57,6 +57,7 @@ impl EventSink for BusSink {
     }
 
     fn latency(&self, latency: voice_proto::worker::v1::TurnLatency) {
+        crate::telemetry::turn(&self.session_id, &self.uid, &latency);
         self.sessions
             .publish_turn_latency(&self.session_id, &self.uid, latency, SystemTime::now());
     }
