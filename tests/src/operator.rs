@@ -31,6 +31,16 @@ impl OperatorProcess {
 
     /// [`OperatorProcess::start`] with extra command-line flags (e.g. a short lease).
     pub fn start_with(ns: &str, instance: &str, extra: &[&str]) -> OperatorProcess {
+        Self::start_with_env(ns, instance, extra, &[])
+    }
+
+    /// [`OperatorProcess::start_with`] with extra environment variables (e.g. an OTLP endpoint).
+    pub fn start_with_env(
+        ns: &str,
+        instance: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> OperatorProcess {
         let target = voice_cluster::layout::target_dir();
         // Benchmarks point this at a release build.
         let binary = std::env::var_os("VOICE_OPERATOR_BIN")
@@ -59,6 +69,7 @@ impl OperatorProcess {
                 &format!("127.0.0.1:{metrics_port}"),
             ])
             .args(extra)
+            .envs(env.iter().copied())
             .env("KUBECONFIG", cluster().kubeconfig())
             .env("POD_NAME", format!("{ns}-{instance}"))
             .env(
