@@ -26,6 +26,10 @@ pub struct Args {
     /// Stop everything once the example backends are Ready (a smoke run of the whole stack).
     #[arg(long)]
     until_ready: bool,
+    /// Also run a Prometheus (Debian package `prometheus`) scraping the operator and every
+    /// worker, on this address.
+    #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9090")]
+    prometheus: Option<String>,
 }
 
 /// Starts everything, prints where to look, and waits for Ctrl-C.
@@ -100,6 +104,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         )?,
     ];
 
+    if let Some(addr) = &args.prometheus {
+        children.push(start_prometheus(
+            &cluster,
+            addr,
+            &args.operator_metrics,
+            &logs,
+        )?);
+    }
     let ready = wait_for_examples(&cluster, &stop_rx, &mut children);
     let demo = match &ready {
         Ok(()) => {
@@ -109,15 +121,22 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     };
     kubectl(&cluster, &["get", "voice", "-A"])?;
     match &ready {
-        Ok(()) => println!(
-            "\nvoice-operator is running on a local cluster.\n\nTalk to the assistant in a browser (a fresh session, its join token in the link):\n  {demo}\n\n  export KUBECONFIG={kubeconfig}\n  alias kubectl={kubectl}   # a v1.36 client that matches the server\n  kubectl get voice -A -w\n  curl -s http://{metrics}/metrics | grep ^voice_\n\nLogs: {logs}/operator.log and {logs}/node-agent.log (workers: {target}/voice-node-agent/logs/).\nCtrl-C stops everything.",
-            demo = demo,
-            kubeconfig = cluster.kubeconfig().display(),
-            kubectl = cluster.kubectl_path().display(),
-            metrics = args.operator_metrics,
-            logs = logs.display(),
-            target = voice_cluster::layout::target_dir().display(),
-        ),
+        Ok(()) => {
+            if let Some(addr) = &args.prometheus {
+                println!(
+                    "\nPrometheus (operator and every worker): http://{addr}/graph?g0.expr=voice_provider_sessions"
+                );
+            }
+            println!(
+                "\nvoice-operator is running on a local cluster.\n\nTalk to the assistant in a browser (a fresh session, its join token in the link):\n  {demo}\n\n  export KUBECONFIG={kubeconfig}\n  alias kubectl={kubectl}   # a v1.36 client that matches the server\n  kubectl get voice -A -w\n  curl -s http://{metrics}/metrics | grep ^voice_\n\nLogs: {logs}/operator.log and {logs}/node-agent.log (workers: {target}/voice-node-agent/logs/).\nCtrl-C stops everything.",
+                demo = demo,
+                kubeconfig = cluster.kubeconfig().display(),
+                kubectl = cluster.kubectl_path().display(),
+                metrics = args.operator_metrics,
+                logs = logs.display(),
+                target = voice_cluster::layout::target_dir().display(),
+            );
+        }
         Err(e) => eprintln!("\n{e:#}"),
     }
 
@@ -133,6 +152,69 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         voice_cluster::down().context("stopping the local control plane")?;
     }
     ready
+}
+
+/// Starts Prometheus scraping the operator and, through a file the dev stack refreshes every
+/// 5 s from the API, every worker pod (Debian's Prometheus has no Kubernetes discovery).
+fn start_prometheus(
+    cluster: &voice_cluster::Cluster,
+    addr: &str,
+    operator: &str,
+    logs: &Path,
+) -> anyhow::Result<Process> {
+    step(&format!("starting Prometheus on {addr}"));
+    let targets = logs.join("workers.json");
+    std::fs::write(&targets, "[]")?;
+    let config = format!(
+        "global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: voice-operator\n    static_configs:\n      - targets: ['{operator}']\n  - job_name: voice-workers\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 5s\n",
+        targets.display()
+    );
+    let config_path = logs.join("prometheus.yml");
+    std::fs::write(&config_path, config)?;
+    let kubectl = cluster.kubectl_path().to_path_buf();
+    let kubeconfig = cluster.kubeconfig().to_path_buf();
+    std::thread::spawn(move || {
+        loop {
+            let out = Command::new(&kubectl)
+                .env("KUBECONFIG", &kubeconfig)
+                .args([
+                    "get",
+                    "pods",
+                    "-A",
+                    "-l",
+                    "app.kubernetes.io/managed-by=voice-operator",
+                    "-o",
+                    r#"jsonpath={range .items[*]}{.status.podIP} {.metadata.namespace} {.metadata.labels.voicebackends\.dev/backend}{"\n"}{end}"#,
+                ])
+                .output();
+            if let Ok(out) = out {
+                let groups: Vec<String> = String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .filter_map(|l| {
+                        let mut f = l.split_whitespace();
+                        let (ip, ns, backend) = (f.next()?, f.next()?, f.next()?);
+                        Some(format!(
+                            r#"{{"targets":["{ip}:8080"],"labels":{{"backend":"{ns}/{backend}"}}}}"#
+                        ))
+                    })
+                    .collect();
+                let _ = std::fs::write(&targets, format!("[{}]", groups.join(",")));
+            }
+            std::thread::sleep(Duration::from_secs(5));
+        }
+    });
+    let data = logs.join("prometheus-data");
+    spawn(
+        "prometheus",
+        Path::new("prometheus"),
+        &[
+            &format!("--config.file={}", config_path.display()),
+            &format!("--storage.tsdb.path={}", data.display()),
+            &format!("--web.listen-address={addr}"),
+        ],
+        cluster,
+        &logs.join("prometheus.log"),
+    )
 }
 
 /// A background process of the dev stack.
