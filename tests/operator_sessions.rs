@@ -135,6 +135,76 @@ fn admitted_reason(s: &VoiceSession) -> Option<String> {
         .map(|c| c.reason.clone())
 }
 
+/// The HTTP status a worker answers to an offer of a non-SDP body with `token`: 400 means
+/// the token passed (the SDP is what failed), 401/403 that it did not.
+fn offer_status(url: &str, token: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST"])
+        .args(["-H", &format!("Authorization: Bearer {token}")])
+        .args([
+            "-H",
+            "Content-Type: application/sdp",
+            "--data",
+            "not sdp",
+            url,
+        ])
+        .output()
+        .expect("curl runs");
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+/// An operator stack with one Healthy worker of backend `echo`, and the sessions API.
+async fn echo_stack(prefix: &str) -> (OperatorStack, Api<VoiceSession>) {
+    let stack = OperatorStack::start(prefix).await;
+    stack.apply_backend("echo", json!({"replicas": 1}));
+    wait_healthy(&stack.ns, "echo", 1, T).await;
+    let api = stack.ns.api();
+    (stack, api)
+}
+
+/// Creates session `name` on `backend`, waits until it is Active, and returns its endpoint and
+/// join token, as a client would read them.
+async fn admit_one(
+    api: &Api<VoiceSession>,
+    name: &str,
+    backend: &str,
+    extra: Value,
+) -> (voice_crds::SessionEndpoint, String) {
+    api.create(&PostParams::default(), &session(name, backend, extra))
+        .await
+        .expect("creating the session");
+    let s = wait_phase(api, name, SessionPhase::Active).await;
+    let endpoint = s
+        .status
+        .and_then(|s| s.endpoint)
+        .expect("an Active session has an endpoint");
+    let secrets: Api<Secret> = Api::namespaced(
+        api.clone().into_client(),
+        s.metadata.namespace.as_deref().unwrap_or_default(),
+    );
+    let token = join_token(&secrets, &endpoint.token_secret_name).await;
+    (endpoint, token)
+}
+
+/// Waits until session `name` reaches `phase` and returns it.
+async fn wait_phase(api: &Api<VoiceSession>, name: &str, want: SessionPhase) -> VoiceSession {
+    wait_for(T, &format!("{name} {want:?}"), || async {
+        let s = api.get(name).await.map_err(|e| e.to_string())?;
+        if phase(&s) == want {
+            Ok(s)
+        } else {
+            Err(format!("{:?} {:?}", phase(&s), admitted_reason(&s)))
+        }
+    })
+    .await
+}
+
+/// The join token in a session's token Secret.
+async fn join_token(secrets: &Api<Secret>, name: &str) -> String {
+    let secret = secrets.get(name).await.expect("the token Secret");
+    String::from_utf8(secret.data.expect("data")["token"].0.clone()).expect("UTF-8 token")
+}
+
 /// Waits until exactly `n` sessions of `backend` are Active and every other one is Pending with
 /// a queue position.
 async fn wait_settled(ns: &TestNamespace, backend: &str, n: usize) -> Vec<VoiceSession> {
@@ -516,23 +586,12 @@ async fn two_operator_replicas_during_a_burst_keep_every_cap() {
 #[tokio::test]
 async fn an_admitted_session_gets_an_endpoint_and_a_token_the_worker_accepts_and_deletion_frees_it()
 {
-    let stack = OperatorStack::start("sess-token").await;
+    let (stack, api) = echo_stack("sess-token").await;
     let ns = &stack.ns;
-    stack.apply_backend("echo", json!({"replicas": 1}));
-    wait_healthy(ns, "echo", 1, T).await;
-    let api: Api<VoiceSession> = ns.api();
     api.create(&PostParams::default(), &session("call", "echo", json!({})))
         .await
         .unwrap();
-    let s = wait_for(T, "call Active", || async {
-        let s = api.get("call").await.map_err(|e| e.to_string())?;
-        if phase(&s) == SessionPhase::Active {
-            Ok(s)
-        } else {
-            Err(format!("{:?}", s.status))
-        }
-    })
-    .await;
+    let s = wait_phase(&api, "call", SessionPhase::Active).await;
     let status = s.status.clone().unwrap();
     let endpoint = status.endpoint.expect("endpoint");
     assert!(
@@ -562,30 +621,8 @@ async fn an_admitted_session_gets_an_endpoint_and_a_token_the_worker_accepts_and
 
     // The worker takes the token: a bad SDP gets 400 (past the 401/403 token checks), and a
     // wrong token gets 401.
-    let offer = |token: &str| {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-X",
-                "POST",
-                "-H",
-                &format!("Authorization: Bearer {token}"),
-                "-H",
-                "Content-Type: application/sdp",
-                "--data",
-                "not sdp",
-                &endpoint.url,
-            ])
-            .output()
-            .expect("curl runs");
-        String::from_utf8_lossy(&out.stdout).to_string()
-    };
-    assert_eq!(offer(&token), "400");
-    assert_eq!(offer("not-a-token"), "401");
+    assert_eq!(offer_status(&endpoint.url, &token), "400");
+    assert_eq!(offer_status(&endpoint.url, "not-a-token"), "401");
 
     api.delete("call", &DeleteParams::default()).await.unwrap();
     wait_for(
@@ -615,11 +652,7 @@ async fn an_admitted_session_gets_an_endpoint_and_a_token_the_worker_accepts_and
 
 #[tokio::test]
 async fn finished_sessions_end_with_their_reason_and_go_after_their_ttl() {
-    let stack = OperatorStack::start("sess-ttl").await;
-    let ns = &stack.ns;
-    stack.apply_backend("echo", json!({"replicas": 1}));
-    wait_healthy(ns, "echo", 1, T).await;
-    let api: Api<VoiceSession> = ns.api();
+    let (stack, api) = echo_stack("sess-ttl").await;
     api.create(
         &PostParams::default(),
         &session(
@@ -630,15 +663,7 @@ async fn finished_sessions_end_with_their_reason_and_go_after_their_ttl() {
     )
     .await
     .unwrap();
-    let ended = wait_for(T, "short Completed", || async {
-        let s = api.get("short").await.map_err(|e| e.to_string())?;
-        if phase(&s) == SessionPhase::Completed {
-            Ok(s)
-        } else {
-            Err(format!("{:?}", phase(&s)))
-        }
-    })
-    .await;
+    let ended = wait_phase(&api, "short", SessionPhase::Completed).await;
     let status = ended.status.unwrap();
     assert_eq!(status.end_reason.as_deref(), Some("MaxDuration"));
     assert_eq!(status.persistence, voice_crds::PersistenceStatus::Completed);
@@ -664,15 +689,7 @@ async fn finished_sessions_end_with_their_reason_and_go_after_their_ttl() {
     )
     .await
     .unwrap();
-    let failed = wait_for(T, "waits Failed", || async {
-        let s = api.get("waits").await.map_err(|e| e.to_string())?;
-        if phase(&s) == SessionPhase::Failed {
-            Ok(s)
-        } else {
-            Err(format!("{:?} {:?}", phase(&s), admitted_reason(&s)))
-        }
-    })
-    .await;
+    let failed = wait_phase(&api, "waits", SessionPhase::Failed).await;
     assert_eq!(
         failed.status.unwrap().end_reason.as_deref(),
         Some("QueueTimeout")
@@ -818,27 +835,8 @@ async fn a_killed_workers_sessions_are_readmitted_elsewhere_or_fail_with_worker_
     assert!(url.contains("/x1/offer"), "{url}");
     // The client reconnects with the token it already has: the new worker takes it (a bad
     // SDP gets 400, past the 401/403 token checks).
-    let out = std::process::Command::new("curl")
-        .args([
-            "-s",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            "-X",
-            "POST",
-            "-H",
-            &format!("Authorization: Bearer {token}"),
-            "-H",
-            "Content-Type: application/sdp",
-            "--data",
-            "not sdp",
-            &url,
-        ])
-        .output()
-        .expect("curl runs");
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
+        offer_status(&url, &token),
         "400",
         "the old token works on the new worker"
     );
@@ -922,11 +920,8 @@ async fn a_killed_workers_sessions_are_readmitted_elsewhere_or_fail_with_worker_
 
 #[tokio::test]
 async fn without_session_persistence_a_lost_worker_fails_its_sessions_at_once() {
-    let stack = OperatorStack::start("sess-nopersist").await;
+    let (stack, api) = echo_stack("sess-nopersist").await;
     let ns = &stack.ns;
-    stack.apply_backend("echo", json!({"replicas": 1}));
-    wait_healthy(ns, "echo", 1, T).await;
-    let api: Api<VoiceSession> = ns.api();
     api.create(&PostParams::default(), &session("call", "echo", json!({})))
         .await
         .unwrap();
@@ -945,15 +940,7 @@ async fn without_session_persistence_a_lost_worker_fails_its_sessions_at_once() 
         .args(["-9", &pid.to_string()])
         .status()
         .unwrap();
-    let s = wait_for(T, "call Failed", || async {
-        let s = api.get("call").await.map_err(|e| e.to_string())?;
-        if phase(&s) == SessionPhase::Failed {
-            Ok(s)
-        } else {
-            Err(format!("{:?}", phase(&s)))
-        }
-    })
-    .await;
+    let s = wait_phase(&api, "call", SessionPhase::Failed).await;
     let status = s.status.unwrap();
     assert_eq!(status.end_reason.as_deref(), Some("WorkerLost"));
     let note = wait_event(ns, "call", "WorkerLost", T).await;
@@ -975,31 +962,10 @@ async fn a_connected_client_shows_in_status_and_hanging_up_completes_the_session
     use futures::SinkExt;
     use tokio_tungstenite::tungstenite::Message;
 
-    let stack = OperatorStack::start("sess-live").await;
-    let ns = &stack.ns;
-    stack.apply_backend("echo", json!({"replicas": 1}));
-    wait_healthy(ns, "echo", 1, T).await;
-    let api: Api<VoiceSession> = ns.api();
-    api.create(
-        &PostParams::default(),
-        &session("talk", "echo", json!({"transport": "websocket"})),
-    )
-    .await
-    .unwrap();
-    let s = wait_for(T, "talk Active", || async {
-        let s = api.get("talk").await.map_err(|e| e.to_string())?;
-        if phase(&s) == SessionPhase::Active {
-            Ok(s)
-        } else {
-            Err(format!("{:?}", s.status))
-        }
-    })
-    .await;
-    let endpoint = s.status.unwrap().endpoint.unwrap();
+    let (stack, api) = echo_stack("sess-live").await;
+    let (endpoint, token) =
+        admit_one(&api, "talk", "echo", json!({"transport": "websocket"})).await;
     assert!(endpoint.url.starts_with("ws://"), "{}", endpoint.url);
-    let secrets: Api<Secret> = ns.api();
-    let secret = secrets.get(&endpoint.token_secret_name).await.unwrap();
-    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
 
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
@@ -1038,15 +1004,7 @@ async fn a_connected_client_shows_in_status_and_hanging_up_completes_the_session
 
     // A normal close is a hang-up: the session completes and its slot frees.
     ws.close(None).await.unwrap();
-    let ended = wait_for(T, "talk Completed", || async {
-        let s = api.get("talk").await.map_err(|e| e.to_string())?;
-        if phase(&s) == SessionPhase::Completed {
-            Ok(s)
-        } else {
-            Err(format!("{:?}", phase(&s)))
-        }
-    })
-    .await;
+    let ended = wait_phase(&api, "talk", SessionPhase::Completed).await;
     let status = ended.status.unwrap();
     assert_eq!(
         status.end_reason.as_deref(),
@@ -1104,31 +1062,10 @@ async fn pending_sessions_scale_a_backend_up_from_zero_and_are_then_admitted() {
 
 #[tokio::test]
 async fn a_session_that_ended_while_the_operator_was_down_is_completed_after_it_restarts() {
-    let mut stack = OperatorStack::start("sess-unseen").await;
+    let (mut stack, api) = echo_stack("sess-unseen").await;
     let ns_name = stack.ns.name().to_owned();
-    let ns = &stack.ns;
-    stack.apply_backend("echo", json!({"replicas": 1}));
-    wait_healthy(ns, "echo", 1, T).await;
-    let api: Api<VoiceSession> = ns.api();
-    api.create(
-        &PostParams::default(),
-        &session("gone", "echo", json!({"transport": "websocket"})),
-    )
-    .await
-    .unwrap();
-    let s = wait_for(T, "gone Active", || async {
-        let s = api.get("gone").await.map_err(|e| e.to_string())?;
-        if phase(&s) == SessionPhase::Active {
-            Ok(s)
-        } else {
-            Err(format!("{:?}", phase(&s)))
-        }
-    })
-    .await;
-    let endpoint = s.status.unwrap().endpoint.unwrap();
-    let secrets: Api<Secret> = ns.api();
-    let secret = secrets.get(&endpoint.token_secret_name).await.unwrap();
-    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let (endpoint, token) =
+        admit_one(&api, "gone", "echo", json!({"transport": "websocket"})).await;
     let (mut ws, _) =
         tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
             .await
@@ -1149,15 +1086,7 @@ async fn a_session_that_ended_while_the_operator_was_down_is_completed_after_it_
         ],
     );
     let start = Instant::now();
-    let ended = wait_for(T, "gone Completed after the restart", || async {
-        let s = api.get("gone").await.map_err(|e| e.to_string())?;
-        if phase(&s) == SessionPhase::Completed {
-            Ok(s)
-        } else {
-            Err(format!("{:?}", phase(&s)))
-        }
-    })
-    .await;
+    let ended = wait_phase(&api, "gone", SessionPhase::Completed).await;
     eprintln!("completed {:?} after the restart", start.elapsed());
     assert_eq!(
         ended.status.unwrap().end_reason.as_deref(),
@@ -1211,25 +1140,8 @@ async fn spoken_turns_fill_the_session_context_and_last_turn_and_a_slow_backend_
     );
     wait_healthy(ns, "assistant", 1, T).await;
     let api: Api<VoiceSession> = ns.api();
-    api.create(
-        &PostParams::default(),
-        &session("chat", "assistant", json!({"transport": "websocket"})),
-    )
-    .await
-    .unwrap();
-    let s = wait_for(T, "chat Active", || async {
-        let s = api.get("chat").await.map_err(|e| e.to_string())?;
-        if phase(&s) == SessionPhase::Active {
-            Ok(s)
-        } else {
-            Err(format!("{:?}", phase(&s)))
-        }
-    })
-    .await;
-    let endpoint = s.status.unwrap().endpoint.unwrap();
-    let secrets: Api<Secret> = ns.api();
-    let secret = secrets.get(&endpoint.token_secret_name).await.unwrap();
-    let token = String::from_utf8(secret.data.unwrap()["token"].0.clone()).unwrap();
+    let (endpoint, token) =
+        admit_one(&api, "chat", "assistant", json!({"transport": "websocket"})).await;
     let (ws, _) =
         tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
             .await
