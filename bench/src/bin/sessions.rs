@@ -96,7 +96,8 @@ async fn main() -> anyhow::Result<()> {
     println!(
         "operator pid {} ({}); {} workers × {per_worker} sessions",
         operator.pid(),
-        std::env::var("VOICE_OPERATOR_BIN").unwrap_or_else(|_| "target/debug/voice-operator".into()),
+        std::env::var("VOICE_OPERATOR_BIN")
+            .unwrap_or_else(|_| "target/debug/voice-operator".into()),
         args.workers
     );
     wait_workers(&ns, args.workers).await?;
