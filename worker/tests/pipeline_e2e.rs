@@ -17,6 +17,9 @@ use voice_proto::worker::v1::{
     transcript::Role,
 };
 
+/// Times the phrase is spoken at most, until the worker's STT hears a robust word.
+const TRIES: usize = 3;
+
 /// Samples per 20 ms at 16 kHz.
 const FRAME: usize = 320;
 
@@ -82,8 +85,13 @@ fn has_robust_word(text: &str) -> bool {
     text.split_whitespace().any(|w| ROBUST.contains(&w))
 }
 
+/// The two tests run one at a time: each drives pocketsphinx and espeak-ng in real time, and
+/// on two shared cores running both at once starves the recogniser (it then hears other words).
+static REAL_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test]
 async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcripts() {
+    let _alone = REAL_TIME.lock().await;
     let worker = Worker::start(1);
     let config = serde_json::json!({
         "pipeline": {
@@ -128,10 +136,16 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
         .unwrap_or_else(|e| panic!("WebSocket upgrade: {e}"));
     let (mut tx, mut rx) = ws.split();
 
-    // Half a second of silence, the phrase, then silence until the reply is over.
+    // Half a second of silence, the phrase, then silence until the reply is over; three
+    // times, because pocketsphinx on synthetic speech misses the robust words now and then
+    // (a broken pipeline misses them every time).
     let phrase = speak("please tell me about the weather");
-    let mut script = vec![0i16; 8_000];
-    script.extend(&phrase);
+    let mut script = Vec::new();
+    for _ in 0..TRIES {
+        script.extend(vec![0i16; 8_000]);
+        script.extend(&phrase);
+        script.extend(vec![0i16; 64_000]);
+    }
     let sender = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_millis(20));
         let silence = [0i16; FRAME];
@@ -151,8 +165,9 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
     let mut reply_audio: Vec<i16> = Vec::new();
     let mut texts: Vec<serde_json::Value> = Vec::new();
     let mut first_audio: Option<Instant> = None;
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     let mut spoke = false;
+    let mut turns = 0;
     while Instant::now() < deadline {
         let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), rx.next()).await
         else {
@@ -175,10 +190,19 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
                 let event: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
                 println!("event: {event}");
                 spoke |= event["state"] == "SPEAKING";
-                let done = spoke && event["state"] == "LISTENING";
+                let answered = spoke && event["state"] == "LISTENING";
                 texts.push(event);
-                if done {
-                    break;
+                if answered {
+                    spoke = false;
+                    turns += 1;
+                    let robust = texts.iter().any(|e| {
+                        e["type"] == "transcript"
+                            && e["role"] == "user"
+                            && has_robust_word(e["text"].as_str().unwrap_or_default())
+                    });
+                    if robust || turns == TRIES {
+                        break;
+                    }
                 }
             }
             _ => {}
@@ -186,16 +210,20 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
     }
     sender.abort();
 
-    let user = texts
+    let users: Vec<&str> = texts
         .iter()
-        .find(|e| e["type"] == "transcript" && e["role"] == "user")
-        .and_then(|e| e["text"].as_str())
-        .unwrap_or_default()
-        .to_owned();
+        .filter(|e| e["type"] == "transcript" && e["role"] == "user")
+        .filter_map(|e| e["text"].as_str())
+        .collect();
+    println!("user transcripts over {turns} turn(s): {users:?}");
+    // The turn that heard a robust word, else the first (which the assertion then reports).
+    let index = users.iter().position(|u| has_robust_word(u)).unwrap_or(0);
+    let user = users.get(index).copied().unwrap_or_default().to_owned();
     let agent = texts
         .iter()
-        .find(|e| e["type"] == "transcript" && e["role"] == "agent")
-        .and_then(|e| e["text"].as_str())
+        .filter(|e| e["type"] == "transcript" && e["role"] == "agent")
+        .filter_map(|e| e["text"].as_str())
+        .nth(index)
         .unwrap_or_default()
         .to_owned();
     println!("user transcript:  {user:?}");
@@ -272,9 +300,9 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
     ] {
         assert!(
             metrics.contains(&format!(
-                "voice_pipeline_stage_duration_seconds_count{{stage=\"{stage}\"}} 1"
+                "voice_pipeline_stage_duration_seconds_count{{stage=\"{stage}\"}} {turns}"
             )),
-            "stage {stage} not timed"
+            "stage {stage} not timed once per turn ({turns})"
         );
     }
 }
@@ -285,6 +313,7 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
 /// voice before it calls it speech (60 ms), which is the VAD's latency, not the pipeline's.
 #[tokio::test]
 async fn speaking_over_the_reply_stops_it_within_40_ms() {
+    let _alone = REAL_TIME.lock().await;
     let worker = Worker::start(1);
     let config = serde_json::json!({
         "pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"},
