@@ -27,6 +27,7 @@ pub struct Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     let started = std::time::Instant::now();
     prerequisites::ensure()?;
+    warn_if_disk_is_short();
 
     step("CRD manifests match the Rust types");
     cargo(&["run", "--quiet", "-p", "xtask", "--", "crds", "--check"])?;
@@ -70,6 +71,40 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     result?;
     eprintln!("\nall checks and tests passed in {:.0?}", started.elapsed());
     Ok(())
+}
+
+/// Free space a cold build of the suite needs in the target directory, with some margin
+/// (a fresh clone measured about 6 GiB of `target/` after a full run).
+const DISK_NEEDED_GIB: u64 = 10;
+
+/// Says so up front when the disk is too full for a cold build, instead of letting rustc
+/// die halfway with "No space left on device".
+fn warn_if_disk_is_short() {
+    let target = std::env::var("CARGO_TARGET_DIR").unwrap_or_else(|_| ".".into());
+    let Some(free_gib) = free_gib(&target) else {
+        return;
+    };
+    if free_gib < DISK_NEEDED_GIB {
+        eprintln!(
+            "\nwarning: only {free_gib} GiB free under {target}; a cold build of the suite needs \
+             about {DISK_NEEDED_GIB} GiB. Free some space (`cargo clean` in old checkouts) if the \
+             build stops with \"No space left on device\"."
+        );
+    }
+}
+
+/// Free space in GiB of the file system holding `path`, read from POSIX `df`.
+fn free_gib(path: &str) -> Option<u64> {
+    let out = Command::new("df").args(["-Pk", path]).output().ok()?;
+    let text = String::from_utf8(out.stdout).ok()?;
+    let available_kib: u64 = text
+        .lines()
+        .nth(1)?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()?;
+    Some(available_kib / (1024 * 1024))
 }
 
 fn step(what: &str) {
