@@ -13,6 +13,67 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((utime + stime) / clock_ticks())
 }
 
+/// CPU seconds (user + system) of a process and every process below it, including children
+/// already reaped: what a worker and the engines it runs as subprocesses have used.
+pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
+    let mut parents = Vec::new();
+    let mut ticks = std::collections::HashMap::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue; // exited while we looked
+        };
+        let Some(rest) = stat.rfind(')').map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        // utime, stime, cutime, cstime: own time plus reaped children's.
+        ticks.insert(pid, field(11) + field(12) + field(13) + field(14));
+        if let Some(ppid) = f.get(1).and_then(|v| v.parse::<u32>().ok()) {
+            parents.push((pid, ppid));
+        }
+    }
+    let mut total = *ticks.get(&root)?;
+    let mut frontier = vec![root];
+    while let Some(parent) = frontier.pop() {
+        for &(pid, _) in parents.iter().filter(|(_, ppid)| *ppid == parent) {
+            total += ticks.get(&pid).copied().unwrap_or(0.0);
+            frontier.push(pid);
+        }
+    }
+    Some(total / clock_ticks())
+}
+
+/// Resident set size now of a process and every process below it, in MiB.
+pub fn tree_rss_mib(root: u32) -> Option<f64> {
+    let rss = |pid: u32| -> f64 {
+        std::fs::read_to_string(format!("/proc/{pid}/status"))
+            .ok()
+            .and_then(|s| {
+                let line = s.lines().find(|l| l.starts_with("VmRSS:"))?.to_owned();
+                line.split_whitespace().nth(1)?.parse::<f64>().ok()
+            })
+            .unwrap_or(0.0)
+    };
+    let children = |pid: u32| -> Vec<u32> {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|c| c.parse().ok())
+            .collect()
+    };
+    std::fs::metadata(format!("/proc/{root}")).ok()?;
+    let (mut total, mut frontier) = (0.0, vec![root]);
+    while let Some(pid) = frontier.pop() {
+        total += rss(pid);
+        frontier.extend(children(pid));
+    }
+    Some(total / 1024.0)
+}
+
 /// Peak resident set size of a process in MiB (`VmHWM`).
 pub fn peak_rss_mib(pid: u32) -> Option<f64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
@@ -86,6 +147,15 @@ mod tests {
     fn reads_our_own_process_figures() {
         let pid = std::process::id();
         assert!(cpu_seconds(pid).is_some());
+        // Our tree includes a child we start, whose CPU we burn and reap.
+        let before = tree_cpu_seconds(pid).unwrap();
+        let status = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 200000 ]; do i=$((i+1)); done"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert!(tree_cpu_seconds(pid).unwrap() > before);
+        assert!(tree_rss_mib(pid).unwrap() > 0.0);
         assert!(peak_rss_mib(pid).unwrap() > 0.0);
     }
 }
