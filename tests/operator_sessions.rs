@@ -1101,27 +1101,6 @@ async fn a_session_that_ended_while_the_operator_was_down_is_completed_after_it_
     .await;
 }
 
-/// `text` spoken by espeak-ng as 16 kHz mono PCM16 (sox converts), as the worker's
-/// pipeline tests make it.
-fn speak(text: &str) -> Vec<u8> {
-    use std::process::{Command, Stdio};
-    let mut espeak = Command::new("espeak-ng")
-        .args(["--stdout", text])
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("espeak-ng (apt-get install espeak-ng)");
-    let out = Command::new("sox")
-        .args([
-            "-t", "wav", "-", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1",
-            "-",
-        ])
-        .stdin(espeak.stdout.take().expect("espeak stdout"))
-        .output()
-        .expect("sox (apt-get install sox)");
-    assert!(out.status.success() && espeak.wait().unwrap().success());
-    out.stdout
-}
-
 #[tokio::test]
 async fn spoken_turns_fill_the_session_context_and_last_turn_and_a_slow_backend_is_degraded() {
     use futures::{SinkExt, StreamExt as _};

@@ -1,13 +1,18 @@
 //! OpenTelemetry end to end: a real Collector (core OTLP receiver + contrib file exporter,
 //! built from Go modules) receives the traces of a real operator, run with
 //! `OTEL_EXPORTER_OTLP_ENDPOINT`, and of the worker the node agent starts from the pod spec
-//! the operator writes (which passes the endpoint on).
+//! the operator writes (which passes the endpoint on); a spoken turn on the session exports a
+//! `turn` span linked to the admission.
 
 #[path = "otel/collector.rs"]
 mod collector;
 mod operator_common;
 
 use std::time::Duration;
+
+use futures::{SinkExt, StreamExt};
+use k8s_openapi::api::core::v1::Secret;
+use tokio_tungstenite::tungstenite::Message;
 
 use collector::{Collector, attribute};
 use kube::api::PostParams;
@@ -27,7 +32,7 @@ fn spans_named<'a>(spans: &'a [Value], service: &str, name: &str) -> Vec<&'a Val
 }
 
 #[tokio::test]
-async fn reconciles_and_admissions_export_spans_and_the_workers_reservation_joins_the_admissions_trace()
+async fn reconciles_admissions_and_turns_export_spans_the_reservation_joins_the_admission_and_a_turn_links_to_it()
  {
     // Built (or taken from the cache) before anything else starts its clock.
     collector::binary();
@@ -59,7 +64,7 @@ async fn reconciles_and_admissions_export_spans_and_the_workers_reservation_join
         "apiVersion": "voicebackends.dev/v1alpha1",
         "kind": "VoiceSession",
         "metadata": {"name": "call"},
-        "spec": {"backendRef": {"name": "echo"}, "user": {"userID": "u"}, "transport": "webrtc"},
+        "spec": {"backendRef": {"name": "echo"}, "user": {"userID": "u"}, "transport": "websocket"},
     }))
     .expect("valid session");
     api.create(&PostParams::default(), &session).await.unwrap();
@@ -126,5 +131,84 @@ async fn reconciles_and_admissions_export_spans_and_the_workers_reservation_join
     assert_eq!(
         reservation["parentSpanId"], admit["spanId"],
         "the reservation is the admission's child: {reservation} vs {admit}"
+    );
+
+    // A spoken turn on the session's WebSocket: the worker exports a `turn` span with the
+    // stage timings, linked to the admission that placed the session.
+    let endpoint = active
+        .status
+        .as_ref()
+        .and_then(|s| s.endpoint.clone())
+        .expect("an Active session has an endpoint");
+    let secrets: Api<Secret> = ns.api();
+    let secret = secrets.get(&endpoint.token_secret_name).await.unwrap();
+    let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
+    let (ws, _) =
+        tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
+            .await
+            .expect("the worker takes the token");
+    let (mut tx, mut rx) = ws.split();
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let phrase = speak("please tell me about the weather");
+    let turn_of_session = || {
+        spans_named(&collector.spans(), "voice-worker", "turn")
+            .into_iter()
+            .find(|s| attribute(s, "voice.session").as_deref() == Some(session_id.as_str()))
+            .cloned()
+    };
+    let mut turn = None;
+    // pocketsphinx misses synthetic speech now and then: say it up to three times.
+    for _ in 0..3 {
+        let mut script = vec![0u8; 16_000];
+        script.extend(&phrase);
+        script.extend(vec![0u8; 64_000]);
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        for frame in script.chunks(640) {
+            ticks.tick().await;
+            tx.send(Message::Binary(frame.to_vec().into()))
+                .await
+                .unwrap();
+        }
+        // Replies flow while the client sends; keep the line open past one export interval.
+        for _ in 0..400 {
+            ticks.tick().await;
+            tx.send(Message::Binary(vec![0u8; 640].into()))
+                .await
+                .unwrap();
+            if let Some(t) = turn_of_session() {
+                turn = Some(t);
+                break;
+            }
+        }
+        if turn.is_some() {
+            break;
+        }
+    }
+    reader.abort();
+    let turn = turn.unwrap_or_else(|| {
+        panic!(
+            "no turn span for {session_id}; worker spans: {:?}",
+            collector
+                .spans()
+                .iter()
+                .filter(|s| s["service"] == "voice-worker")
+                .map(|s| s["name"].clone())
+                .collect::<Vec<_>>()
+        )
+    });
+    let total_ms = turn["attributes"]
+        .as_array()
+        .and_then(|a| a.iter().find(|a| a["key"] == "voice.turn.total_ms"))
+        .map(|a| a["value"].clone());
+    assert!(
+        total_ms.is_some(),
+        "the turn span carries its timing: {turn}"
+    );
+    let links = turn["links"].as_array().cloned().unwrap_or_default();
+    assert!(
+        links
+            .iter()
+            .any(|l| l["traceId"] == admit["traceId"] && l["spanId"] == admit["spanId"]),
+        "the turn links to the session's admission: {turn} vs {admit}"
     );
 }

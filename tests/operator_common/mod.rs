@@ -348,3 +348,24 @@ impl OperatorStack {
         apply(&self.ns, &[&backend_manifest(name, &self.provider, patch)]);
     }
 }
+
+/// `text` spoken by espeak-ng as 16 kHz mono PCM16 (sox converts), as the worker's
+/// pipeline tests make it.
+pub fn speak(text: &str) -> Vec<u8> {
+    use std::process::{Command, Stdio};
+    let mut espeak = Command::new("espeak-ng")
+        .args(["--stdout", text])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("espeak-ng (apt-get install espeak-ng)");
+    let out = Command::new("sox")
+        .args([
+            "-t", "wav", "-", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1",
+            "-",
+        ])
+        .stdin(espeak.stdout.take().expect("espeak stdout"))
+        .output()
+        .expect("sox (apt-get install sox)");
+    assert!(out.status.success() && espeak.wait().unwrap().success());
+    out.stdout
+}

@@ -128,66 +128,14 @@ pub fn attribute(object: &Value, key: &str) -> Option<String> {
 }
 
 fn ensure() -> Result<PathBuf, String> {
-    let module = voice_cluster::layout::workspace_root().join("tests/otel/go");
-    let base = voice_cluster::layout::cache_root()
-        .parent()
-        .map(|p| p.join("otelcol"))
-        .ok_or("the cache root has no parent")?;
-    let dir = base.join(format!("otelcol-{}", module_digest(&module)?));
-    let binary = dir.join("otelcol");
-    if binary.is_file() {
-        return Ok(binary);
+    voice_cluster::go_tool::GoTool {
+        name: "otelcol",
+        module: voice_cluster::layout::workspace_root().join("tests/otel/go"),
+        keyed_by: &["go.mod", "go.sum", "main.go"],
+        tag: "",
+        package: ".",
+        ldflags: String::new(),
+        takes: "about 1.5 min on 2 cores",
     }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    // Test binaries running at once build it once: the others wait here, then reuse it.
-    let lock_path = dir.join("build.lock");
-    let lock = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    let partial = dir.join(format!("otelcol.partial-{}", std::process::id()));
-    eprintln!(
-        "building the OpenTelemetry Collector from its Go modules (about 1.5 min on 2 cores; cached in {})…",
-        dir.display()
-    );
-    let started = Instant::now();
-    let out = Command::new("go")
-        .current_dir(&module)
-        // Never let go fetch a toolchain (no downloads here).
-        .env("GOTOOLCHAIN", "local")
-        .args(["build", "-trimpath", "-o"])
-        .arg(&partial)
-        .arg(".")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running go build in {}: {e}", module.display()))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&partial);
-        return Err(format!(
-            "go build of the collector failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    std::fs::rename(&partial, &binary)
-        .map_err(|e| format!("renaming {}: {e}", partial.display()))?;
-    eprintln!("built the collector in {} s", started.elapsed().as_secs());
-    Ok(binary)
-}
-
-/// 16 hex digits of FNV-1a over go.mod ‖ go.sum ‖ main.go: a new pin or a new component set
-/// gets a new cache directory.
-fn module_digest(module: &Path) -> Result<String, String> {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for file in ["go.mod", "go.sum", "main.go"] {
-        let path = module.join(file);
-        let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        for b in bytes {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    Ok(format!("{hash:016x}"))
+    .ensure()
 }

@@ -4,11 +4,9 @@
 //! A separate Go module from `tests/cluster/go`, so pinning another Helm never changes the
 //! control plane's cache key (and never rebuilds Kubernetes).
 
-use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
-use std::time::Instant;
 
 use crate::cluster;
 
@@ -73,31 +71,6 @@ pub fn helm_ok(output: Output, what: &str) -> String {
 }
 
 fn ensure() -> Result<PathBuf, String> {
-    let module = voice_cluster::layout::workspace_root().join("tests/helm/go");
-    let base = voice_cluster::layout::cache_root()
-        .parent()
-        .map(|p| p.join("helm"))
-        .ok_or("the cache root has no parent")?;
-    let dir = base.join(format!("helm-{HELM_VERSION}-{}", module_digest(&module)?));
-    let binary = dir.join("helm");
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
-    // Test binaries running at once build it once: the others wait here, then reuse it.
-    let lock_path = dir.join("build.lock");
-    let lock = File::create(&lock_path).map_err(|e| format!("{}: {e}", lock_path.display()))?;
-    lock.lock()
-        .map_err(|e| format!("locking {}: {e}", lock_path.display()))?;
-    if binary.is_file() {
-        return Ok(binary);
-    }
-    let partial = dir.join(format!("helm.partial-{}", std::process::id()));
-    eprintln!(
-        "building helm {HELM_VERSION} from its Go module (about 1 min on 2 cores; cached in {})…",
-        dir.display()
-    );
-    let started = Instant::now();
     let ldflags = [
         format!("-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"),
         "-X helm.sh/helm/v3/internal/version.gitTreeState=clean".to_owned(),
@@ -107,42 +80,16 @@ fn ensure() -> Result<PathBuf, String> {
         format!("-X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor={K8S_MINOR}"),
     ]
     .join(" ");
-    let out = Command::new("go")
-        .current_dir(&module)
-        // Never let go fetch a toolchain (no downloads here).
-        .env("GOTOOLCHAIN", "local")
-        .args(["build", "-trimpath", "-ldflags", &ldflags, "-o"])
-        .arg(&partial)
-        .arg("helm.sh/helm/v3/cmd/helm")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("running go build in {}: {e}", module.display()))?;
-    if !out.status.success() {
-        let _ = std::fs::remove_file(&partial);
-        return Err(format!(
-            "go build of helm failed ({}):\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        ));
+    voice_cluster::go_tool::GoTool {
+        name: "helm",
+        module: voice_cluster::layout::workspace_root().join("tests/helm/go"),
+        keyed_by: &["go.mod", "go.sum"],
+        tag: &format!("{HELM_VERSION}-"),
+        package: "helm.sh/helm/v3/cmd/helm",
+        ldflags,
+        takes: "about 1 min on 2 cores",
     }
-    std::fs::rename(&partial, &binary)
-        .map_err(|e| format!("renaming {}: {e}", partial.display()))?;
-    eprintln!("built helm in {} s", started.elapsed().as_secs());
-    Ok(binary)
-}
-
-/// 16 hex digits of FNV-1a over go.mod ‖ go.sum: a new pin gets a new cache directory.
-fn module_digest(module: &Path) -> Result<String, String> {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for file in ["go.mod", "go.sum"] {
-        let path = module.join(file);
-        let bytes = std::fs::read(&path).map_err(|e| format!("reading {}: {e}", path.display()))?;
-        for b in bytes {
-            hash ^= u64::from(b);
-            hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-    Ok(format!("{hash:016x}"))
+    .ensure()
 }
 
 /// Prometheus Operator release whose Go module ships the `monitoring.coreos.com` CRD YAML

@@ -8,6 +8,7 @@
 
 pub mod binaries;
 mod error;
+pub mod go_tool;
 mod health;
 mod kubeconfig;
 pub mod layout;
