@@ -31,10 +31,8 @@ use rtc::rtp_transceiver::rtp_sender::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{Mutex, mpsc, watch};
+use voice_bench::worker::{PinnedWorker, free_port};
 use voice_bench::{cpu_seconds, sum_by};
-use voice_proto::token::{JoinClaims, mint};
-use voice_proto::worker::v1::ReserveSessionRequest;
-use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
 use voice_worker::media::opus_codec::{FrameDecoder, FrameEncoder};
 use voice_worker::media::{FRAME_SAMPLES, Frame};
 use webrtc::media_stream::track_local::TrackLocal;
@@ -69,7 +67,6 @@ struct Args {
     python: Option<PathBuf>,
 }
 
-const KEY: &str = "bench-signing-key-of-32-bytes!!!";
 /// A returned packet this large carries the tone; the worker's encoder makes silence
 /// a few bytes long.
 const LOUD_BYTES: usize = 30;
@@ -248,100 +245,35 @@ struct Target {
     offers: Vec<(String, String)>,
 }
 
+/// The worker under test with its echo sessions reserved.
 struct WorkerUnderTest {
-    child: Child,
+    _worker: PinnedWorker,
     target: Target,
 }
 
 impl WorkerUnderTest {
     async fn start(args: &Args, core: usize, sessions: usize) -> anyhow::Result<Self> {
-        let binary = args.worker.clone().unwrap_or_else(|| {
-            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/voice-worker")
-        });
-        if !binary.exists() {
-            bail!(
-                "{} is missing: cargo build --release -p voice-worker",
-                binary.display()
-            );
-        }
-        let (grpc_port, http_port) = (free_port()?, free_port()?);
-        let child = Command::new("taskset")
-            .arg("-c")
-            .arg(core.to_string())
-            .arg(&binary)
-            .env("POD_IP", "127.0.0.1")
-            .env("UDP_PORT", "0")
-            .env("SESSIONS_PER_WORKER", sessions.to_string())
-            .env("SESSION_SIGNING_KEY", KEY)
-            .env("RUST_LOG", "error")
-            .args(["--grpc-port", &grpc_port.to_string()])
-            .args(["--http-port", &http_port.to_string()])
-            .stdin(Stdio::null())
-            .spawn()
-            .context("starting taskset voice-worker")?;
-        let pid = child.id();
-        let mut worker = Self {
-            child,
+        let worker = PinnedWorker::start(args.worker.clone(), core, sessions)?;
+        let offers = worker
+            .reserve(
+                "echo",
+                sessions,
+                r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#,
+            )
+            .await?
+            .into_iter()
+            .map(|(id, token)| (format!("/v1/sessions/{id}/offer"), token))
+            .collect();
+        Ok(Self {
             target: Target {
                 name: "voice-worker",
-                pid,
-                http_port,
-                offers: Vec::new(),
+                pid: worker.pid,
+                http_port: worker.http_port,
+                offers,
             },
-        };
-        worker.target.offers = reserve(grpc_port, sessions).await?;
-        Ok(worker)
+            _worker: worker,
+        })
     }
-}
-
-impl Drop for WorkerUnderTest {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-async fn reserve(grpc_port: u16, sessions: usize) -> anyhow::Result<Vec<(String, String)>> {
-    let url = format!("http://127.0.0.1:{grpc_port}");
-    let started = Instant::now();
-    let mut client = loop {
-        match WorkerControlClient::connect(url.clone()).await {
-            Ok(client) => break client,
-            Err(e) if started.elapsed() > Duration::from_secs(20) => {
-                bail!("the worker never listened: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let mut offers = Vec::new();
-    for i in 0..sessions {
-        let (id, uid) = (format!("bench/echo-{i}"), format!("uid-{i}"));
-        client
-            .reserve_session(ReserveSessionRequest {
-                session_id: id.clone(),
-                uid: uid.clone(),
-                token_key_id: None,
-                config_json: r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#.to_owned(),
-                context_json: String::new(),
-            })
-            .await
-            .with_context(|| format!("reserving {id}"))?;
-        let token = mint(
-            KEY.as_bytes(),
-            &JoinClaims {
-                sub: id.clone(),
-                uid,
-                backend: "bench".to_owned(),
-                iat: now,
-                exp: now + 3_600,
-            },
-        );
-        offers.push((format!("/v1/sessions/{id}/offer"), token));
-    }
-    Ok(offers)
 }
 
 /// What one client measured.
@@ -813,12 +745,6 @@ async fn request(
 
 async fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
     Ok(request(port, "GET", path, "", "", b"").await?.2)
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
 
 /// An aiortc echo server: every offer gets a peer connection that sends back what it

@@ -22,7 +22,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -33,10 +33,8 @@ use axum::routing::post;
 use clap::Parser;
 use futures::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::Message;
+use voice_bench::worker::PinnedWorker;
 use voice_bench::{cpu_seconds, tree_cpu_seconds, tree_rss_mib};
-use voice_proto::token::{JoinClaims, mint};
-use voice_proto::worker::v1::ReserveSessionRequest;
-use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
 use voice_worker::media::{FRAME_SAMPLES, Frame};
 use voice_worker::pipeline::{EventSink, PipelineMetrics, PipelineSpec};
 
@@ -67,7 +65,6 @@ struct Args {
 
 /// The Pipecat release this comparison was written against.
 const PIPECAT: &str = "pipecat-ai[openai,silero]==1.14.0";
-const KEY: &str = "bench-signing-key-of-32-bytes!!!";
 /// Mean absolute sample value of a 20 ms frame that carries speech (or reply audio).
 const LOUD: f64 = 500.0;
 /// Silence after each phrase in the overhead run: long enough for the reply to play out.
@@ -461,33 +458,9 @@ struct Talk {
 async fn offline_sessions(args: &Args, n: usize) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let core = cores - 1;
-    let binary = args.worker.clone().unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/voice-worker")
-    });
-    if !binary.exists() {
-        bail!(
-            "{} is missing: cargo build --release -p voice-worker",
-            binary.display()
-        );
-    }
-    let (grpc_port, http_port) = (free_port()?, free_port()?);
-    let child = Command::new("taskset")
-        .arg("-c")
-        .arg(core.to_string())
-        .arg(&binary)
-        .env("POD_IP", "127.0.0.1")
-        .env("UDP_PORT", "0")
-        .env("SESSIONS_PER_WORKER", n.to_string())
-        .env("SESSION_SIGNING_KEY", KEY)
-        .env("RUST_LOG", "error")
-        .args(["--grpc-port", &grpc_port.to_string()])
-        .args(["--http-port", &http_port.to_string()])
-        .stdin(Stdio::null())
-        .spawn()
-        .context("starting taskset voice-worker")?;
-    let worker = Killed(child);
-    let pid = worker.0.id();
-    let tokens = reserve(grpc_port, n).await?;
+    let worker = PinnedWorker::start(args.worker.clone(), core, n)?;
+    let (pid, http_port) = (worker.pid, worker.http_port);
+    let tokens = worker.reserve("offline", n, OFFLINE).await?;
 
     let wav = std::fs::read(fixture())?;
     let phrase = voice_worker::pipeline::audio::parse_wav(&wav)
@@ -555,59 +528,6 @@ async fn offline_sessions(args: &Args, n: usize) -> anyhow::Result<()> {
         );
     }
     Ok(())
-}
-
-/// Kills the worker when the run ends, however it ends.
-struct Killed(Child);
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Reserves `n` offline sessions over gRPC; returns (namespace/name, token) pairs.
-async fn reserve(grpc_port: u16, n: usize) -> anyhow::Result<Vec<(String, String)>> {
-    let url = format!("http://127.0.0.1:{grpc_port}");
-    let started = Instant::now();
-    let mut client = loop {
-        match WorkerControlClient::connect(url.clone()).await {
-            Ok(client) => break client,
-            Err(e) if started.elapsed() > Duration::from_secs(20) => {
-                bail!("the worker never listened: {e}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    };
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .as_secs();
-    let mut out = Vec::new();
-    for i in 0..n {
-        let (id, uid) = (format!("bench/offline-{i}"), format!("uid-{i}"));
-        client
-            .reserve_session(ReserveSessionRequest {
-                session_id: id.clone(),
-                uid: uid.clone(),
-                token_key_id: None,
-                config_json: OFFLINE.to_owned(),
-                context_json: String::new(),
-            })
-            .await
-            .with_context(|| format!("reserving {id}"))?;
-        let token = mint(
-            KEY.as_bytes(),
-            &JoinClaims {
-                sub: id.clone(),
-                uid,
-                backend: "bench".to_owned(),
-                iat: now,
-                exp: now + 3_600,
-            },
-        );
-        out.push((id, token));
-    }
-    Ok(out)
 }
 
 /// One caller: says the phrase, stays quiet while the reply plays, says it again, sending
@@ -681,10 +601,4 @@ async fn talk(url: &str, phrase: &[i16], offset: Duration, from: Instant, until:
         }
     }
     talk
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
 }
