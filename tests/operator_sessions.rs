@@ -1103,8 +1103,7 @@ async fn a_session_that_ended_while_the_operator_was_down_is_completed_after_it_
 
 #[tokio::test]
 async fn spoken_turns_fill_the_session_context_and_last_turn_and_a_slow_backend_is_degraded() {
-    use futures::{SinkExt, StreamExt as _};
-    use tokio_tungstenite::tungstenite::Message;
+    use futures::StreamExt as _;
 
     let stack = OperatorStack::start_with(
         "sess-turns",
@@ -1136,13 +1135,7 @@ async fn spoken_turns_fill_the_session_context_and_last_turn_and_a_slow_backend_
         script.extend(&phrase);
         script.extend(vec![0u8; 80_000]);
     }
-    let mut ticks = tokio::time::interval(Duration::from_millis(20));
-    for frame in script.chunks(640) {
-        ticks.tick().await;
-        tx.send(Message::Binary(frame.to_vec().into()))
-            .await
-            .unwrap();
-    }
+    send_paced(&mut tx, &script).await;
 
     let status = wait_for(T, "context and last turn in status", || async {
         let s = api.get("chat").await.map_err(|e| e.to_string())?;

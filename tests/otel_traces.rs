@@ -162,14 +162,9 @@ async fn reconciles_admissions_and_turns_export_spans_the_reservation_joins_the_
         let mut script = vec![0u8; 16_000];
         script.extend(&phrase);
         script.extend(vec![0u8; 64_000]);
-        let mut ticks = tokio::time::interval(Duration::from_millis(20));
-        for frame in script.chunks(640) {
-            ticks.tick().await;
-            tx.send(Message::Binary(frame.to_vec().into()))
-                .await
-                .unwrap();
-        }
+        send_paced(&mut tx, &script).await;
         // Replies flow while the client sends; keep the line open past one export interval.
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
         for _ in 0..400 {
             ticks.tick().await;
             tx.send(Message::Binary(vec![0u8; 640].into()))

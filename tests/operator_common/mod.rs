@@ -369,3 +369,22 @@ pub fn speak(text: &str) -> Vec<u8> {
     assert!(out.status.success() && espeak.wait().unwrap().success());
     out.stdout
 }
+
+/// Sends 16 kHz PCM16 `pcm` over a WebSocket as 20 ms binary messages, paced in real time
+/// like a caller's microphone.
+pub async fn send_paced<S>(tx: &mut S, pcm: &[u8])
+where
+    S: futures::Sink<tokio_tungstenite::tungstenite::Message> + Unpin,
+    S::Error: std::fmt::Debug,
+{
+    use futures::SinkExt;
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    for frame in pcm.chunks(640) {
+        ticks.tick().await;
+        tx.send(tokio_tungstenite::tungstenite::Message::Binary(
+            frame.to_vec().into(),
+        ))
+        .await
+        .expect("sending audio to the worker");
+    }
+}
