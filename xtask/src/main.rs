@@ -3,6 +3,7 @@
 mod cluster;
 mod crds;
 mod dev;
+mod fuzz;
 mod node_agent;
 mod prerequisites;
 mod test;
@@ -24,6 +25,8 @@ enum Task {
     Crds(crds::Args),
     /// The local embedded default: control plane, CRDs and the examples.
     Dev(dev::Args),
+    /// Fuzz the parsers of network input with libFuzzer (installs cargo-fuzz if needed).
+    Fuzz(fuzz::Args),
     /// Run the local node agent (plays the kubelet for one fake Node) in the foreground.
     NodeAgent(node_agent::Args),
     /// The whole test suite, as CI runs it (installs what it needs).
@@ -35,6 +38,7 @@ fn main() -> anyhow::Result<()> {
         Task::Cluster(args) => cluster::run(args),
         Task::Crds(args) => crds::run(args),
         Task::Dev(args) => dev::run(args),
+        Task::Fuzz(args) => fuzz::run(args),
         Task::NodeAgent(args) => node_agent::run(args),
         Task::Test(args) => test::run(args),
     }
