@@ -58,6 +58,11 @@ pub fn parse_wav(bytes: &[u8]) -> Result<Pcm, WavError> {
             if tag != 1 || bits != 16 {
                 return Err(WavError::Unsupported { format: tag, bits });
             }
+            // A rate no audio has would divide by zero or overflow further on (found by
+            // `cargo xtask fuzz wav`).
+            if !(1_000..=384_000).contains(&rate) {
+                return Err(WavError::Malformed("sample rate outside 1–384 kHz"));
+            }
             let end = if size == 0 || size == u32::MAX as usize {
                 bytes.len()
             } else {
@@ -92,7 +97,7 @@ pub fn encode_wav(pcm: &Pcm) -> Vec<u8> {
     out.extend_from_slice(&1u16.to_le_bytes());
     out.extend_from_slice(&1u16.to_le_bytes());
     out.extend_from_slice(&pcm.rate.to_le_bytes());
-    out.extend_from_slice(&(pcm.rate * 2).to_le_bytes());
+    out.extend_from_slice(&pcm.rate.saturating_mul(2).to_le_bytes());
     out.extend_from_slice(&2u16.to_le_bytes());
     out.extend_from_slice(&16u16.to_le_bytes());
     out.extend_from_slice(b"data");
@@ -235,6 +240,18 @@ mod tests {
         assert_eq!(parse_wav(&encode_wav(&pcm)), Ok(pcm));
         assert!(parse_wav(b"RIFF0000WAVE").is_err());
         assert!(parse_wav(b"hello").is_err());
+        // Rates no audio has are refused by name, not carried on to a division or overflow.
+        for rate in [0, 999, 384_001, u32::MAX] {
+            let wav = encode_wav(&Pcm {
+                rate,
+                samples: vec![1, 2],
+            });
+            assert_eq!(
+                parse_wav(&wav),
+                Err(WavError::Malformed("sample rate outside 1–384 kHz")),
+                "{rate}"
+            );
+        }
     }
 
     #[test]
