@@ -1103,8 +1103,6 @@ async fn a_session_that_ended_while_the_operator_was_down_is_completed_after_it_
 
 #[tokio::test]
 async fn spoken_turns_fill_the_session_context_and_last_turn_and_a_slow_backend_is_degraded() {
-    use futures::StreamExt as _;
-
     let stack = OperatorStack::start_with(
         "sess-turns",
         json!({"stages": {"turnDetection": ["silence"]}}),
@@ -1120,12 +1118,7 @@ async fn spoken_turns_fill_the_session_context_and_last_turn_and_a_slow_backend_
     let api: Api<VoiceSession> = ns.api();
     let (endpoint, token) =
         admit_one(&api, "chat", "assistant", json!({"transport": "websocket"})).await;
-    let (ws, _) =
-        tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
-            .await
-            .expect("the worker takes the token");
-    let (mut tx, mut rx) = ws.split();
-    let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let (mut tx, reader) = connect_session(&endpoint.url, &token).await;
 
     // Six turns: half a second of silence, the phrase, two and a half seconds of silence.
     let phrase = speak("please tell me about the weather");

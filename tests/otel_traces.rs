@@ -10,7 +10,7 @@ mod operator_common;
 
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
+use futures::SinkExt;
 use k8s_openapi::api::core::v1::Secret;
 use tokio_tungstenite::tungstenite::Message;
 
@@ -143,12 +143,7 @@ async fn reconciles_admissions_and_turns_export_spans_the_reservation_joins_the_
     let secrets: Api<Secret> = ns.api();
     let secret = secrets.get(&endpoint.token_secret_name).await.unwrap();
     let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
-    let (ws, _) =
-        tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
-            .await
-            .expect("the worker takes the token");
-    let (mut tx, mut rx) = ws.split();
-    let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    let (mut tx, reader) = connect_session(&endpoint.url, &token).await;
     let phrase = speak("please tell me about the weather");
     let turn_of_session = || {
         spans_named(&collector.spans(), "voice-worker", "turn")

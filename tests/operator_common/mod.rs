@@ -388,3 +388,24 @@ where
         .expect("sending audio to the worker");
     }
 }
+
+/// The sending half of a session's WebSocket (16 kHz PCM), whose replies are read and
+/// dropped on their own task so the worker never blocks on a full socket.
+pub type SessionSender = futures::stream::SplitSink<
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>,
+    tokio_tungstenite::tungstenite::Message,
+>;
+
+/// Connects to a session's WebSocket `url` with its join `token` at 16 kHz.
+pub async fn connect_session(
+    url: &str,
+    token: &str,
+) -> (SessionSender, tokio::task::JoinHandle<()>) {
+    use futures::StreamExt;
+    let (ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}&rate=16000"))
+        .await
+        .expect("the worker takes the token");
+    let (tx, mut rx) = ws.split();
+    let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
+    (tx, reader)
+}

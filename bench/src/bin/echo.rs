@@ -71,15 +71,9 @@ struct Args {
 /// a few bytes long.
 const LOUD_BYTES: usize = 30;
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
-}
-
-async fn run(args: Args) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let core = cores - 1;
     println!("machine: {cores} cores; server pinned to core {core}, clients on the others");

@@ -74,15 +74,9 @@ fn fixture() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../worker/tests/fixtures/weather-16k.wav")
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(run(args))
-}
-
-async fn run(args: Args) -> anyhow::Result<()> {
     let wav = std::fs::read(fixture()).context("reading the fixture WAV")?;
     let speech16 = voice_worker::pipeline::audio::parse_wav(&wav)
         .map_err(|e| anyhow::anyhow!("fixture: {e}"))?;
