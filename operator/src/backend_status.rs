@@ -268,6 +268,15 @@ mod tests {
     }
 
     fn status(current: &VoiceBackendStatus, fold: &Fold, now: i64) -> VoiceBackendStatus {
+        status_with_latency(current, fold, now, None)
+    }
+
+    fn status_with_latency(
+        current: &VoiceBackendStatus,
+        fold: &Fold,
+        now: i64,
+        latency: Option<(std::time::Duration, usize, std::time::Duration)>,
+    ) -> VoiceBackendStatus {
         compute(&StatusInput {
             current,
             generation: Some(1),
@@ -277,24 +286,19 @@ mod tests {
             replicas: 1,
             selector: "a=b".to_owned(),
             now: at(now),
-            latency: None,
+            latency,
         })
     }
 
     #[test]
     fn a_p95_over_the_latency_target_makes_a_healthy_backend_degraded() {
         let ms = std::time::Duration::from_millis;
-        let slow = compute(&StatusInput {
-            current: &VoiceBackendStatus::default(),
-            generation: Some(1),
-            acceptance: &Acceptance::Accepted,
-            fold: &fold(true),
-            progress: Progress::Stable,
-            replicas: 1,
-            selector: "a=b".to_owned(),
-            now: at(10),
-            latency: Some((ms(900), 20, ms(500))),
-        });
+        let slow = status_with_latency(
+            &VoiceBackendStatus::default(),
+            &fold(true),
+            10,
+            Some((ms(900), 20, ms(500))),
+        );
         let c = slow
             .conditions
             .iter()
@@ -309,17 +313,12 @@ mod tests {
             "{}",
             c.message
         );
-        let fast = compute(&StatusInput {
-            latency: Some((ms(300), 20, ms(500))),
-            current: &VoiceBackendStatus::default(),
-            generation: Some(1),
-            acceptance: &Acceptance::Accepted,
-            fold: &fold(true),
-            progress: Progress::Stable,
-            replicas: 1,
-            selector: "a=b".to_owned(),
-            now: at(10),
-        });
+        let fast = status_with_latency(
+            &VoiceBackendStatus::default(),
+            &fold(true),
+            10,
+            Some((ms(300), 20, ms(500))),
+        );
         let c = fast
             .conditions
             .iter()
