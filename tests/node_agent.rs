@@ -322,3 +322,144 @@ async fn unknown_image_is_reported_as_image_not_mapped() {
         "the message names the flag: {message}"
     );
 }
+
+/// The value of `name` in the environment of process `pid`.
+fn process_env(pid: i32, name: &str) -> Option<String> {
+    let raw = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    raw.split(|b| *b == 0).find_map(|entry| {
+        let entry = String::from_utf8_lossy(entry);
+        entry.strip_prefix(&format!("{name}=")).map(str::to_owned)
+    })
+}
+
+#[tokio::test]
+async fn secret_volume_is_mounted_as_files_and_follows_the_secret() {
+    agent();
+    let ns = TestNamespace::new("na-volume").await;
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = ns.api();
+    let secret = |value: &str| -> k8s_openapi::api::core::v1::Secret {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Secret",
+            "metadata": { "name": "demo-tls" },
+            "stringData": { "tls.crt": value, "ca.crt": "ca" },
+        }))
+        .expect("the Secret manifest is valid")
+    };
+    secrets
+        .create(&PostParams::default(), &secret("first"))
+        .await
+        .expect("creating the Secret");
+    let mut pod = worker_pod("worker", "voice-operator/worker:dev", "Never");
+    let spec = pod.spec.as_mut().expect("a spec");
+    spec.volumes = Some(vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "tls", "secret": { "secretName": "demo-tls" }
+        }))
+        .expect("a valid volume"),
+    ]);
+    let container = &mut spec.containers[0];
+    container.volume_mounts = Some(vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "tls", "mountPath": "/var/run/demo/tls", "readOnly": true
+        }))
+        .expect("a valid mount"),
+    ]);
+    container.env.get_or_insert_default().push(
+        serde_json::from_value(serde_json::json!({
+            "name": "DEMO_CERT", "value": "/var/run/demo/tls/tls.crt"
+        }))
+        .expect("a valid env var"),
+    );
+    let pods = create(&ns, &pod).await;
+    wait_for(&pods, "worker", "become Ready", ready_ip).await;
+    let pod = pods.get("worker").await.expect("reading the pod");
+    let pid = worker_pid(&pod).expect("the agent records the worker's pid");
+
+    // The process sees the mount path rewritten to the pod's volume directory.
+    let cert = process_env(pid, "DEMO_CERT").expect("DEMO_CERT is in the process environment");
+    assert!(
+        cert.ends_with("/tls/tls.crt") && !cert.starts_with("/var/run/demo"),
+        "DEMO_CERT={cert}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(&cert).expect("the file exists"),
+        "first"
+    );
+
+    // A rotated Secret reaches the running process's file without a restart.
+    secrets
+        .replace("demo-tls", &PostParams::default(), &{
+            let mut s = secret("second");
+            s.metadata.resource_version = secrets
+                .get("demo-tls")
+                .await
+                .expect("reading the Secret")
+                .metadata
+                .resource_version;
+            s
+        })
+        .await
+        .expect("rotating the Secret");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&cert).unwrap_or_default() != "second" {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the rotated Secret did not reach {cert} within 20 s:\n{}",
+            node_agent().log_tail(20)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        pid_alive(pid),
+        "the process was not restarted for the rotation"
+    );
+
+    pods.delete("worker", &DeleteParams::default())
+        .await
+        .expect("deleting the pod");
+    wait_gone(&pods, "worker").await;
+    let dir = std::path::Path::new(&cert)
+        .parent()
+        .and_then(|p| p.parent());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while dir.is_some_and(std::path::Path::exists) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pod's volume directory {dir:?} outlived the pod"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn missing_secret_of_a_volume_keeps_the_container_waiting_with_failed_mount() {
+    agent();
+    let ns = TestNamespace::new("na-nosecret").await;
+    let mut pod = worker_pod("worker", "voice-operator/worker:dev", "Never");
+    let spec = pod.spec.as_mut().expect("a spec");
+    spec.volumes = Some(vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "tls", "secret": { "secretName": "absent" }
+        }))
+        .expect("a valid volume"),
+    ]);
+    spec.containers[0].volume_mounts = Some(vec![
+        serde_json::from_value(serde_json::json!({ "name": "tls", "mountPath": "/tls" }))
+            .expect("a valid mount"),
+    ]);
+    let pods = create(&ns, &pod).await;
+    let message = wait_for(&pods, "worker", "wait with FailedMount", |pod| {
+        let state = pod.status.as_ref()?.container_statuses.as_ref()?[0]
+            .state
+            .as_ref()?
+            .waiting
+            .clone()?;
+        (state.reason.as_deref() == Some("FailedMount")).then(|| state.message.unwrap_or_default())
+    })
+    .await;
+    assert!(
+        message.contains("Secret") && message.contains("absent") && message.contains("optional"),
+        "the message names the Secret and the fix: {message}"
+    );
+}

@@ -3,7 +3,13 @@
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
 use kube::config::{KubeConfigOptions, Kubeconfig};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher::{self, watcher};
 
 use crate::Error;
 use crate::context::Context;
@@ -43,12 +49,21 @@ pub struct Config {
     /// Directory of container logs: `<target>/voice-node-agent/logs` by default.
     #[arg(long, value_name = "DIR")]
     pub log_dir: Option<PathBuf>,
+
+    /// Directory of pod volumes: `<target>/voice-node-agent/volumes` by default.
+    #[arg(long, value_name = "DIR")]
+    pub volume_dir: Option<PathBuf>,
 }
 
+/// Longest wait for the first list of Secrets, which secret volumes are made of.
+const SECRETS_SYNC_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 impl Config {
-    /// Connects to the API server and builds the shared context.
+    /// Connects to the API server and builds the shared context, including the watch that
+    /// keeps its cache of Secrets current (it runs for the life of the process).
     pub async fn context(&self) -> Result<Arc<Context>, Error> {
         let client = self.client().await?;
+        let secrets = watch_secrets(client.clone()).await?;
         let kubeconfig = self
             .kubeconfig
             .as_ref()
@@ -67,6 +82,11 @@ impl Config {
                 .log_dir
                 .clone()
                 .unwrap_or_else(|| target_dir().join("voice-node-agent/logs")),
+            volume_dir: self
+                .volume_dir
+                .clone()
+                .unwrap_or_else(|| target_dir().join("voice-node-agent/volumes")),
+            secrets,
             kubeconfig,
         }))
     }
@@ -90,6 +110,36 @@ impl Config {
         };
         kube::Client::try_from(config).map_err(|e| kube_error("client".into())(e.into()))
     }
+}
+
+/// Starts a reflector over every Secret and waits for its first list.
+async fn watch_secrets(client: kube::Client) -> Result<Store<Secret>, Error> {
+    let (reader, writer) = reflector::store();
+    let api: Api<Secret> = Api::all(client);
+    let stream = reflector::reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .touched_objects();
+    tokio::spawn(async move {
+        futures::pin_mut!(stream);
+        while let Some(event) = stream.next().await {
+            if let Err(err) = event {
+                tracing::warn!(error = %err, "watching Secrets for pod volumes");
+            }
+        }
+    });
+    tokio::time::timeout(SECRETS_SYNC_TIMEOUT, reader.wait_until_ready())
+        .await
+        .map_err(|_| Error::Volume {
+            volume: "*".into(),
+            problem: format!(
+                "the first list of Secrets did not arrive within {SECRETS_SYNC_TIMEOUT:?}; check the API server and the kubeconfig's rights"
+            ),
+        })?
+        .map_err(|_| Error::Volume {
+            volume: "*".into(),
+            problem: "the Secret watch stopped before its first list".into(),
+        })?;
+    Ok(reader)
 }
 
 /// Cargo's target dir: `$CARGO_TARGET_DIR` (relative to the workspace root) or

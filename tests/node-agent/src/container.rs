@@ -15,6 +15,7 @@ use crate::env::{self, Addresses};
 use crate::probes::{Check, Outcome, Tracker};
 use crate::runtime::{self, Launch, Process};
 use crate::status::{ContainerView, HOST_IP, State, Termination};
+use crate::volumes;
 
 /// Wait before the second restart; doubles per crash up to [`MAX_BACKOFF`]. The first restart
 /// is immediate, as with kubelet.
@@ -148,13 +149,23 @@ impl Container {
                 return false;
             }
         };
+        let mounts = match self.volumes(ctx, pod) {
+            Ok(mounts) => mounts,
+            Err(err) => {
+                self.wait_and_retry(err.reason(), err.to_string());
+                return false;
+            }
+        };
         let mut vars = base_env(ctx, pod);
         for (k, v) in resolved {
             vars.retain(|(n, _)| *n != k);
-            vars.push((k, v));
+            vars.push((k, volumes::rewrite(&v, &mounts)));
         }
         let known: BTreeMap<String, String> = vars.iter().cloned().collect();
-        let args = env::arguments(&self.spec, &known);
+        let args: Vec<String> = env::arguments(&self.spec, &known)
+            .iter()
+            .map(|a| volumes::rewrite(a, &mounts))
+            .collect();
         let launch = Launch {
             binary: &self.binary,
             args: &args,
@@ -193,6 +204,13 @@ impl Container {
                 false
             }
         }
+    }
+
+    /// Makes the pod's volumes current and returns this container's mounts.
+    fn volumes(&self, ctx: &Context, pod: &Pod) -> Result<Vec<(String, PathBuf)>, crate::Error> {
+        let dir = volumes::pod_dir(&ctx.volume_dir, pod.metadata.uid.as_deref().unwrap_or("-"));
+        volumes::sync(&ctx.secrets, pod, &dir)?;
+        volumes::mounts(pod, &self.spec, &dir)
     }
 
     fn wait_and_retry(&mut self, reason: &str, message: String) {

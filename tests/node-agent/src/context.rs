@@ -3,6 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Mutex;
 
+use k8s_openapi::api::core::v1::Secret;
+use kube::runtime::reflector::Store;
+
 use crate::images::ImageMap;
 use crate::ip_pool::IpPool;
 
@@ -23,6 +26,10 @@ pub struct Context {
     pub ips: Mutex<IpPool>,
     /// Directory of container logs.
     pub log_dir: PathBuf,
+    /// Directory of pod volumes, one subdirectory per pod uid.
+    pub volume_dir: PathBuf,
+    /// Every Secret of the cluster, kept current by a watch: what secret volumes are made of.
+    pub secrets: Store<Secret>,
     /// Handed to containers as `KUBECONFIG`: there is no in-cluster service account here, so a
     /// pod that talks to the API (the operator) uses the agent's kubeconfig instead.
     pub kubeconfig: Option<PathBuf>,

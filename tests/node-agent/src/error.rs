@@ -64,6 +64,14 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A pod volume cannot be provided.
+    #[error("volume {volume:?}: {problem}")]
+    Volume {
+        /// The volume's name in the pod.
+        volume: String,
+        /// What is wrong, including what to fix.
+        problem: String,
+    },
     /// A local file (log) could not be opened or created.
     #[error("cannot {action} {path}: {source}; check permissions of the target directory")]
     Io {
@@ -88,6 +96,7 @@ impl Error {
             Error::IpPoolExhausted => "IpPoolExhausted",
             Error::Env { .. } => "CreateContainerConfigError",
             Error::Spawn { .. } => "RunContainerError",
+            Error::Volume { .. } => "FailedMount",
             Error::Io { .. } => "RunContainerError",
         }
     }

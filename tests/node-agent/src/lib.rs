@@ -4,8 +4,8 @@
 //! It registers a Ready `Node`, binds unscheduled pods to it (a trivial scheduler), and runs
 //! each container of a bound pod as a local process: the image picks a workspace binary
 //! ([`images`]), the pod gets its own loopback address ([`ip_pool`]) and its env from the spec
-//! ([`env`]), probes decide readiness ([`probes`]), and status is written like kubelet's
-//! ([`status`]). Deleting a pod runs preStop, SIGTERM, SIGKILL after the grace period, then
+//! ([`env`]), its `secret` and `emptyDir` volumes become directories ([`volumes`]), probes
+//! decide readiness ([`probes`]), and status is written like kubelet's ([`status`]). Deleting a pod runs preStop, SIGTERM, SIGKILL after the grace period, then
 //! removes the object.
 //!
 //! On start, pods an earlier run was running are marked Failed with reason
@@ -26,6 +26,7 @@ pub mod probes;
 pub mod runtime;
 pub mod status;
 pub mod supervisor;
+pub mod volumes;
 
 pub use config::Config;
 pub use context::PROCESSES_ANNOTATION;

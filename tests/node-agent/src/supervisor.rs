@@ -18,12 +18,16 @@ use crate::container::Container;
 use crate::context::{Context, PROCESSES_ANNOTATION};
 use crate::runtime;
 use crate::status::{self, Conditions, ContainerView, PodView, Writer};
+use crate::volumes;
 
 /// How often containers are checked; probes run on their own periods within these rounds.
 const TICK: Duration = Duration::from_millis(200);
 
 /// Grace given to processes when the agent itself stops.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How often secret volumes are brought up to date with their Secrets.
+const VOLUME_SYNC: Duration = Duration::from_secs(1);
 
 /// Upper bound on any grace period, so a pod asking for hours cannot hold a test run.
 const MAX_GRACE: Duration = Duration::from_secs(60);
@@ -57,9 +61,11 @@ pub async fn run(
         containers: Vec::new(),
         pod,
         annotated: None,
+        volumes_synced: None,
     };
     tracing::Instrument::instrument(pod_state.run(&mut pod_rx, shutdown), span).await;
     ctx.ips().release(&uid);
+    volumes::remove(&volumes::pod_dir(&ctx.volume_dir, &uid));
 }
 
 struct PodRun {
@@ -71,6 +77,7 @@ struct PodRun {
     containers: Vec<Container>,
     pod: Pod,
     annotated: Option<serde_json::Value>,
+    volumes_synced: Option<Instant>,
 }
 
 impl PodRun {
@@ -184,6 +191,7 @@ impl PodRun {
 
     /// One supervision round; returns true when the pod reached a terminal phase.
     async fn round(&mut self, pod_ip: Ipv4Addr) -> bool {
+        self.refresh_volumes();
         let mut started = false;
         for container in &mut self.containers {
             started |= container.step(&self.ctx, &self.pod, pod_ip).await.started;
@@ -197,6 +205,26 @@ impl PodRun {
             return true;
         }
         false
+    }
+
+    /// Brings secret volumes up to date about once a second (kubelet syncs them periodically
+    /// too); a failure keeps the files as they were and is retried.
+    fn refresh_volumes(&mut self) {
+        let now = Instant::now();
+        if self.volumes_synced.is_some_and(|at| now < at + VOLUME_SYNC) {
+            return;
+        }
+        self.volumes_synced = Some(now);
+        let has_volumes = self.pod.spec.as_ref().is_some_and(|s| s.volumes.is_some());
+        if !has_volumes {
+            return;
+        }
+        let dir = volumes::pod_dir(&self.ctx.volume_dir, &self.pod.uid().unwrap_or_default());
+        match volumes::sync(&self.ctx.secrets, &self.pod, &dir) {
+            Ok(0) => {}
+            Ok(changed) => tracing::info!(changed, "volume files updated"),
+            Err(err) => tracing::warn!(error = %err, "volumes not refreshed"),
+        }
     }
 
     async fn write_status(&mut self) {
