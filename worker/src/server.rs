@@ -3,6 +3,7 @@
 //! instead of holding a connection, and signaling handlers bound the body read themselves.
 //! Upgrades (WebSocket) stay enabled.
 //!
+//! A connection that sends nothing at all is closed after the same header timeout.
 //! Connections are capped in total and per remote IP address ([`ConnectionLimits`]). The
 //! count is held by the socket itself ([`Counted`]), so an upgraded WebSocket keeps its
 //! place until it closes. A connection past a cap is answered `503 TooManyConnections`
@@ -211,12 +212,27 @@ pub async fn serve(
         let service = router
             .clone()
             .layer(axum::Extension(ConnectInfo::<SocketAddr>(remote)));
-        let connection = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
-            .into_owned();
-        let connection = graceful.watch(connection);
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            // hyper's header timeout runs only once a first byte came: a connection that
+            // never sends one (half-open TCP) is cut here after the same time.
+            // (`peek`, not `readable()`: a fresh socket may report readiness with no data.)
+            let mut first = [0u8; 1];
+            if tokio::time::timeout(header_timeout, stream.stream.peek(&mut first))
+                .await
+                .is_err()
+            {
+                tracing::debug!(%remote, "HTTP connection sent nothing in time; closing");
+                return;
+            }
+            let connection = builder
+                .serve_connection_with_upgrades(
+                    TokioIo::new(stream),
+                    TowerToHyperService::new(service),
+                )
+                .into_owned();
+            if let Err(e) = watcher.watch(connection).await {
                 tracing::debug!(error = %e, %remote, "HTTP connection ended with an error");
             }
         });
