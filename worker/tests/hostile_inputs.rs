@@ -314,6 +314,20 @@ async fn expired_foreign_and_forged_tokens_are_refused_before_the_upgrade() {
         );
         assert!(answer.contains(&format!("\"code\":\"{code}\"")), "{answer}");
     }
+    // The refusals cost the session nothing: its own token still connects (and the
+    // hang-up frees its slot).
+    let (mut ws, _) = RawWs::connect(&worker, &ws_path(id, &token(id, "uid-1", 600)), &[])
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let heard = ws.listen(Duration::from_millis(500)).await;
+    assert!(
+        heard
+            .text
+            .iter()
+            .any(|t| t.contains("\"type\":\"connected\"")),
+        "{heard:?}"
+    );
+    drop(ws);
     recovered(&worker).await;
 }
 
@@ -365,6 +379,7 @@ async fn a_browser_token_in_the_subprotocol_works_and_is_never_echoed() {
 #[tokio::test]
 async fn a_half_open_tcp_connection_is_cut_by_the_header_timeout() {
     let worker = Worker::start(1);
+    let _listening = worker.client().await;
     assert!(worker.healthy().await);
     let started = Instant::now();
     let mut silent = tokio::net::TcpStream::connect(("127.0.0.1", worker.http_port))
@@ -412,6 +427,7 @@ async fn a_half_open_tcp_connection_is_cut_by_the_header_timeout() {
 async fn hundreds_of_connections_from_one_address_hit_the_per_address_cap() {
     // Defaults: 256 per address. A long header timeout keeps the idle connections open.
     let worker = Worker::start_with_env(1, &[("HTTP_REQUEST_TIMEOUT_SECONDS", "30")]);
+    let _listening = worker.client().await;
     assert!(worker.healthy().await);
     let mut open = Vec::new();
     for _ in 0..300 {
@@ -438,43 +454,51 @@ async fn hundreds_of_connections_from_one_address_hit_the_per_address_cap() {
         );
     }
     assert_eq!(refused, 300 - 256);
-    // Another address is not held back by the flood.
-    let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
-    socket
-        .bind(([127, 0, 0, 2], 0).into())
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut other = socket
-        .connect(([127, 0, 0, 1], worker.http_port).into())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    other
-        .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    let mut answer = Vec::new();
-    let _ = tokio::time::timeout(PATIENCE, other.read_to_end(&mut answer)).await;
-    assert!(
-        answer.starts_with(b"HTTP/1.1 200"),
-        "{}",
-        String::from_utf8_lossy(&answer)
+    // Another address is not held back by the flood, and sees the exact count.
+    let health = get_from([127, 0, 0, 2], worker.http_port, "/healthz").await;
+    assert!(health.starts_with("HTTP/1.1 200"), "{health}");
+    let metrics = get_from([127, 0, 0, 2], worker.http_port, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "voice_worker_http_connections_refused_total",
+            "cap=\"per_address\""
+        ),
+        Some(44.0)
+    );
+    assert_eq!(
+        metric(&metrics, "voice_worker_http_connections", ""),
+        Some(257.0)
     );
     drop(open);
     let started = Instant::now();
     loop {
-        let text = worker.metrics().await;
-        if metric(&text, "voice_worker_http_connections", "").is_some_and(|n| n <= 1.0) {
-            assert_eq!(
-                metric(
-                    &text,
-                    "voice_worker_http_connections_refused_total",
-                    "cap=\"per_address\""
-                ),
-                Some(44.0)
-            );
+        let metrics = get_from([127, 0, 0, 2], worker.http_port, "/metrics").await;
+        if metric(&metrics, "voice_worker_http_connections", "") == Some(1.0) {
             break;
         }
         assert!(started.elapsed() < PATIENCE, "connections not freed");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     recovered(&worker).await;
+}
+
+/// `GET path` from the local address `ip` (another loopback address than the flood's).
+async fn get_from(ip: [u8; 4], port: u16, path: &str) -> String {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap_or_else(|e| panic!("{e}"));
+    socket
+        .bind((ip, 0).into())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut stream = socket
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
+    String::from_utf8_lossy(&answer).into_owned()
 }

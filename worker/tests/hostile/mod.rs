@@ -136,13 +136,13 @@ impl RawWs {
         let ponger = writer.clone();
         let reader = tokio::spawn(async move {
             loop {
-                let frame = read_frame(&mut read).await;
-                if let Some((0x9, payload)) = &frame {
+                let received = read_frame(&mut read).await;
+                if let Some((0x9, payload)) = &received {
                     let pong = frame(true, 0xA, payload);
                     let _ = ponger.lock().await.write_all(&pong).await;
                 }
-                let end = frame.is_none();
-                if tx.send(frame).is_err() || end {
+                let end = received.is_none();
+                if tx.send(received).is_err() || end {
                     return;
                 }
             }
