@@ -10,6 +10,9 @@ use voice_worker::pipeline::audio::{encode_wav, parse_wav, resample};
 use voice_worker::pipeline::providers::sse::SseParser;
 use voice_worker::transport::{sdp, trickle, udp_mux};
 
+pub mod websocket;
+pub use websocket::websocket_frames;
+
 /// The fuzz targets, by name.
 pub const TARGETS: &[&str] = &[
     "sdp_offer",
@@ -18,6 +21,7 @@ pub const TARGETS: &[&str] = &[
     "sse_stream",
     "wav",
     "stun_ufrag",
+    "websocket_frames",
 ];
 
 /// An SDP offer posted by a client: checking it never panics, and the answer rewrite keeps
@@ -153,6 +157,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "sse_stream" => sse_stream(data),
         "wav" => wav(data),
         "stun_ufrag" => stun_ufrag(data),
+        "websocket_frames" => websocket_frames(data),
         _ => return false,
     }
     true
@@ -203,6 +208,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             d.extend(user);
             vec![d]
         }
+        "websocket_frames" => websocket::seeds().into_iter().map(|(s, _)| s).collect(),
         _ => Vec::new(),
     }
 }
@@ -257,6 +263,18 @@ mod tests {
         );
         let token = String::from_utf8(seeds("join_token").remove(0)).unwrap();
         assert!(verify(KEY, &token, "team/call", "uid-1", 1_000).is_ok());
+    }
+
+    #[test]
+    fn websocket_seeds_get_their_exact_outcomes() {
+        for (seed, expected) in websocket::seeds() {
+            assert_eq!(
+                websocket::outcomes(&seed),
+                expected,
+                "{:?}",
+                &seed[..seed.len().min(16)]
+            );
+        }
     }
 
     proptest! {

@@ -104,6 +104,59 @@ pub struct Config {
     )]
     pub connect_timeout_seconds: u64,
 
+    /// Most HTTP connections open at once (signaling, WebSocket media, probes, scrapes);
+    /// a connection past it is answered 503 `TooManyConnections` and closed.
+    #[arg(
+        long,
+        env = "MAX_HTTP_CONNECTIONS",
+        value_name = "MAX_HTTP_CONNECTIONS",
+        default_value_t = 1024,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_http_connections: u32,
+
+    /// Most HTTP connections open at once from one remote IP address. Behind an ingress or
+    /// load balancer every client shares its address: raise it to the worker's expected
+    /// WebSocket sessions plus headroom.
+    #[arg(
+        long,
+        env = "MAX_HTTP_CONNECTIONS_PER_ADDRESS",
+        value_name = "MAX_HTTP_CONNECTIONS_PER_ADDRESS",
+        default_value_t = 256,
+        value_parser = clap::value_parser!(u32).range(1..)
+    )]
+    pub max_http_connections_per_address: u32,
+
+    /// Seconds one WebSocket send may take; a client that stops reading is cut after it.
+    #[arg(
+        long,
+        env = "WS_SEND_TIMEOUT_SECONDS",
+        value_name = "WS_SEND_TIMEOUT_SECONDS",
+        default_value_t = 5,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub ws_send_timeout_seconds: u64,
+
+    /// Seconds between the server's WebSocket pings.
+    #[arg(
+        long,
+        env = "WS_PING_INTERVAL_SECONDS",
+        value_name = "WS_PING_INTERVAL_SECONDS",
+        default_value_t = 15,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub ws_ping_interval_seconds: u64,
+
+    /// Seconds a WebSocket ping may go unanswered before the connection is closed (1001).
+    #[arg(
+        long,
+        env = "WS_PONG_TIMEOUT_SECONDS",
+        value_name = "WS_PONG_TIMEOUT_SECONDS",
+        default_value_t = 10,
+        value_parser = clap::value_parser!(u64).range(1..=3600)
+    )]
+    pub ws_pong_timeout_seconds: u64,
+
     /// Most sessions this worker holds at once (VoiceBackend spec.workers.sessionsPerWorker).
     #[arg(
         long,
@@ -188,6 +241,24 @@ impl Config {
         Duration::from_secs(self.connect_timeout_seconds)
     }
 
+    /// Send timeout, ping interval and pong deadline of WebSocket connections.
+    pub fn websocket_timing(&self) -> crate::transport::ws_rules::Timing {
+        crate::transport::ws_rules::Timing {
+            send_timeout: Duration::from_secs(self.ws_send_timeout_seconds),
+            ping_interval: Duration::from_secs(self.ws_ping_interval_seconds),
+            pong_timeout: Duration::from_secs(self.ws_pong_timeout_seconds),
+        }
+    }
+
+    /// The HTTP connection caps.
+    pub fn http_limits(&self) -> crate::server::ConnectionLimits {
+        crate::server::ConnectionLimits {
+            total: usize::try_from(self.max_http_connections).unwrap_or(usize::MAX),
+            per_address: usize::try_from(self.max_http_connections_per_address)
+                .unwrap_or(usize::MAX),
+        }
+    }
+
     /// The default drain deadline, as a duration.
     pub fn drain_timeout(&self) -> Duration {
         Duration::from_secs(self.drain_timeout_seconds)
@@ -215,6 +286,17 @@ mod tests {
         assert_eq!(config.sessions_per_worker, 1);
         assert_eq!(config.udp_addr().to_string(), "127.0.0.1:50000");
         assert_eq!(config.max_offer_bytes, 65_536);
+        assert_eq!(
+            config.http_limits(),
+            crate::server::ConnectionLimits {
+                total: 1024,
+                per_address: 256
+            }
+        );
+        assert_eq!(
+            config.websocket_timing(),
+            crate::transport::ws_rules::Timing::default()
+        );
         assert!(config.session_signing_key.is_none());
     }
 
@@ -245,6 +327,20 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert!(err.to_string().contains("SESSIONS_PER_WORKER"), "{err}");
+    }
+
+    #[test]
+    fn zero_connection_caps_and_timeouts_are_refused_naming_the_variable() {
+        for (flag, variable) in [
+            (
+                "--max-http-connections-per-address",
+                "MAX_HTTP_CONNECTIONS_PER_ADDRESS",
+            ),
+            ("--ws-pong-timeout-seconds", "WS_PONG_TIMEOUT_SECONDS"),
+        ] {
+            let err = parse(&[flag, "0"]).map(|_| ()).unwrap_err();
+            assert!(err.to_string().contains(variable), "{err}");
+        }
     }
 
     #[test]

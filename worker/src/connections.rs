@@ -6,9 +6,15 @@
 //! [`Claim`] is dropped, whatever path ended it. A reaper ends connections whose session
 //! lost its slot (released by the operator, or ended by a drain deadline), so the ledger
 //! stays the single truth about which sessions may have media.
+//!
+//! Each connection also records when its client last sent media ([`MediaActivity`]): the
+//! session's liveness pings (the operator's `lastActivity`, from which `idleTimeout`
+//! counts) follow media, not a connection that is merely open.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 use voice_proto::worker::v1 as pb;
@@ -59,12 +65,54 @@ struct Entry {
     connection_id: String,
     transport: Transport,
     cancel: CancellationToken,
+    media: MediaActivity,
+}
+
+/// When a connection's client last sent media: cheap to clone into a receive task and to
+/// touch on every packet (one atomic store).
+#[derive(Clone, Debug)]
+pub struct MediaActivity {
+    epoch: Instant,
+    /// Milliseconds after `epoch` of the last media, plus one (0: none yet).
+    last: Arc<AtomicU64>,
+}
+
+impl MediaActivity {
+    fn new(epoch: Instant) -> Self {
+        Self {
+            epoch,
+            last: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    /// Records media arriving now.
+    pub fn touch(&self) {
+        self.touch_at(Instant::now());
+    }
+
+    fn touch_at(&self, at: Instant) {
+        let millis = u64::try_from(at.saturating_duration_since(self.epoch).as_millis())
+            .unwrap_or(u64::MAX - 1);
+        self.last.store(millis + 1, Ordering::Relaxed);
+    }
+
+    /// Whether media arrived within `window` before `now`.
+    pub fn within(&self, window: Duration, now: Instant) -> bool {
+        match self.last.load(Ordering::Relaxed) {
+            0 => false,
+            last => {
+                let at = self.epoch + Duration::from_millis(last - 1);
+                now.saturating_duration_since(at) <= window
+            }
+        }
+    }
 }
 
 /// Every open media connection, by session id.
 #[derive(Debug)]
 pub struct Connections {
     entries: Mutex<HashMap<String, Entry>>,
+    epoch: Instant,
     shutdown: CancellationToken,
     metrics: MediaMetrics,
 }
@@ -74,6 +122,7 @@ impl Connections {
     pub fn new(shutdown: CancellationToken, metrics: MediaMetrics) -> Arc<Self> {
         Arc::new(Self {
             entries: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
             shutdown,
             metrics,
         })
@@ -95,6 +144,7 @@ impl Connections {
         }
         let connection_id = random_id(16);
         let cancel = self.shutdown.child_token();
+        let media = MediaActivity::new(self.epoch);
         entries.insert(
             session_id.to_owned(),
             Entry {
@@ -102,6 +152,7 @@ impl Connections {
                 connection_id: connection_id.clone(),
                 transport,
                 cancel: cancel.clone(),
+                media: media.clone(),
             },
         );
         Ok(Claim {
@@ -111,6 +162,7 @@ impl Connections {
             connection_id,
             transport,
             cancel,
+            media,
             active: false,
         })
     }
@@ -125,6 +177,14 @@ impl Connections {
             }
             _ => false,
         }
+    }
+
+    /// Whether `session_id` has a connection whose client sent media within `window`.
+    pub fn had_media_within(&self, session_id: &str, window: Duration) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .get(session_id)
+            .is_some_and(|entry| entry.media.within(window, now))
     }
 
     /// Open connections.
@@ -175,10 +235,17 @@ pub struct Claim {
     pub transport: Transport,
     /// Fires when the connection must end (hang-up, slot released, shutdown).
     pub cancel: CancellationToken,
+    /// When the client last sent media.
+    pub media: MediaActivity,
     active: bool,
 }
 
 impl Claim {
+    /// Records media from the client now (see [`MediaActivity`]).
+    pub fn touch_media(&self) {
+        self.media.touch();
+    }
+
     /// Counts the connection as active (media flowing) until the claim is dropped.
     pub fn set_active(&mut self) {
         if !self.active {
@@ -259,6 +326,26 @@ mod tests {
         assert!(!claim.cancel.is_cancelled());
         assert!(connections.hang_up("ns/a", &claim.connection_id));
         assert!(claim.cancel.is_cancelled());
+    }
+
+    #[test]
+    fn only_media_counts_as_activity() {
+        let connections = connections();
+        let claim = connections
+            .claim("ns/a", "u", Transport::WebSocket)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let window = Duration::from_secs(10);
+        assert!(
+            !connections.had_media_within("ns/a", window),
+            "open is not active"
+        );
+        claim.touch_media();
+        assert!(connections.had_media_within("ns/a", window));
+        let later = Instant::now() + Duration::from_secs(11);
+        assert!(!claim.media.within(window, later), "activity expires");
+        assert!(!connections.had_media_within("ns/b", window));
+        drop(claim);
+        assert!(!connections.had_media_within("ns/a", window));
     }
 
     #[test]

@@ -74,7 +74,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     }
     let media = Arc::new(MediaContext {
         sessions: sessions.clone(),
-        connections,
+        connections: connections.clone(),
         peers: Default::default(),
         mux,
         signing_key: config
@@ -86,7 +86,8 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         max_offer_bytes: config.max_offer_bytes,
         body_timeout: config.http_request_timeout(),
         connect_timeout: config.connect_timeout(),
-        metrics: media_metrics,
+        websocket: config.websocket_timing(),
+        metrics: media_metrics.clone(),
         shutdown: shutdown.clone(),
     });
 
@@ -108,12 +109,18 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         http_listener,
         app,
         config.http_request_timeout(),
+        config.http_limits(),
+        media_metrics,
         shutdown.clone(),
     );
     let mut http: JoinHandle<Result<(), Error>> =
         tokio::spawn(async move { http.await.map_err(Error::Http) });
     let supervisor = tokio::spawn(drain::supervise(sessions.clone()));
-    tokio::spawn(ping_connected(sessions.clone(), shutdown.clone()));
+    tokio::spawn(ping_connected(
+        sessions.clone(),
+        connections.clone(),
+        shutdown.clone(),
+    ));
     started.store(true, Ordering::Release);
     tracing::info!(
         capacity = config.sessions_per_worker,
@@ -184,16 +191,24 @@ fn stop_after_failure(
 /// How often connected sessions are reported alive to the operator.
 const PING_INTERVAL: Duration = Duration::from_secs(10);
 
-/// Reports every connected session alive every [`PING_INTERVAL`] until shutdown, so the
-/// operator's `lastActivity` (and `spec.idleTimeout`) follow the client's connection.
-async fn ping_connected(sessions: Arc<Sessions>, shutdown: CancellationToken) {
+/// Reports every connected session whose client sent media within the last
+/// [`PING_INTERVAL`] alive, every [`PING_INTERVAL`] until shutdown, so the operator's
+/// `lastActivity` (and `spec.idleTimeout`) follow the client's media: a half-open or
+/// silent connection (WebSocket pongs, ICE keepalives) does not keep a session alive.
+async fn ping_connected(
+    sessions: Arc<Sessions>,
+    connections: Arc<Connections>,
+    shutdown: CancellationToken,
+) {
     let mut tick = tokio::time::interval(PING_INTERVAL);
     tick.tick().await;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {
-                sessions.ping_connected(SystemTime::now());
+                sessions.ping_connected(SystemTime::now(), |id| {
+                    connections.had_media_within(id, PING_INTERVAL)
+                });
             }
         }
     }

@@ -35,6 +35,9 @@ pub struct MediaMetrics {
     rtcp_fraction_lost: HistogramVec,
     rtcp_jitter: HistogramVec,
     trickle: IntCounterVec,
+    http_connections: IntGauge,
+    http_refused: IntCounterVec,
+    websocket_ended: IntCounterVec,
 }
 
 /// The error of building the registry: only a programming error (a duplicate or
@@ -217,6 +220,27 @@ impl MediaMetrics {
             ),
             &["result"],
         )?;
+        let http_connections = IntGauge::new(
+            "voice_worker_http_connections",
+            "HTTP connections open on this worker (WebSocket media included).",
+        )?;
+        let http_refused = IntCounterVec::new(
+            Opts::new(
+                "voice_worker_http_connections_refused_total",
+                "HTTP connections answered 503 and closed at accept, by which cap was full (total, per_address).",
+            ),
+            &["cap"],
+        )?;
+        let websocket_ended = IntCounterVec::new(
+            Opts::new(
+                "voice_worker_websocket_ended_total",
+                "WebSocket media connections ended, by reason (PeerClosed, HungUp, SendTimeout, PongTimeout, MessageTooBig, InvalidText, TextUnsupported, ProtocolError).",
+            ),
+            &["reason"],
+        )?;
+        registry.register(Box::new(http_connections.clone()))?;
+        registry.register(Box::new(http_refused.clone()))?;
+        registry.register(Box::new(websocket_ended.clone()))?;
         registry.register(Box::new(rtcp_fraction_lost.clone()))?;
         registry.register(Box::new(rtcp_jitter.clone()))?;
         registry.register(Box::new(trickle.clone()))?;
@@ -243,6 +267,9 @@ impl MediaMetrics {
             rtcp_fraction_lost,
             rtcp_jitter,
             trickle,
+            http_connections,
+            http_refused,
+            websocket_ended,
         })
     }
 
@@ -304,5 +331,20 @@ impl MediaMetrics {
     /// Counts one trickle ICE `PATCH` by its result.
     pub fn count_trickle(&self, result: &str) {
         self.trickle.with_label_values(&[result]).inc();
+    }
+
+    /// One more (or one fewer, with `delta` -1) open HTTP connection.
+    pub fn add_http_connection(&self, delta: i64) {
+        self.http_connections.add(delta);
+    }
+
+    /// Counts a connection refused at accept because `cap` (`total`, `per_address`) was full.
+    pub fn count_http_refused(&self, cap: &str) {
+        self.http_refused.with_label_values(&[cap]).inc();
+    }
+
+    /// Counts a WebSocket media connection that ended for `reason`.
+    pub fn count_websocket_end(&self, reason: &str) {
+        self.websocket_ended.with_label_values(&[reason]).inc();
     }
 }

@@ -123,14 +123,14 @@ impl Sessions {
             .filter(|c| !c.trim().is_empty())
     }
 
-    /// Publishes a liveness ping for every session whose client is connected: the operator
-    /// turns it into `lastActivity`, which `spec.idleTimeout` is measured from. Returns how
-    /// many were sent.
-    pub fn ping_connected(&self, now: SystemTime) -> usize {
+    /// Publishes a liveness ping for every session whose client is connected and `active`
+    /// (sent media lately): the operator turns it into `lastActivity`, which
+    /// `spec.idleTimeout` is measured from. Returns how many were sent.
+    pub fn ping_connected(&self, now: SystemTime, active: impl Fn(&str) -> bool) -> usize {
         let connected: Vec<(String, String)> = self
             .lock()
             .sessions()
-            .filter(|s| s.is_connected())
+            .filter(|s| s.is_connected() && active(&s.request.session_id))
             .map(|s| (s.request.session_id.clone(), s.request.uid.clone()))
             .collect();
         for (id, uid) in &connected {
@@ -356,16 +356,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn only_connected_sessions_are_pinged() {
+    async fn only_connected_sessions_with_media_are_pinged() {
         let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
         let sessions = Sessions::new(4, Duration::from_secs(5), 64, metrics);
         let now = SystemTime::now();
         let mut events = sessions.subscribe();
-        for id in ["ns/a", "ns/b"] {
+        for id in ["ns/a", "ns/b", "ns/c"] {
             assert!(sessions.reserve(request(id), now).outcome.is_ok());
         }
         assert!(sessions.connect("ns/a", "uid-ns/a", Connected::default(), now));
-        assert_eq!(sessions.ping_connected(now), 1);
+        assert!(sessions.connect("ns/c", "uid-ns/c", Connected::default(), now));
+        // ns/c is connected but silent: an open connection alone is not activity.
+        assert_eq!(sessions.ping_connected(now, |id| id != "ns/c"), 1);
         let mut pinged = Vec::new();
         while let Some(Ok(event)) = events.next().await {
             if let Some(Event::Ping(_)) = event.event {

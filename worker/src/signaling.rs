@@ -7,7 +7,7 @@
 //! | `POST /v1/sessions/{namespace}/{name}/offer` (`application/sdp`, bearer token) | `201`, SDP answer, `Location`, `ETag` | 400 401 403 404 409 413 415 503 |
 //! | `PATCH /v1/sessions/{namespace}/{name}/connections/{id}` (`application/trickle-ice-sdpfrag`, bearer token, optional `If-Match`) | `204` | 400 401 403 404 412 413 415 422 |
 //! | `DELETE /v1/sessions/{namespace}/{name}/connections/{id}` (bearer token) | `200` | 401 403 404 |
-//! | `GET /v1/sessions/{namespace}/{name}/ws?token=…&rate=16000\|48000` | `101` | 400 401 403 404 409 503 |
+//! | `GET /v1/sessions/{namespace}/{name}/ws?rate=16000\|48000` (bearer token, or `Sec-WebSocket-Protocol: voice.v1, token.<jwt>`, or `?token=` as a fallback) | `101` | 400 401 403 404 409 503 |
 //!
 //! Any other method on these paths is answered `405` with an `Allow` header (RFC 9725
 //! §4.3: a `PATCH` on the offer endpoint, for one). Trickle ICE follows RFC 9725 §4.3.1–2:
@@ -37,7 +37,7 @@ use crate::transport::peers::Peers;
 use crate::transport::sdp::{self, OfferError};
 use crate::transport::trickle::{self, FragError};
 use crate::transport::udp_mux::UdpMux;
-use crate::transport::{peer, websocket};
+use crate::transport::{peer, websocket, ws_rules};
 
 /// Where a client posts its WebRTC offer (the WHIP endpoint).
 pub const OFFER_PATH: &str = "/v1/sessions/{namespace}/{name}/offer";
@@ -74,6 +74,8 @@ pub struct MediaContext {
     pub body_timeout: Duration,
     /// How long a WebRTC connection attempt may take.
     pub connect_timeout: Duration,
+    /// Send timeout, ping interval and pong deadline of WebSocket connections.
+    pub websocket: crate::transport::ws_rules::Timing,
     /// Data-plane metrics.
     pub metrics: MediaMetrics,
     /// Fires when the worker stops.
@@ -85,7 +87,9 @@ pub struct MediaContext {
 #[derive(Debug, thiserror::Error)]
 pub enum SignalingError {
     /// No usable `Authorization: Bearer` header or `token` parameter.
-    #[error("a join token is required (Authorization: Bearer <token>)")]
+    #[error(
+        "a join token is required (Authorization: Bearer <token>; a browser WebSocket offers the subprotocols voice.v1 and token.<token>)"
+    )]
     MissingToken,
     /// The token was refused.
     #[error(transparent)]
@@ -506,7 +510,17 @@ async fn websocket_upgrade(
     let session_id = format!("{namespace}/{name}");
     let result = (|| {
         let query = uri.query().unwrap_or_default();
-        let token = bearer(&headers).or_else(|| query_param(query, "token"));
+        // Browsers cannot set Authorization on a WebSocket: they offer the token as a
+        // subprotocol. The query string stays a fallback (it ends up in access logs).
+        let protocols = headers
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default();
+        let offered = ws_rules::token_from_protocols(protocols)
+            .map_err(|e| SignalingError::BadParameter(e.to_owned()))?;
+        let token = bearer(&headers)
+            .or(offered)
+            .or_else(|| query_param(query, "token"));
         let rate = match query_param(query, "rate") {
             None | Some("48000") => websocket::Rate::Hz48000,
             Some("16000") => websocket::Rate::Hz16000,
@@ -521,7 +535,12 @@ async fn websocket_upgrade(
             .connections
             .claim(&session_id, &uid, Transport::WebSocket)?;
         let ctx = ctx.clone();
+        // Sizes are enforced by the framing layer while reading (before buffering); only
+        // the non-secret subprotocol is echoed.
         Ok(upgrade
+            .max_message_size(ws_rules::MAX_MESSAGE_BYTES)
+            .max_frame_size(ws_rules::MAX_MESSAGE_BYTES)
+            .protocols([ws_rules::SUBPROTOCOL])
             .on_upgrade(move |socket| websocket::serve(ctx, claim, socket, rate, remote))
             .into_response())
     })();

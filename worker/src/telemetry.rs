@@ -154,7 +154,7 @@ pub fn turn(session: &str, uid: &str, latency: &TurnLatency) {
     };
     let end = SystemTime::now();
     let start = end
-        .checked_sub(Duration::from_secs_f64(latency.total_ms.max(0.0) / 1e3))
+        .checked_sub(Duration::try_from_secs_f64(latency.total_ms / 1e3).unwrap_or_default())
         .unwrap_or(end);
     let mut attributes = vec![
         KeyValue::new("voice.session", session.to_owned()),

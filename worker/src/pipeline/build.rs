@@ -247,7 +247,10 @@ fn http(
         .options
         .get("timeoutSeconds")
         .and_then(|t| t.parse().ok())
-        .map_or(NETWORK_TIMEOUT, Duration::from_secs_f64);
+        // try_: a negative, NaN, infinite or huge value must not panic the worker.
+        .and_then(|t| Duration::try_from_secs_f64(t).ok())
+        .filter(|t| !t.is_zero())
+        .unwrap_or(NETWORK_TIMEOUT);
     Ok(HttpTarget::new(
         provider,
         s.endpoint.as_deref().unwrap_or(OPENAI),

@@ -7,8 +7,8 @@ pub struct SentenceSplitter {
     pending: String,
 }
 
-/// A sentence this long without an end mark is cut at a space anyway, so a run-on reply
-/// still starts speaking.
+/// A sentence this long (bytes) without an end mark is cut at its last space anyway, or
+/// at its last whole character when it has none, so a run-on reply still starts speaking.
 const MAX_SENTENCE: usize = 200;
 
 impl SentenceSplitter {
@@ -50,10 +50,43 @@ impl SentenceSplitter {
             }
         }
         if self.pending.len() > MAX_SENTENCE {
-            return self.pending[..MAX_SENTENCE].rfind(' ').filter(|&i| i > 0);
+            // Cut at the last whitespace within the first MAX_SENTENCE bytes; text without
+            // any (Chinese, Japanese, a run of digits) is cut at the last character that
+            // fits, so a reply never waits for an end mark that does not come.
+            let head = floor_char_boundary(&self.pending, MAX_SENTENCE);
+            let at_space = self.pending[..head]
+                .char_indices()
+                .filter(|(_, c)| c.is_whitespace())
+                .map(|(i, _)| i)
+                .next_back()
+                .filter(|&i| i > 0);
+            return Some(at_space.unwrap_or(head)).filter(|&i| i > 0);
         }
         None
     }
+}
+
+/// The largest index `<= at` that starts a character of `text` (so `&text[..i]` is
+/// valid), never cutting a multibyte character.
+pub fn floor_char_boundary(text: &str, at: usize) -> usize {
+    if at >= text.len() {
+        return text.len();
+    }
+    (0..=at)
+        .rev()
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0)
+}
+
+/// `text` cut to at most `max` bytes on a character boundary, with `…` appended when
+/// something was cut (the mark counts towards `max`).
+pub fn truncate_text(text: &str, max: usize) -> std::borrow::Cow<'_, str> {
+    if text.len() <= max {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    const MARK: &str = "…";
+    let keep = floor_char_boundary(text, max.saturating_sub(MARK.len()));
+    std::borrow::Cow::Owned(format!("{}{MARK}", &text[..keep]))
 }
 
 #[cfg(test)]
@@ -82,23 +115,78 @@ mod tests {
         assert!(out[0].len() <= MAX_SENTENCE);
     }
 
+    #[test]
+    fn a_non_ascii_reply_without_an_end_mark_is_cut_on_character_boundaries() {
+        let mut s = SentenceSplitter::default();
+        // 100 three-byte characters, no space and no end mark: byte 200 is inside one.
+        let reply = "天".repeat(100);
+        let out = s.push(&reply);
+        assert_eq!(out, ["天".repeat(66)], "cut after the last whole character");
+        assert_eq!(s.finish(), Some("天".repeat(34)));
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters_and_marks_the_cut() {
+        assert_eq!(truncate_text("short", 10), "short");
+        assert_eq!(truncate_text("ééééé", 8), "éé…");
+        assert!(truncate_text(&"€".repeat(1_000), 100).len() <= 100);
+        assert_eq!(floor_char_boundary("aé", 2), 1);
+        assert_eq!(floor_char_boundary("aé", 9), 3);
+    }
+
+    /// Every non-whitespace character, in order.
+    fn ink(text: &str) -> String {
+        text.chars().filter(|c| !c.is_whitespace()).collect()
+    }
+
+    /// Feeds `text` cut at the byte offsets `cuts` (moved to character boundaries).
+    fn split(text: &str, cuts: Vec<usize>) -> Vec<String> {
+        let mut cuts: Vec<usize> = cuts
+            .into_iter()
+            .map(|c| floor_char_boundary(text, c))
+            .collect();
+        cuts.sort_unstable();
+        let mut s = SentenceSplitter::default();
+        let mut out = Vec::new();
+        let mut last = 0;
+        for c in cuts.into_iter().chain([text.len()]) {
+            out.extend(s.push(&text[last..c]));
+            assert!(
+                s.pending.len() <= MAX_SENTENCE,
+                "{} bytes held back",
+                s.pending.len()
+            );
+            last = c;
+        }
+        out.extend(s.finish());
+        out
+    }
+
     proptest! {
         /// However the text is cut into deltas, the sentences plus the rest say every word
         /// once, in order.
         #[test]
         fn no_text_is_lost_or_repeated(text in "[a-z .!?\n]{0,300}", cuts in proptest::collection::vec(0usize..300, 0..20)) {
-            let mut cuts: Vec<usize> = cuts.into_iter().filter(|&c| c <= text.len()).collect();
-            cuts.sort_unstable();
-            let mut s = SentenceSplitter::default();
-            let mut out = Vec::new();
-            let mut last = 0;
-            for c in cuts.into_iter().chain([text.len()]) {
-                out.extend(s.push(&text[last..c]));
-                last = c;
-            }
-            out.extend(s.finish());
-            let words = |t: &str| t.split_whitespace().map(str::to_owned).collect::<Vec<_>>();
-            prop_assert_eq!(words(&out.join(" ")), words(&text));
+            let out = split(&text, cuts);
+            prop_assert_eq!(ink(&out.join(" ")), ink(&text));
+        }
+
+        /// Any Unicode (multibyte characters, no spaces, CJK end marks) splits without a
+        /// panic, loses nothing and never holds more than one sentence's worth back.
+        #[test]
+        fn arbitrary_unicode_splits_on_character_boundaries(text in "(\\PC|\\s){0,400}", cuts in proptest::collection::vec(0usize..1_600, 0..20)) {
+            let out = split(&text, cuts);
+            prop_assert_eq!(ink(&out.join(" ")), ink(&text));
+        }
+
+        /// Truncation never panics, never exceeds the limit (above the mark's length) and
+        /// keeps a prefix of the text.
+        #[test]
+        fn truncation_is_a_prefix_within_the_limit(text in "\\PC{0,200}", max in 3usize..400) {
+            let cut = truncate_text(&text, max);
+            prop_assert!(cut.len() <= max);
+            let kept = cut.strip_suffix('…').unwrap_or(&cut);
+            prop_assert!(text.starts_with(kept));
         }
     }
 }

@@ -11,8 +11,10 @@ use futures::future::BoxFuture;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::providers::{Agent, AgentTurn, ProviderError, SpeechToText, TextToSpeech};
-use super::sentences::SentenceSplitter;
+use super::providers::{
+    Agent, AgentTurn, MAX_REPLY_BYTES, ProviderError, SpeechToText, TextToSpeech,
+};
+use super::sentences::{SentenceSplitter, floor_char_boundary, truncate_text};
 use crate::media::{FRAME_SAMPLES, Frame};
 
 /// The providers of an STT → agent → TTS pipeline.
@@ -118,6 +120,8 @@ async fn speak(job: TurnJob, out: mpsc::Sender<TurnOutput>) -> Result<(), Provid
         Some(streamed) => streamed.await?,
         None => providers.stt.transcribe(&audio).await?,
     };
+    // The transcript is the provider's text: kept, reported and sent on at a bounded length.
+    let text = truncate_text(&text, MAX_REPLY_BYTES).into_owned();
     let transcribed = Instant::now();
     let (deltas_tx, deltas) = mpsc::channel::<String>(64);
     let turn = AgentTurn {
@@ -162,8 +166,17 @@ async fn speak(job: TurnJob, out: mpsc::Sender<TurnOutput>) -> Result<(), Provid
                     return Ok(Err(Gone));
                 }
             }
-            reply.push_str(&delta);
-            sentences.extend(splitter.push(&delta));
+            // An endless reply is cut at MAX_REPLY_BYTES (on a character boundary); the
+            // agent sees the channel close and stops.
+            let room = MAX_REPLY_BYTES.saturating_sub(reply.len());
+            let capped = delta.len() > room;
+            let delta = if capped {
+                &delta[..floor_char_boundary(&delta, room)]
+            } else {
+                delta.as_str()
+            };
+            reply.push_str(delta);
+            sentences.extend(splitter.push(delta));
             if streaming {
                 for sentence in sentences.drain(..) {
                     if say(&providers, &sentence, &out, &mut first_audio)
@@ -174,7 +187,15 @@ async fn speak(job: TurnJob, out: mpsc::Sender<TurnOutput>) -> Result<(), Provid
                     }
                 }
             }
+            if capped {
+                tracing::info!(
+                    bytes = reply.len(),
+                    "the agent's reply reached its length cap"
+                );
+                break;
+            }
         }
+        drop(deltas);
         sentences.extend(splitter.finish());
         for sentence in sentences.drain(..) {
             if say(&providers, &sentence, &out, &mut first_audio)

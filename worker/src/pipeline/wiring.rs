@@ -17,6 +17,26 @@ use crate::sessions::Sessions;
 /// Frames the diagnostic echo holds: half a second.
 const ECHO_FRAMES: usize = 25;
 
+/// Longest transcript or state detail published upward (bytes). The operator keeps the
+/// last 50 transcript entries in `VoiceSession.status`; with control characters replaced
+/// (JSON escapes them six-fold) that stays far below etcd's 1.5 MiB object limit.
+pub const MAX_TRANSCRIPT_BYTES: usize = 4 * 1024;
+
+/// `text` as it may go into a status: at most [`MAX_TRANSCRIPT_BYTES`], cut on a character
+/// boundary, control characters other than newline and tab as spaces.
+pub fn for_status(text: &str) -> String {
+    super::sentences::truncate_text(text, MAX_TRANSCRIPT_BYTES)
+        .chars()
+        .map(|c| {
+            if c.is_control() && c != '\n' && c != '\t' {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
+}
+
 /// Publishes one session's pipeline events on the worker's bus.
 #[derive(Debug)]
 pub struct BusSink {
@@ -32,7 +52,7 @@ impl EventSink for BusSink {
             &self.session_id,
             &self.uid,
             super::state::to_proto(state),
-            detail,
+            &for_status(detail),
             SystemTime::now(),
         );
     }
@@ -45,8 +65,8 @@ impl EventSink for BusSink {
         };
         let transcript = Transcript {
             role: role.into(),
-            text: text.to_owned(),
-            turn_id: turn_id.to_owned(),
+            text: for_status(text),
+            turn_id: for_status(turn_id),
         };
         self.sessions.publish_transcript(
             &self.session_id,
@@ -129,5 +149,20 @@ impl SpeechToSpeech for Broken {
         Some(
             serde_json::json!({ "type": "state", "state": "ERROR", "detail": message }).to_string(),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_text_is_capped_on_a_character_boundary_without_control_characters() {
+        let text = format!("a\u{1}b\n{}", "ß".repeat(10_000));
+        let out = for_status(&text);
+        assert!(out.len() <= MAX_TRANSCRIPT_BYTES, "{}", out.len());
+        assert!(out.starts_with("a b\nßß"));
+        assert!(out.ends_with('…'));
+        assert_eq!(for_status("short"), "short");
     }
 }

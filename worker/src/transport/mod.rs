@@ -10,3 +10,4 @@ pub mod sdp;
 pub mod trickle;
 pub mod udp_mux;
 pub mod websocket;
+pub mod ws_rules;

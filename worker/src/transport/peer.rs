@@ -300,7 +300,7 @@ async fn run_session(
                     tracing::debug!(session = %claim.session_id, %state, "peer connection state");
                 }
                 Some(PeerEvent::Track(track)) => {
-                    tokio::spawn(receive(track, rtp_tx.clone(), ctx.metrics.clone(), media_stop.clone()));
+                    tokio::spawn(receive(track, rtp_tx.clone(), ctx.metrics.clone(), media_stop.clone(), claim.media.clone()));
                 }
                 Some(PeerEvent::DataChannel(channel)) => {
                     tokio::spawn(session_events(channel, phase.subscribe(), pipeline_rx.take()));
@@ -421,6 +421,7 @@ async fn receive(
     rtp: mpsc::Sender<(u16, Bytes)>,
     metrics: crate::metrics::MediaMetrics,
     stop: tokio_util::sync::CancellationToken,
+    media: crate::connections::MediaActivity,
 ) {
     loop {
         let event = tokio::select! {
@@ -430,6 +431,7 @@ async fn receive(
         match event {
             None => return,
             Some(TrackRemoteEvent::OnRtpPacket(packet)) => {
+                media.touch();
                 metrics.count_packet("webrtc", "in", packet.payload.len());
                 if rtp
                     .try_send((packet.header.sequence_number, packet.payload))

@@ -40,7 +40,11 @@ impl ReceptionQuality {
         // the left edge; jitter is in timestamp units.
         Self {
             fraction_lost: f64::from(block.fraction_lost) / 256.0,
-            jitter: Duration::from_secs_f64(f64::from(block.jitter) / f64::from(clock_rate.max(1))),
+            // Integer microseconds: the block is the peer's, so no float conversion that
+            // could panic.
+            jitter: Duration::from_micros(
+                u64::from(block.jitter) * 1_000_000 / u64::from(clock_rate.max(1)),
+            ),
             total_lost: block.total_lost,
         }
     }

@@ -5,12 +5,18 @@
 //! a 16 kHz client is resampled on the way in and out. Replies are sent as soon as the
 //! provider has a frame: the client paces what it sends, and the socket's own
 //! back-pressure paces what we send.
+//!
+//! Every edge has a limit ([`ws_rules`](super::ws_rules)): a message larger than 96 000
+//! bytes is refused by the framing layer before it is buffered; each send has a deadline;
+//! the server pings and expects a pong in time. A client that breaks a rule is closed with
+//! a close code that says which, and its slot is released.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
-use axum::extract::ws::{Message, WebSocket};
+use axum::extract::ws::{CloseFrame, Message, WebSocket};
+use tokio::time::Instant;
 use voice_proto::worker::v1::Connected;
 
 use crate::connections::Claim;
@@ -18,14 +24,14 @@ use crate::media::echo::SpeechToSpeech;
 use crate::media::resample::{Downsample3, Upsample3};
 use crate::media::{FRAME_SAMPLES, Frame};
 use crate::signaling::MediaContext;
+use crate::transport::ws_rules::{
+    Inbound, PONG_TIMEOUT, Received, TOO_BIG, Timing, Verdict, classify, verdict_for_axum,
+};
 
 /// Frames the echo holds before dropping the oldest: two seconds, since a WebSocket
 /// client may send faster than real time.
 #[cfg(test)]
 const ECHO_FRAMES: usize = 100;
-
-/// Largest binary message accepted: a second of 48 kHz PCM16.
-const MAX_MESSAGE_BYTES: usize = 96_000;
 
 /// The client's sample rate, chosen by the `rate` query parameter.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +51,39 @@ impl Rate {
     }
 }
 
+/// How a connection ended.
+#[derive(Debug)]
+enum Ending {
+    /// The server ended it (hang-up, slot released, shutdown): say goodbye.
+    HungUp,
+    /// The client closed, or the connection broke: nothing more can be said.
+    PeerClosed,
+    /// A send did not finish in time: the client stopped reading.
+    SendTimeout,
+    /// The client broke a rule: close with the verdict.
+    Refused(Verdict),
+}
+
+impl Ending {
+    fn reason(&self) -> &'static str {
+        match self {
+            Ending::HungUp => "HungUp",
+            Ending::PeerClosed => "PeerClosed",
+            Ending::SendTimeout => "SendTimeout",
+            Ending::Refused(verdict) => verdict.reason,
+        }
+    }
+}
+
+/// Sends `message` within `timeout`; `Err` ends the connection.
+async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Result<(), Ending> {
+    match tokio::time::timeout(timeout, socket.send(message)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(Ending::PeerClosed),
+        Err(_) => Err(Ending::SendTimeout),
+    }
+}
+
 /// Serves one upgraded WebSocket until either side ends it, then frees the slot.
 pub async fn serve(
     ctx: Arc<MediaContext>,
@@ -53,6 +92,7 @@ pub async fn serve(
     rate: Rate,
     remote: SocketAddr,
 ) {
+    let timing = ctx.websocket;
     let connected = Connected {
         transport: claim.transport.to_proto().into(),
         remote_address: remote.to_string(),
@@ -62,7 +102,7 @@ pub async fn serve(
         .sessions
         .connect(&claim.session_id, &claim.uid, connected, SystemTime::now())
     {
-        let _ = socket.send(Message::Close(None)).await;
+        let _ = send(&mut socket, Message::Close(None), timing.send_timeout).await;
         return;
     }
     claim.set_active();
@@ -81,64 +121,141 @@ pub async fn serve(
     provider.connected();
     let state =
         serde_json::json!({ "type": "state", "state": "LISTENING", "provider": provider.name() });
-    let mut reason = "HungUp";
-    for message in [hello, state] {
-        if socket
-            .send(Message::Text(message.to_string().into()))
-            .await
-            .is_err()
-        {
-            reason = "PeerClosed";
-        }
-    }
     let mut pipeline = Pipeline::with_provider(rate, provider);
-    while reason == "HungUp" {
-        let message = tokio::select! {
-            () = claim.cancel.cancelled() => break,
-            message = socket.recv() => message,
-        };
-        match message {
-            Some(Ok(Message::Binary(data))) => {
-                if data.len() > MAX_MESSAGE_BYTES {
-                    ctx.metrics.count_dropped("ws_message_too_large");
-                    continue;
-                }
-                ctx.metrics.count_packet("websocket", "in", data.len());
-                if pipeline.push_bytes(&data) > 0 {
-                    ctx.metrics.count_dropped("provider_queue_full");
-                }
-                while let Some(reply) = pipeline.pull_bytes() {
-                    ctx.metrics.count_packet("websocket", "out", reply.len());
-                    if socket.send(Message::Binary(reply.into())).await.is_err() {
-                        reason = "PeerClosed";
-                        break;
-                    }
-                }
-                // Pipeline events (state changes, transcripts) as text frames.
-                while let Some(event) = pipeline.provider.next_event() {
-                    if socket.send(Message::Text(event.into())).await.is_err() {
-                        reason = "PeerClosed";
-                        break;
-                    }
-                }
-            }
-            Some(Ok(Message::Text(_) | Message::Ping(_) | Message::Pong(_))) => {}
-            Some(Ok(Message::Close(_))) | None => reason = "PeerClosed",
-            Some(Err(e)) => {
-                tracing::debug!(error = %e, "WebSocket receive failed");
-                reason = "PeerClosed";
-            }
+    let greeting = async {
+        for message in [hello, state] {
+            send(
+                &mut socket,
+                Message::Text(message.to_string().into()),
+                timing.send_timeout,
+            )
+            .await?;
         }
+        Ok(())
     }
-    if reason == "HungUp" {
-        let bye = serde_json::json!({ "type": "ended", "reason": "HungUp" });
-        let _ = socket.send(Message::Text(bye.to_string().into())).await;
-        let _ = socket.send(Message::Close(None)).await;
+    .await;
+    let ending = match greeting {
+        Err(ending) => ending,
+        Ok(()) => converse(&ctx, &claim, &mut socket, &mut pipeline, timing).await,
+    };
+    match ending {
+        Ending::HungUp => {
+            let bye = serde_json::json!({ "type": "ended", "reason": "HungUp" });
+            let goodbye = async {
+                send(
+                    &mut socket,
+                    Message::Text(bye.to_string().into()),
+                    timing.send_timeout,
+                )
+                .await?;
+                send(&mut socket, Message::Close(None), timing.send_timeout).await
+            };
+            let _ = goodbye.await;
+        }
+        Ending::Refused(verdict) => {
+            let frame = CloseFrame {
+                code: verdict.code,
+                reason: verdict.message.into(),
+            };
+            let _ = send(
+                &mut socket,
+                Message::Close(Some(frame)),
+                timing.send_timeout,
+            )
+            .await;
+        }
+        Ending::PeerClosed | Ending::SendTimeout => {}
     }
+    let reason = ending.reason();
+    ctx.metrics.count_websocket_end(reason);
+    drop(socket);
     let (released, _) =
         ctx.sessions
             .release(&claim.session_id, &claim.uid, reason, SystemTime::now());
     tracing::info!(session = %claim.session_id, connection = %claim.connection_id, reason, ?released, "WebSocket session ended");
+}
+
+/// The media loop: client audio in, replies and events out, pings, until something ends it.
+async fn converse(
+    ctx: &MediaContext,
+    claim: &Claim,
+    socket: &mut WebSocket,
+    pipeline: &mut Pipeline,
+    timing: Timing,
+) -> Ending {
+    let mut pings =
+        tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // When the unanswered ping must have its pong.
+    let mut pong_due: Option<Instant> = None;
+    loop {
+        let due = pong_due;
+        let pong_deadline = async move {
+            match due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            }
+        };
+        let message = tokio::select! {
+            () = claim.cancel.cancelled() => return Ending::HungUp,
+            () = pong_deadline => return Ending::Refused(PONG_TIMEOUT),
+            _ = pings.tick() => {
+                if pong_due.is_none() {
+                    pong_due = Some(Instant::now() + timing.pong_timeout);
+                    if let Err(ending) = send(socket, Message::Ping(Default::default()), timing.send_timeout).await {
+                        return ending;
+                    }
+                }
+                continue;
+            }
+            message = socket.recv() => message,
+        };
+        let inbound = match &message {
+            Some(Ok(Message::Binary(data))) => classify(Received::Binary(data)),
+            Some(Ok(Message::Text(text))) => classify(Received::Text(text.as_str())),
+            Some(Ok(Message::Ping(_))) => classify(Received::Ping),
+            Some(Ok(Message::Pong(_))) => classify(Received::Pong),
+            Some(Ok(Message::Close(_))) | None => classify(Received::Close),
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "WebSocket receive failed");
+                return verdict_for_axum(e).map_or(Ending::PeerClosed, Ending::Refused);
+            }
+        };
+        match inbound {
+            Inbound::Audio(data) => {
+                claim.touch_media();
+                ctx.metrics.count_packet("websocket", "in", data.len());
+                if pipeline.push_bytes(data) > 0 {
+                    ctx.metrics.count_dropped("provider_queue_full");
+                }
+                while let Some(reply) = pipeline.pull_bytes() {
+                    ctx.metrics.count_packet("websocket", "out", reply.len());
+                    if let Err(ending) =
+                        send(socket, Message::Binary(reply.into()), timing.send_timeout).await
+                    {
+                        return ending;
+                    }
+                }
+                // Pipeline events (state changes, transcripts) as text frames.
+                while let Some(event) = pipeline.provider.next_event() {
+                    if let Err(ending) =
+                        send(socket, Message::Text(event.into()), timing.send_timeout).await
+                    {
+                        return ending;
+                    }
+                }
+            }
+            Inbound::Pong => pong_due = None,
+            Inbound::Ignore => {}
+            Inbound::Closed => return Ending::PeerClosed,
+            Inbound::Refuse(verdict) => {
+                if verdict == TOO_BIG {
+                    ctx.metrics.count_dropped("ws_message_too_large");
+                }
+                return Ending::Refused(verdict);
+            }
+        }
+    }
 }
 
 /// Client PCM → 48 kHz frames → provider → client PCM.

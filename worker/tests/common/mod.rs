@@ -31,6 +31,11 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker with `capacity` slots and the test signing key.
     pub fn start(capacity: u32) -> Self {
+        Self::start_with_env(capacity, &[])
+    }
+
+    /// [`Worker::start`] with extra environment variables, which override the defaults.
+    pub fn start_with_env(capacity: u32, env: &[(&str, &str)]) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_voice-worker"))
             .env("POD_IP", "127.0.0.1")
@@ -45,6 +50,7 @@ impl Worker {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .args(["--grpc-port", &grpc_port.to_string()])
             .args(["--http-port", &http_port.to_string()])
             .stdin(Stdio::null())

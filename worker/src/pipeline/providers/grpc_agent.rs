@@ -14,7 +14,9 @@ use voice_proto::agent::v1::{
     converse_request, converse_response,
 };
 
-use super::{Agent, AgentTurn, ErrorKind, ProviderError};
+use super::{
+    Agent, AgentTurn, ErrorKind, MAX_GRPC_MESSAGE_BYTES, MAX_REPLY_MESSAGES, ProviderError,
+};
 
 const NAME: &str = "grpc-agent";
 
@@ -88,18 +90,23 @@ impl GrpcAgent {
         let outbound = futures::stream::unfold(outbound, |mut rx| async move {
             rx.recv().await.map(|m| (m, rx))
         });
-        let responses =
-            tokio::time::timeout(self.timeout, AgentClient::new(channel).converse(outbound))
-                .await
-                .map_err(|_| {
-                    ProviderError::new(
-                        NAME,
-                        ErrorKind::Timeout,
-                        "Converse was not accepted in time",
-                    )
-                })?
-                .map_err(|s| status(&s))?
-                .into_inner();
+        let responses = tokio::time::timeout(
+            self.timeout,
+            AgentClient::new(channel)
+                // A larger message is refused by tonic before it is buffered whole.
+                .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+                .converse(outbound),
+        )
+        .await
+        .map_err(|_| {
+            ProviderError::new(
+                NAME,
+                ErrorKind::Timeout,
+                "Converse was not accepted in time",
+            )
+        })?
+        .map_err(|s| status(&s))?
+        .into_inner();
         Ok(Conversation {
             requests,
             responses,
@@ -124,7 +131,10 @@ impl GrpcAgent {
                 language: String::new(),
             }));
             conversation.requests.send(transcript).await.map_err(unavailable)?;
-            loop {
+            for _ in 0..MAX_REPLY_MESSAGES {
+                if deltas.is_closed() {
+                    return Ok(()); // cancelled, or the reply reached its length cap
+                }
                 let message = tokio::time::timeout(self.timeout, conversation.responses.next())
                     .await
                     .map_err(|_| ProviderError::new(NAME, ErrorKind::Timeout, format!("no reply within {:?}", self.timeout)))?;
@@ -149,6 +159,11 @@ impl GrpcAgent {
                     _ => {}
                 }
             }
+            Err(ProviderError::new(
+                NAME,
+                ErrorKind::Malformed,
+                format!("no end_of_turn within {MAX_REPLY_MESSAGES} messages"),
+            ))
         }
         .await;
         if result.as_ref().is_err_and(|e| e.kind != ErrorKind::Timeout) {

@@ -16,8 +16,54 @@ pub mod realtime;
 pub mod sse;
 pub mod webhook_agent;
 
+use std::time::Duration;
+
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::pipeline::sentences::truncate_text;
+
+/// Largest error body read from a provider (the message is cut from it); the rest is not
+/// read at all.
+pub const MAX_ERROR_BODY_BYTES: usize = 16 * 1024;
+
+/// How long an error body may take to arrive; after that the status alone is reported.
+pub const ERROR_BODY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Longest provider error message kept (it reaches logs, client events and the session's
+/// status).
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 512;
+
+/// Largest whole-body JSON answer (a transcription, a webhook's `{"text"}` reply).
+pub const MAX_JSON_BODY_BYTES: usize = 1024 * 1024;
+
+/// Largest streamed reply body (server-sent events of one agent reply): far above any
+/// reply's text, so only an endless or padded stream reaches it.
+pub const MAX_STREAM_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest time one streamed reply body may take in total, besides the per-chunk stall
+/// timeout: a server that drips a byte just often enough is cut here.
+pub const MAX_STREAM_DURATION: Duration = Duration::from_secs(300);
+
+/// Most text an agent reply may have (bytes, UTF-8): the rest is not read, spoken or
+/// reported. About four minutes of speech.
+pub const MAX_REPLY_BYTES: usize = 4 * 1024;
+
+/// Most messages one agent reply may take (gRPC), matching or not: an agent that floods
+/// the stream with messages of other turns is cut off.
+pub const MAX_REPLY_MESSAGES: usize = 4_096;
+
+/// Largest gRPC message accepted from an agent.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024;
+
+/// Most audio one TTS call may return: 60 s of 24 kHz PCM16 (a sentence is at most a few
+/// hundred characters).
+pub const MAX_SPEECH_BYTES: usize = 60 * 24_000 * 2;
+
+/// Largest message accepted from a speech-to-speech (Realtime) server; an audio delta is a
+/// few kilobytes of base64.
+pub const MAX_REALTIME_MESSAGE_BYTES: usize = 1024 * 1024;
 
 /// Why a provider call failed. The message is the provider's own (an HTTP body, a
 /// process's stderr) and never carries credentials.
@@ -49,11 +95,19 @@ pub enum ErrorKind {
 
 impl ProviderError {
     /// A new error.
+    /// The message is cut to [`MAX_ERROR_MESSAGE_BYTES`] on a character boundary: it is the
+    /// provider's text, of any length.
     pub fn new(provider: &'static str, kind: ErrorKind, message: impl Into<String>) -> Self {
+        let message = message.into();
+        let cut = match truncate_text(&message, MAX_ERROR_MESSAGE_BYTES) {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(cut) => Some(cut),
+        };
+        let message = cut.unwrap_or(message);
         Self {
             provider,
             kind,
-            message: message.into(),
+            message,
         }
     }
 
@@ -172,7 +226,20 @@ pub(crate) async fn status_error(
     response: reqwest::Response,
 ) -> ProviderError {
     let status = response.status().as_u16();
-    let body = response.text().await.unwrap_or_default();
+    // At most MAX_ERROR_BODY_BYTES within ERROR_BODY_TIMEOUT: a huge or stalled error body
+    // still yields the status with whatever arrived.
+    // The rest is never read: dropping the response closes its connection.
+    let deadline = Instant::now() + ERROR_BODY_TIMEOUT;
+    let mut response = response;
+    let mut raw = Vec::new();
+    while raw.len() < MAX_ERROR_BODY_BYTES {
+        let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, response.chunk()).await else {
+            break;
+        };
+        let room = MAX_ERROR_BODY_BYTES - raw.len();
+        raw.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+    let body = String::from_utf8_lossy(&raw);
     let message = serde_json::from_str::<serde_json::Value>(&body)
         .ok()
         .and_then(|v| {
@@ -257,22 +324,87 @@ impl HttpTarget {
         Ok(response)
     }
 
-    /// The next body chunk, waiting at most `timeout`; `None` at the end.
+    /// The next body chunk within `limit`, waiting at most `timeout` for it; `None` at the
+    /// end.
     pub async fn chunk(
         &self,
         provider: &'static str,
         response: &mut reqwest::Response,
+        limit: &mut BodyLimit,
     ) -> Result<Option<bytes::Bytes>, ProviderError> {
-        tokio::time::timeout(self.timeout, response.chunk())
+        limit.next(provider, self.timeout, response).await
+    }
+
+    /// The whole body, at most `max_bytes`, each chunk within `timeout` and all of it
+    /// within [`MAX_STREAM_DURATION`].
+    pub async fn body(
+        &self,
+        provider: &'static str,
+        response: reqwest::Response,
+        max_bytes: usize,
+    ) -> Result<Vec<u8>, ProviderError> {
+        let mut response = response;
+        let mut limit = BodyLimit::new(max_bytes, MAX_STREAM_DURATION);
+        let mut body = Vec::new();
+        while let Some(chunk) = self.chunk(provider, &mut response, &mut limit).await? {
+            body.extend_from_slice(&chunk);
+        }
+        Ok(body)
+    }
+}
+
+/// What one response body may cost: a byte budget and a deadline for all of it.
+#[derive(Debug)]
+pub struct BodyLimit {
+    max_bytes: usize,
+    read: usize,
+    total: Duration,
+    deadline: Instant,
+}
+
+impl BodyLimit {
+    /// A budget of `max_bytes` bytes and `total` time, starting now.
+    pub fn new(max_bytes: usize, total: Duration) -> Self {
+        Self {
+            max_bytes,
+            read: 0,
+            total,
+            deadline: Instant::now() + total,
+        }
+    }
+
+    /// The next chunk of `response`, waiting at most `stall` for it and never past the
+    /// deadline; an error once the body would exceed the byte budget.
+    pub async fn next(
+        &mut self,
+        provider: &'static str,
+        stall: Duration,
+        response: &mut reqwest::Response,
+    ) -> Result<Option<bytes::Bytes>, ProviderError> {
+        let now = Instant::now();
+        let wait = stall.min(self.deadline.saturating_duration_since(now));
+        let chunk = tokio::time::timeout(wait, response.chunk())
             .await
             .map_err(|_| {
-                ProviderError::new(
-                    provider,
-                    ErrorKind::Timeout,
-                    format!("the stream stalled for {:?}", self.timeout),
-                )
+                let message = if Instant::now() >= self.deadline {
+                    format!("the body took longer than {:?}", self.total)
+                } else {
+                    format!("the stream stalled for {stall:?}")
+                };
+                ProviderError::new(provider, ErrorKind::Timeout, message)
             })?
-            .map_err(|e| http_error(provider, &e))
+            .map_err(|e| http_error(provider, &e))?;
+        if let Some(chunk) = &chunk {
+            self.read = self.read.saturating_add(chunk.len());
+            if self.read > self.max_bytes {
+                return Err(ProviderError::new(
+                    provider,
+                    ErrorKind::Malformed,
+                    format!("the body is larger than {} bytes", self.max_bytes),
+                ));
+            }
+        }
+        Ok(chunk)
     }
 }
 

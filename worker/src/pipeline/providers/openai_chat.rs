@@ -6,7 +6,10 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::sse::SseParser;
-use super::{Agent, AgentTurn, ErrorKind, HttpTarget, ProviderError};
+use super::{
+    Agent, AgentTurn, BodyLimit, ErrorKind, HttpTarget, MAX_STREAM_BYTES, MAX_STREAM_DURATION,
+    ProviderError,
+};
 
 const NAME: &str = "openai-chat";
 
@@ -51,7 +54,11 @@ impl OpenAiChat {
             .body(self.body(&turn).to_string());
         let mut response = self.target.send(NAME, request).await?;
         let mut parser = SseParser::default();
-        while let Some(chunk) = self.target.chunk(NAME, &mut response).await? {
+        let mut limit = BodyLimit::new(MAX_STREAM_BYTES, MAX_STREAM_DURATION);
+        while let Some(chunk) = self.target.chunk(NAME, &mut response, &mut limit).await? {
+            if deltas.is_closed() {
+                return Ok(()); // cancelled, or the reply reached its length cap
+            }
             let events = parser
                 .push(&chunk)
                 .map_err(|e| ProviderError::new(NAME, ErrorKind::Malformed, e.to_string()))?;

@@ -3,7 +3,7 @@
 
 use futures::future::BoxFuture;
 
-use super::{ErrorKind, HttpTarget, ProviderError, SpeechToText};
+use super::{ErrorKind, HttpTarget, MAX_JSON_BODY_BYTES, ProviderError, SpeechToText};
 use crate::pipeline::audio::{Pcm, encode_wav};
 
 const NAME: &str = "openai-stt";
@@ -41,27 +41,27 @@ impl OpenAiStt {
                 self.target.post("audio/transcriptions").multipart(form),
             )
             .await?;
-        let body = tokio::time::timeout(self.target.timeout, response.bytes())
-            .await
-            .map_err(|_| {
-                ProviderError::new(NAME, ErrorKind::Timeout, "the transcription body stalled")
-            })?
-            .map_err(|e| super::http_error(NAME, &e))?;
-        let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
+        let body = self
+            .target
+            .body(NAME, response, MAX_JSON_BODY_BYTES)
+            .await?;
+        // Only `text` is read: the other fields (durations, log-probabilities) are skipped
+        // without being converted, so an out-of-range number there cannot matter.
+        let answer: Answer = serde_json::from_slice(&body).map_err(|e| {
             ProviderError::new(
                 NAME,
                 ErrorKind::Malformed,
-                format!("the answer is not JSON: {e}"),
+                format!("the answer is not JSON with a \"text\" string: {e}"),
             )
         })?;
-        value
-            .get("text")
-            .and_then(|t| t.as_str())
-            .map(|t| t.trim().to_owned())
-            .ok_or_else(|| {
-                ProviderError::new(NAME, ErrorKind::Malformed, "the answer has no \"text\"")
-            })
+        Ok(answer.text.trim().to_owned())
     }
+}
+
+/// The part of a transcription answer the worker uses.
+#[derive(serde::Deserialize)]
+struct Answer {
+    text: String,
 }
 
 impl SpeechToText for OpenAiStt {
@@ -71,5 +71,19 @@ impl SpeechToText for OpenAiStt {
 
     fn transcribe<'a>(&'a self, audio: &'a [i16]) -> BoxFuture<'a, Result<String, ProviderError>> {
         Box::pin(self.run(audio))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn out_of_range_numbers_beside_the_text_are_skipped_and_nan_is_not_json() {
+        let answer: Result<Answer, _> =
+            serde_json::from_str(r#"{"text":" hi ","duration":1e999,"p":[-1e400]}"#);
+        assert_eq!(answer.map(|a| a.text).ok().as_deref(), Some(" hi "));
+        assert!(serde_json::from_str::<Answer>(r#"{"text":"hi","duration":NaN}"#).is_err());
+        assert!(serde_json::from_str::<Answer>(r#"{"duration":1}"#).is_err());
     }
 }

@@ -5,7 +5,9 @@
 use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
-use super::{HttpTarget, ProviderError, TextToSpeech};
+use super::{
+    BodyLimit, HttpTarget, MAX_SPEECH_BYTES, MAX_STREAM_DURATION, ProviderError, TextToSpeech,
+};
 use crate::media::SAMPLE_RATE;
 use crate::pipeline::audio::Resampler;
 
@@ -39,7 +41,9 @@ impl OpenAiTts {
         let mut response = self.target.send(NAME, request).await?;
         let mut resampler = Resampler::new(PCM_RATE, SAMPLE_RATE);
         let mut carry: Option<u8> = None;
-        while let Some(chunk) = self.target.chunk(NAME, &mut response).await? {
+        // An endless audio stream fails at MAX_SPEECH_BYTES instead of speaking forever.
+        let mut limit = BodyLimit::new(MAX_SPEECH_BYTES, MAX_STREAM_DURATION);
+        while let Some(chunk) = self.target.chunk(NAME, &mut response, &mut limit).await? {
             let mut bytes: Vec<u8> = carry.take().into_iter().collect();
             bytes.extend_from_slice(&chunk);
             if bytes.len() % 2 == 1 {

@@ -25,11 +25,12 @@ use tokio_util::sync::CancellationToken;
 use voice_crds::PipelineState;
 
 use super::credentials::ApiKey;
-use super::{ErrorKind, ProviderError};
+use super::{ErrorKind, MAX_REALTIME_MESSAGE_BYTES, MAX_REPLY_BYTES, ProviderError};
 use crate::media::echo::SpeechToSpeech;
 use crate::media::{FRAME_PERIOD, FRAME_SAMPLES, Frame, SAMPLE_RATE};
 use crate::pipeline::audio::Resampler;
 use crate::pipeline::metrics::PipelineMetrics;
+use crate::pipeline::sentences::truncate_text;
 use crate::pipeline::session::EventSink;
 use crate::pipeline::state::{Input, StateMachine, label};
 
@@ -201,6 +202,7 @@ impl RealtimeS2s {
                     }
                 }
                 ServerEvent::Transcript(role, text) => {
+                    let text = truncate_text(&text, MAX_REPLY_BYTES);
                     let turn = format!("t{}", self.turn);
                     self.sink.transcript(role, &text, &turn);
                     self.emit(serde_json::json!({"type": "transcript", "role": role, "text": text, "turn_id": turn, "final": true}));
@@ -336,7 +338,16 @@ async fn converse(
     );
     let (socket, _) = tokio::time::timeout(
         Duration::from_secs(10),
-        tokio_tungstenite::connect_async(request),
+        // Frame and message caps apply while reading, before a message is buffered whole.
+        tokio_tungstenite::connect_async_with_config(
+            request,
+            Some(
+                tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+                    .max_message_size(Some(MAX_REALTIME_MESSAGE_BYTES))
+                    .max_frame_size(Some(MAX_REALTIME_MESSAGE_BYTES)),
+            ),
+            false,
+        ),
     )
     .await
     .map_err(|_| ProviderError::new(NAME, ErrorKind::Timeout, "no WebSocket handshake in 10 s"))?

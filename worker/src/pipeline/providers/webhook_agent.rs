@@ -15,7 +15,10 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::sse::SseParser;
-use super::{Agent, AgentTurn, ErrorKind, HttpTarget, ProviderError};
+use super::{
+    Agent, AgentTurn, BodyLimit, ErrorKind, HttpTarget, MAX_JSON_BODY_BYTES, MAX_STREAM_BYTES,
+    MAX_STREAM_DURATION, ProviderError,
+};
 
 const NAME: &str = "webhook";
 
@@ -68,12 +71,10 @@ impl WebhookAgent {
             .unwrap_or_default()
             .to_ascii_lowercase();
         if kind.starts_with("application/json") {
-            let body = tokio::time::timeout(self.target.timeout, response.bytes())
-                .await
-                .map_err(|_| {
-                    ProviderError::new(NAME, ErrorKind::Timeout, "the reply body stalled")
-                })?
-                .map_err(|e| super::http_error(NAME, &e))?;
+            let body = self
+                .target
+                .body(NAME, response, MAX_JSON_BODY_BYTES)
+                .await?;
             let value: serde_json::Value = serde_json::from_slice(&body).map_err(|e| {
                 ProviderError::new(
                     NAME,
@@ -90,7 +91,13 @@ impl WebhookAgent {
         }
         let sse = kind.starts_with("text/event-stream");
         let mut parser = SseParser::default();
-        while let Some(chunk) = self.target.chunk(NAME, &mut response).await? {
+        let mut limit = BodyLimit::new(MAX_STREAM_BYTES, MAX_STREAM_DURATION);
+        // Plain-text bodies may split a character across chunks: carry the incomplete tail.
+        let mut partial: Vec<u8> = Vec::new();
+        while let Some(chunk) = self.target.chunk(NAME, &mut response, &mut limit).await? {
+            if deltas.is_closed() {
+                return Ok(()); // cancelled, or the reply reached its length cap
+            }
             let texts: Vec<String> = if sse {
                 let events = parser
                     .push(&chunk)
@@ -112,7 +119,8 @@ impl WebhookAgent {
                 }
                 texts
             } else {
-                vec![String::from_utf8_lossy(&chunk).into_owned()]
+                partial.extend_from_slice(&chunk);
+                vec![take_text(&mut partial)]
             };
             for text in texts.into_iter().filter(|t| !t.is_empty()) {
                 *sent = true;
@@ -121,8 +129,42 @@ impl WebhookAgent {
                 }
             }
         }
+        if !partial.is_empty() {
+            // The body ended inside a character: what is left is invalid, shown as U+FFFD.
+            *sent = true;
+            let _ = deltas
+                .send(String::from_utf8_lossy(&partial).into_owned())
+                .await;
+        }
         Ok(())
     }
+}
+
+/// The text of `bytes` up to its last complete character, leaving an incomplete tail (at
+/// most three bytes) in `bytes` for the next chunk; invalid sequences become U+FFFD.
+fn take_text(bytes: &mut Vec<u8>) -> String {
+    let rest = bytes.split_off(bytes.len() - incomplete_tail(bytes));
+    let text = String::from_utf8_lossy(bytes).into_owned();
+    *bytes = rest;
+    text
+}
+
+/// How many bytes at the end of `bytes` start a multibyte character that is not complete.
+fn incomplete_tail(bytes: &[u8]) -> usize {
+    for back in 1..=bytes.len().min(3) {
+        let lead = bytes[bytes.len() - back];
+        if lead & 0xC0 == 0x80 {
+            continue; // a continuation byte: the character starts further back
+        }
+        let width = match lead {
+            0xC0..=0xDF => 2,
+            0xE0..=0xEF => 3,
+            0xF0..=0xF7 => 4,
+            _ => 1,
+        };
+        return if width > back { back } else { 0 };
+    }
+    0
 }
 
 impl Agent for WebhookAgent {
@@ -152,5 +194,42 @@ impl Agent for WebhookAgent {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn a_character_split_across_chunks_is_joined_and_invalid_bytes_are_replaced() {
+        let mut partial = "caf\u{e9}".as_bytes()[..4].to_vec();
+        assert_eq!(take_text(&mut partial), "caf");
+        partial.extend_from_slice(&"\u{e9}!".as_bytes()[1..]);
+        assert_eq!(take_text(&mut partial), "\u{e9}!");
+        let mut invalid = vec![b'a', 0xFF, b'b'];
+        assert_eq!(take_text(&mut invalid), "a\u{fffd}b");
+        assert!(invalid.is_empty());
+    }
+
+    proptest! {
+        /// However valid UTF-8 is cut into chunks, the texts join to the original.
+        #[test]
+        fn chunking_never_changes_the_text(text in "\\PC{0,80}", cuts in proptest::collection::vec(0usize..400, 0..8)) {
+            let bytes = text.as_bytes();
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
+            cuts.sort_unstable();
+            let mut partial = Vec::new();
+            let mut out = String::new();
+            let mut last = 0;
+            for c in cuts.into_iter().chain([bytes.len()]) {
+                partial.extend_from_slice(&bytes[last..c]);
+                out.push_str(&take_text(&mut partial));
+                last = c;
+            }
+            prop_assert!(partial.is_empty());
+            prop_assert_eq!(out, text);
+        }
     }
 }
