@@ -404,6 +404,7 @@ impl Allocator {
                                 && !deleting
                                 && healthy.get(name.as_str())
                                     == Some(&voice_crds::WorkerPhase::Ready);
+                            self.ctx.workers.register(&ip, &key.namespace, &key.name);
                             ips.insert(name.clone(), ip);
                             Some(WorkerView {
                                 name,

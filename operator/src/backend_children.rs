@@ -1,15 +1,23 @@
-//! The objects a VoiceBackend owns besides its pods: the headless Service of its workers and
-//! the Secret with its session signing key.
+//! The objects a VoiceBackend owns besides its pods: the headless Service of its workers, the
+//! Secret with its session signing key, the Secret with its workers' control-channel TLS
+//! files, and the NetworkPolicy that admits the control port only from operator pods.
 
 use std::collections::BTreeMap;
+use std::time::SystemTime;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec};
+use k8s_openapi::api::networking::v1::{
+    NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
+    NetworkPolicySpec,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use voice_crds::VoiceBackend;
 
+use crate::control_ca::ControlCa;
 use crate::error::{Error, Result};
 use crate::pod_template::{self, GRPC_PORT, HTTP_PORT, SIGNING_KEY_KEY};
 
@@ -117,4 +125,135 @@ pub async fn ensure_signing_secret(api: &Api<Secret>, backend: &VoiceBackend) ->
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
         Err(e) => Err(Error::kube("create secret")(e)),
     }
+}
+
+/// Applies `object` (a serialisable child) server-side as `kind` in `api_version`.
+async fn apply<K>(api: &Api<K>, name: &str, object: &K, api_version: &str, kind: &str) -> Result<()>
+where
+    K: serde::Serialize + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
+{
+    let mut value = serde_json::to_value(object).map_err(|source| Error::Serialize {
+        what: "backend child",
+        source,
+    })?;
+    value["apiVersion"] = api_version.into();
+    value["kind"] = kind.into();
+    api.patch(
+        name,
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&value),
+    )
+    .await
+    .map_err(Error::kube("apply backend child"))?;
+    Ok(())
+}
+
+/// The Secret `<backend>-control-tls` the worker pods mount: the CA bundle whose client
+/// certificates may call them and a serving certificate for the backend's server name.
+/// Re-issued when the CA or its bundle changed or the certificate nears expiry; the workers
+/// pick the new files up without a restart.
+pub async fn ensure_control_tls_secret(
+    api: &Api<Secret>,
+    backend: &VoiceBackend,
+    ca: &ControlCa,
+) -> Result<()> {
+    let name = pod_template::control_tls_secret_name(&backend.name_any());
+    let now = SystemTime::now();
+    if let Some(existing) = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get secret"))?
+        && ca.worker_secret_current(&existing, now)
+    {
+        return Ok(());
+    }
+    let server_name = voice_proto::control_tls::worker_server_name(
+        &backend.namespace().unwrap_or_default(),
+        &backend.name_any(),
+    );
+    let (data, annotations) = ca.worker_secret(&server_name, now)?;
+    let mut metadata = owned_meta(backend, name.clone())?;
+    metadata.annotations = Some(annotations);
+    let secret = Secret {
+        metadata,
+        type_: Some("kubernetes.io/tls".to_owned()),
+        data: Some(data),
+        ..Secret::default()
+    };
+    apply(api, &name, &secret, "v1", "Secret").await?;
+    tracing::info!(backend = %backend.name_any(), secret = %name, "issued the workers' control-channel certificate");
+    Ok(())
+}
+
+/// Where the operator's own pods run, for the NetworkPolicy's `from`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OperatorPods {
+    /// The operator's namespace.
+    pub namespace: String,
+    /// Labels every operator pod carries (the chart's selector labels).
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The NetworkPolicy `<backend>-workers`: the control port (TCP 50051) only from operator
+/// pods; every other port (signaling and WebSocket on HTTP, the WebRTC UDP port, whatever
+/// media port the backend configures) from anywhere.
+pub fn network_policy(backend: &VoiceBackend, operator: &OperatorPods) -> Result<NetworkPolicy> {
+    let name = pod_template::service_name(&backend.name_any());
+    let port = |protocol: &str, from: i32, to: Option<i32>| NetworkPolicyPort {
+        protocol: Some(protocol.to_owned()),
+        port: Some(IntOrString::Int(from)),
+        end_port: to,
+    };
+    let selector = |labels: BTreeMap<String, String>| LabelSelector {
+        match_labels: Some(labels),
+        match_expressions: None,
+    };
+    Ok(NetworkPolicy {
+        metadata: owned_meta(backend, name)?,
+        spec: Some(NetworkPolicySpec {
+            pod_selector: Some(selector(pod_template::selector_labels(&backend.name_any()))),
+            policy_types: Some(vec!["Ingress".to_owned()]),
+            ingress: Some(vec![
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![port("TCP", GRPC_PORT, None)]),
+                    from: Some(vec![NetworkPolicyPeer {
+                        namespace_selector: Some(selector(BTreeMap::from([(
+                            "kubernetes.io/metadata.name".to_owned(),
+                            operator.namespace.clone(),
+                        )]))),
+                        pod_selector: Some(selector(operator.labels.clone())),
+                        ip_block: None,
+                    }]),
+                },
+                NetworkPolicyIngressRule {
+                    ports: Some(vec![
+                        port("TCP", 1, Some(GRPC_PORT - 1)),
+                        port("TCP", GRPC_PORT + 1, Some(65_535)),
+                        port("UDP", 1, Some(65_535)),
+                    ]),
+                    from: None,
+                },
+            ]),
+            egress: None,
+        }),
+    })
+}
+
+/// Applies [`network_policy`] when it is missing or different.
+pub async fn ensure_network_policy(
+    api: &Api<NetworkPolicy>,
+    backend: &VoiceBackend,
+    operator: &OperatorPods,
+) -> Result<()> {
+    let wanted = network_policy(backend, operator)?;
+    let name = wanted.metadata.name.clone().unwrap_or_default();
+    if let Some(existing) = api
+        .get_opt(&name)
+        .await
+        .map_err(Error::kube("get networkpolicy"))?
+        && existing.spec == wanted.spec
+    {
+        return Ok(());
+    }
+    apply(api, &name, &wanted, "networking.k8s.io/v1", "NetworkPolicy").await
 }

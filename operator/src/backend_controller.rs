@@ -29,7 +29,9 @@ use tokio_util::sync::CancellationToken;
 use voice_crds::{VoiceBackend, VoiceBackendStatus, VoiceProvider, WorkerPhase};
 
 use crate::acceptance::{self, Acceptance};
-use crate::backend_children::{ensure_service, ensure_signing_secret};
+use crate::backend_children::{
+    ensure_control_tls_secret, ensure_network_policy, ensure_service, ensure_signing_secret,
+};
 use crate::backend_status::{self, Progress, StatusInput};
 use crate::context::Context;
 use crate::drain::{self, DrainDecision, DrainProbe};
@@ -153,7 +155,15 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
         return Ok(Action::await_change());
     };
 
-    ensure_signing_secret(&Api::<Secret>::namespaced(ctx.client.clone(), &ns), backend).await?;
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
+    ensure_signing_secret(&secrets, backend).await?;
+    ensure_control_tls_secret(&secrets, backend, &ctx.control_trust.current().ca).await?;
+    ensure_network_policy(
+        &Api::namespaced(ctx.client.clone(), &ns),
+        backend,
+        &ctx.operator_pods,
+    )
+    .await?;
     ensure_service(
         &Api::<Service>::namespaced(ctx.client.clone(), &ns),
         backend,
@@ -164,7 +174,12 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
         .into_iter()
         .map(|p| Worker::new(&p, &template.hash))
         .collect();
+    for ip in workers.iter().filter_map(|w| w.ip.as_deref()) {
+        ctx.workers.register(ip, &ns, &backend.name_any());
+    }
     ctx.workers.retain(
+        &ns,
+        &backend.name_any(),
         &workers
             .iter()
             .filter_map(|w| w.ip.clone())

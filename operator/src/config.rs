@@ -34,6 +34,19 @@ pub struct Config {
     /// How often the leader renews the Lease, in seconds.
     #[arg(long, default_value_t = 5)]
     pub lease_renew_seconds: u64,
+    /// Namespace of the control channel's CA Secret (default: the Lease namespace, i.e. the
+    /// operator's own).
+    #[arg(long, env = "CONTROL_CA_NAMESPACE")]
+    pub control_ca_namespace: Option<String>,
+    /// Labels of the operator's pods (`k=v,k=v`), which each backend's NetworkPolicy admits
+    /// to the workers' control port; the chart sets its selector labels.
+    #[arg(
+        long,
+        env = "OPERATOR_POD_LABELS",
+        default_value = "app.kubernetes.io/name=voice-operator",
+        value_parser = parse_labels
+    )]
+    pub operator_pod_labels: std::collections::BTreeMap<String, String>,
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,
@@ -52,6 +65,13 @@ impl Config {
             .unwrap_or_else(|| "default".to_owned())
     }
 
+    /// Where the control channel's CA Secret lives: the operator's namespace.
+    pub fn control_ca_namespace(&self) -> String {
+        self.control_ca_namespace
+            .clone()
+            .unwrap_or_else(|| self.lease_namespace())
+    }
+
     /// Lease duration.
     pub fn lease_duration(&self) -> Duration {
         Duration::from_secs(self.lease_duration_seconds.max(2))
@@ -61,6 +81,23 @@ impl Config {
     pub fn lease_renew(&self) -> Duration {
         Duration::from_secs(self.lease_renew_seconds.max(1)).min(self.lease_duration() / 2)
     }
+}
+
+/// Parses `k=v,k=v` into labels, naming the variable on a malformed entry.
+fn parse_labels(raw: &str) -> Result<std::collections::BTreeMap<String, String>, String> {
+    let mut labels = std::collections::BTreeMap::new();
+    for pair in raw.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        match pair.split_once('=') {
+            Some((k, v)) if !k.is_empty() => {
+                labels.insert(k.to_owned(), v.to_owned());
+            }
+            _ => return Err(format!("OPERATOR_POD_LABELS: {pair:?} is not key=value")),
+        }
+    }
+    if labels.is_empty() {
+        return Err("OPERATOR_POD_LABELS: at least one key=value is needed".to_owned());
+    }
+    Ok(labels)
 }
 
 #[cfg(test)]
@@ -74,5 +111,29 @@ mod tests {
         assert_eq!(c.lease_name, "voice-operator");
         assert_eq!(c.lease_duration(), Duration::from_secs(15));
         assert_eq!(c.lease_renew(), Duration::from_secs(5));
+        assert_eq!(
+            c.operator_pod_labels
+                .get("app.kubernetes.io/name")
+                .map(String::as_str),
+            Some("voice-operator")
+        );
+    }
+
+    #[test]
+    fn operator_pod_labels_parse_and_bad_ones_name_the_variable() {
+        let c = Config::try_parse_from([
+            "voice-operator",
+            "--operator-pod-labels",
+            "a=1, b=2",
+            "--lease-namespace",
+            "ops",
+        ])
+        .expect("parses");
+        assert_eq!(c.operator_pod_labels.len(), 2);
+        assert_eq!(c.control_ca_namespace(), "ops");
+        let err = Config::try_parse_from(["voice-operator", "--operator-pod-labels", "nope"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("OPERATOR_POD_LABELS"), "{err}");
     }
 }

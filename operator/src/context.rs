@@ -6,6 +6,8 @@ use std::sync::Arc;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 
+use crate::backend_children::OperatorPods;
+use crate::control_ca::ControlTrust;
 use crate::leader::Fence;
 use crate::metrics::Metrics;
 use crate::session_counts::SessionCounts;
@@ -33,8 +35,12 @@ pub struct Context {
     pub session_recorder: Recorder,
     /// Process metrics.
     pub metrics: Metrics,
-    /// gRPC channels to workers.
+    /// gRPC channels to workers (mutual TLS).
     pub workers: WorkerClients,
+    /// The control channel's CA and the operator's client certificate.
+    pub control_trust: Arc<ControlTrust>,
+    /// The operator's own pods, which each backend's NetworkPolicy admits to the control port.
+    pub operator_pods: OperatorPods,
     /// What this instance manages.
     pub scope: Scope,
     /// Open while this process may write as the leader.
@@ -61,6 +67,8 @@ impl Context {
         scope: Scope,
         instance: Option<String>,
         fence: Fence,
+        control_trust: Arc<ControlTrust>,
+        operator_pods: OperatorPods,
     ) -> Arc<Self> {
         let reporter = |controller: &str| Reporter {
             controller: controller.to_owned(),
@@ -81,7 +89,9 @@ impl Context {
             ),
             client,
             metrics,
-            workers: WorkerClients::default(),
+            workers: WorkerClients::new(control_trust.clone()),
+            control_trust,
+            operator_pods,
             scope,
             fence,
             session_counts: SessionCounts::default(),

@@ -30,6 +30,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// The control channel's CA cannot issue a certificate.
+    #[error(transparent)]
+    ControlCa(#[from] crate::control_ca::CaError),
     /// The operating system gave no randomness for a key or a pod name.
     #[error("no randomness from the OS: {0}")]
     Random(getrandom::Error),
@@ -44,6 +47,7 @@ impl Error {
             Error::Finalizer(_) => "FinalizerError",
             Error::Serialize { .. } => "SerializationError",
             Error::Random(_) => "RandomnessUnavailable",
+            Error::ControlCa(_) => "ControlCaInvalid",
         }
     }
 

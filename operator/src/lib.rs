@@ -10,6 +10,7 @@ pub mod backend_controller;
 pub mod backend_status;
 pub mod config;
 pub mod context;
+pub mod control_ca;
 pub mod drain;
 pub mod error;
 pub mod events;

@@ -7,11 +7,14 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
+use voice_operator::backend_children::OperatorPods;
 use voice_operator::config::Config;
 use voice_operator::context::{Context, Scope};
 use voice_operator::leader::{self, LeaseConfig};
 use voice_operator::metrics::Metrics;
-use voice_operator::{allocator, backend_controller, http, provider_controller, session_live};
+use voice_operator::{
+    allocator, backend_controller, control_ca, http, provider_controller, session_live,
+};
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -62,8 +65,35 @@ async fn main() -> anyhow::Result<()> {
         namespace: config.watch_namespace.clone(),
         provider_selector: config.provider_selector.clone(),
     };
-    let ctx: Arc<Context> =
-        Context::new(client.clone(), metrics.clone(), scope, pod, fence.clone());
+    // The control channel's CA: read (or created once) before any worker is called.
+    let ca_namespace = config.control_ca_namespace();
+    let ca_secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), &ca_namespace);
+    let ca = control_ca::load_or_create(&ca_secrets, std::time::SystemTime::now())
+        .await
+        .with_context(|| format!("control-channel CA in namespace {ca_namespace}"))?;
+    let trust = Arc::new(
+        control_ca::ControlTrust::new(ca, std::time::SystemTime::now())
+            .context("issuing the operator's control-channel client certificate")?,
+    );
+    tokio::spawn(control_ca::refresh(
+        ca_secrets,
+        trust.clone(),
+        shutdown.clone(),
+    ));
+    let operator_pods = OperatorPods {
+        namespace: ca_namespace,
+        labels: config.operator_pod_labels.clone(),
+    };
+    let ctx: Arc<Context> = Context::new(
+        client.clone(),
+        metrics.clone(),
+        scope,
+        pod,
+        fence.clone(),
+        trust,
+        operator_pods,
+    );
     let controllers = tokio::spawn({
         let (ctx, cancel) = (ctx.clone(), shutdown.clone());
         async move {

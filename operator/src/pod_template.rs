@@ -15,13 +15,17 @@
 //!   timeout plus 30 s so the kubelet does not SIGKILL it mid-drain.
 //! - The signing key reaches the worker through `secretKeyRef`; the pipeline JSON only
 //!   carries Secret *names* (the `*SecretRef` fields of the spec), never secret values.
+//! - The control channel's TLS files (`<backend>-control-tls`) are a Secret *volume* at
+//!   [`CONTROL_TLS_DIR`], not environment variables: the kubelet refreshes a mounted Secret
+//!   in place, so a renewed certificate or a rotated CA reaches a running worker, which
+//!   reloads it without dropping a session.
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -46,6 +50,8 @@ pub const LABEL_TEMPLATE_HASH: &str = "voicebackends.dev/template-hash";
 pub const LABEL_DRAINING: &str = "voicebackends.dev/draining";
 /// Annotation: when the pod started draining (RFC 3339).
 pub const ANNOTATION_DRAINING_SINCE: &str = "voicebackends.dev/draining-since";
+/// Where the worker pod mounts its control-channel TLS Secret (`CONTROL_TLS_DIR`).
+pub const CONTROL_TLS_DIR: &str = "/var/run/voice/control-tls";
 /// Key of the signing key in the backend's signing-key Secret.
 pub const SIGNING_KEY_KEY: &str = "signing-key";
 /// Extra grace after the drain timeout before the kubelet kills a terminating worker.
@@ -84,6 +90,11 @@ pub fn service_name(backend: &str) -> String {
 /// Name of the Secret holding a backend's session signing key.
 pub fn signing_secret_name(backend: &str) -> String {
     format!("{backend}-session-signing-key")
+}
+
+/// Name of the Secret holding a backend's control-channel CA bundle and serving certificate.
+pub fn control_tls_secret_name(backend: &str) -> String {
+    format!("{backend}-control-tls")
 }
 
 /// A rendered worker pod spec and its hash.
@@ -146,6 +157,7 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         value("DRAIN_TIMEOUT_SECONDS", drain_seconds.to_string()),
         value("BACKEND_NAME", name.to_owned()),
         value("VOICE_PIPELINE", pipeline),
+        value("CONTROL_TLS_DIR", CONTROL_TLS_DIR.to_owned()),
         from(
             "SESSION_SIGNING_KEY",
             EnvVarSource {
@@ -226,11 +238,19 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             ..SecurityContext::default()
         }),
         // The root filesystem is read-only; scratch space lives on an emptyDir.
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "tmp".to_owned(),
+                mount_path: "/tmp".to_owned(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: "control-tls".to_owned(),
+                mount_path: CONTROL_TLS_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         ..Container::default()
     };
     let pod_spec = PodSpec {
@@ -255,11 +275,23 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             }),
             ..PodSecurityContext::default()
         }),
-        volumes: Some(vec![Volume {
-            name: "tmp".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        }]),
+        volumes: Some(vec![
+            Volume {
+                name: "tmp".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+            Volume {
+                name: "control-tls".to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(control_tls_secret_name(name)),
+                    default_mode: Some(0o440),
+                    optional: Some(false),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ]),
         ..PodSpec::default()
     };
     let bytes = serde_json::to_vec(&pod_spec).map_err(|source| Error::Serialize {

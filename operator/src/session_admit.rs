@@ -15,6 +15,9 @@ use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 use voice_crds::{SessionEndpoint, SessionWorker, Transport, VoiceBackend, VoiceSession};
+use voice_proto::session_config::{
+    self, AgentFlags, Conversation, SessionConfig, Speaker, Utterance,
+};
 use voice_proto::token::{self, JoinClaims};
 use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest};
 
@@ -109,8 +112,7 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
         session_id: format!("{ns}/{name}"),
         uid: uid.clone(),
         token_key_id: None,
-        config_json: session_config(&a.session, &a.backend).to_string(),
-        context_json: session_context(&a.session),
+        session_config_json: session_config(&a.session).to_json(),
     };
     match ctx.workers.reserve(&ip, request, WORKER_TIMEOUT).await {
         Ok(r) => match r.result() {
@@ -212,31 +214,48 @@ pub fn endpoint(session: &VoiceSession, backend: &VoiceBackend, ip: &str) -> Ses
     }
 }
 
-/// The pipeline configuration handed to the worker: the backend's pipeline and agent with the
-/// session's overrides beside them.
-pub fn session_config(session: &VoiceSession, backend: &VoiceBackend) -> serde_json::Value {
-    serde_json::json!({
-        "pipeline": backend.spec.pipeline,
-        "agent": backend.spec.agent,
-        "audio": session.spec.audio.as_ref().or(Some(&backend.spec.audio)),
-        "sessionAgent": session.spec.agent,
-        "turnDetection": session.spec.turn_detection,
-        "user": session.spec.user,
-        "metadata": session.spec.metadata,
-        "transport": session.spec.transport,
-    })
-}
-
-/// The persisted conversation context (metadata and transcript so far) for a re-admission;
-/// empty for a new conversation.
-pub fn session_context(session: &VoiceSession) -> String {
-    match session.status.as_ref().and_then(|s| s.context.as_ref()) {
-        Some(context) if context.turns > 0 || !context.transcript.is_empty() => serde_json::json!({
-            "metadata": session.spec.metadata,
-            "context": context,
-        })
-        .to_string(),
-        _ => String::new(),
+/// The session's overrides handed to the worker (typed; never endpoints, URLs or Secret
+/// names: the worker runs its backend's pipeline as its pod was started with), with the
+/// persisted conversation when the session is re-admitted.
+pub fn session_config(session: &VoiceSession) -> SessionConfig {
+    let spec = &session.spec;
+    let agent = spec.agent.as_ref().map(|o| AgentFlags {
+        streaming_mode: o.streaming_mode,
+        interruption_handling: o.interruption_handling,
+        preemptive_generation: o.preemptive_generation,
+        system_prompt: o.system_prompt.clone(),
+    });
+    let silence_timeout_ms = spec.turn_detection.as_ref().map(|t| {
+        let ms = Duration::from(t.silence_timeout).as_millis();
+        u32::try_from(ms)
+            .unwrap_or(u32::MAX)
+            .clamp(1, session_config::MAX_SILENCE_TIMEOUT_MS)
+    });
+    let context = session
+        .status
+        .as_ref()
+        .and_then(|s| s.context.as_ref())
+        .filter(|c| c.turns > 0 || !c.transcript.is_empty())
+        .map(|c| Conversation {
+            turns: u64::try_from(c.turns).unwrap_or(0),
+            transcript: c
+                .transcript
+                .iter()
+                .map(|e| Utterance {
+                    speaker: match e.speaker {
+                        voice_crds::Speaker::User => Speaker::User,
+                        voice_crds::Speaker::Agent => Speaker::Agent,
+                    },
+                    text: e.text.clone(),
+                })
+                .collect(),
+        });
+    SessionConfig {
+        agent: agent.unwrap_or_default(),
+        silence_timeout_ms,
+        user_id: Some(spec.user.user_id.clone()),
+        metadata: spec.metadata.as_ref().and_then(|m| m.as_object().cloned()),
+        context,
     }
 }
 

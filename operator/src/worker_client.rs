@@ -4,12 +4,18 @@
 //! One lazily connected channel per worker address is cached and reused across checks, so a
 //! health check is one request on an open HTTP/2 connection rather than a new TCP handshake.
 //! Every call is bounded by the caller's timeout.
+//!
+//! Every channel is mutual TLS (docs/security.md, "Control channel"): the operator presents
+//! its client certificate and accepts only a serving certificate from its CA issued for the
+//! backend the pod belongs to ([`voice_proto::control_tls::worker_server_name`]), so a pod
+//! that took over another worker's IP cannot pass for it. A worker's backend is learnt from
+//! its pod ([`WorkerClients::register`]) before the first call.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
@@ -20,6 +26,7 @@ use voice_proto::worker::v1::{
     WatchEventsRequest,
 };
 
+use crate::control_ca::{ControlTrust, Trust};
 use crate::pod_template::GRPC_PORT;
 
 /// A worker's answer to a health check.
@@ -44,10 +51,14 @@ impl WorkerStats {
     }
 }
 
-/// Cached channels to workers, keyed by pod IP.
-#[derive(Default)]
+/// Cached mutual-TLS channels to workers, keyed by pod IP.
 pub struct WorkerClients {
-    channels: Mutex<HashMap<String, Channel>>,
+    trust: Arc<ControlTrust>,
+    /// Pod IP → the server name its certificate must carry.
+    names: Mutex<HashMap<String, String>>,
+    /// Pod IP → channel, and the trust it was made with (a new CA or client certificate
+    /// makes new channels; open ones finish their calls).
+    channels: Mutex<HashMap<String, (Channel, Arc<Trust>)>>,
 }
 
 impl std::fmt::Debug for WorkerClients {
@@ -57,9 +68,40 @@ impl std::fmt::Debug for WorkerClients {
 }
 
 impl WorkerClients {
+    /// Clients that authenticate with (and verify workers against) `trust`.
+    pub fn new(trust: Arc<ControlTrust>) -> Self {
+        Self {
+            trust,
+            names: Mutex::default(),
+            channels: Mutex::default(),
+        }
+    }
+
+    /// Records that the pod at `ip` is a worker of `namespace/backend`; its serving
+    /// certificate must name that backend. A changed backend for an IP drops its channel.
+    pub fn register(&self, ip: &str, namespace: &str, backend: &str) {
+        let name = voice_proto::control_tls::worker_server_name(namespace, backend);
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        if names.get(ip) != Some(&name) {
+            names.insert(ip.to_owned(), name);
+            drop(names);
+            self.forget(ip);
+        }
+    }
+
     fn channel(&self, ip: &str, timeout: Duration) -> Result<Channel, String> {
+        let trust = self.trust.current();
+        let name = self
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(ip)
+            .cloned()
+            .ok_or_else(|| format!("worker {ip} belongs to no known backend yet"))?;
         let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(channel) = channels.get(ip) {
+        if let Some((channel, made_with)) = channels.get(ip)
+            && Arc::ptr_eq(made_with, &trust)
+        {
             return Ok(channel.clone());
         }
         let host = if ip.contains(':') {
@@ -67,20 +109,41 @@ impl WorkerClients {
         } else {
             ip.to_owned()
         };
-        let channel = Endpoint::from_shared(format!("http://{host}:{GRPC_PORT}"))
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(trust.ca.trust_bundle()))
+            .identity(Identity::from_pem(
+                &trust.client.cert_pem,
+                &trust.client.key_pem,
+            ))
+            .domain_name(name);
+        let channel = Endpoint::from_shared(format!("https://{host}:{GRPC_PORT}"))
             .map_err(|e| format!("bad worker address {ip}: {e}"))?
+            .tls_config(tls)
+            .map_err(|e| format!("control TLS for {ip}: {e}"))?
             .connect_timeout(timeout)
             .connect_lazy();
-        channels.insert(ip.to_owned(), channel.clone());
+        channels.insert(ip.to_owned(), (channel.clone(), trust));
         Ok(channel)
     }
 
-    /// Drops channels of addresses not in `keep` (pods that are gone).
-    pub fn retain(&self, keep: &HashSet<String>) {
-        self.channels
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .retain(|ip, _| keep.contains(ip));
+    /// Forgets the workers of `namespace/backend` whose address is not in `keep` (pods
+    /// that are gone); other backends' workers are left alone.
+    pub fn retain(&self, namespace: &str, backend: &str, keep: &HashSet<String>) {
+        let name = voice_proto::control_tls::worker_server_name(namespace, backend);
+        let mut names = self.names.lock().unwrap_or_else(|p| p.into_inner());
+        let gone: Vec<String> = names
+            .iter()
+            .filter(|(ip, n)| **n == name && !keep.contains(*ip))
+            .map(|(ip, _)| ip.clone())
+            .collect();
+        for ip in &gone {
+            names.remove(ip);
+        }
+        drop(names);
+        let mut channels = self.channels.lock().unwrap_or_else(|p| p.into_inner());
+        for ip in &gone {
+            channels.remove(ip);
+        }
     }
 
     /// Forgets the channel of `ip`, so the next call reconnects (after a failure).

@@ -1,9 +1,12 @@
 //! The worker contract: gRPC API between the operator, the workers and external agent services.
 //!
 //! The `.proto` files beside this crate are the source of truth and carry the
-//! documentation of every message; this crate exposes the generated code and the join
-//! tokens ([`token`]) the operator mints and the workers verify.
+//! documentation of every message; this crate exposes the generated code, the join
+//! tokens ([`token`]) the operator mints and the workers verify, the typed session
+//! configuration ([`session_config`]) and the control channel's certificates ([`control_tls`]).
 
+pub mod control_tls;
+pub mod session_config;
 pub mod token;
 
 /// `voice.worker.*`: how the operator controls a worker pod.

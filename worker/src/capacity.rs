@@ -16,10 +16,9 @@ pub struct SessionRequest {
     pub uid: String,
     /// Key id of the session's join token, when one was issued.
     pub token_key_id: Option<String>,
-    /// Pipeline and agent configuration (JSON, already validated by the caller).
-    pub config_json: String,
-    /// Persisted conversation context (JSON, already validated by the caller).
-    pub context_json: String,
+    /// The session's overrides and persisted conversation, parsed once at reservation.
+    /// Never a provider, endpoint or Secret name: those come only from `VOICE_PIPELINE`.
+    pub config: voice_proto::session_config::SessionConfig,
 }
 
 /// A session that holds a slot.

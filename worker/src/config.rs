@@ -190,10 +190,23 @@ pub struct Config {
     pub backend_name: Option<String>,
 
     /// The backend's pipeline configuration as JSON (`{"pipeline", "agent", "audio"}` from
-    /// the VoiceBackend spec): what sessions reserved without their own `config_json` run.
-    /// Unset, they run the diagnostic speech-to-speech `echo`.
+    /// the VoiceBackend spec): the only source of providers, endpoints and Secret names;
+    /// sessions add only their typed overrides. Unset, sessions run the diagnostic
+    /// speech-to-speech `echo`.
     #[arg(long = "pipeline", env = "VOICE_PIPELINE", value_name = "VOICE_PIPELINE", value_parser = parse_pipeline)]
     pub pipeline: Option<serde_json::Value>,
+
+    /// Directory with the control channel's TLS files (`ca.crt`: the CAs whose client
+    /// certificates may call; `tls.crt`/`tls.key`: this worker's serving certificate), a
+    /// Secret volume in a pod. Re-read when they change, so rotation drops no connection.
+    #[arg(long, env = "CONTROL_TLS_DIR", value_name = "CONTROL_TLS_DIR")]
+    pub control_tls_dir: Option<std::path::PathBuf>,
+
+    /// Serve the control gRPC port without TLS. Only for a worker run by hand outside a
+    /// cluster: then anyone who reaches the port can call it. Without this flag a worker
+    /// with no `CONTROL_TLS_DIR` refuses to start.
+    #[arg(long, env = "CONTROL_INSECURE", value_name = "CONTROL_INSECURE")]
+    pub control_insecure: bool,
 
     /// Session events buffered per subscriber before a slow subscriber is cut off.
     #[arg(
@@ -341,6 +354,19 @@ mod tests {
             let err = parse(&[flag, "0"]).map(|_| ()).unwrap_err();
             assert!(err.to_string().contains(variable), "{err}");
         }
+    }
+
+    #[test]
+    fn control_tls_is_read_from_a_directory_or_explicitly_off() {
+        let config = parse(&["--control-tls-dir", "/var/run/voice/control-tls"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.control_tls_dir.as_deref(),
+            Some(std::path::Path::new("/var/run/voice/control-tls"))
+        );
+        assert!(!config.control_insecure);
+        let config = parse(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.control_tls_dir.is_none() && !config.control_insecure);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tonic_health::server::HealthReporter;
+use voice_proto::session_config::SessionConfig;
 use voice_proto::worker::v1 as pb;
 use voice_proto::worker::v1::worker_control_server::{WorkerControl, WorkerControlServer};
 
@@ -77,25 +78,19 @@ fn summary(session: &Session) -> pb::SessionSummary {
     }
 }
 
-/// Rejects what no retry can fix: missing identity or configuration that is not JSON.
+/// Rejects what no retry can fix: missing identity, or a session configuration that is not
+/// a [`SessionConfig`] (e.g. one that tries to set an endpoint), naming the field. Parsed
+/// here, once; the pipeline later reads only the typed overrides.
 fn validate(request: pb::ReserveSessionRequest) -> Result<SessionRequest, Status> {
     require("session_id", &request.session_id)?;
     require("uid", &request.uid)?;
-    for (field, value) in [
-        ("config_json", &request.config_json),
-        ("context_json", &request.context_json),
-    ] {
-        if !value.is_empty() {
-            serde_json::from_str::<serde_json::Value>(value)
-                .map_err(|e| Status::invalid_argument(format!("{field} is not valid JSON: {e}")))?;
-        }
-    }
+    let config = SessionConfig::parse(&request.session_config_json)
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
     Ok(SessionRequest {
         session_id: request.session_id,
         uid: request.uid,
         token_key_id: request.token_key_id,
-        config_json: request.config_json,
-        context_json: request.context_json,
+        config,
     })
 }
 
@@ -248,13 +243,12 @@ mod tests {
         ControlService::new(Arc::new(sessions), CancellationToken::new())
     }
 
-    fn reserve(uid: &str, config_json: &str) -> Request<pb::ReserveSessionRequest> {
+    fn reserve(uid: &str, session_config_json: &str) -> Request<pb::ReserveSessionRequest> {
         Request::new(pb::ReserveSessionRequest {
             session_id: "ns/a".into(),
             uid: uid.into(),
             token_key_id: None,
-            config_json: config_json.into(),
-            context_json: String::new(),
+            session_config_json: session_config_json.into(),
         })
     }
 
@@ -276,9 +270,39 @@ mod tests {
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::InvalidArgument);
         assert!(
-            status.message().contains("config_json"),
+            status.message().contains("session_config_json"),
             "{}",
             status.message()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_config_that_names_an_endpoint_is_refused_and_takes_no_slot() {
+        let service = service();
+        let status = service
+            .reserve_session(reserve(
+                "u",
+                r#"{"agent": {"systemPrompt": "hi", "endpoint": "http://attacker.invalid"}}"#,
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument);
+        assert!(
+            status
+                .message()
+                .contains("session_config_json.agent.endpoint"),
+            "{}",
+            status.message()
+        );
+        let reply = service
+            .reserve_session(reserve("u", r#"{"agent": {"systemPrompt": "hi"}}"#))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_inner();
+        assert_eq!(
+            reply.result(),
+            pb::ReserveResult::Reserved,
+            "the slot was not leaked"
         );
     }
 

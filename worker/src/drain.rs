@@ -59,8 +59,7 @@ mod tests {
             session_id: id.to_owned(),
             uid: "u".to_owned(),
             token_key_id: None,
-            config_json: String::new(),
-            context_json: String::new(),
+            config: Default::default(),
         };
         assert!(sessions.reserve(request, SystemTime::now()).outcome.is_ok());
     }

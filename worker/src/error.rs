@@ -25,6 +25,15 @@ pub enum Error {
     /// The HTTP server stopped with an error.
     #[error("the HTTP server failed")]
     Http(#[source] std::io::Error),
+    /// The control channel's TLS files are missing or invalid.
+    #[error(transparent)]
+    ControlTls(#[from] crate::control_tls::TlsError),
+    /// Neither `CONTROL_TLS_DIR` nor `CONTROL_INSECURE` was given.
+    #[error(
+        "CONTROL_TLS_DIR is not set: the control gRPC port needs its TLS files (the operator mounts them); \
+         set CONTROL_INSECURE=true only for a worker run by hand outside a cluster"
+    )]
+    ControlTlsMissing,
     /// A server task panicked or was cancelled.
     #[error("the {0} server task ended abnormally")]
     Task(&'static str, #[source] tokio::task::JoinError),
@@ -39,6 +48,8 @@ impl Error {
             Error::Grpc(_) => "GrpcServerFailed",
             Error::Http(_) => "HttpServerFailed",
             Error::Task(..) => "ServerTaskFailed",
+            Error::ControlTls(_) => "ControlTlsInvalid",
+            Error::ControlTlsMissing => "ControlTlsMissing",
         }
     }
 }

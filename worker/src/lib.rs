@@ -1,17 +1,18 @@
 //! The voice-operator data-plane worker.
 //!
 //! The control plane is a slot ledger ([`capacity`]) behind the `WorkerControl` gRPC
-//! service ([`control`]), session events, health, metrics and a draining shutdown. The
+//! service ([`control`]) on a mutual-TLS port ([`control_tls`]), session events, health, metrics and a draining shutdown. The
 //! data plane takes clients of reserved sessions: WHIP-style WebRTC signaling and a
 //! WebSocket endpoint ([`signaling`]), WebRTC over one shared UDP port
 //! ([`transport::udp_mux`]) and PCM over WebSocket ([`transport::websocket`]). Each
-//! session runs the voice [`pipeline`] its configuration asks for — VAD, turn detection,
+//! session runs the voice [`pipeline`] its backend's configuration asks for — VAD, turn detection,
 //! STT → agent → TTS, or speech-to-speech — or the diagnostic `echo` ([`media`]).
 
 pub mod capacity;
 pub mod config;
 pub mod connections;
 pub mod control;
+pub mod control_tls;
 pub mod demo;
 pub mod drain;
 pub mod error;

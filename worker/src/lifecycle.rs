@@ -19,6 +19,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::config::Config;
 use crate::connections::Connections;
 use crate::control::{self, ControlService};
+use crate::control_tls::{self, ControlTls};
 use crate::drain;
 use crate::error::Error;
 use crate::http::{self, HttpState};
@@ -46,6 +47,16 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     );
     let shutdown = CancellationToken::new();
     let started = Arc::new(AtomicBool::new(false));
+    let control_tls = match (&config.control_tls_dir, config.control_insecure) {
+        (Some(dir), _) => Some(ControlTls::load(dir)?),
+        (None, true) => {
+            tracing::warn!(
+                "CONTROL_INSECURE: the control gRPC port has no TLS; anyone who reaches it can call it"
+            );
+            None
+        }
+        (None, false) => return Err(Error::ControlTlsMissing),
+    };
 
     let grpc_listener = bind("gRPC", config.grpc_addr()).await?;
     let http_listener = bind("HTTP", config.http_addr()).await?;
@@ -94,15 +105,22 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     let (reporter, health) = tonic_health::server::health_reporter();
     control::mark_serving(&reporter).await;
     tokio::spawn(control::report_draining(reporter, sessions.clone()));
-    let grpc = tonic::transport::Server::builder()
+    let router = tonic::transport::Server::builder()
         .add_service(health)
-        .add_service(ControlService::new(sessions.clone(), shutdown.clone()).into_server())
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(grpc_listener),
-            shutdown.clone().cancelled_owned(),
-        );
-    let mut grpc: JoinHandle<Result<(), Error>> =
-        tokio::spawn(async move { grpc.await.map_err(Error::Grpc) });
+        .add_service(ControlService::new(sessions.clone(), shutdown.clone()).into_server());
+    let stop = shutdown.clone().cancelled_owned();
+    let mut grpc: JoinHandle<Result<(), Error>> = match control_tls {
+        Some(tls) => {
+            tokio::spawn(tls.clone().watch(shutdown.clone()));
+            let incoming = control_tls::incoming(grpc_listener, tls, shutdown.clone());
+            let serve = router.serve_with_incoming_shutdown(incoming, stop);
+            tokio::spawn(async move { serve.await.map_err(Error::Grpc) })
+        }
+        None => {
+            let serve = router.serve_with_incoming_shutdown(TcpIncoming::from(grpc_listener), stop);
+            tokio::spawn(async move { serve.await.map_err(Error::Grpc) })
+        }
+    };
     let app = http::router(HttpState::new(sessions.clone(), started.clone()))
         .merge(signaling::router(media));
     let http = server::serve(
@@ -128,6 +146,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         namespace = config.pod_namespace.as_deref().unwrap_or(""),
         backend = config.backend_name.as_deref().unwrap_or(""),
         grpc = %config.grpc_addr(),
+        control_tls = config.control_tls_dir.is_some(),
         http = %config.http_addr(),
         udp = %udp_addr,
         "worker started"

@@ -97,30 +97,27 @@ impl Sessions {
         }
     }
 
-    /// Sessions reserved without a pipeline configuration run `pipeline` (the worker's
-    /// `VOICE_PIPELINE`); without one they run the diagnostic S2S `echo`.
+    /// Every session runs `pipeline` (the worker's `VOICE_PIPELINE`) with its own
+    /// overrides; without one they run the diagnostic S2S `echo`.
     pub fn with_default_pipeline(mut self, pipeline: Option<&serde_json::Value>) -> Self {
         self.default_pipeline = pipeline.map(serde_json::Value::to_string);
         self
     }
 
-    /// The pipeline configuration (JSON) `session_id` runs: its own `config_json` when it
-    /// was reserved with one, else the worker's default; `None` means the echo default.
-    pub fn pipeline_config(&self, session_id: &str) -> Option<String> {
-        let own = self
-            .lock()
-            .get(session_id)
-            .map(|s| s.request.config_json.clone())
-            .filter(|c| !c.trim().is_empty());
-        own.or_else(|| self.default_pipeline.clone())
+    /// The backend's pipeline configuration (JSON) every session runs: the worker's
+    /// `VOICE_PIPELINE`, never anything a caller sent; `None` means the echo default.
+    pub fn pipeline_config(&self) -> Option<String> {
+        self.default_pipeline.clone()
     }
 
-    /// The persisted conversation context `session_id` was reserved with, if any.
-    pub fn context_json(&self, session_id: &str) -> Option<String> {
+    /// The overrides and persisted conversation `session_id` was reserved with.
+    pub fn session_config(
+        &self,
+        session_id: &str,
+    ) -> Option<voice_proto::session_config::SessionConfig> {
         self.lock()
             .get(session_id)
-            .map(|s| s.request.context_json.clone())
-            .filter(|c| !c.trim().is_empty())
+            .map(|s| s.request.config.clone())
     }
 
     /// Publishes a liveness ping for every session whose client is connected and `active`
@@ -350,8 +347,7 @@ mod tests {
             session_id: id.to_owned(),
             uid: format!("uid-{id}"),
             token_key_id: None,
-            config_json: String::new(),
-            context_json: String::new(),
+            config: Default::default(),
         }
     }
 

@@ -166,3 +166,29 @@ fn every_referenced_secret_key_reaches_the_worker_by_reference_only() {
     }
     assert_eq!(secret_refs(&b.spec).len(), 2);
 }
+
+#[test]
+fn the_control_tls_secret_is_mounted_read_only_where_control_tls_dir_points() {
+    let t = render(&backend(None), &provider()).expect("render");
+    assert_eq!(
+        env(&t)["CONTROL_TLS_DIR"].0.as_deref(),
+        Some("/var/run/voice/control-tls")
+    );
+    let volume = t
+        .spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "control-tls")
+        .expect("control-tls volume");
+    let secret = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("assistant-control-tls"));
+    let mount = t.spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "control-tls")
+        .expect("control-tls mount");
+    assert_eq!(mount.mount_path, CONTROL_TLS_DIR);
+    assert_eq!(mount.read_only, Some(true));
+}

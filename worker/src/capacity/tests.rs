@@ -13,8 +13,7 @@ fn req(id: &str, uid: &str) -> SessionRequest {
         session_id: id.to_owned(),
         uid: uid.to_owned(),
         token_key_id: None,
-        config_json: String::new(),
-        context_json: String::new(),
+        config: Default::default(),
     }
 }
 

@@ -132,7 +132,7 @@ pub fn build(
                 .ok_or_else(|| unsupported("spec.agent", "type STT_TTS needs an agent"))?;
             let providers = Providers {
                 stt: build_stt(stt)?,
-                agent: build_agent(agent, session_id)?,
+                agent: build_agent(agent, session_id, &spec.metadata)?,
                 tts: build_tts(tts)?,
             };
             let behaviour = Behaviour {
@@ -292,7 +292,11 @@ fn build_tts(s: &StageProvider) -> Result<Arc<dyn TextToSpeech>, BuildError> {
     }
 }
 
-fn build_agent(a: &AgentIntegration, session_id: &str) -> Result<Arc<dyn Agent>, BuildError> {
+fn build_agent(
+    a: &AgentIntegration,
+    session_id: &str,
+    metadata: &std::collections::HashMap<String, String>,
+) -> Result<Arc<dyn Agent>, BuildError> {
     match a.type_ {
         AgentType::Echo => Ok(Arc::new(EchoAgent)),
         AgentType::Llm => {
@@ -330,12 +334,15 @@ fn build_agent(a: &AgentIntegration, session_id: &str) -> Result<Arc<dyn Agent>,
             let grpc = a.grpc.as_ref().ok_or_else(|| {
                 unsupported("spec.agent.grpc", "agent type Grpc needs agent.grpc")
             })?;
-            Ok(Arc::new(GrpcAgent::new(
-                &grpc.endpoint,
-                Duration::from(grpc.timeout),
-                session_id,
-                &serde_json::to_string(a).unwrap_or_default(),
-            )?))
+            Ok(Arc::new(
+                GrpcAgent::new(
+                    &grpc.endpoint,
+                    Duration::from(grpc.timeout),
+                    session_id,
+                    &serde_json::to_string(a).unwrap_or_default(),
+                )?
+                .with_metadata(metadata.clone()),
+            ))
         }
     }
 }

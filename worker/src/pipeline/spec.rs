@@ -1,13 +1,14 @@
-//! What a session's pipeline is made of: the JSON the operator hands over (`VOICE_PIPELINE`
-//! for the worker, `ReserveSessionRequest.config_json` per session), parsed into the CRD
-//! types so worker and operator read the very same schema.
+//! What a session's pipeline is made of: the backend's configuration the worker was started
+//! with (`VOICE_PIPELINE`, parsed into the CRD types so worker and operator read the very
+//! same schema) with the session's typed overrides ([`SessionConfig`]) applied on top.
+//! Nothing a session sends can name a provider, an endpoint or a Secret.
 
-use voice_crds::{
-    AgentIntegration, AgentOverrides, AudioFormat, PipelineConfiguration, SessionTurnDetection,
-    TurnDetectionConfig,
-};
+use std::time::Duration;
 
-/// The pipeline part of a backend spec, as serialised by the operator.
+use voice_crds::{AgentIntegration, AudioFormat, PipelineConfiguration, TurnDetectionConfig};
+use voice_proto::session_config::{SessionConfig, Speaker};
+
+/// The pipeline part of a backend spec, as serialised by the operator into `VOICE_PIPELINE`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PipelineSpec {
@@ -19,17 +20,14 @@ pub struct PipelineSpec {
     /// `spec.audio`.
     #[serde(default)]
     pub audio: Option<AudioFormat>,
-    /// The session's agent overrides (`VoiceSession.spec.agent`; the operator sends them
-    /// as `sessionAgent`).
-    #[serde(default, alias = "sessionAgent")]
-    pub agent_overrides: Option<AgentOverrides>,
-    /// The session's turn detection override (`VoiceSession.spec.turnDetection`).
-    #[serde(default)]
-    pub turn_detection: Option<SessionTurnDetection>,
-    /// The conversation so far, when the session resumes on this worker
-    /// (`ReserveSessionRequest.context_json`); not part of the configuration JSON.
+    /// The conversation so far, when the session resumes on this worker (from the
+    /// session's `context`); not part of the backend's JSON.
     #[serde(skip)]
     pub resume: Option<Resume>,
+    /// The session's metadata for the agent (string values as they are, others as JSON
+    /// text); not part of the backend's JSON.
+    #[serde(skip)]
+    pub metadata: std::collections::HashMap<String, String>,
 }
 
 /// A conversation resumed from persisted context.
@@ -41,35 +39,6 @@ pub struct Resume {
     pub turns: u64,
 }
 
-impl Resume {
-    /// Reads the operator's `context_json` (`{"context": {"turns": n, "transcript":
-    /// [{"speaker": "User"|"Agent", "text": ...}]}, "metadata": ...}`); `None` when empty
-    /// or unreadable (a new conversation then, logged by the caller).
-    pub fn parse(json: &str) -> Option<Self> {
-        if json.trim().is_empty() {
-            return None;
-        }
-        let value: serde_json::Value = serde_json::from_str(json).ok()?;
-        let context: voice_crds::SessionContext =
-            serde_json::from_value(value.get("context")?.clone()).ok()?;
-        let history = context
-            .transcript
-            .into_iter()
-            .map(|e| {
-                let role = match e.speaker {
-                    voice_crds::Speaker::User => "user",
-                    voice_crds::Speaker::Agent => "assistant",
-                };
-                (role.to_owned(), e.text)
-            })
-            .collect();
-        Some(Self {
-            history,
-            turns: u64::try_from(context.turns).unwrap_or(0),
-        })
-    }
-}
-
 /// A configuration the worker cannot run.
 #[derive(Debug, thiserror::Error)]
 pub enum SpecError {
@@ -79,8 +48,8 @@ pub enum SpecError {
 }
 
 impl PipelineSpec {
-    /// Parses the operator's JSON and applies the session's overrides. A stage given as a
-    /// bare string (`"s2s": "echo"`) is shorthand for `{"provider": "echo"}`.
+    /// Parses the backend's JSON (`VOICE_PIPELINE`). A stage given as a bare string
+    /// (`"s2s": "echo"`) is shorthand for `{"provider": "echo"}`.
     pub fn parse(json: &str) -> Result<Self, SpecError> {
         let mut value: serde_json::Value = serde_json::from_str(json)?;
         if let Some(pipeline) = value.get_mut("pipeline").and_then(|p| p.as_object_mut()) {
@@ -91,19 +60,25 @@ impl PipelineSpec {
                 }
             }
         }
-        let mut spec: Self = serde_json::from_value(value)?;
-        if let Some(td) = spec.turn_detection.take() {
-            let provider = spec
+        Ok(serde_json::from_value(value)?)
+    }
+
+    /// Applies one session's overrides: agent flags, the LLM's system prompt, the silence
+    /// timeout and the conversation to resume. Everything else stays the backend's.
+    pub fn with_session(mut self, session: &SessionConfig) -> Self {
+        if let Some(ms) = session.silence_timeout_ms {
+            let provider = self
                 .pipeline
                 .turn_detection
                 .as_ref()
                 .map_or_else(|| "silence".to_owned(), |t| t.provider.clone());
-            spec.pipeline.turn_detection = Some(TurnDetectionConfig {
+            self.pipeline.turn_detection = Some(TurnDetectionConfig {
                 provider,
-                silence_timeout: td.silence_timeout,
+                silence_timeout: Duration::from_millis(u64::from(ms)).into(),
             });
         }
-        if let (Some(agent), Some(o)) = (spec.agent.as_mut(), spec.agent_overrides.take()) {
+        let o = &session.agent;
+        if let Some(agent) = self.agent.as_mut() {
             if let Some(v) = o.streaming_mode {
                 agent.streaming_mode = v;
             }
@@ -113,11 +88,34 @@ impl PipelineSpec {
             if let Some(v) = o.preemptive_generation {
                 agent.preemptive_generation = v;
             }
-            if let (Some(prompt), Some(llm)) = (o.system_prompt, agent.llm.as_mut()) {
-                llm.system_prompt = Some(prompt);
+            if let (Some(prompt), Some(llm)) = (&o.system_prompt, agent.llm.as_mut()) {
+                llm.system_prompt = Some(prompt.clone());
             }
         }
-        Ok(spec)
+        self.metadata = session
+            .metadata
+            .iter()
+            .flatten()
+            .map(|(k, v)| {
+                let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
+                (k.clone(), text)
+            })
+            .collect();
+        self.resume = session.context.as_ref().map(|c| Resume {
+            history: c
+                .transcript
+                .iter()
+                .map(|u| {
+                    let role = match u.speaker {
+                        Speaker::User => "user",
+                        Speaker::Agent => "assistant",
+                    };
+                    (role.to_owned(), u.text.clone())
+                })
+                .collect(),
+            turns: c.turns,
+        });
+        self
     }
 
     /// Whether this is the diagnostic default: S2S with the `echo` provider.
@@ -134,27 +132,30 @@ impl PipelineSpec {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use voice_proto::session_config::{AgentFlags, Conversation, Utterance};
+
+    const BACKEND: &str = r#"{
+        "pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"},
+                     "vad": {"provider": "webrtc", "aggressiveness": 3},
+                     "turnDetection": {"provider": "silence", "silenceTimeout": "400ms"}},
+        "agent": {"type": "Echo"}
+    }"#;
 
     #[test]
-    fn reads_the_operator_json_and_applies_overrides() {
-        let json = r#"{
-            "pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"},
-                         "vad": {"provider": "webrtc", "aggressiveness": 3},
-                         "turnDetection": {"provider": "silence", "silenceTimeout": "400ms"}},
-            "agent": {"type": "Echo"},
-            "agentOverrides": {"interruptionHandling": false}
-        }"#;
-        let spec = PipelineSpec::parse(json).unwrap_or_else(|e| panic!("{e}"));
+    fn reads_the_backend_json_with_its_defaults() {
+        let spec = PipelineSpec::parse(BACKEND).unwrap_or_else(|e| panic!("{e}"));
         let agent = spec.agent.unwrap_or_else(|| panic!("agent"));
-        assert!(!agent.interruption_handling);
-        assert!(agent.streaming_mode, "defaults apply");
+        assert!(
+            agent.interruption_handling && agent.streaming_mode,
+            "defaults apply"
+        );
         let td = spec
             .pipeline
             .turn_detection
             .unwrap_or_else(|| panic!("turn"));
         assert_eq!(
-            std::time::Duration::from(td.silence_timeout),
-            std::time::Duration::from_millis(400)
+            Duration::from(td.silence_timeout),
+            Duration::from_millis(400)
         );
         assert!(PipelineSpec::parse(r#"{"pipeline": {"type": "NOPE"}}"#).is_err());
         let short = PipelineSpec::parse(r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#)
@@ -163,10 +164,49 @@ mod tests {
     }
 
     #[test]
-    fn persisted_context_resumes_the_conversation() {
-        let json = r#"{"metadata": null, "context": {"turns": 2, "transcript": [
-            {"speaker": "User", "text": "hi"}, {"speaker": "Agent", "text": "hello"}]}}"#;
-        let resume = Resume::parse(json).unwrap_or_default();
+    fn session_overrides_change_flags_timeout_and_resume_only() {
+        let session = SessionConfig {
+            agent: AgentFlags {
+                interruption_handling: Some(false),
+                streaming_mode: Some(false),
+                ..AgentFlags::default()
+            },
+            silence_timeout_ms: Some(1000),
+            metadata: serde_json::json!({"plan": "gold", "seats": 3})
+                .as_object()
+                .cloned(),
+            context: Some(Conversation {
+                turns: 2,
+                transcript: vec![
+                    Utterance {
+                        speaker: Speaker::User,
+                        text: "hi".into(),
+                    },
+                    Utterance {
+                        speaker: Speaker::Agent,
+                        text: "hello".into(),
+                    },
+                ],
+            }),
+            ..SessionConfig::default()
+        };
+        let spec = PipelineSpec::parse(BACKEND)
+            .unwrap_or_else(|e| panic!("{e}"))
+            .with_session(&session);
+        let agent = spec.agent.as_ref().unwrap_or_else(|| panic!("agent"));
+        assert!(!agent.interruption_handling && !agent.streaming_mode);
+        let td = spec
+            .pipeline
+            .turn_detection
+            .as_ref()
+            .unwrap_or_else(|| panic!("turn"));
+        assert_eq!(td.provider, "silence");
+        assert_eq!(Duration::from(td.silence_timeout), Duration::from_secs(1));
+        let stt = spec.pipeline.stt.as_ref().unwrap_or_else(|| panic!("stt"));
+        assert_eq!(stt.provider, "pocketsphinx", "providers stay the backend's");
+        assert_eq!(spec.metadata["plan"], "gold");
+        assert_eq!(spec.metadata["seats"], "3");
+        let resume = spec.resume.unwrap_or_default();
         assert_eq!(resume.turns, 2);
         assert_eq!(
             resume.history,
@@ -174,25 +214,6 @@ mod tests {
                 ("user".to_owned(), "hi".to_owned()),
                 ("assistant".to_owned(), "hello".to_owned())
             ]
-        );
-        assert_eq!(Resume::parse(""), None);
-        assert_eq!(Resume::parse("{not json"), None);
-    }
-
-    #[test]
-    fn the_operators_session_config_applies_session_overrides() {
-        let json = r#"{"pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"}},
-            "agent": {"type": "Echo"}, "audio": null, "sessionAgent": {"streamingMode": false},
-            "turnDetection": {"silenceTimeout": "1s"}, "user": {"id": "u"}, "metadata": null, "transport": "websocket"}"#;
-        let spec = PipelineSpec::parse(json).unwrap_or_else(|e| panic!("{e}"));
-        assert!(!spec.agent.as_ref().is_some_and(|a| a.streaming_mode));
-        let td = spec
-            .pipeline
-            .turn_detection
-            .unwrap_or_else(|| panic!("turn detection"));
-        assert_eq!(
-            std::time::Duration::from(td.silence_timeout),
-            std::time::Duration::from_secs(1)
         );
     }
 }

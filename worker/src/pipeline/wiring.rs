@@ -9,7 +9,7 @@ use voice_crds::PipelineState;
 use voice_proto::worker::v1::{Transcript, transcript::Role};
 
 use super::session::EventSink;
-use super::spec::{PipelineSpec, Resume};
+use super::spec::PipelineSpec;
 use crate::media::Frame;
 use crate::media::echo::{Echo, SpeechToSpeech};
 use crate::sessions::Sessions;
@@ -98,19 +98,13 @@ pub fn for_session(
             uid: uid.to_owned(),
         })
     };
-    let Some(json) = sessions.pipeline_config(session_id) else {
+    let Some(json) = sessions.pipeline_config() else {
         return Box::new(Echo::new(ECHO_FRAMES));
     };
     let metrics = sessions.metrics().pipeline().clone();
-    let context = sessions.context_json(session_id).unwrap_or_default();
+    let overrides = sessions.session_config(session_id).unwrap_or_default();
     let built = PipelineSpec::parse(&json)
-        .map(|mut spec| {
-            spec.resume = Resume::parse(&context);
-            if spec.resume.is_none() && !context.trim().is_empty() {
-                tracing::warn!(session = %session_id, "unreadable persisted context: starting a new conversation");
-            }
-            spec
-        })
+        .map(|spec| spec.with_session(&overrides))
         .map_err(|e| e.to_string())
         .and_then(|spec| {
             super::build(&spec, session_id, sink(), metrics).map_err(|e| e.to_string())

@@ -34,6 +34,7 @@ pub struct GrpcAgent {
     timeout: Duration,
     session_id: String,
     config_json: String,
+    metadata: std::collections::HashMap<String, String>,
     conversation: Mutex<Option<Conversation>>,
 }
 
@@ -72,8 +73,16 @@ impl GrpcAgent {
             timeout,
             session_id: session_id.to_owned(),
             config_json: config_json.to_owned(),
+            metadata: Default::default(),
             conversation: Mutex::new(None),
         })
+    }
+
+    /// Hands the session's metadata (`VoiceSession.spec.metadata`) to the agent in
+    /// `SessionStart.metadata`.
+    pub fn with_metadata(mut self, metadata: std::collections::HashMap<String, String>) -> Self {
+        self.metadata = metadata;
+        self
     }
 
     async fn open(&self) -> Result<Conversation, ProviderError> {
@@ -84,7 +93,7 @@ impl GrpcAgent {
             uid: String::new(),
             agent_config_json: self.config_json.clone(),
             context_json: String::new(),
-            metadata: Default::default(),
+            metadata: self.metadata.clone(),
         }));
         requests.send(start).await.map_err(unavailable)?;
         let outbound = futures::stream::unfold(outbound, |mut rx| async move {

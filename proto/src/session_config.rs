@@ -1,0 +1,296 @@
+//! The one typed session configuration the operator sends with `ReserveSession`
+//! (`session_config_json`) and the worker parses once, at reservation.
+//!
+//! It carries the session's *overrides* only: agent flags, the system prompt, the turn's
+//! silence timeout, the user id, free-form metadata and the persisted conversation. It never
+//! carries endpoints, URLs, providers, models or Secret names: a worker builds its providers
+//! only from the backend configuration its pod was started with (`VOICE_PIPELINE`), so
+//! whoever reaches the control channel cannot point a session's audio or the backend's API
+//! key somewhere else. Unknown fields are refused with their path, so an attempt to smuggle
+//! one in fails loudly instead of being ignored.
+
+use serde::{Deserialize, Serialize};
+
+/// Largest configuration accepted, in bytes (the persisted transcript is most of it).
+pub const MAX_BYTES: usize = 1024 * 1024;
+/// Longest system prompt, in characters (the VoiceSession CRD's own limit).
+pub const MAX_SYSTEM_PROMPT_CHARS: usize = 32 * 1024;
+/// Longest silence timeout a session may ask for, in milliseconds.
+pub const MAX_SILENCE_TIMEOUT_MS: u32 = 60_000;
+
+/// A session's overrides of its backend's behaviour.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SessionConfig {
+    /// Agent behaviour overrides (`VoiceSession.spec.agent`).
+    #[serde(default, skip_serializing_if = "AgentFlags::is_empty")]
+    pub agent: AgentFlags,
+    /// Turn detection's silence timeout (`VoiceSession.spec.turnDetection.silenceTimeout`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub silence_timeout_ms: Option<u32>,
+    /// The application's user id (`VoiceSession.spec.user.userID`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
+    /// `VoiceSession.spec.metadata`: opaque data for the agent, never interpreted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The conversation so far, when the session resumes on a new worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub context: Option<Conversation>,
+}
+
+/// Overrides of the backend's agent flags and prompt; unset keeps the backend's value.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentFlags {
+    /// Overrides `agent.streamingMode`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub streaming_mode: Option<bool>,
+    /// Overrides `agent.interruptionHandling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption_handling: Option<bool>,
+    /// Overrides `agent.preemptiveGeneration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub preemptive_generation: Option<bool>,
+    /// Overrides the LLM agent's system prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub system_prompt: Option<String>,
+}
+
+impl AgentFlags {
+    /// Whether nothing is overridden.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
+/// A persisted conversation.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Conversation {
+    /// Completed turns (new turn ids continue after them).
+    #[serde(default)]
+    pub turns: u64,
+    /// Transcript so far, oldest first.
+    #[serde(default)]
+    pub transcript: Vec<Utterance>,
+}
+
+/// One line of a transcript.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Utterance {
+    /// Who spoke.
+    pub speaker: Speaker,
+    /// What was said.
+    pub text: String,
+}
+
+/// Who spoke a line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Speaker {
+    /// The user.
+    User,
+    /// The agent.
+    Agent,
+}
+
+/// Why a session configuration was refused; the message names the field and the fix.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum SessionConfigError {
+    /// Larger than [`MAX_BYTES`].
+    #[error("session_config_json is {0} bytes; at most {MAX_BYTES} are accepted")]
+    TooLarge(usize),
+    /// Not JSON, or a field of the wrong type.
+    #[error("session_config_json is not a valid session configuration: {0}")]
+    Invalid(String),
+    /// A field the type does not have, e.g. an endpoint or a Secret name.
+    #[error(
+        "session_config_json.{0}: unknown field; a session configuration holds only overrides \
+         (agent flags, systemPrompt, silenceTimeoutMs, userId, metadata, context): endpoints, URLs, \
+         providers and Secret names come only from the backend the worker was started with"
+    )]
+    UnknownField(String),
+    /// A value out of its range.
+    #[error("session_config_json.{field}: {message}")]
+    OutOfRange {
+        /// Path of the field.
+        field: &'static str,
+        /// What is allowed.
+        message: String,
+    },
+}
+
+/// Keys each object of the configuration may have; `metadata` is opaque and not listed.
+const TOP: &[&str] = &["agent", "silenceTimeoutMs", "userId", "metadata", "context"];
+const AGENT: &[&str] = &[
+    "streamingMode",
+    "interruptionHandling",
+    "preemptiveGeneration",
+    "systemPrompt",
+];
+const CONTEXT: &[&str] = &["turns", "transcript"];
+const UTTERANCE: &[&str] = &["speaker", "text"];
+
+fn known_keys(
+    value: &serde_json::Value,
+    allowed: &[&str],
+    path: &str,
+) -> Result<(), SessionConfigError> {
+    if let Some(map) = value.as_object()
+        && let Some(unknown) = map.keys().find(|k| !allowed.contains(&k.as_str()))
+    {
+        let field = if path.is_empty() {
+            unknown.clone()
+        } else {
+            format!("{path}.{unknown}")
+        };
+        return Err(SessionConfigError::UnknownField(field));
+    }
+    Ok(())
+}
+
+impl SessionConfig {
+    /// Parses the operator's JSON; empty means no overrides.
+    pub fn parse(json: &str) -> Result<Self, SessionConfigError> {
+        if json.len() > MAX_BYTES {
+            return Err(SessionConfigError::TooLarge(json.len()));
+        }
+        if json.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let value: serde_json::Value =
+            serde_json::from_str(json).map_err(|e| SessionConfigError::Invalid(e.to_string()))?;
+        // Unknown keys are found first, by path, so the error names the field an attacker
+        // (or an outdated operator) tried to set.
+        known_keys(&value, TOP, "")?;
+        if let Some(agent) = value.get("agent") {
+            known_keys(agent, AGENT, "agent")?;
+        }
+        if let Some(context) = value.get("context") {
+            known_keys(context, CONTEXT, "context")?;
+            if let Some(lines) = context.get("transcript").and_then(|t| t.as_array()) {
+                for (i, line) in lines.iter().enumerate() {
+                    known_keys(line, UTTERANCE, &format!("context.transcript[{i}]"))?;
+                }
+            }
+        }
+        let config: Self = serde_json::from_value(value)
+            .map_err(|e| SessionConfigError::Invalid(e.to_string()))?;
+        config.check_ranges()?;
+        Ok(config)
+    }
+
+    fn check_ranges(&self) -> Result<(), SessionConfigError> {
+        if let Some(ms) = self.silence_timeout_ms
+            && !(1..=MAX_SILENCE_TIMEOUT_MS).contains(&ms)
+        {
+            return Err(SessionConfigError::OutOfRange {
+                field: "silenceTimeoutMs",
+                message: format!("{ms} is outside 1..={MAX_SILENCE_TIMEOUT_MS} milliseconds"),
+            });
+        }
+        if let Some(prompt) = &self.agent.system_prompt
+            && prompt.chars().count() > MAX_SYSTEM_PROMPT_CHARS
+        {
+            return Err(SessionConfigError::OutOfRange {
+                field: "agent.systemPrompt",
+                message: format!("longer than {MAX_SYSTEM_PROMPT_CHARS} characters"),
+            });
+        }
+        Ok(())
+    }
+
+    /// The JSON the operator sends (the inverse of [`SessionConfig::parse`]).
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(json: &str) -> String {
+        match SessionConfig::parse(json) {
+            Ok(c) => panic!("{json} parsed as {c:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn overrides_round_trip() {
+        let config = SessionConfig {
+            agent: AgentFlags {
+                streaming_mode: Some(false),
+                system_prompt: Some("be brief".into()),
+                ..AgentFlags::default()
+            },
+            silence_timeout_ms: Some(700),
+            user_id: Some("u-1".into()),
+            metadata: serde_json::json!({"plan": "gold"}).as_object().cloned(),
+            context: Some(Conversation {
+                turns: 2,
+                transcript: vec![Utterance {
+                    speaker: Speaker::User,
+                    text: "hi".into(),
+                }],
+            }),
+        };
+        assert_eq!(SessionConfig::parse(&config.to_json()), Ok(config));
+        assert_eq!(SessionConfig::parse(""), Ok(SessionConfig::default()));
+        assert_eq!(SessionConfig::default().to_json(), "{}");
+    }
+
+    #[test]
+    fn endpoints_urls_and_secret_names_are_refused_by_path() {
+        let cases = [
+            (
+                r#"{"pipeline": {"type": "S2S"}}"#,
+                "session_config_json.pipeline:",
+            ),
+            (
+                r#"{"agent": {"endpoint": "http://evil"}}"#,
+                "session_config_json.agent.endpoint:",
+            ),
+            (
+                r#"{"agent": {"credentialsSecretRef": {"name": "k", "key": "k"}}}"#,
+                "session_config_json.agent.credentialsSecretRef:",
+            ),
+            (r#"{"url": "wss://evil"}"#, "session_config_json.url:"),
+            (
+                r#"{"context": {"transcript": [{"speaker": "User", "text": "x", "url": "y"}]}}"#,
+                "session_config_json.context.transcript[0].url:",
+            ),
+        ];
+        for (json, field) in cases {
+            let message = refused(json);
+            assert!(message.starts_with(field), "{json}: {message}");
+            assert!(
+                message.contains("backend the worker was started with"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn out_of_range_and_malformed_values_name_their_field() {
+        assert!(refused(r#"{"silenceTimeoutMs": 0}"#).contains("silenceTimeoutMs"));
+        assert!(refused(r#"{"silenceTimeoutMs": 4294967295}"#).contains("silenceTimeoutMs"));
+        assert!(refused(r#"{"silenceTimeoutMs": -1}"#).contains("not a valid"));
+        let prompt = "é".repeat(MAX_SYSTEM_PROMPT_CHARS + 1);
+        let long = serde_json::json!({"agent": {"systemPrompt": prompt}}).to_string();
+        assert!(refused(&long).contains("agent.systemPrompt"));
+        assert!(refused("[1, 2]").contains("not a valid"));
+        assert!(refused("{not json").contains("not a valid"));
+        let huge = format!(r#"{{"userId": "{}"}}"#, "x".repeat(MAX_BYTES));
+        assert!(refused(&huge).contains("bytes"));
+    }
+
+    #[test]
+    fn metadata_is_opaque_data() {
+        let config = SessionConfig::parse(r#"{"metadata": {"endpoint": "http://anything"}}"#)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.metadata.is_some_and(|m| m.contains_key("endpoint")));
+    }
+}
