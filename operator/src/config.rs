@@ -34,6 +34,10 @@ pub struct Config {
     /// How often the leader renews the Lease, in seconds.
     #[arg(long, default_value_t = 5)]
     pub lease_renew_seconds: u64,
+    /// `/healthz` fails when a controller of the leader has not made progress for this many
+    /// seconds (its heartbeat is stale), so Kubernetes restarts it and the standby leads.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub heartbeat_timeout_seconds: u64,
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,
@@ -57,6 +61,11 @@ impl Config {
         Duration::from_secs(self.lease_duration_seconds.max(2))
     }
 
+    /// Age after which a controller's heartbeat is stale.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_seconds.max(1))
+    }
+
     /// Lease renew period (kept below the duration).
     pub fn lease_renew(&self) -> Duration {
         Duration::from_secs(self.lease_renew_seconds.max(1)).min(self.lease_duration() / 2)
@@ -74,5 +83,6 @@ mod tests {
         assert_eq!(c.lease_name, "voice-operator");
         assert_eq!(c.lease_duration(), Duration::from_secs(15));
         assert_eq!(c.lease_renew(), Duration::from_secs(5));
+        assert_eq!(c.heartbeat_timeout(), Duration::from_secs(60));
     }
 }

@@ -30,6 +30,9 @@ pub enum Error {
         #[source]
         source: serde_json::Error,
     },
+    /// A backend's signing-key Secret holds no readable key set.
+    #[error("the signing-key Secret: {0}")]
+    SigningKeys(String),
     /// The operating system gave no randomness for a key or a pod name.
     #[error("no randomness from the OS: {0}")]
     Random(getrandom::Error),
@@ -43,6 +46,7 @@ impl Error {
             Error::MissingObjectKey(_) => "MissingObjectKey",
             Error::Finalizer(_) => "FinalizerError",
             Error::Serialize { .. } => "SerializationError",
+            Error::SigningKeys(_) => "SigningKeysUnreadable",
             Error::Random(_) => "RandomnessUnavailable",
         }
     }

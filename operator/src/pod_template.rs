@@ -21,7 +21,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
     HTTPGetAction, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
-    SecretKeySelector, SecurityContext, Volume, VolumeMount,
+    SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -48,6 +48,10 @@ pub const LABEL_DRAINING: &str = "voicebackends.dev/draining";
 pub const ANNOTATION_DRAINING_SINCE: &str = "voicebackends.dev/draining-since";
 /// Key of the signing key in the backend's signing-key Secret.
 pub const SIGNING_KEY_KEY: &str = "signing-key";
+/// Where the worker container sees its backend's signing-key Secret (read-only).
+pub const SIGNING_KEYS_DIR: &str = "/var/run/voice-operator/signing-keys";
+/// Name of the signing-key Secret's volume in the worker pod.
+const SIGNING_KEYS_VOLUME: &str = "signing-keys";
 /// Extra grace after the drain timeout before the kubelet kills a terminating worker.
 const TERMINATION_GRACE_EXTRA_SECONDS: i64 = 30;
 /// How often the kubelet probes `/readyz`: short, so a new worker takes sessions quickly.
@@ -146,6 +150,12 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         value("DRAIN_TIMEOUT_SECONDS", drain_seconds.to_string()),
         value("BACKEND_NAME", name.to_owned()),
         value("VOICE_PIPELINE", pipeline),
+        // The key set, from the mounted Secret: the worker reloads it when the operator rotates
+        // the key. SESSION_SIGNING_KEY (the key current at start) serves until it is readable.
+        value(
+            "SESSION_SIGNING_KEYS_FILE",
+            format!("{SIGNING_KEYS_DIR}/{}", crate::signing_keys::KEYS_FILE_KEY),
+        ),
         from(
             "SESSION_SIGNING_KEY",
             EnvVarSource {
@@ -226,11 +236,19 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             ..SecurityContext::default()
         }),
         // The root filesystem is read-only; scratch space lives on an emptyDir.
-        volume_mounts: Some(vec![VolumeMount {
-            name: "tmp".to_owned(),
-            mount_path: "/tmp".to_owned(),
-            ..VolumeMount::default()
-        }]),
+        volume_mounts: Some(vec![
+            VolumeMount {
+                name: "tmp".to_owned(),
+                mount_path: "/tmp".to_owned(),
+                ..VolumeMount::default()
+            },
+            VolumeMount {
+                name: SIGNING_KEYS_VOLUME.to_owned(),
+                mount_path: SIGNING_KEYS_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
+        ]),
         ..Container::default()
     };
     let pod_spec = PodSpec {
@@ -255,11 +273,22 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             }),
             ..PodSecurityContext::default()
         }),
-        volumes: Some(vec![Volume {
-            name: "tmp".to_owned(),
-            empty_dir: Some(EmptyDirVolumeSource::default()),
-            ..Volume::default()
-        }]),
+        volumes: Some(vec![
+            Volume {
+                name: "tmp".to_owned(),
+                empty_dir: Some(EmptyDirVolumeSource::default()),
+                ..Volume::default()
+            },
+            Volume {
+                name: SIGNING_KEYS_VOLUME.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(signing_secret_name(name)),
+                    optional: Some(false),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+        ]),
         ..PodSpec::default()
     };
     let bytes = serde_json::to_vec(&pod_spec).map_err(|source| Error::Serialize {
