@@ -65,9 +65,22 @@ pub enum PullPolicy {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderWorker {
-    /// Container image of the worker; a backend may override it in `spec.workers.image`.
+    /// Container image of the worker; a backend may override it in `spec.workers.image` only
+    /// when `allowImageOverride` is true.
     #[schemars(length(min = 1, max = 1024))]
     pub image: String,
+    /// Whether a backend may run its own image (`spec.workers.image`) instead of `image`. Off
+    /// by default: the provider's author chooses the code that runs with the backends'
+    /// provider credentials. A backend that sets an image on a provider that does not allow it
+    /// is not Accepted (reason `ImageOverrideNotAllowed`).
+    #[serde(default)]
+    pub allow_image_override: bool,
+    /// Whether a backend may run its workers with host networking, which
+    /// `spec.workers.network.advertise: NodeIP` needs (the pod shares the node's network
+    /// namespace). Off by default; a backend asking for it on a provider that does not allow
+    /// it is not Accepted (reason `HostNetworkNotAllowed`).
+    #[serde(default)]
+    pub allow_host_network: bool,
     /// Image pull policy (Kubernetes default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,

@@ -6,7 +6,7 @@
 //! (schema and CEL), so they never reach here.
 
 use voice_crds::{
-    PipelineType, ProviderStages, StageProvider, VoiceBackendSpec, VoiceProvider,
+    AdvertiseMode, PipelineType, ProviderStages, StageProvider, VoiceBackendSpec, VoiceProvider,
     conditions::ACCEPTED,
 };
 
@@ -28,6 +28,11 @@ pub enum Rejection {
     StageNotSupported,
     /// `pipeline.latencyTarget` is below the provider's `capabilities.minLatency`.
     LatencyTargetBelowProviderMinimum,
+    /// `workers.image` is set on a provider without `worker.allowImageOverride`.
+    ImageOverrideNotAllowed,
+    /// `workers.network.advertise: NodeIP` (host networking) on a provider without
+    /// `worker.allowHostNetwork`.
+    HostNetworkNotAllowed,
 }
 
 impl Rejection {
@@ -41,6 +46,8 @@ impl Rejection {
             Rejection::InvalidProviderConfig => "InvalidProviderConfig",
             Rejection::StageNotSupported => "StageNotSupported",
             Rejection::LatencyTargetBelowProviderMinimum => "LatencyTargetBelowProviderMinimum",
+            Rejection::ImageOverrideNotAllowed => "ImageOverrideNotAllowed",
+            Rejection::HostNetworkNotAllowed => "HostNetworkNotAllowed",
         }
     }
 }
@@ -150,6 +157,28 @@ pub fn check(spec: &VoiceBackendSpec, provider: Option<&VoiceProvider>) -> Accep
             format!(
                 "spec.pipeline.latencyTarget: {} is below VoiceProvider {:?} capabilities.minLatency {}; raise latencyTarget to at least {}",
                 spec.pipeline.latency_target, spec.provider, min, min
+            ),
+        );
+    }
+    if let Some(image) = &spec.workers.image
+        && !provider.spec.worker.allow_image_override
+    {
+        return reject(
+            Rejection::ImageOverrideNotAllowed,
+            format!(
+                "spec.workers.image: {image:?} replaces the worker image, and VoiceProvider {:?} does not allow that (spec.worker.allowImageOverride is false); remove spec.workers.image to run {:?}, or have the provider's owner set allowImageOverride: true",
+                spec.provider, provider.spec.worker.image
+            ),
+        );
+    }
+    if spec.workers.network.advertise == AdvertiseMode::NodeIP
+        && !provider.spec.worker.allow_host_network
+    {
+        return reject(
+            Rejection::HostNetworkNotAllowed,
+            format!(
+                "spec.workers.network.advertise: NodeIP runs the workers with host networking, and VoiceProvider {:?} does not allow that (spec.worker.allowHostNetwork is false); use advertise PodIP or Explicit (with a TURN server or a NAT address), or have the provider's owner set allowHostNetwork: true",
+                spec.provider
             ),
         );
     }

@@ -27,14 +27,18 @@ use voice_crds::{SessionPhase, SessionWorker, VoiceBackend, VoiceProvider, Voice
 
 use crate::admission::{self, BackendView, PendingSession};
 use crate::context::Context;
+use crate::event_source::{Roster, WorkerRef};
+use crate::heartbeat::Heartbeats;
 use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
 use crate::placement::WorkerView;
-use crate::pod_template::{self, SIGNING_KEY_KEY};
+use crate::pod_template;
 use crate::session_admit::{self, Admission, Outcome};
 use crate::session_counts::BackendSessions;
 use crate::session_lifecycle::{Lifecycle, reason};
-use crate::session_live::{Ended, WorkerAddrs};
+use crate::session_live::Ended;
 use crate::session_timeouts::{self, Clocks, Expired};
+use crate::signing_keys;
+use voice_proto::token::KeySet;
 
 /// Admissions running at once: enough to hide API and gRPC latency, few enough to keep the
 /// API server's write rate sane during a burst.
@@ -47,6 +51,8 @@ const WAITING_WRITE_INTERVAL: Duration = Duration::from_secs(2);
 const COUNTS_WRITE_INTERVAL: Duration = Duration::from_secs(1);
 /// How often workers are asked for reservations the API does not know about.
 const REPAIR_INTERVAL: Duration = Duration::from_secs(30);
+/// The allocator's name in `/healthz`.
+const HEARTBEAT: &str = "allocator";
 /// Bound on the gRPC calls made outside admissions.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -68,7 +74,8 @@ struct Allocator {
     counts_written: HashMap<String, (i32, i32)>,
     counts_at: Option<Instant>,
     repair_at: Instant,
-    signing_keys: SigningKeys,
+    /// The backends' signing-key Secrets, watched.
+    secrets: Store<Secret>,
     outcomes: mpsc::Sender<(SessionKey, Outcome)>,
     admissions: Arc<Semaphore>,
     /// Sessions the repair pass found Active in the ledger but not held by their worker.
@@ -77,26 +84,31 @@ struct Allocator {
     metric_providers: HashSet<String>,
     /// Label pairs of `voice_sessions_waiting` set non-zero last time.
     waiting_labels: HashSet<(String, &'static str)>,
-    addrs: watch::Sender<WorkerAddrs>,
+    /// Where the workers the live-state writer follows, and whom each speaks for, are published.
+    roster: watch::Sender<Roster>,
 }
 
 /// Runs the allocator until `cancel` fires. `ended` carries sessions the workers ended;
-/// `addrs` is where the allocator publishes the workers the live-state writer follows.
+/// `roster` is where the allocator publishes the workers the live-state writer follows and
+/// the sessions each of them may report on.
 pub async fn run(
     ctx: Arc<Context>,
     cancel: CancellationToken,
     mut ended: mpsc::Receiver<Ended>,
-    addrs: watch::Sender<WorkerAddrs>,
+    roster: watch::Sender<Roster>,
+    heartbeats: Heartbeats,
 ) {
     let wake = Arc::new(Notify::new());
     let client = ctx.client.clone();
-    let (sessions, backends, pods) = match &ctx.scope.namespace {
+    let (sessions, backends, pods, secrets) = match &ctx.scope.namespace {
         Some(ns) => (
             Api::<VoiceSession>::namespaced(client.clone(), ns),
             Api::<VoiceBackend>::namespaced(client.clone(), ns),
             Api::<Pod>::namespaced(client.clone(), ns),
+            Api::<Secret>::namespaced(client.clone(), ns),
         ),
         None => (
+            Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
             Api::all(client.clone()),
@@ -112,11 +124,18 @@ pub async fn run(
     let backends = reflect(backends, watcher::Config::default(), &wake, &cancel);
     let providers = reflect(Api::all(client), provider_config, &wake, &cancel);
     let pods = reflect(pods, pod_config, &wake, &cancel);
+    let secret_config = watcher::Config::default().labels(&format!(
+        "{}={}",
+        signing_keys::SECRET_LABEL.0,
+        signing_keys::SECRET_LABEL.1
+    ));
+    let secrets = reflect(secrets, secret_config, &wake, &cancel);
     for ready in [
         sessions.wait_until_ready().await.is_ok(),
         backends.wait_until_ready().await.is_ok(),
         providers.wait_until_ready().await.is_ok(),
         pods.wait_until_ready().await.is_ok(),
+        secrets.wait_until_ready().await.is_ok(),
     ] {
         if !ready {
             return;
@@ -139,19 +158,22 @@ pub async fn run(
         counts_at: None,
         // Soon after a start: events the workers sent while no operator listened are lost.
         repair_at: Instant::now() + Duration::from_secs(5),
-        signing_keys: SigningKeys::default(),
+        secrets,
         outcomes,
         admissions: Arc::new(Semaphore::new(MAX_ADMISSIONS_IN_FLIGHT)),
         waiting_labels: HashSet::new(),
         metric_providers: HashSet::new(),
         repairs,
-        addrs,
+        roster,
     };
     a.rebuild();
     tracing::info!(held = a.ledger.len(), "session ledger rebuilt from the API");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_round = Instant::now();
     loop {
+        // Once per turn (at least every second, from the tick): a round that never returns
+        // stops the beat and fails /healthz.
+        heartbeats.beat(HEARTBEAT);
         let mut clocks_due = false;
         tokio::select! {
             () = cancel.cancelled() => return,
@@ -291,7 +313,7 @@ impl Allocator {
             .collect();
         self.forget_deleted(&sessions);
         let backends = self.backend_views();
-        self.publish_addrs(&backends);
+        self.publish_roster(&backends);
         self.handle_lost_workers(&sessions, &backends, now).await;
         if clocks_due {
             self.handle_clocks(&sessions, now).await;
@@ -434,19 +456,48 @@ impl Allocator {
         views
     }
 
-    fn publish_addrs(
+    /// Publishes every worker's address and the sessions each may report on: the ledger's
+    /// holder, or for a session no longer held, the worker its status names.
+    fn publish_roster(
         &self,
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
     ) {
-        let addrs: WorkerAddrs = backends
-            .values()
-            .flat_map(|(_, ips)| ips.values().cloned())
+        let workers: BTreeMap<String, WorkerRef> = backends
+            .iter()
+            .flat_map(|(backend, (_, ips))| {
+                ips.iter().map(|(pod, ip)| {
+                    let worker = WorkerRef {
+                        namespace: backend.namespace.clone(),
+                        pod: pod.clone(),
+                    };
+                    (ip.clone(), worker)
+                })
+            })
             .collect();
-        self.addrs.send_if_modified(|current| {
-            if *current == addrs {
+        let id = |k: &SessionKey| (format!("{}/{}", k.namespace, k.name), k.uid.clone());
+        let mut holders: HashMap<(String, String), WorkerRef> = self
+            .lifecycle
+            .iter()
+            .filter_map(|(k, l)| {
+                let pod = l.worker.as_ref()?.pod.clone();
+                let namespace = k.namespace.clone();
+                Some((id(k), WorkerRef { namespace, pod }))
+            })
+            .collect();
+        // The ledger wins: it moves first when a session is placed on a worker.
+        holders.extend(self.ledger.iter().map(|(k, slot)| {
+            let worker = WorkerRef {
+                namespace: slot.backend.namespace.clone(),
+                pod: slot.worker.clone(),
+            };
+            (id(k), worker)
+        }));
+        let roster = Roster { workers, holders };
+        self.roster.send_if_modified(|current| {
+            if *current == roster {
                 false
             } else {
-                *current = addrs;
+                *current = roster;
                 true
             }
         });
@@ -649,9 +700,12 @@ impl Allocator {
         self.write(session, key, next).await;
     }
 
-    /// A worker reported that a session ended (client hang-up, drain deadline, ...).
+    /// A worker reported that a session ended (client hang-up, drain deadline, ...). Only the
+    /// worker holding the session in the ledger may end it; the live writer checked that
+    /// against the published roster, and it is checked again here against the ledger itself,
+    /// which may have moved since.
     async fn worker_ended(&mut self, end: Ended) {
-        let Some((key, _)) = self
+        let Some((key, slot)) = self
             .ledger
             .iter()
             .find(|(k, _)| {
@@ -661,6 +715,15 @@ impl Allocator {
         else {
             return;
         };
+        if slot.worker != end.worker.pod || key.namespace != end.worker.namespace {
+            self.ctx
+                .metrics
+                .session_events_dropped
+                .with_label_values(&[crate::event_source::DropReason::OtherWorker.as_str()])
+                .inc();
+            tracing::warn!(session = %end.session_id, worker = %end.worker.pod, holder = %slot.worker, "a worker that does not hold the session reported its end; ignored");
+            return;
+        }
         if self.in_flight.contains(&key) {
             return;
         }
@@ -792,6 +855,9 @@ impl Allocator {
             self.ledger.hold(key.clone(), slot);
             self.start(session.clone(), key, worker, false);
         }
+        // The new holders must be known before their workers can report: a client connects
+        // only after the admission wrote its token, but the waiting writes below may be slow.
+        self.publish_roster(backends);
         for waiting in plan.waiting {
             let Some(session) = sessions.get(&waiting.key) else {
                 continue;
@@ -853,22 +919,22 @@ impl Allocator {
         let ctx = self.ctx.clone();
         let outcomes = self.outcomes.clone();
         let permits = self.admissions.clone();
-        let keys = self.signing_keys.clone();
+        let keys = backend_keys(&self.secrets, &backend);
         self.in_flight.insert(key.clone());
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
                 return;
             };
             let started = Instant::now();
-            let outcome = match signing_key(&ctx, &backend, &keys).await {
-                Ok(signing_key) => {
+            let outcome = match keys {
+                Ok(signing_keys) => {
                     let admission = Admission {
                         session: (*session).clone(),
                         backend: (*backend).clone(),
                         lifecycle,
                         worker,
                         resume,
-                        signing_key,
+                        signing_keys,
                     };
                     session_admit::admit(&ctx, admission).await
                 }
@@ -1243,40 +1309,23 @@ fn waiting_message(blocked: admission::Blocked, backend: &str) -> String {
     }
 }
 
-/// Backends' signing keys by backend uid: the Secret is written once per backend and never
-/// rotated, so one read per backend is enough.
-type SigningKeys = Arc<std::sync::Mutex<HashMap<String, Vec<u8>>>>;
-
-/// The backend's signing key from its Secret (cached).
-async fn signing_key(
-    ctx: &Context,
-    backend: &VoiceBackend,
-    keys: &SigningKeys,
-) -> Result<Vec<u8>, String> {
-    let uid = backend.uid().unwrap_or_default();
-    let cached = keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .get(&uid)
-        .cloned();
-    if let Some(key) = cached {
-        return Ok(key);
-    }
-    let api: Api<Secret> =
-        Api::namespaced(ctx.client.clone(), &backend.namespace().unwrap_or_default());
+/// The backend's signing keys, from the watched signing-key Secrets (a rotation is seen as
+/// soon as the watch delivers it; nothing is cached beyond the watch).
+fn backend_keys(secrets: &Store<Secret>, backend: &VoiceBackend) -> Result<KeySet, String> {
+    let namespace = backend.namespace().unwrap_or_default();
     let name = pod_template::signing_secret_name(&backend.name_any());
-    let secret = api
-        .get(&name)
-        .await
-        .map_err(|e| format!("reading Secret {name}: {e}"))?;
-    let key = secret
-        .data
-        .and_then(|mut d| d.remove(SIGNING_KEY_KEY))
-        .map(|b| b.0)
-        .filter(|k| !k.is_empty())
-        .ok_or_else(|| format!("Secret {name} has no {SIGNING_KEY_KEY}"))?;
-    keys.lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(uid, key.clone());
-    Ok(key)
+    let secret = secrets
+        .get(&reflector::ObjectRef::new(&name).within(&namespace))
+        .ok_or_else(|| format!("Secret {namespace}/{name} is not written yet"))?;
+    // Another backend's Secret of the same name is not ours to sign with.
+    let owned = secret
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == backend.metadata.uid.as_ref());
+    if !owned {
+        return Err(format!(
+            "Secret {namespace}/{name} is not owned by the backend"
+        ));
+    }
+    signing_keys::key_set_of(&secret).map_err(|e| format!("Secret {namespace}/{name}: {e}"))
 }

@@ -5,7 +5,6 @@
 use std::collections::BTreeMap;
 use std::time::SystemTime;
 
-use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
     NetworkPolicy, NetworkPolicyIngressRule, NetworkPolicyPeer, NetworkPolicyPort,
@@ -19,7 +18,8 @@ use voice_crds::VoiceBackend;
 
 use crate::control_ca::ControlCa;
 use crate::error::{Error, Result};
-use crate::pod_template::{self, GRPC_PORT, HTTP_PORT, SIGNING_KEY_KEY};
+use crate::pod_template::{self, GRPC_PORT, HTTP_PORT};
+use crate::signing_keys;
 
 /// Field manager for the children the backend controller applies.
 const FIELD_MANAGER: &str = "voice-operator/backend";
@@ -94,36 +94,83 @@ pub async fn ensure_service(api: &Api<Service>, backend: &VoiceBackend) -> Resul
     Ok(())
 }
 
-/// The Secret `<backend>-session-signing-key`: created once with 32 random bytes (as 64 hex
-/// characters, so it can travel as an environment variable) and never rotated here, because
-/// rotating it would invalidate every join token already handed out.
+/// The Secret `<backend>-session-signing-key` with the backend's join-token keys: created with
+/// one key, rotated when the backend's `voicebackends.dev/rotate-signing-key` annotation takes
+/// a new value, retired keys pruned after the longest token lifetime (see
+/// [`crate::signing_keys`]). Written only when that changes something, with the read
+/// `resourceVersion`, so two writers cannot both rotate.
 pub async fn ensure_signing_secret(api: &Api<Secret>, backend: &VoiceBackend) -> Result<()> {
     let name = pod_template::signing_secret_name(&backend.name_any());
-    if api
+    let existing = api
         .get_opt(&name)
         .await
-        .map_err(Error::kube("get secret"))?
-        .is_some()
-    {
-        return Ok(());
+        .map_err(Error::kube("get secret"))?;
+    let now = u64::try_from(k8s_openapi::jiff::Timestamp::now().as_second()).unwrap_or(0);
+    let requested = backend.annotations().get(signing_keys::ROTATE_ANNOTATION);
+    let labelled = existing.as_ref().is_some_and(|s| {
+        s.labels()
+            .get(signing_keys::SECRET_LABEL.0)
+            .map(String::as_str)
+            == Some(signing_keys::SECRET_LABEL.1)
+    });
+    let desired = signing_keys::desired(
+        existing.as_ref(),
+        requested.map(String::as_str),
+        now,
+        &mut || signing_keys::fresh_key(now),
+    )?;
+    let desired = match (desired, &existing) {
+        (Some(d), _) => d,
+        (None, Some(_)) if labelled => return Ok(()),
+        // Only the label is missing (a Secret of an older operator): add it.
+        (None, Some(secret)) => signing_keys::Desired {
+            keys: signing_keys::key_set_of(secret).map_err(Error::SigningKeys)?,
+            rotated_for: secret
+                .annotations()
+                .get(signing_keys::ROTATED_FOR_ANNOTATION)
+                .cloned(),
+        },
+        (None, None) => return Ok(()),
+    };
+    let mut metadata = owned_meta(backend, name.clone())?;
+    metadata.labels.get_or_insert_with(BTreeMap::new).insert(
+        signing_keys::SECRET_LABEL.0.to_owned(),
+        signing_keys::SECRET_LABEL.1.to_owned(),
+    );
+    if let Some(r) = &desired.rotated_for {
+        metadata.annotations = Some(BTreeMap::from([(
+            signing_keys::ROTATED_FOR_ANNOTATION.to_owned(),
+            r.clone(),
+        )]));
     }
-    let mut key = [0u8; 32];
-    getrandom::fill(&mut key).map_err(Error::Random)?;
-    let hex: String = key.iter().map(|b| format!("{b:02x}")).collect();
-    let secret = Secret {
-        metadata: owned_meta(backend, name)?,
+    let rotating = existing
+        .as_ref()
+        .and_then(|s| signing_keys::key_set_of(s).ok())
+        .is_some_and(|old| old.current != desired.keys.current);
+    let mut secret = Secret {
+        metadata,
         type_: Some("Opaque".to_owned()),
-        data: Some(BTreeMap::from([(
-            SIGNING_KEY_KEY.to_owned(),
-            ByteString(hex.into_bytes()),
-        )])),
+        data: Some(signing_keys::secret_data(&desired.keys)),
         ..Secret::default()
     };
-    match api.create(&PostParams::default(), &secret).await {
-        // Created by an earlier, interrupted reconcile: keep that key.
-        Ok(_) => Ok(()),
+    let written = match existing {
+        None => api.create(&PostParams::default(), &secret).await,
+        Some(old) => {
+            // Optimistic concurrency: a write racing ours makes this one fail with 409.
+            secret.metadata.resource_version = old.metadata.resource_version;
+            api.replace(&name, &PostParams::default(), &secret).await
+        }
+    };
+    match written {
+        Ok(_) => {
+            if rotating {
+                tracing::info!(secret = %name, kid = %desired.keys.current, "signing key rotated; the previous key verifies for the longest token lifetime");
+            }
+            Ok(())
+        }
+        // Written by a racing reconcile: the next reconcile reads and decides again.
         Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
-        Err(e) => Err(Error::kube("create secret")(e)),
+        Err(e) => Err(Error::kube("write secret")(e)),
     }
 }
 

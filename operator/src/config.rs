@@ -47,6 +47,10 @@ pub struct Config {
         value_parser = parse_labels
     )]
     pub operator_pod_labels: std::collections::BTreeMap<String, String>,
+    /// `/healthz` fails when a controller of the leader has not made progress for this many
+    /// seconds (its heartbeat is stale), so Kubernetes restarts it and the standby leads.
+    #[arg(long, env = "HEARTBEAT_TIMEOUT_SECONDS", default_value_t = 60)]
+    pub heartbeat_timeout_seconds: u64,
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,
@@ -75,6 +79,11 @@ impl Config {
     /// Lease duration.
     pub fn lease_duration(&self) -> Duration {
         Duration::from_secs(self.lease_duration_seconds.max(2))
+    }
+
+    /// Age after which a controller's heartbeat is stale.
+    pub fn heartbeat_timeout(&self) -> Duration {
+        Duration::from_secs(self.heartbeat_timeout_seconds.max(1))
     }
 
     /// Lease renew period (kept below the duration).
@@ -111,6 +120,7 @@ mod tests {
         assert_eq!(c.lease_name, "voice-operator");
         assert_eq!(c.lease_duration(), Duration::from_secs(15));
         assert_eq!(c.lease_renew(), Duration::from_secs(5));
+        assert_eq!(c.heartbeat_timeout(), Duration::from_secs(60));
         assert_eq!(
             c.operator_pod_labels
                 .get("app.kubernetes.io/name")

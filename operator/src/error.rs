@@ -33,6 +33,9 @@ pub enum Error {
     /// The control channel's CA cannot issue a certificate.
     #[error(transparent)]
     ControlCa(#[from] crate::control_ca::CaError),
+    /// A backend's signing-key Secret holds no readable key set.
+    #[error("the signing-key Secret: {0}")]
+    SigningKeys(String),
     /// The operating system gave no randomness for a key or a pod name.
     #[error("no randomness from the OS: {0}")]
     Random(getrandom::Error),
@@ -46,6 +49,7 @@ impl Error {
             Error::MissingObjectKey(_) => "MissingObjectKey",
             Error::Finalizer(_) => "FinalizerError",
             Error::Serialize { .. } => "SerializationError",
+            Error::SigningKeys(_) => "SigningKeysUnreadable",
             Error::Random(_) => "RandomnessUnavailable",
             Error::ControlCa(_) => "ControlCaInvalid",
         }

@@ -1,15 +1,20 @@
 //! `voice-operator`: parses flags, wins the leader Lease, then runs the controllers and the
-//! HTTP server until SIGTERM/SIGINT (exit 0) or until the lease is lost (exit 1, so
-//! Kubernetes restarts the process clean).
+//! HTTP server until SIGTERM/SIGINT (exit 0), until the lease is lost, or until any controller
+//! task ends or panics (exit 1 both: Kubernetes restarts the process clean and the standby
+//! leads meanwhile; a leader that renews its Lease with a dead controller would do nothing).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
+use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use voice_operator::backend_children::OperatorPods;
 use voice_operator::config::Config;
 use voice_operator::context::{Context, Scope};
+use voice_operator::heartbeat::{Heartbeats, beating};
+use voice_operator::http::Liveness;
 use voice_operator::leader::{self, LeaseConfig};
 use voice_operator::metrics::Metrics;
 use voice_operator::{
@@ -32,10 +37,16 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("binding {}", config.metrics_addr))?;
     tracing::info!(addr = %listener.local_addr()?, "serving /metrics, /healthz, /readyz");
+    let heartbeats = Heartbeats::default();
+    let liveness = Liveness {
+        heartbeats: heartbeats.clone(),
+        timeout: config.heartbeat_timeout(),
+    };
     let server = tokio::spawn(http::serve(
         listener,
         metrics.clone(),
         synced.clone(),
+        liveness,
         shutdown.clone(),
     ));
 
@@ -94,27 +105,87 @@ async fn main() -> anyhow::Result<()> {
         trust,
         operator_pods,
     );
-    let controllers = tokio::spawn({
-        let (ctx, cancel) = (ctx.clone(), shutdown.clone());
-        async move {
-            let (addrs_tx, addrs_rx) = tokio::sync::watch::channel(Default::default());
-            let (ended_tx, ended_rx) = tokio::sync::mpsc::channel(1024);
-            tokio::join!(
-                provider_controller::run(ctx.clone(), cancel.clone()),
-                backend_controller::run(ctx.clone(), cancel.clone(), synced),
-                allocator::run(ctx.clone(), cancel.clone(), ended_rx, addrs_tx),
-                session_live::run(ctx, cancel, addrs_rx, ended_tx),
-            );
+    let mut controllers = JoinSet::new();
+    let mut names = HashMap::new();
+    let (roster_tx, roster_rx) = tokio::sync::watch::channel(Default::default());
+    let (ended_tx, ended_rx) = tokio::sync::mpsc::channel(1024);
+    let spawned = [
+        (
+            "provider-controller",
+            controllers.spawn(beating(
+                heartbeats.clone(),
+                "provider-controller",
+                provider_controller::run(ctx.clone(), shutdown.clone()),
+            )),
+        ),
+        (
+            "backend-controller",
+            controllers.spawn(beating(
+                heartbeats.clone(),
+                "backend-controller",
+                backend_controller::run(ctx.clone(), shutdown.clone(), synced),
+            )),
+        ),
+        (
+            "allocator",
+            controllers.spawn(allocator::run(
+                ctx.clone(),
+                shutdown.clone(),
+                ended_rx,
+                roster_tx,
+                heartbeats.clone(),
+            )),
+        ),
+        (
+            "session-live",
+            controllers.spawn(session_live::run(
+                ctx,
+                shutdown.clone(),
+                roster_rx,
+                ended_tx,
+                heartbeats,
+            )),
+        ),
+    ];
+    for (name, handle) in spawned {
+        names.insert(handle.id(), name);
+    }
+    let hold = leader::hold(client.clone(), &lease, &fence, &shutdown);
+    let mut hold = std::pin::pin!(hold);
+    let lost = loop {
+        tokio::select! {
+            lost = &mut hold => break lost,
+            Some(done) = controllers.join_next_with_id() => {
+                if shutdown.is_cancelled() {
+                    // Shutting down: controllers end one by one; the lease waits for them.
+                    continue;
+                }
+                // A controller ended or panicked while leading: nothing would do its job,
+                // yet the Lease would stay renewed. Exit so the standby takes over.
+                let (id, why) = match done {
+                    Ok((id, ())) => (id, "ended".to_owned()),
+                    Err(e) if e.is_panic() => (e.id(), "panicked".to_owned()),
+                    Err(e) => (e.id(), format!("was cancelled: {e}")),
+                };
+                let name = names.get(&id).copied().unwrap_or("unknown");
+                tracing::error!(controller = name, "controller {why} while leading; exiting");
+                metrics.leader.set(0);
+                std::process::exit(1);
+            }
         }
-    });
-    let lost = leader::hold(client.clone(), &lease, &fence, &shutdown).await;
+    };
     if let Err(why) = lost {
         // Another instance may already be writing: stop every write now, by exiting.
         tracing::error!(%why, "lost leadership; exiting");
         metrics.leader.set(0);
         std::process::exit(1);
     }
-    let _ = controllers.await;
+    while let Some(done) = controllers.join_next_with_id().await {
+        if let Err(e) = done {
+            let name = names.get(&e.id()).copied().unwrap_or("unknown");
+            tracing::error!(controller = name, error = %e, "controller failed during shutdown");
+        }
+    }
     leader::release(client, &lease).await;
     let _ = server.await;
     tracing::info!("stopped");

@@ -43,6 +43,9 @@ pub struct Metrics {
     pub orphans_released: IntCounter,
     /// `voice_session_live_status_writes_total`: coalesced live-status writes.
     pub live_status_writes: IntCounter,
+    /// `voice_session_events_dropped_total{reason}`: worker events for sessions that worker
+    /// does not hold.
+    pub session_events_dropped: IntCounterVec,
     /// `voice_provider_session_limit{provider}`: `maxConcurrentSessions` (0 = unlimited).
     pub provider_session_limit: IntGaugeVec,
     /// `voice_sessions_waiting{backend,reason}`: pending sessions by what blocks them.
@@ -222,8 +225,17 @@ impl Metrics {
             &["reason"],
         )
         .expect("valid metric");
+        let session_events_dropped = IntCounterVec::new(
+            Opts::new(
+                "voice_session_events_dropped_total",
+                "Session events dropped because the sending worker does not hold the session, by reason.",
+            ),
+            &["reason"],
+        )
+        .expect("valid metric");
         for c in [
             Box::new(session_waits.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(session_events_dropped.clone()),
             Box::new(provider_session_limit.clone()),
             Box::new(sessions_waiting.clone()),
             Box::new(backend_health.clone()),
@@ -273,6 +285,7 @@ impl Metrics {
             sessions_lost,
             orphans_released,
             live_status_writes,
+            session_events_dropped,
             provider_session_limit,
             sessions_waiting,
             backend_health,

@@ -54,6 +54,10 @@ pub const ANNOTATION_DRAINING_SINCE: &str = "voicebackends.dev/draining-since";
 pub const CONTROL_TLS_DIR: &str = "/var/run/voice/control-tls";
 /// Key of the signing key in the backend's signing-key Secret.
 pub const SIGNING_KEY_KEY: &str = "signing-key";
+/// Where the worker container sees its backend's signing-key Secret (read-only).
+pub const SIGNING_KEYS_DIR: &str = "/var/run/voice-operator/signing-keys";
+/// Name of the signing-key Secret's volume in the worker pod.
+const SIGNING_KEYS_VOLUME: &str = "signing-keys";
 /// Extra grace after the drain timeout before the kubelet kills a terminating worker.
 const TERMINATION_GRACE_EXTRA_SECONDS: i64 = 30;
 /// How often the kubelet probes `/readyz`: short, so a new worker takes sessions quickly.
@@ -158,6 +162,12 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         value("BACKEND_NAME", name.to_owned()),
         value("VOICE_PIPELINE", pipeline),
         value("CONTROL_TLS_DIR", CONTROL_TLS_DIR.to_owned()),
+        // The key set, from the mounted Secret: the worker reloads it when the operator rotates
+        // the key. SESSION_SIGNING_KEY (the key current at start) serves until it is readable.
+        value(
+            "SESSION_SIGNING_KEYS_FILE",
+            format!("{SIGNING_KEYS_DIR}/{}", crate::signing_keys::KEYS_FILE_KEY),
+        ),
         from(
             "SESSION_SIGNING_KEY",
             EnvVarSource {
@@ -250,6 +260,12 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
                 read_only: Some(true),
                 ..VolumeMount::default()
             },
+            VolumeMount {
+                name: SIGNING_KEYS_VOLUME.to_owned(),
+                mount_path: SIGNING_KEYS_DIR.to_owned(),
+                read_only: Some(true),
+                ..VolumeMount::default()
+            },
         ]),
         ..Container::default()
     };
@@ -286,6 +302,15 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
                 secret: Some(SecretVolumeSource {
                     secret_name: Some(control_tls_secret_name(name)),
                     default_mode: Some(0o440),
+                    optional: Some(false),
+                    ..SecretVolumeSource::default()
+                }),
+                ..Volume::default()
+            },
+            Volume {
+                name: SIGNING_KEYS_VOLUME.to_owned(),
+                secret: Some(SecretVolumeSource {
+                    secret_name: Some(signing_secret_name(name)),
                     optional: Some(false),
                     ..SecretVolumeSource::default()
                 }),

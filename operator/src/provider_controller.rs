@@ -52,6 +52,7 @@ pub fn check_config_schema(schema: Option<&serde_json::Value>) -> Result<(), Str
 #[tracing::instrument(skip(provider, ctx), fields(provider = %provider.name_any()))]
 pub async fn reconcile(provider: Arc<VoiceProvider>, ctx: Arc<Context>) -> Result<Action> {
     let _timer = ctx.metrics.reconcile_timer("provider");
+    crate::fault_injection::panic_if_asked("provider-controller", provider.annotations());
     let name = provider.name_any();
     let generation = provider.metadata.generation;
     let outcome = check_config_schema(provider.spec.config_schema.as_ref());

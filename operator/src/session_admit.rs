@@ -18,19 +18,18 @@ use voice_crds::{SessionEndpoint, SessionWorker, Transport, VoiceBackend, VoiceS
 use voice_proto::session_config::{
     self, AgentFlags, Conversation, SessionConfig, Speaker, Utterance,
 };
-use voice_proto::token::{self, JoinClaims};
+use voice_proto::token::{self, JoinClaims, KeySet};
 use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest};
 
 use crate::context::Context;
 use crate::pod_template::HTTP_PORT;
 use crate::session_lifecycle::Lifecycle;
+use crate::signing_keys::MAX_TOKEN_LIFETIME;
 
 /// Field manager of the allocator's session status and token Secrets.
 pub const FIELD_MANAGER: &str = "voice-operator/session";
 /// Key of the join token in the token Secret.
 pub const TOKEN_KEY: &str = "token";
-/// Longest a join token stays valid when the session sets no `maxDuration`.
-const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// Bound on each gRPC call of an admission.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -70,8 +69,8 @@ pub struct Admission {
     pub worker: SessionWorker,
     /// Whether the intent is already recorded (resuming a half-done admission).
     pub resume: bool,
-    /// The backend's signing key (the hex string's bytes, as the worker reads its env).
-    pub signing_key: Vec<u8>,
+    /// The backend's signing keys; the current one signs the join token.
+    pub signing_keys: KeySet,
 }
 
 /// Runs the admission's remaining steps (one `admit` span, the root of its own trace).
@@ -134,13 +133,7 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
 
     let endpoint = endpoint(&a.session, &a.backend, &ip);
     let now = Timestamp::now();
-    let lifetime = a
-        .session
-        .spec
-        .max_duration
-        .map(Duration::from)
-        .unwrap_or(DEFAULT_TOKEN_LIFETIME)
-        .max(DEFAULT_TOKEN_LIFETIME);
+    let lifetime = token_lifetime(a.session.spec.max_duration.map(Duration::from));
     let iat = u64::try_from(now.as_second()).unwrap_or(0);
     let claims = JoinClaims {
         sub: format!("{ns}/{name}"),
@@ -149,7 +142,7 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
         iat,
         exp: iat + lifetime.as_secs(),
     };
-    let join_token = token::mint(&a.signing_key, &claims);
+    let join_token = token::mint_current(&a.signing_keys, &claims);
     if !ctx.fence.is_open() {
         return retry(&applied, "not leading".into());
     }
@@ -165,6 +158,13 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
         Ok(()) => Outcome::Admitted(active),
         Err(e) => retry(&applied, format!("marking the session Active: {e}")),
     }
+}
+
+/// How long a join token lives: the session's `maxDuration` when it has one, and never more
+/// than [`MAX_TOKEN_LIFETIME`] (which is also how long a rotated-out key keeps verifying, so
+/// the two must stay one constant).
+pub fn token_lifetime(max_duration: Option<Duration>) -> Duration {
+    max_duration.map_or(MAX_TOKEN_LIFETIME, |d| d.min(MAX_TOKEN_LIFETIME))
 }
 
 /// Applies the allocator's lifecycle fields to the session's status.
@@ -313,4 +313,22 @@ async fn apply_token_secret(
     )
     .await
     .map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_lives_the_shorter_of_the_sessions_max_duration_and_the_cap() {
+        assert_eq!(token_lifetime(None), MAX_TOKEN_LIFETIME);
+        assert_eq!(
+            token_lifetime(Some(Duration::from_secs(300))),
+            Duration::from_secs(300)
+        );
+        assert_eq!(
+            token_lifetime(Some(Duration::from_secs(8 * 3600))),
+            MAX_TOKEN_LIFETIME
+        );
+    }
 }

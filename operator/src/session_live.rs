@@ -7,6 +7,10 @@
 //! only move `lastActivity`, at most every [`PING_WRITE_INTERVAL`]), so a chatty call does not
 //! turn the API server into a per-frame bus. "Ended" events go to the allocator, which owns
 //! the lifecycle fields.
+//!
+//! Every event is checked against the allocator's [`Roster`] first: only the worker that holds
+//! a session may speak for it ([`crate::event_source`]). Others are dropped, counted in
+//! `voice_session_events_dropped_total{reason}` and logged once per worker and reason.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +32,8 @@ use voice_proto::worker::v1 as pb;
 use voice_proto::worker::v1::session_event::Event;
 
 use crate::context::Context;
+use crate::event_source::{self, DropReason, Roster, WorkerRef};
+use crate::heartbeat::Heartbeats;
 use crate::ledger::BackendKey;
 
 /// Field manager of the live session status.
@@ -38,15 +44,19 @@ const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 const PING_WRITE_INTERVAL: Duration = Duration::from_secs(15);
 /// Transcript entries kept in status; older ones are trimmed to keep the object small.
 const TRANSCRIPT_KEPT: usize = 50;
+/// The writer's name in `/healthz`.
+const HEARTBEAT: &str = "session-live";
 /// Events buffered between the worker streams and the writer.
 const EVENT_BUFFER: usize = 8192;
 
-/// The worker pod IPs the writer follows, published by the allocator.
-pub type WorkerAddrs = BTreeSet<String>;
+/// Longest turn latency taken from a worker's event (a day): anything longer is a lie.
+const MAX_TURN_LATENCY_MS: f64 = 86_400_000.0;
 
 /// A session a worker ended, for the allocator.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Ended {
+    /// The worker that sent the event (checked against the ledger again by the allocator).
+    pub worker: WorkerRef,
     /// `namespace/name`.
     pub session_id: String,
     /// The session's uid.
@@ -85,21 +95,26 @@ struct Entry {
 pub async fn run(
     ctx: Arc<Context>,
     cancel: CancellationToken,
-    mut addrs: watch::Receiver<WorkerAddrs>,
+    mut roster: watch::Receiver<Roster>,
     ended: mpsc::Sender<Ended>,
+    heartbeats: Heartbeats,
 ) {
-    let (events_tx, mut events) = mpsc::channel::<pb::SessionEvent>(EVENT_BUFFER);
+    let (events_tx, mut events) = mpsc::channel::<(String, pb::SessionEvent)>(EVENT_BUFFER);
+    let mut logged: HashSet<(String, DropReason)> = HashSet::new();
     let mut subscriptions: HashMap<String, CancellationToken> = HashMap::new();
     let mut entries: HashMap<(String, String), Entry> = HashMap::new();
     let mut flush = tokio::time::interval(FLUSH_INTERVAL);
     loop {
+        // Once per turn (at least every FLUSH_INTERVAL): a write that never returns stops it.
+        heartbeats.beat(HEARTBEAT);
         tokio::select! {
             () = cancel.cancelled() => return,
-            changed = addrs.changed() => {
+            changed = roster.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                let wanted = addrs.borrow_and_update().clone();
+                let wanted: BTreeSet<String> =
+                    roster.borrow_and_update().workers.keys().cloned().collect();
                 subscriptions.retain(|ip, token| {
                     let keep = wanted.contains(ip);
                     if !keep {
@@ -115,8 +130,17 @@ pub async fn run(
                     }
                 }
             }
-            Some(event) = events.recv() => {
-                if let Some(end) = absorb(&ctx, &mut entries, event).await {
+            Some((source, event)) = events.recv() => {
+                let checked = event_source::check(&roster.borrow(), &source, &event.session_id, &event.uid)
+                    .cloned();
+                let worker = match checked {
+                    Ok(worker) => worker,
+                    Err(why) => {
+                        drop_event(&ctx, &mut logged, &source, &event, why);
+                        continue;
+                    }
+                };
+                if let Some(end) = absorb(&ctx, &mut entries, event, worker).await {
                     // The live fields' last word (disconnected) lands before the allocator
                     // marks the session Completed, so a finished status is final at once.
                     write_dirty(&ctx, &mut entries).await;
@@ -128,11 +152,35 @@ pub async fn run(
     }
 }
 
-/// Follows one worker's event stream, resubscribing after errors until cancelled.
+/// Counts a dropped event and logs it the first time this worker sends one for this reason.
+fn drop_event(
+    ctx: &Context,
+    logged: &mut HashSet<(String, DropReason)>,
+    source: &str,
+    event: &pb::SessionEvent,
+    why: DropReason,
+) {
+    ctx.metrics
+        .session_events_dropped
+        .with_label_values(&[why.as_str()])
+        .inc();
+    // Bounded by workers × reasons; a hostile worker cannot grow it with session names.
+    if logged.insert((source.to_owned(), why)) {
+        tracing::warn!(
+            worker = %source,
+            session = %event.session_id,
+            reason = why.as_str(),
+            "dropping a session event this worker may not send (logged once per worker and reason)"
+        );
+    }
+}
+
+/// Follows one worker's event stream, resubscribing after errors until cancelled. Events
+/// are tagged with the address they came from, which is what [`event_source::check`] trusts.
 async fn follow(
     ctx: Arc<Context>,
     ip: String,
-    events: mpsc::Sender<pb::SessionEvent>,
+    events: mpsc::Sender<(String, pb::SessionEvent)>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -142,7 +190,7 @@ async fn follow(
                     () = cancel.cancelled() => return,
                     next = stream.message() => match next {
                         Ok(Some(event)) => {
-                            if events.send(event).await.is_err() {
+                            if events.send((ip.clone(), event)).await.is_err() {
                                 return;
                             }
                         }
@@ -171,6 +219,7 @@ async fn absorb(
     ctx: &Context,
     entries: &mut HashMap<(String, String), Entry>,
     event: pb::SessionEvent,
+    worker: WorkerRef,
 ) -> Option<Ended> {
     let id = (event.session_id.clone(), event.uid.clone());
     if !entries.contains_key(&id) {
@@ -297,18 +346,23 @@ async fn absorb(
             live.last_activity = Some(now);
         }
         Event::TurnLatency(t) => {
-            let ms = |v: Option<f64>| v.map(|v| v.round() as i64);
+            // Worker-supplied numbers: NaN, infinities, negatives and absurd values are
+            // refused field by field instead of reaching a conversion that panics.
+            let Some(total_ms) = checked_ms(t.total_ms) else {
+                tracing::debug!(session = %event.session_id, total_ms = t.total_ms, "turn latency out of range; ignored");
+                return None;
+            };
             live.last_turn = Some(TurnLatencyStatus {
-                turn_detect_ms: ms(t.turn_detect_ms),
-                stt_ms: ms(t.stt_ms),
-                agent_first_token_ms: ms(t.agent_first_token_ms),
-                tts_first_audio_ms: ms(t.tts_first_audio_ms),
-                first_packet_ms: ms(t.first_packet_ms),
-                total_ms: t.total_ms.round() as i64,
+                turn_detect_ms: t.turn_detect_ms.and_then(checked_ms),
+                stt_ms: t.stt_ms.and_then(checked_ms),
+                agent_first_token_ms: t.agent_first_token_ms.and_then(checked_ms),
+                tts_first_audio_ms: t.tts_first_audio_ms.and_then(checked_ms),
+                first_packet_ms: t.first_packet_ms.and_then(checked_ms),
+                total_ms,
             });
             ctx.turn_latencies.record(
                 entry.backend.clone(),
-                Duration::from_secs_f64(t.total_ms.max(0.0) / 1000.0),
+                Duration::from_millis(total_ms.unsigned_abs()),
                 Instant::now(),
             );
         }
@@ -333,6 +387,7 @@ async fn absorb(
                 now,
             );
             end = Some(Ended {
+                worker,
                 session_id: event.session_id,
                 uid: event.uid,
                 reason: e.reason,
@@ -428,8 +483,40 @@ async fn write_dirty(ctx: &Context, entries: &mut HashMap<(String, String), Entr
     });
 }
 
+/// Whole milliseconds from a worker's number, when it is one a turn can take:
+/// finite, not negative, at most [`MAX_TURN_LATENCY_MS`].
+fn checked_ms(ms: f64) -> Option<i64> {
+    if !(0.0..=MAX_TURN_LATENCY_MS).contains(&ms) {
+        return None;
+    }
+    // In range, so the cast is exact up to rounding and cannot saturate.
+    Some(ms.round() as i64)
+}
+
 fn ended(live: &Live) -> bool {
     live.conditions
         .iter()
         .any(|c| c.type_ == CONNECTED && c.reason == "SessionEnded")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_latencies_from_a_worker_are_checked_before_use() {
+        assert_eq!(checked_ms(12.4), Some(12));
+        assert_eq!(checked_ms(0.0), Some(0));
+        assert_eq!(checked_ms(MAX_TURN_LATENCY_MS), Some(86_400_000));
+        for hostile in [
+            f64::NAN,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            -1.0,
+            f64::MAX,
+            MAX_TURN_LATENCY_MS + 1.0,
+        ] {
+            assert_eq!(checked_ms(hostile), None, "{hostile}");
+        }
+    }
 }

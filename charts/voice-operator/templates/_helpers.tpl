@@ -52,3 +52,44 @@ app.kubernetes.io/component: operator
 {{- define "voice-operator.workerImage" -}}
 {{- printf "%s:%s" .Values.worker.image.repository (default .Chart.AppVersion .Values.worker.image.tag) }}
 {{- end }}
+
+{{/*
+RBAC rules for the namespaced objects the operator touches: in the ClusterRole when it watches
+every namespace, in a Role of operator.watchNamespace otherwise.
+*/}}
+{{- define "voice-operator.namespacedRules" -}}
+# Backend controller: watches backends, adds/removes its cleanup finalizer (patch), writes
+# status (incl. the scale subresource's fields).
+- apiGroups: [voicebackends.dev]
+  resources: [voicebackends]
+  verbs: [get, list, watch, patch]
+- apiGroups: [voicebackends.dev]
+  resources: [voicebackends/status]
+  verbs: [get, patch]
+# Session allocator: rebuilds its ledger from the sessions (list/watch), admits them
+# (status), deletes finished ones after their TTL, and adds/removes its finalizer (patch).
+- apiGroups: [voicebackends.dev]
+  resources: [voicesessions]
+  verbs: [get, list, watch, patch, delete]
+- apiGroups: [voicebackends.dev]
+  resources: [voicesessions/status]
+  verbs: [get, patch]
+# Worker pods are owned directly (no Deployment): create, mark draining (patch), delete.
+- apiGroups: [""]
+  resources: [pods]
+  verbs: [get, list, watch, create, patch, delete]
+# The headless `<backend>-workers` Service, applied server-side.
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, create, patch]
+# The per-backend signing keys (rotated with update; watched by the allocator, filtered by
+# label) and per-session join tokens (owned, so GC deletes them).
+- apiGroups: [""]
+  resources: [secrets]
+  verbs: [get, list, watch, create, update, patch, delete]
+# Events about backends, sessions and providers (kube-runtime's Recorder creates, then
+# patches a repeated Event's series).
+- apiGroups: [events.k8s.io]
+  resources: [events]
+  verbs: [create, patch]
+{{- end }}

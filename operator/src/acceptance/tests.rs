@@ -233,3 +233,53 @@ fn the_examples_are_accepted() {
         assert!(outcome.is_accepted(), "{file}: {outcome:?}");
     }
 }
+
+#[test]
+fn an_image_override_needs_the_providers_permission() {
+    let spec = backend(json!({"workers": {"image": "registry.example.com/mine:1"}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::ImageOverrideNotAllowed);
+    assert_eq!(outcome.reason(), "ImageOverrideNotAllowed");
+    assert_eq!(
+        msg,
+        "spec.workers.image: \"registry.example.com/mine:1\" replaces the worker image, and VoiceProvider \"builtin\" does not allow that (spec.worker.allowImageOverride is false); remove spec.workers.image to run \"worker:1\", or have the provider's owner set allowImageOverride: true"
+    );
+    let allowing = provider(json!({"worker": {"image": "worker:1", "allowImageOverride": true}}));
+    assert_eq!(check(&spec, Some(&allowing)), Acceptance::Accepted);
+}
+
+#[test]
+fn host_networking_needs_the_providers_permission() {
+    let spec = backend(json!({"workers": {"network": {"advertise": "NodeIP"}}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::HostNetworkNotAllowed);
+    assert_eq!(outcome.reason(), "HostNetworkNotAllowed");
+    assert!(
+        msg.starts_with("spec.workers.network.advertise: NodeIP")
+            && msg.contains("spec.worker.allowHostNetwork is false")
+            && msg.contains("use advertise PodIP or Explicit"),
+        "{msg}"
+    );
+    let allowing = provider(json!({"worker": {"image": "worker:1", "allowHostNetwork": true}}));
+    assert_eq!(check(&spec, Some(&allowing)), Acceptance::Accepted);
+    // The other modes never need it.
+    for advertise in [
+        json!({"advertise": "PodIP"}),
+        json!({"advertise": "Explicit", "address": "203.0.113.7"}),
+    ] {
+        let spec = backend(json!({"workers": {"network": advertise}}));
+        assert_eq!(
+            check(&spec, Some(&provider(json!({})))),
+            Acceptance::Accepted
+        );
+    }
+}
+
+#[test]
+fn the_permissions_are_off_when_a_provider_does_not_mention_them() {
+    let p = provider(json!({}));
+    assert!(!p.spec.worker.allow_image_override);
+    assert!(!p.spec.worker.allow_host_network);
+}

@@ -82,6 +82,30 @@ fn env_carries_ports_capacity_drain_pipeline_and_the_key_by_reference() {
         .and_then(|s| s.secret_key_ref.as_ref())
         .expect("secretKeyRef");
     assert_eq!(key.name, "assistant-session-signing-key");
+    // The key set comes as a file from the mounted Secret, so a rotation reaches the worker.
+    assert_eq!(
+        env["SESSION_SIGNING_KEYS_FILE"].0.as_deref(),
+        Some("/var/run/voice-operator/signing-keys/keys.json")
+    );
+    let mount = t.spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.mount_path == "/var/run/voice-operator/signing-keys")
+        .expect("the signing keys are mounted");
+    assert_eq!(mount.read_only, Some(true));
+    let volume = t
+        .spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == mount.name)
+        .and_then(|v| v.secret.as_ref())
+        .expect("a Secret volume");
+    assert_eq!(
+        volume.secret_name.as_deref(),
+        Some("assistant-session-signing-key")
+    );
     let pipeline: serde_json::Value =
         serde_json::from_str(env["VOICE_PIPELINE"].0.as_deref().expect("pipeline")).expect("json");
     assert_eq!(pipeline["pipeline"]["type"], "STT_TTS");
