@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -31,6 +33,11 @@ pub struct Worker {
 impl Worker {
     /// Starts a worker with `capacity` slots and the test signing key.
     pub fn start(capacity: u32) -> Self {
+        Self::start_with(capacity, &[])
+    }
+
+    /// [`Worker::start`] with extra environment variables (later ones win).
+    pub fn start_with(capacity: u32, env: &[(&str, &str)]) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
         let child = Command::new(env!("CARGO_BIN_EXE_voice-worker"))
             .env("POD_IP", "127.0.0.1")
@@ -45,6 +52,7 @@ impl Worker {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
             )
+            .envs(env.iter().copied())
             .args(["--grpc-port", &grpc_port.to_string()])
             .args(["--http-port", &http_port.to_string()])
             .stdin(Stdio::null())
@@ -278,4 +286,39 @@ pub fn rms(samples: &[i16]) -> f64 {
         return 0.0;
     }
     (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
+}
+
+/// The aiortc release the interop tests were written against.
+pub const AIORTC: &str = "aiortc==1.16.0";
+
+/// Python of the test venv (`~/.cache/voice-operator/venv`) with aiortc, created and
+/// provisioned idempotently (python3-venv and PyPI are needed).
+pub fn aiortc_python() -> std::path::PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let venv = std::path::PathBuf::from(home).join(".cache/voice-operator/venv");
+    let python = venv.join("bin/python");
+    let has_aiortc = |python: &std::path::PathBuf| {
+        Command::new(python)
+            .args(["-c", "import aiortc, av"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_aiortc(&python) {
+        return python;
+    }
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap_or_else(|e| panic!("running python3 -m venv: {e}"));
+        assert!(status.success(), "python3 -m venv failed: install python3-venv");
+    }
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", AIORTC])
+        .status()
+        .unwrap_or_else(|e| panic!("running pip: {e}"));
+    assert!(status.success(), "pip install {AIORTC} failed (PyPI unreachable?)");
+    assert!(has_aiortc(&python), "aiortc installed but does not import");
+    python
 }
