@@ -37,8 +37,19 @@ pub enum AdvertiseMode {
 }
 
 /// A STUN or TURN server handed to clients.
+///
+/// Credentials come either from two Secret keys (`usernameSecretRef` + `credentialSecretRef`,
+/// a long-lived TURN account) or from a shared secret (`authSecretRef`, coturn's
+/// `use-auth-secret` / TURN REST convention): the worker then mints a username
+/// `<expiry>:<namespace>/<session>` and a credential base64(HMAC-SHA1(secret, username)) per
+/// session, valid until the session's join token expires, so no long-lived password reaches
+/// a browser.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.usernameSecretRef) == has(self.credentialSecretRef)").message("iceServers[]: usernameSecretRef and credentialSecretRef go together: set both or neither"),
+    validation = Rule::new("!has(self.authSecretRef) || !has(self.usernameSecretRef)").message("iceServers[]: authSecretRef (time-limited TURN REST credentials) excludes usernameSecretRef/credentialSecretRef (static credentials): set one or the other"),
+)]
 pub struct IceServer {
     /// Server URLs, e.g. `stun:stun.example.com:3478` or `turn:turn.example.com:3478?transport=udp`.
     #[schemars(length(min = 1, max = 8))]
@@ -50,6 +61,10 @@ pub struct IceServer {
     /// Secret key holding the TURN credential.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credential_secret_ref: Option<SecretKeyRef>,
+    /// Secret key holding the TURN server's shared secret (coturn `static-auth-secret`): each
+    /// session gets its own time-limited username and HMAC credential derived from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_secret_ref: Option<SecretKeyRef>,
 }
 
 /// How clients reach a worker's media port.
@@ -71,10 +86,23 @@ pub struct WorkerNetwork {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1024, max = 65535))]
     pub udp_port: Option<i32>,
-    /// STUN/TURN servers handed to clients with each session's endpoint.
+    /// STUN/TURN servers handed to clients: with credentials as WHIP `Link` headers and to the
+    /// demo page, without them in each session's `status.endpoint`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub ice_servers: Vec<IceServer>,
+    /// Web origins (`https://app.example.com`) whose pages may call the WHIP endpoints
+    /// (CORS); none by default, so only same-origin pages (the worker's demo) can.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16), inner(length(max = 256)))]
+    #[x_kube(validation = Rule::new("self.all(o, o.matches('^https?://[^/?#*]+$'))").message("network.allowedOrigins entries must be origins such as https://app.example.com (scheme and host, optional port, no path and no wildcard)"))]
+    pub allowed_origins: Vec<String>,
+    /// Let the worker send ICE checks to loopback, link-local and private addresses that a
+    /// client signals (off by default: a hostile client cannot aim the worker at internal
+    /// hosts). Clients on private networks still connect: their own checks reach the worker,
+    /// which answers the address they came from. Turn on for single-host demos and tests.
+    #[serde(default)]
+    pub allow_private_candidates: bool,
 }
 
 /// The worker pods of a backend.

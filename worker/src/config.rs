@@ -53,15 +53,28 @@ pub struct Config {
     #[arg(long, env = "ADVERTISE_IP", value_name = "ADVERTISE_IP")]
     pub advertise_ip: Option<IpAddr>,
 
-    /// STUN/TURN URLs handed to WebRTC clients as `Link: rel="ice-server"` headers
-    /// (comma-separated), so a client behind a NAT can reach the advertised address.
+    /// STUN/TURN servers handed to WebRTC clients (`Link: rel="ice-server"` headers and the
+    /// demo page), so a client behind a NAT can reach the advertised address: the backend's
+    /// `iceServers` as JSON (the operator sets this, Secret keys by reference), or
+    /// comma-separated URLs without credentials.
+    #[arg(long, env = "ICE_SERVERS", value_name = "ICE_SERVERS", value_parser = parse_ice_servers)]
+    pub ice_servers: Option<IceServerSpecs>,
+
+    /// Web origins whose pages may call the WHIP endpoints (CORS), comma-separated, e.g.
+    /// `https://app.example.com`. None by default: only same-origin pages can.
     #[arg(
         long,
-        env = "ICE_SERVERS",
-        value_name = "ICE_SERVERS",
-        value_delimiter = ','
+        env = "ALLOWED_ORIGINS",
+        value_name = "ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        value_parser = parse_origin
     )]
-    pub ice_servers: Vec<String>,
+    pub allowed_origins: Vec<String>,
+
+    /// Check loopback, private and link-local ICE candidates that clients signal (off by
+    /// default; see `transport::candidate_policy`).
+    #[arg(long, env = "ALLOW_PRIVATE_CANDIDATES", value_name = "ALLOW_PRIVATE_CANDIDATES")]
+    pub allow_private_candidates: bool,
 
     /// Key that signs session join tokens (the operator mounts it from a Secret).
     /// Without it every offer and upgrade is refused with 503.
@@ -278,6 +291,66 @@ impl Config {
     }
 }
 
+/// The backend's ICE servers as the operator passes them (`spec.workers.network.iceServers`).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct IceServerSpecs(pub Vec<voice_crds::IceServer>);
+
+/// Reads `ICE_SERVERS`: a JSON array of the spec's entries, or comma-separated URLs.
+fn parse_ice_servers(raw: &str) -> Result<IceServerSpecs, String> {
+    let raw = raw.trim();
+    if raw.starts_with('[') {
+        return serde_json::from_str(raw)
+            .map(IceServerSpecs)
+            .map_err(|e| format!("ICE_SERVERS is not a JSON list of ICE servers: {e}"));
+    }
+    let urls: Vec<String> = raw
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if let Some(bad) = urls.iter().find(|u| {
+        !["stun:", "stuns:", "turn:", "turns:"]
+            .iter()
+            .any(|scheme| u.starts_with(scheme))
+    }) {
+        return Err(format!(
+            "ICE_SERVERS entry {bad:?} must start with stun:, stuns:, turn: or turns:"
+        ));
+    }
+    Ok(IceServerSpecs(
+        urls.into_iter()
+            .map(|url| voice_crds::IceServer {
+                urls: vec![url],
+                username_secret_ref: None,
+                credential_secret_ref: None,
+                auth_secret_ref: None,
+            })
+            .collect(),
+    ))
+}
+
+/// Checks that an `ALLOWED_ORIGINS` entry is an origin: scheme, host, optional port.
+fn parse_origin(raw: &str) -> Result<String, String> {
+    let origin = raw.trim();
+    let host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    match host {
+        Some(host)
+            if !host.is_empty()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c)) =>
+        {
+            Ok(origin.to_owned())
+        }
+        _ => Err(format!(
+            "ALLOWED_ORIGINS entry {origin:?} is not an origin such as https://app.example.com (scheme and host, optional port, nothing after)"
+        )),
+    }
+}
+
 /// Checks that `VOICE_PIPELINE` holds JSON, naming the variable in the error.
 fn parse_pipeline(raw: &str) -> Result<serde_json::Value, String> {
     serde_json::from_str(raw).map_err(|e| format!("VOICE_PIPELINE is not valid JSON: {e}"))
@@ -367,6 +440,29 @@ mod tests {
         assert!(!config.control_insecure);
         let config = parse(&[]).unwrap_or_else(|e| panic!("{e}"));
         assert!(config.control_tls_dir.is_none() && !config.control_insecure);
+    }
+
+    #[test]
+    fn ice_servers_are_json_from_the_operator_or_urls_by_hand() {
+        let config = parse(&["--ice-servers", r#"[{"urls":["turn:t:3478"],"authSecretRef":{"name":"turn","key":"s"}}]"#])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let specs = config.ice_servers.unwrap_or_default().0;
+        assert_eq!(specs[0].urls, vec!["turn:t:3478".to_owned()]);
+        assert_eq!(specs[0].auth_secret_ref.as_ref().map(|r| r.key.as_str()), Some("s"));
+        let config = parse(&["--ice-servers", "stun:a:3478,stun:b:3478"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.ice_servers.unwrap_or_default().0.len(), 2);
+        let err = parse(&["--ice-servers", "http://x"]).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("ICE_SERVERS"), "{err}");
+    }
+
+    #[test]
+    fn allowed_origins_must_be_origins() {
+        let config = parse(&["--allowed-origins", "https://app.example.com,http://127.0.0.1:3000"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(config.allowed_origins.len(), 2);
+        assert!(!config.allow_private_candidates);
+        let err = parse(&["--allowed-origins", "https://app.example.com/x"]).map(|_| ()).unwrap_err();
+        assert!(err.to_string().contains("ALLOWED_ORIGINS"), "{err}");
     }
 
     #[test]

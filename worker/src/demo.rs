@@ -1,6 +1,8 @@
 //! The demo page (`GET /demo`): a person opens it in a browser, gives a join token (or
 //! follows a link with `?session=ns/name&token=…`), talks into the microphone and hears
-//! the backend answer — through the same WHIP endpoint any client uses. The page and its
+//! the backend answer — through the same WHIP endpoint any client uses. Its peer connection
+//! is built with the session's STUN/TURN servers (`GET …/ice-servers`, credentials minted
+//! for the session); `&relay=1` forces every packet through TURN. The page and its
 //! script are compiled into the binary (no CDN, nothing fetched at run time).
 //!
 //! The script names the offer endpoint by the same template as the router
@@ -80,6 +82,10 @@ mod tests {
         assert_eq!(
             script_constant(SCRIPT, "TRICKLE_CONTENT_TYPE").as_deref(),
             Some(TRICKLE_CONTENT_TYPE)
+        );
+        assert_eq!(
+            script_constant(SCRIPT, "ICE_SERVERS_PATH").as_deref(),
+            Some(crate::ice_endpoint::PATH)
         );
     }
 

@@ -19,6 +19,9 @@ pub enum Error {
     /// The metrics registry could not be built (a programming error).
     #[error("cannot build the metrics registry")]
     Metrics(#[from] prometheus::Error),
+    /// `ICE_SERVERS` names a Secret key the pod does not have, or mixes credential kinds.
+    #[error("the ICE servers cannot be configured")]
+    IceServers(#[from] crate::ice_servers::IceConfigError),
     /// The gRPC server stopped with an error.
     #[error("the gRPC server failed")]
     Grpc(#[source] tonic::transport::Error),
@@ -45,6 +48,7 @@ impl Error {
         match self {
             Error::Bind { .. } => "BindFailed",
             Error::Metrics(_) => "MetricsRegistryFailed",
+            Error::IceServers(_) => "IceServersMisconfigured",
             Error::Grpc(_) => "GrpcServerFailed",
             Error::Http(_) => "HttpServerFailed",
             Error::Task(..) => "ServerTaskFailed",

@@ -45,6 +45,10 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         )
         .with_default_pipeline(config.pipeline.as_ref()),
     );
+    // A TURN Secret the pod lacks is a configuration error: fail at start, naming it.
+    let ice_servers = crate::ice_servers::IceServers::load(
+        &config.ice_servers.clone().unwrap_or_default().0,
+    )?;
     let shutdown = CancellationToken::new();
     let started = Arc::new(AtomicBool::new(false));
     let control_tls = match (&config.control_tls_dir, config.control_insecure) {
@@ -93,7 +97,9 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
             .as_ref()
             .map(|key| key.as_bytes().to_vec()),
         advertised: std::net::SocketAddr::new(config.advertised_ip(), udp_addr.port()),
-        ice_servers: config.ice_servers.clone(),
+        ice_servers,
+        allowed_origins: config.allowed_origins.clone(),
+        allow_private_candidates: config.allow_private_candidates,
         max_offer_bytes: config.max_offer_bytes,
         body_timeout: config.http_request_timeout(),
         connect_timeout: config.connect_timeout(),

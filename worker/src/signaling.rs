@@ -4,7 +4,8 @@
 //!
 //! | request | success | refusals |
 //! |---|---|---|
-//! | `POST /v1/sessions/{namespace}/{name}/offer` (`application/sdp`, bearer token) | `201`, SDP answer, `Location`, `ETag` | 400 401 403 404 409 413 415 503 |
+//! | `POST /v1/sessions/{namespace}/{name}/offer` (`application/sdp`, bearer token) | `201`, SDP answer, `Location`, `ETag`, `Link: rel="ice-server"` per STUN/TURN URL (with credentials) | 400 401 403 404 409 413 415 503 |
+//! | `GET /v1/sessions/{namespace}/{name}/ice-servers` (bearer token) | `200`, `{"iceServers": [RTCIceServer]}` | 401 403 404 503 |
 //! | `PATCH /v1/sessions/{namespace}/{name}/connections/{id}` (`application/trickle-ice-sdpfrag`, bearer token, optional `If-Match`) | `204` | 400 401 403 404 412 413 415 422 |
 //! | `DELETE /v1/sessions/{namespace}/{name}/connections/{id}` (bearer token) | `200` | 401 403 404 |
 //! | `GET /v1/sessions/{namespace}/{name}/ws?rate=16000\|48000` (bearer token, or `Sec-WebSocket-Protocol: voice.v1, token.<jwt>`, or `?token=` as a fallback) | `101` | 400 401 403 404 409 503 |
@@ -14,7 +15,10 @@
 //! the `201` carries the ICE session's strong `ETag`; a `PATCH` whose `If-Match` names
 //! another tag gets `412`. `If-Match` is optional here (RFC 9725 requires the tag only of
 //! sessions that support ICE restarts, which this one does not), and a fragment with new
-//! ICE credentials — an ICE restart — is refused with `422` (see [`trickle`]).
+//! ICE credentials — an ICE restart — is refused with `422` (see [`trickle`]). A connection
+//! signals at most [`MAX_CANDIDATES`] candidates (`400 TooManyCandidates`), and candidates
+//! on internal addresses are not checked unless allowed ([`candidate_policy`]).
+//! Cross-origin calls need the page's origin in `ALLOWED_ORIGINS` ([`crate::cors`]).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +37,7 @@ use voice_proto::token::{self, TokenError};
 use crate::connections::{AlreadyConnected, Connections, Transport};
 use crate::metrics::MediaMetrics;
 use crate::sessions::Sessions;
+use crate::transport::candidate_policy::{self, MAX_CANDIDATES, TooManyCandidates, Verdict};
 use crate::transport::peers::Peers;
 use crate::transport::sdp::{self, OfferError};
 use crate::transport::trickle::{self, FragError};
@@ -66,8 +71,12 @@ pub struct MediaContext {
     pub signing_key: Option<Vec<u8>>,
     /// The address put in ICE candidates (advertised IP, mux port).
     pub advertised: SocketAddr,
-    /// STUN/TURN URLs handed to clients.
-    pub ice_servers: Vec<String>,
+    /// STUN/TURN servers handed to clients, with their credentials.
+    pub ice_servers: crate::ice_servers::IceServers,
+    /// Web origins allowed to call the WHIP endpoints (CORS); empty: same-origin only.
+    pub allowed_origins: Vec<String>,
+    /// Whether the worker may check loopback/private/link-local candidates clients signal.
+    pub allow_private_candidates: bool,
     /// Largest accepted offer body.
     pub max_offer_bytes: usize,
     /// How long a client may take to send a request body.
@@ -122,6 +131,9 @@ pub enum SignalingError {
         "ICE restarts are not supported: the fragment's ice-ufrag/ice-pwd differ from the offer's; post a new offer instead"
     )]
     IceRestartUnsupported,
+    /// More ICE candidates than one connection may signal.
+    #[error(transparent)]
+    TooManyCandidates(#[from] TooManyCandidates),
     /// The peer connection refused a candidate that parsed.
     #[error("the candidate was refused: {0}")]
     CandidateRefused(String),
@@ -170,6 +182,7 @@ impl SignalingError {
             SignalingError::Fragment(e) => e.reason(),
             SignalingError::PreconditionFailed { .. } => "PreconditionFailed",
             SignalingError::IceRestartUnsupported => "IceRestartUnsupported",
+            SignalingError::TooManyCandidates(_) => "TooManyCandidates",
             SignalingError::CandidateRefused(_) => "CandidateRefused",
             SignalingError::TooLarge(_) => "BodyTooLarge",
             SignalingError::BodyTimeout(_) => "BodyTimeout",
@@ -203,6 +216,7 @@ impl SignalingError {
             SignalingError::BadBody(_)
             | SignalingError::Fragment(_)
             | SignalingError::CandidateRefused(_)
+            | SignalingError::TooManyCandidates(_)
             | SignalingError::Offer(_)
             | SignalingError::Negotiation(_)
             | SignalingError::BadParameter(_) => StatusCode::BAD_REQUEST,
@@ -231,16 +245,25 @@ impl IntoResponse for SignalingError {
     }
 }
 
-/// The signaling routes and the demo page, merged into the worker's HTTP router.
+/// The signaling routes and the demo page, merged into the worker's HTTP router. The WHIP
+/// routes answer cross-origin requests from `allowed_origins` only (see [`crate::cors`]).
 pub fn router(ctx: Arc<MediaContext>) -> Router {
-    Router::new()
+    let whip = Router::new()
         .route(OFFER_PATH, post(offer))
         .route(
             CONNECTION_PATH,
             axum::routing::patch(trickle_ice).delete(hang_up),
         )
+        .route(crate::ice_endpoint::PATH, get(crate::ice_endpoint::serve))
+        .with_state(ctx.clone());
+    let whip = match crate::cors::layer(&ctx.allowed_origins) {
+        Some(cors) => whip.layer(cors),
+        None => whip,
+    };
+    Router::new()
         .route(WEBSOCKET_PATH, get(websocket_upgrade))
         .with_state(ctx)
+        .merge(whip)
         .merge(crate::demo::router())
 }
 
@@ -251,6 +274,15 @@ fn authorize(
     session_id: &str,
     token: Option<&str>,
 ) -> Result<String, SignalingError> {
+    authorize_claims(ctx, session_id, token).map(|claims| claims.uid)
+}
+
+/// [`authorize`], returning the token's claims (its expiry bounds TURN credentials).
+pub(crate) fn authorize_claims(
+    ctx: &MediaContext,
+    session_id: &str,
+    token: Option<&str>,
+) -> Result<token::JoinClaims, SignalingError> {
     if ctx.sessions.watch().borrow().draining() {
         return Err(SignalingError::Draining);
     }
@@ -263,8 +295,7 @@ fn authorize(
         .held_uid(session_id)
         .ok_or_else(|| SignalingError::SessionNotFound(session_id.to_owned()))?;
     let token = token.ok_or(SignalingError::MissingToken)?;
-    token::verify(key, token, session_id, &uid, unix_now())?;
-    Ok(uid)
+    Ok(token::verify(key, token, session_id, &uid, unix_now())?)
 }
 
 fn unix_now() -> u64 {
@@ -274,7 +305,7 @@ fn unix_now() -> u64 {
         .unwrap_or_default()
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn bearer(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
     scheme
@@ -316,8 +347,13 @@ async fn answer_offer(
 ) -> Result<Response, SignalingError> {
     require_content_type(headers, "application/sdp")?;
     let offer = read_body(ctx, headers, body).await?;
-    let uid = authorize(ctx, &session_id, bearer(headers))?;
+    let claims = authorize_claims(ctx, &session_id, bearer(headers))?;
+    let uid = claims.uid.clone();
     let info = sdp::check_offer(&offer)?;
+    let offer = candidate_policy::filter_offer(&offer, ctx.allow_private_candidates)?;
+    for reason in &offer.skipped {
+        ctx.metrics.count_dropped(reason);
+    }
     if ctx.connections.len() >= ctx.sessions.snapshot().capacity as usize {
         return Err(SignalingError::Full);
     }
@@ -339,8 +375,9 @@ async fn answer_offer(
     if let Ok(location) = HeaderValue::from_str(&location) {
         headers.insert(header::LOCATION, location);
     }
-    for url in &ctx.ice_servers {
-        if let Ok(link) = HeaderValue::from_str(&format!("<{url}>; rel=\"ice-server\"")) {
+    let servers = ctx.ice_servers.for_session(&session_id, claims.exp);
+    for link in crate::ice_servers::link_headers(&servers) {
+        if let Ok(link) = HeaderValue::from_str(&link) {
             headers.append(header::LINK, link);
         }
     }
@@ -464,7 +501,21 @@ async fn add_trickled(
     if restarts(&fragment.ufrag, remote_ufrag) || restarts(&fragment.pwd, remote_pwd) {
         return Err(SignalingError::IceRestartUnsupported);
     }
+    let signalled = peer
+        .signalled
+        .fetch_add(fragment.candidates.len(), std::sync::atomic::Ordering::AcqRel)
+        + fragment.candidates.len();
+    if signalled > MAX_CANDIDATES {
+        return Err(TooManyCandidates(signalled).into());
+    }
     for candidate in fragment.candidates {
+        if let Verdict::Skip(reason) =
+            candidate_policy::judge(&candidate.candidate, ctx.allow_private_candidates)
+        {
+            ctx.metrics.count_dropped(reason);
+            tracing::debug!(session = %session_id, reason, "trickled candidate not used");
+            continue;
+        }
         let init = webrtc::peer_connection::RTCIceCandidateInit {
             candidate: candidate.candidate,
             sdp_mid: candidate.mid,

@@ -8,6 +8,7 @@
 
 // The same templates as the worker's router (worker/src/signaling.rs); a test checks it.
 const OFFER_PATH = "/v1/sessions/{namespace}/{name}/offer";
+const ICE_SERVERS_PATH = "/v1/sessions/{namespace}/{name}/ice-servers";
 const TRICKLE_CONTENT_TYPE = "application/trickle-ice-sdpfrag";
 
 const demo = (window.voiceDemo = {
@@ -21,6 +22,10 @@ const demo = (window.voiceDemo = {
   maxAudioLevel: 0,
   trickled: 0,
   trickleStatuses: [],
+  iceServerUrls: [],
+  iceTransportPolicy: "all",
+  localCandidateType: null,
+  iceErrors: [],
 });
 
 const $ = (id) => document.getElementById(id);
@@ -44,15 +49,30 @@ function fail(message) {
   logEvent("error: " + message);
 }
 
-function offerUrl(session) {
+function sessionUrl(template, session) {
   const parts = session.trim().split("/");
   if (parts.length !== 2 || !parts[0] || !parts[1]) {
     throw new Error("the session must be namespace/name, not " + JSON.stringify(session));
   }
-  return OFFER_PATH.replace("{namespace}", encodeURIComponent(parts[0])).replace(
+  return template.replace("{namespace}", encodeURIComponent(parts[0])).replace(
     "{name}",
     encodeURIComponent(parts[1]),
   );
+}
+
+function offerUrl(session) {
+  return sessionUrl(OFFER_PATH, session);
+}
+
+// The session's STUN/TURN servers, with credentials minted for this session: they must be
+// known before the offer, because the browser gathers relay candidates only from the
+// servers its peer connection was built with.
+async function fetchIceServers(session, token) {
+  const response = await fetch(sessionUrl(ICE_SERVERS_PATH, session), {
+    headers: { Authorization: "Bearer " + token },
+  });
+  if (response.status !== 200) throw new Error("ICE servers refused: " + (await describe(response)));
+  return (await response.json()).iceServers || [];
 }
 
 // An error body from the worker is JSON {code, message}; say both.
@@ -96,8 +116,12 @@ async function trickle(state) {
 async function connect(session, token) {
   setStatus("asking for the microphone");
   const microphone = await navigator.mediaDevices.getUserMedia({ audio: true, video: false });
-  const pc = new RTCPeerConnection();
-  const state = { pc, token, microphone, location: null, etag: null, pending: [], sending: false };
+  const iceServers = await fetchIceServers(session, token);
+  demo.iceServerUrls = iceServers.flatMap((server) => server.urls);
+  // `?relay=1` sends everything through the TURN server: a check that TURN works.
+  demo.iceTransportPolicy = new URLSearchParams(window.location.search).get("relay") ? "relay" : "all";
+  const pc = new RTCPeerConnection({ iceServers, iceTransportPolicy: demo.iceTransportPolicy });
+  const state = { pc, token, microphone, location: null, etag: null, pending: [], sending: false, gathered: 0 };
   call = state;
   for (const track of microphone.getAudioTracks()) pc.addTrack(track, microphone);
 
@@ -123,11 +147,28 @@ async function connect(session, token) {
     setStatus(pc.connectionState, pc.connectionState === "failed");
     if (["failed", "closed"].includes(pc.connectionState)) stopStats(state);
   };
+  // A STUN/TURN server that refuses (a TURN credential that is wrong or expired: 401).
+  pc.onicecandidateerror = (event) => {
+    const text = event.url + " answered " + event.errorCode + " " + (event.errorText || "");
+    demo.iceErrors.push(text.trim());
+    logEvent("ICE server error: " + text);
+    // Gathering may already have ended empty-handed: name the refusal too.
+    if (state.unreachable) fail("ICE failed: " + text.trim());
+  };
   pc.onicecandidate = (event) => {
     if (event.candidate && event.candidate.candidate) {
+      state.gathered += 1;
       state.pending.push("a=" + event.candidate.candidate);
     } else if (!event.candidate) {
       state.pending.push("a=end-of-candidates");
+      if (state.gathered === 0) {
+        state.unreachable = true;
+        fail(
+          "ICE failed: this browser found no address to reach the worker from" +
+            (demo.iceErrors.length ? " (" + demo.iceErrors.join("; ") + ")" : "") +
+            (demo.iceTransportPolicy === "relay" ? "; relay only was asked, so the TURN server must accept us" : ""),
+        );
+      }
     }
     trickle(state);
   };
@@ -167,6 +208,10 @@ async function readStats(state) {
       demo.maxAudioLevel = Math.max(demo.maxAudioLevel, demo.audioLevel);
     } else if (entry.type === "outbound-rtp" && entry.kind === "audio") {
       demo.outboundBytes = entry.bytesSent || 0;
+    } else if (entry.type === "transport" && entry.selectedCandidatePairId) {
+      const pair = report.get(entry.selectedCandidatePairId);
+      const local = pair && report.get(pair.localCandidateId);
+      if (local) demo.localCandidateType = local.candidateType;
     }
   });
   $("meter").firstElementChild.style.width = Math.min(100, demo.audioLevel * 300) + "%";
@@ -213,6 +258,9 @@ const params = new URLSearchParams(window.location.search);
 if (params.get("session")) $("session").value = params.get("session");
 if (params.get("token")) {
   $("token").value = params.get("token");
-  history.replaceState(null, "", window.location.pathname + (params.get("session") ? "?session=" + params.get("session") : ""));
+  const kept = new URLSearchParams();
+  if (params.get("session")) kept.set("session", params.get("session"));
+  if (params.get("relay")) kept.set("relay", params.get("relay"));
+  history.replaceState(null, "", window.location.pathname + (kept.toString() ? "?" + kept : ""));
   if ($("session").value) $("form").requestSubmit();
 }

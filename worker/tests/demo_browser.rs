@@ -6,14 +6,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use common::browser::Browser;
 use common::{Worker, sine, token};
-use futures::{SinkExt, StreamExt};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio_tungstenite::tungstenite::Message;
 
 #[tokio::test]
 async fn the_demo_page_is_served_and_its_script_offers_where_the_worker_listens() {
@@ -64,232 +60,31 @@ async fn the_demo_page_is_served_and_its_script_offers_where_the_worker_listens(
     );
 }
 
-/// Debian's Chromium, if it is installed (`cargo xtask` installs it with the other
-/// prerequisites); `CHROMIUM` names another binary.
-fn chromium() -> Option<PathBuf> {
-    if let Ok(path) = std::env::var("CHROMIUM") {
-        return Some(PathBuf::from(path));
-    }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser"]
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.exists())
-}
-
-/// Writes `samples` as a mono 48 kHz PCM16 WAV file.
-fn write_wav(path: &Path, samples: &[i16]) {
-    let data_len = u32::try_from(samples.len() * 2).unwrap_or(u32::MAX);
-    let mut wav = Vec::with_capacity(44 + samples.len() * 2);
-    wav.extend_from_slice(b"RIFF");
-    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
-    wav.extend_from_slice(b"WAVEfmt ");
-    wav.extend_from_slice(&16u32.to_le_bytes());
-    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
-    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
-    wav.extend_from_slice(&48_000u32.to_le_bytes());
-    wav.extend_from_slice(&96_000u32.to_le_bytes()); // byte rate
-    wav.extend_from_slice(&2u16.to_le_bytes()); // block align
-    wav.extend_from_slice(&16u16.to_le_bytes());
-    wav.extend_from_slice(b"data");
-    wav.extend_from_slice(&data_len.to_le_bytes());
-    for sample in samples {
-        wav.extend_from_slice(&sample.to_le_bytes());
-    }
-    std::fs::write(path, wav).unwrap_or_else(|e| panic!("writing {}: {e}", path.display()));
-}
-
-/// GET `path` from the DevTools HTTP endpoint on `port`; the body.
-async fn devtools_get(port: u16, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .unwrap_or_else(|e| panic!("connecting to DevTools: {e}"));
-    let request =
-        format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-    // DevTools may keep the connection open: read until the body named by Content-Length.
-    let mut raw = Vec::new();
-    let mut buf = [0u8; 4_096];
-    let read = async {
-        loop {
-            let text = String::from_utf8_lossy(&raw).into_owned();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length = head
-                    .lines()
-                    .filter_map(|l| l.split_once(':'))
-                    .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-                    .and_then(|(_, v)| v.trim().parse::<usize>().ok());
-                if length.is_some_and(|len| body.len() >= len) {
-                    return body.to_owned();
-                }
-            }
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    return text
-                        .split_once("\r\n\r\n")
-                        .map(|(_, b)| b.to_owned())
-                        .unwrap_or_default();
-                }
-                Ok(n) => raw.extend_from_slice(&buf[..n]),
-            }
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(10), read)
-        .await
-        .unwrap_or_else(|_| panic!("DevTools {path} did not answer"))
-}
-
-/// A DevTools protocol session on one page.
-struct Page {
-    socket: tokio_tungstenite::WebSocketStream<
-        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
-    >,
-    next_id: u64,
-}
-
-impl Page {
-    /// Evaluates `expression` in the page; its value, which must be JSON-serialisable.
-    async fn evaluate(&mut self, expression: &str) -> serde_json::Value {
-        self.next_id += 1;
-        let id = self.next_id;
-        let command = serde_json::json!({
-            "id": id,
-            "method": "Runtime.evaluate",
-            "params": { "expression": expression, "returnByValue": true, "awaitPromise": true },
-        });
-        self.socket
-            .send(Message::text(command.to_string()))
-            .await
-            .unwrap_or_else(|e| panic!("DevTools send: {e}"));
-        loop {
-            let message = tokio::time::timeout(Duration::from_secs(10), self.socket.next())
-                .await
-                .unwrap_or_else(|_| panic!("DevTools did not answer {expression}"))
-                .unwrap_or_else(|| panic!("DevTools closed"))
-                .unwrap_or_else(|e| panic!("DevTools: {e}"));
-            let Message::Text(text) = message else {
-                continue;
-            };
-            let reply: serde_json::Value =
-                serde_json::from_str(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
-            if reply["id"] == id {
-                if let Some(thrown) = reply["result"].get("exceptionDetails") {
-                    panic!("{expression} threw: {thrown}");
-                }
-                return reply["result"]["result"]["value"].clone();
-            }
-        }
-    }
-}
-
 #[tokio::test]
 async fn headless_chromium_hears_its_tone_back_through_the_demo_page() {
-    let Some(chromium) = chromium() else {
-        println!(
-            "SKIPPED: no Chromium at /usr/bin/chromium (apt-get install chromium, or set CHROMIUM)"
-        );
-        return;
-    };
     let worker = Worker::start(1);
     worker.reserve("team/browser-1", "uid-b1").await;
     let join = token("team/browser-1", "uid-b1", 600);
-
-    let dir = std::env::temp_dir().join(format!("voice-demo-chromium-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-    let wav = dir.join("tone.wav");
-    // Chromium loops the file, so the microphone plays the tone for the whole call.
-    write_wav(&wav, &sine(1_000.0, 48_000, 2.0));
     let url = format!(
         "http://127.0.0.1:{}/demo?session=team/browser-1&token={join}",
         worker.http_port
     );
-    let mut browser = tokio::process::Command::new(&chromium)
-        .args([
-            "--headless=new",
-            // Root (CI, this container) cannot use the setuid sandbox.
-            "--no-sandbox",
-            "--disable-gpu",
-            "--no-first-run",
-            "--no-default-browser-check",
-            "--use-fake-ui-for-media-stream",
-            "--use-fake-device-for-media-stream",
-            "--autoplay-policy=no-user-gesture-required",
-            // The worker listens on loopback; Chromium leaves loopback out of ICE otherwise.
-            "--allow-loopback-in-peer-connection",
-            "--remote-debugging-port=0",
-            "--remote-debugging-address=127.0.0.1",
-        ])
-        .arg(format!(
-            "--use-file-for-fake-audio-capture={}",
-            wav.display()
-        ))
-        .arg(format!("--user-data-dir={}", dir.join("profile").display()))
-        .arg(&url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", chromium.display()));
-
-    // Chromium says where its DevTools endpoint is on stderr.
-    let stderr = browser.stderr.take().unwrap_or_else(|| panic!("no stderr"));
-    let mut lines = BufReader::new(stderr).lines();
-    let mut log = Vec::new();
-    let port = tokio::time::timeout(Duration::from_secs(30), async {
-        while let Ok(Some(line)) = lines.next_line().await {
-            if let Some(rest) = line.split("ws://127.0.0.1:").nth(1) {
-                return rest.split('/').next().and_then(|p| p.parse::<u16>().ok());
-            }
-            log.push(line);
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten()
-    .unwrap_or_else(|| panic!("Chromium printed no DevTools address:\n{}", log.join("\n")));
-    // Keep draining stderr so Chromium never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-
-    let targets: serde_json::Value =
-        serde_json::from_str(&devtools_get(port, "/json/list").await).unwrap_or_default();
-    let page_ws = targets
-        .as_array()
-        .and_then(|t| t.iter().find(|t| t["type"] == "page"))
-        .and_then(|t| t["webSocketDebuggerUrl"].as_str())
-        .unwrap_or_else(|| panic!("no page target: {targets}"))
-        .to_owned();
-    let (socket, _) = tokio_tungstenite::connect_async(page_ws.as_str())
-        .await
-        .unwrap_or_else(|e| panic!("DevTools websocket: {e}"));
-    let mut page = Page { socket, next_id: 0 };
+    // Chromium loops the file, so the microphone plays the tone for the whole call. The
+    // worker listens on loopback; Chromium leaves loopback out of ICE otherwise.
+    let mut page = Browser::open(
+        &url,
+        &sine(1_000.0, 48_000, 2.0),
+        &["--allow-loopback-in-peer-connection"],
+    )
+    .await;
 
     // The page connects on its own (the link carries session and token); watch what it says.
-    let started = Instant::now();
-    let mut connected_after = None;
-    let state = loop {
-        let value = page
-            .evaluate("JSON.stringify(window.voiceDemo || null)")
-            .await;
-        let state: serde_json::Value =
-            serde_json::from_str(value.as_str().unwrap_or("null")).unwrap_or_default();
-        if connected_after.is_none() && state["connectionState"] == "connected" {
-            connected_after = Some(started.elapsed());
-        }
-        let heard = state["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05
-            && state["inboundBytes"].as_u64().unwrap_or(0) > 10_000;
-        if heard || !state["errors"].as_array().is_none_or(Vec::is_empty) {
-            break state;
-        }
-        if started.elapsed() > Duration::from_secs(40) {
-            break state;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+    let (state, connected_after) = page
+        .watch_demo(Duration::from_secs(40), |state| {
+            state["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05
+                && state["inboundBytes"].as_u64().unwrap_or(0) > 10_000
+        })
+        .await;
     println!("chromium demo: connected after {connected_after:?}; {state}");
     assert!(
         state["errors"].as_array().is_some_and(Vec::is_empty),
@@ -334,8 +129,4 @@ async fn headless_chromium_hears_its_tone_back_through_the_demo_page() {
         .unwrap_or("no trickle PATCH accepted");
     println!("chromium demo: {trickled}");
     assert!(worker.healthy().await);
-
-    let _ = browser.start_kill();
-    let _ = tokio::time::timeout(Duration::from_secs(10), browser.wait()).await;
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,6 +1,7 @@
 //! Trickle ICE over `PATCH` (RFC 9725 §4.3) against the real worker binary: every refusal
-//! has its status and JSON code, and a candidate that is accepted really reaches the ICE
-//! agent — the worker starts connectivity checks towards it.
+//! has its status and JSON code, a candidate that is accepted really reaches the ICE
+//! agent — the worker starts connectivity checks towards it — unless it names a private
+//! address the backend does not allow, and a connection's candidates are capped.
 
 mod common;
 
@@ -66,7 +67,8 @@ fn binding_username(datagram: &[u8]) -> Option<String> {
 
 #[tokio::test]
 async fn trickled_candidates_are_checked_and_every_bad_patch_gets_its_error() {
-    let worker = Worker::start(2);
+    // The test's candidates are on loopback, which the worker checks only when allowed.
+    let worker = Worker::start_with_env(2, &[("ALLOW_PRIVATE_CANDIDATES", "true")]);
     worker.reserve("team/trickle-1", "uid-t1").await;
     worker.reserve("team/trickle-2", "uid-t2").await;
     let bearer = format!("Bearer {}", token("team/trickle-1", "uid-t1", 600));
@@ -296,5 +298,62 @@ async fn trickled_candidates_are_checked_and_every_bad_patch_gets_its_error() {
     ] {
         assert!(metrics.contains(line), "{line} missing:\n{metrics}");
     }
+    assert!(worker.healthy().await);
+}
+
+#[tokio::test]
+async fn private_candidates_get_no_checks_unless_allowed_and_a_flood_is_refused() {
+    let worker = Worker::start(1);
+    worker.reserve("team/private-1", "uid-p1").await;
+    let bearer = format!("Bearer {}", token("team/private-1", "uid-p1", 600));
+    let answered = worker
+        .request(
+            "POST",
+            "/v1/sessions/team/private-1/offer",
+            &[("Content-Type", "application/sdp"), ("Authorization", &bearer)],
+            OFFER.as_bytes(),
+        )
+        .await;
+    assert_eq!(answered.status, 201, "{}", answered.body);
+    let call = Call {
+        worker: &worker,
+        location: answered.header("location").unwrap_or_default().to_owned(),
+        etag: String::new(),
+        bearer,
+    };
+    let client = tokio::net::UdpSocket::bind("127.0.0.1:0")
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let port = client.local_addr().unwrap_or_else(|e| panic!("{e}")).port();
+    let loopback = format!("a=candidate:1 1 udp 2122260223 127.0.0.1 {port} typ host");
+    let accepted = call
+        .patch(&[("Content-Type", SDPFRAG)], &fragment(&[&loopback]))
+        .await;
+    assert_eq!(accepted.status, 204, "a skipped candidate is no error: {}", accepted.body);
+    // The worker checked the same candidate within a second when allowed (test above);
+    // here nothing arrives in five.
+    let mut buf = [0u8; 1_500];
+    let heard = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await;
+    assert!(heard.is_err(), "the worker sent {:?} to a loopback candidate it must not check", heard.map(|r| r.map(|(n, _)| n)));
+    let metrics = worker.metrics().await;
+    assert!(
+        metrics.contains(r#"reason="candidate_private"} 1"#),
+        "the skipped candidate is counted:\n{metrics}"
+    );
+
+    // One connection signals at most 32 candidates, used or skipped (loopback ones here, so
+    // no check leaves this host); the 33rd is refused with a clear 400.
+    let more: Vec<String> = (0..31)
+        .map(|i| format!("a=candidate:{i} 1 udp 2122260223 127.0.0.1 {} typ host", 6000 + i))
+        .collect();
+    let more: Vec<&str> = more.iter().map(String::as_str).collect();
+    let up_to_the_cap = call.patch(&[("Content-Type", SDPFRAG)], &fragment(&more)).await;
+    assert_eq!(up_to_the_cap.status, 204, "{}", up_to_the_cap.body);
+    let one_more = call
+        .patch(&[("Content-Type", SDPFRAG)], &fragment(&[&loopback]))
+        .await;
+    assert_eq!(one_more.status, 400, "{}", one_more.body);
+    assert_eq!(one_more.code(), "TooManyCandidates");
+    assert!(one_more.body.contains("at most 32"), "{}", one_more.body);
     assert!(worker.healthy().await);
 }

@@ -1,6 +1,7 @@
 //! The media transports: WebRTC (one UDP port for all peers through [`udp_mux`]) and
 //! WebSocket PCM.
 
+pub mod candidate_policy;
 pub mod mux_runtime;
 pub mod peer;
 pub mod peers;

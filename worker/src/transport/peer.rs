@@ -27,6 +27,7 @@ use webrtc::peer_connection::{
     Registry, SettingEngineBuilder, register_default_interceptors,
 };
 
+use super::candidate_policy::FilteredOffer;
 use super::mux_runtime::MuxRuntime;
 use super::peers::{Listed, LivePeer};
 use super::rtcp_reports;
@@ -118,9 +119,14 @@ pub struct Answered {
 pub async fn answer(
     ctx: Arc<MediaContext>,
     claim: Claim,
-    offer: String,
+    offer: FilteredOffer,
     info: OfferInfo,
 ) -> Result<Answered, SignalingError> {
+    let FilteredOffer {
+        sdp: offer,
+        signalled,
+        ..
+    } = offer;
     let remote_credentials = ice_credentials(&offer);
     let ufrag = random_id(16);
     let runtime = Arc::new(MuxRuntime::new(ctx.mux.clone(), ufrag.clone()));
@@ -220,6 +226,7 @@ pub async fn answer(
             pc: pc.clone(),
             remote_credentials,
             etag: etag.clone(),
+            signalled: std::sync::atomic::AtomicUsize::new(signalled),
         },
     );
     let out = RtpOut {

@@ -19,6 +19,8 @@ pub struct LivePeer {
     pub remote_credentials: (Option<String>, Option<String>),
     /// The strong entity-tag of the ICE session (RFC 9725 §4.3.1), quotes included.
     pub etag: String,
+    /// Candidates the client has signalled so far (offer and trickle), against the limit.
+    pub signalled: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for LivePeer {

@@ -3,6 +3,8 @@
 
 #![allow(dead_code)]
 
+pub mod browser;
+
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
@@ -284,4 +286,39 @@ pub fn rms(samples: &[i16]) -> f64 {
         return 0.0;
     }
     (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64).sqrt()
+}
+
+/// The aiortc release the interop tests were written against.
+pub const AIORTC: &str = "aiortc==1.16.0";
+
+/// Python of the test venv (`~/.cache/voice-operator/venv`) with aiortc, created and
+/// provisioned idempotently (python3-venv and PyPI are needed).
+pub fn aiortc_python() -> std::path::PathBuf {
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let venv = std::path::PathBuf::from(home).join(".cache/voice-operator/venv");
+    let python = venv.join("bin/python");
+    let has_aiortc = |python: &std::path::PathBuf| {
+        Command::new(python)
+            .args(["-c", "import aiortc, av"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if has_aiortc(&python) {
+        return python;
+    }
+    if !python.exists() {
+        let status = Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .unwrap_or_else(|e| panic!("running python3 -m venv: {e}"));
+        assert!(status.success(), "python3 -m venv failed: install python3-venv");
+    }
+    let status = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", AIORTC])
+        .status()
+        .unwrap_or_else(|e| panic!("running pip: {e}"));
+    assert!(status.success(), "pip install {AIORTC} failed (PyPI unreachable?)");
+    assert!(has_aiortc(&python), "aiortc installed but does not import");
+    python
 }

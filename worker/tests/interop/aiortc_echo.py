@@ -128,6 +128,14 @@ async def main(base, session, token, seconds, out_path):
         await asyncio.sleep(0.01)
     connected_after = time.monotonic() - started
     state = pc.connectionState
+    selected_remote = None
+    try:
+        # aioice's nominated pair: the worker address the media actually flows to.
+        ice = pc.getTransceivers()[0].receiver.transport.transport._connection
+        pair = next(iter(ice._nominated.values()))
+        selected_remote = "%s:%d" % pair.remote_addr
+    except Exception:  # noqa: BLE001 - internals of aioice; absent means unknown
+        pass
     if state == "connected":
         await asyncio.sleep(seconds + 1.0)
     done.set()
@@ -149,6 +157,12 @@ async def main(base, session, token, seconds, out_path):
                 "received_samples": len(received) // 2,
                 "round_trip_ms": None if rtt is None else round(rtt, 1),
                 "delete_status": delete_status,
+                "answer_candidates": [
+                    line[len("a=candidate:"):]
+                    for line in answer.splitlines()
+                    if line.startswith("a=candidate:")
+                ],
+                "selected_remote": selected_remote,
                 "events": events,
             }
         )
