@@ -40,8 +40,9 @@ const VAD_ONLY_SILENCE: Duration = Duration::from_millis(300);
 /// within two frames, long enough to skip a click.
 const ONSET_FRAMES: u32 = 2;
 
-/// smart-turn's probability at or above which a pause ends the turn.
-const SMART_TURN_THRESHOLD: f32 = 0.5;
+/// smart-turn's probability at or above which a pause ends the turn. Above Pipecat's 0.5:
+/// unfinished requests scored up to 0.39 here, finished ones 0.56–0.99 (docs/decisions.md).
+const SMART_TURN_THRESHOLD: f32 = 0.7;
 
 /// Pause before smart-turn is asked: gaps inside words and between them are shorter.
 const SMART_TURN_ASK_AFTER: Duration = Duration::from_millis(200);
