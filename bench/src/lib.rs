@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+pub mod wer;
 pub mod worker;
 
 /// CPU seconds (user + system) a process has used, from `/proc/<pid>/stat`.

@@ -75,15 +75,17 @@ impl SecretKeyRef {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct StageProvider {
-    /// Provider implementation for this stage, e.g. `pocketsphinx`, `espeak`, `openai`,
-    /// `openai-realtime` or `echo`. It must be listed for this stage by the backend's
+    /// Provider implementation for this stage, e.g. `whisper`, `piper`, `pocketsphinx`,
+    /// `espeak`, `openai`, `openai-realtime`, `echo` or (noise cancellation) `rnnoise`. It must be listed for this stage by the backend's
     /// VoiceProvider (`spec.stages`); the operator reports `Accepted=False` otherwise.
     #[schemars(
         length(min = 1, max = 63),
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub provider: String,
-    /// Model name passed to a network provider (e.g. `whisper-1`, `tts-1`).
+    /// Model name passed to a network provider (e.g. `whisper-1`, `tts-1`), or the model
+    /// path of a local one: a CTranslate2 Whisper directory for `whisper`, a voice `.onnx`
+    /// (its `.onnx.json` beside it) for `piper`. Unset uses the worker's default model.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 253))]
     pub model: Option<String>,

@@ -96,10 +96,10 @@ pub struct ProviderWorker {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ProviderStages {
-    /// Speech-to-text implementations, e.g. `pocketsphinx`, `openai`.
+    /// Speech-to-text implementations, e.g. `whisper`, `pocketsphinx`, `openai`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub stt: Vec<String>,
-    /// Text-to-speech implementations, e.g. `espeak`, `openai`.
+    /// Text-to-speech implementations, e.g. `piper`, `espeak`, `openai`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tts: Vec<String>,
     /// Speech-to-speech implementations, e.g. `echo`, `openai-realtime`.
@@ -111,7 +111,7 @@ pub struct ProviderStages {
     /// Turn detectors, e.g. `silence`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub turn_detection: Vec<String>,
-    /// Noise cancellation implementations.
+    /// Noise cancellation implementations, e.g. `rnnoise`, `gate`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub noise_cancellation: Vec<String>,
     /// Custom processor implementations usable in `pipeline.customProcessors[].processor`.

@@ -6,6 +6,7 @@ mod dev;
 mod fuzz;
 mod node_agent;
 mod prerequisites;
+mod speech_models;
 mod test;
 
 use clap::{Parser, Subcommand};

@@ -11,7 +11,8 @@ pub fn ensure() -> anyhow::Result<()> {
             "Go is not installed: install Go 1.26 or newer (apt-get install golang-go, or the Go toolchain) and retry"
         );
     }
-    apt_install(DEBIAN_PACKAGES)
+    apt_install(DEBIAN_PACKAGES)?;
+    crate::speech_models::ensure()
 }
 
 /// Debian packages the workspace needs at build or test time: cmake and a C compiler build the

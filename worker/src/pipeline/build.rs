@@ -15,10 +15,14 @@ use super::providers::grpc_agent::GrpcAgent;
 use super::providers::openai_chat::OpenAiChat;
 use super::providers::openai_stt::OpenAiStt;
 use super::providers::openai_tts::OpenAiTts;
+use super::providers::piper::Piper;
 use super::providers::pocketsphinx::Pocketsphinx;
 use super::providers::realtime::{RealtimeConfig, RealtimeS2s};
+use super::providers::smart_turn::SmartTurn;
 use super::providers::webhook_agent::WebhookAgent;
+use super::providers::whisper::Whisper;
 use super::providers::{Agent, HttpTarget, ProviderError, SpeechToText, TextToSpeech, credentials};
+use super::semantic_turn::SemanticTurn;
 use super::session::{Behaviour, EventSink, FrameStage, SessionPipeline};
 use super::spec::PipelineSpec;
 use super::turn::Providers;
@@ -35,6 +39,13 @@ const VAD_ONLY_SILENCE: Duration = Duration::from_millis(300);
 /// Speech frames in a row that start a turn (20 ms each): quick enough for barge-in
 /// within two frames, long enough to skip a click.
 const ONSET_FRAMES: u32 = 2;
+
+/// smart-turn's probability at or above which a pause ends the turn. Above Pipecat's 0.5:
+/// unfinished requests scored up to 0.39 here, finished ones 0.56–0.99 (docs/decisions.md).
+const SMART_TURN_THRESHOLD: f32 = 0.7;
+
+/// Pause before smart-turn is asked: gaps inside words and between them are shorter.
+const SMART_TURN_ASK_AFTER: Duration = Duration::from_millis(200);
 
 /// A configuration the worker cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -149,12 +160,28 @@ pub fn build(
                     format!("unknown VAD {:?} (known: webrtc, earshot)", vad.provider),
                 ));
             }
+            let mut semantic = None;
             let silence = match &pipeline.turn_detection {
                 Some(td) if td.provider == "silence" => Duration::from(td.silence_timeout),
+                Some(td) if td.provider == "smart-turn" => {
+                    let model = SmartTurn::from_default().map_err(|e| {
+                        unsupported("pipeline.turnDetection.provider", e.to_string())
+                    })?;
+                    model.preload();
+                    semantic = Some(SemanticTurn::new(
+                        Arc::new(model),
+                        SMART_TURN_THRESHOLD,
+                        SMART_TURN_ASK_AFTER,
+                    ));
+                    Duration::from(td.silence_timeout)
+                }
                 Some(td) => {
                     return Err(unsupported(
                         "pipeline.turnDetection.provider",
-                        format!("unknown turn detector {:?} (known: silence)", td.provider),
+                        format!(
+                            "unknown turn detector {:?} (known: silence, smart-turn)",
+                            td.provider
+                        ),
                     ));
                 }
                 None => VAD_ONLY_SILENCE,
@@ -170,6 +197,9 @@ pub fn build(
                 sink,
                 metrics,
             );
+            if let Some(semantic) = semantic {
+                session = session.with_semantic_turn(semantic);
+            }
             if let Some(resume) = &spec.resume {
                 session.resume(resume.history.clone(), resume.turns);
             }
@@ -263,13 +293,19 @@ fn http(
 fn build_stt(s: &StageProvider) -> Result<Arc<dyn SpeechToText>, BuildError> {
     match s.provider.as_str() {
         "pocketsphinx" => Ok(Arc::new(Pocketsphinx::from_options(&s.options))),
+        "whisper" => {
+            let whisper = Whisper::from_stage(s.model.as_deref(), &s.options)
+                .map_err(|e| unsupported("pipeline.stt.model", e.to_string()))?;
+            whisper.preload();
+            Ok(Arc::new(whisper))
+        }
         "openai" => Ok(Arc::new(OpenAiStt {
             target: http("openai-stt", s, "whisper-1")?,
             language: s.options.get("language").cloned(),
         })),
         other => Err(unsupported(
             "pipeline.stt.provider",
-            format!("unknown STT provider {other:?} (known: pocketsphinx, openai)"),
+            format!("unknown STT provider {other:?} (known: whisper, pocketsphinx, openai)"),
         )),
     }
 }
@@ -277,6 +313,12 @@ fn build_stt(s: &StageProvider) -> Result<Arc<dyn SpeechToText>, BuildError> {
 fn build_tts(s: &StageProvider) -> Result<Arc<dyn TextToSpeech>, BuildError> {
     match s.provider.as_str() {
         "espeak" | "espeak-ng" => Ok(Arc::new(Espeak::from_options(&s.options))),
+        "piper" => {
+            let piper = Piper::from_stage(s.model.as_deref(), &s.options)
+                .map_err(|e| unsupported("pipeline.tts.model", e.to_string()))?;
+            piper.preload();
+            Ok(Arc::new(piper))
+        }
         "openai" => Ok(Arc::new(OpenAiTts {
             target: http("openai-tts", s, "tts-1")?,
             voice: s
@@ -287,7 +329,7 @@ fn build_tts(s: &StageProvider) -> Result<Arc<dyn TextToSpeech>, BuildError> {
         })),
         other => Err(unsupported(
             "pipeline.tts.provider",
-            format!("unknown TTS provider {other:?} (known: espeak, openai)"),
+            format!("unknown TTS provider {other:?} (known: piper, espeak, openai)"),
         )),
     }
 }

@@ -14,9 +14,11 @@
 
 pub mod audio;
 pub mod build;
+pub mod denoise;
 pub mod metrics;
 pub mod processors;
 pub mod providers;
+pub mod semantic_turn;
 pub mod sentences;
 pub mod session;
 pub mod spec;

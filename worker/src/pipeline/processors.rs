@@ -177,10 +177,14 @@ pub fn build_noise(spec: &StageProvider) -> Result<Box<dyn AudioProcessor>, Proc
                 reduction: 10f32.powf(-reduction.abs() / 20.0),
             }))
         }
+        "rnnoise" => {
+            let mix = option("rnnoise", &spec.options, "mix", 1.0)?;
+            Ok(Box::new(super::denoise::RnnNoise::new(mix)))
+        }
         other => Err(ProcessorError::Unknown {
             stage: "noiseCancellation",
             name: other.to_owned(),
-            known: "gate",
+            known: "rnnoise, gate",
         }),
     }
 }

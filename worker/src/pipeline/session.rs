@@ -18,6 +18,7 @@ use voice_crds::PipelineState;
 use super::metrics::{PipelineMetrics, Stage};
 use super::processors::AudioProcessor;
 use super::providers::{ProviderError, SttStream};
+use super::semantic_turn::SemanticTurn;
 use super::state::{Input, StateMachine};
 use super::turn::{self, OUTPUT_FRAMES, Providers, TurnJob, TurnOutput};
 use super::turn_detector::{TurnDetector, TurnEvent};
@@ -117,6 +118,8 @@ pub struct SessionPipeline {
     history: Vec<(String, String)>,
     /// Recognition running while the user speaks, when STT can stream.
     stt_stream: Option<Box<dyn SttStream>>,
+    /// The semantic end-of-turn model asked at pauses, when configured.
+    semantic: Option<SemanticTurn>,
 }
 
 impl std::fmt::Debug for SessionPipeline {
@@ -164,7 +167,15 @@ impl SessionPipeline {
             outbox: VecDeque::with_capacity(OUTBOX),
             history: Vec::new(),
             stt_stream: None,
+            semantic: None,
         }
+    }
+
+    /// Asks `semantic` at each pause whether the turn is over (the silence rule stays
+    /// the upper bound).
+    pub fn with_semantic_turn(mut self, semantic: SemanticTurn) -> Self {
+        self.semantic = Some(semantic);
+        self
     }
 
     /// Continues a conversation: the agent sees `history`, and turn ids continue after
@@ -217,6 +228,7 @@ impl SessionPipeline {
                     }
                     let event = self.detector.observe(self.media_time, self.speech);
                     self.on_turn_event(event, now);
+                    self.ask_semantic(event, now);
                 }
             }
         }
@@ -299,6 +311,22 @@ impl SessionPipeline {
             self.apply(Input::ReplyAudio);
         }
         true
+    }
+
+    /// With a semantic detector: a pause it calls the end of the turn ends it now.
+    fn ask_semantic(&mut self, event: TurnEvent, now: Instant) {
+        let Some(semantic) = self.semantic.as_mut() else {
+            return;
+        };
+        if event != TurnEvent::None {
+            semantic.reset();
+        }
+        if let Some(last_speech) = self.detector.paused_since()
+            && semantic.on_pause(self.media_time, last_speech, &self.utterance)
+        {
+            let ended = self.detector.end_turn();
+            self.on_turn_event(ended, now);
+        }
     }
 
     fn keep_audio(&mut self) {

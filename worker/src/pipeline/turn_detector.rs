@@ -107,6 +107,28 @@ impl TurnDetector {
         TurnEvent::None
     }
 
+    /// The media time of the last speech when the user is pausing inside a turn.
+    pub fn paused_since(&self) -> Option<Duration> {
+        if self.in_speech && self.paused {
+            self.state.last_speech_time
+        } else {
+            None
+        }
+    }
+
+    /// Ends the turn now if the user is pausing (a semantic detector decided before the
+    /// silence timeout); otherwise nothing happens.
+    pub fn end_turn(&mut self) -> TurnEvent {
+        if self.paused_since().is_none() {
+            return TurnEvent::None;
+        }
+        self.in_speech = false;
+        self.paused = false;
+        self.state.turn_end_detected = true;
+        self.state.is_listening = false;
+        TurnEvent::TurnEnded
+    }
+
     /// The reply to the last turn is done (or was cut off): listen again.
     pub fn listen(&mut self) {
         self.state.is_listening = true;

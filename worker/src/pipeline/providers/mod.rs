@@ -11,10 +11,14 @@ pub mod grpc_agent;
 pub mod openai_chat;
 pub mod openai_stt;
 pub mod openai_tts;
+pub mod piper;
 pub mod pocketsphinx;
 pub mod realtime;
+pub mod smart_turn;
+pub mod speech_process;
 pub mod sse;
 pub mod webhook_agent;
+pub mod whisper;
 
 use std::time::Duration;
 
