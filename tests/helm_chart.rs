@@ -4,7 +4,7 @@
 
 mod operator_common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -102,15 +102,22 @@ fn default_render_is_a_hardened_leader_elected_operator_without_monitoring_objec
         "Service",
         "PodDisruptionBudget",
         "VoiceProvider",
+        "NetworkPolicy",
     ] {
         assert!(kinds.contains(kind), "{kind} missing from {kinds:?}");
     }
+    // The operator's NetworkPolicy is on by default: ingress only to its metrics port.
+    let policy = one(&docs, "NetworkPolicy");
+    assert_eq!(policy["spec"]["policyTypes"], json!(["Ingress"]));
+    assert_eq!(
+        policy["spec"]["ingress"][0]["ports"],
+        json!([{"port": "metrics", "protocol": "TCP"}])
+    );
     for kind in [
         "ServiceMonitor",
         "PodMonitor",
         "PrometheusRule",
         "ConfigMap",
-        "NetworkPolicy",
     ] {
         assert!(
             !kinds.contains(kind),
@@ -120,6 +127,26 @@ fn default_render_is_a_hardened_leader_elected_operator_without_monitoring_objec
 
     let deploy = one(&docs, "Deployment");
     assert_eq!(deploy["spec"]["replicas"], 2);
+    // Each backend's NetworkPolicy admits the control port from pods with these labels:
+    // they must be exactly the operator pods' selector labels.
+    let env = deploy["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .expect("env");
+    let labels = env
+        .iter()
+        .find(|e| e["name"] == "OPERATOR_POD_LABELS")
+        .and_then(|e| e["value"].as_str())
+        .expect("OPERATOR_POD_LABELS");
+    let selector = &deploy["spec"]["selector"]["matchLabels"];
+    let parsed: BTreeMap<&str, &str> = labels
+        .split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .collect();
+    assert_eq!(
+        serde_json::to_value(&parsed).expect("labels"),
+        *selector,
+        "OPERATOR_POD_LABELS={labels}"
+    );
     let pod = &deploy["spec"]["template"]["spec"];
     assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
     assert_eq!(
@@ -246,6 +273,10 @@ fn rbac_grants_what_the_operator_calls_and_nothing_wider() {
         ("", "services", "patch"),
         ("", "secrets", "get"),
         ("", "secrets", "create"),
+        ("", "secrets", "patch"),
+        ("networking.k8s.io", "networkpolicies", "get"),
+        ("networking.k8s.io", "networkpolicies", "create"),
+        ("networking.k8s.io", "networkpolicies", "patch"),
         ("events.k8s.io", "events", "create"),
         ("events.k8s.io", "events", "patch"),
         ("coordination.k8s.io", "leases", "get"),

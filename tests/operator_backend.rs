@@ -446,3 +446,136 @@ async fn a_backend_is_accepted_once_its_missing_provider_appears() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_backend_gets_a_control_tls_secret_and_a_network_policy_closing_its_control_port() {
+    use k8s_openapi::api::networking::v1::NetworkPolicy;
+    install_crds();
+    let ns = TestNamespace::new("op-ctl-tls").await;
+    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    apply(&ns, &[&manifest]);
+    let _operator = OperatorProcess::start(ns.name(), "a");
+    apply(
+        &ns,
+        &[&backend_manifest(
+            "assistant",
+            &provider,
+            json!({"scaling": {"minWorkers": 1}}),
+        )],
+    );
+
+    // The CA lives in the operator's namespace (its Lease namespace here); the backend's
+    // Secret carries that CA as the trust bundle and a serving certificate.
+    let secrets = ns.api::<Secret>();
+    let tls = wait_for(T, "Secret assistant-control-tls", || async {
+        secrets
+            .get("assistant-control-tls")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let ca = secrets
+        .get("voice-operator-control-ca")
+        .await
+        .expect("the operator's CA Secret");
+    let text = |s: &Secret, k: &str| {
+        String::from_utf8(s.data.as_ref().expect("data")[k].0.clone()).expect("PEM")
+    };
+    assert_eq!(tls.type_.as_deref(), Some("kubernetes.io/tls"));
+    assert_eq!(text(&tls, "ca.crt").trim(), text(&ca, "ca.crt").trim());
+    assert!(text(&tls, "tls.crt").starts_with("-----BEGIN CERTIFICATE-----"));
+    assert!(text(&tls, "tls.key").contains("PRIVATE KEY"));
+    assert!(
+        !text(&tls, "ca.crt").contains("PRIVATE KEY"),
+        "the CA key never leaves the operator's namespace"
+    );
+    let owner = &tls.metadata.owner_references.as_ref().expect("owner")[0];
+    assert_eq!(owner.kind, "VoiceBackend");
+
+    // Worker pods mount it where CONTROL_TLS_DIR points.
+    let pod = wait_for(T, "a worker pod", || async {
+        live_pods(&ns, "assistant")
+            .await
+            .into_iter()
+            .next()
+            .ok_or_else(|| "no pod".to_owned())
+    })
+    .await;
+    let spec = pod.spec.expect("pod spec");
+    let volume = spec
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "control-tls")
+        .expect("control-tls volume");
+    assert_eq!(
+        volume.secret.and_then(|s| s.secret_name).as_deref(),
+        Some("assistant-control-tls")
+    );
+
+    // The NetworkPolicy admits TCP 50051 only from operator pods in the operator's namespace
+    // and leaves every other port open.
+    let policy = wait_for(T, "NetworkPolicy assistant-workers", || async {
+        ns.api::<NetworkPolicy>()
+            .get("assistant-workers")
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let spec = serde_json::to_value(policy.spec.expect("spec")).expect("JSON");
+    assert_eq!(
+        spec["podSelector"]["matchLabels"]["voicebackends.dev/backend"],
+        "assistant"
+    );
+    assert_eq!(spec["policyTypes"], json!(["Ingress"]));
+    let control = &spec["ingress"][0];
+    assert_eq!(
+        control["ports"],
+        json!([{"port": 50051, "protocol": "TCP"}])
+    );
+    assert_eq!(
+        control["from"],
+        json!([{
+            "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": ns.name()}},
+            "podSelector": {"matchLabels": {"app.kubernetes.io/name": "voice-operator"}}
+        }])
+    );
+    let open = &spec["ingress"][1];
+    assert!(
+        open.get("from").is_none(),
+        "media and signaling are open: {open}"
+    );
+    let ranges = open["ports"].as_array().expect("ports");
+    for range in ranges {
+        let (from, to) = (
+            range["port"].as_i64().unwrap_or(0),
+            range["endPort"].as_i64().unwrap_or(0),
+        );
+        if range["protocol"] == "TCP" {
+            assert!(
+                !(from..=to).contains(&50051),
+                "50051 is open to all: {range}"
+            );
+        }
+    }
+    assert!(
+        ranges.iter().any(|r| r["protocol"] == "UDP"),
+        "the WebRTC UDP port stays open"
+    );
+
+    // A deleted Secret comes back from the same CA.
+    secrets
+        .delete("assistant-control-tls", &Default::default())
+        .await
+        .expect("delete");
+    let again = wait_for(T, "the Secret re-created", || async {
+        match secrets.get("assistant-control-tls").await {
+            Ok(s) if s.metadata.uid != tls.metadata.uid => Ok(s),
+            Ok(_) => Err("not yet deleted".to_owned()),
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    assert_eq!(text(&again, "ca.crt").trim(), text(&ca, "ca.crt").trim());
+}

@@ -221,7 +221,6 @@ async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
 
 #[tokio::test]
 async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_session_ends() {
-    use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
     use voice_proto::worker::v1::{ReleaseSessionRequest, ReserveResult, ReserveSessionRequest};
 
     let stack = OperatorStack::start("op-e2e-drain").await;
@@ -235,9 +234,9 @@ async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_ses
     // One session on one worker, reserved the way the session allocator will do it.
     let busy = status.worker_statuses[1].clone();
     let ip = busy.pod_ip.clone().expect("pod IP");
-    let mut client = WorkerControlClient::connect(format!("http://{ip}:50051"))
-        .await
-        .expect("connecting to the worker");
+    // The test calls the worker as the operator does (mutual TLS from the operator's CA);
+    // a plaintext call would be refused.
+    let mut client = worker_control_client(ns, "assistant", &ip).await;
     let session_id = format!("{}/call-1", ns.name());
     let reserved = client
         .reserve_session(ReserveSessionRequest {

@@ -1,5 +1,7 @@
 //! The worker under test: the release `voice-worker` pinned to one core, with sessions
-//! reserved over gRPC the way the operator reserves them, and a join token for each.
+//! reserved over gRPC the way the operator reserves them, and a join token for each. A bench
+//! worker runs outside any cluster, so its control port is plaintext (`CONTROL_INSECURE`);
+//! TLS costs nothing per media frame, only one handshake per operator connection.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -26,8 +28,14 @@ pub struct PinnedWorker {
 }
 
 impl PinnedWorker {
-    /// Starts `binary` (default: the release build) on `core` with room for `sessions`.
-    pub fn start(binary: Option<PathBuf>, core: usize, sessions: usize) -> anyhow::Result<Self> {
+    /// Starts `binary` (default: the release build) on `core` with room for `sessions`, every
+    /// one running `pipeline` (the backend configuration, `VOICE_PIPELINE`).
+    pub fn start(
+        binary: Option<PathBuf>,
+        core: usize,
+        sessions: usize,
+        pipeline: &str,
+    ) -> anyhow::Result<Self> {
         let binary = binary.unwrap_or_else(|| {
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/release/voice-worker")
         });
@@ -46,6 +54,8 @@ impl PinnedWorker {
             .env("UDP_PORT", "0")
             .env("SESSIONS_PER_WORKER", sessions.to_string())
             .env("SESSION_SIGNING_KEY", SIGNING_KEY)
+            .env("VOICE_PIPELINE", pipeline)
+            .env("CONTROL_INSECURE", "true")
             .env("RUST_LOG", "error")
             .args(["--grpc-port", &grpc_port.to_string()])
             .args(["--http-port", &http_port.to_string()])
@@ -60,14 +70,9 @@ impl PinnedWorker {
         })
     }
 
-    /// Reserves `n` sessions `bench/<prefix>-<i>` running `config_json`; returns each
-    /// session id (`namespace/name`) with its join token.
-    pub async fn reserve(
-        &self,
-        prefix: &str,
-        n: usize,
-        config_json: &str,
-    ) -> anyhow::Result<Vec<(String, String)>> {
+    /// Reserves `n` sessions `bench/<prefix>-<i>`; returns each session id
+    /// (`namespace/name`) with its join token.
+    pub async fn reserve(&self, prefix: &str, n: usize) -> anyhow::Result<Vec<(String, String)>> {
         let url = format!("http://127.0.0.1:{}", self.grpc_port);
         let started = Instant::now();
         let mut client = loop {
@@ -90,8 +95,7 @@ impl PinnedWorker {
                     session_id: id.clone(),
                     uid: uid.clone(),
                     token_key_id: None,
-                    config_json: config_json.to_owned(),
-                    context_json: String::new(),
+                    session_config_json: String::new(),
                 })
                 .await
                 .with_context(|| format!("reserving {id}"))?;

@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use voice_proto::session_config::{self, SessionConfig};
 use voice_proto::token::{JoinClaims, mint, verify};
 use voice_worker::pipeline::audio::{encode_wav, parse_wav, resample};
 use voice_worker::pipeline::providers::sse::SseParser;
@@ -22,6 +23,7 @@ pub const TARGETS: &[&str] = &[
     "wav",
     "stun_ufrag",
     "websocket_frames",
+    "session_config",
 ];
 
 /// An SDP offer posted by a client: checking it never panics, and the answer rewrite keeps
@@ -148,6 +150,66 @@ pub fn stun_ufrag(data: &[u8]) {
     }
 }
 
+/// The backend configuration the `session_config` target applies sessions to: network
+/// providers with endpoints and Secret names that no session may change.
+const BACKEND: &str = r#"{"pipeline": {"type": "STT_TTS",
+    "stt": {"provider": "openai", "endpoint": "https://stt.example/v1", "credentialsSecretRef": {"name": "k", "key": "stt"}},
+    "tts": {"provider": "openai", "endpoint": "https://tts.example/v1", "credentialsSecretRef": {"name": "k", "key": "tts"}}},
+    "agent": {"type": "Llm", "llm": {"endpoint": "https://llm.example/v1", "model": "m", "systemPrompt": "p"}}}"#;
+
+/// A `ReserveSession` configuration from the control channel: what parses is in range,
+/// round-trips, holds no key besides the overrides, and applied to a backend changes no
+/// provider, endpoint, model or Secret name.
+pub fn session_config(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let Ok(config) = SessionConfig::parse(&text) else {
+        return;
+    };
+    assert_eq!(
+        SessionConfig::parse(&config.to_json()).as_ref(),
+        Ok(&config),
+        "round trip"
+    );
+    if let Some(ms) = config.silence_timeout_ms {
+        assert!(
+            (1..=session_config::MAX_SILENCE_TIMEOUT_MS).contains(&ms),
+            "{ms}"
+        );
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(&config.to_json()).unwrap_or_else(|e| panic!("{e}"));
+    let allowed = ["agent", "silenceTimeoutMs", "userId", "metadata", "context"];
+    for key in value.as_object().map(|m| m.keys()).into_iter().flatten() {
+        assert!(allowed.contains(&key.as_str()), "key {key:?} survived");
+    }
+    let backend = voice_worker::pipeline::spec::PipelineSpec::parse(BACKEND)
+        .unwrap_or_else(|e| panic!("{e}"));
+    let before = (
+        serde_json::to_value(&backend.pipeline).ok(),
+        backend
+            .agent
+            .as_ref()
+            .and_then(|a| a.llm.as_ref())
+            .map(|l| (l.endpoint.clone(), l.model.clone())),
+    );
+    let applied = backend.with_session(&config);
+    let mut pipeline = serde_json::to_value(&applied.pipeline).ok();
+    let mut expected = before.0;
+    // Only the silence timeout may differ in the pipeline.
+    for v in [&mut pipeline, &mut expected].into_iter().flatten() {
+        if let Some(p) = v.as_object_mut() {
+            p.remove("turnDetection");
+        }
+    }
+    assert_eq!(pipeline, expected, "a session changed the backend's stages");
+    let llm = applied.agent.as_ref().and_then(|a| a.llm.as_ref());
+    assert_eq!(
+        llm.map(|l| (l.endpoint.clone(), l.model.clone())),
+        before.1,
+        "a session changed the agent's endpoint or model"
+    );
+}
+
 /// Runs target `name` on `data`; false for an unknown name.
 pub fn run(name: &str, data: &[u8]) -> bool {
     match name {
@@ -158,6 +220,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "wav" => wav(data),
         "stun_ufrag" => stun_ufrag(data),
         "websocket_frames" => websocket_frames(data),
+        "session_config" => session_config(data),
         _ => return false,
     }
     true
@@ -209,6 +272,12 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
             vec![d]
         }
         "websocket_frames" => websocket::seeds().into_iter().map(|(s, _)| s).collect(),
+        "session_config" => vec![
+            text(
+                r#"{"agent":{"streamingMode":false,"systemPrompt":"be brief"},"silenceTimeoutMs":700,"userId":"u","metadata":{"plan":"gold"},"context":{"turns":1,"transcript":[{"speaker":"User","text":"hi"},{"speaker":"Agent","text":"hello"}]}}"#,
+            ),
+            text(r#"{"agent":{"endpoint":"http://evil"}}"#),
+        ],
         _ => Vec::new(),
     }
 }
@@ -263,6 +332,9 @@ mod tests {
         );
         let token = String::from_utf8(seeds("join_token").remove(0)).unwrap();
         assert!(verify(KEY, &token, "team/call", "uid-1", 1_000).is_ok());
+        let configs = seeds("session_config");
+        assert!(SessionConfig::parse(&String::from_utf8_lossy(&configs[0])).is_ok());
+        assert!(SessionConfig::parse(&String::from_utf8_lossy(&configs[1])).is_err());
     }
 
     #[test]

@@ -409,3 +409,55 @@ pub async fn connect_session(
     let reader = tokio::spawn(async move { while let Some(Ok(_)) = rx.next().await {} });
     (tx, reader)
 }
+
+/// A control-channel client to the worker at `ip` of backend `backend`, authenticated the
+/// way the operator is: a client certificate issued from the operator's CA Secret (which the
+/// operator created in the test namespace, its Lease namespace), and the backend's server
+/// name checked on the worker's certificate.
+pub async fn worker_control_client(
+    ns: &TestNamespace,
+    backend: &str,
+    ip: &str,
+) -> voice_proto::worker::v1::worker_control_client::WorkerControlClient<tonic::transport::Channel>
+{
+    use voice_proto::control_tls::{self, CertifiedKey, Role};
+    let secret = ns
+        .api::<k8s_openapi::api::core::v1::Secret>()
+        .get("voice-operator-control-ca")
+        .await
+        .expect("the operator's CA Secret");
+    let data = secret.data.unwrap_or_default();
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).expect("PEM text");
+    let ca = CertifiedKey {
+        cert_pem: text("ca.crt"),
+        key_pem: text("ca.key"),
+        not_after_unix: 0,
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_secs()).unwrap_or(0))
+        .unwrap_or(0);
+    let client = control_tls::issue(
+        &ca,
+        Role::Client,
+        control_tls::OPERATOR_CLIENT_NAME,
+        now,
+        Duration::from_secs(3600),
+    )
+    .expect("a client certificate");
+    let tls = tonic::transport::ClientTlsConfig::new()
+        .ca_certificate(tonic::transport::Certificate::from_pem(&ca.cert_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &client.cert_pem,
+            &client.key_pem,
+        ))
+        .domain_name(control_tls::worker_server_name(ns.name(), backend));
+    let channel = tonic::transport::Channel::from_shared(format!("https://{ip}:50051"))
+        .expect("worker URL")
+        .tls_config(tls)
+        .expect("TLS config")
+        .connect()
+        .await
+        .expect("connecting to the worker over mutual TLS");
+    voice_proto::worker::v1::worker_control_client::WorkerControlClient::new(channel)
+}

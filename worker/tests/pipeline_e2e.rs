@@ -92,7 +92,6 @@ static REAL_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test]
 async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcripts() {
     let _alone = REAL_TIME.lock().await;
-    let worker = Worker::start(1);
     let config = serde_json::json!({
         "pipeline": {
             "type": "STT_TTS",
@@ -104,6 +103,7 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
         },
         "agent": {"type": "Echo"}
     });
+    let worker = Worker::start_with_pipeline(1, Some(&config));
     let reply = worker
         .client()
         .await
@@ -111,8 +111,7 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
             session_id: "team/talk".into(),
             uid: "uid-talk".into(),
             token_key_id: None,
-            config_json: config.to_string(),
-            context_json: String::new(),
+            session_config_json: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("ReserveSession: {e}"))
@@ -314,13 +313,13 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
 #[tokio::test]
 async fn speaking_over_the_reply_stops_it_within_40_ms() {
     let _alone = REAL_TIME.lock().await;
-    let worker = Worker::start(1);
     let config = serde_json::json!({
         "pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"},
                      "vad": {"provider": "webrtc", "aggressiveness": 0},
                      "turnDetection": {"provider": "silence", "silenceTimeout": "600ms"}},
         "agent": {"type": "Echo", "interruptionHandling": true}
     });
+    let worker = Worker::start_with_pipeline(1, Some(&config));
     let reply = worker
         .client()
         .await
@@ -328,8 +327,7 @@ async fn speaking_over_the_reply_stops_it_within_40_ms() {
             session_id: "team/barge".into(),
             uid: "uid-barge".into(),
             token_key_id: None,
-            config_json: config.to_string(),
-            context_json: String::new(),
+            session_config_json: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("ReserveSession: {e}"))

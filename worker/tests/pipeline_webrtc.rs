@@ -90,13 +90,13 @@ async fn aiortc_talks_to_the_offline_pipeline_and_hears_the_reply() {
     let output = dir.join(format!("pipeline-webrtc-out-{}.pcm", std::process::id()));
     std::fs::write(&input, &phrase48).unwrap_or_else(|e| panic!("{e}"));
 
-    let worker = Worker::start(1);
     let config = serde_json::json!({
         "pipeline": {"type": "STT_TTS", "stt": {"provider": "pocketsphinx"}, "tts": {"provider": "espeak"},
                      "vad": {"provider": "webrtc"},
                      "turnDetection": {"provider": "silence", "silenceTimeout": "600ms"}},
         "agent": {"type": "Echo"}
     });
+    let worker = Worker::start_with_pipeline(1, Some(&config));
     let reply = worker
         .client()
         .await
@@ -104,8 +104,7 @@ async fn aiortc_talks_to_the_offline_pipeline_and_hears_the_reply() {
             session_id: "team/rtc-talk".into(),
             uid: "uid-rtc-talk".into(),
             token_key_id: None,
-            config_json: config.to_string(),
-            context_json: String::new(),
+            session_config_json: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("ReserveSession: {e}"))

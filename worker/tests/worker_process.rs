@@ -1,11 +1,15 @@
 //! End-to-end tests of the real `voice-worker` binary: started as a process on loopback,
 //! driven through the generated tonic client exactly as the operator drives it, and
-//! stopped with a real SIGTERM.
+//! stopped with a real SIGTERM. The control channel is mutual TLS with certificates made
+//! by the operator's own issuing code.
+
+mod common;
 
 use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+use common::ControlPki;
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::transport::Channel;
@@ -26,12 +30,15 @@ struct WorkerProcess {
     child: Child,
     grpc_port: u16,
     http_port: u16,
+    pki: ControlPki,
 }
 
 impl WorkerProcess {
     fn start(capacity: u32, drain_timeout_seconds: u64) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
+        let pki = ControlPki::new();
         let child = Command::new(env!("CARGO_BIN_EXE_voice-worker"))
+            .env("CONTROL_TLS_DIR", &pki.dir)
             .env("POD_IP", "127.0.0.1")
             .env("SESSIONS_PER_WORKER", capacity.to_string())
             .env("DRAIN_TIMEOUT_SECONDS", drain_timeout_seconds.to_string())
@@ -51,24 +58,13 @@ impl WorkerProcess {
             child,
             grpc_port,
             http_port,
+            pki,
         }
     }
 
-    /// Connects to the gRPC server, retrying while the process starts.
+    /// Connects to the gRPC server as the operator does, retrying while the process starts.
     async fn channel(&self) -> Channel {
-        let url = format!("http://127.0.0.1:{}", self.grpc_port);
-        let started = Instant::now();
-        loop {
-            match Channel::from_shared(url.clone())
-                .unwrap_or_else(|e| panic!("{e}"))
-                .connect()
-                .await
-            {
-                Ok(channel) => return channel,
-                Err(e) if started.elapsed() > PATIENCE => panic!("worker never listened: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        self.pki.operator_channel(self.grpc_port).await
     }
 
     /// `GET path` on the HTTP server: status code and body.
@@ -149,8 +145,7 @@ fn reserve(id: &str, uid: &str) -> ReserveSessionRequest {
         session_id: id.to_owned(),
         uid: uid.to_owned(),
         token_key_id: Some("key-1".to_owned()),
-        config_json: r#"{"agent":{"type":"http"}}"#.to_owned(),
-        context_json: String::new(),
+        session_config_json: r#"{"agent":{"streamingMode":false}}"#.to_owned(),
     }
 }
 
@@ -416,4 +411,21 @@ fn refuses_to_start_with_a_pipeline_that_is_not_json_and_names_the_variable() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("VOICE_PIPELINE"), "{stderr}");
+}
+
+#[test]
+fn refuses_to_start_without_control_tls_and_names_the_variable() {
+    let output = Command::new(env!("CARGO_BIN_EXE_voice-worker"))
+        .env_remove("CONTROL_TLS_DIR")
+        .env_remove("CONTROL_INSECURE")
+        .env("POD_IP", "127.0.0.1")
+        .env("UDP_PORT", "0")
+        .args(["--grpc-port", &free_port().to_string()])
+        .args(["--http-port", &free_port().to_string()])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("running voice-worker: {e}"));
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("CONTROL_TLS_DIR"), "{stderr}");
 }

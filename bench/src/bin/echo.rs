@@ -247,13 +247,14 @@ struct WorkerUnderTest {
 
 impl WorkerUnderTest {
     async fn start(args: &Args, core: usize, sessions: usize) -> anyhow::Result<Self> {
-        let worker = PinnedWorker::start(args.worker.clone(), core, sessions)?;
+        let worker = PinnedWorker::start(
+            args.worker.clone(),
+            core,
+            sessions,
+            r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#,
+        )?;
         let offers = worker
-            .reserve(
-                "echo",
-                sessions,
-                r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#,
-            )
+            .reserve("echo", sessions)
             .await?
             .into_iter()
             .map(|(id, token)| (format!("/v1/sessions/{id}/offer"), token))

@@ -452,9 +452,9 @@ struct Talk {
 async fn offline_sessions(args: &Args, n: usize) -> anyhow::Result<()> {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let core = cores - 1;
-    let worker = PinnedWorker::start(args.worker.clone(), core, n)?;
+    let worker = PinnedWorker::start(args.worker.clone(), core, n, OFFLINE)?;
     let (pid, http_port) = (worker.pid, worker.http_port);
-    let tokens = worker.reserve("offline", n, OFFLINE).await?;
+    let tokens = worker.reserve("offline", n).await?;
 
     let wav = std::fs::read(fixture())?;
     let phrase = voice_worker::pipeline::audio::parse_wav(&wav)

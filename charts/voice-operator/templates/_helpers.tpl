@@ -83,10 +83,16 @@ every namespace, in a Role of operator.watchNamespace otherwise.
   resources: [services]
   verbs: [get, create, patch]
 # The per-backend signing keys (rotated with update; watched by the allocator, filtered by
-# label) and per-session join tokens (owned, so GC deletes them).
+# label), the workers' control-channel TLS Secret (applied server-side), per-session join
+# tokens (owned, so GC deletes them) and the control channel's CA Secret in the release
+# namespace (read, created once).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, update, patch, delete]
+# Per-backend NetworkPolicy: the workers' control port admits only operator pods.
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, create, patch]
 # Events about backends, sessions and providers (kube-runtime's Recorder creates, then
 # patches a repeated Event's series).
 - apiGroups: [events.k8s.io]

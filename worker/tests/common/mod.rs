@@ -1,16 +1,20 @@
-//! What the data-plane tests share: a worker process with a signing key, reservations
-//! over gRPC, join tokens, raw HTTP requests and a frequency estimate.
+//! What the data-plane tests share: a worker process with a signing key and its own
+//! control-channel certificates, reservations over mutual-TLS gRPC, join tokens, raw HTTP
+//! requests and a frequency estimate.
 
 #![allow(dead_code)]
 
 pub mod browser;
 
 use std::net::TcpListener as StdListener;
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tonic::transport::Channel;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use voice_proto::control_tls::{self, CertifiedKey, OPERATOR_CLIENT_NAME, Role};
 use voice_proto::token::{JoinClaims, mint};
 use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
 use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest};
@@ -21,6 +25,101 @@ pub const KEY: &[u8] = b"test-signing-key-of-32-bytes!!!!";
 /// How long anything may take before it counts as hung.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
+/// The name the test workers' serving certificates are issued for (backend `test`,
+/// namespace `test`), as the operator issues them.
+pub const SERVER_NAME: &str = "test-workers.test.svc";
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .ok()
+        .and_then(|d| i64::try_from(d.as_secs()).ok())
+        .unwrap_or(0)
+}
+
+/// One test's control-channel PKI, made with the operator's own issuing code: a CA, a
+/// worker serving certificate in a `CONTROL_TLS_DIR`, and the operator's client certificate.
+pub struct ControlPki {
+    /// The directory the worker reads (`ca.crt`, `tls.crt`, `tls.key`).
+    pub dir: PathBuf,
+    /// The CA.
+    pub ca: CertifiedKey,
+    /// A client certificate from the CA (what the operator presents).
+    pub client: CertifiedKey,
+}
+
+impl ControlPki {
+    /// A fresh CA, serving certificate and client certificate.
+    pub fn new() -> Self {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let day = Duration::from_secs(86_400);
+        let ca = control_tls::new_ca("test CA", unix_now(), day).unwrap_or_else(|e| panic!("{e}"));
+        let serving = control_tls::issue(&ca, Role::Server, SERVER_NAME, unix_now(), day)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let client = Self::leaf(&ca, Role::Client, OPERATOR_CLIENT_NAME);
+        let dir = std::env::temp_dir().join(format!(
+            "voice-worker-tls-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
+        for (file, text) in [
+            (control_tls::CA_FILE, &ca.cert_pem),
+            (control_tls::CERT_FILE, &serving.cert_pem),
+            (control_tls::KEY_FILE, &serving.key_pem),
+        ] {
+            std::fs::write(dir.join(file), text).unwrap_or_else(|e| panic!("{e}"));
+        }
+        Self { dir, ca, client }
+    }
+
+    /// A leaf certificate from `ca` for `name` in `role`.
+    pub fn leaf(ca: &CertifiedKey, role: Role, name: &str) -> CertifiedKey {
+        control_tls::issue(ca, role, name, unix_now(), Duration::from_secs(86_400))
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A channel to `port` that trusts this CA for the server and presents `identity`
+    /// (none: no client certificate). Connecting may succeed even when the worker refuses
+    /// the client certificate (TLS 1.3 checks it after the client's side finished); the
+    /// first call then fails.
+    pub async fn channel(
+        &self,
+        port: u16,
+        identity: Option<&CertifiedKey>,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let mut tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&self.ca.cert_pem))
+            .domain_name(SERVER_NAME);
+        if let Some(id) = identity {
+            tls = tls.identity(Identity::from_pem(&id.cert_pem, &id.key_pem));
+        }
+        Channel::from_shared(format!("https://127.0.0.1:{port}"))
+            .unwrap_or_else(|e| panic!("{e}"))
+            .tls_config(tls)?
+            .connect()
+            .await
+    }
+
+    /// A channel as the operator opens it, retrying while the worker starts.
+    pub async fn operator_channel(&self, port: u16) -> Channel {
+        let started = Instant::now();
+        loop {
+            match self.channel(port, Some(&self.client)).await {
+                Ok(channel) => return channel,
+                Err(e) if started.elapsed() > PATIENCE => panic!("worker never listened: {e}"),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            }
+        }
+    }
+}
+
+impl Drop for ControlPki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// A running worker, killed when dropped.
 pub struct Worker {
     child: Child,
@@ -28,18 +127,42 @@ pub struct Worker {
     pub grpc_port: u16,
     /// HTTP port.
     pub http_port: u16,
+    /// Its control-channel certificates.
+    pub pki: ControlPki,
 }
 
 impl Worker {
-    /// Starts a worker with `capacity` slots and the test signing key.
+    /// Starts a worker with `capacity` slots and the test signing key, running the
+    /// diagnostic echo.
     pub fn start(capacity: u32) -> Self {
-        Self::start_with_env(capacity, &[])
+        Self::start_with(capacity, None, &[])
+    }
+
+    /// Starts a worker whose backend configuration (`VOICE_PIPELINE`) is `pipeline`: what
+    /// every session on it runs.
+    pub fn start_with_pipeline(capacity: u32, pipeline: Option<&serde_json::Value>) -> Self {
+        Self::start_with(capacity, pipeline, &[])
     }
 
     /// [`Worker::start`] with extra environment variables, which override the defaults.
     pub fn start_with_env(capacity: u32, env: &[(&str, &str)]) -> Self {
+        Self::start_with(capacity, None, env)
+    }
+
+    /// A worker with `capacity` slots, backend configuration `pipeline` and extra `env`.
+    pub fn start_with(
+        capacity: u32,
+        pipeline: Option<&serde_json::Value>,
+        env: &[(&str, &str)],
+    ) -> Self {
         let (grpc_port, http_port) = (free_port(), free_port());
-        let child = Command::new(env!("CARGO_BIN_EXE_voice-worker"))
+        let pki = ControlPki::new();
+        let mut command = Command::new(env!("CARGO_BIN_EXE_voice-worker"));
+        if let Some(pipeline) = pipeline {
+            command.env("VOICE_PIPELINE", pipeline.to_string());
+        }
+        let child = command
+            .env("CONTROL_TLS_DIR", &pki.dir)
             .env("POD_IP", "127.0.0.1")
             .env("UDP_PORT", "0")
             .env("SESSIONS_PER_WORKER", capacity.to_string())
@@ -62,24 +185,14 @@ impl Worker {
             child,
             grpc_port,
             http_port,
+            pki,
         }
     }
 
-    /// A gRPC client, retrying while the process starts.
+    /// A gRPC client with the operator's client certificate, retrying while the process
+    /// starts.
     pub async fn client(&self) -> WorkerControlClient<Channel> {
-        let url = format!("http://127.0.0.1:{}", self.grpc_port);
-        let started = Instant::now();
-        loop {
-            match Channel::from_shared(url.clone())
-                .unwrap_or_else(|e| panic!("{e}"))
-                .connect()
-                .await
-            {
-                Ok(channel) => return WorkerControlClient::new(channel),
-                Err(e) if started.elapsed() > PATIENCE => panic!("worker never listened: {e}"),
-                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-            }
-        }
+        WorkerControlClient::new(self.pki.operator_channel(self.grpc_port).await)
     }
 
     /// Reserves `id` (`namespace/name`) with `uid`, asserting success.
@@ -91,8 +204,7 @@ impl Worker {
                 session_id: id.to_owned(),
                 uid: uid.to_owned(),
                 token_key_id: None,
-                config_json: r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#.to_owned(),
-                context_json: String::new(),
+                session_config_json: String::new(),
             })
             .await
             .unwrap_or_else(|e| panic!("ReserveSession: {e}"))
