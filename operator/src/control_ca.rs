@@ -82,6 +82,9 @@ pub struct ControlCa {
     pub previous: Option<CertifiedKey>,
 }
 
+/// A backend TLS Secret's data (file name → bytes) and annotations.
+pub type WorkerSecret = (BTreeMap<String, ByteString>, BTreeMap<String, String>);
+
 impl ControlCa {
     /// A new CA.
     pub fn generate(now: SystemTime) -> Result<Self, CaError> {
@@ -158,13 +161,13 @@ impl ControlCa {
         )?)
     }
 
-    /// The data and annotations of a backend's TLS Secret: the trust bundle and a new
+    /// The data and annotations of a backend's TLS Secret (see [`WorkerSecret`]): the trust bundle and a new
     /// serving certificate for `server_name`.
     pub fn worker_secret(
         &self,
         server_name: &str,
         now: SystemTime,
-    ) -> Result<(BTreeMap<String, ByteString>, BTreeMap<String, String>), CaError> {
+    ) -> Result<WorkerSecret, CaError> {
         let leaf = control_tls::issue(
             &self.current,
             Role::Server,

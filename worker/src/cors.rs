@@ -16,7 +16,11 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(600);
 
 /// Request headers a WHIP client sends.
-const ALLOWED_HEADERS: [HeaderName; 3] = [header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH];
+const ALLOWED_HEADERS: [HeaderName; 3] = [
+    header::AUTHORIZATION,
+    header::CONTENT_TYPE,
+    header::IF_MATCH,
+];
 
 /// Response headers the calling script may read.
 const EXPOSED_HEADERS: [HeaderName; 3] = [header::LOCATION, header::LINK, header::ETAG];

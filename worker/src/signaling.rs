@@ -501,10 +501,10 @@ async fn add_trickled(
     if restarts(&fragment.ufrag, remote_ufrag) || restarts(&fragment.pwd, remote_pwd) {
         return Err(SignalingError::IceRestartUnsupported);
     }
-    let signalled = peer
-        .signalled
-        .fetch_add(fragment.candidates.len(), std::sync::atomic::Ordering::AcqRel)
-        + fragment.candidates.len();
+    let signalled = peer.signalled.fetch_add(
+        fragment.candidates.len(),
+        std::sync::atomic::Ordering::AcqRel,
+    ) + fragment.candidates.len();
     if signalled > MAX_CANDIDATES {
         return Err(TooManyCandidates(signalled).into());
     }

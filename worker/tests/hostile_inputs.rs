@@ -19,7 +19,8 @@ use hostile::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use voice_proto::worker::v1::{WatchEventsRequest, session_event::Event};
 
-const ECHO: &str = r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#;
+/// No session overrides: the worker's own pipeline, the diagnostic echo.
+const ECHO: &str = "";
 
 /// A worker with fast WebSocket timing and one reserved echo session `team/<name>`, and
 /// the raw client connected to it.

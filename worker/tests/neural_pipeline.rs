@@ -73,8 +73,9 @@ fn recall(reference: &str, heard: &str) -> f64 {
     hits as f64 / reference.len().max(1) as f64
 }
 
-/// Reserves `id` with the neural pipeline and opens its WebSocket at 16 kHz.
-async fn open(worker: &Worker, id: &str, interruption: bool) -> (Tx, Rx) {
+/// A worker whose backend configuration is the neural pipeline (sessions cannot choose
+/// their pipeline), with the agent's barge-in on or off.
+fn neural_worker(interruption: bool) -> Worker {
     let config = serde_json::json!({
         "pipeline": {
             "type": "STT_TTS",
@@ -86,6 +87,11 @@ async fn open(worker: &Worker, id: &str, interruption: bool) -> (Tx, Rx) {
         },
         "agent": {"type": "Echo", "interruptionHandling": interruption}
     });
+    Worker::start_with_pipeline(1, Some(&config))
+}
+
+/// Reserves `id` on `worker` and opens its WebSocket at 16 kHz.
+async fn open(worker: &Worker, id: &str) -> (Tx, Rx) {
     let uid = format!("uid-{}", id.replace('/', "-"));
     let reply = worker
         .client()
@@ -94,8 +100,7 @@ async fn open(worker: &Worker, id: &str, interruption: bool) -> (Tx, Rx) {
             session_id: id.into(),
             uid: uid.clone(),
             token_key_id: None,
-            config_json: config.to_string(),
-            context_json: String::new(),
+            session_config_json: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("ReserveSession: {e}"))
@@ -118,8 +123,8 @@ static REAL_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 #[tokio::test]
 async fn whisper_hears_a_spoken_sentence_the_first_time_and_piper_answers() {
     let _alone = REAL_TIME.lock().await;
-    let worker = Worker::start(1);
-    let (mut tx, mut rx) = open(&worker, "team/neural", false).await;
+    let worker = neural_worker(false);
+    let (mut tx, mut rx) = open(&worker, "team/neural").await;
     let sentence = "what will the weather be like in boston tomorrow morning";
     let phrase = speak(sentence, "en-us");
     // Said once: half a second of silence, the sentence, then silence.
@@ -228,8 +233,8 @@ async fn whisper_hears_a_spoken_sentence_the_first_time_and_piper_answers() {
 #[tokio::test]
 async fn speaking_over_a_piper_reply_stops_it_within_100_ms() {
     let _alone = REAL_TIME.lock().await;
-    let worker = Worker::start(1);
-    let (mut tx, mut rx) = open(&worker, "team/neural-barge", true).await;
+    let worker = neural_worker(true);
+    let (mut tx, mut rx) = open(&worker, "team/neural-barge").await;
     let phrase = speak(
         "please tell me about the weather in boston tomorrow",
         "en-us",
@@ -301,13 +306,13 @@ async fn speaking_over_a_piper_reply_stops_it_within_100_ms() {
 
 #[tokio::test]
 async fn a_missing_model_is_a_pipeline_error_naming_the_path() {
-    let worker = Worker::start(1);
     let config = serde_json::json!({
         "pipeline": {"type": "STT_TTS",
             "stt": {"provider": "whisper", "model": "/nonexistent/whisper-model"},
             "tts": {"provider": "piper"}},
         "agent": {"type": "Echo"}
     });
+    let worker = Worker::start_with_pipeline(1, Some(&config));
     let reply = worker
         .client()
         .await
@@ -315,8 +320,7 @@ async fn a_missing_model_is_a_pipeline_error_naming_the_path() {
             session_id: "team/nomodel".into(),
             uid: "uid-nomodel".into(),
             token_key_id: None,
-            config_json: config.to_string(),
-            context_json: String::new(),
+            session_config_json: String::new(),
         })
         .await
         .unwrap_or_else(|e| panic!("ReserveSession: {e}"))

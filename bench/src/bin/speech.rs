@@ -130,14 +130,14 @@ async fn main() -> anyhow::Result<()> {
         args.core
     );
     for setup in SETUPS {
-        let worker = PinnedWorker::start(args.binary.clone(), args.core, 1)?;
         let config = serde_json::json!({
             "pipeline": {"type": "STT_TTS",
                 "stt": {"provider": setup.stt}, "tts": {"provider": setup.tts},
                 "turnDetection": {"provider": "silence", "silenceTimeout": "500ms"}},
             "agent": {"type": "Echo"}
         });
-        let sessions = worker.reserve("speech", 1, &config.to_string()).await?;
+        let worker = PinnedWorker::start(args.binary.clone(), args.core, 1, &config.to_string())?;
+        let sessions = worker.reserve("speech", 1).await?;
         let (id, token) = sessions.into_iter().next().context("no session")?;
         let url = format!(
             "ws://127.0.0.1:{}/v1/sessions/{id}/ws?token={token}&rate=16000",

@@ -236,8 +236,9 @@ pub fn metric(text: &str, name: &str, labels: &str) -> Option<f64> {
         .and_then(|v| v.parse().ok())
 }
 
-/// Reserves `id` with `config_json` (empty: the worker's own pipeline).
-pub async fn reserve_with(worker: &Worker, id: &str, uid: &str, config_json: &str) {
+/// Reserves `id` with the session configuration `session_config_json` (overrides only;
+/// empty: none) on the worker's own pipeline.
+pub async fn reserve_with(worker: &Worker, id: &str, uid: &str, session_config_json: &str) {
     let result = worker
         .client()
         .await
@@ -245,8 +246,7 @@ pub async fn reserve_with(worker: &Worker, id: &str, uid: &str, config_json: &st
             session_id: id.to_owned(),
             uid: uid.to_owned(),
             token_key_id: None,
-            config_json: config_json.to_owned(),
-            context_json: String::new(),
+            session_config_json: session_config_json.to_owned(),
         })
         .await
         .unwrap_or_else(|e| panic!("ReserveSession: {e}"))
@@ -288,22 +288,26 @@ pub async fn no_slot_held(worker: &Worker) {
 
 static FRESH: AtomicUsize = AtomicUsize::new(0);
 
-/// The end of every case: the worker answers `/healthz`, has freed every slot, and a new
-/// session (echo pipeline) gets its audio back over a WebSocket, after which its slot is
+/// The end of every case on an echo worker: the worker answers `/healthz`, has freed every
+/// slot, and a new session gets its audio back over a WebSocket, after which its slot is
 /// freed again.
 pub async fn recovered(worker: &Worker) {
+    recovered_with(worker, true).await;
+}
+
+/// [`recovered`] for a worker whose own pipeline is not the echo (a session cannot choose
+/// its pipeline): the new session must connect and be answered with events instead of audio.
+pub async fn recovered_serving_events(worker: &Worker) {
+    recovered_with(worker, false).await;
+}
+
+async fn recovered_with(worker: &Worker, echo: bool) {
     assert!(worker.healthy().await, "/healthz failed");
     no_slot_held(worker).await;
     let n = FRESH.fetch_add(1, Ordering::Relaxed);
     let id = format!("after/check-{n}");
     let uid = format!("uid-after-{n}");
-    reserve_with(
-        worker,
-        &id,
-        &uid,
-        r#"{"pipeline":{"type":"S2S","s2s":"echo"}}"#,
-    )
-    .await;
+    reserve_with(worker, &id, &uid, "").await;
     let url = format!("ws://127.0.0.1:{}/v1/sessions/{id}/ws", worker.http_port);
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
@@ -317,7 +321,7 @@ pub async fn recovered(worker: &Worker) {
         .await
         .unwrap_or_else(|e| panic!("a new session could not connect: {e}"));
     let audio = vec![0x11u8; 1_920];
-    let mut echoed = 0;
+    let (mut echoed, mut events) = (0, 0);
     for _ in 0..60 {
         ws.send(Message::Binary(audio.clone().into()))
             .await
@@ -325,15 +329,21 @@ pub async fn recovered(worker: &Worker) {
         while let Ok(Some(Ok(message))) =
             tokio::time::timeout(Duration::from_millis(5), ws.next()).await
         {
-            if let Message::Binary(data) = message {
-                echoed += data.len();
+            match message {
+                Message::Binary(data) => echoed += data.len(),
+                Message::Text(_) => events += 1,
+                _ => {}
             }
         }
-        if echoed > 0 {
+        if (echo && echoed > 0) || (!echo && events > 0) {
             break;
         }
     }
-    assert!(echoed > 0, "the new session got no audio back");
+    if echo {
+        assert!(echoed > 0, "the new session got no audio back");
+    } else {
+        assert!(events > 0, "the new session got no event");
+    }
     let _ = ws.close(None).await;
     drop(ws);
     no_slot_held(worker).await;

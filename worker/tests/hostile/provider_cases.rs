@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use crate::common::Worker;
 use crate::hostile::providers::{self, Chat, Seen, Stt, find, one_turn};
-use crate::hostile::{recovered, reserve_with};
+use crate::hostile::{recovered_serving_events, reserve_with};
 
 /// A worker whose pipeline uses the fake providers, with one session reserved on it.
 async fn with_providers(stt: Stt, chat: Chat, stt_timeout: &str) -> (Worker, Arc<Mutex<Seen>>) {
@@ -42,7 +42,7 @@ async fn a_huge_provider_error_body_is_not_read_and_its_message_is_capped() {
     );
     assert!(message.len() <= 600, "{} bytes", message.len());
     assert!(took < Duration::from_secs(5), "{took:?}");
-    recovered(&worker).await;
+    recovered_serving_events(&worker).await;
 }
 
 #[tokio::test]
@@ -54,7 +54,7 @@ async fn a_stalled_provider_error_body_still_reports_the_status_in_time() {
     assert_eq!(error["message"], "openai-stt: HTTP 500: {\"error\":");
     // ERROR_BODY_TIMEOUT (2 s) after the turn ended, not the minute the server stalls.
     assert!(took < Duration::from_secs(5), "{took:?}");
-    recovered(&worker).await;
+    recovered_serving_events(&worker).await;
 }
 
 #[tokio::test]
@@ -64,7 +64,7 @@ async fn a_stalled_provider_answer_times_out() {
     let error = find(&events, "error", None).unwrap_or_else(|| panic!("no error: {events:?}"));
     assert_eq!(error["reason"], "ProviderTimeout");
     assert!(took < Duration::from_secs(5), "{took:?}");
-    recovered(&worker).await;
+    recovered_serving_events(&worker).await;
 }
 
 #[tokio::test]
@@ -78,7 +78,7 @@ async fn out_of_range_numbers_and_unparsable_timeouts_do_not_panic() {
         let agent =
             find(&events, "transcript", Some("agent")).unwrap_or_else(|| panic!("{events:?}"));
         assert_eq!(agent["text"], "It is noon.");
-        recovered(&worker).await;
+        recovered_serving_events(&worker).await;
     }
 }
 
@@ -88,7 +88,7 @@ async fn nan_in_a_provider_answer_is_a_malformed_answer() {
     let (events, _) = one_turn(&worker, "team/call", "uid-call", is_error).await;
     let error = find(&events, "error", None).unwrap_or_else(|| panic!("no error: {events:?}"));
     assert_eq!(error["reason"], "ProviderMalformed");
-    recovered(&worker).await;
+    recovered_serving_events(&worker).await;
 }
 
 #[tokio::test]
@@ -112,7 +112,7 @@ async fn an_endless_agent_reply_is_cut_at_the_reply_cap_and_the_turn_ends() {
         .map(String::len)
         .sum();
     assert!(spoken <= 4_096, "{spoken} bytes spoken");
-    recovered(&worker).await;
+    recovered_serving_events(&worker).await;
 }
 
 #[tokio::test]
@@ -121,7 +121,7 @@ async fn invalid_utf8_from_a_provider_becomes_replacement_characters() {
     let (events, _) = one_turn(&worker, "team/call", "uid-call", is_agent_transcript).await;
     let agent = find(&events, "transcript", Some("agent")).unwrap_or_else(|| panic!("{events:?}"));
     assert_eq!(agent["text"], "ok \u{fffd}\u{fffd}\u{fffd} done");
-    recovered(&worker).await;
+    recovered_serving_events(&worker).await;
 }
 
 #[tokio::test]
@@ -151,5 +151,5 @@ async fn a_non_ascii_reply_without_a_sentence_end_is_spoken_in_whole_characters(
         "{inputs:?}"
     );
     assert_eq!(inputs.concat(), reply);
-    recovered(&worker).await;
+    recovered_serving_events(&worker).await;
 }
