@@ -272,11 +272,14 @@ fn rbac_grants_what_the_operator_calls_and_nothing_wider() {
         ("", "services", "get"),
         ("", "services", "patch"),
         ("", "secrets", "get"),
+        ("", "secrets", "list"),
+        ("", "secrets", "watch"),
         ("", "secrets", "create"),
         ("", "secrets", "patch"),
         ("networking.k8s.io", "networkpolicies", "get"),
         ("networking.k8s.io", "networkpolicies", "create"),
         ("networking.k8s.io", "networkpolicies", "patch"),
+        ("", "secrets", "update"),
         ("events.k8s.io", "events", "create"),
         ("events.k8s.io", "events", "patch"),
         ("coordination.k8s.io", "leases", "get"),
@@ -315,6 +318,79 @@ fn rbac_grants_what_the_operator_calls_and_nothing_wider() {
     );
     let role = one(&docs, "Role");
     assert_eq!(role["metadata"]["namespace"], "voice-system");
+}
+
+/// The rules of one rendered Role or ClusterRole, as (group, resource, verb) triples.
+fn rules_of(role: &Value) -> BTreeSet<(String, String, String)> {
+    granted(&[role.clone()])
+}
+
+#[test]
+fn a_watched_namespace_gets_namespaced_roles_and_the_cluster_role_keeps_only_providers() {
+    let docs = render("voice-system", &["operator.watchNamespace=team-a"]);
+    let cluster = rules_of(one(&docs, "ClusterRole"));
+    let resources: BTreeSet<&str> = cluster.iter().map(|(_, r, _)| r.as_str()).collect();
+    assert_eq!(
+        resources,
+        BTreeSet::from(["voiceproviders", "voiceproviders/status"]),
+        "the ClusterRole grants only the cluster-scoped providers"
+    );
+    let roles = find(&docs, "Role");
+    let watched = roles
+        .iter()
+        .find(|r| r["metadata"]["name"] == "voice-voice-operator-watched")
+        .expect("a Role for the watched namespace");
+    assert_eq!(watched["metadata"]["namespace"], "team-a");
+    let namespaced = rules_of(watched);
+    for (g, r, v) in [
+        ("voicebackends.dev", "voicebackends", "watch"),
+        ("voicebackends.dev", "voicesessions/status", "patch"),
+        ("", "pods", "create"),
+        ("", "secrets", "watch"),
+        ("events.k8s.io", "events", "create"),
+    ] {
+        assert!(
+            namespaced.contains(&(g.to_owned(), r.to_owned(), v.to_owned())),
+            "the watched Role lacks {v} on {r}.{g}"
+        );
+    }
+    let binding = find(&docs, "RoleBinding")
+        .into_iter()
+        .find(|b| b["roleRef"]["name"] == "voice-voice-operator-watched")
+        .expect("its RoleBinding");
+    assert_eq!(binding["metadata"]["namespace"], "team-a");
+    assert_eq!(binding["subjects"][0]["namespace"], "voice-system");
+    // Provider Events land in `default`: a Role there for Events and nothing else.
+    let events = roles
+        .iter()
+        .find(|r| r["metadata"]["name"] == "voice-voice-operator-provider-events")
+        .expect("a Role for provider Events");
+    assert_eq!(events["metadata"]["namespace"], "default");
+    assert_eq!(
+        rules_of(events),
+        BTreeSet::from([
+            (
+                "events.k8s.io".to_owned(),
+                "events".to_owned(),
+                "create".to_owned()
+            ),
+            (
+                "events.k8s.io".to_owned(),
+                "events".to_owned(),
+                "patch".to_owned()
+            ),
+        ])
+    );
+
+    // Without watchNamespace, one ClusterRole covers every namespace and no extra Role exists.
+    let docs = render("voice-system", &[]);
+    let cluster = rules_of(one(&docs, "ClusterRole"));
+    assert!(cluster.contains(&("".to_owned(), "pods".to_owned(), "create".to_owned())));
+    assert_eq!(
+        find(&docs, "Role").len(),
+        1,
+        "only the leader-election Role"
+    );
 }
 
 #[test]
@@ -711,6 +787,18 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
     assert!(can_i(ns.name(), &sa, "create", "pods"));
     assert!(can_i(ns.name(), &sa, "create", "events.events.k8s.io"));
     assert!(can_i(ns.name(), &sa, "update", "leases/voice-operator"));
+    // watchNamespace: namespaced Roles, so nothing in any other namespace.
+    for (verb, resource) in [
+        ("create", "pods"),
+        ("get", "secrets"),
+        ("list", "voicesessions.voicebackends.dev"),
+    ] {
+        assert!(
+            !can_i("kube-system", &sa, verb, resource),
+            "{sa} may {verb} {resource} outside its watched namespace"
+        );
+    }
+    assert!(can_i("default", &sa, "create", "events.events.k8s.io"));
     for (verb, resource) in [
         ("list", "configmaps"),
         ("get", "nodes"),

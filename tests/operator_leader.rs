@@ -86,3 +86,91 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     })
     .await;
 }
+
+/// A panic in one controller (here the provider controller, made to panic by the debug-only
+/// `voicebackends.dev/test-panic` annotation) must not leave a leader that renews its Lease
+/// and does nothing: the leader exits non-zero and the standby leads within the lease duration.
+#[tokio::test]
+async fn a_controller_panic_makes_the_leader_exit_and_the_standby_lead() {
+    install_crds();
+    let ns = TestNamespace::new("op-panic").await;
+    let (lease_secs, renew_secs) = (6u64, 1u64);
+    let flags = [
+        "--lease-duration-seconds",
+        "6",
+        "--lease-renew-seconds",
+        "1",
+    ];
+    let mut a = OperatorProcess::start_with(ns.name(), "a", &flags);
+    let first = wait_for(T, "a lease holder", || holder(&ns)).await;
+    assert!(first.starts_with(&format!("{}-a", ns.name())), "{first}");
+    let mut b = OperatorProcess::start_with(ns.name(), "b", &flags);
+    let standby_port = b.metrics_port();
+    wait_for(T, "the standby to serve", || async move {
+        std::net::TcpStream::connect(("127.0.0.1", standby_port))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    assert_eq!(http_get(standby_port, "/readyz"), "standby");
+    assert_eq!(http_get(a.metrics_port(), "/healthz"), "ok");
+
+    let (provider, mut manifest) = provider_manifest(&ns, "boom", json!({}));
+    let _cleanup = ProviderCleanup(vec![provider.clone()]);
+    manifest["metadata"]["annotations"] =
+        json!({"voicebackends.dev/test-panic": "provider-controller"});
+    apply(&ns, &[&manifest]);
+    let status = a.wait_exit(T).unwrap_or_else(|| {
+        panic!(
+            "the leader still runs after its controller panicked:\n{}",
+            a.log_tail(30)
+        )
+    });
+    let exited = Instant::now();
+    assert_eq!(status.code(), Some(1), "{}", a.log_tail(30));
+    let log = std::fs::read_to_string(a.log()).expect("leader log");
+    assert!(log.contains("panicking on purpose"), "{}", a.log_tail(30));
+    assert!(
+        log.contains("controller panicked while leading; exiting"),
+        "{}",
+        a.log_tail(30)
+    );
+    // The trigger has done its job; the new leader must not trip over it too.
+    kubectl_ok(&[
+        "annotate",
+        "voiceprovider",
+        &provider,
+        "voicebackends.dev/test-panic-",
+    ]);
+
+    let second = wait_for(T, "the standby to lead", || async {
+        match holder(&ns).await {
+            Ok(h) if h.starts_with(&format!("{}-b", ns.name())) => Ok(h),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    let took = exited.elapsed();
+    eprintln!("standby {second} led {took:?} after the leader exited (lease {lease_secs}s)");
+    // It waits for the lease to expire (it was renewed at most `renew` before the exit), then
+    // retries every `renew` period: the lease duration plus one retry, with a second to spare.
+    assert!(
+        took <= Duration::from_secs(lease_secs + renew_secs + 1),
+        "took {took:?}"
+    );
+    // The new leader runs the same provider controller, which accepts the (now plain) provider.
+    wait_for(T, "the new leader to accept the provider", || async {
+        let p = kube::Api::<voice_crds::VoiceProvider>::all(ns.client())
+            .get(&provider)
+            .await
+            .map_err(|e| e.to_string())?;
+        match provider_condition(&p, "Accepted") {
+            Some((status, _, _)) if status == "True" => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert!(b.is_running(), "{}", b.log_tail(20));
+    assert_eq!(http_get(b.metrics_port(), "/healthz"), "ok");
+    assert!(b.terminate(), "{}", b.log_tail(20));
+}

@@ -138,7 +138,12 @@ async fn a_killed_worker_is_reported_replaced_and_the_backend_recovers() {
 
 #[tokio::test]
 async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
-    let stack = OperatorStack::start("op-e2e-roll").await;
+    // The test rolls `spec.workers.image`, which the provider must allow.
+    let stack = OperatorStack::start_with(
+        "op-e2e-roll",
+        json!({"worker": {"allowImageOverride": true}}),
+    )
+    .await;
     let ns = &stack.ns;
     stack.apply_backend("assistant", json!({"scaling": {"minWorkers": 2}}));
     wait_healthy(ns, "assistant", 2, T).await;
@@ -223,7 +228,12 @@ async fn an_image_change_rolls_new_workers_out_before_old_ones_drain() {
 async fn scale_down_keeps_busy_workers_and_a_draining_worker_stays_until_its_session_ends() {
     use voice_proto::worker::v1::{ReleaseSessionRequest, ReserveResult, ReserveSessionRequest};
 
-    let stack = OperatorStack::start("op-e2e-drain").await;
+    // The test rolls `spec.workers.image`, which the provider must allow.
+    let stack = OperatorStack::start_with(
+        "op-e2e-drain",
+        json!({"worker": {"allowImageOverride": true}}),
+    )
+    .await;
     let ns = &stack.ns;
     stack.apply_backend(
         "assistant",
