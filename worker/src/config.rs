@@ -73,7 +73,11 @@ pub struct Config {
 
     /// Check loopback, private and link-local ICE candidates that clients signal (off by
     /// default; see `transport::candidate_policy`).
-    #[arg(long, env = "ALLOW_PRIVATE_CANDIDATES", value_name = "ALLOW_PRIVATE_CANDIDATES")]
+    #[arg(
+        long,
+        env = "ALLOW_PRIVATE_CANDIDATES",
+        value_name = "ALLOW_PRIVATE_CANDIDATES"
+    )]
     pub allow_private_candidates: bool,
 
     /// Key that signs session join tokens (the operator mounts it from a Secret).
@@ -322,24 +326,38 @@ mod tests {
 
     #[test]
     fn ice_servers_are_json_from_the_operator_or_urls_by_hand() {
-        let config = parse(&["--ice-servers", r#"[{"urls":["turn:t:3478"],"authSecretRef":{"name":"turn","key":"s"}}]"#])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let config = parse(&[
+            "--ice-servers",
+            r#"[{"urls":["turn:t:3478"],"authSecretRef":{"name":"turn","key":"s"}}]"#,
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
         let specs = config.ice_servers.unwrap_or_default().0;
         assert_eq!(specs[0].urls, vec!["turn:t:3478".to_owned()]);
-        assert_eq!(specs[0].auth_secret_ref.as_ref().map(|r| r.key.as_str()), Some("s"));
-        let config = parse(&["--ice-servers", "stun:a:3478,stun:b:3478"]).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            specs[0].auth_secret_ref.as_ref().map(|r| r.key.as_str()),
+            Some("s")
+        );
+        let config =
+            parse(&["--ice-servers", "stun:a:3478,stun:b:3478"]).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.ice_servers.unwrap_or_default().0.len(), 2);
-        let err = parse(&["--ice-servers", "http://x"]).map(|_| ()).unwrap_err();
+        let err = parse(&["--ice-servers", "http://x"])
+            .map(|_| ())
+            .unwrap_err();
         assert!(err.to_string().contains("ICE_SERVERS"), "{err}");
     }
 
     #[test]
     fn allowed_origins_must_be_origins() {
-        let config = parse(&["--allowed-origins", "https://app.example.com,http://127.0.0.1:3000"])
-            .unwrap_or_else(|e| panic!("{e}"));
+        let config = parse(&[
+            "--allowed-origins",
+            "https://app.example.com,http://127.0.0.1:3000",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(config.allowed_origins.len(), 2);
         assert!(!config.allow_private_candidates);
-        let err = parse(&["--allowed-origins", "https://app.example.com/x"]).map(|_| ()).unwrap_err();
+        let err = parse(&["--allowed-origins", "https://app.example.com/x"])
+            .map(|_| ())
+            .unwrap_err();
         assert!(err.to_string().contains("ALLOWED_ORIGINS"), "{err}");
     }
 

@@ -236,7 +236,10 @@ mod tests {
             rest_credential(b"north-wind", "1700000000:team/call-1"),
             "1Dv5YhoEX4lkHWsFMX45P7tdrew="
         );
-        assert_eq!(rest_username(1_700_000_000, "team/call-1"), "1700000000:team/call-1");
+        assert_eq!(
+            rest_username(1_700_000_000, "team/call-1"),
+            "1700000000:team/call-1"
+        );
     }
 
     #[test]
@@ -255,8 +258,14 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let client = servers.for_session("team/call-1", 1_700_000_000);
         assert_eq!(client[0].username, None);
-        assert_eq!(client[1].username.as_deref(), Some("1700000000:team/call-1"));
-        assert_eq!(client[1].credential.as_deref(), Some("1Dv5YhoEX4lkHWsFMX45P7tdrew="));
+        assert_eq!(
+            client[1].username.as_deref(),
+            Some("1700000000:team/call-1")
+        );
+        assert_eq!(
+            client[1].credential.as_deref(),
+            Some("1Dv5YhoEX4lkHWsFMX45P7tdrew=")
+        );
         assert_eq!(client[2].username.as_deref(), Some("alice"));
         let links = link_headers(&client);
         assert_eq!(
@@ -281,7 +290,10 @@ mod tests {
         )
         .map(|_| ())
         .unwrap_err();
-        assert!(missing.to_string().contains("ICE_SERVERS[0]: no nope/k"), "{missing}");
+        assert!(
+            missing.to_string().contains("ICE_SERVERS[0]: no nope/k"),
+            "{missing}"
+        );
         let half = IceServers::load_with(
             &spec(serde_json::json!([{"urls": ["stun:x"]}, {"urls": ["turn:x"], "usernameSecretRef": {"name": "static", "key": "user"}}])),
             secrets,

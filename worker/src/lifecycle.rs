@@ -45,9 +45,8 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         .with_default_pipeline(config.pipeline.as_ref()),
     );
     // A TURN Secret the pod lacks is a configuration error: fail at start, naming it.
-    let ice_servers = crate::ice_servers::IceServers::load(
-        &config.ice_servers.clone().unwrap_or_default().0,
-    )?;
+    let ice_servers =
+        crate::ice_servers::IceServers::load(&config.ice_servers.clone().unwrap_or_default().0)?;
     let shutdown = CancellationToken::new();
     let started = Arc::new(AtomicBool::new(false));
 

@@ -253,7 +253,9 @@ pub fn router(ctx: Arc<MediaContext>) -> Router {
         .route(crate::ice_endpoint::PATH, get(crate::ice_endpoint::serve))
         .with_state(ctx.clone());
     let whip = match crate::cors::layer(&ctx.allowed_origins) {
-        Some(cors) => whip.layer(cors),
+        Some(cors) => whip
+            .layer(cors)
+            .layer(axum::middleware::map_response(crate::cors::strip_refused)),
         None => whip,
     };
     Router::new()
@@ -497,10 +499,10 @@ async fn add_trickled(
     if restarts(&fragment.ufrag, remote_ufrag) || restarts(&fragment.pwd, remote_pwd) {
         return Err(SignalingError::IceRestartUnsupported);
     }
-    let signalled = peer
-        .signalled
-        .fetch_add(fragment.candidates.len(), std::sync::atomic::Ordering::AcqRel)
-        + fragment.candidates.len();
+    let signalled = peer.signalled.fetch_add(
+        fragment.candidates.len(),
+        std::sync::atomic::Ordering::AcqRel,
+    ) + fragment.candidates.len();
     if signalled > MAX_CANDIDATES {
         return Err(TooManyCandidates(signalled).into());
     }

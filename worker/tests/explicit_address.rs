@@ -30,8 +30,19 @@ impl Dnat {
     fn add(port: u16) -> Self {
         let (port, to) = (port.to_string(), format!("127.0.0.1:{port}"));
         let spec: Vec<String> = [
-            "-t", "nat", "OUTPUT", "-d", NAT_ADDRESS, "-p", "udp", "--dport", port.as_str(),
-            "-j", "DNAT", "--to-destination", to.as_str(),
+            "-t",
+            "nat",
+            "OUTPUT",
+            "-d",
+            NAT_ADDRESS,
+            "-p",
+            "udp",
+            "--dport",
+            port.as_str(),
+            "-j",
+            "DNAT",
+            "--to-destination",
+            to.as_str(),
         ]
         .iter()
         .map(|s| (*s).to_owned())
@@ -41,7 +52,9 @@ impl Dnat {
         let output = Command::new("iptables")
             .args(&insert)
             .output()
-            .unwrap_or_else(|e| panic!("running iptables (apt-get install iptables; the test needs root): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("running iptables (apt-get install iptables; the test needs root): {e}")
+            });
         assert!(
             output.status.success(),
             "iptables refused the DNAT rule (the test needs root): {}",
@@ -74,7 +87,10 @@ async fn the_answer_names_exactly_the_explicit_address_and_port_and_aiortc_conne
     let udp_port = port.to_string();
     let worker = Worker::start_with(
         1,
-        &[("UDP_PORT", udp_port.as_str()), ("ADVERTISE_IP", NAT_ADDRESS)],
+        &[
+            ("UDP_PORT", udp_port.as_str()),
+            ("ADVERTISE_IP", NAT_ADDRESS),
+        ],
     );
     worker.reserve("team/nat-1", "uid-nat").await;
 
@@ -93,10 +109,17 @@ async fn the_answer_names_exactly_the_explicit_address_and_port_and_aiortc_conne
         .unwrap_or_else(|e| panic!("running the aiortc client: {e}"));
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "aiortc client failed:\n{stdout}\n{stderr}");
-    let report: serde_json::Value = serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{stdout}\n{stderr}"));
-    println!("aiortc through the NAT: connect {} ms; {report}", report["connect_ms"]);
+    assert!(
+        output.status.success(),
+        "aiortc client failed:\n{stdout}\n{stderr}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
+            .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{stdout}\n{stderr}"));
+    println!(
+        "aiortc through the NAT: connect {} ms; {report}",
+        report["connect_ms"]
+    );
     let _ = std::fs::remove_file(&out);
 
     // Every candidate of the answer is the explicit address and the configured port.
@@ -108,14 +131,26 @@ async fn the_answer_names_exactly_the_explicit_address_and_port_and_aiortc_conne
     for candidate in &candidates {
         let fields: Vec<&str> = candidate.split_whitespace().collect();
         assert_eq!(
-            (fields.get(2).copied(), fields.get(4).copied(), fields.get(5).copied()),
-            (Some("udp"), Some(NAT_ADDRESS), Some(port.to_string().as_str())),
+            (
+                fields.get(2).copied(),
+                fields.get(4).copied(),
+                fields.get(5).copied()
+            ),
+            (
+                Some("udp"),
+                Some(NAT_ADDRESS),
+                Some(port.to_string().as_str())
+            ),
             "{candidate}"
         );
     }
     // And the client reached the worker through it, and heard the echo.
     assert_eq!(report["state"], "connected", "{report}");
-    assert_eq!(report["selected_remote"], format!("{NAT_ADDRESS}:{port}"), "{report}");
+    assert_eq!(
+        report["selected_remote"],
+        format!("{NAT_ADDRESS}:{port}"),
+        "{report}"
+    );
     assert!(
         report["round_trip_ms"].as_f64().is_some(),
         "the tone never came back: {report}"

@@ -310,7 +310,10 @@ async fn private_candidates_get_no_checks_unless_allowed_and_a_flood_is_refused(
         .request(
             "POST",
             "/v1/sessions/team/private-1/offer",
-            &[("Content-Type", "application/sdp"), ("Authorization", &bearer)],
+            &[
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &bearer),
+            ],
             OFFER.as_bytes(),
         )
         .await;
@@ -329,12 +332,20 @@ async fn private_candidates_get_no_checks_unless_allowed_and_a_flood_is_refused(
     let accepted = call
         .patch(&[("Content-Type", SDPFRAG)], &fragment(&[&loopback]))
         .await;
-    assert_eq!(accepted.status, 204, "a skipped candidate is no error: {}", accepted.body);
+    assert_eq!(
+        accepted.status, 204,
+        "a skipped candidate is no error: {}",
+        accepted.body
+    );
     // The worker checked the same candidate within a second when allowed (test above);
     // here nothing arrives in five.
     let mut buf = [0u8; 1_500];
     let heard = tokio::time::timeout(Duration::from_secs(5), client.recv_from(&mut buf)).await;
-    assert!(heard.is_err(), "the worker sent {:?} to a loopback candidate it must not check", heard.map(|r| r.map(|(n, _)| n)));
+    assert!(
+        heard.is_err(),
+        "the worker sent {:?} to a loopback candidate it must not check",
+        heard.map(|r| r.map(|(n, _)| n))
+    );
     let metrics = worker.metrics().await;
     assert!(
         metrics.contains(r#"reason="candidate_private"} 1"#),
@@ -344,10 +355,17 @@ async fn private_candidates_get_no_checks_unless_allowed_and_a_flood_is_refused(
     // One connection signals at most 32 candidates, used or skipped (loopback ones here, so
     // no check leaves this host); the 33rd is refused with a clear 400.
     let more: Vec<String> = (0..31)
-        .map(|i| format!("a=candidate:{i} 1 udp 2122260223 127.0.0.1 {} typ host", 6000 + i))
+        .map(|i| {
+            format!(
+                "a=candidate:{i} 1 udp 2122260223 127.0.0.1 {} typ host",
+                6000 + i
+            )
+        })
         .collect();
     let more: Vec<&str> = more.iter().map(String::as_str).collect();
-    let up_to_the_cap = call.patch(&[("Content-Type", SDPFRAG)], &fragment(&more)).await;
+    let up_to_the_cap = call
+        .patch(&[("Content-Type", SDPFRAG)], &fragment(&more))
+        .await;
     assert_eq!(up_to_the_cap.status, 204, "{}", up_to_the_cap.body);
     let one_more = call
         .patch(&[("Content-Type", SDPFRAG)], &fragment(&[&loopback]))

@@ -34,7 +34,8 @@ impl Coturn {
         let dir = std::env::temp_dir().join(format!("voice-coturn-{}-{port}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("{e}"));
-        let log = std::fs::File::create(dir.join("turnserver.log")).unwrap_or_else(|e| panic!("{e}"));
+        let log =
+            std::fs::File::create(dir.join("turnserver.log")).unwrap_or_else(|e| panic!("{e}"));
         // Relay ports from a range above the ephemeral ports the other tests draw from.
         let relay_low = 61_000 + (port % 20) * 100;
         let child = std::process::Command::new("turnserver")
@@ -56,7 +57,11 @@ impl Coturn {
         let coturn = Self { child, port, dir };
         let started = std::time::Instant::now();
         while !coturn.log().contains("UDP listener opened on: 127.0.0.1") {
-            assert!(started.elapsed() < Duration::from_secs(10), "coturn did not start:\n{}", coturn.log());
+            assert!(
+                started.elapsed() < Duration::from_secs(10),
+                "coturn did not start:\n{}",
+                coturn.log()
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
         coturn
@@ -91,7 +96,8 @@ fn worker_with_turn(coturn: &Coturn, secret: &str) -> Worker {
 }
 
 #[tokio::test]
-async fn chromium_relays_through_coturn_with_session_credentials_and_a_wrong_secret_fails_clearly() {
+async fn chromium_relays_through_coturn_with_session_credentials_and_a_wrong_secret_fails_clearly()
+{
     let coturn = Coturn::start();
     let flags = ["--allow-loopback-in-peer-connection"];
 
@@ -106,22 +112,32 @@ async fn chromium_relays_through_coturn_with_session_credentials_and_a_wrong_sec
     let mut browser = Browser::open(&url, &sine(1_000.0, 48_000, 2.0), &flags).await;
     let (state, connected_after) = browser
         .watch_demo(Duration::from_secs(40), |s| {
-            s["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05
-                && s["localCandidateType"] == "relay"
+            s["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05 && s["localCandidateType"] == "relay"
         })
         .await;
     println!("chromium over coturn: connected after {connected_after:?}; {state}");
-    assert!(state["errors"].as_array().is_some_and(Vec::is_empty), "{state}");
+    assert!(
+        state["errors"].as_array().is_some_and(Vec::is_empty),
+        "{state}"
+    );
     assert_eq!(state["iceTransportPolicy"], "relay", "{state}");
     assert_eq!(state["connectionState"], "connected", "{state}");
-    assert_eq!(state["localCandidateType"], "relay", "the media did not go through TURN: {state}");
-    assert!(state["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05, "the tone never came back: {state}");
+    assert_eq!(
+        state["localCandidateType"], "relay",
+        "the media did not go through TURN: {state}"
+    );
+    assert!(
+        state["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05,
+        "the tone never came back: {state}"
+    );
     // coturn allocated for the session's time-limited username (`<expiry>:<session>`).
     let log = coturn.log();
     let allocation = log
         .lines()
         .find(|l| l.contains(":team/relay-1>") && l.contains("ALLOCATE processed, success"))
-        .unwrap_or_else(|| panic!("no successful allocation for team/relay-1 in coturn's log:\n{log}"));
+        .unwrap_or_else(|| {
+            panic!("no successful allocation for team/relay-1 in coturn's log:\n{log}")
+        });
     println!("coturn: {allocation}");
     drop(browser);
     drop(worker);
@@ -139,11 +155,18 @@ async fn chromium_relays_through_coturn_with_session_credentials_and_a_wrong_sec
     println!("chromium with a wrong TURN secret: {state}");
     assert_ne!(state["connectionState"], "connected", "{state}");
     let errors = state["errors"].to_string();
-    assert!(errors.contains("ICE failed"), "no clear error on the page: {state}");
-    assert!(errors.contains("401"), "the TURN refusal is not named: {state}");
+    assert!(
+        errors.contains("ICE failed"),
+        "no clear error on the page: {state}"
+    );
+    assert!(
+        errors.contains("401"),
+        "the TURN refusal is not named: {state}"
+    );
     let log = coturn.log();
     assert!(
-        log.lines().any(|l| l.contains(":team/relay-2>") && l.contains("401")),
+        log.lines()
+            .any(|l| l.contains(":team/relay-2>") && l.contains("401")),
         "coturn's log shows no refusal for team/relay-2:\n{log}"
     );
 }

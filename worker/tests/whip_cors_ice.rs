@@ -28,7 +28,13 @@ fn all<'a>(response: &'a common::Response, name: &str) -> Vec<&'a str> {
 
 #[tokio::test]
 async fn only_allowed_origins_get_cors_and_the_answer_headers_are_exposed() {
-    let worker = Worker::start_with(2, &[("ALLOWED_ORIGINS", "https://app.example.com,http://localhost:3000")]);
+    let worker = Worker::start_with(
+        2,
+        &[(
+            "ALLOWED_ORIGINS",
+            "https://app.example.com,http://localhost:3000",
+        )],
+    );
     worker.reserve("team/cors-1", "uid-c1").await;
     worker.reserve("team/cors-2", "uid-c2").await;
     let path = "/v1/sessions/team/cors-1/offer";
@@ -42,7 +48,10 @@ async fn only_allowed_origins_get_cors_and_the_answer_headers_are_exposed() {
                     &[
                         ("Origin", origin),
                         ("Access-Control-Request-Method", "POST"),
-                        ("Access-Control-Request-Headers", "authorization,content-type"),
+                        (
+                            "Access-Control-Request-Headers",
+                            "authorization,content-type",
+                        ),
                     ],
                     b"",
                 )
@@ -51,15 +60,44 @@ async fn only_allowed_origins_get_cors_and_the_answer_headers_are_exposed() {
     };
 
     let allowed = preflight(APP).await;
-    assert!(allowed.status < 300, "preflight: {} {}", allowed.status, allowed.body);
-    assert_eq!(allowed.header("access-control-allow-origin"), Some(APP), "{:?}", allowed.headers);
-    let methods = allowed.header("access-control-allow-methods").unwrap_or_default().to_ascii_uppercase();
-    assert!(methods.contains("POST") && methods.contains("PATCH") && methods.contains("DELETE"), "{methods}");
-    let headers = allowed.header("access-control-allow-headers").unwrap_or_default().to_ascii_lowercase();
-    assert!(headers.contains("authorization") && headers.contains("content-type"), "{headers}");
+    assert!(
+        allowed.status < 300,
+        "preflight: {} {}",
+        allowed.status,
+        allowed.body
+    );
+    assert_eq!(
+        allowed.header("access-control-allow-origin"),
+        Some(APP),
+        "{:?}",
+        allowed.headers
+    );
+    let methods = allowed
+        .header("access-control-allow-methods")
+        .unwrap_or_default()
+        .to_ascii_uppercase();
+    assert!(
+        methods.contains("POST") && methods.contains("PATCH") && methods.contains("DELETE"),
+        "{methods}"
+    );
+    let headers = allowed
+        .header("access-control-allow-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    assert!(
+        headers.contains("authorization") && headers.contains("content-type"),
+        "{headers}"
+    );
 
     let refused = preflight("https://evil.example.net").await;
-    assert_eq!(refused.header("access-control-allow-origin"), None, "{:?}", refused.headers);
+    assert!(
+        !refused
+            .headers
+            .iter()
+            .any(|(n, _)| n.starts_with("access-control-")),
+        "a refused origin gets no CORS header: {:?}",
+        refused.headers
+    );
 
     // The actual request from the allowed origin: answered, with Location, Link and ETag
     // readable by the page's script.
@@ -68,13 +106,20 @@ async fn only_allowed_origins_get_cors_and_the_answer_headers_are_exposed() {
         .request(
             "POST",
             path,
-            &[("Origin", APP), ("Content-Type", "application/sdp"), ("Authorization", &bearer)],
+            &[
+                ("Origin", APP),
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &bearer),
+            ],
             OFFER.as_bytes(),
         )
         .await;
     assert_eq!(answered.status, 201, "{}", answered.body);
     assert_eq!(answered.header("access-control-allow-origin"), Some(APP));
-    let exposed = answered.header("access-control-expose-headers").unwrap_or_default().to_ascii_lowercase();
+    let exposed = answered
+        .header("access-control-expose-headers")
+        .unwrap_or_default()
+        .to_ascii_lowercase();
     for name in ["location", "link", "etag"] {
         assert!(exposed.contains(name), "{name} not exposed: {exposed}");
     }
@@ -86,12 +131,22 @@ async fn only_allowed_origins_get_cors_and_the_answer_headers_are_exposed() {
         .request(
             "POST",
             "/v1/sessions/team/cors-2/offer",
-            &[("Origin", "https://evil.example.net"), ("Content-Type", "application/sdp"), ("Authorization", &bearer2)],
+            &[
+                ("Origin", "https://evil.example.net"),
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &bearer2),
+            ],
             OFFER.as_bytes(),
         )
         .await;
-    assert_eq!(foreign.header("access-control-allow-origin"), None, "{:?}", foreign.headers);
-    assert_eq!(foreign.header("access-control-expose-headers"), None);
+    assert!(
+        !foreign
+            .headers
+            .iter()
+            .any(|(n, _)| n.starts_with("access-control-")),
+        "a refused origin gets no CORS header: {:?}",
+        foreign.headers
+    );
 }
 
 #[tokio::test]
@@ -150,7 +205,10 @@ async fn ice_servers_reach_clients_with_static_and_session_bound_turn_credential
         .request(
             "POST",
             "/v1/sessions/team/ice-1/offer",
-            &[("Content-Type", "application/sdp"), ("Authorization", &bearer)],
+            &[
+                ("Content-Type", "application/sdp"),
+                ("Authorization", &bearer),
+            ],
             OFFER.as_bytes(),
         )
         .await;
@@ -163,15 +221,26 @@ async fn ice_servers_reach_clients_with_static_and_session_bound_turn_credential
             "<turns:turn.example.com:5349>; rel=\"ice-server\"; username=\"alice\"; credential=\"s3cret\"; credential-type=\"password\"".to_owned(),
         ]
     );
-    assert!(!answered.headers.iter().any(|(_, v)| v.contains("north-wind")));
+    assert!(
+        !answered
+            .headers
+            .iter()
+            .any(|(_, v)| v.contains("north-wind"))
+    );
 
     // The demo page's source: the same servers as RTCIceServer JSON, behind the same token.
     let json = worker
-        .request("GET", "/v1/sessions/team/ice-1/ice-servers", &[("Authorization", &bearer)], b"")
+        .request(
+            "GET",
+            "/v1/sessions/team/ice-1/ice-servers",
+            &[("Authorization", &bearer)],
+            b"",
+        )
         .await;
     assert_eq!(json.status, 200, "{}", json.body);
     assert_eq!(json.header("cache-control"), Some("no-store"));
-    let body: serde_json::Value = serde_json::from_str(&json.body).unwrap_or_else(|e| panic!("{e}: {}", json.body));
+    let body: serde_json::Value =
+        serde_json::from_str(&json.body).unwrap_or_else(|e| panic!("{e}: {}", json.body));
     assert_eq!(
         body,
         serde_json::json!({"iceServers": [
@@ -192,7 +261,10 @@ async fn a_worker_without_its_turn_secret_refuses_to_start_and_names_it() {
     let ice = r#"[{"urls":["turn:127.0.0.1:3478"],"authSecretRef":{"name":"turn-missing","key":"secret"}}]"#;
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_voice-worker"))
         .env("ICE_SERVERS", ice)
-        .env("VOICE_SECRETS_DIR", std::env::temp_dir().join("voice-no-secrets-here"))
+        .env(
+            "VOICE_SECRETS_DIR",
+            std::env::temp_dir().join("voice-no-secrets-here"),
+        )
         .env("POD_IP", "127.0.0.1")
         .env("UDP_PORT", "0")
         .args(["--grpc-port", &common::free_port().to_string()])
@@ -200,6 +272,10 @@ async fn a_worker_without_its_turn_secret_refuses_to_start_and_names_it() {
         .output()
         .unwrap_or_else(|e| panic!("running voice-worker: {e}"));
     assert!(!output.status.success());
-    let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
     assert!(text.contains("VOICE_SECRET_TURN_MISSING_SECRET"), "{text}");
 }

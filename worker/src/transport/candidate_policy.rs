@@ -129,13 +129,30 @@ mod tests {
     #[test]
     fn internal_addresses_are_told_from_public_ones() {
         for internal in [
-            "127.0.0.1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.1.1", "0.0.0.0",
-            "100.64.0.1", "224.0.0.1", "255.255.255.255", "::1", "fd00::1", "fe80::1", "::",
+            "127.0.0.1",
+            "10.1.2.3",
+            "172.16.0.1",
+            "192.168.1.1",
+            "169.254.1.1",
+            "0.0.0.0",
+            "100.64.0.1",
+            "224.0.0.1",
+            "255.255.255.255",
+            "::1",
+            "fd00::1",
+            "fe80::1",
+            "::",
             "::ffff:10.0.0.1",
         ] {
             assert!(is_internal(ip(internal)), "{internal}");
         }
-        for public in ["203.0.113.7", "8.8.8.8", "100.128.0.1", "2001:db8::1", "::ffff:1.2.3.4"] {
+        for public in [
+            "203.0.113.7",
+            "8.8.8.8",
+            "100.128.0.1",
+            "2001:db8::1",
+            "::ffff:1.2.3.4",
+        ] {
             assert!(!is_internal(ip(public)), "{public}");
         }
     }
@@ -144,7 +161,10 @@ mod tests {
     fn candidates_are_judged_by_address() {
         let host = |a: &str| format!("candidate:1 1 udp 2122260223 {a} 5000 typ host");
         assert_eq!(judge(&host("203.0.113.7"), false), Verdict::Use);
-        assert_eq!(judge(&host("10.0.0.5"), false), Verdict::Skip("candidate_private"));
+        assert_eq!(
+            judge(&host("10.0.0.5"), false),
+            Verdict::Skip("candidate_private")
+        );
         assert_eq!(judge(&host("10.0.0.5"), true), Verdict::Use);
         assert_eq!(
             judge(&host("3f1e6a3c-1b2d.local"), true),
@@ -163,7 +183,11 @@ mod tests {
         assert_eq!(filtered.signalled, 2);
         assert_eq!(filtered.skipped, vec!["candidate_private"]);
         assert!(!filtered.sdp.contains("127.0.0.1 5000"), "{}", filtered.sdp);
-        assert!(filtered.sdp.contains("203.0.113.7 6000"), "{}", filtered.sdp);
+        assert!(
+            filtered.sdp.contains("203.0.113.7 6000"),
+            "{}",
+            filtered.sdp
+        );
         assert!(filtered.sdp.ends_with("a=mid:0\r\n"));
         assert_eq!(
             filter_offer(offer, true).map(|f| f.sdp),
@@ -171,7 +195,12 @@ mod tests {
         );
 
         let many: String = (0..=MAX_CANDIDATES)
-            .map(|i| format!("a=candidate:{i} 1 udp 1 203.0.113.7 {} typ host\r\n", 5000 + i))
+            .map(|i| {
+                format!(
+                    "a=candidate:{i} 1 udp 1 203.0.113.7 {} typ host\r\n",
+                    5000 + i
+                )
+            })
             .collect();
         let err = filter_offer(&format!("v=0\r\n{many}"), true).unwrap_err();
         assert_eq!(err, TooManyCandidates(MAX_CANDIDATES + 1));

@@ -123,7 +123,10 @@ impl Browser {
                 "--remote-debugging-address=127.0.0.1",
             ])
             .args(extra)
-            .arg(format!("--use-file-for-fake-audio-capture={}", wav.display()))
+            .arg(format!(
+                "--use-file-for-fake-audio-capture={}",
+                wav.display()
+            ))
             .arg(format!("--user-data-dir={}", dir.join("profile").display()))
             .arg(url)
             .stdin(Stdio::null())
@@ -213,7 +216,9 @@ impl Browser {
         let started = Instant::now();
         let mut connected_after = None;
         loop {
-            let value = self.evaluate("JSON.stringify(window.voiceDemo || null)").await;
+            let value = self
+                .evaluate("JSON.stringify(window.voiceDemo || null)")
+                .await;
             let state: serde_json::Value =
                 serde_json::from_str(value.as_str().unwrap_or("null")).unwrap_or_default();
             if connected_after.is_none() && state["connectionState"] == "connected" {

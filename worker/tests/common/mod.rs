@@ -312,13 +312,19 @@ pub fn aiortc_python() -> std::path::PathBuf {
             .arg(&venv)
             .status()
             .unwrap_or_else(|e| panic!("running python3 -m venv: {e}"));
-        assert!(status.success(), "python3 -m venv failed: install python3-venv");
+        assert!(
+            status.success(),
+            "python3 -m venv failed: install python3-venv"
+        );
     }
     let status = Command::new(&python)
         .args(["-m", "pip", "install", "--quiet", AIORTC])
         .status()
         .unwrap_or_else(|e| panic!("running pip: {e}"));
-    assert!(status.success(), "pip install {AIORTC} failed (PyPI unreachable?)");
+    assert!(
+        status.success(),
+        "pip install {AIORTC} failed (PyPI unreachable?)"
+    );
     assert!(has_aiortc(&python), "aiortc installed but does not import");
     python
 }
