@@ -29,7 +29,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "prometheus", // real Prometheus and promtool for the chart's alert rules and the scrape tests
     "chromium",   // the headless browser of the worker's demo-page test
     "coturn",     // the real TURN server of the relay test (worker/tests/turn_relay.rs)
-    "iptables",   // the 1:1 NAT (DNAT) of the explicit-address test (worker/tests/explicit_address.rs)
+    "iptables", // the 1:1 NAT (DNAT) of the explicit-address test (worker/tests/explicit_address.rs)
 ];
 
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {
