@@ -438,6 +438,47 @@ fn cases() -> Vec<Case> {
             ],
         },
         Case {
+            name: "ICE server with a TURN shared secret and static credentials",
+            example: STT_TTS,
+            mutate: |v| {
+                let r = json!({"name": "turn", "key": "k"});
+                v["spec"]["workers"]["network"] = json!({"iceServers": [{
+                    "urls": ["turn:127.0.0.1:3478"],
+                    "authSecretRef": r, "usernameSecretRef": r, "credentialSecretRef": r,
+                }]})
+            },
+            expect: &[
+                "spec.workers.network.iceServers[0]",
+                "authSecretRef (time-limited TURN REST credentials) excludes usernameSecretRef/credentialSecretRef",
+            ],
+        },
+        Case {
+            name: "ICE server with a username but no credential",
+            example: STT_TTS,
+            mutate: |v| {
+                v["spec"]["workers"]["network"] = json!({"iceServers": [{
+                    "urls": ["turn:127.0.0.1:3478"],
+                    "usernameSecretRef": {"name": "turn", "key": "user"},
+                }]})
+            },
+            expect: &[
+                "spec.workers.network.iceServers[0]",
+                "usernameSecretRef and credentialSecretRef go together",
+            ],
+        },
+        Case {
+            name: "allowed origin with a path",
+            example: STT_TTS,
+            mutate: |v| {
+                v["spec"]["workers"]["network"] =
+                    json!({"allowedOrigins": ["https://app.example.com/voice"]})
+            },
+            expect: &[
+                "spec.workers.network.allowedOrigins",
+                "network.allowedOrigins entries must be origins",
+            ],
+        },
+        Case {
             name: "unknown placement",
             example: STT_TTS,
             mutate: |v| v["spec"]["placement"] = json!("Random"),

@@ -322,7 +322,7 @@ fn rbac_grants_what_the_operator_calls_and_nothing_wider() {
 
 /// The rules of one rendered Role or ClusterRole, as (group, resource, verb) triples.
 fn rules_of(role: &Value) -> BTreeSet<(String, String, String)> {
-    granted(&[role.clone()])
+    granted(std::slice::from_ref(role))
 }
 
 #[test]

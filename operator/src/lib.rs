@@ -23,6 +23,7 @@ pub mod leader;
 pub mod ledger;
 pub mod metrics;
 pub mod placement;
+pub mod pod_network;
 pub mod pod_template;
 pub mod predicates;
 pub mod provider_controller;

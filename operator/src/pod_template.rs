@@ -23,8 +23,8 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
+    Capabilities, Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, Pod, PodSecurityContext, PodSpec, Probe, SeccompProfile,
     SecretKeySelector, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
@@ -180,6 +180,12 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             },
         ),
     ];
+    env.extend(
+        crate::pod_network::env(&spec.workers.network).map_err(|source| Error::Serialize {
+            what: "ICE_SERVERS",
+            source,
+        })?,
+    );
     // Every Secret key the spec references (provider API keys, webhook auth, TURN
     // credentials) reaches the worker as an environment variable from the Secret itself:
     // the key never passes through the operator, the pod spec or any status.
@@ -200,12 +206,6 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
     if let Some(endpoint) = crate::telemetry::endpoint() {
         env.push(value(crate::telemetry::ENDPOINT_ENV, endpoint.to_owned()));
     }
-    let port = |name: &str, port: i32| ContainerPort {
-        name: Some(name.to_owned()),
-        container_port: port,
-        protocol: Some("TCP".to_owned()),
-        ..ContainerPort::default()
-    };
     let container = Container {
         name: "worker".to_owned(),
         image: Some(
@@ -225,7 +225,7 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         command: (!worker.command.is_empty()).then(|| worker.command.clone()),
         args: (!worker.args.is_empty()).then(|| worker.args.clone()),
         env: Some(env),
-        ports: Some(vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)]),
+        ports: Some(crate::pod_network::ports(&spec.workers.network)),
         resources: spec.workers.resources.clone(),
         readiness_probe: Some(Probe {
             http_get: Some(HTTPGetAction {
@@ -278,6 +278,7 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         // Workers talk to no Kubernetes API.
         automount_service_account_token: Some(false),
         host_network: (spec.workers.network.advertise == AdvertiseMode::NodeIP).then_some(true),
+        affinity: crate::pod_network::affinity(name, &spec.workers.network),
         node_selector: (!spec.workers.node_selector.is_empty())
             .then(|| spec.workers.node_selector.clone()),
         tolerations: (!spec.workers.tolerations.is_empty())

@@ -331,4 +331,42 @@ mod tests {
             MAX_TOKEN_LIFETIME
         );
     }
+
+    #[test]
+    fn the_endpoint_lists_ice_server_urls_and_no_credentials() {
+        let backend: VoiceBackend = serde_json::from_value(serde_json::json!({
+            "apiVersion": "voicebackends.dev/v1alpha1",
+            "kind": "VoiceBackend",
+            "metadata": {"name": "assistant", "namespace": "team"},
+            "spec": {
+                "provider": "voice-operator",
+                "pipeline": {"type": "S2S", "s2s": {"provider": "echo"}},
+                "workers": {"network": {"iceServers": [
+                    {"urls": ["stun:stun.example.com:3478"]},
+                    {"urls": ["turn:turn.example.com:3478"], "authSecretRef": {"name": "turn", "key": "shared"}},
+                ]}}
+            }
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let session: VoiceSession = serde_json::from_value(serde_json::json!({
+            "apiVersion": "voicebackends.dev/v1alpha1",
+            "kind": "VoiceSession",
+            "metadata": {"name": "call-1", "namespace": "team"},
+            "spec": {"backendRef": {"name": "assistant"}, "user": {"userID": "u1"}}
+        }))
+        .unwrap_or_else(|e| panic!("{e}"));
+        let endpoint = endpoint(&session, &backend, "10.0.0.5");
+        assert_eq!(
+            endpoint.ice_servers,
+            vec![
+                "stun:stun.example.com:3478".to_owned(),
+                "turn:turn.example.com:3478".to_owned()
+            ]
+        );
+        let text = serde_json::to_string(&endpoint).unwrap_or_default();
+        assert!(
+            !text.contains("shared") && !text.contains("SecretRef"),
+            "{text}"
+        );
+    }
 }

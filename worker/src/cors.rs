@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use axum::http::{HeaderName, HeaderValue, Method, header};
+use axum::response::Response;
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
 /// How long a browser may cache a preflight answer.
@@ -42,4 +43,23 @@ pub fn layer(origins: &[String]) -> Option<CorsLayer> {
             .expose_headers(EXPOSED_HEADERS)
             .max_age(PREFLIGHT_MAX_AGE),
     )
+}
+
+/// Drops every CORS header from a response that does not allow its origin: `CorsLayer`
+/// still lists exposed headers and methods for an origin it refuses, and a refused origin
+/// should learn nothing.
+pub async fn strip_refused(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    if !headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        for name in [
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            header::ACCESS_CONTROL_MAX_AGE,
+        ] {
+            headers.remove(name);
+        }
+    }
+    response
 }

@@ -257,7 +257,9 @@ pub fn router(ctx: Arc<MediaContext>) -> Router {
         .route(crate::ice_endpoint::PATH, get(crate::ice_endpoint::serve))
         .with_state(ctx.clone());
     let whip = match crate::cors::layer(&ctx.allowed_origins) {
-        Some(cors) => whip.layer(cors),
+        Some(cors) => whip
+            .layer(cors)
+            .layer(axum::middleware::map_response(crate::cors::strip_refused)),
         None => whip,
     };
     Router::new()

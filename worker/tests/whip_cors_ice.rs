@@ -90,10 +90,12 @@ async fn only_allowed_origins_get_cors_and_the_answer_headers_are_exposed() {
     );
 
     let refused = preflight("https://evil.example.net").await;
-    assert_eq!(
-        refused.header("access-control-allow-origin"),
-        None,
-        "{:?}",
+    assert!(
+        !refused
+            .headers
+            .iter()
+            .any(|(n, _)| n.starts_with("access-control-")),
+        "a refused origin gets no CORS header: {:?}",
         refused.headers
     );
 
@@ -137,13 +139,14 @@ async fn only_allowed_origins_get_cors_and_the_answer_headers_are_exposed() {
             OFFER.as_bytes(),
         )
         .await;
-    assert_eq!(
-        foreign.header("access-control-allow-origin"),
-        None,
-        "{:?}",
+    assert!(
+        !foreign
+            .headers
+            .iter()
+            .any(|(n, _)| n.starts_with("access-control-")),
+        "a refused origin gets no CORS header: {:?}",
         foreign.headers
     );
-    assert_eq!(foreign.header("access-control-expose-headers"), None);
 }
 
 #[tokio::test]

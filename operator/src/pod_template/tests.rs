@@ -216,3 +216,158 @@ fn the_control_tls_secret_is_mounted_read_only_where_control_tls_dir_points() {
     assert_eq!(mount.mount_path, CONTROL_TLS_DIR);
     assert_eq!(mount.read_only, Some(true));
 }
+
+fn backend_with_network(network: serde_json::Value) -> VoiceBackend {
+    let mut b = serde_json::to_value(backend(None)).expect("json");
+    b["spec"]["workers"]["network"] = network;
+    serde_json::from_value(b).expect("backend")
+}
+
+fn ports(t: &WorkerTemplate) -> Vec<(String, i32, Option<i32>, String)> {
+    t.spec.containers[0]
+        .ports
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|p| {
+            (
+                p.name.unwrap_or_default(),
+                p.container_port,
+                p.host_port,
+                p.protocol.unwrap_or_default(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_network_field_reaches_the_worker_environment() {
+    let t = render(
+        &backend_with_network(json!({
+            "advertise": "Explicit",
+            "address": "203.0.113.7",
+            "udpPort": 40000,
+            "iceServers": [
+                {"urls": ["stun:stun.example.com:3478"]},
+                {"urls": ["turn:turn.example.com:3478"], "authSecretRef": {"name": "turn", "key": "shared"}},
+                {"urls": ["turns:turn.example.com:5349"],
+                 "usernameSecretRef": {"name": "turn-static", "key": "user"},
+                 "credentialSecretRef": {"name": "turn-static", "key": "pass"}}
+            ],
+            "allowedOrigins": ["https://app.example.com", "http://localhost:3000"],
+            "allowPrivateCandidates": true
+        })),
+        &provider(),
+    )
+    .expect("render");
+    let env = env(&t);
+    assert_eq!(env["UDP_PORT"].0.as_deref(), Some("40000"));
+    assert_eq!(env["ADVERTISE_IP"].0.as_deref(), Some("203.0.113.7"));
+    assert_eq!(
+        env["ALLOWED_ORIGINS"].0.as_deref(),
+        Some("https://app.example.com,http://localhost:3000")
+    );
+    assert_eq!(env["ALLOW_PRIVATE_CANDIDATES"].0.as_deref(), Some("true"));
+    let ice: serde_json::Value =
+        serde_json::from_str(env["ICE_SERVERS"].0.as_deref().expect("ICE_SERVERS")).expect("json");
+    assert_eq!(ice[1]["authSecretRef"]["name"], "turn");
+    assert_eq!(ice[2]["usernameSecretRef"]["key"], "user");
+    // The TURN secrets come from their Secrets, by reference, under the worker's naming rule.
+    for (var, secret, key) in [
+        ("VOICE_SECRET_TURN_SHARED", "turn", "shared"),
+        ("VOICE_SECRET_TURN_STATIC_USER", "turn-static", "user"),
+        ("VOICE_SECRET_TURN_STATIC_PASS", "turn-static", "pass"),
+    ] {
+        let (value, from) = &env[var];
+        assert!(value.is_none(), "{var} must not carry a value");
+        let r = from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .expect(var);
+        assert_eq!((r.name.as_str(), r.key.as_str()), (secret, key));
+    }
+    // The UDP port is a container port; no host ports off the host network.
+    assert!(ports(&t).contains(&("webrtc".to_owned(), 40000, None, "UDP".to_owned())));
+    assert!(t.spec.affinity.is_none());
+    assert!(t.spec.host_network.is_none());
+}
+
+#[test]
+fn defaults_advertise_the_pod_ip_on_udp_50000_with_private_candidates_refused() {
+    let env = env(&render(&backend(None), &provider()).expect("render"));
+    assert_eq!(env["UDP_PORT"].0.as_deref(), Some("50000"));
+    assert!(!env.contains_key("ADVERTISE_IP"));
+    assert!(!env.contains_key("ICE_SERVERS"));
+    assert!(!env.contains_key("ALLOWED_ORIGINS"));
+    assert_eq!(env["ALLOW_PRIVATE_CANDIDATES"].0.as_deref(), Some("false"));
+}
+
+#[test]
+fn node_ip_workers_hold_host_ports_and_never_share_a_node() {
+    let t = render(
+        &backend_with_network(json!({"advertise": "NodeIP", "udpPort": 41000})),
+        &provider(),
+    )
+    .expect("render");
+    assert_eq!(t.spec.host_network, Some(true));
+    let advertise = env(&t)["ADVERTISE_IP"]
+        .1
+        .as_ref()
+        .and_then(|s| s.field_ref.as_ref())
+        .map(|f| f.field_path.clone());
+    assert_eq!(advertise.as_deref(), Some("status.hostIP"));
+    assert_eq!(
+        ports(&t),
+        vec![
+            (
+                "grpc".to_owned(),
+                GRPC_PORT,
+                Some(GRPC_PORT),
+                "TCP".to_owned()
+            ),
+            (
+                "http".to_owned(),
+                HTTP_PORT,
+                Some(HTTP_PORT),
+                "TCP".to_owned()
+            ),
+            ("webrtc".to_owned(), 41000, Some(41000), "UDP".to_owned()),
+        ]
+    );
+    let terms = t
+        .spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref())
+        .and_then(|a| {
+            a.required_during_scheduling_ignored_during_execution
+                .clone()
+        })
+        .expect("required anti-affinity");
+    assert_eq!(terms.len(), 1);
+    assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
+    // The term selects exactly the labels every worker pod of this backend carries.
+    let pod = pod(
+        "assistant",
+        "ns",
+        "assistant-bcdfg".into(),
+        &t,
+        OwnerReference::default(),
+    );
+    let labels = pod.metadata.labels.unwrap_or_default();
+    let wanted = terms[0]
+        .label_selector
+        .as_ref()
+        .and_then(|s| s.match_labels.clone())
+        .expect("match labels");
+    assert!(!wanted.is_empty());
+    assert!(
+        wanted.iter().all(|(k, v)| labels.get(k) == Some(v)),
+        "{wanted:?} vs {labels:?}"
+    );
+    // Another backend's workers are not selected: they are kept apart by host ports only.
+    assert_eq!(
+        wanted.get(LABEL_BACKEND).map(String::as_str),
+        Some("assistant")
+    );
+}

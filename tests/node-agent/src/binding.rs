@@ -1,9 +1,11 @@
-//! A trivial scheduler: every pod that names no node and asks for the default scheduler is
-//! bound to this agent's node through the `pods/binding` subresource.
+//! A small scheduler: every pod that names no node and asks for the default scheduler is
+//! bound to this agent's node through the `pods/binding` subresource — unless it does not
+//! fit beside the pods already there ([`crate::node_fit`]: host ports, anti-affinity); then
+//! it stays Pending and is tried again every few seconds, as kube-scheduler retries.
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Binding, ObjectReference, Pod};
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ListParams, ObjectMeta, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -32,9 +34,14 @@ pub async fn run(client: kube::Client, node_name: String, shutdown: Cancellation
         .default_backoff()
         .applied_objects()
         .boxed();
+    let mut retry = tokio::time::interval(RETRY_UNFIT);
     loop {
         let next = tokio::select! {
             () = shutdown.cancelled() => return,
+            _ = retry.tick() => {
+                retry_unbound(&client, &node_name).await;
+                continue;
+            }
             next = events.next() => next,
         };
         match next {
@@ -46,9 +53,43 @@ pub async fn run(client: kube::Client, node_name: String, shutdown: Cancellation
     }
 }
 
+/// How often pods left unbound (they did not fit) are tried again.
+const RETRY_UNFIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// Tries again every pod still waiting for a node.
+async fn retry_unbound(client: &kube::Client, node_name: &str) {
+    let pods: Api<Pod> = Api::all(client.clone());
+    let params = ListParams::default().fields("spec.nodeName=,status.phase=Pending");
+    if let Ok(list) = pods.list(&params).await {
+        for pod in list.items.iter().filter(|p| wants_binding(p)) {
+            bind(client, pod, node_name).await;
+        }
+    }
+}
+
 async fn bind(client: &kube::Client, pod: &Pod, node_name: &str) {
     let name = pod.name_any();
     let namespace = pod.namespace().unwrap_or_else(|| "default".into());
+    let all: Api<Pod> = Api::all(client.clone());
+    let on_node = ListParams::default().fields(&format!("spec.nodeName={node_name}"));
+    let placed = match all.list(&on_node).await {
+        Ok(list) => list
+            .items
+            .into_iter()
+            .filter(|p| {
+                let phase = p.status.as_ref().and_then(|s| s.phase.as_deref());
+                !matches!(phase, Some("Succeeded" | "Failed"))
+            })
+            .collect::<Vec<_>>(),
+        Err(err) => {
+            tracing::warn!(%namespace, pod = %name, error = %err, "listing the node's pods");
+            return;
+        }
+    };
+    if let Some(reason) = crate::node_fit::conflict(pod, &placed) {
+        tracing::info!(%namespace, pod = %name, %reason, "pod does not fit on the node; left Pending");
+        return;
+    }
     let binding = Binding {
         metadata: ObjectMeta {
             name: Some(name.clone()),

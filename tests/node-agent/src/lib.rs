@@ -22,6 +22,7 @@ mod error;
 pub mod images;
 pub mod ip_pool;
 pub mod node;
+pub mod node_fit;
 pub mod probes;
 pub mod runtime;
 pub mod status;

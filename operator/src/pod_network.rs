@@ -1,0 +1,113 @@
+//! The media-network part of a worker pod, rendered from `spec.workers.network`: the
+//! environment the worker reads (UDP port, advertised address, ICE servers, CORS origins,
+//! private candidates), the container ports and, for `advertise: NodeIP`, host ports and
+//! the scheduling rule that keeps two workers of one backend off the same node.
+//!
+//! NodeIP puts the pod on the host network, so its HTTP, gRPC and UDP ports are ports of the
+//! node. Each is declared as a `hostPort` (the scheduler's NodePorts filter then refuses a
+//! node where any pod already holds one of them, whatever its backend), and a required pod
+//! anti-affinity on `kubernetes.io/hostname` among the backend's workers says the same in
+//! words a reader of the pod spec sees: one worker of this backend per node.
+
+use k8s_openapi::api::core::v1::{
+    Affinity, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodAffinityTerm,
+    PodAntiAffinity,
+};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use voice_crds::{AdvertiseMode, WorkerNetwork};
+
+use crate::pod_template::{GRPC_PORT, HTTP_PORT, selector_labels};
+
+/// The UDP port of a worker's WebRTC mux when `udpPort` is unset.
+pub const DEFAULT_UDP_PORT: i32 = 50000;
+
+/// The node label the NodeIP anti-affinity spreads workers over.
+pub const HOSTNAME_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
+
+/// The UDP port every answer of the backend's workers names.
+pub fn udp_port(network: &WorkerNetwork) -> i32 {
+    network.udp_port.unwrap_or(DEFAULT_UDP_PORT)
+}
+
+/// The environment variables that carry `network` to the worker (`worker/src/config.rs`).
+///
+/// ICE servers go as the spec's own JSON: URLs plus Secret *references*; the referenced keys
+/// reach the pod as `VOICE_SECRET_*` variables from the Secrets (the pod template's
+/// `secret_refs` loop), so no credential passes through the operator or the pod spec.
+pub fn env(network: &WorkerNetwork) -> Result<Vec<EnvVar>, serde_json::Error> {
+    let value = |name: &str, value: String| EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        value_from: None,
+    };
+    let mut env = vec![value("UDP_PORT", udp_port(network).to_string())];
+    match network.advertise {
+        AdvertiseMode::PodIP => {}
+        AdvertiseMode::NodeIP => env.push(EnvVar {
+            name: "ADVERTISE_IP".to_owned(),
+            value: None,
+            value_from: Some(EnvVarSource {
+                field_ref: Some(ObjectFieldSelector {
+                    field_path: "status.hostIP".to_owned(),
+                    ..ObjectFieldSelector::default()
+                }),
+                ..EnvVarSource::default()
+            }),
+        }),
+        AdvertiseMode::Explicit => {
+            if let Some(address) = &network.address {
+                env.push(value("ADVERTISE_IP", address.clone()));
+            }
+        }
+    }
+    if !network.ice_servers.is_empty() {
+        env.push(value(
+            "ICE_SERVERS",
+            serde_json::to_string(&network.ice_servers)?,
+        ));
+    }
+    if !network.allowed_origins.is_empty() {
+        env.push(value("ALLOWED_ORIGINS", network.allowed_origins.join(",")));
+    }
+    env.push(value(
+        "ALLOW_PRIVATE_CANDIDATES",
+        network.allow_private_candidates.to_string(),
+    ));
+    Ok(env)
+}
+
+/// The worker container's ports; with NodeIP each is also a host port (on the host network
+/// a host port must equal its container port).
+pub fn ports(network: &WorkerNetwork) -> Vec<ContainerPort> {
+    let on_node = network.advertise == AdvertiseMode::NodeIP;
+    let port = |name: &str, port: i32, protocol: &str| ContainerPort {
+        name: Some(name.to_owned()),
+        container_port: port,
+        host_port: on_node.then_some(port),
+        protocol: Some(protocol.to_owned()),
+        ..ContainerPort::default()
+    };
+    vec![
+        port("grpc", GRPC_PORT, "TCP"),
+        port("http", HTTP_PORT, "TCP"),
+        port("webrtc", udp_port(network), "UDP"),
+    ]
+}
+
+/// With NodeIP, a required anti-affinity: no node runs two workers of `backend`.
+pub fn affinity(backend: &str, network: &WorkerNetwork) -> Option<Affinity> {
+    (network.advertise == AdvertiseMode::NodeIP).then(|| Affinity {
+        pod_anti_affinity: Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(selector_labels(backend)),
+                    match_expressions: None,
+                }),
+                topology_key: HOSTNAME_TOPOLOGY_KEY.to_owned(),
+                ..PodAffinityTerm::default()
+            }]),
+            ..PodAntiAffinity::default()
+        }),
+        ..Affinity::default()
+    })
+}
