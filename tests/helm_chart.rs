@@ -648,7 +648,12 @@ fn create_deployment_pods(ns: &str, deployment: &str) -> usize {
 /// Whether the API server's authorizer lets `sa` do `verb` on `resource` (`name.group`,
 /// `name.group/object`, or `name.group:subresource`).
 fn can_i(ns: &str, sa: &str, verb: &str, resource: &str) -> bool {
-    let who = format!("--as=system:serviceaccount:{ns}:{sa}");
+    can_i_in(ns, ns, sa, verb, resource)
+}
+
+/// Whether ServiceAccount `sa_ns/sa` may `verb` `resource` in namespace `ns`.
+fn can_i_in(ns: &str, sa_ns: &str, sa: &str, verb: &str, resource: &str) -> bool {
+    let who = format!("--as=system:serviceaccount:{sa_ns}:{sa}");
     let (resource, sub) = match resource.split_once(':') {
         Some((r, s)) => (r, format!("--subresource={s}")),
         None => (resource, String::new()),
@@ -794,11 +799,17 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         ("list", "voicesessions.voicebackends.dev"),
     ] {
         assert!(
-            !can_i("kube-system", &sa, verb, resource),
+            !can_i_in("kube-system", ns.name(), &sa, verb, resource),
             "{sa} may {verb} {resource} outside its watched namespace"
         );
     }
-    assert!(can_i("default", &sa, "create", "events.events.k8s.io"));
+    assert!(can_i_in(
+        "default",
+        ns.name(),
+        &sa,
+        "create",
+        "events.events.k8s.io"
+    ));
     for (verb, resource) in [
         ("list", "configmaps"),
         ("get", "nodes"),

@@ -16,7 +16,9 @@ const T: Duration = Duration::from_secs(60);
 
 #[tokio::test]
 async fn two_node_ip_workers_never_share_a_node_and_a_port() {
-    let stack = OperatorStack::start("op-nodeip").await;
+    // NodeIP needs host networking, which a provider must allow (tenancy, docs/security.md).
+    let stack =
+        OperatorStack::start_with("op-nodeip", json!({"worker": {"allowHostNetwork": true}})).await;
     stack.apply_backend(
         "edge",
         json!({

@@ -127,6 +127,6 @@ mod tests {
         let targets = super::targets(&manifest);
         assert!(targets.contains(&"sdp_offer".to_owned()), "{targets:?}");
         assert!(!targets.contains(&"seeds".to_owned()), "{targets:?}");
-        assert_eq!(targets.len(), 6, "{targets:?}");
+        assert_eq!(targets.len(), 8, "{targets:?}");
     }
 }
