@@ -9,56 +9,16 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Worker, dominant_frequency, rms, token};
+use common::{Worker, aiortc_python, dominant_frequency, rms, token};
 use futures::StreamExt;
 use voice_proto::worker::v1::{WatchEventsRequest, session_event::Event};
 
 /// The aiortc release the interop test was written against.
-const AIORTC: &str = "aiortc==1.16.0";
-
-/// The venv's python, created and provisioned idempotently.
-fn venv_python() -> PathBuf {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let venv = PathBuf::from(home).join(".cache/voice-operator/venv");
-    let python = venv.join("bin/python");
-    let has_aiortc = |python: &PathBuf| {
-        Command::new(python)
-            .args(["-c", "import aiortc, av"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if has_aiortc(&python) {
-        return python;
-    }
-    if !python.exists() {
-        let status = Command::new("python3")
-            .args(["-m", "venv"])
-            .arg(&venv)
-            .status()
-            .unwrap_or_else(|e| panic!("running python3 -m venv: {e}"));
-        assert!(
-            status.success(),
-            "python3 -m venv failed: install python3-venv"
-        );
-    }
-    let status = Command::new(&python)
-        .args(["-m", "pip", "install", "--quiet", AIORTC])
-        .status()
-        .unwrap_or_else(|e| panic!("running pip: {e}"));
-    assert!(
-        status.success(),
-        "pip install {AIORTC} failed (PyPI unreachable?)"
-    );
-    assert!(has_aiortc(&python), "aiortc installed but does not import");
-    python
-}
-
 #[tokio::test]
 async fn aiortc_hears_its_own_tone_back_through_the_echo_session() {
-    let python = venv_python();
+    let python = aiortc_python();
     let worker = Worker::start(2);
     let mut client = worker.client().await;
     let mut events = client
