@@ -90,6 +90,16 @@ pub struct Config {
     )]
     pub session_signing_key: Option<String>,
 
+    /// The backend's join-token key set (`keys.json` of its signing-key Secret), re-read every
+    /// second so a rotated key is used without a restart; once read it replaces
+    /// `SESSION_SIGNING_KEY` and tokens are checked with the key their `kid` names.
+    #[arg(
+        long,
+        env = "SESSION_SIGNING_KEYS_FILE",
+        value_name = "SESSION_SIGNING_KEYS_FILE"
+    )]
+    pub session_signing_keys_file: Option<std::path::PathBuf>,
+
     /// Largest SDP offer accepted, in bytes; a larger body is refused with 413.
     #[arg(
         long,

@@ -28,6 +28,7 @@ pub mod pipeline;
 pub mod server;
 pub mod sessions;
 pub mod signaling;
+pub mod signing_keys;
 pub mod telemetry;
 pub mod transport;
 

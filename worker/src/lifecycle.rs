@@ -83,18 +83,22 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
             .clone()
             .reap_released(sessions.clone(), shutdown.clone()),
     );
-    if config.session_signing_key.is_none() {
-        tracing::warn!("SESSION_SIGNING_KEY is not set: every offer and upgrade is refused");
+    let signing_keys = Arc::new(crate::signing_keys::SigningKeys::new(
+        config.session_signing_key.as_deref(),
+        config.session_signing_keys_file.clone(),
+    ));
+    if signing_keys.get().is_none() && config.session_signing_keys_file.is_none() {
+        tracing::warn!(
+            "neither SESSION_SIGNING_KEY nor SESSION_SIGNING_KEYS_FILE is set: every offer and upgrade is refused"
+        );
     }
+    tokio::spawn(signing_keys.clone().run(shutdown.clone()));
     let media = Arc::new(MediaContext {
         sessions: sessions.clone(),
         connections: connections.clone(),
         peers: Default::default(),
         mux,
-        signing_key: config
-            .session_signing_key
-            .as_ref()
-            .map(|key| key.as_bytes().to_vec()),
+        signing_keys,
         advertised: std::net::SocketAddr::new(config.advertised_ip(), udp_addr.port()),
         ice_servers,
         allowed_origins: config.allowed_origins.clone(),

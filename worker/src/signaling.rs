@@ -67,8 +67,8 @@ pub struct MediaContext {
     pub peers: Arc<Peers>,
     /// The shared WebRTC UDP socket.
     pub mux: Arc<UdpMux>,
-    /// The join-token key; `None` refuses every client.
-    pub signing_key: Option<Vec<u8>>,
+    /// The join-token keys, reloaded when the operator rotates them.
+    pub signing_keys: Arc<crate::signing_keys::SigningKeys>,
     /// The address put in ICE candidates (advertised IP, mux port).
     pub advertised: SocketAddr,
     /// STUN/TURN servers handed to clients, with their credentials.
@@ -288,16 +288,22 @@ pub(crate) fn authorize_claims(
     if ctx.sessions.watch().borrow().draining() {
         return Err(SignalingError::Draining);
     }
-    let key = ctx
-        .signing_key
-        .as_deref()
+    let keys = ctx
+        .signing_keys
+        .get()
         .ok_or(SignalingError::NotConfigured)?;
     let uid = ctx
         .sessions
         .held_uid(session_id)
         .ok_or_else(|| SignalingError::SessionNotFound(session_id.to_owned()))?;
     let token = token.ok_or(SignalingError::MissingToken)?;
-    Ok(token::verify(key, token, session_id, &uid, unix_now())?)
+    Ok(token::verify_with(
+        &keys,
+        token,
+        session_id,
+        &uid,
+        unix_now(),
+    )?)
 }
 
 fn unix_now() -> u64 {
@@ -437,16 +443,16 @@ fn authorize_existing(
     session_id: &str,
     headers: &HeaderMap,
 ) -> Result<(), SignalingError> {
-    let key = ctx
-        .signing_key
-        .as_deref()
+    let keys = ctx
+        .signing_keys
+        .get()
         .ok_or(SignalingError::NotConfigured)?;
     let uid = ctx
         .sessions
         .held_uid(session_id)
         .ok_or_else(|| SignalingError::SessionNotFound(session_id.to_owned()))?;
     let token = bearer(headers).ok_or(SignalingError::MissingToken)?;
-    token::verify(key, token, session_id, &uid, unix_now())?;
+    token::verify_with(&keys, token, session_id, &uid, unix_now())?;
     Ok(())
 }
 

@@ -5,6 +5,9 @@
 
 mod common;
 mod hostile;
+/// Join-token keys rotating under the running worker.
+#[path = "hostile/key_cases.rs"]
+mod key_cases;
 /// The malicious-provider cases (their own file to keep each under 400 lines).
 #[path = "hostile/provider_cases.rs"]
 mod provider_cases;
@@ -502,4 +505,37 @@ async fn get_from(ip: [u8; 4], port: u16, path: &str) -> String {
     let mut answer = Vec::new();
     let _ = tokio::time::timeout(PATIENCE, stream.read_to_end(&mut answer)).await;
     String::from_utf8_lossy(&answer).into_owned()
+}
+
+#[tokio::test]
+async fn upgrades_for_sessions_this_worker_does_not_hold_are_404_and_hold_nothing() {
+    let worker = Worker::start_with_env(2, FAST_WS);
+    reserve_with(&worker, "team/held", "uid-held", ECHO).await;
+    // Valid tokens all, for sessions another worker (or nobody) holds, and for a held
+    // session under another incarnation's uid.
+    for (id, uid, status, code) in [
+        ("team/elsewhere", "uid-1", "404", "SessionNotFound"),
+        ("kube-system/ghost", "uid-1", "404", "SessionNotFound"),
+        ("team/held", "uid-old", "403", "TokenWrongSession"),
+    ] {
+        let refused = RawWs::connect(&worker, &ws_path(id, &token(id, uid, 600)), &[])
+            .await
+            .map(|_| ());
+        let answer = refused.err().unwrap_or_default();
+        assert!(
+            answer.starts_with(&format!("HTTP/1.1 {status}"))
+                && answer.contains(&format!("\"code\":\"{code}\"")),
+            "{id}: {answer}"
+        );
+    }
+    // The held session's own token still connects; its hang-up frees the slot.
+    let (ws, _) = RawWs::connect(
+        &worker,
+        &ws_path("team/held", &token("team/held", "uid-held", 600)),
+        &[],
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    drop(ws);
+    recovered(&worker).await;
 }

@@ -340,6 +340,30 @@ pub fn token(id: &str, uid: &str, ttl_secs: i64) -> String {
     )
 }
 
+/// [`token`] signed with the current key of `keys`, naming it in its `kid`, as the operator
+/// mints them.
+pub fn token_with_keys(
+    keys: &voice_proto::token::KeySet,
+    id: &str,
+    uid: &str,
+    ttl_secs: i64,
+) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    voice_proto::token::mint_current(
+        keys,
+        &JoinClaims {
+            sub: id.to_owned(),
+            uid: uid.to_owned(),
+            backend: "test-backend".to_owned(),
+            iat: now.saturating_sub(10),
+            exp: now.saturating_add_signed(ttl_secs),
+        },
+    )
+}
+
 /// A free TCP port on loopback.
 pub fn free_port() -> u16 {
     StdListener::bind("127.0.0.1:0")

@@ -292,16 +292,25 @@ static FRESH: AtomicUsize = AtomicUsize::new(0);
 /// slot, and a new session gets its audio back over a WebSocket, after which its slot is
 /// freed again.
 pub async fn recovered(worker: &Worker) {
-    recovered_with(worker, true).await;
+    recovered_with(worker, true, &|id, uid| token(id, uid, 600)).await;
+}
+
+/// [`recovered`] for a worker that reads a key set: the new session's token is signed with
+/// `keys`' current key and names it.
+pub async fn recovered_with_keys(worker: &Worker, keys: &voice_proto::token::KeySet) {
+    recovered_with(worker, true, &|id, uid| {
+        crate::common::token_with_keys(keys, id, uid, 600)
+    })
+    .await;
 }
 
 /// [`recovered`] for a worker whose own pipeline is not the echo (a session cannot choose
 /// its pipeline): the new session must connect and be answered with events instead of audio.
 pub async fn recovered_serving_events(worker: &Worker) {
-    recovered_with(worker, false).await;
+    recovered_with(worker, false, &|id, uid| token(id, uid, 600)).await;
 }
 
-async fn recovered_with(worker: &Worker, echo: bool) {
+async fn recovered_with(worker: &Worker, echo: bool, mint: &dyn Fn(&str, &str) -> String) {
     assert!(worker.healthy().await, "/healthz failed");
     no_slot_held(worker).await;
     let n = FRESH.fetch_add(1, Ordering::Relaxed);
@@ -312,7 +321,7 @@ async fn recovered_with(worker: &Worker, echo: bool) {
     let mut request =
         tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(url)
             .unwrap_or_else(|e| panic!("{e}"));
-    let bearer = format!("Bearer {}", token(&id, &uid, 600));
+    let bearer = format!("Bearer {}", mint(&id, &uid));
     request.headers_mut().insert(
         "authorization",
         bearer.parse().unwrap_or_else(|e| panic!("{e}")),
