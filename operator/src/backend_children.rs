@@ -3,7 +3,7 @@
 //! files, and the NetworkPolicy that admits the control port only from operator pods.
 
 use std::collections::BTreeMap;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::api::core::v1::{Secret, Service, ServicePort, ServiceSpec};
 use k8s_openapi::api::networking::v1::{
@@ -98,8 +98,14 @@ pub async fn ensure_service(api: &Api<Service>, backend: &VoiceBackend) -> Resul
 /// one key, rotated when the backend's `voicebackends.dev/rotate-signing-key` annotation takes
 /// a new value, retired keys pruned after the longest token lifetime (see
 /// [`crate::signing_keys`]). Written only when that changes something, with the read
-/// `resourceVersion`, so two writers cannot both rotate.
-pub async fn ensure_signing_secret(api: &Api<Secret>, backend: &VoiceBackend) -> Result<()> {
+/// `resourceVersion`, so two writers cannot both rotate. A new key is staged for
+/// `propagation` before it signs; returns how long until a staged key becomes current, so the
+/// reconcile comes back in time.
+pub async fn ensure_signing_secret(
+    api: &Api<Secret>,
+    backend: &VoiceBackend,
+    propagation: Duration,
+) -> Result<Option<Duration>> {
     let name = pod_template::signing_secret_name(&backend.name_any());
     let existing = api
         .get_opt(&name)
@@ -117,11 +123,20 @@ pub async fn ensure_signing_secret(api: &Api<Secret>, backend: &VoiceBackend) ->
         existing.as_ref(),
         requested.map(String::as_str),
         now,
+        propagation.as_secs(),
         &mut || signing_keys::fresh_key(now),
     )?;
+    let promotion_in = |keys: &voice_proto::token::KeySet| {
+        keys.next_promotion()
+            .map(|at| Duration::from_secs(at.saturating_sub(now).max(1)))
+    };
     let desired = match (desired, &existing) {
         (Some(d), _) => d,
-        (None, Some(_)) if labelled => return Ok(()),
+        (None, Some(secret)) if labelled => {
+            return Ok(signing_keys::key_set_of(secret)
+                .ok()
+                .and_then(|k| promotion_in(&k)));
+        }
         // Only the label is missing (a Secret of an older operator): add it.
         (None, Some(secret)) => signing_keys::Desired {
             keys: signing_keys::key_set_of(secret).map_err(Error::SigningKeys)?,
@@ -130,8 +145,9 @@ pub async fn ensure_signing_secret(api: &Api<Secret>, backend: &VoiceBackend) ->
                 .get(signing_keys::ROTATED_FOR_ANNOTATION)
                 .cloned(),
         },
-        (None, None) => return Ok(()),
+        (None, None) => return Ok(None),
     };
+    let next = promotion_in(&desired.keys);
     let mut metadata = owned_meta(backend, name.clone())?;
     metadata.labels.get_or_insert_with(BTreeMap::new).insert(
         signing_keys::SECRET_LABEL.0.to_owned(),
@@ -165,11 +181,13 @@ pub async fn ensure_signing_secret(api: &Api<Secret>, backend: &VoiceBackend) ->
         Ok(_) => {
             if rotating {
                 tracing::info!(secret = %name, kid = %desired.keys.current, "signing key rotated; the previous key verifies for the longest token lifetime");
+            } else if let Some(wait) = next {
+                tracing::info!(secret = %name, in_seconds = wait.as_secs(), "signing key staged; workers verify with it now and it signs once they have all read it");
             }
-            Ok(())
+            Ok(next)
         }
         // Written by a racing reconcile: the next reconcile reads and decides again.
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(Some(Duration::from_secs(1))),
         Err(e) => Err(Error::kube("write secret")(e)),
     }
 }

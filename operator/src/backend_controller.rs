@@ -156,7 +156,8 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
     };
 
     let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
-    ensure_signing_secret(&secrets, backend).await?;
+    let key_promotion =
+        ensure_signing_secret(&secrets, backend, ctx.signing_key_propagation).await?;
     ensure_control_tls_secret(&secrets, backend, &ctx.control_trust.current().ca).await?;
     ensure_network_policy(
         &Api::namespaced(ctx.client.clone(), &ns),
@@ -260,7 +261,7 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
         )
         .await;
     }
-    let mut requeue = interval;
+    let mut requeue = key_promotion.map_or(interval, |wait| interval.min(wait));
     // Delete draining workers that are empty or past their deadline.
     let drain_timeout: Duration = backend.spec.workers.drain_timeout.into();
     for (w, check) in workers.iter_mut().zip(&checks) {

@@ -51,6 +51,15 @@ pub struct Config {
     /// seconds (its heartbeat is stale), so Kubernetes restarts it and the standby leads.
     #[arg(long, env = "HEARTBEAT_TIMEOUT_SECONDS", default_value_t = 60)]
     pub heartbeat_timeout_seconds: u64,
+    /// Seconds a rotated join-token signing key is staged (workers verify with it, nothing is
+    /// signed with it) before it signs: at least the time the kubelet takes to update a mounted
+    /// Secret (its sync period plus its cache TTL, a minute each by default).
+    #[arg(
+        long,
+        env = "SIGNING_KEY_PROPAGATION_SECONDS",
+        default_value_t = crate::signing_keys::DEFAULT_PROPAGATION.as_secs()
+    )]
+    pub signing_key_propagation_seconds: u64,
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,

@@ -49,6 +49,8 @@ pub struct Context {
     pub session_counts: SessionCounts,
     /// Recent turn latencies per backend, from the workers' events.
     pub turn_latencies: TurnLatencies,
+    /// How long a rotated signing key is staged (verifying only) before it signs.
+    pub signing_key_propagation: std::time::Duration,
 }
 
 impl std::fmt::Debug for Context {
@@ -60,7 +62,8 @@ impl std::fmt::Debug for Context {
 }
 
 impl Context {
-    /// Builds the context; `instance` names this process in Events (its pod name).
+    /// Builds the context; `instance` names this process in Events (its pod name). Settings
+    /// without an argument take their defaults; set them with struct update syntax.
     pub fn new(
         client: Client,
         metrics: Metrics,
@@ -69,12 +72,12 @@ impl Context {
         fence: Fence,
         control_trust: Arc<ControlTrust>,
         operator_pods: OperatorPods,
-    ) -> Arc<Self> {
+    ) -> Self {
         let reporter = |controller: &str| Reporter {
             controller: controller.to_owned(),
             instance: instance.clone(),
         };
-        Arc::new(Context {
+        Context {
             provider_recorder: Recorder::new(
                 client.clone(),
                 reporter(crate::provider_controller::FIELD_MANAGER),
@@ -96,6 +99,7 @@ impl Context {
             fence,
             session_counts: SessionCounts::default(),
             turn_latencies: TurnLatencies::default(),
-        })
+            signing_key_propagation: crate::signing_keys::DEFAULT_PROPAGATION,
+        }
     }
 }

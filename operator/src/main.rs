@@ -5,6 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
@@ -96,15 +97,18 @@ async fn main() -> anyhow::Result<()> {
         namespace: ca_namespace,
         labels: config.operator_pod_labels.clone(),
     };
-    let ctx: Arc<Context> = Context::new(
-        client.clone(),
-        metrics.clone(),
-        scope,
-        pod,
-        fence.clone(),
-        trust,
-        operator_pods,
-    );
+    let ctx = Arc::new(Context {
+        signing_key_propagation: Duration::from_secs(config.signing_key_propagation_seconds),
+        ..Context::new(
+            client.clone(),
+            metrics.clone(),
+            scope,
+            pod,
+            fence.clone(),
+            trust,
+            operator_pods,
+        )
+    });
     let mut controllers = JoinSet::new();
     let mut names = HashMap::new();
     let (roster_tx, roster_rx) = tokio::sync::watch::channel(Default::default());

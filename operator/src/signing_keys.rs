@@ -4,10 +4,15 @@
 //! key, which signs, and the retired keys, which still verify) and `signing-key` (the current
 //! key alone, for workers started with it as an environment variable). Rotation is asked for
 //! with the annotation [`ROTATE_ANNOTATION`] on the VoiceBackend: each new value rotates once
-//! (the Secret remembers the value it honoured in [`ROTATED_FOR_ANNOTATION`]). The retired key
-//! stays for [`MAX_TOKEN_LIFETIME`], the longest a token lives, so no token handed out before
-//! the rotation stops working early; then it is pruned. Workers read `keys.json` from the
-//! mounted Secret and reload it when it changes, so they learn the new key without a restart.
+//! (the Secret remembers the value it honoured in [`ROTATED_FOR_ANNOTATION`]). A rotation has
+//! two steps. First the new key is *staged*: it is in `keys.json`, so workers verify with it,
+//! but tokens are still signed with the old one. After the propagation delay (the operator's
+//! `--signing-key-propagation-seconds`, by default [`DEFAULT_PROPAGATION`]: the kubelet updates
+//! a mounted Secret after its sync period plus its cache TTL, a minute each by default) it
+//! becomes current, so no worker is ever shown a token signed with a key it has not read yet.
+//! The retired key stays for [`MAX_TOKEN_LIFETIME`], the longest a token lives, so no token
+//! handed out before the rotation stops working early; then it is pruned. Workers re-read
+//! `keys.json` from the mounted Secret every second, so they learn new keys without a restart.
 //!
 //! The decision ([`desired`]) is pure: the Secret as read, the annotation, the time and a key
 //! source in, the key set to write (or nothing) out.
@@ -29,6 +34,8 @@ pub const SECRET_LABEL: (&str, &str) = ("voicebackends.dev/secret", "signing-key
 /// The longest a join token lives (its lifetime is the minimum of the session's maxDuration
 /// and this), hence how long a retired key keeps verifying.
 pub const MAX_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
+/// How long a staged key waits before it signs, unless the operator is told otherwise.
+pub const DEFAULT_PROPAGATION: Duration = Duration::from_secs(150);
 
 /// The key set and annotation the Secret should hold.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,11 +48,13 @@ pub struct Desired {
 
 /// What the Secret should hold now, or `None` when it holds it already. `existing` is the
 /// Secret as read (`None`: not created yet), `requested` the backend's [`ROTATE_ANNOTATION`],
-/// `now` Unix seconds, and `fresh` makes a new (key id, key) pair.
+/// `now` Unix seconds, `propagation` how long (seconds) a new key is staged before it signs,
+/// and `fresh` makes a new (key id, key) pair.
 pub fn desired(
     existing: Option<&Secret>,
     requested: Option<&str>,
     now: u64,
+    propagation: u64,
     fresh: &mut dyn FnMut() -> crate::Result<(String, String)>,
 ) -> crate::Result<Option<Desired>> {
     let Some(secret) = existing else {
@@ -77,10 +86,11 @@ pub fn desired(
         && Some(request) != honoured
     {
         let (kid, key) = fresh()?;
-        keys.rotate(kid, key, now);
+        keys.stage(kid, key, now.saturating_add(propagation));
         rotated_for = Some(request.to_owned());
         changed = true;
     }
+    changed |= keys.promote_due(now);
     changed |= keys.prune(now, MAX_TOKEN_LIFETIME.as_secs());
     Ok(changed.then_some(Desired { keys, rotated_for }))
 }
@@ -158,11 +168,11 @@ mod tests {
     #[test]
     fn a_new_backend_gets_one_named_key_and_nothing_changes_without_a_request() {
         let mut fresh = counter();
-        let first = desired(None, None, 100, &mut fresh).unwrap().unwrap();
+        let first = desired(None, None, 100, 0, &mut fresh).unwrap().unwrap();
         assert_eq!(first.keys.current, "k1");
         assert_eq!(first.keys.keys.len(), 1);
         assert_eq!(
-            desired(Some(&secret_of(&first)), None, 200, &mut fresh).unwrap(),
+            desired(Some(&secret_of(&first)), None, 200, 0, &mut fresh).unwrap(),
             None
         );
     }
@@ -170,11 +180,12 @@ mod tests {
     #[test]
     fn each_new_annotation_value_rotates_once_and_the_old_key_stays_for_the_token_lifetime() {
         let mut fresh = counter();
-        let first = desired(None, None, 100, &mut fresh).unwrap().unwrap();
+        let first = desired(None, None, 100, 0, &mut fresh).unwrap().unwrap();
         let rotated = desired(
             Some(&secret_of(&first)),
             Some("2026-12-06"),
             200,
+            0,
             &mut fresh,
         )
         .unwrap()
@@ -196,6 +207,7 @@ mod tests {
                 Some(&secret),
                 Some("2026-12-06"),
                 200 + lifetime - 1,
+                0,
                 &mut fresh
             )
             .unwrap(),
@@ -206,12 +218,44 @@ mod tests {
             Some(&secret),
             Some("2026-12-06"),
             200 + lifetime,
+            0,
             &mut fresh,
         )
         .unwrap()
         .unwrap();
         assert_eq!(pruned.keys.keys.len(), 1);
         assert_eq!(pruned.keys.current, "k2");
+    }
+
+    #[test]
+    fn a_rotation_stages_the_new_key_until_workers_can_have_read_it() {
+        let mut fresh = counter();
+        let first = desired(None, None, 100, 90, &mut fresh).unwrap().unwrap();
+        let staged = desired(Some(&secret_of(&first)), Some("r1"), 200, 90, &mut fresh)
+            .unwrap()
+            .unwrap();
+        assert_eq!(staged.keys.current, "k1", "the old key still signs");
+        assert_eq!(staged.keys.next_promotion(), Some(290));
+        assert!(
+            staged.keys.key_for(Some("k2")).is_some(),
+            "k2 verifies already"
+        );
+        let secret = secret_of(&staged);
+        assert_eq!(
+            desired(Some(&secret), Some("r1"), 289, 90, &mut fresh).unwrap(),
+            None
+        );
+        let promoted = desired(Some(&secret), Some("r1"), 290, 90, &mut fresh)
+            .unwrap()
+            .unwrap();
+        assert_eq!(promoted.keys.current, "k2");
+        assert_eq!(promoted.keys.next_promotion(), None);
+        let retired: Vec<_> = promoted.keys.keys.iter().map(|k| k.retired_at).collect();
+        assert_eq!(
+            retired,
+            vec![None, Some(290)],
+            "k1 retires when k2 starts signing"
+        );
     }
 
     #[test]
@@ -224,7 +268,7 @@ mod tests {
             ..Secret::default()
         };
         let mut fresh = counter();
-        let named = desired(Some(&legacy), None, 300, &mut fresh)
+        let named = desired(Some(&legacy), None, 300, 0, &mut fresh)
             .unwrap()
             .unwrap();
         assert_eq!(named.keys.current, "legacy-300");

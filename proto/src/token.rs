@@ -187,6 +187,10 @@ pub struct SigningKey {
     /// once the longest token lifetime has passed since.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retired_at: Option<u64>,
+    /// Set on a key staged by a rotation: it verifies at once and signs from this time, Unix
+    /// seconds, by when every worker has read it from its mounted Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub current_from: Option<u64>,
 }
 
 /// A backend's signing keys: the current one (which signs) and the retired ones whose tokens
@@ -213,6 +217,7 @@ impl KeySet {
                 kid: String::new(),
                 key: String::from_utf8_lossy(&key).into_owned(),
                 retired_at: None,
+                current_from: None,
             }],
             any_kid: true,
         }
@@ -226,6 +231,7 @@ impl KeySet {
                 kid,
                 key,
                 retired_at: None,
+                current_from: None,
             }],
             any_kid: false,
         }
@@ -278,15 +284,51 @@ impl KeySet {
                 k.retired_at = Some(now);
             }
         }
+        self.keys.retain(|k| k.kid != kid);
         self.keys.insert(
             0,
             SigningKey {
                 kid: kid.clone(),
                 key,
                 retired_at: None,
+                current_from: None,
             },
         );
         self.current = kid;
+    }
+
+    /// Adds `key` (named `kid`) to verify from now and to sign from `current_from` (see
+    /// [`KeySet::promote_due`]), so that verifiers reading the set with a delay hold the key
+    /// before any token names it. A key staged earlier and not yet current is replaced: no
+    /// token was signed with it.
+    pub fn stage(&mut self, kid: String, key: String, current_from: u64) {
+        self.keys.retain(|k| k.current_from.is_none());
+        self.keys.push(SigningKey {
+            kid,
+            key,
+            retired_at: None,
+            current_from: Some(current_from),
+        });
+    }
+
+    /// Makes a staged key current once its time has come (the previous current key is retired
+    /// now). Returns whether the current key changed.
+    pub fn promote_due(&mut self, now: u64) -> bool {
+        let Some(due) = self
+            .keys
+            .iter()
+            .find(|k| k.current_from.is_some_and(|at| at <= now))
+            .cloned()
+        else {
+            return false;
+        };
+        self.rotate(due.kid, due.key, now);
+        true
+    }
+
+    /// When the staged key (if any) becomes current, Unix seconds.
+    pub fn next_promotion(&self) -> Option<u64> {
+        self.keys.iter().filter_map(|k| k.current_from).min()
     }
 
     /// Drops retired keys whose tokens have all expired: retired at least `overlap` before
@@ -413,6 +455,32 @@ mod tests {
         assert_eq!(err, TokenError::UnknownKey { kid: "k1".into() });
         assert_eq!((err.reason(), err.http_status()), ("TokenUnknownKey", 401));
         assert!(verify_with(&keys, &new, "team-a/call-42", "u-1", 1300).is_ok());
+    }
+
+    #[test]
+    fn a_staged_key_verifies_at_once_and_signs_only_from_its_time() {
+        let mut keys = set("k1", std::str::from_utf8(KEY).unwrap());
+        keys.stage("k2".into(), KEY2.into(), 1300);
+        keys.stage("k3".into(), KEY2.into(), 1400);
+        assert_eq!(
+            keys.next_promotion(),
+            Some(1400),
+            "a newer request replaces k2"
+        );
+        assert_eq!(keys.current, "k1");
+        assert!(!keys.promote_due(1399));
+        let staged = mint_current(&set("k3", KEY2), &claims());
+        assert!(verify_with(&keys, &staged, "team-a/call-42", "u-1", 1300).is_ok());
+        assert!(keys.promote_due(1400));
+        assert_eq!(keys.current, "k3");
+        assert_eq!(keys.next_promotion(), None);
+        let kids: Vec<(&str, Option<u64>)> = keys
+            .keys
+            .iter()
+            .map(|k| (k.kid.as_str(), k.retired_at))
+            .collect();
+        assert_eq!(kids, vec![("k3", None), ("k1", Some(1400))]);
+        assert!(!keys.promote_due(1500));
     }
 
     #[test]
