@@ -14,7 +14,7 @@ use kube::api::{DeleteParams, ListParams, PostParams};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, ResourceExt};
 use operator_common::*;
-use serde_json::{Value, json};
+use serde_json::json;
 use voice_crds::{SessionPhase, VoiceProvider, VoiceSession};
 use voice_tests::{OperatorProcess, TestNamespace};
 
@@ -79,22 +79,6 @@ fn sample_caps(ns: &TestNamespace) -> (Arc<Mutex<Maxima>>, tokio::task::JoinHand
     (maxima, task)
 }
 
-fn session(name: &str, backend: &str, extra: Value) -> VoiceSession {
-    let mut spec = json!({
-        "backendRef": {"name": backend},
-        "user": {"userID": format!("user-{name}")},
-        "transport": "webrtc",
-    });
-    merge(&mut spec, extra);
-    serde_json::from_value(json!({
-        "apiVersion": "voicebackends.dev/v1alpha1",
-        "kind": "VoiceSession",
-        "metadata": {"name": name},
-        "spec": spec,
-    }))
-    .expect("valid session")
-}
-
 /// Creates `count` sessions `<prefix>-000..` on `backend`, 50 at a time in parallel.
 async fn create_sessions(
     ns: &TestNamespace,
@@ -122,19 +106,6 @@ async fn sessions(ns: &TestNamespace) -> Vec<VoiceSession> {
     api.list(&ListParams::default()).await.expect("list").items
 }
 
-fn phase(s: &VoiceSession) -> SessionPhase {
-    s.status.as_ref().map(|s| s.phase).unwrap_or_default()
-}
-
-fn admitted_reason(s: &VoiceSession) -> Option<String> {
-    s.status
-        .as_ref()?
-        .conditions
-        .iter()
-        .find(|c| c.type_ == "Admitted")
-        .map(|c| c.reason.clone())
-}
-
 /// The HTTP status a worker answers to an offer of a non-SDP body with `token`: 400 means
 /// the token passed (the SDP is what failed), 401/403 that it did not.
 fn offer_status(url: &str, token: &str) -> String {
@@ -160,49 +131,6 @@ async fn echo_stack(prefix: &str) -> (OperatorStack, Api<VoiceSession>) {
     wait_healthy(&stack.ns, "echo", 1, T).await;
     let api = stack.ns.api();
     (stack, api)
-}
-
-/// Creates session `name` on `backend`, waits until it is Active, and returns its endpoint and
-/// join token, as a client would read them.
-async fn admit_one(
-    api: &Api<VoiceSession>,
-    name: &str,
-    backend: &str,
-    extra: Value,
-) -> (voice_crds::SessionEndpoint, String) {
-    api.create(&PostParams::default(), &session(name, backend, extra))
-        .await
-        .expect("creating the session");
-    let s = wait_phase(api, name, SessionPhase::Active).await;
-    let endpoint = s
-        .status
-        .and_then(|s| s.endpoint)
-        .expect("an Active session has an endpoint");
-    let secrets: Api<Secret> = Api::namespaced(
-        api.clone().into_client(),
-        s.metadata.namespace.as_deref().unwrap_or_default(),
-    );
-    let token = join_token(&secrets, &endpoint.token_secret_name).await;
-    (endpoint, token)
-}
-
-/// Waits until session `name` reaches `phase` and returns it.
-async fn wait_phase(api: &Api<VoiceSession>, name: &str, want: SessionPhase) -> VoiceSession {
-    wait_for(T, &format!("{name} {want:?}"), || async {
-        let s = api.get(name).await.map_err(|e| e.to_string())?;
-        if phase(&s) == want {
-            Ok(s)
-        } else {
-            Err(format!("{:?} {:?}", phase(&s), admitted_reason(&s)))
-        }
-    })
-    .await
-}
-
-/// The join token in a session's token Secret.
-async fn join_token(secrets: &Api<Secret>, name: &str) -> String {
-    let secret = secrets.get(name).await.expect("the token Secret");
-    String::from_utf8(secret.data.expect("data")["token"].0.clone()).expect("UTF-8 token")
 }
 
 /// Waits until exactly `n` sessions of `backend` are Active and every other one is Pending with

@@ -2,6 +2,10 @@
 
 #![allow(dead_code)]
 
+pub mod sessions;
+#[allow(unused_imports)] // Not every test binary uses sessions.
+pub use sessions::*;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -328,13 +332,22 @@ impl OperatorStack {
 
     /// [`OperatorStack::start`] with `provider_patch` merged into the provider's spec.
     pub async fn start_with(prefix: &str, provider_patch: Value) -> OperatorStack {
+        Self::start_with_flags(prefix, provider_patch, &[]).await
+    }
+
+    /// [`OperatorStack::start_with`] with extra command-line `flags` for the operator.
+    pub async fn start_with_flags(
+        prefix: &str,
+        provider_patch: Value,
+        flags: &[&str],
+    ) -> OperatorStack {
         voice_tests::install_crds();
         voice_tests::node_agent();
         let ns = TestNamespace::new(prefix).await;
         let (provider, manifest) = provider_manifest(&ns, "p", provider_patch);
         let cleanup = ProviderCleanup(vec![provider.clone()]);
         apply(&ns, &[&manifest]);
-        let operator = voice_tests::OperatorProcess::start(ns.name(), "a");
+        let operator = voice_tests::OperatorProcess::start_with(ns.name(), "a", flags);
         OperatorStack {
             operator,
             provider,
