@@ -1,4 +1,5 @@
-//! `voice-worker`: parse the configuration, set up logging, run until SIGTERM/SIGINT.
+//! `voice-worker`: parse the configuration, set up logging, run until SIGTERM/SIGINT (a second
+//! one ends the drain at once).
 
 use anyhow::Context;
 use clap::Parser;
@@ -16,6 +17,17 @@ async fn main() -> anyhow::Result<()> {
             _ = term.recv() => tracing::info!("SIGTERM received"),
             _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
         }
+        // The first request drains (up to DRAIN_TIMEOUT_SECONDS); a second one means whoever
+        // stops us will not wait that long (a Ctrl-C pressed twice, a node going down), so the
+        // worker ends at once rather than be killed mid-write.
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            tracing::warn!("second termination request: ending the drain and exiting now");
+            std::process::exit(143);
+        });
     };
     voice_worker::run(config, terminate).await.map_err(|e| {
         tracing::error!(reason = e.reason(), error = %e, "worker failed");

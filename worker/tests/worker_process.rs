@@ -390,6 +390,33 @@ async fn sigterm_ends_sessions_left_at_the_drain_deadline_then_exits_zero() {
 }
 
 #[tokio::test]
+async fn a_second_sigterm_ends_a_long_drain_at_once() {
+    let mut worker = WorkerProcess::start(1, 300);
+    let channel = worker.channel().await;
+    let mut client = WorkerControlClient::new(channel);
+    assert_eq!(
+        reserve_result(&mut client, reserve("ns/a", "uid-a")).await,
+        ReserveResult::Reserved
+    );
+    worker.sigterm();
+    // Draining for a held session: still running after a second.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        worker.exited().is_none(),
+        "exited before its drain deadline"
+    );
+    let signalled = Instant::now();
+    worker.sigterm();
+    let status = worker.wait_exit(Duration::from_secs(10)).await;
+    assert_eq!(status.code(), Some(143), "worker exited with {status}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(2),
+        "the second SIGTERM took {:?}",
+        signalled.elapsed()
+    );
+}
+
+#[tokio::test]
 async fn an_idle_worker_exits_zero_at_once_on_sigterm() {
     let mut worker = WorkerProcess::start(1, 60);
     let _channel = worker.channel().await;
