@@ -143,9 +143,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if ready.is_ok() && !args.until_ready {
         wait_for_stop(&stop_rx, &mut children);
     }
-    step("stopping the operator and the node agent (and with it every worker)");
+    step(
+        "stopping the operator and the node agent (and with it every worker; Ctrl-C again to kill)",
+    );
     for child in children.iter_mut().rev() {
-        stop(child);
+        stop(child, &stop_rx);
     }
     if !args.keep_cluster {
         step("stopping the local control plane");
@@ -365,8 +367,9 @@ fn wait_for_stop(stop: &mpsc::Receiver<()>, children: &mut [Process]) {
     }
 }
 
-/// SIGTERM (so the node agent stops its workers), then SIGKILL after 20 s.
-fn stop(p: &mut Process) {
+/// SIGTERM (so the node agent stops its workers, within its 5 s shutdown grace), then SIGKILL
+/// after 20 s or at once on another Ctrl-C.
+fn stop(p: &mut Process, again: &mpsc::Receiver<()>) {
     if let Ok(Some(_)) = p.child.try_wait() {
         return;
     }
@@ -377,6 +380,10 @@ fn stop(p: &mut Process) {
     while Instant::now() < deadline {
         if let Ok(Some(_)) = p.child.try_wait() {
             return;
+        }
+        if again.try_recv().is_ok() {
+            eprintln!("   Ctrl-C again: killing the {}", p.name);
+            break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }

@@ -107,7 +107,7 @@ impl PodRun {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => {
-                    self.terminate(Instant::now() + SHUTDOWN_GRACE).await;
+                    self.terminate(Instant::now() + SHUTDOWN_GRACE, &shutdown).await;
                     return;
                 }
                 changed = pod_rx.changed() => {
@@ -115,14 +115,14 @@ impl PodRun {
                     match latest {
                         Some(pod) if pod.metadata.deletion_timestamp.is_some() => {
                             self.pod = pod;
-                            self.delete(pod_ip).await;
+                            self.delete(pod_ip, &shutdown).await;
                             return;
                         }
                         Some(pod) => self.pod = pod,
                         None => {
                             tracing::info!("pod object is gone: stopping its containers");
                             let grace = self.grace();
-                            self.terminate(Instant::now() + grace).await;
+                            self.terminate(Instant::now() + grace, &shutdown).await;
                             return;
                         }
                     }
@@ -287,13 +287,18 @@ impl PodRun {
     }
 
     /// Graceful deletion as kubelet does it: preStop hooks, SIGTERM, SIGKILL after the grace
-    /// period, then the final delete with grace 0 that removes the object.
-    async fn delete(&mut self, pod_ip: Ipv4Addr) {
+    /// period, then the final delete with grace 0 that removes the object. An agent shutdown
+    /// meanwhile cuts the hooks short and the grace to [`SHUTDOWN_GRACE`]: a worker draining
+    /// for minutes must not outlive the agent (and `cargo xtask dev`'s Ctrl-C).
+    async fn delete(&mut self, pod_ip: Ipv4Addr, shutdown: &CancellationToken) {
         let grace = self.grace();
         tracing::info!(?grace, "pod is being deleted: stopping its containers");
         let deadline = Instant::now() + grace;
-        join_all(self.containers.iter().map(|c| c.pre_stop(pod_ip, grace))).await;
-        self.terminate(deadline).await;
+        tokio::select! {
+            _ = join_all(self.containers.iter().map(|c| c.pre_stop(pod_ip, grace))) => {}
+            () = shutdown.cancelled() => tracing::info!("agent stopping: preStop hooks cut short"),
+        }
+        self.terminate(deadline, shutdown).await;
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions {
@@ -311,13 +316,19 @@ impl PodRun {
         }
     }
 
-    /// SIGTERM to every process group, SIGKILL to those left at `deadline`.
-    async fn terminate(&mut self, deadline: Instant) {
+    /// SIGTERM to every process group, SIGKILL to those left at `deadline`, or
+    /// [`SHUTDOWN_GRACE`] after `shutdown` if that comes first.
+    async fn terminate(&mut self, mut deadline: Instant, shutdown: &CancellationToken) {
         for c in &self.containers {
             c.signal(Signal::TERM);
         }
         let mut killed = false;
+        let mut shortened = false;
         loop {
+            if !shortened && shutdown.is_cancelled() {
+                deadline = deadline.min(Instant::now() + SHUTDOWN_GRACE);
+                shortened = true;
+            }
             let mut running = false;
             for c in &mut self.containers {
                 running |= c.reap();
