@@ -35,18 +35,18 @@ struct Task {
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), Error> {
     node::register(&ctx.client, &ctx.node_name).await?;
     tracing::info!(node = %ctx.node_name, "node registered and Ready");
-    let background = [
-        tokio::spawn(node::keep_ready(
+    let mut background = vec![tokio::spawn(node::keep_ready(
+        ctx.client.clone(),
+        ctx.node_name.clone(),
+        shutdown.clone(),
+    ))];
+    if ctx.schedules {
+        background.push(tokio::spawn(binding::run(
             ctx.client.clone(),
             ctx.node_name.clone(),
             shutdown.clone(),
-        )),
-        tokio::spawn(binding::run(
-            ctx.client.clone(),
-            ctx.node_name.clone(),
-            shutdown.clone(),
-        )),
-    ];
+        )));
+    }
     clean_up_previous_run(&ctx).await?;
 
     let pods: Api<Pod> = Api::all(ctx.client.clone());

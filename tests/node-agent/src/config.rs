@@ -53,6 +53,11 @@ pub struct Config {
     /// Directory of pod volumes: `<target>/voice-node-agent/volumes` by default.
     #[arg(long, value_name = "DIR")]
     pub volume_dir: Option<PathBuf>,
+
+    /// Do not bind unscheduled pods to this Node; run only pods already bound to it (a second
+    /// agent beside the shared one, e.g. in a test, must not take the other's pods).
+    #[arg(long)]
+    pub no_scheduler: bool,
 }
 
 /// Longest wait for the first list of Secrets, which secret volumes are made of.
@@ -88,6 +93,7 @@ impl Config {
                 .unwrap_or_else(|| target_dir().join("voice-node-agent/volumes")),
             secrets,
             kubeconfig,
+            schedules: !self.no_scheduler,
         }))
     }
 

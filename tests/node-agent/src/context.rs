@@ -33,6 +33,8 @@ pub struct Context {
     /// Handed to containers as `KUBECONFIG`: there is no in-cluster service account here, so a
     /// pod that talks to the API (the operator) uses the agent's kubeconfig instead.
     pub kubeconfig: Option<PathBuf>,
+    /// Whether this agent binds unscheduled pods to its Node (see [`crate::binding`]).
+    pub schedules: bool,
 }
 
 impl Context {
