@@ -377,3 +377,44 @@ async fn tls_connections_count_against_the_caps_and_a_silent_client_is_cut() {
         "places were freed"
     );
 }
+
+#[test]
+fn a_worker_given_a_key_of_another_certificate_refuses_to_start_and_says_why() {
+    let pki = Pki::new("mismatch");
+    pki.install("voice-worker-mismatch", 9);
+    let other = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
+    std::fs::write(pki.dir.join("tls.key"), other.serialize_pem())
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_voice-worker"))
+        .env("CONTROL_INSECURE", "true")
+        .env("POD_IP", "127.0.0.1")
+        .env("UDP_PORT", "0")
+        .env("RUST_LOG", "warn")
+        .env("TLS_CERT_FILE", pki.path("tls.crt"))
+        .env("TLS_KEY_FILE", pki.path("tls.key"))
+        .args(["--grpc-port", &common::free_port().to_string()])
+        .args(["--http-port", &common::free_port().to_string()])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting voice-worker: {e}"));
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break status;
+        }
+        if started.elapsed() > PATIENCE {
+            let _ = child.kill();
+            panic!("a worker with a mismatched key kept running");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    assert!(!status.success(), "{stderr}");
+    assert!(stderr.contains("SignalingTlsInvalid"), "{stderr}");
+    assert!(stderr.contains("TLS_CERT_FILE/TLS_KEY_FILE"), "{stderr}");
+}
