@@ -22,6 +22,9 @@ use tokio_util::sync::CancellationToken;
 
 /// How often the certificate and key files are checked for changes.
 pub const RELOAD_EVERY: Duration = Duration::from_secs(1);
+/// The variables that name the files, for errors a user can act on.
+const CERT_VAR: &str = "TLS_CERT_FILE";
+const KEY_VAR: &str = "TLS_KEY_FILE";
 
 /// Why the signaling certificate cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -87,7 +90,7 @@ fn read(var: &'static str, path: &Path) -> Result<Vec<u8>, HttpTlsError> {
 /// A server config serving the chain in `cert_pem` with `key_pem`, TLS 1.2 and 1.3, no client
 /// certificates, HTTP/1.1 by ALPN (the signaling server speaks HTTP/1.1 only; WebSocket
 /// upgrades need it).
-pub fn server_config(cert: &Path, key: &Path, files: &Files) -> Result<ServerConfig, HttpTlsError> {
+fn server_config(cert: &Path, key: &Path, files: &Files) -> Result<ServerConfig, HttpTlsError> {
     let [cert_pem, key_pem] = files;
     let pem = |var, path: &Path, message: String| HttpTlsError::Pem {
         var,
@@ -110,9 +113,6 @@ pub fn server_config(cert: &Path, key: &Path, files: &Files) -> Result<ServerCon
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(config)
 }
-
-const CERT_VAR: &str = "TLS_CERT_FILE";
-const KEY_VAR: &str = "TLS_KEY_FILE";
 
 impl HttpTls {
     /// Loads `cert` and `key`; fails, naming the file, when either is missing or invalid.
