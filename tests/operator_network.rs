@@ -131,3 +131,137 @@ async fn two_node_ip_workers_never_share_a_node_and_a_port() {
         Some("status.hostIP")
     );
 }
+
+/// `network.tls` against the real API server, operator and node agent: a worker whose Secret
+/// is missing waits with `FailedMount`; once the Secret exists the worker starts, passes its
+/// HTTPS readiness probe, and a WebSocket session gets a `wss://` endpoint where the worker
+/// serves exactly the Secret's certificate and the session's hello.
+#[tokio::test]
+async fn a_tls_backend_serves_its_secrets_certificate_at_a_wss_endpoint() {
+    use futures::StreamExt;
+    use k8s_openapi::api::core::v1::Secret;
+    use kube::api::PostParams;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let stack = OperatorStack::start("op-tls").await;
+    stack.apply_backend(
+        "secure",
+        json!({"replicas": 1, "workers": {"network": {"tls": {"secretName": "secure-tls"}}}}),
+    );
+    let waiting = wait_for(T, "the worker waiting for its Secret", || async {
+        live_pods(&stack.ns, "secure")
+            .await
+            .iter()
+            .flat_map(|p| {
+                p.status
+                    .iter()
+                    .flat_map(|s| s.container_statuses.iter().flatten())
+            })
+            .filter_map(|c| c.state.as_ref()?.waiting.clone())
+            .find(|w| w.reason.as_deref() == Some("FailedMount"))
+            .ok_or_else(|| "no FailedMount".to_owned())
+    })
+    .await;
+    assert!(
+        waiting.message.unwrap_or_default().contains("secure-tls"),
+        "FailedMount names the Secret"
+    );
+
+    // A CA and a serving certificate for a name, as cert-manager would write them.
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca.key_usages = vec![rcgen::KeyUsagePurpose::KeyCertSign];
+    let ca_cert = ca.self_signed(&ca_key).expect("CA");
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["secure.test".to_owned()])
+        .expect("params")
+        .signed_by(&key, &issuer)
+        .expect("leaf");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "secure-tls"},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": leaf.pem(), "tls.key": key.serialize_pem()},
+    }))
+    .expect("secret");
+    stack
+        .ns
+        .api::<Secret>()
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creating the Secret");
+    wait_healthy(&stack.ns, "secure", 1, T).await;
+
+    let session: voice_crds::VoiceSession = serde_json::from_value(json!({
+        "apiVersion": "voicebackends.dev/v1alpha1",
+        "kind": "VoiceSession",
+        "metadata": {"name": "call"},
+        "spec": {"backendRef": {"name": "secure"}, "user": {"userID": "u"}, "transport": "websocket"},
+    }))
+    .expect("session");
+    let sessions = stack.ns.api::<voice_crds::VoiceSession>();
+    sessions
+        .create(&PostParams::default(), &session)
+        .await
+        .expect("creating the session");
+    let endpoint = wait_for(T, "the session's endpoint", || async {
+        sessions
+            .get("call")
+            .await
+            .map_err(|e| e.to_string())?
+            .status
+            .and_then(|s| s.endpoint)
+            .ok_or_else(|| "no endpoint".to_owned())
+    })
+    .await;
+    let rest = endpoint.url.strip_prefix("wss://").expect("a wss:// URL");
+    let host_port = rest.split('/').next().expect("host:port");
+    let token_secret = stack
+        .ns
+        .api::<Secret>()
+        .get(&endpoint.token_secret_name)
+        .await
+        .expect("the token Secret");
+    let token = String::from_utf8(token_secret.data.expect("data")["token"].0.clone())
+        .expect("UTF-8 token");
+
+    // TLS to the pod trusting only the CA, checking the name the certificate carries.
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(CertificateDer::from(ca_cert.der().to_vec()))
+        .expect("root");
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(host_port)
+        .await
+        .expect("connecting to the worker");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect(ServerName::try_from("secure.test").expect("name"), tcp)
+        .await
+        .expect("the worker's TLS handshake");
+    let served = tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec();
+    assert_eq!(
+        served,
+        leaf.der().to_vec(),
+        "the Secret's certificate is served"
+    );
+    let (mut ws, _) =
+        tokio_tungstenite::client_async(format!("{}?token={token}", endpoint.url), tls)
+            .await
+            .expect("the WebSocket upgrade over TLS");
+    let hello = tokio::time::timeout(T, ws.next()).await.expect("a hello");
+    let hello = hello.expect("a message").expect("a text message");
+    assert!(
+        hello
+            .to_text()
+            .unwrap_or_default()
+            .contains(r#""type":"connected""#),
+        "{hello:?}"
+    );
+}

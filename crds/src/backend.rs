@@ -103,6 +103,22 @@ pub struct WorkerNetwork {
     /// which answers the address they came from. Turn on for single-host demos and tests.
     #[serde(default)]
     pub allow_private_candidates: bool,
+    /// Serve signaling as HTTPS/WSS with the certificate in a Secret; unset (the default), the
+    /// worker speaks plain HTTP, for local use or behind a TLS-terminating ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<WorkerTls>,
+}
+
+/// The certificate a worker serves signaling with.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerTls {
+    /// Name of a `kubernetes.io/tls` Secret in the backend's namespace with keys `tls.crt`
+    /// (certificate chain, PEM) and `tls.key` (private key, PEM), the shape cert-manager
+    /// writes. Mounted into every worker, which reloads a renewed certificate without a
+    /// restart; a missing Secret keeps new workers from starting (FailedMount).
+    #[schemars(length(min = 1, max = 253))]
+    pub secret_name: String,
 }
 
 /// The worker pods of a backend.

@@ -8,10 +8,14 @@
 //! node where any pod already holds one of them, whatever its backend), and a required pod
 //! anti-affinity on `kubernetes.io/hostname` among the backend's workers says the same in
 //! words a reader of the pod spec sees: one worker of this backend per node.
+//!
+//! With `tls`, the named `kubernetes.io/tls` Secret is a volume at [`SIGNALING_TLS_DIR`] and the
+//! worker gets `TLS_CERT_FILE`/`TLS_KEY_FILE` there: a volume, not environment variables,
+//! because the kubelet refreshes a mounted Secret in place and the worker reloads it.
 
 use k8s_openapi::api::core::v1::{
     Affinity, ContainerPort, EnvVar, EnvVarSource, ObjectFieldSelector, PodAffinityTerm,
-    PodAntiAffinity,
+    PodAntiAffinity, SecretVolumeSource, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use voice_crds::{AdvertiseMode, WorkerNetwork};
@@ -23,6 +27,11 @@ pub const DEFAULT_UDP_PORT: i32 = 50000;
 
 /// The node label the NodeIP anti-affinity spreads workers over.
 pub const HOSTNAME_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
+
+/// Where the worker pod mounts the backend's signaling certificate Secret (`network.tls`).
+pub const SIGNALING_TLS_DIR: &str = "/var/run/voice/signaling-tls";
+/// Name of that Secret's volume in the worker pod.
+const SIGNALING_TLS_VOLUME: &str = "signaling-tls";
 
 /// The UDP port every answer of the backend's workers names.
 pub fn udp_port(network: &WorkerNetwork) -> i32 {
@@ -73,6 +82,16 @@ pub fn env(network: &WorkerNetwork) -> Result<Vec<EnvVar>, serde_json::Error> {
         "ALLOW_PRIVATE_CANDIDATES",
         network.allow_private_candidates.to_string(),
     ));
+    if network.tls.is_some() {
+        env.push(value(
+            "TLS_CERT_FILE",
+            format!("{SIGNALING_TLS_DIR}/tls.crt"),
+        ));
+        env.push(value(
+            "TLS_KEY_FILE",
+            format!("{SIGNALING_TLS_DIR}/tls.key"),
+        ));
+    }
     Ok(env)
 }
 
@@ -109,5 +128,36 @@ pub fn affinity(backend: &str, network: &WorkerNetwork) -> Option<Affinity> {
             ..PodAntiAffinity::default()
         }),
         ..Affinity::default()
+    })
+}
+
+/// Whether the worker serves signaling over TLS (`https://`, `wss://`, HTTPS probes).
+pub fn serves_tls(network: &WorkerNetwork) -> bool {
+    network.tls.is_some()
+}
+
+/// With `tls`, the certificate Secret's volume (not optional: without the Secret the pod
+/// stays in `ContainerCreating` with a `FailedMount` event naming it, as a worker that
+/// would silently fall back to plain HTTP would break every client's `https://` URL).
+pub fn tls_volume(network: &WorkerNetwork) -> Option<Volume> {
+    network.tls.as_ref().map(|tls| Volume {
+        name: SIGNALING_TLS_VOLUME.to_owned(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(tls.secret_name.clone()),
+            default_mode: Some(0o440),
+            optional: Some(false),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
+}
+
+/// With `tls`, where the worker container sees that Secret (read-only).
+pub fn tls_mount(network: &WorkerNetwork) -> Option<VolumeMount> {
+    network.tls.as_ref().map(|_| VolumeMount {
+        name: SIGNALING_TLS_VOLUME.to_owned(),
+        mount_path: SIGNALING_TLS_DIR.to_owned(),
+        read_only: Some(true),
+        ..VolumeMount::default()
     })
 }

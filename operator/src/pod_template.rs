@@ -231,6 +231,9 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             http_get: Some(HTTPGetAction {
                 path: Some("/readyz".to_owned()),
                 port: IntOrString::Int(HTTP_PORT),
+                // The kubelet does not verify the certificate of an HTTPS probe.
+                scheme: crate::pod_network::serves_tls(&spec.workers.network)
+                    .then(|| "HTTPS".to_owned()),
                 ..HTTPGetAction::default()
             }),
             period_seconds: Some(READINESS_PERIOD_SECONDS),
@@ -248,25 +251,30 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             ..SecurityContext::default()
         }),
         // The root filesystem is read-only; scratch space lives on an emptyDir.
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: "tmp".to_owned(),
-                mount_path: "/tmp".to_owned(),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: "control-tls".to_owned(),
-                mount_path: CONTROL_TLS_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-            VolumeMount {
-                name: SIGNING_KEYS_VOLUME.to_owned(),
-                mount_path: SIGNING_KEYS_DIR.to_owned(),
-                read_only: Some(true),
-                ..VolumeMount::default()
-            },
-        ]),
+        volume_mounts: Some(
+            [
+                VolumeMount {
+                    name: "tmp".to_owned(),
+                    mount_path: "/tmp".to_owned(),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: "control-tls".to_owned(),
+                    mount_path: CONTROL_TLS_DIR.to_owned(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+                VolumeMount {
+                    name: SIGNING_KEYS_VOLUME.to_owned(),
+                    mount_path: SIGNING_KEYS_DIR.to_owned(),
+                    read_only: Some(true),
+                    ..VolumeMount::default()
+                },
+            ]
+            .into_iter()
+            .chain(crate::pod_network::tls_mount(&spec.workers.network))
+            .collect(),
+        ),
         ..Container::default()
     };
     let pod_spec = PodSpec {
@@ -292,32 +300,37 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             }),
             ..PodSecurityContext::default()
         }),
-        volumes: Some(vec![
-            Volume {
-                name: "tmp".to_owned(),
-                empty_dir: Some(EmptyDirVolumeSource::default()),
-                ..Volume::default()
-            },
-            Volume {
-                name: "control-tls".to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(control_tls_secret_name(name)),
-                    default_mode: Some(0o440),
-                    optional: Some(false),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-            Volume {
-                name: SIGNING_KEYS_VOLUME.to_owned(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(signing_secret_name(name)),
-                    optional: Some(false),
-                    ..SecretVolumeSource::default()
-                }),
-                ..Volume::default()
-            },
-        ]),
+        volumes: Some(
+            [
+                Volume {
+                    name: "tmp".to_owned(),
+                    empty_dir: Some(EmptyDirVolumeSource::default()),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: "control-tls".to_owned(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(control_tls_secret_name(name)),
+                        default_mode: Some(0o440),
+                        optional: Some(false),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+                Volume {
+                    name: SIGNING_KEYS_VOLUME.to_owned(),
+                    secret: Some(SecretVolumeSource {
+                        secret_name: Some(signing_secret_name(name)),
+                        optional: Some(false),
+                        ..SecretVolumeSource::default()
+                    }),
+                    ..Volume::default()
+                },
+            ]
+            .into_iter()
+            .chain(crate::pod_network::tls_volume(&spec.workers.network))
+            .collect(),
+        ),
         ..PodSpec::default()
     };
     let bytes = serde_json::to_vec(&pod_spec).map_err(|source| Error::Serialize {

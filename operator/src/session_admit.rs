@@ -196,10 +196,19 @@ pub fn endpoint(session: &VoiceSession, backend: &VoiceBackend, ip: &str) -> Ses
     } else {
         ip.to_owned()
     };
-    let url = match session.spec.transport {
-        Transport::WebRtc => format!("http://{host}:{HTTP_PORT}/v1/sessions/{ns}/{name}/offer"),
-        Transport::WebSocket => format!("ws://{host}:{HTTP_PORT}/v1/sessions/{ns}/{name}/ws"),
+    // A backend with `network.tls` has workers that speak only TLS on the HTTP port.
+    let tls = crate::pod_network::serves_tls(&backend.spec.workers.network);
+    let scheme = match (session.spec.transport, tls) {
+        (Transport::WebRtc, false) => "http",
+        (Transport::WebRtc, true) => "https",
+        (Transport::WebSocket, false) => "ws",
+        (Transport::WebSocket, true) => "wss",
     };
+    let path = match session.spec.transport {
+        Transport::WebRtc => "offer",
+        Transport::WebSocket => "ws",
+    };
+    let url = format!("{scheme}://{host}:{HTTP_PORT}/v1/sessions/{ns}/{name}/{path}");
     SessionEndpoint {
         url,
         token_secret_name: token_secret_name(&name),
@@ -367,6 +376,52 @@ mod tests {
         assert!(
             !text.contains("shared") && !text.contains("SecretRef"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn a_tls_backend_hands_out_https_and_wss_urls() {
+        let backend = |network: serde_json::Value| -> VoiceBackend {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "voicebackends.dev/v1alpha1",
+                "kind": "VoiceBackend",
+                "metadata": {"name": "assistant", "namespace": "team"},
+                "spec": {
+                    "provider": "voice-operator",
+                    "pipeline": {"type": "S2S", "s2s": {"provider": "echo"}},
+                    "workers": {"network": network}
+                }
+            }))
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let session = |transport: &str| -> VoiceSession {
+            serde_json::from_value(serde_json::json!({
+                "apiVersion": "voicebackends.dev/v1alpha1",
+                "kind": "VoiceSession",
+                "metadata": {"name": "call-1", "namespace": "team"},
+                "spec": {"backendRef": {"name": "assistant"}, "user": {"userID": "u1"}, "transport": transport}
+            }))
+            .unwrap_or_else(|e| panic!("{e}"))
+        };
+        let plain = backend(serde_json::json!({}));
+        let tls = backend(serde_json::json!({"tls": {"secretName": "cert"}}));
+        let url = |s: &VoiceSession, b: &VoiceBackend, ip: &str| endpoint(s, b, ip).url;
+        let (webrtc, ws) = (session("webrtc"), session("websocket"));
+        assert_eq!(
+            url(&webrtc, &plain, "10.0.0.5"),
+            "http://10.0.0.5:8080/v1/sessions/team/call-1/offer"
+        );
+        assert_eq!(
+            url(&ws, &plain, "10.0.0.5"),
+            "ws://10.0.0.5:8080/v1/sessions/team/call-1/ws"
+        );
+        assert_eq!(
+            url(&webrtc, &tls, "10.0.0.5"),
+            "https://10.0.0.5:8080/v1/sessions/team/call-1/offer"
+        );
+        assert_eq!(
+            url(&ws, &tls, "fd00::5"),
+            "wss://[fd00::5]:8080/v1/sessions/team/call-1/ws"
         );
     }
 }

@@ -235,6 +235,26 @@ pub struct Config {
     #[arg(long, env = "CONTROL_INSECURE", value_name = "CONTROL_INSECURE")]
     pub control_insecure: bool,
 
+    /// Certificate chain (PEM) to serve signaling with over HTTPS/WSS instead of plain HTTP;
+    /// needs `TLS_KEY_FILE`. Re-read every second, so a renewed certificate is served
+    /// without a restart.
+    #[arg(
+        long,
+        env = "TLS_CERT_FILE",
+        value_name = "TLS_CERT_FILE",
+        requires = "tls_key_file"
+    )]
+    pub tls_cert_file: Option<std::path::PathBuf>,
+
+    /// Private key (PEM) of `TLS_CERT_FILE`'s first certificate.
+    #[arg(
+        long,
+        env = "TLS_KEY_FILE",
+        value_name = "TLS_KEY_FILE",
+        requires = "tls_cert_file"
+    )]
+    pub tls_key_file: Option<std::path::PathBuf>,
+
     /// Session events buffered per subscriber before a slow subscriber is cut off.
     #[arg(
         long,
@@ -454,6 +474,27 @@ mod tests {
         assert!(!config.control_insecure);
         let config = parse(&[]).unwrap_or_else(|e| panic!("{e}"));
         assert!(config.control_tls_dir.is_none() && !config.control_insecure);
+    }
+
+    #[test]
+    fn tls_needs_both_files_and_is_off_by_default() {
+        let config = parse(&[]).unwrap_or_else(|e| panic!("{e}"));
+        assert!(config.tls_cert_file.is_none() && config.tls_key_file.is_none());
+        let config = parse(&[
+            "--tls-cert-file",
+            "/c/tls.crt",
+            "--tls-key-file",
+            "/c/tls.key",
+        ])
+        .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(
+            config.tls_key_file.as_deref(),
+            Some(std::path::Path::new("/c/tls.key"))
+        );
+        let err = parse(&["--tls-cert-file", "/c/tls.crt"])
+            .map(|_| ())
+            .unwrap_err();
+        assert!(err.to_string().contains("TLS_KEY_FILE"), "{err}");
     }
 
     #[test]

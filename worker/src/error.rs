@@ -37,6 +37,9 @@ pub enum Error {
          set CONTROL_INSECURE=true only for a worker run by hand outside a cluster"
     )]
     ControlTlsMissing,
+    /// The signaling certificate (`TLS_CERT_FILE`/`TLS_KEY_FILE`) is missing or invalid.
+    #[error(transparent)]
+    HttpTls(#[from] crate::http_tls::HttpTlsError),
     /// A server task panicked or was cancelled.
     #[error("the {0} server task ended abnormally")]
     Task(&'static str, #[source] tokio::task::JoinError),
@@ -54,6 +57,7 @@ impl Error {
             Error::Task(..) => "ServerTaskFailed",
             Error::ControlTls(_) => "ControlTlsInvalid",
             Error::ControlTlsMissing => "ControlTlsMissing",
+            Error::HttpTls(_) => "SignalingTlsInvalid",
         }
     }
 }

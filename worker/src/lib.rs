@@ -19,6 +19,7 @@ pub mod drain;
 pub mod error;
 pub mod events;
 pub mod http;
+pub mod http_tls;
 pub mod ice_endpoint;
 pub mod ice_servers;
 pub mod lifecycle;

@@ -61,6 +61,12 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         (None, false) => return Err(Error::ControlTlsMissing),
     };
 
+    // Signaling over TLS when the pod has a certificate; a bad one fails the start.
+    let http_tls = match (&config.tls_cert_file, &config.tls_key_file) {
+        (Some(cert), Some(key)) => Some(crate::http_tls::HttpTls::load(cert, key)?),
+        _ => None,
+    };
+
     let grpc_listener = bind("gRPC", config.grpc_addr()).await?;
     let http_listener = bind("HTTP", config.http_addr()).await?;
     let media_metrics = sessions.metrics().media().clone();
@@ -138,8 +144,12 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         config.http_request_timeout(),
         config.http_limits(),
         media_metrics,
+        http_tls.clone(),
         shutdown.clone(),
     );
+    if let Some(tls) = http_tls.clone() {
+        tokio::spawn(tls.watch(shutdown.clone()));
+    }
     let mut http: JoinHandle<Result<(), Error>> =
         tokio::spawn(async move { http.await.map_err(Error::Http) });
     let supervisor = tokio::spawn(drain::supervise(sessions.clone()));
@@ -157,6 +167,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         grpc = %config.grpc_addr(),
         control_tls = config.control_tls_dir.is_some(),
         http = %config.http_addr(),
+        https = http_tls.is_some(),
         udp = %udp_addr,
         "worker started"
     );

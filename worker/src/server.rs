@@ -8,6 +8,11 @@
 //! count is held by the socket itself ([`Counted`]), so an upgraded WebSocket keeps its
 //! place until it closes. A connection past a cap is answered `503 TooManyConnections`
 //! and closed before any request is read.
+//!
+//! With TLS ([`HttpTls`]) the same caps and timeouts hold: a connection is counted before its
+//! handshake, the handshake must finish within the header timeout and so must the first
+//! request byte after it (a client that opens a TLS connection and goes silent holds nothing
+//! longer than a plain one); hyper's header timeout then runs on the decrypted stream.
 
 use std::collections::HashMap;
 use std::io;
@@ -23,10 +28,11 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use crate::http_tls::HttpTls;
 use crate::metrics::MediaMetrics;
 
 /// How long open connections get to finish once the server stops accepting.
@@ -162,13 +168,15 @@ fn refuse(mut stream: TcpStream, remote: SocketAddr, cap: &'static str) {
 }
 
 /// Serves `router` on `listener` until `shutdown` fires, then closes connections
-/// gracefully. Handlers can read the client's address as `ConnectInfo<SocketAddr>`.
+/// gracefully; over TLS when `tls` is given. Handlers can read the client's address as
+/// `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     header_timeout: Duration,
     limits: ConnectionLimits,
     metrics: MediaMetrics,
+    tls: Option<Arc<HttpTls>>,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let mut builder = Builder::new(TokioExecutor::new());
@@ -214,6 +222,7 @@ pub async fn serve(
             .layer(axum::Extension(ConnectInfo::<SocketAddr>(remote)));
         let builder = builder.clone();
         let watcher = graceful.watcher();
+        let acceptor = tls.as_ref().map(|tls| tls.acceptor());
         tokio::spawn(async move {
             // hyper's header timeout runs only once a first byte came: a connection that
             // never sends one (half-open TCP) is cut here after the same time.
@@ -226,14 +235,30 @@ pub async fn serve(
                 tracing::debug!(%remote, "HTTP connection sent nothing in time; closing");
                 return;
             }
-            let connection = builder
-                .serve_connection_with_upgrades(
-                    TokioIo::new(stream),
-                    TowerToHyperService::new(service),
-                )
-                .into_owned();
-            if let Err(e) = watcher.watch(connection).await {
-                tracing::debug!(error = %e, %remote, "HTTP connection ended with an error");
+            let Some(acceptor) = acceptor else {
+                return serve_connection(&builder, stream, service, watcher, remote).await;
+            };
+            match tokio::time::timeout(header_timeout, acceptor.accept(stream)).await {
+                Ok(Ok(stream)) => {
+                    // As for plain TCP above: hyper's timer would not cut a connection that
+                    // completed its handshake and then sent nothing, so wait for the first
+                    // request byte here (buffered, and handed on with the stream).
+                    let mut stream = tokio::io::BufReader::new(stream);
+                    match tokio::time::timeout(header_timeout, stream.fill_buf()).await {
+                        Ok(Ok(first)) if !first.is_empty() => {
+                            serve_connection(&builder, stream, service, watcher, remote).await;
+                        }
+                        _ => {
+                            tracing::debug!(%remote, "HTTPS connection sent no request in time; closing");
+                        }
+                    }
+                }
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, %remote, "HTTPS connection refused: TLS handshake failed");
+                }
+                Err(_) => {
+                    tracing::debug!(%remote, "HTTPS connection refused: TLS handshake timed out");
+                }
             }
         });
     }
@@ -245,6 +270,25 @@ pub async fn serve(
         tracing::warn!("HTTP connections still open after {CLOSE_GRACE:?}; leaving them");
     }
     Ok(())
+}
+
+/// Serves one admitted connection (plain or TLS) with upgrades until it ends or the
+/// server stops.
+async fn serve_connection<S>(
+    builder: &Builder<TokioExecutor>,
+    stream: S,
+    service: Router,
+    watcher: hyper_util::server::graceful::Watcher,
+    remote: SocketAddr,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), TowerToHyperService::new(service))
+        .into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(error = %e, %remote, "HTTP connection ended with an error");
+    }
 }
 
 #[cfg(test)]

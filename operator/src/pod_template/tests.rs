@@ -371,3 +371,61 @@ fn node_ip_workers_hold_host_ports_and_never_share_a_node() {
         Some("assistant")
     );
 }
+
+#[test]
+fn a_tls_secret_is_mounted_where_the_worker_reads_its_certificate_and_probes_speak_https() {
+    let plain = render(&backend(None), &provider()).expect("render");
+    assert!(!env(&plain).contains_key("TLS_CERT_FILE"));
+    assert!(!env(&plain).contains_key("TLS_KEY_FILE"));
+    assert!(
+        !plain
+            .spec
+            .volumes
+            .iter()
+            .flatten()
+            .any(|v| v.name == "signaling-tls")
+    );
+    let probe = |t: &WorkerTemplate| {
+        t.spec.containers[0]
+            .readiness_probe
+            .as_ref()
+            .and_then(|p| p.http_get.as_ref())
+            .and_then(|g| g.scheme.clone())
+    };
+    assert_eq!(probe(&plain), None, "plain HTTP stays the default");
+
+    let t = render(
+        &backend_with_network(json!({"tls": {"secretName": "assistant-cert"}})),
+        &provider(),
+    )
+    .expect("render");
+    assert_ne!(t.hash, plain.hash, "turning TLS on rolls the workers");
+    let env = env(&t);
+    assert_eq!(
+        env["TLS_CERT_FILE"].0.as_deref(),
+        Some("/var/run/voice/signaling-tls/tls.crt")
+    );
+    assert_eq!(
+        env["TLS_KEY_FILE"].0.as_deref(),
+        Some("/var/run/voice/signaling-tls/tls.key")
+    );
+    let volume = t
+        .spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == "signaling-tls")
+        .expect("signaling-tls volume");
+    let secret = volume.secret.as_ref().expect("a Secret volume");
+    assert_eq!(secret.secret_name.as_deref(), Some("assistant-cert"));
+    assert_eq!(secret.optional, Some(false), "a missing Secret must show");
+    let mount = t.spec.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .find(|m| m.name == "signaling-tls")
+        .expect("signaling-tls mount");
+    assert_eq!(mount.mount_path, crate::pod_network::SIGNALING_TLS_DIR);
+    assert_eq!(mount.read_only, Some(true));
+    assert_eq!(probe(&t).as_deref(), Some("HTTPS"));
+}

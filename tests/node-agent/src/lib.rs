@@ -23,6 +23,7 @@ pub mod images;
 pub mod ip_pool;
 pub mod node;
 pub mod node_fit;
+pub mod probe_tls;
 pub mod probes;
 pub mod runtime;
 pub mod status;

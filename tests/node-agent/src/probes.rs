@@ -1,5 +1,5 @@
-//! Readiness and liveness probes and lifecycle hooks: httpGet, tcpSocket and exec against the
-//! pod's loopback address, with kubelet's timing and thresholds.
+//! Readiness and liveness probes and lifecycle hooks: httpGet (HTTP or HTTPS), tcpSocket and
+//! exec against the pod's loopback address, with kubelet's timing and thresholds.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -144,7 +144,13 @@ impl Check {
                 Check::Http(get) => {
                     let port = resolve_port(&get.port, container)?;
                     let path = get.path.as_deref().unwrap_or("/");
-                    let status = http_get(SocketAddr::new(pod_ip, port), path).await?;
+                    let addr = SocketAddr::new(pod_ip, port);
+                    let status = if get.scheme.as_deref() == Some("HTTPS") {
+                        let stream = crate::probe_tls::connect(addr).await?;
+                        status_of_get(stream, addr, path).await?
+                    } else {
+                        http_get(addr, path).await?
+                    };
                     if (200..400).contains(&status) {
                         Ok(())
                     } else {
@@ -190,9 +196,17 @@ fn resolve_port(port: &IntOrString, container: &Container) -> Result<u16, String
 /// A minimal HTTP/1.1 GET that only reads the status line: probes need no body, and keeping
 /// it this small avoids pulling an HTTP client into the agent.
 pub async fn http_get(addr: SocketAddr, path: &str) -> Result<u16, String> {
-    let mut stream = TcpStream::connect(addr)
+    let stream = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("connect {addr}: {e}"))?;
+    status_of_get(stream, addr, path).await
+}
+
+/// Sends the GET on `stream` (plain or TLS) and reads the status code.
+async fn status_of_get<S>(mut stream: S, addr: SocketAddr, path: &str) -> Result<u16, String>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     let request = format!(
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: voice-node-agent\r\nConnection: close\r\n\r\n"
     );
@@ -311,6 +325,59 @@ mod tests {
         assert_eq!(
             tcp.run(&container, addr.ip(), &[], timeout).await,
             Outcome::Success
+        );
+    }
+
+    #[tokio::test]
+    async fn an_https_probe_accepts_any_certificate_and_fails_on_a_plain_port() {
+        let certified = rcgen::generate_simple_self_signed(vec!["worker.example".to_owned()])
+            .unwrap_or_else(|e| panic!("{e}"));
+        let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap_or_else(|e| panic!("{e}"))
+        .with_no_client_auth()
+        .with_single_cert(vec![certified.cert.der().clone()], key)
+        .unwrap_or_else(|e| panic!("{e}"));
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((s, _)) = listener.accept().await {
+                let Ok(mut s) = acceptor.accept(s).await else {
+                    continue;
+                };
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 204 No Content\r\n\r\n").await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let probe = |scheme: Option<&str>| {
+            Check::Http(HTTPGetAction {
+                path: Some("/readyz".into()),
+                port: IntOrString::Int(i32::from(addr.port())),
+                scheme: scheme.map(str::to_owned),
+                ..HTTPGetAction::default()
+            })
+        };
+        let (container, timeout) = (Container::default(), Duration::from_secs(2));
+        assert_eq!(
+            probe(Some("HTTPS"))
+                .run(&container, addr.ip(), &[], timeout)
+                .await,
+            Outcome::Success,
+            "a self-signed certificate for another name passes, as with the kubelet"
+        );
+        assert!(
+            matches!(
+                probe(None).run(&container, addr.ip(), &[], timeout).await,
+                Outcome::Failure(_)
+            ),
+            "plain HTTP to a TLS port fails"
         );
     }
 }
