@@ -27,23 +27,35 @@ pub const TARGETS: &[&str] = &[
 ];
 
 /// An SDP offer posted by a client: checking it never panics, and the answer rewrite keeps
-/// only host UDP candidates on the advertised address.
+/// only host UDP candidates on the advertised address and passive TCP host candidates on
+/// the advertised TCP address.
 pub fn sdp_offer(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let _ = sdp::check_offer(&text);
     let _ = sdp::ice_credentials(&text);
     let advertised: SocketAddr = ([192, 0, 2, 7], 3478).into();
-    let answer = sdp::rewrite_candidates(&text, advertised);
+    let tcp: SocketAddr = ([192, 0, 2, 7], 3479).into();
+    let answer = sdp::rewrite_candidates(&text, advertised, Some(tcp));
     for line in answer.lines() {
         if let Some(candidate) = line.strip_prefix("a=candidate:") {
             let fields: Vec<&str> = candidate.split_whitespace().collect();
             assert!(
-                fields.len() >= 8 && fields[2].eq_ignore_ascii_case("udp") && fields[7] == "host",
-                "a non-host or non-UDP candidate survived: {line:?}"
+                fields.len() >= 8 && fields[7] == "host",
+                "a non-host candidate survived: {line:?}"
             );
+            let expected = if fields[2].eq_ignore_ascii_case("udp") {
+                ("192.0.2.7", "3478")
+            } else {
+                assert!(
+                    fields[2].eq_ignore_ascii_case("tcp")
+                        && fields.get(8..10) == Some(&["tcptype", "passive"][..]),
+                    "a candidate other than UDP or passive TCP survived: {line:?}"
+                );
+                ("192.0.2.7", "3479")
+            };
             assert_eq!(
                 (fields[4], fields[5]),
-                ("192.0.2.7", "3478"),
+                expected,
                 "a candidate kept another address: {line:?}"
             );
         }

@@ -42,14 +42,7 @@ fn owned_meta(backend: &VoiceBackend, name: String) -> Result<ObjectMeta> {
 pub async fn ensure_service(api: &Api<Service>, backend: &VoiceBackend) -> Result<()> {
     let name = pod_template::service_name(&backend.name_any());
     let selector = pod_template::selector_labels(&backend.name_any());
-    let port = |name: &str, port: i32| ServicePort {
-        name: Some(name.to_owned()),
-        port,
-        target_port: Some(IntOrString::String(name.to_owned())),
-        protocol: Some("TCP".to_owned()),
-        ..ServicePort::default()
-    };
-    let ports = vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)];
+    let ports = service_ports(backend);
     if let Some(existing) = api
         .get_opt(&name)
         .await
@@ -60,7 +53,7 @@ pub async fn ensure_service(api: &Api<Service>, backend: &VoiceBackend) -> Resul
             p.len() == ports.len()
                 && p.iter()
                     .zip(&ports)
-                    .all(|(a, b)| a.name == b.name && a.port == b.port)
+                    .all(|(a, b)| a.name == b.name && a.port == b.port && a.protocol == b.protocol)
         });
         if spec.selector.as_ref() == Some(&selector) && same_ports {
             return Ok(());
@@ -92,6 +85,23 @@ pub async fn ensure_service(api: &Api<Service>, backend: &VoiceBackend) -> Resul
     .await
     .map_err(Error::kube("apply service"))?;
     Ok(())
+}
+
+/// The Service's ports: gRPC, HTTP and, when the workers run it, the ICE-TCP media port
+/// (clients reach it at the advertised address; the Service names it for DNS SRV lookups and
+/// for whoever writes firewall rules from the Service).
+pub fn service_ports(backend: &VoiceBackend) -> Vec<ServicePort> {
+    let port = |name: &str, port: i32| ServicePort {
+        name: Some(name.to_owned()),
+        port,
+        target_port: Some(IntOrString::String(name.to_owned())),
+        protocol: Some("TCP".to_owned()),
+        ..ServicePort::default()
+    };
+    let mut ports = vec![port("grpc", GRPC_PORT), port("http", HTTP_PORT)];
+    let tcp = crate::pod_network::tcp_media_port(&backend.spec.workers.network);
+    ports.extend(tcp.map(|p| port(crate::pod_network::WEBRTC_TCP_PORT_NAME, p)));
+    ports
 }
 
 /// The Secret `<backend>-session-signing-key` with the backend's join-token keys: created with

@@ -1,9 +1,9 @@
 //! The media-network part of a worker pod, rendered from `spec.workers.network`: the
-//! environment the worker reads (UDP port, advertised address, ICE servers, CORS origins,
+//! environment the worker reads (UDP and ICE-TCP ports, advertised address, ICE servers, CORS origins,
 //! private candidates), the container ports and, for `advertise: NodeIP`, host ports and
 //! the scheduling rule that keeps two workers of one backend off the same node.
 //!
-//! NodeIP puts the pod on the host network, so its HTTP, gRPC and UDP ports are ports of the
+//! NodeIP puts the pod on the host network, so its HTTP, gRPC and media ports are ports of the
 //! node. Each is declared as a `hostPort` (the scheduler's NodePorts filter then refuses a
 //! node where any pod already holds one of them, whatever its backend), and a required pod
 //! anti-affinity on `kubernetes.io/hostname` among the backend's workers says the same in
@@ -25,6 +25,9 @@ use crate::pod_template::{GRPC_PORT, HTTP_PORT, selector_labels};
 /// The UDP port of a worker's WebRTC mux when `udpPort` is unset.
 pub const DEFAULT_UDP_PORT: i32 = 50000;
 
+/// Name of the ICE-TCP container port, which the backend's Service targets.
+pub const WEBRTC_TCP_PORT_NAME: &str = "webrtc-tcp";
+
 /// The node label the NodeIP anti-affinity spreads workers over.
 pub const HOSTNAME_TOPOLOGY_KEY: &str = "kubernetes.io/hostname";
 
@@ -36,6 +39,13 @@ const SIGNALING_TLS_VOLUME: &str = "signaling-tls";
 /// The UDP port every answer of the backend's workers names.
 pub fn udp_port(network: &WorkerNetwork) -> i32 {
     network.udp_port.unwrap_or(DEFAULT_UDP_PORT)
+}
+
+/// The worker's ICE-TCP port: the UDP port's number over TCP, so one number is "the media
+/// port" in firewall rules and NetworkPolicies. None (ICE-TCP off) when that number is the
+/// HTTP or gRPC port, which TCP already uses.
+pub fn tcp_media_port(network: &WorkerNetwork) -> Option<i32> {
+    Some(udp_port(network)).filter(|port| ![GRPC_PORT, HTTP_PORT].contains(port))
 }
 
 /// The environment variables that carry `network` to the worker (`worker/src/config.rs`).
@@ -50,6 +60,9 @@ pub fn env(network: &WorkerNetwork) -> Result<Vec<EnvVar>, serde_json::Error> {
         value_from: None,
     };
     let mut env = vec![value("UDP_PORT", udp_port(network).to_string())];
+    if let Some(port) = tcp_media_port(network) {
+        env.push(value("TCP_MEDIA_PORT", port.to_string()));
+    }
     match network.advertise {
         AdvertiseMode::PodIP => {}
         AdvertiseMode::NodeIP => env.push(EnvVar {
@@ -106,11 +119,13 @@ pub fn ports(network: &WorkerNetwork) -> Vec<ContainerPort> {
         protocol: Some(protocol.to_owned()),
         ..ContainerPort::default()
     };
-    vec![
+    let mut ports = vec![
         port("grpc", GRPC_PORT, "TCP"),
         port("http", HTTP_PORT, "TCP"),
         port("webrtc", udp_port(network), "UDP"),
-    ]
+    ];
+    ports.extend(tcp_media_port(network).map(|p| port(WEBRTC_TCP_PORT_NAME, p, "TCP")));
+    ports
 }
 
 /// With NodeIP, a required anti-affinity: no node runs two workers of `backend`.
@@ -161,3 +176,6 @@ pub fn tls_mount(network: &WorkerNetwork) -> Option<VolumeMount> {
         ..VolumeMount::default()
     })
 }
+
+#[cfg(test)]
+mod tests;

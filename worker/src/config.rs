@@ -48,6 +48,12 @@ pub struct Config {
     )]
     pub udp_port: u16,
 
+    /// TCP port of the ICE-TCP listener shared by every peer connection (passive candidates,
+    /// RFC 6544), for clients that cannot send UDP; unset: no listener and no TCP candidate.
+    /// The operator sets it to the UDP port's number.
+    #[arg(long, env = "TCP_MEDIA_PORT", value_name = "TCP_MEDIA_PORT")]
+    pub tcp_media_port: Option<u16>,
+
     /// Address handed to clients in ICE candidates: the pod IP by default, the node IP
     /// with hostNetwork, or a public IP in front of a 1:1 NAT.
     #[arg(long, env = "ADVERTISE_IP", value_name = "ADVERTISE_IP")]
@@ -284,6 +290,11 @@ impl Config {
     /// Where the WebRTC UDP mux listens.
     pub fn udp_addr(&self) -> SocketAddr {
         SocketAddr::new(self.pod_ip, self.udp_port)
+    }
+
+    /// Where the ICE-TCP listener listens, when it runs.
+    pub fn tcp_media_addr(&self) -> Option<SocketAddr> {
+        Some(SocketAddr::new(self.pod_ip, self.tcp_media_port?))
     }
 
     /// The address put in ICE candidates.

@@ -27,6 +27,7 @@ use crate::metrics::Metrics;
 use crate::server;
 use crate::sessions::Sessions;
 use crate::signaling::{self, MediaContext};
+use crate::transport::tcp_mux::TcpMux;
 use crate::transport::udp_mux::UdpMux;
 
 /// How long the servers get to close connections after the drain; a client holding a
@@ -83,6 +84,23 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         source,
     })?;
     tokio::spawn(mux.clone().run(shutdown.clone()));
+    let tcp_mux = match config.tcp_media_addr() {
+        Some(addr) => {
+            let bind_error = |source| Error::Bind {
+                server: "WebRTC ICE-TCP",
+                addr,
+                source,
+            };
+            let tcp = TcpMux::bind(addr, media_metrics.clone())
+                .await
+                .map_err(bind_error)?;
+            let bound = tcp.local_addr().map_err(bind_error)?;
+            tokio::spawn(tcp.clone().run(shutdown.clone()));
+            tracing::info!(%bound, "ICE-TCP listener up");
+            Some((tcp, bound))
+        }
+        None => None,
+    };
     let connections = Connections::new(shutdown.clone(), media_metrics.clone());
     tokio::spawn(
         connections
@@ -106,6 +124,10 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         mux,
         signing_keys,
         advertised: std::net::SocketAddr::new(config.advertised_ip(), udp_addr.port()),
+        advertised_tcp: tcp_mux
+            .as_ref()
+            .map(|(_, bound)| std::net::SocketAddr::new(config.advertised_ip(), bound.port())),
+        tcp_mux: tcp_mux.map(|(tcp, _)| tcp),
         ice_servers,
         allowed_origins: config.allowed_origins.clone(),
         allow_private_candidates: config.allow_private_candidates,

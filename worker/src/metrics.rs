@@ -38,6 +38,8 @@ pub struct MediaMetrics {
     http_connections: IntGauge,
     http_refused: IntCounterVec,
     websocket_ended: IntCounterVec,
+    ice_tcp_streams: IntCounterVec,
+    ice_tcp_handshakes: IntGauge,
 }
 
 /// The error of building the registry: only a programming error (a duplicate or
@@ -238,6 +240,19 @@ impl MediaMetrics {
             ),
             &["reason"],
         )?;
+        let ice_tcp_streams = IntCounterVec::new(
+            Opts::new(
+                "voice_worker_ice_tcp_streams_total",
+                "TCP streams accepted on the ICE-TCP port, by result (routed, or why they were closed before routing).",
+            ),
+            &["result"],
+        )?;
+        let ice_tcp_handshakes = IntGauge::new(
+            "voice_worker_ice_tcp_handshakes",
+            "ICE-TCP streams accepted and still waiting for their first frame.",
+        )?;
+        registry.register(Box::new(ice_tcp_streams.clone()))?;
+        registry.register(Box::new(ice_tcp_handshakes.clone()))?;
         registry.register(Box::new(http_connections.clone()))?;
         registry.register(Box::new(http_refused.clone()))?;
         registry.register(Box::new(websocket_ended.clone()))?;
@@ -270,7 +285,19 @@ impl MediaMetrics {
             http_connections,
             http_refused,
             websocket_ended,
+            ice_tcp_streams,
+            ice_tcp_handshakes,
         })
+    }
+
+    /// Counts one stream accepted on the ICE-TCP port by `result`.
+    pub fn count_ice_tcp_stream(&self, result: &str) {
+        self.ice_tcp_streams.with_label_values(&[result]).inc();
+    }
+
+    /// One more (or, with -1, one fewer) ICE-TCP stream waiting for its first frame.
+    pub fn add_ice_tcp_handshake(&self, delta: i64) {
+        self.ice_tcp_handshakes.add(delta);
     }
 
     /// One more (or one fewer, with `delta` -1) open connection on `transport`.

@@ -71,6 +71,10 @@ pub struct MediaContext {
     pub signing_keys: Arc<crate::signing_keys::SigningKeys>,
     /// The address put in ICE candidates (advertised IP, mux port).
     pub advertised: SocketAddr,
+    /// The shared ICE-TCP listener, when `TCP_MEDIA_PORT` is set.
+    pub tcp_mux: Option<Arc<crate::transport::tcp_mux::TcpMux>>,
+    /// The address put in passive TCP candidates (advertised IP, TCP port), with `tcp_mux`.
+    pub advertised_tcp: Option<SocketAddr>,
     /// STUN/TURN servers handed to clients, with their credentials.
     pub ice_servers: crate::ice_servers::IceServers,
     /// Web origins allowed to call the WHIP endpoints (CORS); empty: same-origin only.

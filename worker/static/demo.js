@@ -25,6 +25,8 @@ const demo = (window.voiceDemo = {
   iceServerUrls: [],
   iceTransportPolicy: "all",
   localCandidateType: null,
+  localCandidateProtocol: null,
+  remoteCandidateAddress: null,
   iceErrors: [],
 });
 
@@ -211,7 +213,11 @@ async function readStats(state) {
     } else if (entry.type === "transport" && entry.selectedCandidatePairId) {
       const pair = report.get(entry.selectedCandidatePairId);
       const local = pair && report.get(pair.localCandidateId);
+      const remote = pair && report.get(pair.remoteCandidateId);
       if (local) demo.localCandidateType = local.candidateType;
+      // "udp" or "tcp": which path the call took (ICE-TCP when UDP is blocked).
+      if (local) demo.localCandidateProtocol = local.protocol;
+      if (remote) demo.remoteCandidateAddress = (remote.address || remote.ip) + ":" + remote.port;
     }
   });
   $("meter").firstElementChild.style.width = Math.min(100, demo.audioLevel * 300) + "%";

@@ -332,6 +332,12 @@ fn node_ip_workers_hold_host_ports_and_never_share_a_node() {
                 "TCP".to_owned()
             ),
             ("webrtc".to_owned(), 41000, Some(41000), "UDP".to_owned()),
+            (
+                "webrtc-tcp".to_owned(),
+                41000,
+                Some(41000),
+                "TCP".to_owned()
+            ),
         ]
     );
     let terms = t

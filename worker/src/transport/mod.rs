@@ -1,5 +1,5 @@
-//! The media transports: WebRTC (one UDP port for all peers through [`udp_mux`]) and
-//! WebSocket PCM.
+//! The media transports: WebRTC (one UDP port for all peers through [`udp_mux`], and
+//! optionally one TCP port through [`tcp_mux`]) and WebSocket PCM.
 
 pub mod candidate_policy;
 pub mod mux_runtime;
@@ -8,6 +8,8 @@ pub mod peers;
 pub mod rtcp_reports;
 pub mod rtp_media;
 pub mod sdp;
+pub mod tcp_mux;
+pub mod tcp_stream;
 pub mod trickle;
 pub mod udp_mux;
 pub mod websocket;

@@ -7,6 +7,11 @@
 //! for the throwaway address, which the answer rewrites to the mux's advertised
 //! address ([`super::sdp::rewrite_candidates`]). Nothing ever listens on the throwaway
 //! port: every datagram goes through the one shared port.
+//!
+//! ICE-TCP works the same way when the worker runs a [`TcpMux`]: the driver's throwaway
+//! listener is swapped for the connection's [`super::tcp_mux::MuxTcpListener`]. The worker
+//! only accepts TCP (passive candidates): it never connects out to an address a client
+//! names, so `connect_tcp` refuses.
 
 use std::future::Future;
 use std::io;
@@ -20,6 +25,7 @@ use webrtc::runtime::{
     TokioRuntime,
 };
 
+use super::tcp_mux::TcpMux;
 use super::udp_mux::UdpMux;
 
 /// Runtime of one peer connection whose local ICE ufrag is `ufrag`.
@@ -27,17 +33,20 @@ use super::udp_mux::UdpMux;
 pub struct MuxRuntime {
     tokio: TokioRuntime,
     mux: Arc<UdpMux>,
+    tcp: Option<Arc<TcpMux>>,
     ufrag: String,
     /// The throwaway address the driver bound, once it has.
     bound: Mutex<Option<SocketAddr>>,
 }
 
 impl MuxRuntime {
-    /// A runtime that routes the connection with local ufrag `ufrag` through `mux`.
-    pub fn new(mux: Arc<UdpMux>, ufrag: String) -> Self {
+    /// A runtime that routes the connection with local ufrag `ufrag` through `mux`, and
+    /// its ICE-TCP streams through `tcp` when the worker listens for them.
+    pub fn new(mux: Arc<UdpMux>, tcp: Option<Arc<TcpMux>>, ufrag: String) -> Self {
         Self {
             tokio: TokioRuntime,
             mux,
+            tcp,
             ufrag,
             bound: Mutex::new(None),
         }
@@ -65,14 +74,28 @@ impl Runtime for MuxRuntime {
         &self,
         listener: std::net::TcpListener,
     ) -> io::Result<Arc<dyn AsyncTcpListener>> {
-        self.tokio.wrap_tcp_listener(listener)
+        let local_addr = listener.local_addr()?;
+        drop(listener);
+        match &self.tcp {
+            Some(tcp) => Ok(Arc::new(tcp.register(&self.ufrag, local_addr))),
+            // Only asked for when the connection was given TCP addresses, which it is only
+            // when the worker runs a TCP mux.
+            None => Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "ICE-TCP is off (TCP_MEDIA_PORT is unset)",
+            )),
+        }
     }
 
     fn connect_tcp<'a>(
         &'a self,
         remote_addr: SocketAddr,
     ) -> Pin<Box<dyn Future<Output = io::Result<Arc<dyn AsyncTcpStream>>> + Send + 'a>> {
-        self.tokio.connect_tcp(remote_addr)
+        tracing::debug!(%remote_addr, "not connecting to a client's passive TCP candidate");
+        Box::pin(std::future::ready(Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            "the worker accepts ICE-TCP but never connects out",
+        ))))
     }
 
     fn resolve_host<'a>(

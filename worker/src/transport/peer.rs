@@ -129,7 +129,11 @@ pub async fn answer(
     } = offer;
     let remote_credentials = ice_credentials(&offer);
     let ufrag = random_id(16);
-    let runtime = Arc::new(MuxRuntime::new(ctx.mux.clone(), ufrag.clone()));
+    let runtime = Arc::new(MuxRuntime::new(
+        ctx.mux.clone(),
+        ctx.tcp_mux.clone(),
+        ufrag.clone(),
+    ));
 
     let mut media_engine = MediaEngine::default();
     media_engine
@@ -170,6 +174,8 @@ pub async fn answer(
             .with_handler(handler)
             .with_runtime(runtime.clone())
             .with_udp_addrs(vec![bind])
+            // A throwaway listener the runtime swaps for the shared ICE-TCP port, if any.
+            .with_tcp_addrs(ctx.tcp_mux.iter().map(|_| bind).collect())
             .build()
             .await
             .map_err(internal)?,
@@ -208,7 +214,11 @@ pub async fn answer(
             .local_description()
             .await
             .ok_or_else(|| internal("no local description after negotiation"))?;
-        Ok::<_, SignalingError>(rewrite_candidates(&local.sdp, ctx.advertised))
+        Ok::<_, SignalingError>(rewrite_candidates(
+            &local.sdp,
+            ctx.advertised,
+            ctx.advertised_tcp,
+        ))
     }
     .await;
     let answer = match negotiated {
@@ -280,7 +290,9 @@ async fn run_session(
                 Some(PeerEvent::State(RTCPeerConnectionState::Connected)) if !connected => {
                     connected = true;
                     ctx.metrics.observe_connect(offered.elapsed());
-                    let remote = ctx.mux.peer_of(&ufrag).map(|a| a.to_string()).unwrap_or_default();
+                    let remote = ctx.mux.peer_of(&ufrag)
+                        .or_else(|| ctx.tcp_mux.as_ref()?.peer_of(&ufrag))
+                        .map(|a| a.to_string()).unwrap_or_default();
                     let event = Connected {
                         transport: claim.transport.to_proto().into(),
                         remote_address: remote.clone(),

@@ -88,48 +88,70 @@ pub fn ice_credentials(sdp: &str) -> (Option<String>, Option<String>) {
     (first("a=ice-ufrag:"), first("a=ice-pwd:"))
 }
 
-/// Rewrites the answer's ICE candidates to the one address clients can reach: the UDP
-/// mux's `advertised` address. Host UDP candidates get that address and port; other
-/// candidates (TCP, or addresses of the throwaway socket) are dropped. If the answer has
-/// none, one host candidate is added to every media section.
-pub fn rewrite_candidates(answer: &str, advertised: SocketAddr) -> String {
+/// Rewrites the answer's ICE candidates to the addresses clients can reach: the UDP mux's
+/// `advertised` address and, when the worker runs the ICE-TCP listener, `tcp` (advertised
+/// IP, TCP port). Host UDP candidates get the UDP address; passive TCP host candidates get
+/// the TCP address when there is one. Everything else (active TCP candidates, which the
+/// worker never uses because it does not connect out, and TCP candidates while no listener
+/// runs) is dropped. A media section left without a kind of candidate gets one.
+pub fn rewrite_candidates(answer: &str, advertised: SocketAddr, tcp: Option<SocketAddr>) -> String {
     let eol = if answer.contains("\r\n") {
         "\r\n"
     } else {
         "\n"
     };
     let mut out = Vec::new();
-    let mut kept = 0;
+    let (mut udp_kept, mut tcp_kept) = (0, 0);
     for line in answer.lines() {
         if let Some(candidate) = line.strip_prefix("a=candidate:") {
             let mut fields: Vec<&str> = candidate.split_whitespace().collect();
-            let is_udp_host = fields.len() >= 8
-                && fields[2].eq_ignore_ascii_case("udp")
-                && fields[6] == "typ"
-                && fields[7] == "host";
-            if is_udp_host {
-                let (ip, port) = (advertised.ip().to_string(), advertised.port().to_string());
+            let host = fields.len() >= 8 && fields[6] == "typ" && fields[7] == "host";
+            let is_udp = host && fields[2].eq_ignore_ascii_case("udp");
+            let is_passive_tcp = host
+                && fields[2].eq_ignore_ascii_case("tcp")
+                && fields.get(8..10) == Some(&["tcptype", "passive"][..]);
+            let to = match (is_udp, is_passive_tcp, tcp) {
+                (true, _, _) => Some(advertised),
+                (_, true, Some(tcp)) => Some(tcp),
+                _ => None,
+            };
+            if let Some(to) = to {
+                let (ip, port) = (to.ip().to_string(), to.port().to_string());
                 fields[4] = &ip;
                 fields[5] = &port;
                 out.push(format!("a=candidate:{}", fields.join(" ")));
-                kept += 1;
+                if is_udp {
+                    udp_kept += 1;
+                } else {
+                    tcp_kept += 1;
+                }
             }
             continue;
         }
         out.push(line.to_owned());
     }
-    if kept == 0 {
-        let candidate = format!(
+    let mut missing = Vec::new();
+    if udp_kept == 0 {
+        missing.push(format!(
             "a=candidate:1 1 udp 2130706431 {} {} typ host",
             advertised.ip(),
             advertised.port()
-        );
-        let mut with = Vec::with_capacity(out.len() + 4);
+        ));
+    }
+    if let Some(tcp) = tcp.filter(|_| tcp_kept == 0) {
+        missing.push(format!(
+            "a=candidate:2 1 tcp 1518280447 {} {} typ host tcptype passive",
+            tcp.ip(),
+            tcp.port()
+        ));
+    }
+    if !missing.is_empty() {
+        let mut with = Vec::with_capacity(out.len() + 8);
         for line in out {
             let is_mid = line.starts_with("a=mid:");
             with.push(line);
             if is_mid {
-                with.push(candidate.clone());
+                with.extend(missing.iter().cloned());
             }
         }
         out = with;
@@ -184,7 +206,7 @@ mod tests {
         let advertised: SocketAddr = "203.0.113.7:50000"
             .parse()
             .unwrap_or_else(|e| panic!("{e}"));
-        let out = rewrite_candidates(answer, advertised);
+        let out = rewrite_candidates(answer, advertised, None);
         assert!(
             out.contains("a=candidate:123 1 udp 2130706431 203.0.113.7 50000 typ host\r\n"),
             "{out}"
@@ -194,10 +216,44 @@ mod tests {
     }
 
     #[test]
+    fn the_passive_tcp_candidate_names_the_tcp_port_only_when_the_listener_runs() {
+        let answer = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\n\
+            a=candidate:123 1 udp 2130706431 10.0.0.5 41234 typ host\r\n\
+            a=candidate:124 1 tcp 1671430143 10.0.0.5 39001 typ host tcptype passive\r\n\
+            a=candidate:125 1 tcp 1671430143 10.0.0.5 9 typ host tcptype active\r\n";
+        let parse = |a: &str| a.parse::<SocketAddr>().unwrap_or_else(|e| panic!("{e}"));
+        let (udp, tcp) = (parse("203.0.113.7:50000"), parse("203.0.113.7:50001"));
+        let out = rewrite_candidates(answer, udp, Some(tcp));
+        assert!(
+            out.contains(
+                "a=candidate:124 1 tcp 1671430143 203.0.113.7 50001 typ host tcptype passive\r\n"
+            ),
+            "{out}"
+        );
+        assert_eq!(
+            out.matches(" tcp ").count(),
+            1,
+            "no active candidate: {out}"
+        );
+        assert!(!out.contains("39001") && !out.contains("10.0.0.5"), "{out}");
+
+        // Without a listener no TCP candidate is named; with one, a section the driver left
+        // without a passive candidate gets one.
+        assert!(!rewrite_candidates(answer, udp, None).contains(" tcp "));
+        let bare = "v=0\nm=audio 9 UDP/TLS/RTP/SAVPF 111\na=mid:0\n";
+        let out = rewrite_candidates(bare, udp, Some(tcp));
+        assert!(
+            out.contains("tcp 1518280447 203.0.113.7 50001 typ host tcptype passive\n"),
+            "{out}"
+        );
+        assert!(out.contains("203.0.113.7 50000 typ host\n"), "{out}");
+    }
+
+    #[test]
     fn an_answer_without_candidates_gets_one_per_media_section() {
         let answer = "v=0\nm=audio 9 UDP/TLS/RTP/SAVPF 111\na=mid:0\nm=application 9 x\na=mid:1\n";
         let advertised: SocketAddr = "127.0.0.1:50000".parse().unwrap_or_else(|e| panic!("{e}"));
-        let out = rewrite_candidates(answer, advertised);
+        let out = rewrite_candidates(answer, advertised, None);
         assert_eq!(out.matches("127.0.0.1 50000 typ host").count(), 2, "{out}");
     }
 
