@@ -32,6 +32,19 @@ where
     }
 }
 
+/// Kills a process group when dropped, so a failed assertion leaves no agent or pod process
+/// running (a leftover agent for the same Node would run the next run's pods too).
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{}", self.0)])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
 fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
         !matches!(
@@ -65,7 +78,16 @@ async fn stopping_the_agent_while_a_pod_waits_out_its_grace_leaves_no_process_be
         .process_group(0)
         .spawn()
         .unwrap_or_else(|e| panic!("starting the node agent: {e}"));
+    let _agent_group = KillOnDrop(i32::try_from(agent.id()).unwrap_or(i32::MAX));
 
+    // A pod bound before the agent has cleaned up is taken for one of an earlier run.
+    let agent_log = dir.join("agent.log");
+    wait("the agent to clean up and run pods", || async {
+        std::fs::read_to_string(&agent_log)
+            .ok()
+            .filter(|l| l.contains("running this node's pods"))
+    })
+    .await;
     let ns = TestNamespace::new("na-shutdown").await;
     let pods: Api<Pod> = ns.api();
     let pod: Pod = serde_json::from_value(serde_json::json!({
@@ -92,7 +114,6 @@ async fn stopping_the_agent_while_a_pod_waits_out_its_grace_leaves_no_process_be
         let raw = pod
             .metadata
             .annotations?
-            .into_iter()
             .remove("node-agent.voicebackends.dev/processes")?;
         let json: serde_json::Value = serde_json::from_str(&raw).ok()?;
         json["sleeper"]["pid"]
@@ -100,6 +121,7 @@ async fn stopping_the_agent_while_a_pod_waits_out_its_grace_leaves_no_process_be
             .and_then(|p| i32::try_from(p).ok())
     })
     .await;
+    let _pod_group = KillOnDrop(pid);
     assert!(alive(pid));
 
     pods.delete("stubborn", &DeleteParams::default())
@@ -117,10 +139,16 @@ async fn stopping_the_agent_while_a_pod_waits_out_its_grace_leaves_no_process_be
         .status()
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(status.success());
-    let exited = wait("the agent to exit", || async {
-        agent.try_wait().ok().flatten()
-    })
-    .await;
+    let exited = loop {
+        if let Some(status) = agent.try_wait().unwrap_or_else(|e| panic!("{e}")) {
+            break status;
+        }
+        assert!(
+            stopped.elapsed() < PATIENCE,
+            "the agent did not exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
     let took = stopped.elapsed();
     let gone = !alive(pid);
     if !gone {

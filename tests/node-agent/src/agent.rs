@@ -48,6 +48,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), E
         )));
     }
     clean_up_previous_run(&ctx).await?;
+    // Pods bound from now on are this run's (tests wait for this line before creating any).
+    tracing::info!("earlier runs cleaned up; running this node's pods");
 
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let config = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.node_name));
