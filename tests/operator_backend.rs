@@ -243,7 +243,11 @@ async fn a_valid_backend_gets_its_pods_service_and_secret_and_follows_kubectl_sc
         .collect();
     assert_eq!(
         ports,
-        vec![("grpc".to_owned(), 50051), ("http".to_owned(), 8080)]
+        vec![
+            ("grpc".to_owned(), 50051),
+            ("http".to_owned(), 8080),
+            ("webrtc-tcp".to_owned(), 50000)
+        ]
     );
     assert_eq!(
         spec.selector

@@ -57,6 +57,8 @@ async fn two_node_ip_workers_never_share_a_node_and_a_port() {
             BTreeSet::from([
                 (8080, Some(8080), "TCP".to_owned()),
                 (41000, Some(41000), "UDP".to_owned()),
+                // ICE-TCP on the UDP port's number.
+                (41000, Some(41000), "TCP".to_owned()),
                 (50051, Some(50051), "TCP".to_owned()),
             ])
         );
