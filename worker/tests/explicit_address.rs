@@ -13,77 +13,39 @@
 mod common;
 
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
-use common::{Worker, aiortc_python, token};
+use common::{IptablesRule, Worker, aiortc_python, free_udp_port, token};
 
 /// The "public" address of the NAT.
 const NAT_ADDRESS: &str = "127.0.77.7";
 
-/// A DNAT rule, deleted on drop.
-struct Dnat {
-    spec: Vec<String>,
-}
-
-impl Dnat {
-    fn add(port: u16) -> Self {
-        let (port, to) = (port.to_string(), format!("127.0.0.1:{port}"));
-        let spec: Vec<String> = [
-            "-t",
-            "nat",
+/// A DNAT rule: UDP to `NAT_ADDRESS:port` goes to the worker's mux at `127.0.0.1:port`.
+fn dnat(port: u16) -> IptablesRule {
+    let (port, to) = (port.to_string(), format!("127.0.0.1:{port}"));
+    IptablesRule::insert(
+        Some("nat"),
+        &[
             "OUTPUT",
             "-d",
             NAT_ADDRESS,
             "-p",
             "udp",
             "--dport",
-            port.as_str(),
+            &port,
             "-j",
             "DNAT",
             "--to-destination",
-            to.as_str(),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let mut insert = spec.clone();
-        insert.insert(2, "-I".to_owned());
-        let output = Command::new("iptables")
-            .args(&insert)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("running iptables (apt-get install iptables; the test needs root): {e}")
-            });
-        assert!(
-            output.status.success(),
-            "iptables refused the DNAT rule (the test needs root): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Self { spec }
-    }
-}
-
-impl Drop for Dnat {
-    fn drop(&mut self) {
-        let mut delete = self.spec.clone();
-        delete.insert(2, "-D".to_owned());
-        let _ = Command::new("iptables").args(&delete).status();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
+            &to,
+        ],
+    )
 }
 
 #[tokio::test]
 async fn the_answer_names_exactly_the_explicit_address_and_port_and_aiortc_connects_through_it() {
     let python = aiortc_python();
     let port = free_udp_port();
-    let _nat = Dnat::add(port);
+    let _nat = dnat(port);
     let udp_port = port.to_string();
     let worker = Worker::start_with_env(
         1,

@@ -15,11 +15,10 @@
 mod common;
 mod hostile;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::browser::Browser;
-use common::{Worker, free_port, sine, token};
+use common::{IptablesRule, Worker, free_port, free_udp_port, sine, token};
 use hostile::{metric, recovered};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use voice_proto::worker::v1::ReleaseSessionRequest;
@@ -28,14 +27,11 @@ use voice_proto::worker::v1::ReleaseSessionRequest;
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// An iptables rule dropping UDP to 127.0.0.1:`port`, deleted on drop.
-struct UdpDropped {
-    spec: Vec<String>,
-}
-
-impl UdpDropped {
-    fn add(port: u16) -> Self {
-        let port = port.to_string();
-        let spec: Vec<String> = [
+fn udp_dropped(port: u16) -> IptablesRule {
+    let port = port.to_string();
+    IptablesRule::insert(
+        None,
+        &[
             "OUTPUT",
             "-d",
             "127.0.0.1",
@@ -45,40 +41,8 @@ impl UdpDropped {
             &port,
             "-j",
             "DROP",
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
-        let mut insert = spec.clone();
-        insert.insert(0, "-I".to_owned());
-        let output = Command::new("iptables")
-            .args(&insert)
-            .output()
-            .unwrap_or_else(|e| {
-                panic!("running iptables (apt-get install iptables; the test needs root): {e}")
-            });
-        assert!(
-            output.status.success(),
-            "iptables refused the DROP rule (the test needs root): {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        Self { spec }
-    }
-}
-
-impl Drop for UdpDropped {
-    fn drop(&mut self) {
-        let mut delete = self.spec.clone();
-        delete.insert(0, "-D".to_owned());
-        let _ = Command::new("iptables").args(&delete).status();
-    }
-}
-
-fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("{e}"))
+        ],
+    )
 }
 
 /// Opens the demo page for `session`, waits for the tone to come back, hangs up; the page's
@@ -137,7 +101,7 @@ async fn chromium_without_udp_connects_over_the_tcp_media_port_and_hears_its_ton
     hostile::no_slot_held(&worker).await;
 
     // UDP to the worker dropped: only the TCP port is left.
-    let _dropped = UdpDropped::add(udp_port);
+    let _dropped = udp_dropped(udp_port);
     let (state, tcp_connect) = call(&worker, "team/tcp-only").await;
     println!("chromium, UDP dropped: connected after {tcp_connect:?}; {state}");
     assert_eq!(

@@ -464,3 +464,51 @@ pub fn aiortc_python() -> std::path::PathBuf {
     assert!(has_aiortc(&python), "aiortc installed but does not import");
     python
 }
+
+/// A free UDP port on loopback.
+pub fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// An iptables rule inserted for a test and deleted when dropped (the tests run as root).
+pub struct IptablesRule {
+    table: Vec<String>,
+    rule: Vec<String>,
+}
+
+impl IptablesRule {
+    /// Inserts `rule` (chain first, e.g. `OUTPUT -d … -j DROP`) into `table` (`None`: filter).
+    pub fn insert(table: Option<&str>, rule: &[&str]) -> Self {
+        let table: Vec<String> = table
+            .map(|t| vec!["-t".to_owned(), t.to_owned()])
+            .unwrap_or_default();
+        let rule: Vec<String> = rule.iter().map(|s| (*s).to_owned()).collect();
+        let output = Command::new("iptables")
+            .args(&table)
+            .arg("-I")
+            .args(&rule)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!("running iptables (apt-get install iptables; the test needs root): {e}")
+            });
+        assert!(
+            output.status.success(),
+            "iptables refused {rule:?} (the test needs root): {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        Self { table, rule }
+    }
+}
+
+impl Drop for IptablesRule {
+    fn drop(&mut self) {
+        let _ = Command::new("iptables")
+            .args(&self.table)
+            .arg("-D")
+            .args(&self.rule)
+            .status();
+    }
+}
