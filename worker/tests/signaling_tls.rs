@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{PATIENCE, Worker, aiortc_python, dominant_frequency, rms, sine, token};
+use common::{PATIENCE, Worker, aiortc_python, dominant_frequency, loud_echo, sine, token};
 use futures::{SinkExt, StreamExt};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
@@ -190,18 +190,8 @@ async fn aiortc_echo(base: &str, ca: &Path, session: &str, uid: &str) -> f64 {
             .unwrap_or_else(|e| panic!("no JSON report ({e}):\n{stdout}\n{stderr}"));
     assert_eq!(report["state"], "connected", "{report}");
     assert_eq!(report["delete_status"], 200, "DELETE over HTTPS: {report}");
-    let raw = std::fs::read(&out).unwrap_or_else(|e| panic!("reading {}: {e}", out.display()));
-    let _ = std::fs::remove_file(&out);
-    let received: Vec<i16> = raw
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
-    let loud: Vec<i16> = received
-        .chunks(960)
-        .filter(|frame| rms(frame) > 2_000.0)
-        .flatten()
-        .copied()
-        .collect();
+    // The loud part of what came back: the echo of the tone.
+    let (_, loud) = loud_echo(&out);
     let (hz, _) = dominant_frequency(&loud, 48_000);
     assert_eq!(hz, 1_000.0, "the echo is not the tone");
     loud.len() as f64 / 48_000.0

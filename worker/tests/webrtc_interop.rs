@@ -11,7 +11,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Worker, aiortc_python, dominant_frequency, rms, token};
+use common::{Worker, aiortc_python, dominant_frequency, loud_echo, token};
 use futures::StreamExt;
 use voice_proto::worker::v1::{WatchEventsRequest, session_event::Event};
 
@@ -53,24 +53,13 @@ async fn aiortc_hears_its_own_tone_back_through_the_echo_session() {
     println!("aiortc report: {report}");
     assert_eq!(report["state"], "connected", "{report}");
 
-    let raw = std::fs::read(&out).unwrap_or_else(|e| panic!("reading {}: {e}", out.display()));
-    let _ = std::fs::remove_file(&out);
-    let received: Vec<i16> = raw
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect();
     // The loud part of what came back: the echo of the tone.
-    let loud: Vec<i16> = received
-        .chunks(960)
-        .filter(|frame| rms(frame) > 2_000.0)
-        .flatten()
-        .copied()
-        .collect();
+    let (received, loud) = loud_echo(&out);
     let seconds = loud.len() as f64 / 48_000.0;
     println!(
         "aiortc echo: {:.2} s of tone came back of {:.2} s received; round trip {} ms; connect {} ms",
         seconds,
-        received.len() as f64 / 48_000.0,
+        received as f64 / 48_000.0,
         report["round_trip_ms"],
         report["connect_ms"]
     );

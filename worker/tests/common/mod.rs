@@ -512,3 +512,21 @@ impl Drop for IptablesRule {
             .status();
     }
 }
+
+/// Of the 48 kHz s16le recording an aiortc client wrote to `out` (then removed): how many
+/// samples came back, and its loud 20 ms frames (RMS over 2,000), the echo of a test tone.
+pub fn loud_echo(out: &std::path::Path) -> (usize, Vec<i16>) {
+    let raw = std::fs::read(out).unwrap_or_else(|e| panic!("reading {}: {e}", out.display()));
+    let _ = std::fs::remove_file(out);
+    let received: Vec<i16> = raw
+        .chunks_exact(2)
+        .map(|b| i16::from_le_bytes([b[0], b[1]]))
+        .collect();
+    let loud = received
+        .chunks(960)
+        .filter(|frame| rms(frame) > 2_000.0)
+        .flatten()
+        .copied()
+        .collect();
+    (received.len(), loud)
+}
