@@ -55,14 +55,9 @@ async fn call(worker: &Worker, session: &str) -> (serde_json::Value, Duration) {
         "http://127.0.0.1:{}/demo?session={session}&token={join}",
         worker.http_port
     );
-    // The worker listens on loopback; Chromium leaves loopback out of ICE otherwise (as in
-    // demo_browser.rs). It changes which addresses are candidates, not which protocol wins.
-    let mut page = Browser::open(
-        &url,
-        &sine(1_000.0, 48_000, 2.0),
-        &["--allow-loopback-in-peer-connection"],
-    )
-    .await;
+    // A stock browser (as in demo_browser.rs): it reaches the loopback worker from this
+    // machine's own address.
+    let mut page = Browser::open(&url, &sine(1_000.0, 48_000, 2.0), &[]).await;
     let (state, connected_after) = page
         .watch_demo(Duration::from_secs(40), |s| {
             s["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05

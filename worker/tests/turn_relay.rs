@@ -7,8 +7,8 @@
 //!
 //! coturn refuses to relay to loopback peers by default; everything here is loopback, so it
 //! runs with `--allow-loopback-peers` (never in production) and listens and relays on
-//! 127.0.0.1 only. Chromium needs `--allow-loopback-in-peer-connection` to talk to a
-//! loopback TURN server and worker at all.
+//! 127.0.0.1 only. Chromium is stock: it reaches the loopback TURN server from this
+//! machine's own address.
 
 mod common;
 
@@ -99,7 +99,6 @@ fn worker_with_turn(coturn: &Coturn, secret: &str) -> Worker {
 async fn chromium_relays_through_coturn_with_session_credentials_and_a_wrong_secret_fails_clearly()
 {
     let coturn = Coturn::start();
-    let flags = ["--allow-loopback-in-peer-connection"];
 
     // The right secret: the call goes through coturn and the tone comes back.
     let worker = worker_with_turn(&coturn, SECRET);
@@ -109,7 +108,7 @@ async fn chromium_relays_through_coturn_with_session_credentials_and_a_wrong_sec
         "http://127.0.0.1:{}/demo?session=team/relay-1&relay=1&token={join}",
         worker.http_port
     );
-    let mut browser = Browser::open(&url, &sine(1_000.0, 48_000, 2.0), &flags).await;
+    let mut browser = Browser::open(&url, &sine(1_000.0, 48_000, 2.0), &[]).await;
     let (state, connected_after) = browser
         .watch_demo(Duration::from_secs(40), |s| {
             s["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05 && s["localCandidateType"] == "relay"
@@ -150,7 +149,7 @@ async fn chromium_relays_through_coturn_with_session_credentials_and_a_wrong_sec
         "http://127.0.0.1:{}/demo?session=team/relay-2&relay=1&token={join}",
         worker.http_port
     );
-    let mut browser = Browser::open(&url, &sine(1_000.0, 48_000, 2.0), &flags).await;
+    let mut browser = Browser::open(&url, &sine(1_000.0, 48_000, 2.0), &[]).await;
     let (state, _) = browser.watch_demo(Duration::from_secs(40), |_| false).await;
     println!("chromium with a wrong TURN secret: {state}");
     assert_ne!(state["connectionState"], "connected", "{state}");

@@ -251,12 +251,6 @@ impl AsyncUdpSocket for MuxSocket {
     }
 
     fn poll_send(&self, _cx: &mut Context<'_>, transmit: &Transmit<'_>) -> Poll<io::Result<usize>> {
-        // A mux bound to loopback (tests, a single-host demo) serves this host only: its
-        // ICE agent never sends to another address a client listed as a candidate.
-        if self.local_addr.ip().is_loopback() && !transmit.destination.ip().is_loopback() {
-            self.mux.metrics.count_dropped("udp_not_loopback");
-            return Poll::Ready(Ok(transmit.contents.len()));
-        }
         self.mux
             .learn(self.route_id, &self.ufrag, transmit.destination);
         // Never park a driver on a shared socket (tokio wakes only the last waiter):
@@ -269,6 +263,14 @@ impl AsyncUdpSocket for MuxSocket {
             Ok(sent) => Poll::Ready(Ok(sent)),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.mux.metrics.count_dropped("udp_send_buffer_full");
+                Poll::Ready(Ok(transmit.contents.len()))
+            }
+            // A mux bound to loopback (tests, the local cluster) reaches this host's own
+            // addresses, where a browser on the same machine sends from, but no other host:
+            // the kernel refuses those (EINVAL), and a candidate the client listed elsewhere
+            // is just unreachable, not a fault of the socket.
+            Err(e) if e.kind() == io::ErrorKind::InvalidInput => {
+                self.mux.metrics.count_dropped("udp_unroutable");
                 Poll::Ready(Ok(transmit.contents.len()))
             }
             Err(e) => Poll::Ready(Err(e)),
