@@ -122,7 +122,9 @@ fn ensure() -> NodeAgentHandle {
     // zombie only until this test process exits).
     #[allow(clippy::zombie_processes)]
     let child = Command::new(&binary)
-        .args(["--node-name", NODE_NAME])
+        // The node is this machine's LAN address, so NodeIP workers are reachable as under
+        // `cargo xtask dev --lan`, and tests prove that shape.
+        .args(["--node-name", NODE_NAME, "--node-ip", "lan"])
         .env("KUBECONFIG", cluster.kubeconfig())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())

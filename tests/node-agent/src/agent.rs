@@ -33,11 +33,12 @@ struct Task {
 
 /// Runs the agent until `shutdown` is cancelled, then stops everything it started.
 pub async fn run(ctx: Arc<Context>, shutdown: CancellationToken) -> Result<(), Error> {
-    node::register(&ctx.client, &ctx.node_name).await?;
+    node::register(&ctx.client, &ctx.node_name, ctx.node_ip).await?;
     tracing::info!(node = %ctx.node_name, "node registered and Ready");
     let mut background = vec![tokio::spawn(node::keep_ready(
         ctx.client.clone(),
         ctx.node_name.clone(),
+        ctx.node_ip,
         shutdown.clone(),
     ))];
     if ctx.schedules {

@@ -1,5 +1,6 @@
 //! Command line of `voice-node-agent` and what it builds from it.
 
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -58,6 +59,39 @@ pub struct Config {
     /// agent beside the shared one, e.g. in a test, must not take the other's pods).
     #[arg(long)]
     pub no_scheduler: bool,
+
+    /// The Node's address: its InternalIP, every pod's `status.hostIP`, and the address of its
+    /// `hostNetwork` pods. An IPv4 address, or `lan` for this machine's own address (the
+    /// source address of its default route), which makes `advertise: NodeIP` workers
+    /// reachable from other machines (`cargo xtask dev --lan`).
+    #[arg(long, default_value = "127.0.0.1", value_parser = parse_node_ip)]
+    pub node_ip: Ipv4Addr,
+}
+
+/// `--node-ip`: an IPv4 address, or `lan`.
+fn parse_node_ip(value: &str) -> Result<Ipv4Addr, String> {
+    if value == "lan" {
+        return lan_address();
+    }
+    value
+        .parse()
+        .map_err(|e| format!("{value:?} is not an IPv4 address nor `lan`: {e}"))
+}
+
+/// This machine's own IPv4 address towards its default route: connecting a UDP socket picks
+/// the source address without sending anything.
+pub fn lan_address() -> Result<Ipv4Addr, String> {
+    let socket = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|e| e.to_string())?;
+    // TEST-NET-3 (RFC 5737): any routed address will do; nothing is sent.
+    socket.connect("203.0.113.1:9").map_err(|e| {
+        format!("`lan`: this machine has no IPv4 default route ({e}); give --node-ip an address")
+    })?;
+    match socket.local_addr().map_err(|e| e.to_string())?.ip() {
+        std::net::IpAddr::V4(ip) if !ip.is_loopback() && !ip.is_unspecified() => Ok(ip),
+        other => Err(format!(
+            "`lan`: the default route's source address is {other}; give --node-ip an address"
+        )),
+    }
 }
 
 /// Longest wait for the first list of Secrets, which secret volumes are made of.
@@ -94,6 +128,7 @@ impl Config {
             secrets,
             kubeconfig,
             schedules: !self.no_scheduler,
+            node_ip: self.node_ip,
         }))
     }
 
@@ -162,4 +197,20 @@ pub fn target_dir() -> PathBuf {
 pub fn workspace_root() -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
     root.canonicalize().unwrap_or(root)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ip_is_an_address_or_lan() {
+        assert_eq!(parse_node_ip("192.0.2.7"), Ok(Ipv4Addr::new(192, 0, 2, 7)));
+        let err = parse_node_ip("my-laptop").unwrap_err();
+        assert!(err.contains("nor `lan`"), "{err}");
+        // `lan` is never loopback: it is what makes NodeIP workers reachable from elsewhere.
+        if let Ok(ip) = parse_node_ip("lan") {
+            assert!(!ip.is_loopback(), "{ip}");
+        }
+    }
 }

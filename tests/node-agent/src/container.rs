@@ -14,7 +14,7 @@ use crate::context::Context;
 use crate::env::{self, Addresses};
 use crate::probes::{Check, Outcome, Tracker};
 use crate::runtime::{self, Launch, Process};
-use crate::status::{ContainerView, HOST_IP, State, Termination};
+use crate::status::{ContainerView, State, Termination};
 use crate::volumes;
 
 /// Wait before the second restart; doubles per crash up to [`MAX_BACKOFF`]. The first restart
@@ -140,7 +140,7 @@ impl Container {
     async fn start(&mut self, ctx: &Context, pod: &Pod, pod_ip: Ipv4Addr) -> bool {
         let addrs = Addresses {
             pod_ip,
-            host_ip: HOST_IP,
+            host_ip: ctx.node_ip,
         };
         let resolved = match env::resolve(&ctx.client, pod, &self.spec, addrs).await {
             Ok(vars) => vars,

@@ -35,6 +35,9 @@ pub struct Context {
     pub kubeconfig: Option<PathBuf>,
     /// Whether this agent binds unscheduled pods to its Node (see [`crate::binding`]).
     pub schedules: bool,
+    /// The Node's address (`--node-ip`): InternalIP, `status.hostIP`, and the address of
+    /// `hostNetwork` pods.
+    pub node_ip: std::net::Ipv4Addr,
 }
 
 impl Context {

@@ -1,6 +1,7 @@
 //! The Node this agent plays: registered with labels, addresses and capacity, and kept Ready
 //! by a status heartbeat.
 
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
@@ -10,7 +11,7 @@ use kube::api::{Patch, PatchParams};
 use tokio_util::sync::CancellationToken;
 
 use crate::Error;
-use crate::status::{FIELD_MANAGER, HOST_IP};
+use crate::status::FIELD_MANAGER;
 
 /// Label every node of this agent carries, so tests and the operator can select it.
 pub const LOCAL_NODE_LABEL: &str = "voicebackends.dev/local-node";
@@ -19,7 +20,7 @@ pub const LOCAL_NODE_LABEL: &str = "voicebackends.dev/local-node";
 const HEARTBEAT: Duration = Duration::from_secs(10);
 
 /// Creates or updates the Node object and marks it Ready.
-pub async fn register(client: &kube::Client, name: &str) -> Result<(), Error> {
+pub async fn register(client: &kube::Client, name: &str, ip: Ipv4Addr) -> Result<(), Error> {
     let nodes: Api<Node> = Api::all(client.clone());
     let node = serde_json::json!({
         "apiVersion": "v1",
@@ -38,11 +39,11 @@ pub async fn register(client: &kube::Client, name: &str) -> Result<(), Error> {
         .patch(name, &params, &Patch::Apply(&node))
         .await
         .map_err(Error::api(format!("register node {name}")))?;
-    heartbeat(&nodes, name, true).await
+    heartbeat(&nodes, name, ip, true).await
 }
 
 /// Writes the node status with a fresh heartbeat; `ready` false on the way out.
-async fn heartbeat(nodes: &Api<Node>, name: &str, ready: bool) -> Result<(), Error> {
+async fn heartbeat(nodes: &Api<Node>, name: &str, ip: Ipv4Addr, ready: bool) -> Result<(), Error> {
     let now = Timestamp::now().to_string();
     let (status, reason, message) = if ready {
         (
@@ -67,7 +68,7 @@ async fn heartbeat(nodes: &Api<Node>, name: &str, ready: bool) -> Result<(), Err
                 "lastTransitionTime": now,
             }],
             "addresses": [
-                { "type": "InternalIP", "address": HOST_IP.to_string() },
+                { "type": "InternalIP", "address": ip.to_string() },
                 { "type": "Hostname", "address": name },
             ],
             "capacity": { "cpu": "2", "memory": "4Gi", "pods": pods },
@@ -92,20 +93,25 @@ async fn heartbeat(nodes: &Api<Node>, name: &str, ready: bool) -> Result<(), Err
 }
 
 /// Refreshes the heartbeat until `shutdown`, then reports the node not ready.
-pub async fn keep_ready(client: kube::Client, name: String, shutdown: CancellationToken) {
+pub async fn keep_ready(
+    client: kube::Client,
+    name: String,
+    ip: Ipv4Addr,
+    shutdown: CancellationToken,
+) {
     let nodes: Api<Node> = Api::all(client);
     let mut tick = tokio::time::interval(HEARTBEAT);
     loop {
         tokio::select! {
             () = shutdown.cancelled() => break,
             _ = tick.tick() => {
-                if let Err(err) = heartbeat(&nodes, &name, true).await {
+                if let Err(err) = heartbeat(&nodes, &name, ip, true).await {
                     tracing::warn!(error = %err, "node heartbeat failed");
                 }
             }
         }
     }
-    if let Err(err) = heartbeat(&nodes, &name, false).await {
+    if let Err(err) = heartbeat(&nodes, &name, ip, false).await {
         tracing::debug!(error = %err, "could not mark the node not ready on the way out");
     }
 }

@@ -18,9 +18,6 @@ use crate::Error;
 /// Field manager of every write the agent makes.
 pub const FIELD_MANAGER: &str = "voice-node-agent";
 
-/// The node's address, also every pod's hostIP.
-pub const HOST_IP: Ipv4Addr = Ipv4Addr::LOCALHOST;
-
 /// How a container ended.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Termination {
@@ -73,8 +70,10 @@ pub struct ContainerView {
 /// The whole pod as the supervisor sees it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PodView {
-    /// The pod's loopback address once allocated.
+    /// The pod's loopback address once allocated (the node's, for a `hostNetwork` pod).
     pub pod_ip: Option<Ipv4Addr>,
+    /// The node's address (`status.hostIP`).
+    pub host_ip: Ipv4Addr,
     /// When the agent accepted the pod.
     pub start_time: Timestamp,
     /// Containers in spec order.
@@ -171,9 +170,9 @@ pub fn build(view: &PodView, conditions: &mut Conditions, now: Timestamp) -> Pod
             conditions.condition("ContainersReady", ready, Some(not_ready_reason), now),
             conditions.condition("Ready", ready, Some(not_ready_reason), now),
         ]),
-        host_ip: Some(HOST_IP.to_string()),
+        host_ip: Some(view.host_ip.to_string()),
         host_ips: Some(vec![HostIP {
-            ip: HOST_IP.to_string(),
+            ip: view.host_ip.to_string(),
         }]),
         pod_ip: view.pod_ip.map(|ip| ip.to_string()),
         pod_ips: view.pod_ip.map(|ip| vec![PodIP { ip: ip.to_string() }]),
@@ -300,6 +299,7 @@ mod tests {
     fn view(containers: Vec<ContainerView>) -> PodView {
         PodView {
             pod_ip: Some(Ipv4Addr::new(127, 0, 0, 2)),
+            host_ip: Ipv4Addr::new(192, 0, 2, 7),
             start_time: Timestamp::UNIX_EPOCH,
             containers,
             failure: None,
@@ -376,5 +376,7 @@ mod tests {
         assert_eq!(ready(&c).last_transition_time, Some(Time(t2)));
         assert_eq!(ready(&a).last_transition_time, Some(Time(t1)));
         assert!(c.container_statuses.unwrap()[0].ready);
+        // status.hostIP is the node's address (`--node-ip`), not a constant.
+        assert_eq!(c.host_ip.as_deref(), Some("192.0.2.7"));
     }
 }

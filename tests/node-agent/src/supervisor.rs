@@ -54,6 +54,7 @@ pub async fn run(
         conditions: Conditions::default(),
         view: PodView {
             pod_ip: None,
+            host_ip: ctx.node_ip,
             start_time: Timestamp::now(),
             containers: Vec::new(),
             failure: None,
@@ -86,7 +87,13 @@ impl PodRun {
         pod_rx: &mut watch::Receiver<Option<Pod>>,
         shutdown: CancellationToken,
     ) {
-        let allocated = self.ctx.ips().allocate(&self.pod.uid().unwrap_or_default());
+        // A hostNetwork pod shares the node's address, as under a real kubelet.
+        let host_network = self.pod.spec.as_ref().and_then(|s| s.host_network) == Some(true);
+        let allocated = if host_network {
+            Ok(self.ctx.node_ip)
+        } else {
+            self.ctx.ips().allocate(&self.pod.uid().unwrap_or_default())
+        };
         let pod_ip = match allocated {
             Ok(ip) => ip,
             Err(err) => {
