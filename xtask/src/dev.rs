@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::{node_agent, prerequisites};
+use crate::{dev_lan, node_agent, prerequisites};
 
 /// Arguments of `cargo xtask dev`.
 #[derive(clap::Args)]
@@ -30,6 +30,12 @@ pub struct Args {
     /// worker, on this address.
     #[arg(long, num_args = 0..=1, default_missing_value = "127.0.0.1:9090")]
     prometheus: Option<String>,
+    /// Make the demo assistant reachable from other machines on the LAN: the node takes this
+    /// machine's LAN address (or the one given), and `assistant` runs on it with
+    /// `advertise: NodeIP` and HTTPS signaling under a self-signed certificate
+    /// (docs/networking.md, "The local demo").
+    #[arg(long, num_args = 0..=1, default_missing_value = "lan", value_name = "ADDRESS")]
+    lan: Option<String>,
 }
 
 /// Starts everything, prints where to look, and waits for Ctrl-C.
@@ -87,30 +93,24 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     step("starting the node agent and the operator");
     let logs = voice_cluster::layout::target_dir().join("voice-dev");
     std::fs::create_dir_all(&logs)?;
-    let mut children = vec![
-        spawn(
-            "node agent",
-            &bin.join("voice-node-agent"),
-            &[],
-            &cluster,
-            &logs.join("node-agent.log"),
-        )?,
-        spawn(
-            "operator",
-            &bin.join("voice-operator"),
-            &["--metrics-addr", &args.operator_metrics],
-            &cluster,
-            &logs.join("operator.log"),
-        )?,
-    ];
-
-    if let Some(addr) = &args.prometheus {
-        children.push(start_prometheus(
-            &cluster,
-            addr,
-            &args.operator_metrics,
-            &logs,
-        )?);
+    let node_ip = args.lan.as_deref().unwrap_or("127.0.0.1");
+    let mut children = vec![spawn(
+        "node agent",
+        &bin.join("voice-node-agent"),
+        &["--node-ip", node_ip],
+        &cluster,
+        &logs.join("node-agent.log"),
+    )?];
+    // Whatever fails from here stops the node agent too, rather than leave it running pods.
+    let rest = start_rest(&args, &cluster, &bin, &logs);
+    match rest {
+        Ok(more) => children.extend(more),
+        Err(e) => {
+            for child in children.iter_mut().rev() {
+                stop(child, &stop_rx);
+            }
+            return Err(e);
+        }
     }
     let ready = wait_for_examples(&cluster, &stop_rx, &mut children);
     let demo = match &ready {
@@ -118,6 +118,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             demo_session(&cluster, &stop_rx).unwrap_or_else(|e| format!("(no demo session: {e:#})"))
         }
         Err(_) => String::new(),
+    };
+    let demo = if args.lan.is_some() {
+        format!(
+            "{demo}\n  (from this machine or another on the LAN; the certificate is self-signed for this\n  address, so the browser asks once whether to trust it)"
+        )
+    } else {
+        demo
     };
     kubectl(&cluster, &["get", "voice", "-A"])?;
     match &ready {
@@ -156,6 +163,43 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     ready
 }
 
+/// What starts after the node agent: `--lan`'s changes (before the operator, so the
+/// assistant's first workers already run as asked), the operator and Prometheus.
+fn start_rest(
+    args: &Args,
+    cluster: &voice_cluster::Cluster,
+    bin: &Path,
+    logs: &Path,
+) -> anyhow::Result<Vec<Process>> {
+    if args.lan.is_some() {
+        let address = dev_lan::node_address(cluster, dev_lan::NODE)?;
+        step(&format!(
+            "exposing the assistant on {address} (NodeIP, HTTPS with a self-signed certificate)"
+        ));
+        dev_lan::expose(cluster, address)?;
+    } else {
+        dev_lan::release(cluster)?;
+    }
+    let mut started = vec![spawn(
+        "operator",
+        &bin.join("voice-operator"),
+        &["--metrics-addr", &args.operator_metrics],
+        cluster,
+        &logs.join("operator.log"),
+    )?];
+    if let Some(addr) = &args.prometheus {
+        match start_prometheus(cluster, addr, &args.operator_metrics, logs) {
+            Ok(prometheus) => started.push(prometheus),
+            Err(e) => {
+                let (_, none) = mpsc::channel();
+                stop(&mut started[0], &none);
+                return Err(e);
+            }
+        }
+    }
+    Ok(started)
+}
+
 /// Starts Prometheus scraping the operator and, through a file the dev stack refreshes every
 /// 5 s from the API, every worker pod (Debian's Prometheus has no Kubernetes discovery).
 fn start_prometheus(
@@ -168,7 +212,7 @@ fn start_prometheus(
     let targets = logs.join("workers.json");
     std::fs::write(&targets, "[]")?;
     let config = format!(
-        "global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: voice-operator\n    static_configs:\n      - targets: ['{operator}']\n  - job_name: voice-workers\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 5s\n",
+        "global:\n  scrape_interval: 5s\nscrape_configs:\n  - job_name: voice-operator\n    static_configs:\n      - targets: ['{operator}']\n  - job_name: voice-workers\n    tls_config:\n      insecure_skip_verify: true\n    file_sd_configs:\n      - files: ['{}']\n        refresh_interval: 5s\n",
         targets.display()
     );
     let config_path = logs.join("prometheus.yml");
@@ -186,7 +230,7 @@ fn start_prometheus(
                     "-l",
                     "app.kubernetes.io/managed-by=voice-operator",
                     "-o",
-                    r#"jsonpath={range .items[*]}{.status.podIP} {.metadata.namespace} {.metadata.labels.voicebackends\.dev/backend}{"\n"}{end}"#,
+                    r#"jsonpath={range .items[*]}{.status.podIP} {.metadata.namespace} {.metadata.labels.voicebackends\.dev/backend} {.spec.containers[0].env[?(@.name=="TLS_CERT_FILE")].name}{"\n"}{end}"#,
                 ])
                 .output();
             if let Ok(out) = out {
@@ -195,8 +239,10 @@ fn start_prometheus(
                     .filter_map(|l| {
                         let mut f = l.split_whitespace();
                         let (ip, ns, backend) = (f.next()?, f.next()?, f.next()?);
+                        // A worker with signaling TLS serves /metrics over HTTPS too.
+                        let scheme = if f.next().is_some() { "https" } else { "http" };
                         Some(format!(
-                            r#"{{"targets":["{ip}:8080"],"labels":{{"backend":"{ns}/{backend}"}}}}"#
+                            r#"{{"targets":["{ip}:8080"],"labels":{{"backend":"{ns}/{backend}","__scheme__":"{scheme}"}}}}"#
                         ))
                     })
                     .collect();

@@ -3,6 +3,7 @@
 mod cluster;
 mod crds;
 mod dev;
+mod dev_lan;
 mod fuzz;
 mod node_agent;
 mod prerequisites;
