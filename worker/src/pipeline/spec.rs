@@ -5,7 +5,9 @@
 
 use std::time::Duration;
 
-use voice_crds::{AgentIntegration, AudioFormat, PipelineConfiguration, TurnDetectionConfig};
+use voice_crds::{
+    AgentIntegration, AgentType, AudioFormat, PipelineConfiguration, TurnDetectionConfig,
+};
 use voice_proto::session_config::{SessionConfig, Speaker};
 
 /// The pipeline part of a backend spec, as serialised by the operator into `VOICE_PIPELINE`.
@@ -116,6 +118,45 @@ impl PipelineSpec {
             turns: c.turns,
         });
         self
+    }
+
+    /// The pipeline type as the backend spells it (`STT_TTS` or `S2S`).
+    pub fn kind(&self) -> &'static str {
+        match self.pipeline.type_ {
+            voice_crds::PipelineType::SttTts => "STT_TTS",
+            voice_crds::PipelineType::S2s => "S2S",
+        }
+    }
+
+    /// The providers a client is told it talks to: `stt/agent/tts` for `STT_TTS` (an LLM
+    /// agent as `llm:<model>`), the speech-to-speech provider for `S2S`. A stage the
+    /// configuration lacks shows as `?` (such a pipeline reports `Error` when it starts).
+    pub fn providers(&self) -> String {
+        let name = |stage: Option<&voice_crds::StageProvider>| {
+            stage.map_or_else(|| "?".to_owned(), |s| s.provider.clone())
+        };
+        match self.pipeline.type_ {
+            voice_crds::PipelineType::S2s => name(self.pipeline.s2s.as_ref()),
+            voice_crds::PipelineType::SttTts => {
+                let agent = match &self.agent {
+                    None => "?".to_owned(),
+                    Some(a) => match a.type_ {
+                        AgentType::Echo => "echo".to_owned(),
+                        AgentType::Callback => "callback".to_owned(),
+                        AgentType::Grpc => "grpc".to_owned(),
+                        AgentType::Llm => a
+                            .llm
+                            .as_ref()
+                            .map_or_else(|| "llm".to_owned(), |l| format!("llm:{}", l.model)),
+                    },
+                };
+                format!(
+                    "{}/{agent}/{}",
+                    name(self.pipeline.stt.as_ref()),
+                    name(self.pipeline.tts.as_ref())
+                )
+            }
+        }
     }
 
     /// Whether this is the diagnostic default: S2S with the `echo` provider.

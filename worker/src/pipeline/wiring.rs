@@ -83,6 +83,39 @@ impl EventSink for BusSink {
     }
 }
 
+/// What a client is told its session runs (the `connected` and first `state` events):
+/// the backend's pipeline type and providers, as `VOICE_PIPELINE` configures them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    /// `STT_TTS` or `S2S`; `invalid` when the configuration does not parse.
+    pub pipeline: &'static str,
+    /// See [`PipelineSpec::providers`]; `none` when the configuration does not parse.
+    pub provider: String,
+}
+
+/// Describes the backend's configuration `config` (the worker's `VOICE_PIPELINE`). Without
+/// one every session runs the diagnostic S2S `echo`, and that is what it says. Session
+/// overrides never change a provider, so the backend's configuration is the whole answer.
+pub fn describe(config: Option<&str>) -> Described {
+    let Some(json) = config else {
+        return Described {
+            pipeline: "S2S",
+            provider: "echo".to_owned(),
+        };
+    };
+    match PipelineSpec::parse(json) {
+        Ok(spec) => Described {
+            pipeline: spec.kind(),
+            provider: spec.providers(),
+        },
+        // The session's pipeline reports the parse error itself (state `ERROR`).
+        Err(_) => Described {
+            pipeline: "invalid",
+            provider: "none".to_owned(),
+        },
+    }
+}
+
 /// The pipeline `session_id` asks for. A configuration that cannot run gives a pipeline
 /// that stays silent and reports `Error` with the reason (to the client and the operator)
 /// rather than silently running something else.
@@ -149,6 +182,39 @@ impl SpeechToSpeech for Broken {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_is_told_the_configured_providers_not_echo() {
+        let offline = r#"{"pipeline": {"type": "STT_TTS", "stt": "pocketsphinx", "tts": "espeak"},
+                          "agent": {"type": "Echo"}}"#;
+        assert_eq!(
+            describe(Some(offline)),
+            Described {
+                pipeline: "STT_TTS",
+                provider: "pocketsphinx/echo/espeak".to_owned()
+            }
+        );
+        let llm = r#"{"pipeline": {"type": "STT_TTS", "stt": "whisper", "tts": "piper"},
+                      "agent": {"type": "Llm", "llm": {"endpoint": "http://llm:8000/v1", "model": "qwen3"}}}"#;
+        assert_eq!(describe(Some(llm)).provider, "whisper/llm:qwen3/piper");
+        let realtime = r#"{"pipeline": {"type": "S2S", "s2s": "openai-realtime"}}"#;
+        assert_eq!(
+            describe(Some(realtime)),
+            Described {
+                pipeline: "S2S",
+                provider: "openai-realtime".to_owned()
+            }
+        );
+        let missing_agent =
+            r#"{"pipeline": {"type": "STT_TTS", "stt": "whisper", "tts": "piper"}}"#;
+        assert_eq!(describe(Some(missing_agent)).provider, "whisper/?/piper");
+        assert_eq!(
+            describe(None).provider,
+            "echo",
+            "no configuration runs echo"
+        );
+        assert_eq!(describe(Some("{not json")).pipeline, "invalid");
+    }
 
     #[test]
     fn status_text_is_capped_on_a_character_boundary_without_control_characters() {

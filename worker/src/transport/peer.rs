@@ -34,6 +34,7 @@ use super::rtcp_reports;
 use super::rtp_media::{self, RtpOut};
 use super::sdp::{OfferInfo, ice_credentials, rewrite_candidates};
 use crate::connections::{Claim, random_id};
+use crate::pipeline::wiring::Described;
 use crate::signaling::{MediaContext, SignalingError};
 
 /// Events forwarded from the driver to the session task.
@@ -311,6 +312,7 @@ async fn run_session(
                     phase.send_replace(Phase::Connected {
                         session: claim.session_id.clone(),
                         connection_id: claim.connection_id.clone(),
+                        described: crate::pipeline::wiring::describe(ctx.sessions.pipeline_config().as_deref()),
                     });
                 }
                 Some(PeerEvent::State(RTCPeerConnectionState::Failed)) => break Ending::Release("IceFailed"),
@@ -359,6 +361,7 @@ enum Phase {
     Connected {
         session: String,
         connection_id: String,
+        described: Described,
     },
     Ended(&'static str),
 }
@@ -386,17 +389,10 @@ async fn session_events(
             Phase::Connected {
                 session,
                 connection_id,
+                described,
             } => {
                 told_connected = true;
-                vec![
-                    serde_json::json!({
-                        "type": "connected",
-                        "session": session,
-                        "connection_id": connection_id,
-                        "transport": "webrtc",
-                    }),
-                    serde_json::json!({ "type": "state", "state": "LISTENING", "provider": "echo" }),
-                ]
+                connected_events(&session, &connection_id, &described).to_vec()
             }
             Phase::Ended(reason) => vec![serde_json::json!({ "type": "ended", "reason": reason })],
         };
@@ -434,6 +430,26 @@ async fn session_events(
     }
 }
 
+/// What the events channel says once the call is up: `connected`, then the `state` it
+/// starts in; both name the backend's pipeline and providers (not the transport's echo).
+fn connected_events(
+    session: &str,
+    connection_id: &str,
+    described: &Described,
+) -> [serde_json::Value; 2] {
+    [
+        serde_json::json!({
+            "type": "connected",
+            "session": session,
+            "connection_id": connection_id,
+            "transport": "webrtc",
+            "pipeline": described.pipeline,
+            "provider": described.provider,
+        }),
+        serde_json::json!({ "type": "state", "state": "LISTENING", "provider": described.provider }),
+    ]
+}
+
 /// Forwards a remote track's RTP payloads to the media loop until it ends.
 async fn receive(
     track: Arc<dyn TrackRemote>,
@@ -461,5 +477,25 @@ async fn receive(
             }
             Some(_) => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_connected_events_name_the_configured_pipeline() {
+        let described = crate::pipeline::wiring::describe(Some(
+            r#"{"pipeline": {"type": "STT_TTS", "stt": "pocketsphinx", "tts": "espeak"},
+                "agent": {"type": "Echo"}}"#,
+        ));
+        let [connected, state] = connected_events("team/a", "c1", &described);
+        assert_eq!(connected["type"], "connected");
+        assert_eq!(connected["session"], "team/a");
+        assert_eq!(connected["pipeline"], "STT_TTS");
+        assert_eq!(connected["provider"], "pocketsphinx/echo/espeak");
+        assert_eq!(state["state"], "LISTENING");
+        assert_eq!(state["provider"], "pocketsphinx/echo/espeak");
     }
 }

@@ -107,6 +107,7 @@ pub async fn serve(
     }
     claim.set_active();
     tracing::info!(session = %claim.session_id, connection = %claim.connection_id, %remote, rate = rate.hz(), "WebSocket client connected");
+    let described = crate::pipeline::wiring::describe(ctx.sessions.pipeline_config().as_deref());
     let hello = serde_json::json!({
         "type": "connected",
         "session": claim.session_id,
@@ -114,13 +115,14 @@ pub async fn serve(
         "transport": "websocket",
         "rate": rate.hz(),
         "format": "pcm16le",
+        "pipeline": described.pipeline,
+        "provider": described.provider,
     });
     // The pipeline the session's configuration asks for (the diagnostic `echo` by default).
     let mut provider =
         crate::pipeline::wiring::for_session(&ctx.sessions, &claim.session_id, &claim.uid);
     provider.connected();
-    let state =
-        serde_json::json!({ "type": "state", "state": "LISTENING", "provider": provider.name() });
+    let state = serde_json::json!({ "type": "state", "state": "LISTENING", "provider": described.provider });
     let mut pipeline = Pipeline::with_provider(rate, provider);
     let greeting = async {
         for message in [hello, state] {
