@@ -162,9 +162,6 @@ pub enum SignalingError {
     /// The worker drains and takes no new connections.
     #[error("the worker is draining and accepts no new connections")]
     Draining,
-    /// Every connection slot is in use.
-    #[error("the worker is full")]
-    Full,
     /// The worker has no signing key, so no token can be checked.
     #[error("the worker has no SESSION_SIGNING_KEY and cannot check join tokens")]
     NotConfigured,
@@ -195,7 +192,6 @@ impl SignalingError {
             SignalingError::Negotiation(_) => "NegotiationFailed",
             SignalingError::BadParameter(_) => "BadParameter",
             SignalingError::Draining => "Draining",
-            SignalingError::Full => "Full",
             SignalingError::NotConfigured => "NotConfigured",
             SignalingError::Internal(_) => "Internal",
         }
@@ -224,7 +220,7 @@ impl SignalingError {
             | SignalingError::Offer(_)
             | SignalingError::Negotiation(_)
             | SignalingError::BadParameter(_) => StatusCode::BAD_REQUEST,
-            SignalingError::Draining | SignalingError::Full | SignalingError::NotConfigured => {
+            SignalingError::Draining | SignalingError::NotConfigured => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             SignalingError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -366,9 +362,9 @@ async fn answer_offer(
     for reason in &offer.skipped {
         ctx.metrics.count_dropped(reason);
     }
-    if ctx.connections.len() >= ctx.sessions.snapshot().capacity as usize {
-        return Err(SignalingError::Full);
-    }
+    // No capacity check here: only a session this worker holds gets this far, and each
+    // holds one slot, so a second client of a connected session is `AlreadyConnected`, and a
+    // held session keeps its right to connect even if the worker's capacity was lowered.
     let claim = ctx
         .connections
         .claim(&session_id, &uid, Transport::WebRtc)?;
@@ -657,7 +653,6 @@ mod tests {
             (SignalingError::Fragment(FragError::Empty), 400),
             (SignalingError::ConnectionNotFound("c".into()), 404),
             (SignalingError::Draining, 503),
-            (SignalingError::Full, 503),
         ];
         for (error, status) in cases {
             assert_eq!(error.status().as_u16(), status, "{}", error.reason());

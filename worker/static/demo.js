@@ -26,7 +26,6 @@ const FAILURES = {
   TokenWrongSession: "The join token belongs to another session: use the link made for this one.",
   SessionNotFound: "This session is not reserved on this worker (it may have ended): ask for a new session.",
   AlreadyConnected: "This session is already in a call (another tab or device): hang up there first.",
-  Full: "This worker is full: every call slot is taken; try again in a minute or ask for a new session.",
   Draining: "This worker is shutting down and takes no new calls: ask for a new session.",
   NotConfigured: "This worker cannot check join tokens (it has no signing key): tell whoever runs it.",
   IceFailed:

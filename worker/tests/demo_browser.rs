@@ -286,7 +286,7 @@ async fn first_error(page: &mut Browser) -> (serde_json::Value, serde_json::Valu
 }
 
 #[tokio::test]
-async fn the_demo_page_says_in_words_that_the_link_expired_or_the_worker_is_full() {
+async fn the_demo_page_says_in_words_that_the_link_expired_or_the_session_is_already_in_a_call() {
     let worker = Worker::start(1);
     worker.reserve("team/busy-1", "uid-busy").await;
 
@@ -309,9 +309,9 @@ async fn the_demo_page_says_in_words_that_the_link_expired_or_the_worker_is_full
     assert_eq!(shown, expired_words);
     drop(page);
 
-    // The worker's one slot is taken by a WebSocket client of the session. The offer is then
-    // refused `Full` (the worker checks its capacity before the session's own connection;
-    // a second session cannot even be reserved on a worker of capacity 1).
+    // A WebSocket client of the same session is already on: the page's offer is refused
+    // `AlreadyConnected` (a session has one connection; a worker is never "full" for a
+    // session it holds, because holding it is what takes the slot).
     let good = token("team/busy-1", "uid-busy", 600);
     let (_holder, _) = tokio_tungstenite::connect_async(format!(
         "ws://127.0.0.1:{}/v1/sessions/team/busy-1/ws?token={good}&rate=16000",
@@ -325,10 +325,13 @@ async fn the_demo_page_says_in_words_that_the_link_expired_or_the_worker_is_full
     );
     let mut page = Browser::open(&url, &sine(1_000.0, 48_000, 2.0), &[]).await;
     let (error, state) = first_error(&mut page).await;
-    println!("chromium on a full worker: {state}");
-    assert_eq!(error["code"], "Full", "{state}");
-    let full_words = error["message"].as_str().unwrap_or_default();
-    assert!(full_words.starts_with("This worker is full:"), "{state}");
-    assert_eq!(state["status"], full_words, "{state}");
+    println!("chromium on a session already in a call: {state}");
+    assert_eq!(error["code"], "AlreadyConnected", "{state}");
+    let busy_words = error["message"].as_str().unwrap_or_default();
+    assert!(
+        busy_words.starts_with("This session is already in a call"),
+        "{state}"
+    );
+    assert_eq!(state["status"], busy_words, "{state}");
     assert_ne!(state["connectionState"], "connected", "{state}");
 }
