@@ -189,10 +189,23 @@ async fn worker_pod_is_bound_gets_a_loopback_ip_becomes_ready_and_stops_on_delet
     );
     // The agent's pool is 127.0.0.0/20 (a long-lived agent moves on past 127.0.0.x).
     assert!(ip.starts_with("127.0.") && ip != "127.0.0.1", "pod IP {ip}");
-    assert_eq!(
-        pod.status.as_ref().and_then(|s| s.host_ip.as_deref()),
-        Some("127.0.0.1")
-    );
+    // hostIP is the Node's InternalIP: the shared agent runs with `--node-ip lan`, so this
+    // machine's own address, never loopback.
+    let node = kube::Api::<k8s_openapi::api::core::v1::Node>::all(pods.clone().into_client())
+        .get(agent.node_name())
+        .await
+        .expect("the agent's Node");
+    let internal = node
+        .status
+        .and_then(|s| s.addresses)
+        .into_iter()
+        .flatten()
+        .find(|a| a.type_ == "InternalIP")
+        .map(|a| a.address)
+        .expect("an InternalIP");
+    let host_ip = pod.status.as_ref().and_then(|s| s.host_ip.clone());
+    assert_eq!(host_ip.as_deref(), Some(internal.as_str()));
+    assert!(!internal.starts_with("127."), "hostIP {internal}");
 
     let (status, body) = http_get(&ip, 8080, "/healthz").await;
     assert_eq!(status, 200, "GET /healthz on the pod IP: {body}");

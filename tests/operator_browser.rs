@@ -110,9 +110,10 @@ async fn the_dev_demo_link_connects_a_stock_chromium_to_a_pod_address_worker() {
 
 #[tokio::test]
 async fn with_the_lan_address_a_node_ip_backend_serves_the_demo_over_https_at_that_address() {
+    voice_tests::node_agent();
     let nodes: Api<Node> = Api::all(voice_tests::client().await);
     let node = nodes
-        .get(&voice_tests::node_agent().node_name)
+        .get(voice_tests::NODE_NAME)
         .await
         .expect("the node agent's Node");
     let address: Ipv4Addr = node
@@ -184,4 +185,29 @@ async fn with_the_lan_address_a_node_ip_backend_serves_the_demo_over_https_at_th
         remote.starts_with(&format!("{address}:")),
         "media goes to the LAN address: {state}"
     );
+
+    // Free the node's host ports for the next NodeIP test: the worker goes with its backend.
+    kubectl_delete_and_wait(&stack, "voicebackend/lan").await;
+}
+
+/// Deletes `what` in the stack's namespace and waits until no pod of it is left, not even
+/// a terminating one (those still hold their host ports).
+async fn kubectl_delete_and_wait(stack: &OperatorStack, what: &str) {
+    voice_tests::kubectl_ok(&["delete", "-n", stack.ns.name(), what, "--wait=false"]);
+    let name = what.rsplit('/').next().unwrap_or(what);
+    let selector = format!("voicebackends.dev/backend={name}");
+    wait_for(T, "the backend's workers gone", || async {
+        let left = stack
+            .ns
+            .api::<k8s_openapi::api::core::v1::Pod>()
+            .list(&kube::api::ListParams::default().labels(&selector))
+            .await
+            .map_err(|e| e.to_string())?
+            .items
+            .len();
+        (left == 0)
+            .then_some(())
+            .ok_or_else(|| format!("{left} pods left"))
+    })
+    .await;
 }

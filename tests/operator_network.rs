@@ -74,6 +74,22 @@ async fn two_node_ip_workers_never_share_a_node_and_a_port() {
         assert_eq!(terms[0].topology_key, "kubernetes.io/hostname");
     }
 
+    // One gets bound once the node's host ports are free (a NodeIP worker of an earlier
+    // test may still be stopping there).
+    wait_for(T, "a bound NodeIP worker", || async {
+        live_pods(&stack.ns, "edge")
+            .await
+            .iter()
+            .any(|p| {
+                p.spec
+                    .as_ref()
+                    .and_then(|s| s.node_name.as_deref())
+                    .is_some_and(|n| !n.is_empty())
+            })
+            .then_some(())
+            .ok_or_else(|| "none bound yet".to_owned())
+    })
+    .await;
     // Watch for a while: at every look, bound pods never share a node and a host port, and
     // one of them is bound and running.
     let started = Instant::now();
