@@ -49,8 +49,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cluster = voice_cluster::up().context("starting the local control plane")?;
 
     step("building the operator, the worker and the node agent");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
+    let status = crate::cargo_command()
         .args(["build", "--workspace", "--bins"])
         .status()
         .context("running cargo build")?;

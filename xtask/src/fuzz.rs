@@ -48,7 +48,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let corpus = corpus_root.join(target);
         std::fs::create_dir_all(&corpus)?;
         // The seeds come from the library the suite tests them with.
-        let status = Command::new("cargo")
+        let status = crate::cargo_command()
             .current_dir(&root)
             .args([
                 "run",
@@ -71,7 +71,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             args.seconds,
             corpus.display()
         );
-        let status = Command::new("cargo")
+        let status = crate::cargo_command()
             .current_dir(&root)
             // cargo fuzz passes -Z flags (sanitizer, coverage); stable rustc takes them so.
             .env("RUSTC_BOOTSTRAP", "1")

@@ -10,6 +10,8 @@ mod prerequisites;
 mod speech_models;
 mod test;
 
+use std::process::Command;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -33,6 +35,31 @@ enum Task {
     NodeAgent(node_agent::Args),
     /// The whole test suite, as CI runs it (installs what it needs).
     Test(test::Args),
+}
+
+/// The `cargo` that runs xtask, without the variables `cargo run` set for xtask itself.
+///
+/// Build scripts rerun when a variable they watch changes, and ring's watches
+/// `CARGO_MANIFEST_DIR`: a build started from here with xtask's value would rebuild ring, and
+/// with it rustls, kube and everything above, each time it alternates with a build without
+/// it (the `cargo run -p xtask` that starts every task, or a `cargo test` from a shell).
+pub fn cargo_command() -> Command {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(cargo);
+    for (name, _) in std::env::vars_os() {
+        let set_by_cargo_run = name.to_str().is_some_and(|n| {
+            n.starts_with("CARGO_PKG_")
+                || n.starts_with("CARGO_MANIFEST_")
+                || matches!(
+                    n,
+                    "CARGO_CRATE_NAME" | "CARGO_BIN_NAME" | "CARGO_PRIMARY_PACKAGE"
+                )
+        });
+        if set_by_cargo_run {
+            command.env_remove(name);
+        }
+    }
+    command
 }
 
 fn main() -> anyhow::Result<()> {

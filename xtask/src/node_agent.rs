@@ -25,8 +25,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         "voice-node-agent against {} (images map to target/debug binaries: build them with `cargo build --workspace --bins`)",
         Path::new(&kubeconfig).display()
     );
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = Command::new(&cargo)
+    let status = crate::cargo_command()
         .args([
             "run",
             "--quiet",
@@ -39,7 +38,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .args(&args.args)
         .env("KUBECONFIG", &kubeconfig)
         .status()
-        .with_context(|| format!("running {cargo} run -p voice-node-agent"))?;
+        .context("running cargo run -p voice-node-agent")?;
     std::process::exit(status.code().unwrap_or(1));
 }
 
