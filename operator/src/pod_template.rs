@@ -161,6 +161,14 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         value("DRAIN_TIMEOUT_SECONDS", drain_seconds.to_string()),
         value("BACKEND_NAME", name.to_owned()),
         value("VOICE_PIPELINE", pipeline),
+        // Checked against the provider's configSchema before any pod exists (acceptance.rs);
+        // its image reads it (the built-in worker: logLevel, jitterBufferMs).
+        value(
+            "VOICE_PROVIDER_CONFIG",
+            spec.provider_config
+                .as_ref()
+                .map_or_else(|| "{}".to_owned(), serde_json::Value::to_string),
+        ),
         value("CONTROL_TLS_DIR", CONTROL_TLS_DIR.to_owned()),
         // The key set, from the mounted Secret: the worker reloads it when the operator rotates
         // the key. SESSION_SIGNING_KEY (the key current at start) serves until it is readable.

@@ -229,6 +229,18 @@ pub struct Config {
     #[arg(long = "pipeline", env = "VOICE_PIPELINE", value_name = "VOICE_PIPELINE", value_parser = parse_pipeline)]
     pub pipeline: Option<serde_json::Value>,
 
+    /// The backend's `spec.providerConfig` as JSON: for the built-in worker `logLevel` (the
+    /// log filter when `RUST_LOG` is unset) and `jitterBufferMs` (receive-side jitter buffer
+    /// depth, 20–500, default 40).
+    #[arg(
+        long = "provider-config",
+        env = "VOICE_PROVIDER_CONFIG",
+        value_name = "VOICE_PROVIDER_CONFIG",
+        value_parser = crate::provider_config::ProviderConfig::parse,
+        default_value = "{}"
+    )]
+    pub provider_config: crate::provider_config::ProviderConfig,
+
     /// Directory with the control channel's TLS files (`ca.crt`: the CAs whose client
     /// certificates may call; `tls.crt`/`tls.key`: this worker's serving certificate), a
     /// Secret volume in a pod. Re-read when they change, so rotation drops no connection.

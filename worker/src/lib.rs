@@ -26,6 +26,7 @@ pub mod lifecycle;
 pub mod media;
 pub mod metrics;
 pub mod pipeline;
+pub mod provider_config;
 pub mod server;
 pub mod sessions;
 pub mod signaling;

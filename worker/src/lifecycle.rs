@@ -117,6 +117,11 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         );
     }
     tokio::spawn(signing_keys.clone().run(shutdown.clone()));
+    media_metrics.set_jitter_target(config.provider_config.jitter_packets());
+    tracing::debug!(
+        packets = config.provider_config.jitter_packets(),
+        "WebRTC receive jitter buffer depth (providerConfig jitterBufferMs)"
+    );
     let media = Arc::new(MediaContext {
         sessions: sessions.clone(),
         connections: connections.clone(),
@@ -135,6 +140,7 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         body_timeout: config.http_request_timeout(),
         connect_timeout: config.connect_timeout(),
         websocket: config.websocket_timing(),
+        jitter_packets: config.provider_config.jitter_packets(),
         metrics: media_metrics.clone(),
         shutdown: shutdown.clone(),
     });

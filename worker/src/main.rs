@@ -9,7 +9,15 @@ use voice_worker::Config;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
-    let _telemetry = voice_worker::telemetry::init(config.log_json);
+    // providerConfig's logLevel is the backend owner's default; RUST_LOG still wins.
+    let level = config.provider_config.log_level.clone();
+    let _telemetry = voice_worker::telemetry::init(config.log_json, level.as_deref());
+    if !config.provider_config.unused.is_empty() {
+        tracing::warn!(
+            keys = ?config.provider_config.unused,
+            "providerConfig keys the built-in worker does not use (it reads logLevel and jitterBufferMs)"
+        );
+    }
     // Installed before serving so that an early SIGTERM still drains instead of killing.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let terminate = async move {

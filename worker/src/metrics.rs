@@ -32,6 +32,7 @@ pub struct MediaMetrics {
     codec_duration: HistogramVec,
     dropped: IntCounterVec,
     late_ticks: IntCounter,
+    jitter_target: prometheus::Gauge,
     rtcp_fraction_lost: HistogramVec,
     rtcp_jitter: HistogramVec,
     trickle: IntCounterVec,
@@ -197,6 +198,10 @@ impl MediaMetrics {
             "voice_worker_media_late_ticks_total",
             "20 ms send ticks that fired a whole frame late and were skipped.",
         )?;
+        let jitter_target = prometheus::Gauge::new(
+            "voice_worker_jitter_buffer_target_seconds",
+            "Audio the receive-side jitter buffer holds before playout (providerConfig jitterBufferMs, rounded up to 20 ms packets).",
+        )?;
         let rtcp_fraction_lost = HistogramVec::new(
             HistogramOpts::new(
                 "voice_worker_rtcp_fraction_lost",
@@ -267,6 +272,7 @@ impl MediaMetrics {
         registry.register(Box::new(codec_duration.clone()))?;
         registry.register(Box::new(dropped.clone()))?;
         registry.register(Box::new(late_ticks.clone()))?;
+        registry.register(Box::new(jitter_target.clone()))?;
         for transport in ["webrtc", "websocket"] {
             sessions_active.with_label_values(&[transport]).set(0);
         }
@@ -279,6 +285,7 @@ impl MediaMetrics {
             codec_duration,
             dropped,
             late_ticks,
+            jitter_target,
             rtcp_fraction_lost,
             rtcp_jitter,
             trickle,
@@ -337,6 +344,11 @@ impl MediaMetrics {
     /// Counts a packet or frame dropped for `reason`, so that no loss is silent.
     pub fn count_dropped(&self, reason: &str) {
         self.dropped.with_label_values(&[reason]).inc();
+    }
+
+    /// Records the jitter buffer depth every WebRTC connection uses, in 20 ms packets.
+    pub fn set_jitter_target(&self, packets: usize) {
+        self.jitter_target.set(packets as f64 * 0.020);
     }
 
     /// Counts send ticks skipped because the media task ran late.

@@ -89,6 +89,9 @@ pub struct MediaContext {
     pub connect_timeout: Duration,
     /// Send timeout, ping interval and pong deadline of WebSocket connections.
     pub websocket: crate::transport::ws_rules::Timing,
+    /// Receive-side jitter buffer depth of each WebRTC connection, in 20 ms packets
+    /// (providerConfig `jitterBufferMs`).
+    pub jitter_packets: usize,
     /// Data-plane metrics.
     pub metrics: MediaMetrics,
     /// Fires when the worker stops.

@@ -56,10 +56,12 @@ impl Drop for Telemetry {
     }
 }
 
-/// Installs the global subscriber: `RUST_LOG` filter (default `info`), text or JSON logs on
-/// stderr, and the OpenTelemetry layer when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
-pub fn init(json: bool) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+/// Installs the global subscriber: `RUST_LOG` filter (default `default_level`, else `info`),
+/// text or JSON logs on stderr, and the OpenTelemetry layer when `OTEL_EXPORTER_OTLP_ENDPOINT`
+/// is set.
+pub fn init(json: bool, default_level: Option<&str>) -> Telemetry {
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(default_level.unwrap_or("info")));
     let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::new();
     let fmt = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     layers.push(if json {

@@ -435,3 +435,25 @@ fn a_tls_secret_is_mounted_where_the_worker_reads_its_certificate_and_probes_spe
     assert_eq!(mount.read_only, Some(true));
     assert_eq!(probe(&t).as_deref(), Some("HTTPS"));
 }
+
+#[test]
+fn provider_config_reaches_the_worker_and_changes_the_template_hash() {
+    let plain = render(&backend(None), &provider()).expect("render");
+    assert_eq!(
+        env(&plain)["VOICE_PROVIDER_CONFIG"].0.as_deref(),
+        Some("{}")
+    );
+    let mut tuned = backend(None);
+    tuned.spec.provider_config = Some(json!({"logLevel": "debug", "jitterBufferMs": 120}));
+    let tuned = render(&tuned, &provider()).expect("render");
+    let config: serde_json::Value = serde_json::from_str(
+        env(&tuned)["VOICE_PROVIDER_CONFIG"]
+            .0
+            .as_deref()
+            .expect("a value"),
+    )
+    .expect("json");
+    assert_eq!(config, json!({"logLevel": "debug", "jitterBufferMs": 120}));
+    // A changed providerConfig is a new template: the workers roll to it.
+    assert_ne!(plain.hash, tuned.hash);
+}

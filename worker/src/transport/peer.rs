@@ -307,7 +307,7 @@ async fn run_session(
                         connect_ms = offered.elapsed().as_millis(), "WebRTC peer connected");
                     if let (Some(rx), Some(out)) = (rtp_rx.take(), out.take()) {
                         let provider = crate::pipeline::wiring::for_session(&ctx.sessions, &claim.session_id, &claim.uid);
-                        tokio::spawn(rtp_media::run(rx, out, ctx.metrics.clone(), media_stop.clone(), provider, pipeline_tx.take()));
+                        tokio::spawn(rtp_media::run(rx, out, ctx.jitter_packets, ctx.metrics.clone(), media_stop.clone(), provider, pipeline_tx.take()));
                     }
                     phase.send_replace(Phase::Connected {
                         session: claim.session_id.clone(),

@@ -22,9 +22,6 @@ use crate::media::opus_codec::{CodecError, FrameDecoder, FrameEncoder};
 use crate::media::{FRAME_PERIOD, FRAME_SAMPLES, Frame};
 use crate::metrics::MediaMetrics;
 
-/// Packets the jitter buffer waits for before playout: 40 ms of cushion.
-const JITTER_TARGET: usize = 2;
-
 /// Packets the jitter buffer holds at most: a second.
 const JITTER_CAPACITY: usize = 50;
 
@@ -42,6 +39,7 @@ pub struct RtpOut {
 pub async fn run(
     mut rtp_in: mpsc::Receiver<(u16, Bytes)>,
     out: RtpOut,
+    jitter_packets: usize,
     metrics: MediaMetrics,
     stop: CancellationToken,
     mut provider: Box<dyn SpeechToSpeech>,
@@ -50,7 +48,7 @@ pub async fn run(
     let mut decoder = FrameDecoder::new(metrics.clone())?;
     let mut encoder = FrameEncoder::new(metrics.clone())?;
     provider.connected();
-    let mut jitter = JitterBuffer::new(JITTER_TARGET, JITTER_CAPACITY);
+    let mut jitter = JitterBuffer::new(jitter_packets, JITTER_CAPACITY);
     let mut pcm_in: VecDeque<i16> = VecDeque::with_capacity(4 * FRAME_SAMPLES);
     let mut sequence = u16::from_be_bytes(seed::<2>());
     let timestamp_base = u32::from_be_bytes(seed::<4>());
