@@ -125,30 +125,43 @@ pub fn mounts(
     Ok(mounts)
 }
 
-/// `value` with every mount path it contains replaced by the host directory: an occurrence
-/// counts when it ends the value or is followed by `/` or a character that cannot be part of
-/// a path component (so `/etc/tls` does not match inside `/etc/tls-old`).
+/// `value` with every mount path it contains replaced by the host directory, in one pass
+/// over the original text (a host directory may itself contain a mount path: with the volumes
+/// under `/tmp/…`, a `/tmp` mount must not rewrite them again). An occurrence counts only as a
+/// whole path: it starts the value or follows a character that cannot be part of a path (`=`,
+/// `,`, `:`, a space…), and ends the value or is followed by `/` or such a character, so
+/// `/etc/tls` matches neither inside `/etc/tls-old` nor inside `/var/etc/tls`. The longest
+/// mount path wins where several start at one place.
 pub fn rewrite(value: &str, mounts: &[(String, PathBuf)]) -> String {
-    let mut out = value.to_owned();
-    for (path, host) in mounts {
-        if path.is_empty() {
-            continue;
+    let path_char = |c: char| c.is_alphanumeric() || matches!(c, '-' | '_' | '.' | '/');
+    let mut by_length: Vec<&(String, PathBuf)> =
+        mounts.iter().filter(|(path, _)| !path.is_empty()).collect();
+    by_length.sort_by_key(|(path, _)| std::cmp::Reverse(path.len()));
+    let mut out = String::with_capacity(value.len());
+    let mut at = 0;
+    let mut previous: Option<char> = None;
+    while at < value.len() {
+        let rest = &value[at..];
+        let starts_path = previous.is_none_or(|c| !path_char(c));
+        let matched = starts_path
+            .then(|| {
+                by_length.iter().find(|(path, _)| {
+                    rest.starts_with(path.as_str())
+                        && rest[path.len()..].chars().next().is_none_or(|c| {
+                            c == '/' || !(c.is_alphanumeric() || matches!(c, '-' | '_' | '.'))
+                        })
+                })
+            })
+            .flatten();
+        if let Some((path, host)) = matched {
+            out.push_str(&host.display().to_string());
+            at += path.len();
+            previous = path.chars().last();
+        } else if let Some(c) = rest.chars().next() {
+            out.push(c);
+            at += c.len_utf8();
+            previous = Some(c);
         }
-        let host = host.display().to_string();
-        let mut result = String::with_capacity(out.len());
-        let mut rest = out.as_str();
-        while let Some(at) = rest.find(path.as_str()) {
-            let after = &rest[at + path.len()..];
-            let bounded = after
-                .chars()
-                .next()
-                .is_none_or(|c| !(c.is_alphanumeric() || matches!(c, '-' | '_' | '.')));
-            result.push_str(&rest[..at]);
-            result.push_str(if bounded { &host } else { path });
-            rest = after;
-        }
-        result.push_str(rest);
-        out = result;
     }
     out
 }
@@ -242,6 +255,28 @@ mod tests {
         assert_eq!(rewrite("/var/run/tls-old/a", &mounts), "/var/run/tls-old/a");
         assert_eq!(rewrite("/var/run/tlsx", &mounts), "/var/run/tlsx");
         assert_eq!(rewrite("nothing here", &mounts), "nothing here");
+        assert_eq!(rewrite("/opt/var/run/tls", &mounts), "/opt/var/run/tls");
+    }
+
+    #[test]
+    fn a_host_directory_under_another_mount_path_is_not_rewritten_again() {
+        // Volumes under /tmp/… (a checkout in a temporary directory) and a /tmp emptyDir.
+        let mounts = mounts_of(&[
+            ("/tmp", "/tmp/co/v/uid/tmp"),
+            ("/var/run/tls", "/tmp/co/v/uid/tls"),
+        ]);
+        assert_eq!(
+            rewrite("/var/run/tls/ca.crt", &mounts),
+            "/tmp/co/v/uid/tls/ca.crt"
+        );
+        assert_eq!(
+            rewrite("/tmp/x /var/run/tls", &mounts),
+            "/tmp/co/v/uid/tmp/x /tmp/co/v/uid/tls"
+        );
+        // The longer mount path wins where both start.
+        let nested = mounts_of(&[("/data", "/h/data"), ("/data/keys", "/h/keys")]);
+        assert_eq!(rewrite("/data/keys/a", &nested), "/h/keys/a");
+        assert_eq!(rewrite("/data/other", &nested), "/h/data/other");
     }
 
     #[test]
