@@ -23,7 +23,6 @@ use std::time::Duration;
 use base64::Engine as _;
 use k8s_openapi::api::core::v1::{Node, Secret};
 use kube::Api;
-use kube::api::PostParams;
 use operator_common::*;
 use rcgen::PublicKeyData as _;
 use serde_json::json;
@@ -141,18 +140,13 @@ async fn with_the_lan_address_a_node_ip_backend_serves_the_demo_over_https_at_th
         .expect("params")
         .self_signed(&key)
         .expect("certificate");
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "lan-tls"},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": cert.pem(), "tls.key": key.serialize_pem()},
-    }))
-    .expect("secret");
-    stack
-        .ns
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("creating the Secret");
+    create_tls_secret(
+        &stack.ns.api::<Secret>(),
+        "lan-tls",
+        &cert.pem(),
+        &key.serialize_pem(),
+    )
+    .await;
     let mut backend = echo_backend();
     merge(
         &mut backend,

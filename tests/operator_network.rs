@@ -197,18 +197,13 @@ async fn a_tls_backend_serves_its_secrets_certificate_at_a_wss_endpoint() {
         .expect("params")
         .signed_by(&key, &issuer)
         .expect("leaf");
-    let secret: Secret = serde_json::from_value(json!({
-        "metadata": {"name": "secure-tls"},
-        "type": "kubernetes.io/tls",
-        "stringData": {"tls.crt": leaf.pem(), "tls.key": key.serialize_pem()},
-    }))
-    .expect("secret");
-    stack
-        .ns
-        .api::<Secret>()
-        .create(&PostParams::default(), &secret)
-        .await
-        .expect("creating the Secret");
+    create_tls_secret(
+        &stack.ns.api::<Secret>(),
+        "secure-tls",
+        &leaf.pem(),
+        &key.serialize_pem(),
+    )
+    .await;
     wait_healthy(&stack.ns, "secure", 1, T).await;
 
     let session: voice_crds::VoiceSession = serde_json::from_value(json!({

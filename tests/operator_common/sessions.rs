@@ -83,6 +83,21 @@ pub async fn wait_phase(api: &Api<VoiceSession>, name: &str, want: SessionPhase)
     .await
 }
 
+/// Creates the `kubernetes.io/tls` Secret `name` (the shape cert-manager writes) in the
+/// namespace of `secrets`.
+pub async fn create_tls_secret(secrets: &Api<Secret>, name: &str, cert_pem: &str, key_pem: &str) {
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": name},
+        "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": cert_pem, "tls.key": key_pem},
+    }))
+    .expect("a TLS Secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creating the TLS Secret");
+}
+
 /// The join token in a session's token Secret.
 pub async fn join_token(secrets: &Api<Secret>, name: &str) -> String {
     let secret = secrets.get(name).await.expect("the token Secret");
