@@ -54,10 +54,7 @@ fn demo_link(namespace: &str, name: &str, endpoint_url: &str, token: &str) -> St
 async fn hear_tone(link: &str, flags: &[&str]) -> serde_json::Value {
     let mut page = browser::Browser::open(link, &tone(), flags).await;
     let (state, connected_after) = page
-        .watch_demo(Duration::from_secs(60), |s| {
-            s["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05
-                && s["inboundBytes"].as_u64().unwrap_or(0) > 10_000
-        })
+        .watch_demo(Duration::from_secs(60), browser::heard_tone_back)
         .await;
     println!("{link}: connected after {connected_after:?}; {state}");
     assert_eq!(state["connectionState"], "connected", "{state}");

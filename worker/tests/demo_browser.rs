@@ -131,10 +131,7 @@ async fn headless_chromium_hears_its_tone_back_through_the_demo_page() {
 
     // The page connects on its own (the link carries session and token); watch what it says.
     let (state, connected_after) = page
-        .watch_demo(Duration::from_secs(40), |state| {
-            state["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05
-                && state["inboundBytes"].as_u64().unwrap_or(0) > 10_000
-        })
+        .watch_demo(Duration::from_secs(40), common::browser::heard_tone_back)
         .await;
     println!("chromium demo: connected after {connected_after:?}; {state}");
     assert!(

@@ -60,9 +60,7 @@ async fn call(worker: &Worker, session: &str) -> (serde_json::Value, Duration) {
     let mut page = Browser::open(&url, &sine(1_000.0, 48_000, 2.0), &[]).await;
     let (state, connected_after) = page
         .watch_demo(Duration::from_secs(40), |s| {
-            s["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05
-                && s["inboundBytes"].as_u64().unwrap_or(0) > 10_000
-                && !s["localCandidateProtocol"].is_null()
+            common::browser::heard_tone_back(s) && !s["localCandidateProtocol"].is_null()
         })
         .await;
     assert!(

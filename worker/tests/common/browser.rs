@@ -239,3 +239,10 @@ impl Drop for Browser {
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
+
+/// Whether the demo page's state (`window.voiceDemo`) shows the microphone's tone coming back:
+/// loud (audio level above 0.05) and for a while (over 10 kB received).
+pub fn heard_tone_back(state: &serde_json::Value) -> bool {
+    state["maxAudioLevel"].as_f64().unwrap_or(0.0) > 0.05
+        && state["inboundBytes"].as_u64().unwrap_or(0) > 10_000
+}
