@@ -340,6 +340,17 @@ fn cases() -> Vec<Case> {
                 "grpc.endpoint must be http://host:port",
             ],
         },
+        Case {
+            name: "grpc agent CA without TLS",
+            example: STT_TTS,
+            mutate: |v| {
+                v["spec"]["agent"] = json!({"type": "Grpc", "grpc": {
+                    "endpoint": "http://agent:50051",
+                    "caSecretRef": {"name": "agent-ca", "key": "ca.crt"},
+                }});
+            },
+            expect: &["spec.agent.grpc", "grpc.caSecretRef needs an https:// endpoint"],
+        },
         // VoiceBackend: workers, scaling, caps, audio
         Case {
             name: "minWorkers above maxWorkers",

@@ -44,6 +44,7 @@ pub struct CallbackAgent {
 /// A gRPC agent service.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.caSecretRef) || url(self.endpoint).getScheme() == 'https'").message("grpc.caSecretRef needs an https:// endpoint: it is the CA the agent's TLS certificate is checked against"))]
 pub struct GrpcAgent {
     /// Address of the `voice.agent.v1.Agent` service, as `http://host:port` or `https://host:port`.
     #[x_kube(validation = Rule::new("isURL(self) && url(self).getScheme() in ['http', 'https'] && url(self).getPort() != ''").message("grpc.endpoint must be http://host:port or https://host:port"))]
@@ -53,6 +54,10 @@ pub struct GrpcAgent {
     #[serde(default = "default_timeout")]
     #[x_kube(validation = Rule::new("duration(self) > duration('0s')").message("grpc.timeout must be a positive duration such as 10s"))]
     pub timeout: Duration,
+    /// Secret key holding PEM CA certificates the `https://` agent's certificate is checked
+    /// against, besides the public web roots (for an agent with a private CA).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<SecretKeyRef>,
 }
 
 /// An OpenAI-compatible chat-completions agent.

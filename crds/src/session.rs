@@ -283,6 +283,11 @@ pub struct SessionContext {
     /// The most recent transcript entries (older ones are trimmed to keep the object small).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub transcript: Vec<TranscriptEntry>,
+    /// The agent's own conversation state as JSON text (a gRPC agent's last
+    /// `EndOfTurn.context_json`), handed back to it when the session resumes on another worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 65536))]
+    pub agent_state: Option<String>,
 }
 
 /// Observed state of a VoiceSession.

@@ -731,7 +731,14 @@ impl Allocator {
         let Some(session) = self.sessions.get(&reference) else {
             return;
         };
-        let message = format!("the worker ended the session: {}", end.reason);
+        let message = if end.message.is_empty() {
+            format!("the worker ended the session: {}", end.reason)
+        } else {
+            format!(
+                "the worker ended the session ({}): {}",
+                end.reason, end.message
+            )
+        };
         self.end(
             &session,
             &key,

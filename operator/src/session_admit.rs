@@ -244,7 +244,7 @@ pub fn session_config(session: &VoiceSession) -> SessionConfig {
         .status
         .as_ref()
         .and_then(|s| s.context.as_ref())
-        .filter(|c| c.turns > 0 || !c.transcript.is_empty())
+        .filter(|c| c.turns > 0 || !c.transcript.is_empty() || c.agent_state.is_some())
         .map(|c| Conversation {
             turns: u64::try_from(c.turns).unwrap_or(0),
             transcript: c
@@ -258,6 +258,7 @@ pub fn session_config(session: &VoiceSession) -> SessionConfig {
                     text: e.text.clone(),
                 })
                 .collect(),
+            agent_state: c.agent_state.clone(),
         });
     SessionConfig {
         agent: agent.unwrap_or_default(),

@@ -35,6 +35,7 @@ use crate::context::Context;
 use crate::event_source::{self, DropReason, Roster, WorkerRef};
 use crate::heartbeat::Heartbeats;
 use crate::ledger::BackendKey;
+use voice_proto::session_config::MAX_AGENT_STATE_BYTES;
 
 /// Field manager of the live session status.
 pub const FIELD_MANAGER: &str = "voice-operator/session-live";
@@ -61,8 +62,40 @@ pub struct Ended {
     pub session_id: String,
     /// The session's uid.
     pub uid: String,
-    /// Why, as the worker said.
+    /// Why, as the worker said, when it is a well-formed condition reason; otherwise
+    /// `EndedOnWorker`.
     pub reason: String,
+    /// The worker's details in words (e.g. the agent's own reason for hanging up), capped.
+    pub message: String,
+}
+
+/// Longest end reason taken from a worker; condition reasons are short CamelCase words.
+const MAX_END_REASON: usize = 64;
+
+/// Longest end message taken from a worker (bytes).
+const MAX_END_MESSAGE: usize = 512;
+
+/// A worker's end reason as a condition reason may be (a letter, then letters and digits,
+/// at most [`MAX_END_REASON`]): anything else would make the API server refuse the status
+/// write, so it becomes `EndedOnWorker`.
+fn end_reason(reason: &str) -> String {
+    let well_formed = reason.len() <= MAX_END_REASON
+        && reason.starts_with(|c: char| c.is_ascii_alphabetic())
+        && reason.chars().all(|c| c.is_ascii_alphanumeric());
+    if well_formed {
+        reason.to_owned()
+    } else {
+        crate::session_lifecycle::reason::ENDED_ON_WORKER.to_owned()
+    }
+}
+
+/// `text` cut to `max` bytes on a character boundary.
+fn capped(text: &str, max: usize) -> String {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text[..end].to_owned()
 }
 
 /// The writer-owned status fields of one session, exactly as applied.
@@ -366,14 +399,23 @@ async fn absorb(
                 Instant::now(),
             );
         }
+        Event::AgentState(a) => {
+            if a.context_json.len() <= MAX_AGENT_STATE_BYTES {
+                let context = live.context.get_or_insert_with(SessionContext::default);
+                context.agent_state = Some(a.context_json);
+            } else {
+                tracing::warn!(session = %event.session_id, bytes = a.context_json.len(), "dropping an agent state larger than {MAX_AGENT_STATE_BYTES} bytes");
+            }
+        }
         Event::Ended(e) => {
             live.connection = None;
+            let reason = end_reason(&e.reason);
             set_condition(
                 &mut live.conditions,
                 CONNECTED,
                 false,
                 "SessionEnded",
-                format!("the session ended: {}", e.reason),
+                format!("the session ended: {reason}"),
                 None,
                 now.clone(),
             );
@@ -390,7 +432,8 @@ async fn absorb(
                 worker,
                 session_id: event.session_id,
                 uid: event.uid,
-                reason: e.reason,
+                reason,
+                message: capped(&e.message, MAX_END_MESSAGE),
             });
         }
     }
@@ -518,5 +561,16 @@ mod tests {
         ] {
             assert_eq!(checked_ms(hostile), None, "{hostile}");
         }
+    }
+
+    #[test]
+    fn end_reasons_from_a_worker_are_condition_reasons_or_ended_on_worker() {
+        assert_eq!(end_reason("AgentHangup"), "AgentHangup");
+        assert_eq!(end_reason("DrainDeadline"), "DrainDeadline");
+        for hostile in ["", "has space", "9Lives", "é", "a-b", &"A".repeat(65)] {
+            assert_eq!(end_reason(hostile), "EndedOnWorker", "{hostile:?}");
+        }
+        assert_eq!(capped("ééé", 3), "é");
+        assert_eq!(capped("short", 512), "short");
     }
 }

@@ -17,6 +17,8 @@ pub const MAX_BYTES: usize = 1024 * 1024;
 pub const MAX_SYSTEM_PROMPT_CHARS: usize = 32 * 1024;
 /// Longest silence timeout a session may ask for, in milliseconds.
 pub const MAX_SILENCE_TIMEOUT_MS: u32 = 60_000;
+/// Largest agent state kept for a session, in bytes (agent.proto `EndOfTurn.context_json`).
+pub const MAX_AGENT_STATE_BYTES: usize = 64 * 1024;
 
 /// A session's overrides of its backend's behaviour.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -74,6 +76,9 @@ pub struct Conversation {
     /// Transcript so far, oldest first.
     #[serde(default)]
     pub transcript: Vec<Utterance>,
+    /// The agent's own state from its last turn (JSON text, opaque to us).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_state: Option<String>,
 }
 
 /// One line of a transcript.
@@ -129,7 +134,7 @@ const AGENT: &[&str] = &[
     "preemptiveGeneration",
     "systemPrompt",
 ];
-const CONTEXT: &[&str] = &["turns", "transcript"];
+const CONTEXT: &[&str] = &["turns", "transcript", "agentState"];
 const UTTERANCE: &[&str] = &["speaker", "text"];
 
 fn known_keys(
@@ -198,6 +203,14 @@ impl SessionConfig {
                 message: format!("longer than {MAX_SYSTEM_PROMPT_CHARS} characters"),
             });
         }
+        if let Some(state) = self.context.as_ref().and_then(|c| c.agent_state.as_ref())
+            && state.len() > MAX_AGENT_STATE_BYTES
+        {
+            return Err(SessionConfigError::OutOfRange {
+                field: "context.agentState",
+                message: format!("longer than {MAX_AGENT_STATE_BYTES} bytes"),
+            });
+        }
         Ok(())
     }
 
@@ -235,6 +248,7 @@ mod tests {
                     speaker: Speaker::User,
                     text: "hi".into(),
                 }],
+                agent_state: Some(r#"{"step": 3}"#.into()),
             }),
         };
         assert_eq!(SessionConfig::parse(&config.to_json()), Ok(config));
@@ -281,6 +295,9 @@ mod tests {
         let prompt = "é".repeat(MAX_SYSTEM_PROMPT_CHARS + 1);
         let long = serde_json::json!({"agent": {"systemPrompt": prompt}}).to_string();
         assert!(refused(&long).contains("agent.systemPrompt"));
+        let state = "x".repeat(MAX_AGENT_STATE_BYTES + 1);
+        let big = serde_json::json!({"context": {"agentState": state}}).to_string();
+        assert!(refused(&big).contains("context.agentState"));
         assert!(refused("[1, 2]").contains("not a valid"));
         assert!(refused("{not json").contains("not a valid"));
         let huge = format!(r#"{{"userId": "{}"}}"#, "x".repeat(MAX_BYTES));

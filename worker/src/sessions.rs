@@ -177,6 +177,20 @@ impl Sessions {
             .publish(session_id, uid, now, Event::Transcript(transcript));
     }
 
+    /// Publishes the agent's conversation state, for the operator to keep and return when
+    /// the session resumes.
+    pub fn publish_agent_state(
+        &self,
+        session_id: &str,
+        uid: &str,
+        context_json: String,
+        now: SystemTime,
+    ) {
+        let state = voice_proto::worker::v1::AgentState { context_json };
+        self.events
+            .publish(session_id, uid, now, Event::AgentState(state));
+    }
+
     /// Holds a slot for `request`; publishes `reserved` only for a new slot, since a
     /// retry changes nothing the operator has not already seen.
     pub fn reserve(&self, request: SessionRequest, now: SystemTime) -> ReserveReply {
@@ -211,10 +225,23 @@ impl Sessions {
         reason: &str,
         now: SystemTime,
     ) -> (Released, u32) {
+        self.release_because(session_id, uid, reason, "", now)
+    }
+
+    /// [`Sessions::release`] with a `message` in words beside the reason (e.g. why the
+    /// agent hung up).
+    pub fn release_because(
+        &self,
+        session_id: &str,
+        uid: &str,
+        reason: &str,
+        message: &str,
+        now: SystemTime,
+    ) -> (Released, u32) {
         let mut ledger = self.lock();
         let released = ledger.release(session_id, uid);
         if let Released::Freed(_) = &released {
-            self.publish_ended(session_id, uid, reason, now);
+            self.publish_ended(session_id, uid, reason, message, now);
             self.changed(&ledger);
         }
         (released, ledger.held())
@@ -270,6 +297,7 @@ impl Sessions {
                 &request.session_id,
                 &request.uid,
                 DRAIN_DEADLINE_REASON,
+                "",
                 now,
             );
         }
@@ -315,9 +343,17 @@ impl Sessions {
         self.ledger.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn publish_ended(&self, session_id: &str, uid: &str, reason: &str, now: SystemTime) {
+    fn publish_ended(
+        &self,
+        session_id: &str,
+        uid: &str,
+        reason: &str,
+        message: &str,
+        now: SystemTime,
+    ) {
         let ended = Event::Ended(Ended {
             reason: reason.to_owned(),
+            message: message.to_owned(),
         });
         self.events.publish(session_id, uid, now, ended);
     }

@@ -2,6 +2,7 @@
 //! loopback: chat completions as server-sent events, streamed (chunked) speech, multipart
 //! transcription, a webhook agent that fails before it answers, and a gRPC Agent service.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -19,14 +20,16 @@ use voice_proto::agent::v1::{
     ConverseRequest, ConverseResponse, EndOfTurn, TextDelta, agent_server, converse_request,
     converse_response,
 };
+use voice_worker::pipeline::metadata::MetadataFeed;
 use voice_worker::pipeline::providers::grpc_agent::GrpcAgent;
 use voice_worker::pipeline::providers::openai_chat::OpenAiChat;
 use voice_worker::pipeline::providers::openai_stt::OpenAiStt;
 use voice_worker::pipeline::providers::openai_tts::OpenAiTts;
 use voice_worker::pipeline::providers::webhook_agent::WebhookAgent;
 use voice_worker::pipeline::providers::{
-    Agent, AgentTurn, HttpTarget, SpeechToText, TextToSpeech, credentials,
+    AfterTurn, Agent, AgentTurn, HttpTarget, SpeechToText, TextToSpeech, credentials,
 };
+use voice_worker::pipeline::spec::Identity;
 
 /// What the fake servers saw.
 #[derive(Default)]
@@ -315,10 +318,13 @@ async fn flaky_webhook(State(seen): State<Shared>, headers: HeaderMap, body: Byt
         .unwrap_or_default()
 }
 
-async fn json_webhook() -> Response {
+async fn json_webhook(State(seen): State<Shared>, headers: HeaderMap, body: Bytes) -> Response {
+    record(&seen, &headers, &body);
     Response::builder()
         .header("content-type", "application/json")
-        .body(Body::from(r#"{"text":"Whole reply."}"#))
+        .body(Body::from(
+            r#"{"text":"Whole reply.","hangup":"task done"}"#,
+        ))
         .unwrap_or_default()
 }
 
@@ -335,17 +341,24 @@ async fn webhook_agent_retries_then_streams_and_times_out_when_the_agent_hangs()
         .route("/json", post(json_webhook))
         .route("/slow", post(slow_webhook));
     let addr = serve(router.with_state(seen.clone())).await;
-    let agent = |path: &str, retries, timeout| WebhookAgent {
-        target: HttpTarget::new(
+    let (metadata, feed) =
+        tokio::sync::watch::channel(HashMap::from([("plan".to_owned(), "gold".to_owned())]));
+    let agent = |path: &str, retries, timeout| {
+        let target = HttpTarget::new(
             "webhook",
             &format!("http://{addr}{path}"),
             "",
             None,
             timeout,
         )
-        .unwrap_or_else(|e| panic!("{e}")),
-        retries,
-        session_id: "team/s".into(),
+        .unwrap_or_else(|e| panic!("{e}"));
+        let mut agent = WebhookAgent::new(target, retries, "team/s");
+        agent.identity = Identity {
+            uid: "uid-1".into(),
+            user_id: "alice".into(),
+        };
+        agent.metadata = MetadataFeed::live(feed.clone());
+        agent
     };
     let (tx, rx) = mpsc::channel(8);
     let collector = tokio::spawn(collect(rx));
@@ -370,13 +383,32 @@ async fn webhook_agent_retries_then_streams_and_times_out_when_the_agent_hangs()
         (body["session_id"].as_str(), body["turn_id"].as_str()),
         (Some("team/s"), Some("t1"))
     );
+    assert_eq!(
+        (body["uid"].as_str(), body["user_id"].as_str()),
+        (Some("uid-1"), Some("alice"))
+    );
+    assert_eq!(body["metadata"], serde_json::json!({"plan": "gold"}));
 
+    // The application edits the metadata: the next turn carries it; a JSON reply that asks
+    // to hang up is handed on once, after the turn.
+    metadata.send_replace(HashMap::from([("plan".to_owned(), "platinum".to_owned())]));
     let (tx, rx) = mpsc::channel(8);
     let collector = tokio::spawn(collect(rx));
-    agent("/json", 0, Duration::from_secs(2))
+    let json_agent = agent("/json", 0, Duration::from_secs(2));
+    assert_eq!(json_agent.after_turn(), AfterTurn::default());
+    json_agent
         .reply(turn("x"), tx)
         .await
         .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(json_agent.after_turn().hangup.as_deref(), Some("task done"));
+    assert_eq!(json_agent.after_turn(), AfterTurn::default(), "taken once");
+    let bodies = seen
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .bodies
+        .clone();
+    let body: serde_json::Value = serde_json::from_str(&bodies[3]).unwrap_or_default();
+    assert_eq!(body["metadata"], serde_json::json!({"plan": "platinum"}));
     let text: String = collector
         .await
         .unwrap_or_default()

@@ -143,7 +143,7 @@ pub fn build(
                 .ok_or_else(|| unsupported("spec.agent", "type STT_TTS needs an agent"))?;
             let providers = Providers {
                 stt: build_stt(stt)?,
-                agent: build_agent(agent, session_id, &spec.metadata)?,
+                agent: build_agent(agent, session_id, spec)?,
                 tts: build_tts(tts)?,
             };
             let behaviour = Behaviour {
@@ -334,10 +334,12 @@ fn build_tts(s: &StageProvider) -> Result<Arc<dyn TextToSpeech>, BuildError> {
     }
 }
 
+/// The agent of `a`, told who the session is (`spec`'s identity, live metadata and resumed
+/// conversation).
 fn build_agent(
     a: &AgentIntegration,
     session_id: &str,
-    metadata: &std::collections::HashMap<String, String>,
+    spec: &PipelineSpec,
 ) -> Result<Arc<dyn Agent>, BuildError> {
     match a.type_ {
         AgentType::Echo => Ok(Arc::new(EchoAgent)),
@@ -366,25 +368,30 @@ fn build_agent(
                 )
             })?;
             let key = credentials::load("webhook", cb.auth_secret_ref.as_ref())?;
-            Ok(Arc::new(WebhookAgent {
-                target: HttpTarget::new("webhook", &cb.url, "", key, Duration::from(cb.timeout))?,
-                retries: u32::try_from(cb.retries).unwrap_or(0),
-                session_id: session_id.to_owned(),
-            }))
+            let target = HttpTarget::new("webhook", &cb.url, "", key, Duration::from(cb.timeout))?;
+            let mut agent =
+                WebhookAgent::new(target, u32::try_from(cb.retries).unwrap_or(0), session_id);
+            agent.identity = spec.identity.clone();
+            agent.metadata = spec.metadata.clone();
+            Ok(Arc::new(agent))
         }
         AgentType::Grpc => {
             let grpc = a.grpc.as_ref().ok_or_else(|| {
                 unsupported("spec.agent.grpc", "agent type Grpc needs agent.grpc")
             })?;
-            Ok(Arc::new(
-                GrpcAgent::new(
-                    &grpc.endpoint,
-                    Duration::from(grpc.timeout),
-                    session_id,
-                    &serde_json::to_string(a).unwrap_or_default(),
-                )?
-                .with_metadata(metadata.clone()),
-            ))
+            let mut agent = GrpcAgent::new(
+                &grpc.endpoint,
+                Duration::from(grpc.timeout),
+                session_id,
+                &serde_json::to_string(a).unwrap_or_default(),
+            )?
+            .with_metadata(spec.metadata.clone())
+            .with_identity(spec.identity.clone())
+            .with_resume(spec.resume.as_ref());
+            if let Some(ca) = credentials::load("grpc-agent", grpc.ca_secret_ref.as_ref())? {
+                agent = agent.with_ca(ca.expose())?;
+            }
+            Ok(Arc::new(agent))
         }
     }
 }

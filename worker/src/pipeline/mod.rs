@@ -10,11 +10,13 @@
 //! - [`processors`]: custom processors and noise suppression; [`sentences`]: streaming text.
 //! - [`session`]: the per-session STT→agent→TTS core; [`turn`]: one turn's async work.
 //! - [`providers`]: one trait per stage, one module per implementation.
-//! - [`build`]: from the operator's JSON to a running pipeline.
+//! - [`build`]: from the operator's JSON to a running pipeline; [`metadata`]: what the
+//!   application tells the agent, live.
 
 pub mod audio;
 pub mod build;
 pub mod denoise;
+pub mod metadata;
 pub mod metrics;
 pub mod processors;
 pub mod providers;

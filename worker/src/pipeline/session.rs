@@ -47,6 +47,10 @@ pub trait EventSink: Send + Sync {
     fn transcript(&self, role: &str, text: &str, turn_id: &str);
     /// A turn's stage timings, once its first reply packet went out.
     fn latency(&self, _latency: voice_proto::worker::v1::TurnLatency) {}
+    /// The agent handed back its conversation state (JSON) to persist.
+    fn agent_state(&self, _context_json: &str) {}
+    /// The agent ended the session, after its reply was spoken; `reason` is its own words.
+    fn hangup(&self, _reason: &str) {}
 }
 
 /// A stage that runs on every frame, in `processingOrder`.
@@ -570,6 +574,7 @@ impl SessionPipeline {
                 }
                 self.apply(Input::ReplyDone);
                 self.detector.listen();
+                self.settle_agent();
             }
             TurnOutput::Failed(e) => {
                 self.turn = None;
@@ -580,7 +585,21 @@ impl SessionPipeline {
                 self.emit(serde_json::json!({ "type": "error", "reason": e.reason(), "message": e.to_string(), "turn_id": id }));
                 self.apply(Input::Failed(e.to_string()));
                 self.detector.listen();
+                self.settle_agent();
             }
+        }
+    }
+
+    /// Passes on what the agent asked for during the turn that just finished: its state
+    /// first, so a hang-up never loses it.
+    fn settle_agent(&mut self) {
+        let after = self.providers.agent.after_turn();
+        if let Some(state) = after.state {
+            self.sink.agent_state(&state);
+        }
+        if let Some(reason) = after.hangup {
+            self.emit(serde_json::json!({ "type": "hangup", "reason": reason }));
+            self.sink.hangup(&reason);
         }
     }
 

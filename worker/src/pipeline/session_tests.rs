@@ -10,7 +10,7 @@ use super::*;
 use crate::media::FRAME_SAMPLES;
 use crate::pipeline::providers::echo_agent::EchoAgent;
 use crate::pipeline::providers::{
-    Agent, AgentTurn, ErrorKind, ProviderError, SpeechToText, TextToSpeech,
+    AfterTurn, Agent, AgentTurn, ErrorKind, ProviderError, SpeechToText, TextToSpeech,
 };
 
 /// Speech is a frame that is mostly loud (the real VAD is tested on real speech).
@@ -25,6 +25,8 @@ impl VoiceActivity for LoudIsSpeech {
 struct Recorder {
     states: Mutex<Vec<(PipelineState, String)>>,
     transcripts: Mutex<Vec<(String, String)>>,
+    /// Agent states and hang-ups, in the order they were passed on.
+    agent: Mutex<Vec<String>>,
 }
 struct Sink(Arc<Recorder>);
 impl EventSink for Sink {
@@ -41,6 +43,14 @@ impl EventSink for Sink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((role.to_owned(), text.to_owned()));
+    }
+    fn agent_state(&self, context_json: &str) {
+        let mut agent = self.0.agent.lock().unwrap_or_else(|e| e.into_inner());
+        agent.push(format!("state {context_json}"));
+    }
+    fn hangup(&self, reason: &str) {
+        let mut agent = self.0.agent.lock().unwrap_or_else(|e| e.into_inner());
+        agent.push(format!("hangup {reason}"));
     }
 }
 
@@ -535,4 +545,60 @@ proptest::proptest! {
         }
         proptest::prop_assert!(outbox <= OUTBOX);
     }
+}
+
+/// An agent that says goodbye, saves its state and hangs up.
+struct GoodbyeAgent;
+impl Agent for GoodbyeAgent {
+    fn name(&self) -> &'static str {
+        "goodbye"
+    }
+    fn reply<'a>(
+        &'a self,
+        _turn: AgentTurn,
+        deltas: tokio::sync::mpsc::Sender<String>,
+    ) -> BoxFuture<'a, Result<(), ProviderError>> {
+        Box::pin(async move {
+            let _ = deltas.send("Goodbye now.".to_owned()).await;
+            Ok(())
+        })
+    }
+    fn after_turn(&self) -> AfterTurn {
+        AfterTurn {
+            hangup: Some("task done".into()),
+            state: Some(r#"{"step":2}"#.into()),
+        }
+    }
+}
+
+#[tokio::test]
+async fn an_agent_hangs_up_only_after_its_goodbye_is_spoken_and_its_state_goes_first() {
+    let mut h = harness(Arc::new(GoodbyeAgent), ALL_ON);
+    h.speak(10).await;
+    let spoke = h
+        .wait(200, |h| h.pipeline.state() == PipelineState::Speaking)
+        .await;
+    assert!(spoke.is_some(), "{:?}", h.states());
+    let agent = |h: &Harness| {
+        h.recorder
+            .agent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    };
+    assert!(agent(&h).is_empty(), "nothing before the reply is spoken");
+    let done = h
+        .wait(400, |h| h.pipeline.state() == PipelineState::Listening)
+        .await;
+    assert!(done.is_some(), "{:?}", h.states());
+    // "Goodbye now." is two words of 100 ms: all ten frames went out before the hang-up.
+    assert_eq!(h.sent, 10);
+    assert_eq!(agent(&h), [r#"state {"step":2}"#, "hangup task done"]);
+    let events = h.events();
+    assert!(
+        events
+            .iter()
+            .any(|e| e["type"] == "hangup" && e["reason"] == "task done"),
+        "the client is told: {events:?}"
+    );
 }

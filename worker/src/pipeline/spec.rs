@@ -10,6 +10,8 @@ use voice_crds::{
 };
 use voice_proto::session_config::{SessionConfig, Speaker};
 
+use super::metadata::{MetadataFeed, flatten};
+
 /// The pipeline part of a backend spec, as serialised by the operator into `VOICE_PIPELINE`.
 #[derive(Clone, Debug, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -26,10 +28,21 @@ pub struct PipelineSpec {
     /// session's `context`); not part of the backend's JSON.
     #[serde(skip)]
     pub resume: Option<Resume>,
-    /// The session's metadata for the agent (string values as they are, others as JSON
-    /// text); not part of the backend's JSON.
+    /// The session's metadata for the agent, live; not part of the backend's JSON.
     #[serde(skip)]
-    pub metadata: std::collections::HashMap<String, String>,
+    pub metadata: MetadataFeed,
+    /// Who the session is for and which incarnation it is; not part of the backend's JSON.
+    #[serde(skip)]
+    pub identity: Identity,
+}
+
+/// The session as the agent is told about it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Identity {
+    /// `metadata.uid` of the VoiceSession.
+    pub uid: String,
+    /// `spec.user.userID`.
+    pub user_id: String,
 }
 
 /// A conversation resumed from persisted context.
@@ -39,6 +52,8 @@ pub struct Resume {
     pub history: Vec<(String, String)>,
     /// Completed turns (new turn ids continue after them).
     pub turns: u64,
+    /// The agent's own state from its last turn (gRPC `EndOfTurn.context_json`).
+    pub agent_state: Option<String>,
 }
 
 /// A configuration the worker cannot run.
@@ -94,15 +109,8 @@ impl PipelineSpec {
                 llm.system_prompt = Some(prompt.clone());
             }
         }
-        self.metadata = session
-            .metadata
-            .iter()
-            .flatten()
-            .map(|(k, v)| {
-                let text = v.as_str().map_or_else(|| v.to_string(), str::to_owned);
-                (k.clone(), text)
-            })
-            .collect();
+        self.metadata = MetadataFeed::fixed(flatten(session.metadata.as_ref()));
+        self.identity.user_id = session.user_id.clone().unwrap_or_default();
         self.resume = session.context.as_ref().map(|c| Resume {
             history: c
                 .transcript
@@ -116,6 +124,7 @@ impl PipelineSpec {
                 })
                 .collect(),
             turns: c.turns,
+            agent_state: c.agent_state.clone(),
         });
         self
     }
@@ -228,6 +237,7 @@ mod tests {
                         text: "hello".into(),
                     },
                 ],
+                agent_state: Some(r#"{"step":1}"#.into()),
             }),
             ..SessionConfig::default()
         };
@@ -245,10 +255,11 @@ mod tests {
         assert_eq!(Duration::from(td.silence_timeout), Duration::from_secs(1));
         let stt = spec.pipeline.stt.as_ref().unwrap_or_else(|| panic!("stt"));
         assert_eq!(stt.provider, "pocketsphinx", "providers stay the backend's");
-        assert_eq!(spec.metadata["plan"], "gold");
-        assert_eq!(spec.metadata["seats"], "3");
+        assert_eq!(spec.metadata.current()["plan"], "gold");
+        assert_eq!(spec.metadata.current()["seats"], "3");
         let resume = spec.resume.unwrap_or_default();
         assert_eq!(resume.turns, 2);
+        assert_eq!(resume.agent_state.as_deref(), Some(r#"{"step":1}"#));
         assert_eq!(
             resume.history,
             [

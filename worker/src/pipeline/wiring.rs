@@ -81,7 +81,32 @@ impl EventSink for BusSink {
         self.sessions
             .publish_turn_latency(&self.session_id, &self.uid, latency, SystemTime::now());
     }
+
+    fn agent_state(&self, context_json: &str) {
+        self.sessions.publish_agent_state(
+            &self.session_id,
+            &self.uid,
+            context_json.to_owned(),
+            SystemTime::now(),
+        );
+    }
+
+    /// Frees the slot like a client hang-up does: the media connection is reaped, the
+    /// operator is told `ended` with reason `AgentHangup` and completes the session.
+    fn hangup(&self, reason: &str) {
+        tracing::info!(session = %self.session_id, reason, "the agent hung up");
+        self.sessions.release_because(
+            &self.session_id,
+            &self.uid,
+            AGENT_HANGUP,
+            &for_status(reason),
+            SystemTime::now(),
+        );
+    }
 }
+
+/// The end reason of a session whose agent hung up.
+pub const AGENT_HANGUP: &str = "AgentHangup";
 
 /// What a client is told its session runs (the `connected` and first `state` events):
 /// the backend's pipeline type and providers, as `VOICE_PIPELINE` configures them.
@@ -137,7 +162,11 @@ pub fn for_session(
     let metrics = sessions.metrics().pipeline().clone();
     let overrides = sessions.session_config(session_id).unwrap_or_default();
     let built = PipelineSpec::parse(&json)
-        .map(|spec| spec.with_session(&overrides))
+        .map(|spec| {
+            let mut spec = spec.with_session(&overrides);
+            spec.identity.uid = uid.to_owned();
+            spec
+        })
         .map_err(|e| e.to_string())
         .and_then(|spec| {
             super::build(&spec, session_id, sink(), metrics).map_err(|e| e.to_string())

@@ -3,6 +3,7 @@
 //! `start`, then a final `transcript` per turn answered by text deltas and `end_of_turn`;
 //! barge-in sends `interruption`. A broken stream is reopened at the next turn.
 
+use std::sync::Mutex as SyncMutex;
 use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
@@ -10,18 +11,24 @@ use futures::future::BoxFuture;
 use tokio::sync::{Mutex, mpsc};
 use voice_proto::agent::v1::agent_client::AgentClient;
 use voice_proto::agent::v1::{
-    ConverseRequest, ConverseResponse, Interruption, SessionEnd, SessionStart, UserTranscript,
-    converse_request, converse_response,
+    ConverseRequest, ConverseResponse, Interruption, MetadataUpdate, SessionEnd, SessionStart,
+    UserTranscript, converse_request, converse_response,
 };
 
 use super::{
-    Agent, AgentTurn, ErrorKind, MAX_GRPC_MESSAGE_BYTES, MAX_REPLY_MESSAGES, ProviderError,
+    AfterTurn, Agent, AgentTurn, ErrorKind, MAX_AGENT_STATE_BYTES, MAX_GRPC_MESSAGE_BYTES,
+    MAX_REPLY_MESSAGES, ProviderError,
 };
+use crate::pipeline::metadata::MetadataFeed;
+use crate::pipeline::spec::{Identity, Resume};
 
 const NAME: &str = "grpc-agent";
 
 /// Requests queued towards the agent.
 const OUTBOUND: usize = 16;
+
+/// The hang-up reason when the agent gave none.
+const NO_REASON: &str = "the agent ended the call";
 
 struct Conversation {
     requests: mpsc::Sender<ConverseRequest>,
@@ -33,8 +40,13 @@ pub struct GrpcAgent {
     endpoint: tonic::transport::Endpoint,
     timeout: Duration,
     session_id: String,
+    identity: Identity,
     config_json: String,
-    metadata: std::collections::HashMap<String, String>,
+    metadata: SyncMutex<MetadataFeed>,
+    /// What `SessionStart.context_json` carries when the stream is (re)opened.
+    context: SyncMutex<String>,
+    /// What the agent asked for during the current turn.
+    after: SyncMutex<AfterTurn>,
     conversation: Mutex<Option<Conversation>>,
 }
 
@@ -57,43 +69,118 @@ fn unavailable(e: impl std::fmt::Display) -> ProviderError {
     ProviderError::new(NAME, ErrorKind::Unavailable, e.to_string())
 }
 
+fn config(message: impl Into<String>) -> ProviderError {
+    ProviderError::new(NAME, ErrorKind::Config, message)
+}
+
+fn lock<T>(m: &SyncMutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // Each critical section is one assignment or clone: a poisoned lock is still whole.
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// TLS for an `https://` endpoint: the public web roots, plus `ca_pem` when the agent's
+/// certificate comes from a private CA.
+fn tls(ca_pem: Option<&str>) -> tonic::transport::ClientTlsConfig {
+    let tls = tonic::transport::ClientTlsConfig::new().with_webpki_roots();
+    match ca_pem {
+        Some(pem) => tls.ca_certificate(tonic::transport::Certificate::from_pem(pem)),
+        None => tls,
+    }
+}
+
 impl GrpcAgent {
-    /// An agent at `endpoint` (`http://host:port`), allowed `timeout` per reply message.
+    /// An agent at `endpoint` (`http://host:port`, or `https://host:port` checked against
+    /// the public web roots), allowed `timeout` per reply message.
     pub fn new(
         endpoint: &str,
         timeout: Duration,
         session_id: &str,
         config_json: &str,
     ) -> Result<Self, ProviderError> {
-        let endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
-            .map_err(|e| ProviderError::new(NAME, ErrorKind::Config, format!("bad endpoint: {e}")))?
+        let mut endpoint = tonic::transport::Endpoint::from_shared(endpoint.to_owned())
+            .map_err(|e| config(format!("bad endpoint: {e}")))?
             .connect_timeout(timeout);
+        if endpoint.uri().scheme_str() == Some("https") {
+            endpoint = endpoint
+                .tls_config(tls(None))
+                .map_err(|e| config(format!("TLS: {e}")))?;
+        }
         Ok(Self {
             endpoint,
             timeout,
             session_id: session_id.to_owned(),
+            identity: Identity::default(),
             config_json: config_json.to_owned(),
-            metadata: Default::default(),
+            metadata: SyncMutex::new(MetadataFeed::default()),
+            context: SyncMutex::new(String::new()),
+            after: SyncMutex::new(AfterTurn::default()),
             conversation: Mutex::new(None),
         })
     }
 
-    /// Hands the session's metadata (`VoiceSession.spec.metadata`) to the agent in
-    /// `SessionStart.metadata`.
-    pub fn with_metadata(mut self, metadata: std::collections::HashMap<String, String>) -> Self {
-        self.metadata = metadata;
+    /// Trusts `ca_pem` (PEM certificates) for an `https://` endpoint, besides the public
+    /// roots; refused for `http://`, where it would silently do nothing.
+    pub fn with_ca(mut self, ca_pem: &str) -> Result<Self, ProviderError> {
+        if self.endpoint.uri().scheme_str() != Some("https") {
+            return Err(config(
+                "agent.grpc.caSecretRef is set but the endpoint is not https://; use https:// or remove caSecretRef",
+            ));
+        }
+        self.endpoint = self
+            .endpoint
+            .clone()
+            .tls_config(tls(Some(ca_pem)))
+            .map_err(|e| config(format!("TLS: {e}")))?;
+        Ok(self)
+    }
+
+    /// Hands the session's live metadata (`VoiceSession.spec.metadata`) to the agent: in
+    /// `SessionStart.metadata`, and as a `metadata` update before the next turn when it
+    /// changes.
+    pub fn with_metadata(self, metadata: MetadataFeed) -> Self {
+        *lock(&self.metadata) = metadata;
+        self
+    }
+
+    /// Tells the agent who the session is for (`SessionStart.uid` and `user_id`).
+    pub fn with_identity(mut self, identity: Identity) -> Self {
+        self.identity = identity;
+        self
+    }
+
+    /// Resumes a conversation: the agent's own saved state when it left one, otherwise the
+    /// transcript so far, goes in `SessionStart.context_json`.
+    pub fn with_resume(self, resume: Option<&Resume>) -> Self {
+        let context = match resume {
+            Some(Resume {
+                agent_state: Some(state),
+                ..
+            }) => state.clone(),
+            Some(r) if !r.history.is_empty() || r.turns > 0 => {
+                let transcript: Vec<_> = r
+                    .history
+                    .iter()
+                    .map(|(role, text)| serde_json::json!({"role": role, "text": text}))
+                    .collect();
+                serde_json::json!({"turns": r.turns, "transcript": transcript}).to_string()
+            }
+            _ => String::new(),
+        };
+        *lock(&self.context) = context;
         self
     }
 
     async fn open(&self) -> Result<Conversation, ProviderError> {
         let channel = self.endpoint.connect().await.map_err(unavailable)?;
         let (requests, outbound) = mpsc::channel(OUTBOUND);
+        let metadata = lock(&self.metadata).current_and_mark();
         let start = request(converse_request::Event::Start(SessionStart {
             session_id: self.session_id.clone(),
-            uid: String::new(),
+            uid: self.identity.uid.clone(),
             agent_config_json: self.config_json.clone(),
-            context_json: String::new(),
-            metadata: self.metadata.clone(),
+            context_json: lock(&self.context).clone(),
+            metadata,
+            user_id: self.identity.user_id.clone(),
         }));
         requests.send(start).await.map_err(unavailable)?;
         let outbound = futures::stream::unfold(outbound, |mut rx| async move {
@@ -122,6 +209,20 @@ impl GrpcAgent {
         })
     }
 
+    /// Keeps the agent's new state for the next `start` and hands it on for persisting;
+    /// a state larger than [`MAX_AGENT_STATE_BYTES`] is refused and the old one kept.
+    fn keep_state(&self, context_json: String) {
+        if context_json.is_empty() {
+            return;
+        }
+        if context_json.len() > MAX_AGENT_STATE_BYTES {
+            tracing::warn!(session = %self.session_id, bytes = context_json.len(), "the gRPC agent's context_json is larger than {MAX_AGENT_STATE_BYTES} bytes; the previous one is kept");
+            return;
+        }
+        lock(&self.context).clone_from(&context_json);
+        lock(&self.after).state = Some(context_json);
+    }
+
     async fn run(
         &self,
         turn: AgentTurn,
@@ -133,6 +234,11 @@ impl GrpcAgent {
         }
         let result = async {
             let conversation = guard.as_mut().ok_or_else(|| unavailable("no conversation"))?;
+            let changed = lock(&self.metadata).changed();
+            if let Some(metadata) = changed {
+                let update = request(converse_request::Event::Metadata(MetadataUpdate { metadata }));
+                conversation.requests.send(update).await.map_err(unavailable)?;
+            }
             let transcript = request(converse_request::Event::Transcript(UserTranscript {
                 turn_id: turn.turn_id.clone(),
                 text: turn.text.clone(),
@@ -159,9 +265,14 @@ impl GrpcAgent {
                             return Ok(()); // the turn was cancelled
                         }
                     }
-                    Some(converse_response::Event::EndOfTurn(e)) if e.turn_id == turn.turn_id => return Ok(()),
+                    Some(converse_response::Event::EndOfTurn(e)) if e.turn_id == turn.turn_id => {
+                        self.keep_state(e.context_json);
+                        return Ok(());
+                    }
                     Some(converse_response::Event::Hangup(h)) => {
                         tracing::info!(session = %self.session_id, reason = %h.reason, "the gRPC agent hung up");
+                        let reason = if h.reason.trim().is_empty() { NO_REASON.to_owned() } else { h.reason };
+                        lock(&self.after).hangup = Some(reason);
                         return Ok(());
                     }
                     // Deltas of an interrupted earlier turn: dropped, as agent.proto says.
@@ -240,5 +351,9 @@ impl Agent for GrpcAgent {
                 let _ = conversation.requests.try_send(message);
             }
         })
+    }
+
+    fn after_turn(&self) -> AfterTurn {
+        std::mem::take(&mut *lock(&self.after))
     }
 }

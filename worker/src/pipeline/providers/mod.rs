@@ -181,7 +181,25 @@ pub trait Agent: Send + Sync {
     fn interrupted<'a>(&'a self, _turn_id: &'a str, _heard: &'a str) -> BoxFuture<'a, ()> {
         Box::pin(async {})
     }
+    /// What the agent asked for while answering the last turn, collected once its reply has
+    /// been spoken (so a hang-up never cuts the goodbye). Taking it clears it.
+    fn after_turn(&self) -> AfterTurn {
+        AfterTurn::default()
+    }
 }
+
+/// Requests an agent made while answering a turn.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AfterTurn {
+    /// The agent ends the session, with its reason in words.
+    pub hangup: Option<String>,
+    /// The agent's new conversation state (JSON), to persist for a resumed session.
+    pub state: Option<String>,
+}
+
+/// Largest conversation state an agent may hand back (bytes); a larger one is refused, the
+/// previous state kept, and the refusal logged, since it would grow the session object.
+pub use voice_proto::session_config::MAX_AGENT_STATE_BYTES;
 
 /// Text to speech, streaming 48 kHz mono PCM16 chunks (any length).
 pub trait TextToSpeech: Send + Sync {

@@ -2,13 +2,18 @@
 //! and the agent answers with
 //! - `text/event-stream`: each event's data is a text delta (or JSON `{"text": ...}`),
 //!   ended by `[DONE]` or the end of the body;
-//! - `application/json`: `{"text": "..."}`, the whole reply;
+//! - `application/json`: `{"text": "..."}`, the whole reply; `"hangup": "<reason>"` beside
+//!   it ends the session once the reply has been spoken;
 //! - anything else: the body itself, streamed chunk by chunk as deltas.
+//!
+//! The request body carries the session (`session_id`, `uid`, `user_id`), its metadata as
+//! it is at this turn (edits to `spec.metadata` show up here), the turn and the history.
 //!
 //! A connection error, a timeout before the first byte, 429 or a 5xx is retried `retries`
 //! times with exponential backoff (200 ms, 400 ms, ...) — but only while nothing of the
 //! reply has been passed on, so the user never hears a reply twice.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -16,8 +21,8 @@ use tokio::sync::mpsc;
 
 use super::sse::SseParser;
 use super::{
-    Agent, AgentTurn, BodyLimit, ErrorKind, HttpTarget, MAX_JSON_BODY_BYTES, MAX_STREAM_BYTES,
-    MAX_STREAM_DURATION, ProviderError,
+    AfterTurn, Agent, AgentTurn, BodyLimit, ErrorKind, HttpTarget, MAX_JSON_BODY_BYTES,
+    MAX_STREAM_BYTES, MAX_STREAM_DURATION, ProviderError,
 };
 
 const NAME: &str = "webhook";
@@ -34,6 +39,26 @@ pub struct WebhookAgent {
     pub retries: u32,
     /// Session id sent along, so one webhook can serve many sessions.
     pub session_id: String,
+    /// The session's uid and user, sent along.
+    pub identity: crate::pipeline::spec::Identity,
+    /// The session's metadata, read at each turn.
+    pub metadata: crate::pipeline::metadata::MetadataFeed,
+    /// A hang-up the last reply asked for.
+    pub after: Arc<Mutex<AfterTurn>>,
+}
+
+impl WebhookAgent {
+    /// A webhook at `target` for session `session_id`, retrying `retries` times.
+    pub fn new(target: HttpTarget, retries: u32, session_id: &str) -> Self {
+        Self {
+            target,
+            retries,
+            session_id: session_id.to_owned(),
+            identity: Default::default(),
+            metadata: Default::default(),
+            after: Default::default(),
+        }
+    }
 }
 
 impl WebhookAgent {
@@ -50,6 +75,9 @@ impl WebhookAgent {
             .collect();
         let body = serde_json::json!({
             "session_id": self.session_id,
+            "uid": self.identity.uid,
+            "user_id": self.identity.user_id,
+            "metadata": self.metadata.current(),
             "turn_id": turn.turn_id,
             "text": turn.text,
             "history": history,
@@ -85,6 +113,16 @@ impl WebhookAgent {
             let text = value.get("text").and_then(|t| t.as_str()).ok_or_else(|| {
                 ProviderError::new(NAME, ErrorKind::Malformed, "the JSON reply has no \"text\"")
             })?;
+            if let Some(reason) = value.get("hangup") {
+                let reason = reason
+                    .as_str()
+                    .filter(|r| !r.trim().is_empty())
+                    .unwrap_or("the agent ended the call");
+                self.after
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner)
+                    .hangup = Some(reason.to_owned());
+            }
             *sent = true;
             let _ = deltas.send(text.to_owned()).await;
             return Ok(());
@@ -194,6 +232,15 @@ impl Agent for WebhookAgent {
                 }
             }
         })
+    }
+
+    fn after_turn(&self) -> AfterTurn {
+        std::mem::take(
+            &mut *self
+                .after
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
     }
 }
 
