@@ -349,7 +349,10 @@ fn cases() -> Vec<Case> {
                     "caSecretRef": {"name": "agent-ca", "key": "ca.crt"},
                 }});
             },
-            expect: &["spec.agent.grpc", "grpc.caSecretRef needs an https:// endpoint"],
+            expect: &[
+                "spec.agent.grpc",
+                "grpc.caSecretRef needs an https:// endpoint",
+            ],
         },
         // VoiceBackend: workers, scaling, caps, audio
         Case {

@@ -36,6 +36,7 @@ use crate::session_admit::{self, Admission, Outcome};
 use crate::session_counts::BackendSessions;
 use crate::session_lifecycle::{Lifecycle, reason};
 use crate::session_live::Ended;
+use crate::session_metadata::MetadataSync;
 use crate::session_timeouts::{self, Clocks, Expired};
 use crate::signing_keys;
 use voice_proto::token::KeySet;
@@ -86,6 +87,8 @@ struct Allocator {
     waiting_labels: HashSet<(String, &'static str)>,
     /// Where the workers the live-state writer follows, and whom each speaks for, are published.
     roster: watch::Sender<Roster>,
+    /// What metadata each held session's worker was last handed.
+    metadata: MetadataSync,
 }
 
 /// Runs the allocator until `cancel` fires. `ended` carries sessions the workers ended;
@@ -165,6 +168,7 @@ pub async fn run(
         metric_providers: HashSet::new(),
         repairs,
         roster,
+        metadata: MetadataSync::default(),
     };
     a.rebuild();
     tracing::info!(held = a.ledger.len(), "session ledger rebuilt from the API");
@@ -320,6 +324,7 @@ impl Allocator {
         }
         self.resume_half_done(&sessions, &backends);
         self.admit_pending(&sessions, &backends, now).await;
+        self.push_metadata(&sessions);
         self.write_counts(&sessions).await;
         if Instant::now() >= self.repair_at {
             self.repair_at = Instant::now() + REPAIR_INTERVAL;
@@ -344,6 +349,46 @@ impl Allocator {
         }
         self.lifecycle.retain(|k, _| sessions.contains_key(k));
         self.waiting_written.retain(|k, _| sessions.contains_key(k));
+        self.metadata.retain(|k| sessions.contains_key(k));
+    }
+
+    /// Hands edited `spec.metadata` of held sessions to their workers (see
+    /// [`crate::session_metadata`]); best effort on tasks, retried next round on failure.
+    fn push_metadata(&self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
+        for (key, slot) in self.ledger.iter() {
+            if self.in_flight.contains(key) {
+                continue;
+            }
+            let Some(session) = sessions.get(key) else {
+                continue;
+            };
+            let due = self
+                .metadata
+                .due(key, session.spec.metadata.as_ref(), Instant::now());
+            let Some(json) = due else {
+                continue;
+            };
+            let Some(ip) = self.pod_ip(&slot.backend.namespace, &slot.worker) else {
+                self.metadata.failed(key, Instant::now());
+                continue;
+            };
+            let (ctx, sync, key) = (self.ctx.clone(), self.metadata.clone(), key.clone());
+            tokio::spawn(async move {
+                let id = format!("{}/{}", key.namespace, key.name);
+                match ctx
+                    .workers
+                    .update_metadata(&ip, &id, &key.uid, json, WORKER_TIMEOUT)
+                    .await
+                {
+                    Ok(true) => tracing::info!(session = %id, "metadata handed to the worker"),
+                    Ok(false) => sync.failed(&key, Instant::now()),
+                    Err(e) => {
+                        tracing::warn!(session = %id, error = %e, "handing metadata to the worker failed; retrying");
+                        sync.failed(&key, Instant::now());
+                    }
+                }
+            });
+        }
     }
 
     /// Asks the worker (by pod name, via the backend's pods) to free a slot; best effort: the
@@ -927,6 +972,7 @@ impl Allocator {
         let outcomes = self.outcomes.clone();
         let permits = self.admissions.clone();
         let keys = backend_keys(&self.secrets, &backend);
+        self.metadata.reserved(&key, session.spec.metadata.as_ref());
         self.in_flight.insert(key.clone());
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {

@@ -33,6 +33,7 @@ pub mod session_admit;
 pub mod session_counts;
 pub mod session_lifecycle;
 pub mod session_live;
+pub mod session_metadata;
 pub mod session_timeouts;
 pub mod signing_keys;
 pub mod telemetry;

@@ -22,8 +22,8 @@ use tonic_health::pb::health_client::HealthClient;
 use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
 use voice_proto::worker::v1::{
     DrainRequest, GetStatsRequest, ListSessionsRequest, ReleaseSessionRequest,
-    ReserveSessionRequest, ReserveSessionResponse, SessionEvent, SessionSummary,
-    WatchEventsRequest,
+    ReserveSessionRequest, ReserveSessionResponse, SessionEvent, SessionSummary, UpdateResult,
+    UpdateSessionRequest, WatchEventsRequest,
 };
 
 use crate::control_ca::{ControlTrust, Trust};
@@ -244,6 +244,28 @@ impl WorkerClients {
         self.bounded(ip, "ReleaseSession", timeout, call)
             .await
             .map(|_| ())
+    }
+
+    /// `WorkerControl/UpdateSession`: hands a held session's new metadata (a JSON object) to
+    /// its agent; false when the worker holds no such session.
+    pub async fn update_metadata(
+        &self,
+        ip: &str,
+        session_id: &str,
+        uid: &str,
+        metadata_json: String,
+        timeout: Duration,
+    ) -> Result<bool, String> {
+        let channel = self.channel(ip, timeout)?;
+        let mut client = WorkerControlClient::new(channel);
+        let call = client.update_session(UpdateSessionRequest {
+            session_id: session_id.to_owned(),
+            uid: uid.to_owned(),
+            metadata_json,
+        });
+        self.bounded(ip, "UpdateSession", timeout, call)
+            .await
+            .map(|r| r.result() == UpdateResult::Updated)
     }
 
     /// `WorkerControl/ListSessions`: every session the worker holds.

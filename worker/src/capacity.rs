@@ -204,6 +204,23 @@ impl Ledger {
         }
     }
 
+    /// Replaces the metadata of `session_id` held under `uid`; false if no such session is
+    /// held (nothing changes).
+    pub fn set_metadata(
+        &mut self,
+        session_id: &str,
+        uid: &str,
+        metadata: serde_json::Map<String, serde_json::Value>,
+    ) -> bool {
+        match self.sessions.get_mut(session_id) {
+            Some(held) if held.request.uid == uid => {
+                held.request.config.metadata = Some(metadata);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Records that the client of a held session connected; false if no such session
     /// (same id and uid) is held. Called by the media transports.
     pub fn mark_connected(&mut self, session_id: &str, uid: &str, now: SystemTime) -> bool {

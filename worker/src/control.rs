@@ -94,6 +94,23 @@ fn validate(request: pb::ReserveSessionRequest) -> Result<SessionRequest, Status
     })
 }
 
+/// `metadata_json` as the JSON object it must be, within the session configuration's size.
+fn parse_metadata(json: &str) -> Result<serde_json::Map<String, serde_json::Value>, Status> {
+    let max = voice_proto::session_config::MAX_BYTES;
+    if json.len() > max {
+        return Err(Status::invalid_argument(format!(
+            "metadata_json is {} bytes; at most {max} are accepted",
+            json.len()
+        )));
+    }
+    match serde_json::from_str(json) {
+        Ok(serde_json::Value::Object(map)) => Ok(map),
+        _ => Err(Status::invalid_argument(
+            "metadata_json must be one JSON object, e.g. {\"plan\": \"gold\"}",
+        )),
+    }
+}
+
 fn require(field: &str, value: &str) -> Result<(), Status> {
     if value.is_empty() {
         return Err(Status::invalid_argument(format!("{field} is required")));
@@ -186,6 +203,29 @@ impl WorkerControl for ControlService {
         Ok(Response::new(pb::ReleaseSessionResponse {
             result: result.into(),
             held_sessions: held,
+        }))
+    }
+
+    #[tracing::instrument(skip_all, fields(session = %request.get_ref().session_id, uid = %request.get_ref().uid))]
+    async fn update_session(
+        &self,
+        request: Request<pb::UpdateSessionRequest>,
+    ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
+        let request = request.into_inner();
+        require("session_id", &request.session_id)?;
+        require("uid", &request.uid)?;
+        let metadata = parse_metadata(&request.metadata_json)?;
+        let updated = self
+            .sessions
+            .update_metadata(&request.session_id, &request.uid, metadata);
+        let result = if updated {
+            pb::UpdateResult::Updated
+        } else {
+            pb::UpdateResult::NotFound
+        };
+        tracing::info!(?result, "metadata update");
+        Ok(Response::new(pb::UpdateSessionResponse {
+            result: result.into(),
         }))
     }
 

@@ -18,6 +18,8 @@ use crate::capacity::{Ledger, Refusal, Released, Reserved, Session, SessionReque
 use crate::events::{EventBus, EventStream};
 use crate::metrics::Metrics;
 
+mod live_metadata;
+
 /// Reason recorded on sessions ended because a drain deadline passed.
 pub const DRAIN_DEADLINE_REASON: &str = "DrainDeadline";
 
@@ -71,6 +73,8 @@ pub struct Sessions {
     started_at: Instant,
     /// The worker's pipeline (`VOICE_PIPELINE`), for sessions reserved without their own.
     default_pipeline: Option<String>,
+    /// Live metadata of running pipelines (changed under the ledger lock).
+    metadata: live_metadata::MetadataFeeds,
 }
 
 impl Sessions {
@@ -94,6 +98,7 @@ impl Sessions {
             default_drain,
             started_at: Instant::now(),
             default_pipeline: None,
+            metadata: Default::default(),
         }
     }
 
@@ -241,6 +246,7 @@ impl Sessions {
         let mut ledger = self.lock();
         let released = ledger.release(session_id, uid);
         if let Released::Freed(_) = &released {
+            self.metadata.forget(session_id, uid);
             self.publish_ended(session_id, uid, reason, message, now);
             self.changed(&ledger);
         }
@@ -293,6 +299,7 @@ impl Sessions {
         let ended = ledger.expire(now);
         for session in &ended {
             let request = &session.request;
+            self.metadata.forget(&request.session_id, &request.uid);
             self.publish_ended(
                 &request.session_id,
                 &request.uid,

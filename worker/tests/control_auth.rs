@@ -9,7 +9,9 @@ use common::{ControlPki, SERVER_NAME, Worker};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 use voice_proto::control_tls::{OPERATOR_CLIENT_NAME, Role, worker_server_name};
 use voice_proto::worker::v1::worker_control_client::WorkerControlClient;
-use voice_proto::worker::v1::{GetStatsRequest, ReserveResult, ReserveSessionRequest};
+use voice_proto::worker::v1::{
+    GetStatsRequest, ReserveResult, ReserveSessionRequest, UpdateResult, UpdateSessionRequest,
+};
 
 fn reservation(id: &str, config: &str) -> ReserveSessionRequest {
     ReserveSessionRequest {
@@ -217,4 +219,38 @@ async fn a_session_config_that_names_an_endpoint_url_or_secret_is_refused_by_fie
         .unwrap_or_else(|e| panic!("{e}"))
         .into_inner();
     assert_eq!(reply.result(), ReserveResult::Reserved);
+
+    // Live metadata: only a JSON object, only for the incarnation that holds the slot.
+    let update = |uid: &str, json: &str| UpdateSessionRequest {
+        session_id: "ns/overrides".into(),
+        uid: uid.into(),
+        metadata_json: json.into(),
+    };
+    for hostile in ["[1, 2]", "\"plan\"", "{not json", ""] {
+        let status = worker
+            .client()
+            .await
+            .update_session(update("uid-ns/overrides", hostile))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::InvalidArgument, "{hostile}");
+        assert!(
+            status.message().contains("metadata_json"),
+            "{}",
+            status.message()
+        );
+    }
+    for (uid, want) in [
+        ("uid-ns/overrides", UpdateResult::Updated),
+        ("uid-of-an-old-incarnation", UpdateResult::NotFound),
+    ] {
+        let reply = worker
+            .client()
+            .await
+            .update_session(update(uid, r#"{"plan": "platinum"}"#))
+            .await
+            .unwrap_or_else(|e| panic!("{e}"))
+            .into_inner();
+        assert_eq!(reply.result(), want, "{uid}");
+    }
 }

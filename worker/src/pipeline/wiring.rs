@@ -165,6 +165,7 @@ pub fn for_session(
         .map(|spec| {
             let mut spec = spec.with_session(&overrides);
             spec.identity.uid = uid.to_owned();
+            spec.metadata = sessions.metadata_feed(session_id, uid);
             spec
         })
         .map_err(|e| e.to_string())

@@ -1,0 +1,148 @@
+//! Live metadata: an edit of `VoiceSession.spec.metadata` while the session holds a slot is
+//! handed to its worker (`UpdateSession`), whose agent sees it from its next turn.
+//!
+//! This decides *when* to send; the allocator's round asks it for every held session and
+//! sends on a task. A session's metadata is remembered by fingerprint once it is on its way
+//! (the reservation carries it, or an update was sent); a failed update is forgotten so the
+//! next round sends it again. After an operator restart nothing is remembered, so every
+//! held session is sent its metadata once: updates are idempotent on the worker.
+
+use std::collections::HashMap;
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use crate::ledger::SessionKey;
+
+/// How long after a failed update it is sent again: an unreachable worker with many
+/// sessions must not get one call per session per round.
+pub const RETRY_AFTER: Duration = Duration::from_secs(2);
+
+/// Per held session: the fingerprint last handed over, or when to try again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handed {
+    Sent(u64),
+    RetryAt(Instant),
+}
+
+/// What was last handed to each held session's worker.
+#[derive(Clone, Debug, Default)]
+pub struct MetadataSync {
+    sent: Arc<Mutex<HashMap<SessionKey, Handed>>>,
+}
+
+/// `spec.metadata` as the worker gets it: a JSON object (`{}` when unset).
+pub fn metadata_json(metadata: Option<&serde_json::Value>) -> String {
+    match metadata {
+        Some(value @ serde_json::Value::Object(_)) => value.to_string(),
+        _ => "{}".to_owned(),
+    }
+}
+
+fn fingerprint(json: &str) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    json.hash(&mut hasher);
+    hasher.finish()
+}
+
+impl MetadataSync {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<SessionKey, Handed>) -> T) -> T {
+        // Each use is one map operation: a poisoned lock is still whole.
+        f(&mut self.sent.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    /// The reservation of `key` carries `metadata`: nothing to send for it.
+    pub fn reserved(&self, key: &SessionKey, metadata: Option<&serde_json::Value>) {
+        let print = fingerprint(&metadata_json(metadata));
+        self.with(|sent| sent.insert(key.clone(), Handed::Sent(print)));
+    }
+
+    /// The JSON to send to `key`'s worker at `now` when its metadata is not what was last
+    /// handed over (and no retry is pending); it is then remembered as sent.
+    pub fn due(
+        &self,
+        key: &SessionKey,
+        metadata: Option<&serde_json::Value>,
+        now: Instant,
+    ) -> Option<String> {
+        let json = metadata_json(metadata);
+        let print = fingerprint(&json);
+        self.with(|sent| match sent.get(key) {
+            Some(Handed::Sent(p)) if *p == print => None,
+            Some(Handed::RetryAt(at)) if now < *at => None,
+            _ => {
+                sent.insert(key.clone(), Handed::Sent(print));
+                Some(json)
+            }
+        })
+    }
+
+    /// Sending to `key` failed at `now` (or its worker did not hold it yet): try again
+    /// [`RETRY_AFTER`] later.
+    pub fn failed(&self, key: &SessionKey, now: Instant) {
+        self.with(|sent| sent.insert(key.clone(), Handed::RetryAt(now + RETRY_AFTER)));
+    }
+
+    /// Forgets every session `keep` refuses (no longer held).
+    pub fn retain(&self, keep: impl Fn(&SessionKey) -> bool) {
+        self.with(|sent| sent.retain(|k, _| keep(k)));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn key(name: &str) -> SessionKey {
+        SessionKey {
+            namespace: "ns".into(),
+            name: name.into(),
+            uid: format!("uid-{name}"),
+        }
+    }
+
+    #[test]
+    fn an_edit_is_sent_once_a_failure_is_retried_and_a_restart_sends_again() {
+        let t0 = Instant::now();
+        let sync = MetadataSync::default();
+        let gold = json!({"plan": "gold"});
+        sync.reserved(&key("a"), Some(&gold));
+        assert_eq!(
+            sync.due(&key("a"), Some(&gold), t0),
+            None,
+            "the reservation carried it"
+        );
+        let platinum = json!({"plan": "platinum"});
+        let sent = sync.due(&key("a"), Some(&platinum), t0);
+        assert_eq!(sent.as_deref(), Some(r#"{"plan":"platinum"}"#));
+        assert_eq!(sync.due(&key("a"), Some(&platinum), t0), None, "sent once");
+        sync.failed(&key("a"), t0);
+        assert_eq!(
+            sync.due(&key("a"), Some(&platinum), t0),
+            None,
+            "not at once"
+        );
+        let later = t0 + RETRY_AFTER;
+        assert!(
+            sync.due(&key("a"), Some(&platinum), later).is_some(),
+            "retried"
+        );
+        assert_eq!(
+            sync.due(&key("a"), None, later),
+            Some("{}".to_owned()),
+            "cleared"
+        );
+        assert_eq!(
+            sync.due(&key("a"), Some(&json!("not an object")), later),
+            None,
+            "anything but an object is no metadata, as before"
+        );
+        // Unknown to this operator (it restarted): sent once.
+        assert!(sync.due(&key("b"), Some(&gold), t0).is_some());
+        sync.retain(|k| k.name == "b");
+        let again = sync.due(&key("a"), Some(&platinum), t0);
+        assert!(again.is_some(), "forgotten when released");
+    }
+}

@@ -1,0 +1,289 @@
+//! End to end: a user's gRPC agent behind the whole stack (real API server, operator, node
+//! agent, worker process, a WebSocket caller speaking espeak-ng audio). The agent is served
+//! over TLS from a private CA named in a Secret; it is told who the session is, gets an
+//! edit of `spec.metadata` before its next turn, saves state into the session's status and
+//! ends the call itself.
+
+mod operator_common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::{Patch, PatchParams, PostParams};
+use operator_common::*;
+use serde_json::json;
+use tokio::sync::mpsc;
+use voice_crds::{SessionPhase, VoiceSession};
+use voice_proto::agent::v1::{
+    ConverseRequest, ConverseResponse, EndOfTurn, Hangup, TextDelta, agent_server,
+    converse_request, converse_response,
+};
+
+const T: Duration = Duration::from_secs(120);
+
+/// A CA and a serving certificate for 127.0.0.1 it signed: (CA PEM, cert PEM, key PEM).
+fn pki() -> (String, String, String) {
+    let ca_key = rcgen::KeyPair::generate().expect("key");
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
+    ca.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let key = rcgen::KeyPair::generate().expect("key");
+    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
+    let cert = leaf.signed_by(&key, &issuer).expect("leaf");
+    (ca_pem, cert.pem(), key.serialize_pem())
+}
+
+/// The agent: logs what it is sent, answers the first turn with a saved state and hangs up
+/// after answering the second.
+struct Receptionist {
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+#[tonic::async_trait]
+impl agent_server::Agent for Receptionist {
+    type ConverseStream = std::pin::Pin<
+        Box<dyn futures::Stream<Item = Result<ConverseResponse, tonic::Status>> + Send + 'static>,
+    >;
+
+    async fn converse(
+        &self,
+        request: tonic::Request<tonic::Streaming<ConverseRequest>>,
+    ) -> Result<tonic::Response<Self::ConverseStream>, tonic::Status> {
+        let mut inbound = request.into_inner();
+        let (tx, rx) = mpsc::channel(16);
+        let log = self.log.clone();
+        tokio::spawn(async move {
+            let mut turns = 0;
+            while let Some(Ok(message)) = inbound.next().await {
+                let entry = match message.event {
+                    Some(converse_request::Event::Start(s)) => format!(
+                        "start uid={} user={} plan={}",
+                        s.uid,
+                        s.user_id,
+                        s.metadata.get("plan").cloned().unwrap_or_default()
+                    ),
+                    Some(converse_request::Event::Metadata(m)) => format!(
+                        "metadata plan={}",
+                        m.metadata.get("plan").cloned().unwrap_or_default()
+                    ),
+                    Some(converse_request::Event::Transcript(t)) => {
+                        turns += 1;
+                        let last = if turns == 1 {
+                            converse_response::Event::EndOfTurn(EndOfTurn {
+                                turn_id: t.turn_id.clone(),
+                                context_json: r#"{"step":"greeted"}"#.into(),
+                            })
+                        } else {
+                            converse_response::Event::Hangup(Hangup {
+                                reason: "the booking is done".into(),
+                            })
+                        };
+                        let delta = converse_response::Event::Delta(TextDelta {
+                            turn_id: t.turn_id,
+                            text: "Noted, thank you.".into(),
+                        });
+                        for event in [delta, last] {
+                            let _ = tx.send(Ok(ConverseResponse { event: Some(event) })).await;
+                        }
+                        "transcript".to_owned()
+                    }
+                    Some(converse_request::Event::End(e)) => format!("end {}", e.reason),
+                    other => format!("{other:?}"),
+                };
+                log.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+            }
+        });
+        let stream =
+            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+fn log_of(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
+    log.lock().unwrap_or_else(|e| e.into_inner()).clone()
+}
+
+/// A caller's microphone: sends 16 kHz PCM16 in 20 ms messages in real time, silence unless
+/// it has been handed speech, until the worker closes the socket (as it does when the agent
+/// hangs up). Returns the channel that takes speech.
+fn microphone(mut tx: SessionSender) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
+    use futures::SinkExt;
+    let (speech, mut queue) = mpsc::channel::<Vec<u8>>(4);
+    let task = tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_millis(20));
+        let mut pending: std::collections::VecDeque<u8> = Default::default();
+        loop {
+            ticks.tick().await;
+            if pending.is_empty()
+                && let Ok(more) = queue.try_recv()
+            {
+                pending.extend(more);
+            }
+            let take = pending.len().min(640);
+            let mut frame: Vec<u8> = pending.drain(..take).collect();
+            frame.resize(640, 0);
+            let message = tokio_tungstenite::tungstenite::Message::Binary(frame.into());
+            if tx.send(message).await.is_err() {
+                return;
+            }
+        }
+    });
+    (speech, task)
+}
+
+/// Says `phrase` until the agent has logged `turns` transcripts; offline STT may miss a
+/// phrase, so it is said up to three times per turn.
+async fn talk_until(speech: &mpsc::Sender<Vec<u8>>, log: &Arc<Mutex<Vec<String>>>, turns: usize) {
+    let phrase = speak("I would like to book a table for two");
+    for _ in 0..3 {
+        speech
+            .send(phrase.clone())
+            .await
+            .expect("the microphone runs");
+        let heard = |log: &Arc<Mutex<Vec<String>>>| {
+            log_of(log).iter().filter(|e| *e == "transcript").count()
+        };
+        // The phrase, the silence that ends the turn, recognition and the agent.
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if heard(log) >= turns {
+                return;
+            }
+        }
+    }
+    panic!("the agent never got turn {turns}: {:?}", log_of(log));
+}
+
+#[tokio::test]
+async fn a_tls_grpc_agent_hears_the_session_and_a_metadata_edit_saves_state_and_hangs_up() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let stack = OperatorStack::start_with(
+        "agents-grpc",
+        json!({"stages": {"turnDetection": ["silence"]}}),
+    )
+    .await;
+    let ns = &stack.ns;
+    let (ca_pem, cert_pem, key_pem) = pki();
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port for the agent");
+    let port = listener.local_addr().expect("address").port();
+    let server = tonic::transport::Server::builder()
+        .tls_config(
+            tonic::transport::ServerTlsConfig::new()
+                .identity(tonic::transport::Identity::from_pem(&cert_pem, &key_pem)),
+        )
+        .expect("TLS")
+        .add_service(agent_server::AgentServer::new(Receptionist {
+            log: log.clone(),
+        }))
+        .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener));
+    let server = tokio::spawn(server);
+
+    let secrets: Api<Secret> = ns.api();
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "agent-ca"},
+        "stringData": {"ca.crt": ca_pem},
+    }))
+    .expect("a Secret");
+    secrets
+        .create(&PostParams::default(), &secret)
+        .await
+        .expect("creating the CA Secret");
+    stack.apply_backend(
+        "booking",
+        json!({
+            "replicas": 1,
+            "pipeline": {"turnDetection": {"silenceTimeout": "400ms"}},
+            "agent": {"type": "Grpc", "grpc": {
+                "endpoint": format!("https://127.0.0.1:{port}"),
+                "caSecretRef": {"name": "agent-ca", "key": "ca.crt"},
+            }},
+        }),
+    );
+    wait_healthy(ns, "booking", 1, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    let (endpoint, token) = admit_one(
+        &api,
+        "call",
+        "booking",
+        json!({"transport": "websocket", "metadata": {"plan": "gold"}}),
+    )
+    .await;
+    let uid = api.get("call").await.expect("the session").metadata.uid;
+    let (tx, reader) = connect_session(&endpoint.url, &token).await;
+    let (speech, mic) = microphone(tx);
+
+    // Turn one: the agent learns who called and saves its state into the session.
+    talk_until(&speech, &log, 1).await;
+    let start = log_of(&log).first().cloned().unwrap_or_default();
+    assert_eq!(
+        start,
+        format!(
+            "start uid={} user=user-call plan=gold",
+            uid.unwrap_or_default()
+        )
+    );
+    wait_for(T, "the agent's state in status", || async {
+        let s = api.get("call").await.map_err(|e| e.to_string())?;
+        let context = s.status.and_then(|s| s.context).unwrap_or_default();
+        match context.agent_state.as_deref() {
+            Some(r#"{"step":"greeted"}"#) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+
+    // The application edits the metadata; within a second it is on the worker.
+    api.patch(
+        "call",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"metadata": {"plan": "platinum"}}})),
+    )
+    .await
+    .expect("editing spec.metadata");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+
+    // Turn two: the edit arrives before it, and the agent hangs up after answering.
+    talk_until(&speech, &log, 2).await;
+    let ended = wait_phase(&api, "call", SessionPhase::Completed).await;
+    let status = ended.status.expect("status");
+    assert_eq!(status.end_reason.as_deref(), Some("AgentHangup"));
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready");
+    let said = status
+        .conditions
+        .iter()
+        .any(|c| c.message.contains("the booking is done"));
+    assert!(
+        said,
+        "the agent's reason is shown: {:?} {ready:?}",
+        status.conditions
+    );
+    let entries = log_of(&log);
+    let update = entries.iter().position(|e| e == "metadata plan=platinum");
+    let second = entries
+        .iter()
+        .enumerate()
+        .filter(|(_, e)| *e == "transcript")
+        .map(|(i, _)| i)
+        .nth(1);
+    assert!(
+        matches!((update, second), (Some(u), Some(t)) if u < t),
+        "the edit came before the next turn: {entries:?}"
+    );
+    tokio::time::timeout(T, mic)
+        .await
+        .expect("the worker closed the caller's socket")
+        .expect("the microphone ended cleanly");
+    reader.abort();
+    server.abort();
+}
