@@ -243,6 +243,21 @@ async fn a_tls_grpc_agent_hears_the_session_and_a_metadata_edit_saves_state_and_
     })
     .await;
 
+    // Turn detection is live in status: the turn's speech was heard, with the backend's
+    // silence timeout.
+    let turn = wait_for(T, "turn detection in status", || async {
+        let s = api.get("call").await.map_err(|e| e.to_string())?;
+        match s.status.and_then(|s| s.turn_detection) {
+            Some(t) if t.last_speech_time.is_some() => Ok(t),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        turn.silence_timeout.map(std::time::Duration::from),
+        Some(Duration::from_millis(400))
+    );
+
     // The application edits the metadata; within a second it is on the worker.
     api.patch(
         "call",

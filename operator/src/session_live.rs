@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use voice_crds::conditions::{CONNECTED, READY, set_condition};
 use voice_crds::{
-    PipelineState, SessionContext, Speaker, TranscriptEntry, Transport, TurnLatencyStatus,
-    UserConnectionStatus, VoiceSession,
+    PipelineState, SessionContext, Speaker, TranscriptEntry, Transport, TurnDetectionState,
+    TurnLatencyStatus, UserConnectionStatus, VoiceSession,
 };
 use voice_proto::worker::v1 as pb;
 use voice_proto::worker::v1::session_event::Event;
@@ -111,6 +111,8 @@ struct Live {
     last_turn: Option<TurnLatencyStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     context: Option<SessionContext>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    turn_detection: Option<TurnDetectionState>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     conditions: Vec<Condition>,
 }
@@ -399,6 +401,19 @@ async fn absorb(
                 Instant::now(),
             );
         }
+        Event::TurnDetection(t) => {
+            live.turn_detection = Some(TurnDetectionState {
+                is_listening: t.listening,
+                last_speech_time: t.last_speech.and_then(|at| {
+                    let at = Timestamp::new(at.seconds, at.nanos).ok()?;
+                    Some(Time(at))
+                }),
+                silence_timeout: Some(
+                    Duration::from_millis(u64::from(t.silence_timeout_ms)).into(),
+                ),
+                turn_end_detected: t.turn_end_detected,
+            });
+        }
         Event::AgentState(a) => {
             if a.context_json.len() <= MAX_AGENT_STATE_BYTES {
                 let context = live.context.get_or_insert_with(SessionContext::default);
@@ -466,6 +481,7 @@ async fn seed(ctx: &Context, session_id: &str, uid: &str) -> Option<(Live, Backe
         last_activity: status.last_activity,
         last_turn: status.last_turn,
         context: status.context,
+        turn_detection: status.turn_detection,
         conditions: status
             .conditions
             .into_iter()

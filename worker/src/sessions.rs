@@ -182,6 +182,18 @@ impl Sessions {
             .publish(session_id, uid, now, Event::Transcript(transcript));
     }
 
+    /// Publishes a change of a session's turn detection.
+    pub fn publish_turn_detection(
+        &self,
+        session_id: &str,
+        uid: &str,
+        state: voice_proto::worker::v1::TurnDetection,
+        now: SystemTime,
+    ) {
+        self.events
+            .publish(session_id, uid, now, Event::TurnDetection(state));
+    }
+
     /// Publishes the agent's conversation state, for the operator to keep and return when
     /// the session resumes.
     pub fn publish_agent_state(

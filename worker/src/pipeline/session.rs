@@ -47,6 +47,8 @@ pub trait EventSink: Send + Sync {
     fn transcript(&self, role: &str, text: &str, turn_id: &str);
     /// A turn's stage timings, once its first reply packet went out.
     fn latency(&self, _latency: voice_proto::worker::v1::TurnLatency) {}
+    /// Turn detection moved between listening and end of turn.
+    fn turn_detection(&self, _state: voice_proto::worker::v1::TurnDetection) {}
     /// The agent handed back its conversation state (JSON) to persist.
     fn agent_state(&self, _context_json: &str) {}
     /// The agent ended the session, after its reply was spoken; `reason` is its own words.
@@ -112,6 +114,10 @@ pub struct SessionPipeline {
     utterance: Vec<i16>,
     speech_len: usize,
     last_speech_at: Option<Instant>,
+    /// The latest `now` the media loop passed in, to date `last_speech_at` on the wall clock.
+    latest: Option<Instant>,
+    /// (listening, turn end detected) as last reported to the sink.
+    reported_turn: Option<(bool, bool)>,
     speech: bool,
     media_time: Duration,
     turn: Option<ActiveTurn>,
@@ -162,6 +168,8 @@ impl SessionPipeline {
             utterance: Vec::new(),
             speech_len: 0,
             last_speech_at: None,
+            latest: None,
+            reported_turn: None,
             speech: false,
             media_time: Duration::ZERO,
             turn: None,
@@ -244,6 +252,8 @@ impl SessionPipeline {
         if self.speech {
             self.last_speech_at = Some(now);
         }
+        self.latest = Some(now);
+        self.report_turn_detection();
         self.keep_audio();
         self.drain_events(now);
     }
@@ -252,6 +262,7 @@ impl SessionPipeline {
     /// false means the caller sends silence.
     pub fn pull_at(&mut self, out: &mut Frame, now: Instant) -> bool {
         self.drain_events(now);
+        self.report_turn_detection();
         let Some(frame) = self.pending_frame.take() else {
             return false;
         };
@@ -601,6 +612,31 @@ impl SessionPipeline {
             self.emit(serde_json::json!({ "type": "hangup", "reason": reason }));
             self.sink.hangup(&reason);
         }
+    }
+
+    /// Tells the sink when turn detection moves between listening and end of turn (not per
+    /// frame: the last speech time changes every frame the user talks).
+    fn report_turn_detection(&mut self) {
+        let state = self.detector.state();
+        let now = (state.is_listening, state.turn_end_detected);
+        if self.reported_turn == Some(now) {
+            return;
+        }
+        self.reported_turn = Some(now);
+        let last_speech = match (self.last_speech_at, self.latest) {
+            (Some(at), Some(latest)) => std::time::SystemTime::now()
+                .checked_sub(latest.saturating_duration_since(at))
+                .map(Into::into),
+            _ => None,
+        };
+        let timeout = self.detector.silence_timeout().as_millis();
+        self.sink
+            .turn_detection(voice_proto::worker::v1::TurnDetection {
+                listening: now.0,
+                last_speech,
+                silence_timeout_ms: u32::try_from(timeout).unwrap_or(u32::MAX),
+                turn_end_detected: now.1,
+            });
     }
 
     fn push_history(&mut self, role: &str, text: &str) {

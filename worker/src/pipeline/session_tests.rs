@@ -27,6 +27,8 @@ struct Recorder {
     transcripts: Mutex<Vec<(String, String)>>,
     /// Agent states and hang-ups, in the order they were passed on.
     agent: Mutex<Vec<String>>,
+    /// Turn detection reports: (listening, turn end detected, last speech known).
+    turns: Mutex<Vec<(bool, bool, bool)>>,
 }
 struct Sink(Arc<Recorder>);
 impl EventSink for Sink {
@@ -43,6 +45,11 @@ impl EventSink for Sink {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push((role.to_owned(), text.to_owned()));
+    }
+    fn turn_detection(&self, t: voice_proto::worker::v1::TurnDetection) {
+        assert_eq!(t.silence_timeout_ms, 200, "the detector's own timeout");
+        let mut turns = self.0.turns.lock().unwrap_or_else(|e| e.into_inner());
+        turns.push((t.listening, t.turn_end_detected, t.last_speech.is_some()));
     }
     fn agent_state(&self, context_json: &str) {
         let mut agent = self.0.agent.lock().unwrap_or_else(|e| e.into_inner());
@@ -238,6 +245,21 @@ async fn a_turn_goes_listening_processing_speaking_listening_with_transcripts() 
     let done = h.wait(400, |h| h.pipeline.state() == Listening).await;
     assert!(done.is_some(), "{:?}", h.states());
     assert_eq!(h.states(), [Listening, Processing, Speaking, Listening]);
+    let turns = h
+        .recorder
+        .turns
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(
+        turns,
+        [
+            (true, false, true),
+            (false, true, true),
+            (true, false, true)
+        ],
+        "listening (the first frame is speech), the end of the turn, listening again: once each"
+    );
     // "You said: hello there." is 4 words of 100 ms each: 20 frames.
     assert_eq!(h.sent, 20);
     let transcripts = h

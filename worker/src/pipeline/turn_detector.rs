@@ -60,6 +60,11 @@ impl TurnDetector {
         }
     }
 
+    /// The silence that ends a turn.
+    pub fn silence_timeout(&self) -> Duration {
+        self.silence_timeout
+    }
+
     /// The seed's view of this detector.
     pub fn state(&self) -> &TurnDetectionState {
         &self.state

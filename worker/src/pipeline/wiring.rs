@@ -82,6 +82,11 @@ impl EventSink for BusSink {
             .publish_turn_latency(&self.session_id, &self.uid, latency, SystemTime::now());
     }
 
+    fn turn_detection(&self, state: voice_proto::worker::v1::TurnDetection) {
+        self.sessions
+            .publish_turn_detection(&self.session_id, &self.uid, state, SystemTime::now());
+    }
+
     fn agent_state(&self, context_json: &str) {
         self.sessions.publish_agent_state(
             &self.session_id,
