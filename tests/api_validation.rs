@@ -114,6 +114,27 @@ fn cases() -> Vec<Case> {
             mutate: |v| v["spec"]["capabilities"]["s2sSupport"] = json!(false),
             expect: &["spec", "capabilities.s2sSupport is false"],
         },
+        Case {
+            name: "provider rate limit without customRateLimiting",
+            example: PROVIDER,
+            mutate: |v| {
+                v["spec"]["capabilities"]["customRateLimiting"] = json!(false);
+                v["spec"]["admissionRateLimit"] = json!({"admissionsPerSecond": 5});
+            },
+            expect: &[
+                "spec",
+                "admissionRateLimit needs capabilities.customRateLimiting",
+            ],
+        },
+        Case {
+            name: "provider rate limit of zero",
+            example: PROVIDER,
+            mutate: |v| {
+                v["spec"]["capabilities"]["customRateLimiting"] = json!(true);
+                v["spec"]["admissionRateLimit"] = json!({"admissionsPerSecond": 0});
+            },
+            expect: &["spec.admissionRateLimit.admissionsPerSecond"],
+        },
         // VoiceBackend: pipeline (seed PipelineConfiguration)
         Case {
             name: "backend without provider",

@@ -1103,3 +1103,94 @@ async fn spoken_turns_fill_the_session_context_and_last_turn_and_a_slow_backend_
     assert!(c.message.contains("50 ms"), "{}", c.message);
     reader.abort();
 }
+
+/// Unix seconds of each session's `status.admittedAt`, sorted.
+fn admitted_seconds(all: &[VoiceSession]) -> Vec<i64> {
+    let mut seconds: Vec<i64> = all
+        .iter()
+        .filter_map(|s| Some(s.status.as_ref()?.admitted_at.as_ref()?.0.as_second()))
+        .collect();
+    seconds.sort_unstable();
+    seconds
+}
+
+#[tokio::test]
+async fn an_admission_rate_limit_holds_through_a_burst_and_an_operator_restart() {
+    // 1/s after a burst of 10: a restarted operator that forgot the bucket would admit ten
+    // more at once, which the window check below catches.
+    let mut stack = OperatorStack::start_with(
+        "sess-rate",
+        json!({"capabilities": {"customRateLimiting": true},
+               "admissionRateLimit": {"admissionsPerSecond": 1, "burst": 10}}),
+    )
+    .await;
+    let ns = stack.ns.name().to_owned();
+    let short_lease = [
+        "--lease-duration-seconds",
+        "3",
+        "--lease-renew-seconds",
+        "1",
+    ];
+    stack.operator.kill();
+    stack.operator = OperatorProcess::start_with(&ns, "rate-1", &short_lease);
+    wait_leading(&stack.operator).await;
+    stack.apply_backend(
+        "echo",
+        json!({"replicas": 1, "workers": {"sessionsPerWorker": 30}}),
+    );
+    wait_healthy(&stack.ns, "echo", 1, T).await;
+
+    create_sessions(&stack.ns, "r", "echo", 20).await;
+    // The burst goes at once, then one a second; the rest wait RateLimited with positions.
+    let limited = wait_for(T, "11 Active and the rest RateLimited", || async {
+        let all = sessions(&stack.ns).await;
+        let active = all
+            .iter()
+            .filter(|s| phase(s) == SessionPhase::Active)
+            .count();
+        let waiting: Vec<Option<i32>> = all
+            .iter()
+            .filter(|s| admitted_reason(s).as_deref() == Some("RateLimited"))
+            .map(|s| s.status.as_ref().and_then(|st| st.queue_position))
+            .collect();
+        if active >= 11 && !waiting.is_empty() {
+            Ok(waiting)
+        } else {
+            Err(format!("{active} Active, {} RateLimited", waiting.len()))
+        }
+    })
+    .await;
+    assert!(limited.iter().all(Option::is_some), "{limited:?}");
+    stack.operator.kill();
+    stack.operator = OperatorProcess::start_with(&ns, "rate-2", &short_lease);
+    let all = wait_for(T, "all 20 Active", || async {
+        let all = sessions(&stack.ns).await;
+        let active = all
+            .iter()
+            .filter(|s| phase(s) == SessionPhase::Active)
+            .count();
+        if active == 20 {
+            Ok(all)
+        } else {
+            Err(format!("{active} Active"))
+        }
+    })
+    .await;
+    let seconds = admitted_seconds(&all);
+    eprintln!("admittedAt seconds: {seconds:?}");
+    // In any k whole seconds at most burst + k admissions (the bucket holds 10 and refills
+    // one a second), across the restart too.
+    for (i, first) in seconds.iter().enumerate() {
+        for last in &seconds[i..] {
+            let k = last - first + 1;
+            let inside = seconds
+                .iter()
+                .filter(|t| (*first..=*last).contains(*t))
+                .count();
+            assert!(
+                i64::try_from(inside).unwrap_or(i64::MAX) <= 10 + k,
+                "{inside} admitted in {k} s from {first}: {seconds:?}"
+            );
+        }
+    }
+}

@@ -324,6 +324,11 @@ pub struct VoiceBackendSpec {
     #[serde(default)]
     #[schemars(range(min = 0, max = 1000000))]
     pub max_sessions: i32,
+    /// How fast this backend's sessions may be admitted, within the provider's own limit;
+    /// only on a provider with `capabilities.customRateLimiting` (otherwise the backend is
+    /// not Accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_rate_limit: Option<crate::provider::AdmissionRateLimit>,
     /// How sessions are placed on workers: `Packed` (default) or `Distributed`.
     #[serde(default)]
     pub placement: Placement,

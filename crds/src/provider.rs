@@ -50,6 +50,24 @@ pub struct ProviderCapabilities {
     pub supported_codecs: Vec<Codec>,
 }
 
+/// A limit on how fast sessions are admitted: a token bucket refilled at
+/// `admissionsPerSecond` holding at most `burst` admissions.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AdmissionRateLimit {
+    /// Sustained admissions per second; at least 1.
+    #[schemars(range(min = 1, max = 100000))]
+    pub admissions_per_second: i32,
+    /// Admissions allowed at once after a quiet period; at least 1 (1: evenly spaced).
+    #[serde(default = "default_burst")]
+    #[schemars(range(min = 1, max = 100000))]
+    pub burst: i32,
+}
+
+fn default_burst() -> i32 {
+    1
+}
+
 /// Image pull policy of the worker container.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PullPolicy {
@@ -165,6 +183,7 @@ pub struct ProviderStages {
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("self.capabilities.s2sSupport || !has(self.stages) || !has(self.stages.s2s) || size(self.stages.s2s) == 0").message("stages.s2s lists speech-to-speech implementations but capabilities.s2sSupport is false: set s2sSupport true or remove stages.s2s"),
+    validation = Rule::new("!has(self.admissionRateLimit) || self.capabilities.customRateLimiting").message("admissionRateLimit needs capabilities.customRateLimiting: set it true or remove admissionRateLimit"),
 )]
 pub struct VoiceProviderSpec {
     /// Human-readable description (seed Metadata).
@@ -185,6 +204,11 @@ pub struct VoiceProviderSpec {
     /// Stage implementations the worker runs; a backend may only name these.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stages: Option<ProviderStages>,
+    /// How fast sessions may be admitted across every backend of this provider (needs
+    /// `capabilities.customRateLimiting`); sessions beyond it wait `Pending` with reason
+    /// `RateLimited`, first come first served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admission_rate_limit: Option<AdmissionRateLimit>,
     /// JSON Schema (draft 2020-12) that a backend's `spec.providerConfig` must satisfy (FR-016).
     /// The operator checks that the schema itself is valid and reports `Accepted=False` otherwise.
     #[serde(default, skip_serializing_if = "Option::is_none")]

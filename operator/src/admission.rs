@@ -13,6 +13,7 @@ use voice_crds::Placement;
 
 use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
 use crate::placement::{self, WorkerView};
+use crate::rate_limit::{Bucket, RateLimits};
 
 /// Why a session is not admitted now. Each is the `Admitted=False` condition reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -29,6 +30,8 @@ pub enum Blocked {
     BackendNotFound,
     /// The backend exists but is not Accepted.
     BackendNotAccepted,
+    /// The provider's or the backend's `admissionRateLimit` allows no admission yet.
+    RateLimited,
 }
 
 impl Blocked {
@@ -41,6 +44,7 @@ impl Blocked {
             Blocked::BackendNotReady => "BackendNotReady",
             Blocked::BackendNotFound => "BackendNotFound",
             Blocked::BackendNotAccepted => "BackendNotAccepted",
+            Blocked::RateLimited => "RateLimited",
         }
     }
 }
@@ -89,15 +93,22 @@ pub struct Plan {
     pub admit: Vec<(SessionKey, Slot)>,
     /// Sessions that keep waiting.
     pub waiting: Vec<Waiting>,
+    /// The rate limits' buckets after this round's admissions.
+    pub rates: RateLimits,
+    /// When a rate-limited session may next be admitted (Unix milliseconds), if one waits.
+    pub next_due: Option<i64>,
 }
 
-/// Decides an admission round. `provider_caps` maps a provider to `maxConcurrentSessions`
-/// (0 or absent = unlimited).
+/// Decides an admission round at `now_ms` (Unix milliseconds). `provider_caps` maps a
+/// provider to `maxConcurrentSessions` (0 or absent = unlimited); `rates` holds the
+/// admission rate limits, which every admission of the round consumes in queue order.
 pub fn plan(
     ledger: &Ledger,
     pending: &[PendingSession],
     backends: &HashMap<BackendKey, BackendView>,
     provider_caps: &HashMap<String, u32>,
+    rates: &RateLimits,
+    now_ms: i64,
 ) -> Plan {
     let mut order: Vec<&PendingSession> = pending
         .iter()
@@ -106,10 +117,29 @@ pub fn plan(
     order.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.key.cmp(&b.key)));
 
     let mut ledger = ledger.clone();
-    let mut plan = Plan::default();
+    let mut plan = Plan {
+        rates: rates.clone(),
+        ..Plan::default()
+    };
     let mut positions: HashMap<&BackendKey, u32> = HashMap::new();
     for session in order {
-        match decide(&ledger, session, backends, provider_caps) {
+        let decided = decide(&ledger, session, backends, provider_caps).and_then(|slot| {
+            let buckets = [
+                Bucket::Provider(slot.provider.clone()),
+                Bucket::Backend(slot.backend.clone()),
+            ];
+            match plan.rates.check(&buckets, now_ms) {
+                Ok(()) => {
+                    plan.rates.consume(&buckets, now_ms);
+                    Ok(slot)
+                }
+                Err(due) => {
+                    plan.next_due = Some(plan.next_due.map_or(due, |d| d.min(due)));
+                    Err(Blocked::RateLimited)
+                }
+            }
+        });
+        match decided {
             Ok(slot) => {
                 ledger.hold(session.key.clone(), slot.clone());
                 plan.admit.push((session.key.clone(), slot));

@@ -32,6 +32,7 @@ use crate::heartbeat::Heartbeats;
 use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
 use crate::placement::WorkerView;
 use crate::pod_template;
+use crate::rate_limit::{self, RateLimits};
 use crate::session_admit::{self, Admission, Outcome};
 use crate::session_counts::BackendSessions;
 use crate::session_lifecycle::{Lifecycle, reason};
@@ -89,6 +90,10 @@ struct Allocator {
     roster: watch::Sender<Roster>,
     /// What metadata each held session's worker was last handed.
     metadata: MetadataSync,
+    /// The admission rate limits' buckets.
+    rates: RateLimits,
+    /// When a rate-limited session may next be admitted.
+    rate_wake: Option<Instant>,
 }
 
 /// Runs the allocator until `cancel` fires. `ended` carries sessions the workers ended;
@@ -169,8 +174,11 @@ pub async fn run(
         repairs,
         roster,
         metadata: MetadataSync::default(),
+        rates: RateLimits::default(),
+        rate_wake: None,
     };
     a.rebuild();
+    a.rebuild_rates();
     tracing::info!(held = a.ledger.len(), "session ledger rebuilt from the API");
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_round = Instant::now();
@@ -186,6 +194,7 @@ pub async fn run(
             Some(end) = ended.recv() => a.worker_ended(end).await,
             Some((key, worker)) = repair_rx.recv() => a.ended_unseen(key, worker).await,
             _ = tick.tick() => clocks_due = true,
+            () = sleep_until_some(a.rate_wake) => a.rate_wake = None,
         }
         // Rounds are O(sessions): batch the watch events and outcomes of a burst into one
         // round every MIN_ROUND_INTERVAL rather than one round per event.
@@ -259,6 +268,27 @@ fn timestamp(t: Option<&Time>) -> Option<Timestamp> {
 
 impl Allocator {
     /// Rebuilds the ledger from every session whose status names a worker and has not ended.
+    /// The rate limits' buckets as the sessions' `admittedAt` leave them, so a restart
+    /// admits no faster than the limits allow.
+    fn rebuild_rates(&mut self) {
+        let admitted = self
+            .sessions
+            .state()
+            .iter()
+            .filter_map(|s| {
+                let at = s.status.as_ref()?.admitted_at.as_ref()?.0.as_millisecond();
+                let backend = backend_key_of(s);
+                let provider = self.provider_of(&backend)?;
+                Some((at, provider, backend))
+            })
+            .collect();
+        let limits = rate_limit::limits_of(
+            self.providers.state().iter().map(|p| &**p),
+            self.backends.state().iter().map(|b| &**b),
+        );
+        self.rates = rate_limit::rebuild(limits, admitted);
+    }
+
     fn rebuild(&mut self) {
         for s in self.sessions.state() {
             let key = key_of(&s);
@@ -891,7 +921,16 @@ impl Allocator {
                 )
             })
             .collect();
-        let plan = admission::plan(&self.ledger, &pending, &views, &caps);
+        self.rates.set_limits(rate_limit::limits_of(
+            self.providers.state().iter().map(|p| &**p),
+            self.backends.state().iter().map(|b| &**b),
+        ));
+        let now_ms = now.as_millisecond();
+        let plan = admission::plan(&self.ledger, &pending, &views, &caps, &self.rates, now_ms);
+        self.rates = plan.rates;
+        self.rate_wake = plan.next_due.map(|due| {
+            Instant::now() + Duration::from_millis(u64::try_from(due - now_ms).unwrap_or(0))
+        });
         self.record_waiting(&plan.waiting);
         for (key, slot) in plan.admit {
             let Some(session) = sessions.get(&key) else {
@@ -1337,6 +1376,14 @@ impl Allocator {
     }
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Field manager of the session counts on backends and providers.
 pub const COUNTS_FIELD_MANAGER: &str = "voice-operator/session-counts";
 
@@ -1359,6 +1406,9 @@ fn waiting_message(blocked: admission::Blocked, backend: &str) -> String {
         Blocked::BackendNotAccepted => {
             format!("VoiceBackend {backend} is not Accepted: see its Accepted condition")
         }
+        Blocked::RateLimited => format!(
+            "the admissionRateLimit of VoiceBackend {backend} or its provider allows no admission yet; admitted in queue order as it refills"
+        ),
     }
 }
 

@@ -4,6 +4,16 @@ use proptest::prelude::*;
 
 use super::*;
 
+/// A round without rate limits.
+fn plan(
+    ledger: &Ledger,
+    pending: &[PendingSession],
+    backends: &HashMap<BackendKey, BackendView>,
+    caps: &HashMap<String, u32>,
+) -> Plan {
+    super::plan(ledger, pending, backends, caps, &RateLimits::default(), 0)
+}
+
 fn backend_key(name: &str) -> BackendKey {
     BackendKey {
         namespace: "ns".into(),
@@ -311,4 +321,56 @@ proptest! {
             prop_assert!(world.ledger.workers_of(b).is_empty());
         }
     }
+}
+
+#[test]
+fn a_rate_limit_admits_at_its_pace_first_come_first_served_and_says_when_next() {
+    let backends = one_backend(0, vec![worker("w1", 10)]);
+    let mut rates = RateLimits::default();
+    let limit = voice_crds::AdmissionRateLimit {
+        admissions_per_second: 2,
+        burst: 2,
+    };
+    rates.set_limits(HashMap::from([(Bucket::Provider("p".into()), limit)]));
+    let queue = pending(5);
+    let first = super::plan(
+        &Ledger::new(),
+        &queue,
+        &backends,
+        &HashMap::new(),
+        &rates,
+        10_000,
+    );
+    let admitted: Vec<_> = first.admit.iter().map(|(k, _)| k.name.clone()).collect();
+    assert_eq!(admitted, ["s0", "s1"], "the burst");
+    let waiting: Vec<_> = first
+        .waiting
+        .iter()
+        .map(|w| (w.key.name.clone(), w.blocked, w.queue_position))
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            ("s2".into(), Blocked::RateLimited, 1),
+            ("s3".into(), Blocked::RateLimited, 2),
+            ("s4".into(), Blocked::RateLimited, 3)
+        ]
+    );
+    assert_eq!(first.next_due, Some(10_500));
+    // Half a second later exactly one more is admitted, the oldest.
+    let mut ledger = Ledger::new();
+    for (k, slot) in &first.admit {
+        ledger.hold(k.clone(), slot.clone());
+    }
+    let second = super::plan(
+        &ledger,
+        &queue,
+        &backends,
+        &HashMap::new(),
+        &first.rates,
+        10_500,
+    );
+    let admitted: Vec<_> = second.admit.iter().map(|(k, _)| k.name.clone()).collect();
+    assert_eq!(admitted, ["s2"]);
+    assert_eq!(second.next_due, Some(11_000));
 }
