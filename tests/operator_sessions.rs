@@ -1194,3 +1194,63 @@ async fn an_admission_rate_limit_holds_through_a_burst_and_an_operator_restart()
         }
     }
 }
+
+#[tokio::test]
+async fn a_namespace_quota_holds_across_two_backends_and_frees_in_order() {
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Patch, PatchParams};
+    let stack = OperatorStack::start("sess-quota").await;
+    let namespaces: Api<Namespace> = Api::all(voice_tests::client().await);
+    namespaces
+        .patch(
+            stack.ns.name(),
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {
+                "voicebackends.dev/max-active-sessions": "3"
+            }}})),
+        )
+        .await
+        .expect("annotating the namespace");
+    for backend in ["a", "b"] {
+        stack.apply_backend(
+            backend,
+            json!({"replicas": 1, "workers": {"sessionsPerWorker": 5}}),
+        );
+    }
+    wait_healthy(&stack.ns, "a", 1, T).await;
+    wait_healthy(&stack.ns, "b", 1, T).await;
+    create_sessions(&stack.ns, "qa", "a", 3).await;
+    create_sessions(&stack.ns, "qb", "b", 2).await;
+    let settle = || async {
+        let all = sessions(&stack.ns).await;
+        let active: Vec<String> = all
+            .iter()
+            .filter(|s| phase(s) == SessionPhase::Active)
+            .map(|s| s.metadata.name.clone().unwrap_or_default())
+            .collect();
+        let quota = all
+            .iter()
+            .filter(|s| admitted_reason(s).as_deref() == Some("NamespaceQuota"))
+            .count();
+        (active, quota)
+    };
+    let (active, _) = wait_for(T, "3 Active, 2 waiting NamespaceQuota", || async {
+        match settle().await {
+            (active, 2) if active.len() == 3 => Ok((active, 2)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    // Held for a while: nothing more is admitted.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(settle().await.0.len(), 3, "the quota holds");
+    // One ends: the oldest waiting session (of either backend) takes its place.
+    delete_sessions(&stack.ns, &active[..1]).await;
+    wait_for(T, "the quota's freed slot taken", || async {
+        match settle().await {
+            (active, 1) if active.len() == 3 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}

@@ -15,11 +15,29 @@ use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
 use crate::placement::{self, WorkerView};
 use crate::rate_limit::{Bucket, RateLimits};
 
+/// The Namespace annotation that caps the sessions active at once in that namespace, across
+/// all its backends (a tenant's quota): a whole number, 0 or absent meaning unlimited. On the
+/// Namespace object, which tenants usually cannot edit, so the platform team sets it.
+pub const NAMESPACE_QUOTA_ANNOTATION: &str = "voicebackends.dev/max-active-sessions";
+
+/// Caps that span backends: per provider (`maxConcurrentSessions`) and per namespace (the
+/// quota annotation); 0 or absent means unlimited.
+#[derive(Clone, Debug, Default)]
+pub struct Caps {
+    /// Provider name → `maxConcurrentSessions`.
+    pub providers: HashMap<String, u32>,
+    /// Namespace → its quota.
+    pub namespaces: HashMap<String, u32>,
+}
+
 /// Why a session is not admitted now. Each is the `Admitted=False` condition reason.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Blocked {
     /// The provider's `maxConcurrentSessions` is reached across all its backends.
     ProviderLimit,
+    /// The namespace's session quota (annotation [`NAMESPACE_QUOTA_ANNOTATION`]) is reached
+    /// across all its backends.
+    NamespaceQuota,
     /// The backend's `maxSessions` is reached.
     BackendLimit,
     /// Every ready, non-draining worker is full.
@@ -39,6 +57,7 @@ impl Blocked {
     pub fn reason(self) -> &'static str {
         match self {
             Blocked::ProviderLimit => "ProviderLimit",
+            Blocked::NamespaceQuota => "NamespaceQuota",
             Blocked::BackendLimit => "BackendLimit",
             Blocked::NoWorkerCapacity => "NoWorkerCapacity",
             Blocked::BackendNotReady => "BackendNotReady",
@@ -99,14 +118,13 @@ pub struct Plan {
     pub next_due: Option<i64>,
 }
 
-/// Decides an admission round at `now_ms` (Unix milliseconds). `provider_caps` maps a
-/// provider to `maxConcurrentSessions` (0 or absent = unlimited); `rates` holds the
-/// admission rate limits, which every admission of the round consumes in queue order.
+/// Decides an admission round at `now_ms` (Unix milliseconds) within `caps`; `rates` holds
+/// the admission rate limits, which every admission of the round consumes in queue order.
 pub fn plan(
     ledger: &Ledger,
     pending: &[PendingSession],
     backends: &HashMap<BackendKey, BackendView>,
-    provider_caps: &HashMap<String, u32>,
+    caps: &Caps,
     rates: &RateLimits,
     now_ms: i64,
 ) -> Plan {
@@ -123,7 +141,7 @@ pub fn plan(
     };
     let mut positions: HashMap<&BackendKey, u32> = HashMap::new();
     for session in order {
-        let decided = decide(&ledger, session, backends, provider_caps).and_then(|slot| {
+        let decided = decide(&ledger, session, backends, caps).and_then(|slot| {
             let buckets = [
                 Bucket::Provider(slot.provider.clone()),
                 Bucket::Backend(slot.backend.clone()),
@@ -162,7 +180,7 @@ fn decide(
     ledger: &Ledger,
     session: &PendingSession,
     backends: &HashMap<BackendKey, BackendView>,
-    provider_caps: &HashMap<String, u32>,
+    caps: &Caps,
 ) -> Result<Slot, Blocked> {
     let backend = backends
         .get(&session.backend)
@@ -170,9 +188,14 @@ fn decide(
     if !backend.accepted {
         return Err(Blocked::BackendNotAccepted);
     }
-    let provider_cap = provider_caps.get(&backend.provider).copied().unwrap_or(0);
+    let provider_cap = caps.providers.get(&backend.provider).copied().unwrap_or(0);
     if provider_cap > 0 && ledger.provider_count(&backend.provider) >= provider_cap {
         return Err(Blocked::ProviderLimit);
+    }
+    let namespace = &session.backend.namespace;
+    let quota = caps.namespaces.get(namespace).copied().unwrap_or(0);
+    if quota > 0 && ledger.namespace_count(namespace) >= quota {
+        return Err(Blocked::NamespaceQuota);
     }
     if backend.max_sessions > 0 && ledger.backend_count(&session.backend) >= backend.max_sessions {
         return Err(Blocked::BackendLimit);

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
@@ -92,6 +92,8 @@ struct Allocator {
     metadata: MetadataSync,
     /// The admission rate limits' buckets.
     rates: RateLimits,
+    /// Namespaces, for their session quota annotation.
+    namespaces: Store<Namespace>,
     /// When a rate-limited session may next be admitted.
     rate_wake: Option<Instant>,
 }
@@ -130,7 +132,7 @@ pub async fn run(
         watcher::Config::default().labels("app.kubernetes.io/managed-by=voice-operator");
     let sessions = reflect(sessions, watcher::Config::default(), &wake, &cancel);
     let backends = reflect(backends, watcher::Config::default(), &wake, &cancel);
-    let providers = reflect(Api::all(client), provider_config, &wake, &cancel);
+    let providers = reflect(Api::all(client.clone()), provider_config, &wake, &cancel);
     let pods = reflect(pods, pod_config, &wake, &cancel);
     let secret_config = watcher::Config::default().labels(&format!(
         "{}={}",
@@ -138,12 +140,19 @@ pub async fn run(
         signing_keys::SECRET_LABEL.1
     ));
     let secrets = reflect(secrets, secret_config, &wake, &cancel);
+    // Namespaces are cluster-scoped; a namespace-scoped operator reads only its own.
+    let mut namespace_config = watcher::Config::default();
+    if let Some(ns) = &ctx.scope.namespace {
+        namespace_config = namespace_config.fields(&format!("metadata.name={ns}"));
+    }
+    let namespaces = reflect(Api::all(client), namespace_config, &wake, &cancel);
     for ready in [
         sessions.wait_until_ready().await.is_ok(),
         backends.wait_until_ready().await.is_ok(),
         providers.wait_until_ready().await.is_ok(),
         pods.wait_until_ready().await.is_ok(),
         secrets.wait_until_ready().await.is_ok(),
+        namespaces.wait_until_ready().await.is_ok(),
     ] {
         if !ready {
             return;
@@ -175,6 +184,7 @@ pub async fn run(
         roster,
         metadata: MetadataSync::default(),
         rates: RateLimits::default(),
+        namespaces,
         rate_wake: None,
     };
     a.rebuild();
@@ -910,17 +920,26 @@ impl Allocator {
             .iter()
             .map(|(k, (v, _))| (k.clone(), v.clone()))
             .collect();
-        let caps: HashMap<String, u32> = self
-            .providers
-            .state()
-            .iter()
-            .map(|p| {
-                (
-                    p.name_any(),
-                    u32::try_from(p.spec.capabilities.max_concurrent_sessions).unwrap_or(0),
-                )
-            })
-            .collect();
+        let caps = admission::Caps {
+            providers: self
+                .providers
+                .state()
+                .iter()
+                .map(|p| {
+                    let cap = p.spec.capabilities.max_concurrent_sessions;
+                    (p.name_any(), u32::try_from(cap).unwrap_or(0))
+                })
+                .collect(),
+            namespaces: self
+                .namespaces
+                .state()
+                .iter()
+                .filter_map(|n| {
+                    let quota = n.annotations().get(admission::NAMESPACE_QUOTA_ANNOTATION)?;
+                    Some((n.name_any(), quota.trim().parse().unwrap_or(0)))
+                })
+                .collect(),
+        };
         self.rates.set_limits(rate_limit::limits_of(
             self.providers.state().iter().map(|p| &**p),
             self.backends.state().iter().map(|b| &**b),
@@ -1393,6 +1412,10 @@ fn waiting_message(blocked: admission::Blocked, backend: &str) -> String {
         Blocked::ProviderLimit => {
             "the provider's maxConcurrentSessions is reached; waiting for a session to end".into()
         }
+        Blocked::NamespaceQuota => format!(
+            "the namespace is at its session quota (annotation {} on the Namespace); waiting for a session to end",
+            admission::NAMESPACE_QUOTA_ANNOTATION
+        ),
         Blocked::BackendLimit => {
             format!("VoiceBackend {backend} is at spec.maxSessions; waiting for a session to end")
         }

@@ -44,6 +44,7 @@ pub struct Slot {
 pub struct Ledger {
     slots: HashMap<SessionKey, Slot>,
     per_provider: HashMap<String, u32>,
+    per_namespace: HashMap<String, u32>,
     per_backend: HashMap<BackendKey, u32>,
     per_worker: HashMap<(BackendKey, String), u32>,
 }
@@ -62,6 +63,10 @@ impl Ledger {
         }
         self.release(&session);
         *self.per_provider.entry(slot.provider.clone()).or_default() += 1;
+        *self
+            .per_namespace
+            .entry(slot.backend.namespace.clone())
+            .or_default() += 1;
         *self.per_backend.entry(slot.backend.clone()).or_default() += 1;
         *self
             .per_worker
@@ -74,6 +79,7 @@ impl Ledger {
     pub fn release(&mut self, session: &SessionKey) -> Option<Slot> {
         let slot = self.slots.remove(session)?;
         decrement(&mut self.per_provider, &slot.provider);
+        decrement(&mut self.per_namespace, &slot.backend.namespace);
         decrement(&mut self.per_backend, &slot.backend);
         decrement(
             &mut self.per_worker,
@@ -105,6 +111,11 @@ impl Ledger {
     /// Sessions holding a slot of `provider`, across all backends.
     pub fn provider_count(&self, provider: &str) -> u32 {
         self.per_provider.get(provider).copied().unwrap_or(0)
+    }
+
+    /// Sessions holding a slot in `namespace`, across all its backends.
+    pub fn namespace_count(&self, namespace: &str) -> u32 {
+        self.per_namespace.get(namespace).copied().unwrap_or(0)
     }
 
     /// Sessions holding a slot of `backend`.

@@ -9,9 +9,13 @@ fn plan(
     ledger: &Ledger,
     pending: &[PendingSession],
     backends: &HashMap<BackendKey, BackendView>,
-    caps: &HashMap<String, u32>,
+    providers: &HashMap<String, u32>,
 ) -> Plan {
-    super::plan(ledger, pending, backends, caps, &RateLimits::default(), 0)
+    let caps = Caps {
+        providers: providers.clone(),
+        ..Caps::default()
+    };
+    super::plan(ledger, pending, backends, &caps, &RateLimits::default(), 0)
 }
 
 fn backend_key(name: &str) -> BackendKey {
@@ -337,7 +341,7 @@ fn a_rate_limit_admits_at_its_pace_first_come_first_served_and_says_when_next() 
         &Ledger::new(),
         &queue,
         &backends,
-        &HashMap::new(),
+        &Caps::default(),
         &rates,
         10_000,
     );
@@ -366,11 +370,59 @@ fn a_rate_limit_admits_at_its_pace_first_come_first_served_and_says_when_next() 
         &ledger,
         &queue,
         &backends,
-        &HashMap::new(),
+        &Caps::default(),
         &first.rates,
         10_500,
     );
     let admitted: Vec<_> = second.admit.iter().map(|(k, _)| k.name.clone()).collect();
     assert_eq!(admitted, ["s2"]);
     assert_eq!(second.next_due, Some(11_000));
+}
+
+#[test]
+fn a_namespace_quota_holds_across_its_backends_and_not_beyond_its_namespace() {
+    let mut backends = one_backend(0, vec![worker("w1", 10)]);
+    let view = backends[&backend_key("b")].clone();
+    backends.insert(backend_key("c"), view.clone());
+    let other_ns = BackendKey {
+        namespace: "other".into(),
+        name: "b".into(),
+    };
+    backends.insert(other_ns.clone(), view);
+    let mut queue = pending(2);
+    queue.push(PendingSession {
+        key: session(2),
+        backend: backend_key("c"),
+        created: 2,
+    });
+    queue.push(PendingSession {
+        key: SessionKey {
+            namespace: "other".into(),
+            name: "s3".into(),
+            uid: "uid-3".into(),
+        },
+        backend: other_ns,
+        created: 3,
+    });
+    let caps = Caps {
+        namespaces: HashMap::from([("ns".to_owned(), 2)]),
+        ..Caps::default()
+    };
+    let round = super::plan(
+        &Ledger::new(),
+        &queue,
+        &backends,
+        &caps,
+        &RateLimits::default(),
+        0,
+    );
+    let admitted: Vec<_> = round.admit.iter().map(|(k, _)| k.name.clone()).collect();
+    assert_eq!(
+        admitted,
+        ["s0", "s1", "s3"],
+        "two in ns, and the other namespace is free"
+    );
+    assert_eq!(round.waiting.len(), 1);
+    assert_eq!(round.waiting[0].key.name, "s2");
+    assert_eq!(round.waiting[0].blocked, Blocked::NamespaceQuota);
 }
