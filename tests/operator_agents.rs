@@ -257,6 +257,19 @@ async fn a_tls_grpc_agent_hears_the_session_and_a_metadata_edit_saves_state_and_
         turn.silence_timeout.map(std::time::Duration::from),
         Some(Duration::from_millis(400))
     );
+    let buffers = api
+        .get("call")
+        .await
+        .expect("the session")
+        .status
+        .and_then(|s| s.audio_buffers)
+        .expect("status.audioBuffers of the live connection");
+    let format = buffers.format.expect("the negotiated format");
+    assert_eq!(
+        (format.codec, format.sample_rate, format.channels),
+        (voice_crds::Codec::Pcm, 16_000, 1),
+        "what the caller's WebSocket carries"
+    );
 
     // The application edits the metadata; within a second it is on the worker.
     api.patch(

@@ -25,8 +25,8 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use voice_crds::conditions::{CONNECTED, READY, set_condition};
 use voice_crds::{
-    PipelineState, SessionContext, Speaker, TranscriptEntry, Transport, TurnDetectionState,
-    TurnLatencyStatus, UserConnectionStatus, VoiceSession,
+    AudioBufferStatus, AudioFormat, Codec, PipelineState, SessionContext, Speaker, TranscriptEntry,
+    Transport, TurnDetectionState, TurnLatencyStatus, UserConnectionStatus, VoiceSession,
 };
 use voice_proto::worker::v1 as pb;
 use voice_proto::worker::v1::session_event::Event;
@@ -89,6 +89,30 @@ fn end_reason(reason: &str) -> String {
     }
 }
 
+/// A worker's account of a connection's audio as the status schema allows it, or `None`:
+/// a value the schema refuses would make the API server reject the whole live status write.
+fn media_format(f: &pb::MediaFormat) -> Option<AudioFormat> {
+    let codec = match f.codec.as_str() {
+        "opus" => Codec::Opus,
+        "pcm" => Codec::Pcm,
+        _ => return None,
+    };
+    let rates: &[u32] = if codec == Codec::Opus {
+        &[48_000]
+    } else {
+        &[8_000, 16_000, 24_000, 48_000]
+    };
+    let fits = rates.contains(&f.sample_rate)
+        && (1..=2).contains(&f.channels)
+        && (1..=16_777_216).contains(&f.buffer_bytes);
+    fits.then(|| AudioFormat {
+        codec,
+        sample_rate: i32::try_from(f.sample_rate).unwrap_or(48_000),
+        channels: i32::try_from(f.channels).unwrap_or(1),
+        buffer_size: i32::try_from(f.buffer_bytes).unwrap_or(1),
+    })
+}
+
 /// `text` cut to `max` bytes on a character boundary.
 fn capped(text: &str, max: usize) -> String {
     let mut end = text.len().min(max);
@@ -113,6 +137,8 @@ struct Live {
     context: Option<SessionContext>,
     #[serde(skip_serializing_if = "Option::is_none")]
     turn_detection: Option<TurnDetectionState>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    audio_buffers: Option<AudioBufferStatus>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     conditions: Vec<Condition>,
 }
@@ -287,6 +313,10 @@ async fn absorb(
                 pb::Transport::Websocket => Transport::WebSocket,
                 _ => Transport::WebRtc,
             };
+            live.audio_buffers = Some(AudioBufferStatus {
+                format: c.format.as_ref().and_then(media_format),
+                dropped_frames: 0,
+            });
             live.connection = Some(UserConnectionStatus {
                 connection_id: c.connection_id,
                 transport,
@@ -354,9 +384,13 @@ async fn absorb(
                 );
             }
         }
-        Event::Ping(_) => {
+        Event::Ping(p) => {
             ping = true;
             live.last_activity = Some(now.clone());
+            if let (Some(dropped), Some(buffers)) = (p.dropped_frames, live.audio_buffers.as_mut())
+            {
+                buffers.dropped_frames = i64::try_from(dropped).unwrap_or(i64::MAX);
+            }
             if let Some(c) = live.connection.as_mut() {
                 c.last_ping = Some(now);
             }
@@ -482,6 +516,7 @@ async fn seed(ctx: &Context, session_id: &str, uid: &str) -> Option<(Live, Backe
         last_turn: status.last_turn,
         context: status.context,
         turn_detection: status.turn_detection,
+        audio_buffers: status.audio_buffers,
         conditions: status
             .conditions
             .into_iter()
@@ -576,6 +611,33 @@ mod tests {
             MAX_TURN_LATENCY_MS + 1.0,
         ] {
             assert_eq!(checked_ms(hostile), None, "{hostile}");
+        }
+    }
+
+    #[test]
+    fn a_workers_media_format_reaches_status_only_when_the_schema_allows_it() {
+        let format = |codec: &str, rate, channels, bytes| pb::MediaFormat {
+            codec: codec.into(),
+            sample_rate: rate,
+            channels,
+            buffer_bytes: bytes,
+        };
+        let opus =
+            media_format(&format("opus", 48_000, 1, 3_840)).unwrap_or_else(|| panic!("opus"));
+        assert_eq!(
+            (opus.codec, opus.sample_rate, opus.buffer_size),
+            (Codec::Opus, 48_000, 3_840)
+        );
+        assert!(media_format(&format("pcm", 8_000, 1, 96_000)).is_some());
+        for hostile in [
+            format("opus", 16_000, 1, 1),
+            format("mp3", 48_000, 1, 1),
+            format("pcm", 12_345, 1, 1),
+            format("pcm", 16_000, 3, 1),
+            format("pcm", 16_000, 1, 0),
+            format("pcm", 16_000, 1, u32::MAX),
+        ] {
+            assert_eq!(media_format(&hostile), None, "{hostile:?}");
         }
     }
 

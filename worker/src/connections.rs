@@ -75,6 +75,8 @@ pub struct MediaActivity {
     epoch: Instant,
     /// Milliseconds after `epoch` of the last media, plus one (0: none yet).
     last: Arc<AtomicU64>,
+    /// Frames of this connection dropped so far (full queues, late packets, decode errors).
+    pub dropped: Arc<AtomicU64>,
 }
 
 impl MediaActivity {
@@ -82,6 +84,7 @@ impl MediaActivity {
         Self {
             epoch,
             last: Arc::new(AtomicU64::new(0)),
+            dropped: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -185,6 +188,13 @@ impl Connections {
         self.lock()
             .get(session_id)
             .is_some_and(|entry| entry.media.within(window, now))
+    }
+
+    /// Frames the connection of `session_id` dropped so far, if it has one.
+    pub fn dropped(&self, session_id: &str) -> Option<u64> {
+        self.lock()
+            .get(session_id)
+            .map(|entry| entry.media.dropped.load(Ordering::Relaxed))
     }
 
     /// Open connections.

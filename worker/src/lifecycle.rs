@@ -273,9 +273,11 @@ async fn ping_connected(
         tokio::select! {
             () = shutdown.cancelled() => return,
             _ = tick.tick() => {
-                sessions.ping_connected(SystemTime::now(), |id| {
-                    connections.had_media_within(id, PING_INTERVAL)
-                });
+                sessions.ping_connected(
+                    SystemTime::now(),
+                    |id| connections.had_media_within(id, PING_INTERVAL),
+                    |id| connections.dropped(id),
+                );
             }
         }
     }

@@ -41,6 +41,9 @@ pub struct MediaMetrics {
     websocket_ended: IntCounterVec,
     ice_tcp_streams: IntCounterVec,
     ice_tcp_handshakes: IntGauge,
+    /// One connection's own drop count besides the worker's counter (see
+    /// [`MediaMetrics::for_connection`]); `None` on the worker-wide handle.
+    connection_drops: Option<std::sync::Arc<std::sync::atomic::AtomicU64>>,
 }
 
 /// The error of building the registry: only a programming error (a duplicate or
@@ -294,6 +297,7 @@ impl MediaMetrics {
             websocket_ended,
             ice_tcp_streams,
             ice_tcp_handshakes,
+            connection_drops: None,
         })
     }
 
@@ -344,6 +348,18 @@ impl MediaMetrics {
     /// Counts a packet or frame dropped for `reason`, so that no loss is silent.
     pub fn count_dropped(&self, reason: &str) {
         self.dropped.with_label_values(&[reason]).inc();
+        if let Some(drops) = &self.connection_drops {
+            drops.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// A handle that also counts drops into `drops`, one connection's own count (reported
+    /// in the session's `status.audioBuffers.droppedFrames`).
+    pub fn for_connection(&self, drops: std::sync::Arc<std::sync::atomic::AtomicU64>) -> Self {
+        Self {
+            connection_drops: Some(drops),
+            ..self.clone()
+        }
     }
 
     /// Records the jitter buffer depth every WebRTC connection uses, in 20 ms packets.

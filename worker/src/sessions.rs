@@ -128,7 +128,13 @@ impl Sessions {
     /// Publishes a liveness ping for every session whose client is connected and `active`
     /// (sent media lately): the operator turns it into `lastActivity`, which
     /// `spec.idleTimeout` is measured from. Returns how many were sent.
-    pub fn ping_connected(&self, now: SystemTime, active: impl Fn(&str) -> bool) -> usize {
+    /// `dropped` gives a connection's dropped frames so far, carried in the ping.
+    pub fn ping_connected(
+        &self,
+        now: SystemTime,
+        active: impl Fn(&str) -> bool,
+        dropped: impl Fn(&str) -> Option<u64>,
+    ) -> usize {
         let connected: Vec<(String, String)> = self
             .lock()
             .sessions()
@@ -136,8 +142,11 @@ impl Sessions {
             .map(|s| (s.request.session_id.clone(), s.request.uid.clone()))
             .collect();
         for (id, uid) in &connected {
-            self.events
-                .publish(id, uid, now, Event::Ping(Ping { rtt_ms: None }));
+            let ping = Ping {
+                rtt_ms: None,
+                dropped_frames: dropped(id),
+            };
+            self.events.publish(id, uid, now, Event::Ping(ping));
         }
         connected.len()
     }
@@ -418,7 +427,7 @@ mod tests {
         assert!(sessions.connect("ns/a", "uid-ns/a", Connected::default(), now));
         assert!(sessions.connect("ns/c", "uid-ns/c", Connected::default(), now));
         // ns/c is connected but silent: an open connection alone is not activity.
-        assert_eq!(sessions.ping_connected(now, |id| id != "ns/c"), 1);
+        assert_eq!(sessions.ping_connected(now, |id| id != "ns/c", |_| None), 1);
         let mut pinged = Vec::new();
         while let Some(Ok(event)) = events.next().await {
             if let Some(Event::Ping(_)) = event.event {

@@ -260,6 +260,18 @@ enum Ending {
 /// Pipeline events queued for the data channel; beyond that they are dropped (counted).
 const PIPELINE_EVENTS: usize = 64;
 
+/// What a WebRTC connection carries: Opus at 48 kHz mono, its inbound buffer the jitter
+/// buffer's target in decoded PCM16 bytes.
+fn opus_format(jitter_packets: usize) -> voice_proto::worker::v1::MediaFormat {
+    let frame_bytes = crate::media::FRAME_SAMPLES * 2;
+    voice_proto::worker::v1::MediaFormat {
+        codec: "opus".to_owned(),
+        sample_rate: 48_000,
+        channels: 1,
+        buffer_bytes: u32::try_from(jitter_packets * frame_bytes).unwrap_or(u32::MAX),
+    }
+}
+
 async fn run_session(
     ctx: Arc<MediaContext>,
     mut claim: Claim,
@@ -298,6 +310,7 @@ async fn run_session(
                         transport: claim.transport.to_proto().into(),
                         remote_address: remote.clone(),
                         connection_id: claim.connection_id.clone(),
+                        format: Some(opus_format(ctx.jitter_packets)),
                     };
                     if !ctx.sessions.connect(&claim.session_id, &claim.uid, event, SystemTime::now()) {
                         break Ending::Abandon("SessionReleased");
@@ -307,7 +320,8 @@ async fn run_session(
                         connect_ms = offered.elapsed().as_millis(), "WebRTC peer connected");
                     if let (Some(rx), Some(out)) = (rtp_rx.take(), out.take()) {
                         let provider = crate::pipeline::wiring::for_session(&ctx.sessions, &claim.session_id, &claim.uid);
-                        tokio::spawn(rtp_media::run(rx, out, ctx.jitter_packets, ctx.metrics.clone(), media_stop.clone(), provider, pipeline_tx.take()));
+                        let metrics = ctx.metrics.for_connection(claim.media.dropped.clone());
+                        tokio::spawn(rtp_media::run(rx, out, ctx.jitter_packets, metrics, media_stop.clone(), provider, pipeline_tx.take()));
                     }
                     phase.send_replace(Phase::Connected {
                         session: claim.session_id.clone(),

@@ -97,6 +97,12 @@ pub async fn serve(
         transport: claim.transport.to_proto().into(),
         remote_address: remote.to_string(),
         connection_id: claim.connection_id.clone(),
+        format: Some(voice_proto::worker::v1::MediaFormat {
+            codec: "pcm".to_owned(),
+            sample_rate: rate.hz(),
+            channels: 1,
+            buffer_bytes: u32::try_from(super::ws_rules::MAX_MESSAGE_BYTES).unwrap_or(u32::MAX),
+        }),
     };
     if !ctx
         .sessions
@@ -228,7 +234,9 @@ async fn converse(
                 claim.touch_media();
                 ctx.metrics.count_packet("websocket", "in", data.len());
                 if pipeline.push_bytes(data) > 0 {
-                    ctx.metrics.count_dropped("provider_queue_full");
+                    ctx.metrics
+                        .for_connection(claim.media.dropped.clone())
+                        .count_dropped("provider_queue_full");
                 }
                 while let Some(reply) = pipeline.pull_bytes() {
                     ctx.metrics.count_packet("websocket", "out", reply.len());
