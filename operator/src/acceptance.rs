@@ -33,6 +33,8 @@ pub enum Rejection {
     /// `workers.network.advertise: NodeIP` (host networking) on a provider without
     /// `worker.allowHostNetwork`.
     HostNetworkNotAllowed,
+    /// `admissionRateLimit` on a provider without `capabilities.customRateLimiting`.
+    RateLimitNotSupported,
 }
 
 impl Rejection {
@@ -48,6 +50,7 @@ impl Rejection {
             Rejection::LatencyTargetBelowProviderMinimum => "LatencyTargetBelowProviderMinimum",
             Rejection::ImageOverrideNotAllowed => "ImageOverrideNotAllowed",
             Rejection::HostNetworkNotAllowed => "HostNetworkNotAllowed",
+            Rejection::RateLimitNotSupported => "RateLimitNotSupported",
         }
     }
 }
@@ -125,6 +128,15 @@ pub fn check(spec: &VoiceBackendSpec, provider: Option<&VoiceProvider>) -> Accep
             Rejection::S2SNotSupported,
             format!(
                 "spec.pipeline.type: S2S needs a provider with capabilities.s2sSupport, and VoiceProvider {:?} has none; use type STT_TTS or another provider",
+                spec.provider
+            ),
+        );
+    }
+    if spec.admission_rate_limit.is_some() && !caps.custom_rate_limiting {
+        return reject(
+            Rejection::RateLimitNotSupported,
+            format!(
+                "spec.admissionRateLimit needs a provider with capabilities.customRateLimiting, and VoiceProvider {:?} has none; remove admissionRateLimit or use another provider",
                 spec.provider
             ),
         );

@@ -129,6 +129,17 @@ fn s2s_needs_s2s_support() {
 }
 
 #[test]
+fn a_backend_rate_limit_needs_custom_rate_limiting() {
+    let spec = backend(json!({"admissionRateLimit": {"admissionsPerSecond": 5}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::RateLimitNotSupported);
+    assert!(msg.contains("spec.admissionRateLimit"), "{msg}");
+    let able = provider(json!({"capabilities": {"customRateLimiting": true}}));
+    assert_eq!(check(&spec, Some(&able)), Acceptance::Accepted);
+}
+
+#[test]
 fn an_unsupported_codec_is_rejected_listing_the_supported_ones() {
     let spec = backend(json!({"audio": {"codec": "pcm", "sampleRate": 16000}}));
     let outcome = check(&spec, Some(&provider(json!({}))));
