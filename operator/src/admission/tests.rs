@@ -48,6 +48,7 @@ fn pending(n: usize) -> Vec<PendingSession> {
             key: session(i),
             backend: backend_key("b"),
             created: i as i64,
+            audio_misfit: None,
         })
         .collect()
 }
@@ -64,9 +65,51 @@ fn backend_cap_admits_the_oldest_and_queues_the_rest_in_order() {
             .map(|w| (w.key.name.as_str(), w.blocked, w.queue_position))
             .collect::<Vec<_>>(),
         [
-            ("s2", Blocked::BackendLimit, 1),
-            ("s3", Blocked::BackendLimit, 2)
+            ("s2", Blocked::BackendLimit, Some(1)),
+            ("s3", Blocked::BackendLimit, Some(2))
         ]
+    );
+}
+
+#[test]
+fn a_session_whose_audio_does_not_fit_waits_outside_the_queue_and_takes_no_slot() {
+    let backends = one_backend(0, vec![worker("w1", 1)]);
+    let mut sessions = pending(3);
+    sessions[0].audio_misfit = Some("spec.audio.channels: 2 channels are not served".into());
+    let plan = plan(&Ledger::new(), &sessions, &backends, &HashMap::new());
+    let admitted: Vec<_> = plan.admit.iter().map(|(k, _)| k.name.clone()).collect();
+    assert_eq!(
+        admitted,
+        ["s1"],
+        "the misfit ahead of s1 does not take the only slot"
+    );
+    let waiting: Vec<_> = plan
+        .waiting
+        .iter()
+        .map(|w| {
+            (
+                w.key.name.as_str(),
+                w.blocked,
+                w.queue_position,
+                w.detail.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            (
+                "s0",
+                Blocked::AudioFormatNotSupported,
+                None,
+                Some("spec.audio.channels: 2 channels are not served")
+            ),
+            ("s2", Blocked::NoWorkerCapacity, Some(1), None),
+        ]
+    );
+    assert_eq!(
+        Blocked::AudioFormatNotSupported.reason(),
+        "AudioFormatNotSupported"
     );
 }
 
@@ -88,6 +131,7 @@ fn provider_cap_holds_across_backends() {
         key: session(9),
         backend: backend_key("c"),
         created: 9,
+        audio_misfit: None,
     });
     let plan = plan(
         &Ledger::new(),
@@ -278,7 +322,7 @@ proptest! {
                         .sessions
                         .iter()
                         .filter(|(_, (_, _, slot))| slot.is_none())
-                        .map(|(key, (backend, created, _))| PendingSession { key: key.clone(), backend: backend.clone(), created: *created })
+                        .map(|(key, (backend, created, _))| PendingSession { key: key.clone(), backend: backend.clone(), created: *created, audio_misfit: None })
                         .collect();
                     let plan = plan(&world.ledger, &pending, &world.backends, &world.provider_caps);
                     for w in &plan.waiting {
