@@ -306,7 +306,7 @@ pub struct VoiceBackendSpec {
     /// The agent that answers the user; required for STT_TTS. An S2S backend must omit it (its model answers by itself): the operator refuses the pair with Accepted=False, reason AgentWithSpeechToSpeech.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentIntegration>,
-    /// Default audio format of sessions; codec must be one the provider supports.
+    /// Default audio format of sessions that set none (with the codec their transport carries); codec must be one the provider supports.
     #[serde(default)]
     pub audio: AudioFormat,
     /// Worker pods.
