@@ -3,8 +3,8 @@
 //! the session's `spec.audio.sampleRate`), text frames of JSON events.
 //!
 //! Audio goes through the same speech-to-speech provider as WebRTC (`echo`), at 48 kHz;
-//! any other rate is resampled on the way in and out by the pipeline's windowed-sinc
-//! [`Resampler`]. Replies are sent as soon as the provider has a frame: the client paces
+//! any other rate is resampled on the way in by the pipeline's windowed-sinc [`Resampler`]
+//! and on the way out by an integer-factor [`Decimator`] (all rates divide 48 kHz). Replies are sent as soon as the provider has a frame: the client paces
 //! what it sends, and the socket's own back-pressure paces what we send.
 //!
 //! Every edge has a limit ([`ws_rules`](super::ws_rules)): a message larger than the
@@ -23,6 +23,7 @@ use voice_proto::worker::v1::Connected;
 
 use crate::connections::Claim;
 use crate::media::echo::SpeechToSpeech;
+use crate::media::resample::Decimator;
 use crate::media::{FRAME_SAMPLES, Frame};
 use crate::pipeline::audio::Resampler;
 use crate::signaling::MediaContext;
@@ -299,7 +300,7 @@ struct Pipeline {
     /// Client rate → 48 kHz (a pass-through at 48 kHz).
     up: Resampler,
     /// 48 kHz → client rate.
-    down: Resampler,
+    down: Decimator,
 }
 
 impl Pipeline {
@@ -315,7 +316,7 @@ impl Pipeline {
             samples: Vec::new(),
             wide: Vec::with_capacity(4 * FRAME_SAMPLES),
             up: Resampler::new(rate.hz(), PIPELINE_HZ),
-            down: Resampler::new(PIPELINE_HZ, rate.hz()),
+            down: Decimator::new((PIPELINE_HZ / rate.hz()) as usize),
         }
     }
 
