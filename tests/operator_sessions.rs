@@ -680,6 +680,67 @@ async fn sessions_for_a_missing_or_unaccepted_backend_wait_with_a_clear_reason()
         }
     })
     .await;
+
+    // Audio the provider, transport or worker cannot serve waits with the field named.
+    let (_, opus_only) = provider_manifest(
+        ns,
+        "p",
+        json!({"capabilities": {"supportedCodecs": ["opus"]}}),
+    );
+    apply(ns, &[&opus_only]);
+    let pcm24 = json!({"transport": "websocket", "audio": {"codec": "pcm", "sampleRate": 24000}});
+    let stereo = json!({"audio": {"codec": "opus", "sampleRate": 48000, "channels": 2}});
+    api.create(&PostParams::default(), &session("pcm24", "nowhere", pcm24))
+        .await
+        .unwrap();
+    api.create(
+        &PostParams::default(),
+        &session("stereo", "nowhere", stereo),
+    )
+    .await
+    .unwrap();
+    for (name, field) in [
+        (
+            "pcm24",
+            "spec.audio.codec: pcm is not supported by VoiceProvider",
+        ),
+        ("stereo", "spec.audio.channels: 2 channels are not served"),
+    ] {
+        let c = wait_for(
+            T,
+            &format!("{name} says AudioFormatNotSupported"),
+            || async {
+                let s = api.get(name).await.map_err(|e| e.to_string())?;
+                let c = s.status.as_ref().and_then(|st| {
+                    st.conditions
+                        .iter()
+                        .find(|c| c.type_ == "Admitted" && c.reason == "AudioFormatNotSupported")
+                        .cloned()
+                });
+                c.ok_or_else(|| format!("{:?}", s.status))
+            },
+        )
+        .await;
+        assert_eq!(c.status, "False");
+        assert!(c.message.starts_with(field), "{name}: {}", c.message);
+        assert_eq!(phase(&api.get(name).await.unwrap()), SessionPhase::Pending);
+    }
+    // The provider learning PCM admits the 24 kHz session, whose endpoint states its rate.
+    let (_, both) = provider_manifest(ns, "p", json!({}));
+    apply(ns, &[&both]);
+    let pcm24 = wait_for(
+        T,
+        "pcm24 admitted once its provider carries pcm",
+        || async {
+            let s = api.get("pcm24").await.map_err(|e| e.to_string())?;
+            match s.status.as_ref().and_then(|st| st.endpoint.clone()) {
+                Some(endpoint) if phase(&s) == SessionPhase::Active => Ok(endpoint),
+                _ => Err(format!("{:?}", admitted_reason(&s))),
+            }
+        },
+    )
+    .await;
+    assert!(pcm24.url.ends_with("/ws?rate=24000"), "{}", pcm24.url);
     assert!(stack.operator.log_tail(400).matches("panicked").count() == 0);
 }
 
@@ -894,11 +955,12 @@ async fn a_connected_client_shows_in_status_and_hanging_up_completes_the_session
     let (endpoint, token) =
         admit_one(&api, "talk", "echo", json!({"transport": "websocket"})).await;
     assert!(endpoint.url.starts_with("ws://"), "{}", endpoint.url);
+    // The WebSocket states its rate: 48 kHz PCM16 for a session of an opus backend.
+    assert!(endpoint.url.ends_with("/ws?rate=48000"), "{}", endpoint.url);
 
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
-            .await
-            .expect("the worker takes the token");
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&endpoint.url, &token, 16_000))
+        .await
+        .expect("the worker takes the token");
     // 100 ms of PCM16 silence-free audio, so the session sees activity.
     let frame: Vec<u8> = (0..1600i16)
         .flat_map(|i| ((i % 64) * 200).to_le_bytes())
@@ -994,10 +1056,9 @@ async fn a_session_that_ended_while_the_operator_was_down_is_completed_after_it_
     let ns_name = stack.ns.name().to_owned();
     let (endpoint, token) =
         admit_one(&api, "gone", "echo", json!({"transport": "websocket"})).await;
-    let (mut ws, _) =
-        tokio_tungstenite::connect_async(format!("{}?token={token}&rate=16000", endpoint.url))
-            .await
-            .unwrap();
+    let (mut ws, _) = tokio_tungstenite::connect_async(ws_url(&endpoint.url, &token, 16_000))
+        .await
+        .unwrap();
 
     // The operator dies; the client hangs up while nobody listens to the worker's events.
     stack.operator.kill();

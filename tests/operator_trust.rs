@@ -32,7 +32,7 @@ struct LiveCall {
 
 impl LiveCall {
     async fn start(url: &str, token: &str) -> LiveCall {
-        let (ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}&rate=16000"))
+        let (ws, _) = tokio_tungstenite::connect_async(ws_url(url, token, 16_000))
             .await
             .unwrap_or_else(|e| panic!("the worker refused the call: {e}"));
         let (mut tx, mut rx) = ws.split();

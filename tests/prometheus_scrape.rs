@@ -84,6 +84,7 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
         "assistant",
         json!({
             "pipeline": {"type": "S2S", "s2s": {"provider": "echo"}, "stt": null, "tts": null, "latencyTarget": "750ms"},
+            "agent": null,
             "scaling": {"minWorkers": 2, "maxWorkers": 2},
             "workers": {"sessionsPerWorker": 2},
         }),

@@ -31,18 +31,18 @@ impl Codec {
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new("self.codec != 'opus' || self.sampleRate == 48000").message("codec opus runs at sampleRate 48000; use 48000 or codec pcm"))]
 pub struct AudioFormat {
-    /// Codec on the wire: `opus` (WebRTC) or `pcm` (16-bit PCM, WebSocket).
+    /// Codec on the wire: `opus` (WebRTC) or `pcm` (16-bit PCM, WebSocket); a session's must be the one its transport carries and one its provider lists in supportedCodecs (checked at admission).
     #[serde(default = "default_codec")]
     pub codec: Codec,
-    /// Sample rate in Hz. Opus always runs at 48000; PCM may use 8000, 16000, 24000 or 48000.
+    /// Sample rate in Hz. Opus always runs at 48000; PCM may use 8000, 16000, 24000 or 48000, and is then the WebSocket's default rate (stated as ?rate= in status.endpoint.url).
     #[serde(default = "default_sample_rate")]
     #[x_kube(validation = Rule::new("self in [8000, 16000, 24000, 48000]").message("sampleRate must be one of 8000, 16000, 24000 or 48000 (Hz)"))]
     pub sample_rate: i32,
-    /// Number of channels: 1 (mono) or 2 (stereo). Voice pipelines process mono.
+    /// Number of channels: 1 (mono) or 2 (stereo). The built-in worker's pipeline is mono, so a session asking for 2 waits with AudioFormatNotSupported.
     #[serde(default = "default_channels")]
     #[schemars(range(min = 1, max = 2))]
     pub channels: i32,
-    /// Size of each input and output buffer in bytes (the seed's AudioBuffers.BufferSize); must be > 0.
+    /// Largest message a WebSocket session accepts, in bytes (the seed's AudioBuffers.BufferSize): from one 20 ms frame at sampleRate up to 960000, checked at admission. WebRTC sessions have no buffer it sizes (their jitter buffer follows the provider config's jitterBufferMs).
     #[serde(default = "default_buffer_size")]
     #[schemars(range(min = 1, max = 16777216))]
     pub buffer_size: i32,

@@ -303,10 +303,10 @@ pub struct VoiceBackendSpec {
     pub provider_config: Option<serde_json::Value>,
     /// The voice pipeline.
     pub pipeline: PipelineConfiguration,
-    /// The agent that answers the user; required for STT_TTS, optional for S2S.
+    /// The agent that answers the user; required for STT_TTS. An S2S backend must omit it (its model answers by itself): the operator refuses the pair with Accepted=False, reason AgentWithSpeechToSpeech.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentIntegration>,
-    /// Default audio format of sessions; codec must be one the provider supports.
+    /// Default audio format of sessions that set none (with the codec their transport carries); codec must be one the provider supports.
     #[serde(default)]
     pub audio: AudioFormat,
     /// Worker pods.

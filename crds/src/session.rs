@@ -124,7 +124,7 @@ pub struct VoiceSessionSpec {
     /// Overrides of the backend's agent behaviour for this session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentOverrides>,
-    /// Audio format for this session; defaults to the backend's `spec.audio`.
+    /// Audio format for this session; defaults to the backend's `spec.audio` with the codec the transport carries (WebRTC: opus at 48000 Hz; WebSocket: pcm at the backend's sampleRate).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<AudioFormat>,
     /// Turn detection override for this session.

@@ -3,7 +3,9 @@
 //! Pure: the backend controller passes the backend's spec and the provider it names (or
 //! `None` when there is no such provider) and writes the outcome into the `Accepted`
 //! condition and an Event. Rules that need only the backend are enforced by the API server
-//! (schema and CEL), so they never reach here.
+//! (schema and CEL), so they never reach here; the one exception, S2S with an agent, is
+//! refused here because the issue that lifts it (S2S steered by the agent) will change the
+//! operator, not the schema (`docs/decisions.md`).
 
 use voice_crds::{
     AdvertiseMode, PipelineType, ProviderStages, StageProvider, VoiceBackendSpec, VoiceProvider,
@@ -20,6 +22,9 @@ pub enum Rejection {
     ProviderNotAccepted,
     /// `pipeline.type: S2S` on a provider without `capabilities.s2sSupport`.
     S2SNotSupported,
+    /// `pipeline.type: S2S` with `spec.agent` set: the speech-to-speech model answers the
+    /// user itself, so the worker would silently run without the agent.
+    AgentWithSpeechToSpeech,
     /// `spec.audio.codec` is not in the provider's `supportedCodecs` (FR-019).
     CodecNotSupported,
     /// `spec.providerConfig` does not satisfy the provider's `configSchema` (FR-016).
@@ -44,6 +49,7 @@ impl Rejection {
             Rejection::ProviderNotFound => "ProviderNotFound",
             Rejection::ProviderNotAccepted => "ProviderNotAccepted",
             Rejection::S2SNotSupported => "S2SNotSupported",
+            Rejection::AgentWithSpeechToSpeech => "AgentWithSpeechToSpeech",
             Rejection::CodecNotSupported => "CodecNotSupported",
             Rejection::InvalidProviderConfig => "InvalidProviderConfig",
             Rejection::StageNotSupported => "StageNotSupported",
@@ -138,6 +144,17 @@ pub fn check(spec: &VoiceBackendSpec, provider: Option<&VoiceProvider>) -> Accep
             format!(
                 "spec.admissionRateLimit needs a provider with capabilities.customRateLimiting, and VoiceProvider {:?} has none; remove admissionRateLimit or use another provider",
                 spec.provider
+            ),
+        );
+    }
+    if spec.pipeline.type_ == PipelineType::S2s
+        && let Some(agent) = &spec.agent
+    {
+        return reject(
+            Rejection::AgentWithSpeechToSpeech,
+            format!(
+                "spec.agent: pipeline type S2S cannot be combined with an agent (agent.type {:?}): the speech-to-speech model answers the user itself and the worker never calls the agent; remove spec.agent to keep S2S, or use pipeline type STT_TTS to have the agent answer",
+                agent.type_
             ),
         );
     }

@@ -50,6 +50,9 @@ pub enum Blocked {
     BackendNotAccepted,
     /// The provider's or the backend's `admissionRateLimit` allows no admission yet.
     RateLimited,
+    /// The session's `spec.audio` (or its backend's) does not fit its transport, provider
+    /// or worker; it waits, outside the queue, until the spec or the provider changes.
+    AudioFormatNotSupported,
 }
 
 impl Blocked {
@@ -64,6 +67,7 @@ impl Blocked {
             Blocked::BackendNotFound => "BackendNotFound",
             Blocked::BackendNotAccepted => "BackendNotAccepted",
             Blocked::RateLimited => "RateLimited",
+            Blocked::AudioFormatNotSupported => crate::session_audio::REASON,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct PendingSession {
     pub backend: BackendKey,
     /// Creation time (any monotone number, e.g. Unix milliseconds): the queue order.
     pub created: i64,
+    /// Why its audio format cannot be served (from [`crate::session_audio::misfit`]).
+    pub audio_misfit: Option<String>,
 }
 
 /// A session that waits, with why and where it stands.
@@ -101,8 +107,11 @@ pub struct Waiting {
     pub key: SessionKey,
     /// The cap or state that holds it back.
     pub blocked: Blocked,
-    /// 1-based position among its backend's waiting sessions.
-    pub queue_position: u32,
+    /// 1-based position among its backend's waiting sessions; `None` for a session that
+    /// cannot be admitted as it is, which waits outside the queue.
+    pub queue_position: Option<u32>,
+    /// The condition message when the generic one for `blocked` would not say enough.
+    pub detail: Option<String>,
 }
 
 /// The outcome of one admission round.
@@ -162,13 +171,20 @@ pub fn plan(
                 ledger.hold(session.key.clone(), slot.clone());
                 plan.admit.push((session.key.clone(), slot));
             }
+            Err(Blocked::AudioFormatNotSupported) => plan.waiting.push(Waiting {
+                key: session.key.clone(),
+                blocked: Blocked::AudioFormatNotSupported,
+                queue_position: None,
+                detail: session.audio_misfit.clone(),
+            }),
             Err(blocked) => {
                 let position = positions.entry(&session.backend).or_default();
                 *position += 1;
                 plan.waiting.push(Waiting {
                     key: session.key.clone(),
                     blocked,
-                    queue_position: *position,
+                    queue_position: Some(*position),
+                    detail: None,
                 });
             }
         }
@@ -187,6 +203,9 @@ fn decide(
         .ok_or(Blocked::BackendNotFound)?;
     if !backend.accepted {
         return Err(Blocked::BackendNotAccepted);
+    }
+    if session.audio_misfit.is_some() {
+        return Err(Blocked::AudioFormatNotSupported);
     }
     let provider_cap = caps.providers.get(&backend.provider).copied().unwrap_or(0);
     if provider_cap > 0 && ledger.provider_count(&backend.provider) >= provider_cap {

@@ -34,6 +34,7 @@ use crate::placement::WorkerView;
 use crate::pod_template;
 use crate::rate_limit::{self, RateLimits};
 use crate::session_admit::{self, Admission, Outcome};
+use crate::session_audio;
 use crate::session_counts::BackendSessions;
 use crate::session_lifecycle::{Lifecycle, reason};
 use crate::session_live::Ended;
@@ -327,6 +328,17 @@ impl Allocator {
         self.backends
             .get(&reference)
             .map(|b| b.spec.provider.clone())
+    }
+
+    /// Why `session`'s audio cannot be served by its backend and provider, if it cannot.
+    fn audio_misfit(&self, session: &VoiceSession, namespace: &str) -> Option<String> {
+        let reference = reflector::ObjectRef::new(&session.spec.backend_ref.name).within(namespace);
+        let backend = self.backends.get(&reference);
+        let provider = backend.as_ref().and_then(|b| {
+            self.providers
+                .get(&reflector::ObjectRef::new(&b.spec.provider))
+        });
+        session_audio::misfit_of(session, backend.as_deref(), provider.as_deref())
     }
 
     /// The lifecycle the allocator last applied to `session` (or the observed one).
@@ -910,6 +922,7 @@ impl Allocator {
                     .creation_timestamp
                     .as_ref()
                     .map_or(0, |t| t.0.as_millisecond()),
+                audio_misfit: self.audio_misfit(s, &k.namespace),
             })
             .collect();
         if pending.is_empty() {
@@ -979,12 +992,16 @@ impl Allocator {
             } else {
                 waiting.blocked.reason()
             };
-            let message = waiting_message(waiting.blocked, &session.spec.backend_ref.name);
+            let message = waiting.detail.clone().unwrap_or_else(|| {
+                waiting_message(waiting.blocked, &session.spec.backend_ref.name)
+            });
             let next = lifecycle
                 .pending(
                     why,
                     &message,
-                    Some(i32::try_from(waiting.queue_position).unwrap_or(i32::MAX)),
+                    waiting
+                        .queue_position
+                        .map(|p| i32::try_from(p).unwrap_or(i32::MAX)),
                     Time(now),
                 )
                 .observing(session.metadata.generation);
@@ -1136,7 +1153,10 @@ impl Allocator {
             let entry = per_backend.entry(backend.clone()).or_default();
             if self.ledger.slot(key).is_some() {
                 entry.active += 1;
-            } else if self.phase_of(key, session) == SessionPhase::Pending {
+            } else if self.phase_of(key, session) == SessionPhase::Pending
+                // A session that cannot run as it is asks for no worker.
+                && self.lifecycle_of(key, session).admitted_reason() != Some(session_audio::REASON)
+            {
                 entry.pending += 1;
                 if let Some(provider) = self.provider_of(&backend) {
                     *provider_pending.entry(provider).or_default() += 1;
@@ -1432,6 +1452,9 @@ fn waiting_message(blocked: admission::Blocked, backend: &str) -> String {
         Blocked::RateLimited => format!(
             "the admissionRateLimit of VoiceBackend {backend} or its provider allows no admission yet; admitted in queue order as it refills"
         ),
+        Blocked::AudioFormatNotSupported => {
+            "spec.audio does not fit the session's transport, provider or worker".into()
+        }
     }
 }
 

@@ -111,7 +111,7 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
         session_id: format!("{ns}/{name}"),
         uid: uid.clone(),
         token_key_id: None,
-        session_config_json: session_config(&a.session).to_json(),
+        session_config_json: session_config(&a.session, &a.backend).to_json(),
     };
     match ctx.workers.reserve(&ip, request, WORKER_TIMEOUT).await {
         Ok(r) => match r.result() {
@@ -208,7 +208,11 @@ pub fn endpoint(session: &VoiceSession, backend: &VoiceBackend, ip: &str) -> Ses
         Transport::WebRtc => "offer",
         Transport::WebSocket => "ws",
     };
-    let url = format!("{scheme}://{host}:{HTTP_PORT}/v1/sessions/{ns}/{name}/{path}");
+    let mut url = format!("{scheme}://{host}:{HTTP_PORT}/v1/sessions/{ns}/{name}/{path}");
+    // The WebSocket states the PCM16 rate it serves by default (the session's sampleRate).
+    if let Some(rate) = crate::session_audio::websocket_rate(session, backend) {
+        url.push_str(&format!("?rate={rate}"));
+    }
     SessionEndpoint {
         url,
         token_secret_name: token_secret_name(&name),
@@ -225,8 +229,8 @@ pub fn endpoint(session: &VoiceSession, backend: &VoiceBackend, ip: &str) -> Ses
 
 /// The session's overrides handed to the worker (typed; never endpoints, URLs or Secret
 /// names: the worker runs its backend's pipeline as its pod was started with), with the
-/// persisted conversation when the session is re-admitted.
-pub fn session_config(session: &VoiceSession) -> SessionConfig {
+/// persisted conversation when the session is re-admitted, and its WebSocket audio.
+pub fn session_config(session: &VoiceSession, backend: &VoiceBackend) -> SessionConfig {
     let spec = &session.spec;
     let agent = spec.agent.as_ref().map(|o| AgentFlags {
         streaming_mode: o.streaming_mode,
@@ -266,6 +270,7 @@ pub fn session_config(session: &VoiceSession) -> SessionConfig {
         user_id: Some(spec.user.user_id.clone()),
         metadata: spec.metadata.as_ref().and_then(|m| m.as_object().cloned()),
         context,
+        audio: crate::session_audio::for_worker(session, backend),
     }
 }
 
@@ -414,7 +419,7 @@ mod tests {
         );
         assert_eq!(
             url(&ws, &plain, "10.0.0.5"),
-            "ws://10.0.0.5:8080/v1/sessions/team/call-1/ws"
+            "ws://10.0.0.5:8080/v1/sessions/team/call-1/ws?rate=48000"
         );
         assert_eq!(
             url(&webrtc, &tls, "10.0.0.5"),
@@ -422,7 +427,7 @@ mod tests {
         );
         assert_eq!(
             url(&ws, &tls, "fd00::5"),
-            "wss://[fd00::5]:8080/v1/sessions/team/call-1/ws"
+            "wss://[fd00::5]:8080/v1/sessions/team/call-1/ws?rate=48000"
         );
     }
 }

@@ -6,6 +6,7 @@
 //! configuration ([`session_config`]) and the control channel's certificates ([`control_tls`]).
 
 pub mod control_tls;
+pub mod session_audio;
 pub mod session_config;
 pub mod token;
 

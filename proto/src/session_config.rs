@@ -39,6 +39,10 @@ pub struct SessionConfig {
     /// The conversation so far, when the session resumes on a new worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Conversation>,
+    /// The session's WebSocket rate and message limit (`VoiceSession.spec.audio`); unset
+    /// means [`crate::session_audio::DEFAULT`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio: Option<crate::session_audio::SessionAudio>,
 }
 
 /// Overrides of the backend's agent flags and prompt; unset keeps the backend's value.
@@ -112,7 +116,7 @@ pub enum SessionConfigError {
     /// A field the type does not have, e.g. an endpoint or a Secret name.
     #[error(
         "session_config_json.{0}: unknown field; a session configuration holds only overrides \
-         (agent flags, systemPrompt, silenceTimeoutMs, userId, metadata, context): endpoints, URLs, \
+         (agent flags, systemPrompt, silenceTimeoutMs, userId, metadata, context, audio): endpoints, URLs, \
          providers and Secret names come only from the backend the worker was started with"
     )]
     UnknownField(String),
@@ -127,7 +131,15 @@ pub enum SessionConfigError {
 }
 
 /// Keys each object of the configuration may have; `metadata` is opaque and not listed.
-const TOP: &[&str] = &["agent", "silenceTimeoutMs", "userId", "metadata", "context"];
+const TOP: &[&str] = &[
+    "agent",
+    "silenceTimeoutMs",
+    "userId",
+    "metadata",
+    "context",
+    "audio",
+];
+const AUDIO: &[&str] = &["sampleRate", "bufferBytes"];
 const AGENT: &[&str] = &[
     "streamingMode",
     "interruptionHandling",
@@ -172,6 +184,9 @@ impl SessionConfig {
         if let Some(agent) = value.get("agent") {
             known_keys(agent, AGENT, "agent")?;
         }
+        if let Some(audio) = value.get("audio") {
+            known_keys(audio, AUDIO, "audio")?;
+        }
         if let Some(context) = value.get("context") {
             known_keys(context, CONTEXT, "context")?;
             if let Some(lines) = context.get("transcript").and_then(|t| t.as_array()) {
@@ -187,6 +202,9 @@ impl SessionConfig {
     }
 
     fn check_ranges(&self) -> Result<(), SessionConfigError> {
+        if let Some((field, message)) = self.audio.as_ref().and_then(|a| a.problem()) {
+            return Err(SessionConfigError::OutOfRange { field, message });
+        }
         if let Some(ms) = self.silence_timeout_ms
             && !(1..=MAX_SILENCE_TIMEOUT_MS).contains(&ms)
         {
@@ -250,6 +268,10 @@ mod tests {
                 }],
                 agent_state: Some(r#"{"step": 3}"#.into()),
             }),
+            audio: Some(crate::session_audio::SessionAudio {
+                sample_rate: 8_000,
+                buffer_bytes: 3_200,
+            }),
         };
         assert_eq!(SessionConfig::parse(&config.to_json()), Ok(config));
         assert_eq!(SessionConfig::parse(""), Ok(SessionConfig::default()));
@@ -300,6 +322,11 @@ mod tests {
         assert!(refused(&big).contains("context.agentState"));
         assert!(refused("[1, 2]").contains("not a valid"));
         assert!(refused("{not json").contains("not a valid"));
+        let rate = r#"{"audio": {"sampleRate": 44100, "bufferBytes": 96000}}"#;
+        assert!(refused(rate).contains("session_config_json.audio.sampleRate"));
+        let buffer = r#"{"audio": {"sampleRate": 8000, "bufferBytes": 16777216}}"#;
+        assert!(refused(buffer).contains("session_config_json.audio.bufferBytes"));
+        assert!(refused(r#"{"audio": {"sampleRate": 8000, "url": "x"}}"#).contains("audio.url"));
         let huge = format!(r#"{{"userId": "{}"}}"#, "x".repeat(MAX_BYTES));
         assert!(refused(&huge).contains("bytes"));
     }

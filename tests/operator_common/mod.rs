@@ -409,13 +409,20 @@ pub type SessionSender = futures::stream::SplitSink<
     tokio_tungstenite::tungstenite::Message,
 >;
 
+/// A session's WebSocket endpoint `url` (which states the session's rate, `?rate=`) with
+/// the join `token` and the client's own `rate` in place of the stated one.
+pub fn ws_url(url: &str, token: &str, rate: u32) -> String {
+    let base = url.split('?').next().unwrap_or(url);
+    format!("{base}?token={token}&rate={rate}")
+}
+
 /// Connects to a session's WebSocket `url` with its join `token` at 16 kHz.
 pub async fn connect_session(
     url: &str,
     token: &str,
 ) -> (SessionSender, tokio::task::JoinHandle<()>) {
     use futures::StreamExt;
-    let (ws, _) = tokio_tungstenite::connect_async(format!("{url}?token={token}&rate=16000"))
+    let (ws, _) = tokio_tungstenite::connect_async(ws_url(url, token, 16_000))
         .await
         .expect("the worker takes the token");
     let (tx, mut rx) = ws.split();

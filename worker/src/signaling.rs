@@ -8,7 +8,7 @@
 //! | `GET /v1/sessions/{namespace}/{name}/ice-servers` (bearer token) | `200`, `{"iceServers": [RTCIceServer]}` | 401 403 404 503 |
 //! | `PATCH /v1/sessions/{namespace}/{name}/connections/{id}` (`application/trickle-ice-sdpfrag`, bearer token, optional `If-Match`) | `204` | 400 401 403 404 412 413 415 422 |
 //! | `DELETE /v1/sessions/{namespace}/{name}/connections/{id}` (bearer token) | `200` | 401 403 404 |
-//! | `GET /v1/sessions/{namespace}/{name}/ws?rate=16000\|48000` (bearer token, or `Sec-WebSocket-Protocol: voice.v1, token.<jwt>`, or `?token=` as a fallback) | `101` | 400 401 403 404 409 503 |
+//! | `GET /v1/sessions/{namespace}/{name}/ws?rate=8000\|16000\|24000\|48000` (default: the session's `spec.audio.sampleRate`; bearer token, or `Sec-WebSocket-Protocol: voice.v1, token.<jwt>`, or `?token=` as a fallback) | `101` | 400 401 403 404 409 503 |
 //!
 //! Any other method on these paths is answered `405` with an `Allow` header (RFC 9725
 //! §4.3: a `PATCH` on the offer endpoint, for one). Trickle ICE follows RFC 9725 §4.3.1–2:
@@ -583,16 +583,8 @@ async fn websocket_upgrade(
         let token = bearer(&headers)
             .or(offered)
             .or_else(|| query_param(query, "token"));
-        let rate = match query_param(query, "rate") {
-            None | Some("48000") => websocket::Rate::Hz48000,
-            Some("16000") => websocket::Rate::Hz16000,
-            Some(other) => {
-                return Err(SignalingError::BadParameter(format!(
-                    "rate must be 16000 or 48000, not {other}"
-                )));
-            }
-        };
         let uid = authorize(&ctx, &session_id, token)?;
+        let shape = websocket_shape(&ctx, &session_id, query_param(query, "rate"))?;
         let claim = ctx
             .connections
             .claim(&session_id, &uid, Transport::WebSocket)?;
@@ -600,13 +592,46 @@ async fn websocket_upgrade(
         // Sizes are enforced by the framing layer while reading (before buffering); only
         // the non-secret subprotocol is echoed.
         Ok(upgrade
-            .max_message_size(ws_rules::MAX_MESSAGE_BYTES)
-            .max_frame_size(ws_rules::MAX_MESSAGE_BYTES)
+            .max_message_size(shape.max_message)
+            .max_frame_size(shape.max_message)
             .protocols([ws_rules::SUBPROTOCOL])
-            .on_upgrade(move |socket| websocket::serve(ctx, claim, socket, rate, remote))
+            .on_upgrade(move |socket| websocket::serve(ctx, claim, socket, shape, remote))
             .into_response())
     })();
     counted(&ctx.metrics, result)
+}
+
+/// The rate and message limit of a WebSocket to `session_id`: the client's `rate` if it
+/// names one, else the session's `spec.audio` as reserved (48 kHz and 96000 bytes unless set).
+fn websocket_shape(
+    ctx: &MediaContext,
+    session_id: &str,
+    asked: Option<&str>,
+) -> Result<websocket::Shape, SignalingError> {
+    let audio = ctx
+        .sessions
+        .session_config(session_id)
+        .and_then(|c| c.audio)
+        .unwrap_or_default();
+    let hz = match asked {
+        None => Some(audio.sample_rate),
+        Some(text) => text.parse().ok(),
+    };
+    let rate = hz.and_then(websocket::Rate::new).ok_or_else(|| {
+        SignalingError::BadParameter(format!(
+            "rate must be one of 8000, 16000, 24000 or 48000 (PCM16 Hz), not {}",
+            asked.unwrap_or_default()
+        ))
+    })?;
+    // The reservation's limit was checked when it was parsed; the clamp keeps the rule
+    // here too, so no session can make the framing layer buffer more.
+    let max = audio
+        .buffer_bytes
+        .clamp(1, voice_proto::session_audio::MAX_BUFFER_BYTES);
+    Ok(websocket::Shape {
+        rate,
+        max_message: usize::try_from(max).unwrap_or(ws_rules::MAX_MESSAGE_BYTES),
+    })
 }
 
 /// The value of `name` in a query string. Tokens and rates need no percent-decoding

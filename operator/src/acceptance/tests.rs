@@ -140,6 +140,25 @@ fn a_backend_rate_limit_needs_custom_rate_limiting() {
 }
 
 #[test]
+fn s2s_with_an_agent_is_rejected_naming_spec_agent_and_both_fixes() {
+    let s2s = json!({"type": "S2S", "stt": null, "tts": null, "s2s": {"provider": "echo"}});
+    let with_s2s =
+        provider(json!({"capabilities": {"s2sSupport": true}, "stages": {"s2s": ["echo"]}}));
+    let outcome = check(&backend(json!({"pipeline": s2s.clone()})), Some(&with_s2s));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::AgentWithSpeechToSpeech);
+    assert_eq!(outcome.reason(), "AgentWithSpeechToSpeech");
+    assert!(
+        msg.starts_with("spec.agent:")
+            && msg.contains("remove spec.agent")
+            && msg.contains("STT_TTS"),
+        "{msg}"
+    );
+    let without_agent = backend(json!({"pipeline": s2s, "agent": null}));
+    assert_eq!(check(&without_agent, Some(&with_s2s)), Acceptance::Accepted);
+}
+
+#[test]
 fn an_unsupported_codec_is_rejected_listing_the_supported_ones() {
     let spec = backend(json!({"audio": {"codec": "pcm", "sampleRate": 16000}}));
     let outcome = check(&spec, Some(&provider(json!({}))));

@@ -62,6 +62,7 @@ fn pending(n: usize) -> Vec<PendingSession> {
             key: session(i),
             backend: backend_key("b"),
             created: i as i64,
+            audio_misfit: None,
         })
         .collect()
 }
@@ -78,9 +79,51 @@ fn backend_cap_admits_the_oldest_and_queues_the_rest_in_order() {
             .map(|w| (w.key.name.as_str(), w.blocked, w.queue_position))
             .collect::<Vec<_>>(),
         [
-            ("s2", Blocked::BackendLimit, 1),
-            ("s3", Blocked::BackendLimit, 2)
+            ("s2", Blocked::BackendLimit, Some(1)),
+            ("s3", Blocked::BackendLimit, Some(2))
         ]
+    );
+}
+
+#[test]
+fn a_session_whose_audio_does_not_fit_waits_outside_the_queue_and_takes_no_slot() {
+    let backends = one_backend(0, vec![worker("w1", 1)]);
+    let mut sessions = pending(3);
+    sessions[0].audio_misfit = Some("spec.audio.channels: 2 channels are not served".into());
+    let plan = plan(&Ledger::new(), &sessions, &backends, &HashMap::new());
+    let admitted: Vec<_> = plan.admit.iter().map(|(k, _)| k.name.clone()).collect();
+    assert_eq!(
+        admitted,
+        ["s1"],
+        "the misfit ahead of s1 does not take the only slot"
+    );
+    let waiting: Vec<_> = plan
+        .waiting
+        .iter()
+        .map(|w| {
+            (
+                w.key.name.as_str(),
+                w.blocked,
+                w.queue_position,
+                w.detail.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            (
+                "s0",
+                Blocked::AudioFormatNotSupported,
+                None,
+                Some("spec.audio.channels: 2 channels are not served")
+            ),
+            ("s2", Blocked::NoWorkerCapacity, Some(1), None),
+        ]
+    );
+    assert_eq!(
+        Blocked::AudioFormatNotSupported.reason(),
+        "AudioFormatNotSupported"
     );
 }
 
@@ -102,6 +145,7 @@ fn provider_cap_holds_across_backends() {
         key: session(9),
         backend: backend_key("c"),
         created: 9,
+        audio_misfit: None,
     });
     let plan = plan(
         &Ledger::new(),
@@ -292,7 +336,7 @@ proptest! {
                         .sessions
                         .iter()
                         .filter(|(_, (_, _, slot))| slot.is_none())
-                        .map(|(key, (backend, created, _))| PendingSession { key: key.clone(), backend: backend.clone(), created: *created })
+                        .map(|(key, (backend, created, _))| PendingSession { key: key.clone(), backend: backend.clone(), created: *created, audio_misfit: None })
                         .collect();
                     let plan = plan(&world.ledger, &pending, &world.backends, &world.provider_caps);
                     for w in &plan.waiting {
@@ -355,9 +399,9 @@ fn a_rate_limit_admits_at_its_pace_first_come_first_served_and_says_when_next() 
     assert_eq!(
         waiting,
         [
-            ("s2".into(), Blocked::RateLimited, 1),
-            ("s3".into(), Blocked::RateLimited, 2),
-            ("s4".into(), Blocked::RateLimited, 3)
+            ("s2".into(), Blocked::RateLimited, Some(1)),
+            ("s3".into(), Blocked::RateLimited, Some(2)),
+            ("s4".into(), Blocked::RateLimited, Some(3))
         ]
     );
     assert_eq!(first.next_due, Some(10_500));
@@ -394,6 +438,7 @@ fn a_namespace_quota_holds_across_its_backends_and_not_beyond_its_namespace() {
         key: session(2),
         backend: backend_key("c"),
         created: 2,
+        audio_misfit: None,
     });
     queue.push(PendingSession {
         key: SessionKey {
@@ -403,6 +448,7 @@ fn a_namespace_quota_holds_across_its_backends_and_not_beyond_its_namespace() {
         },
         backend: other_ns,
         created: 3,
+        audio_misfit: None,
     });
     let caps = Caps {
         namespaces: HashMap::from([("ns".to_owned(), 2)]),

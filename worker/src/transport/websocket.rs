@@ -1,15 +1,17 @@
 //! WebSocket sessions for telephony bridges and server-to-server clients: binary frames
-//! of PCM16 little-endian mono in and out at 16 or 48 kHz, text frames of JSON events.
+//! of PCM16 little-endian mono in and out at 8, 16, 24 or 48 kHz (the client's `rate`, or
+//! the session's `spec.audio.sampleRate`), text frames of JSON events.
 //!
 //! Audio goes through the same speech-to-speech provider as WebRTC (`echo`), at 48 kHz;
-//! a 16 kHz client is resampled on the way in and out. Replies are sent as soon as the
-//! provider has a frame: the client paces what it sends, and the socket's own
-//! back-pressure paces what we send.
+//! any other rate is resampled on the way in by the pipeline's windowed-sinc [`Resampler`]
+//! and on the way out by an integer-factor [`Decimator`] (all rates divide 48 kHz). Replies are sent as soon as the provider has a frame: the client paces
+//! what it sends, and the socket's own back-pressure paces what we send.
 //!
-//! Every edge has a limit ([`ws_rules`](super::ws_rules)): a message larger than 96 000
-//! bytes is refused by the framing layer before it is buffered; each send has a deadline;
-//! the server pings and expects a pong in time. A client that breaks a rule is closed with
-//! a close code that says which, and its slot is released.
+//! Every edge has a limit ([`ws_rules`](super::ws_rules)): a message larger than the
+//! session's `spec.audio.bufferSize` (96 000 bytes by default) is refused by the framing
+//! layer before it is buffered; each send has a deadline; the server pings and expects a
+//! pong in time. A client that breaks a rule is closed with a close code that says which,
+//! and its slot is released.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -21,11 +23,12 @@ use voice_proto::worker::v1::Connected;
 
 use crate::connections::Claim;
 use crate::media::echo::SpeechToSpeech;
-use crate::media::resample::{Downsample3, Upsample3};
+use crate::media::resample::Decimator;
 use crate::media::{FRAME_SAMPLES, Frame};
+use crate::pipeline::audio::Resampler;
 use crate::signaling::MediaContext;
 use crate::transport::ws_rules::{
-    Inbound, PONG_TIMEOUT, Received, TOO_BIG, Timing, Verdict, classify, verdict_for_axum,
+    Inbound, PONG_TIMEOUT, Received, TOO_BIG, Timing, Verdict, classify_within, verdict_for_axum,
 };
 
 /// Frames the echo holds before dropping the oldest: two seconds, since a WebSocket
@@ -33,22 +36,34 @@ use crate::transport::ws_rules::{
 #[cfg(test)]
 const ECHO_FRAMES: usize = 100;
 
-/// The client's sample rate, chosen by the `rate` query parameter.
+/// The pipeline's own rate: a client at this rate is not resampled.
+const PIPELINE_HZ: u32 = 48_000;
+
+/// The client's PCM16 sample rate: one of [`PCM_RATES`](voice_proto::session_audio::PCM_RATES).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Rate {
-    /// Wideband telephony.
-    Hz16000,
-    /// The pipeline's own rate: no resampling.
-    Hz48000,
-}
+pub struct Rate(u32);
 
 impl Rate {
-    fn hz(self) -> u32 {
-        match self {
-            Rate::Hz16000 => 16_000,
-            Rate::Hz48000 => 48_000,
-        }
+    /// `hz` if a WebSocket serves it.
+    pub fn new(hz: u32) -> Option<Self> {
+        voice_proto::session_audio::PCM_RATES
+            .contains(&hz)
+            .then_some(Rate(hz))
     }
+
+    /// Samples per second.
+    pub fn hz(self) -> u32 {
+        self.0
+    }
+}
+
+/// How one connection's audio is shaped: its rate and its largest inbound message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// The client's rate.
+    pub rate: Rate,
+    /// Largest inbound message in bytes (`spec.audio.bufferSize`).
+    pub max_message: usize,
 }
 
 /// How a connection ended.
@@ -89,9 +104,10 @@ pub async fn serve(
     ctx: Arc<MediaContext>,
     mut claim: Claim,
     mut socket: WebSocket,
-    rate: Rate,
+    shape: Shape,
     remote: SocketAddr,
 ) {
+    let rate = shape.rate;
     let timing = ctx.websocket;
     let connected = Connected {
         transport: claim.transport.to_proto().into(),
@@ -101,7 +117,7 @@ pub async fn serve(
             codec: "pcm".to_owned(),
             sample_rate: rate.hz(),
             channels: 1,
-            buffer_bytes: u32::try_from(super::ws_rules::MAX_MESSAGE_BYTES).unwrap_or(u32::MAX),
+            buffer_bytes: u32::try_from(shape.max_message).unwrap_or(u32::MAX),
         }),
     };
     if !ctx
@@ -121,6 +137,7 @@ pub async fn serve(
         "transport": "websocket",
         "rate": rate.hz(),
         "format": "pcm16le",
+        "maxMessageBytes": shape.max_message,
         "pipeline": described.pipeline,
         "provider": described.provider,
     });
@@ -144,7 +161,17 @@ pub async fn serve(
     .await;
     let ending = match greeting {
         Err(ending) => ending,
-        Ok(()) => converse(&ctx, &claim, &mut socket, &mut pipeline, timing).await,
+        Ok(()) => {
+            converse(
+                &ctx,
+                &claim,
+                &mut socket,
+                &mut pipeline,
+                timing,
+                shape.max_message,
+            )
+            .await
+        }
     };
     match ending {
         Ending::HungUp => {
@@ -190,6 +217,7 @@ async fn converse(
     socket: &mut WebSocket,
     pipeline: &mut Pipeline,
     timing: Timing,
+    max_message: usize,
 ) -> Ending {
     let mut pings =
         tokio::time::interval_at(Instant::now() + timing.ping_interval, timing.ping_interval);
@@ -219,11 +247,13 @@ async fn converse(
             message = socket.recv() => message,
         };
         let inbound = match &message {
-            Some(Ok(Message::Binary(data))) => classify(Received::Binary(data)),
-            Some(Ok(Message::Text(text))) => classify(Received::Text(text.as_str())),
-            Some(Ok(Message::Ping(_))) => classify(Received::Ping),
-            Some(Ok(Message::Pong(_))) => classify(Received::Pong),
-            Some(Ok(Message::Close(_))) | None => classify(Received::Close),
+            Some(Ok(Message::Binary(data))) => classify_within(Received::Binary(data), max_message),
+            Some(Ok(Message::Text(text))) => {
+                classify_within(Received::Text(text.as_str()), max_message)
+            }
+            Some(Ok(Message::Ping(_))) => classify_within(Received::Ping, max_message),
+            Some(Ok(Message::Pong(_))) => classify_within(Received::Pong, max_message),
+            Some(Ok(Message::Close(_))) | None => classify_within(Received::Close, max_message),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "WebSocket receive failed");
                 return verdict_for_axum(e).map_or(Ending::PeerClosed, Ending::Refused);
@@ -270,14 +300,15 @@ async fn converse(
 
 /// Client PCM → 48 kHz frames → provider → client PCM.
 struct Pipeline {
-    rate: Rate,
     provider: Box<dyn SpeechToSpeech>,
     /// An odd trailing byte of the last message (frames may split samples).
     carry: Option<u8>,
     samples: Vec<i16>,
     wide: Vec<i16>,
-    up: Upsample3,
-    down: Downsample3,
+    /// Client rate → 48 kHz (a pass-through at 48 kHz).
+    up: Resampler,
+    /// 48 kHz → client rate.
+    down: Decimator,
 }
 
 impl Pipeline {
@@ -288,13 +319,12 @@ impl Pipeline {
 
     fn with_provider(rate: Rate, provider: Box<dyn SpeechToSpeech>) -> Self {
         Self {
-            rate,
             provider,
             carry: None,
             samples: Vec::new(),
             wide: Vec::with_capacity(4 * FRAME_SAMPLES),
-            up: Upsample3::default(),
-            down: Downsample3::default(),
+            up: Resampler::new(rate.hz(), PIPELINE_HZ),
+            down: Decimator::new((PIPELINE_HZ / rate.hz()) as usize),
         }
     }
 
@@ -315,10 +345,7 @@ impl Pipeline {
         if let [odd] = pairs.remainder() {
             self.carry = Some(*odd);
         }
-        match self.rate {
-            Rate::Hz48000 => self.wide.extend_from_slice(&self.samples),
-            Rate::Hz16000 => self.up.process(&self.samples, &mut self.wide),
-        }
+        self.up.process(&self.samples, &mut self.wide);
         let mut dropped = 0;
         while self.wide.len() >= FRAME_SAMPLES {
             let mut frame: Frame = [0; FRAME_SAMPLES];
@@ -335,46 +362,11 @@ impl Pipeline {
         if !self.provider.pull(&mut frame) {
             return None;
         }
-        let mut narrow = Vec::new();
-        let samples: &[i16] = match self.rate {
-            Rate::Hz48000 => &frame,
-            Rate::Hz16000 => {
-                self.down.process(&frame, &mut narrow);
-                &narrow
-            }
-        };
-        Some(samples.iter().flat_map(|s| s.to_le_bytes()).collect())
+        let mut narrow = Vec::with_capacity(FRAME_SAMPLES);
+        self.down.process(&frame, &mut narrow);
+        Some(narrow.iter().flat_map(|s| s.to_le_bytes()).collect())
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn bytes(samples: impl Iterator<Item = i16>) -> Vec<u8> {
-        samples.flat_map(|s| s.to_le_bytes()).collect()
-    }
-
-    #[test]
-    fn samples_split_across_messages_are_joined() {
-        let mut pipeline = Pipeline::new(Rate::Hz48000);
-        let data = bytes((0..FRAME_SAMPLES as i16).map(|i| i * 3));
-        // Split in the middle of a sample.
-        pipeline.push_bytes(&data[..101]);
-        assert!(
-            pipeline.pull_bytes().is_none(),
-            "half a frame is not a frame"
-        );
-        pipeline.push_bytes(&data[101..]);
-        assert_eq!(pipeline.pull_bytes(), Some(data));
-    }
-
-    #[test]
-    fn a_16_khz_client_gets_16_khz_back() {
-        let mut pipeline = Pipeline::new(Rate::Hz16000);
-        // 20 ms at 16 kHz is 320 samples → one 48 kHz frame → 320 samples back.
-        pipeline.push_bytes(&bytes(std::iter::repeat_n(1_000, 320)));
-        let reply = pipeline.pull_bytes().unwrap_or_default();
-        assert_eq!(reply.len(), 640);
-    }
-}
+mod tests;

@@ -5,9 +5,10 @@
 
 use std::time::Duration;
 
-/// Largest message (and frame) accepted, in bytes: a second of 48 kHz PCM16. Set on the
-/// upgrade, so the framing layer refuses a larger one while reading its header instead of
-/// buffering it (axum's default is 64 MiB).
+/// Largest message (and frame) accepted when the session does not say, in bytes: a second
+/// of 48 kHz PCM16 (`spec.audio.bufferSize`'s default). A session's own limit is set on the
+/// upgrade too, so the framing layer refuses a larger message while reading its header
+/// instead of buffering it (axum's default is 64 MiB).
 pub const MAX_MESSAGE_BYTES: usize = 96_000;
 
 /// The subprotocol a client names beside its token (`Sec-WebSocket-Protocol: voice.v1,
@@ -72,11 +73,11 @@ pub struct Verdict {
     pub message: &'static str,
 }
 
-/// A message larger than [`MAX_MESSAGE_BYTES`] (one frame or fragments together).
+/// A message larger than the session's limit (one frame or fragments together).
 pub const TOO_BIG: Verdict = Verdict {
     code: 1009,
     reason: "MessageTooBig",
-    message: "messages are limited to 96000 bytes; send 20 ms frames",
+    message: "a message exceeded the session's spec.audio.bufferSize (96000 bytes unless set); send 20 ms frames",
 };
 
 /// A text frame whose payload is not UTF-8: binary audio sent as text.
@@ -138,13 +139,18 @@ pub enum Received<'a> {
     Close,
 }
 
-/// What the session does with `message`. Sizes are checked again here, so the rule holds
-/// even if a framing layer let a larger message through.
+/// What a session with the default limit does with `message` ([`classify_within`]).
 pub fn classify<'a>(message: Received<'a>) -> Inbound<'a> {
+    classify_within(message, MAX_MESSAGE_BYTES)
+}
+
+/// What the session does with `message` when its messages may hold `max_bytes`. Sizes are
+/// checked again here, so the rule holds even if a framing layer let a larger message through.
+pub fn classify_within<'a>(message: Received<'a>, max_bytes: usize) -> Inbound<'a> {
     match message {
-        Received::Binary(data) if data.len() > MAX_MESSAGE_BYTES => Inbound::Refuse(TOO_BIG),
+        Received::Binary(data) if data.len() > max_bytes => Inbound::Refuse(TOO_BIG),
         Received::Binary(data) => Inbound::Audio(data),
-        Received::Text(text) if text.len() > MAX_MESSAGE_BYTES => Inbound::Refuse(TOO_BIG),
+        Received::Text(text) if text.len() > max_bytes => Inbound::Refuse(TOO_BIG),
         Received::Text(_) => Inbound::Refuse(TEXT_UNSUPPORTED),
         Received::Ping => Inbound::Ignore,
         Received::Pong => Inbound::Pong,
@@ -187,6 +193,20 @@ mod tests {
             Inbound::Refuse(TEXT_UNSUPPORTED)
         );
         assert_eq!(classify(Received::Pong), Inbound::Pong);
+        // A session's own bufferSize moves the limit both ways.
+        let frame_8k = vec![0u8; 320];
+        assert_eq!(
+            classify_within(Received::Binary(&frame_8k), 320),
+            Inbound::Audio(&frame_8k)
+        );
+        assert_eq!(
+            classify_within(Received::Binary(&audio), 320),
+            Inbound::Refuse(TOO_BIG)
+        );
+        assert_eq!(
+            classify_within(Received::Binary(&big), 960_000),
+            Inbound::Audio(&big)
+        );
         assert_eq!(classify(Received::Ping), Inbound::Ignore);
         assert_eq!(classify(Received::Close), Inbound::Closed);
         let capacity =
