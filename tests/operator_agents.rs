@@ -113,19 +113,25 @@ fn log_of(log: &Arc<Mutex<Vec<String>>>) -> Vec<String> {
 
 /// A caller's microphone: sends 16 kHz PCM16 in 20 ms messages in real time, silence unless
 /// it has been handed speech, until the worker closes the socket (as it does when the agent
-/// hangs up). Returns the channel that takes speech.
+/// hangs up). Returns the channel that takes speech; an empty message mutes it (nothing is
+/// sent once the speech handed to it is out) until it is handed speech again.
 fn microphone(mut tx: SessionSender) -> (mpsc::Sender<Vec<u8>>, tokio::task::JoinHandle<()>) {
     use futures::SinkExt;
     let (speech, mut queue) = mpsc::channel::<Vec<u8>>(4);
     let task = tokio::spawn(async move {
         let mut ticks = tokio::time::interval(Duration::from_millis(20));
         let mut pending: std::collections::VecDeque<u8> = Default::default();
+        let mut muted = false;
         loop {
             ticks.tick().await;
             if pending.is_empty()
                 && let Ok(more) = queue.try_recv()
             {
+                muted = more.is_empty();
                 pending.extend(more);
+            }
+            if muted && pending.is_empty() {
+                continue;
             }
             let take = pending.len().min(640);
             let mut frame: Vec<u8> = pending.drain(..take).collect();
@@ -140,14 +146,26 @@ fn microphone(mut tx: SessionSender) -> (mpsc::Sender<Vec<u8>>, tokio::task::Joi
 }
 
 /// Says `phrase` until the agent has logged `turns` transcripts; offline STT may miss a
-/// phrase, so it is said up to three times per turn.
-async fn talk_until(speech: &mpsc::Sender<Vec<u8>>, log: &Arc<Mutex<Vec<String>>>, turns: usize) {
-    let phrase = speak("I would like to book a table for two");
+/// phrase, so it is said up to three times per turn. With `then_mute` the microphone sends
+/// nothing after the phrase and a second and a half of silence.
+async fn talk_until(
+    speech: &mpsc::Sender<Vec<u8>>,
+    log: &Arc<Mutex<Vec<String>>>,
+    turns: usize,
+    then_mute: bool,
+) {
+    let mut phrase = speak("I would like to book a table for two");
+    if then_mute {
+        phrase.extend(vec![0u8; 48_000]);
+    }
     for _ in 0..3 {
         speech
             .send(phrase.clone())
             .await
             .expect("the microphone runs");
+        if then_mute {
+            speech.send(Vec::new()).await.expect("the microphone runs");
+        }
         let heard = |log: &Arc<Mutex<Vec<String>>>| {
             log_of(log).iter().filter(|e| *e == "transcript").count()
         };
@@ -224,7 +242,7 @@ async fn a_tls_grpc_agent_hears_the_session_and_a_metadata_edit_saves_state_and_
     let (speech, mic) = microphone(tx);
 
     // Turn one: the agent learns who called and saves its state into the session.
-    talk_until(&speech, &log, 1).await;
+    talk_until(&speech, &log, 1, false).await;
     let start = log_of(&log).first().cloned().unwrap_or_default();
     assert_eq!(
         start,
@@ -281,8 +299,10 @@ async fn a_tls_grpc_agent_hears_the_session_and_a_metadata_edit_saves_state_and_
     .expect("editing spec.metadata");
     tokio::time::sleep(Duration::from_secs(1)).await;
 
-    // Turn two: the edit arrives before it, and the agent hangs up after answering.
-    talk_until(&speech, &log, 2).await;
+    // Turn two: the edit arrives before it, and the agent hangs up after answering. The
+    // caller's microphone goes quiet after the turn: the reply and the hang-up still come,
+    // on the worker's own clock.
+    talk_until(&speech, &log, 2, true).await;
     let ended = wait_phase(&api, "call", SessionPhase::Completed).await;
     let status = ended.status.expect("status");
     assert_eq!(status.end_reason.as_deref(), Some("AgentHangup"));
@@ -308,10 +328,10 @@ async fn a_tls_grpc_agent_hears_the_session_and_a_metadata_edit_saves_state_and_
         matches!((update, second), (Some(u), Some(t)) if u < t),
         "the edit came before the next turn: {entries:?}"
     );
-    tokio::time::timeout(T, mic)
+    tokio::time::timeout(T, reader)
         .await
         .expect("the worker closed the caller's socket")
-        .expect("the microphone ended cleanly");
-    reader.abort();
+        .expect("the reader ended cleanly");
+    mic.abort();
     server.abort();
 }

@@ -4,8 +4,10 @@
 //!
 //! Audio goes through the same speech-to-speech provider as WebRTC (`echo`), at 48 kHz;
 //! any other rate is resampled on the way in by the pipeline's windowed-sinc [`Resampler`]
-//! and on the way out by an integer-factor [`Decimator`] (all rates divide 48 kHz). Replies are sent as soon as the provider has a frame: the client paces
-//! what it sends, and the socket's own back-pressure paces what we send.
+//! and on the way out by an integer-factor [`Decimator`] (all rates divide 48 kHz). Replies
+//! go out as soon as the provider has a frame, looked for after each message the client
+//! sends, and every 20 ms once the client has sent nothing for 60 ms, so a reply plays out
+//! even while the client is quiet; the socket's own back-pressure paces what we send.
 //!
 //! Every edge has a limit ([`ws_rules`](super::ws_rules)): a message larger than the
 //! session's `spec.audio.bufferSize` (96 000 bytes by default) is refused by the framing
@@ -210,6 +212,28 @@ pub async fn serve(
     tracing::info!(session = %claim.session_id, connection = %claim.connection_id, reason, ?released, "WebSocket session ended");
 }
 
+/// How long without client audio before the worker's own clock plays replies out: three
+/// frames, so a streaming client's jitter never hands the clock over.
+const CLIENT_QUIET: Duration = Duration::from_millis(60);
+
+/// Sends the reply frames that are due and the pipeline's events (state changes,
+/// transcripts) as text frames.
+async fn flush(
+    ctx: &MediaContext,
+    socket: &mut WebSocket,
+    pipeline: &mut Pipeline,
+    timing: Timing,
+) -> Result<(), Ending> {
+    while let Some(reply) = pipeline.pull_bytes() {
+        ctx.metrics.count_packet("websocket", "out", reply.len());
+        send(socket, Message::Binary(reply.into()), timing.send_timeout).await?;
+    }
+    while let Some(event) = pipeline.provider.next_event() {
+        send(socket, Message::Text(event.into()), timing.send_timeout).await?;
+    }
+    Ok(())
+}
+
 /// The media loop: client audio in, replies and events out, pings, until something ends it.
 async fn converse(
     ctx: &MediaContext,
@@ -224,6 +248,13 @@ async fn converse(
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     // When the unanswered ping must have its pong.
     let mut pong_due: Option<Instant> = None;
+    // While the client streams, its frames clock the replies (each reply frame answers the
+    // frame just received, which keeps barge-in within a frame of the user's voice). When
+    // it goes quiet (push-to-talk, a muted microphone) the worker's own 20 ms clock takes
+    // over, so the whole reply still plays and an agent's hang-up still comes after it.
+    let mut playout = tokio::time::interval(crate::media::FRAME_PERIOD);
+    playout.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut last_audio = Instant::now();
     loop {
         let due = pong_due;
         let pong_deadline = async move {
@@ -244,6 +275,14 @@ async fn converse(
                 }
                 continue;
             }
+            _ = playout.tick() => {
+                if last_audio.elapsed() >= CLIENT_QUIET
+                    && let Err(ending) = flush(ctx, socket, pipeline, timing).await
+                {
+                    return ending;
+                }
+                continue;
+            }
             message = socket.recv() => message,
         };
         let inbound = match &message {
@@ -261,6 +300,7 @@ async fn converse(
         };
         match inbound {
             Inbound::Audio(data) => {
+                last_audio = Instant::now();
                 claim.touch_media();
                 ctx.metrics.count_packet("websocket", "in", data.len());
                 if pipeline.push_bytes(data) > 0 {
@@ -268,21 +308,8 @@ async fn converse(
                         .for_connection(claim.media.dropped.clone())
                         .count_dropped("provider_queue_full");
                 }
-                while let Some(reply) = pipeline.pull_bytes() {
-                    ctx.metrics.count_packet("websocket", "out", reply.len());
-                    if let Err(ending) =
-                        send(socket, Message::Binary(reply.into()), timing.send_timeout).await
-                    {
-                        return ending;
-                    }
-                }
-                // Pipeline events (state changes, transcripts) as text frames.
-                while let Some(event) = pipeline.provider.next_event() {
-                    if let Err(ending) =
-                        send(socket, Message::Text(event.into()), timing.send_timeout).await
-                    {
-                        return ending;
-                    }
+                if let Err(ending) = flush(ctx, socket, pipeline, timing).await {
+                    return ending;
                 }
             }
             Inbound::Pong => pong_due = None,
