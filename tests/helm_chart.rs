@@ -285,6 +285,10 @@ fn rbac_grants_what_the_operator_calls_and_nothing_wider() {
         ("coordination.k8s.io", "leases", "get"),
         ("coordination.k8s.io", "leases", "create"),
         ("coordination.k8s.io", "leases", "update"),
+        // The allocator reads a Namespace's session quota annotation.
+        ("", "namespaces", "get"),
+        ("", "namespaces", "list"),
+        ("", "namespaces", "watch"),
     ];
     for (g, r, v) in needed {
         assert!(
@@ -297,7 +301,6 @@ fn rbac_grants_what_the_operator_calls_and_nothing_wider() {
     for never in [
         "nodes",
         "configmaps",
-        "namespaces",
         "clusterroles",
         "roles",
         "rolebindings",
@@ -326,15 +329,21 @@ fn rules_of(role: &Value) -> BTreeSet<(String, String, String)> {
 }
 
 #[test]
-fn a_watched_namespace_gets_namespaced_roles_and_the_cluster_role_keeps_only_providers() {
+fn a_watched_namespace_gets_namespaced_roles_and_the_cluster_role_keeps_only_providers_and_namespaces()
+ {
     let docs = render("voice-system", &["operator.watchNamespace=team-a"]);
     let cluster = rules_of(one(&docs, "ClusterRole"));
     let resources: BTreeSet<&str> = cluster.iter().map(|(_, r, _)| r.as_str()).collect();
     assert_eq!(
         resources,
-        BTreeSet::from(["voiceproviders", "voiceproviders/status"]),
-        "the ClusterRole grants only the cluster-scoped providers"
+        BTreeSet::from(["namespaces", "voiceproviders", "voiceproviders/status"]),
+        "the ClusterRole grants only the cluster-scoped providers and namespaces"
     );
+    let writes = cluster
+        .iter()
+        .filter(|(_, r, v)| r == "namespaces" && !["get", "list", "watch"].contains(&v.as_str()))
+        .count();
+    assert_eq!(writes, 0, "namespaces are only read");
     let roles = find(&docs, "Role");
     let watched = roles
         .iter()
