@@ -264,10 +264,9 @@ async fn a_tls_backend_serves_its_secrets_certificate_at_a_wss_endpoint() {
         leaf.der().to_vec(),
         "the Secret's certificate is served"
     );
-    let (mut ws, _) =
-        tokio_tungstenite::client_async(format!("{}?token={token}", endpoint.url), tls)
-            .await
-            .expect("the WebSocket upgrade over TLS");
+    let (mut ws, _) = tokio_tungstenite::client_async(with_token(&endpoint.url, &token), tls)
+        .await
+        .expect("the WebSocket upgrade over TLS");
     let hello = tokio::time::timeout(T, ws.next()).await.expect("a hello");
     let hello = hello.expect("a message").expect("a text message");
     assert!(
@@ -277,4 +276,10 @@ async fn a_tls_backend_serves_its_secrets_certificate_at_a_wss_endpoint() {
             .contains(r#""type":"connected""#),
         "{hello:?}"
     );
+}
+
+/// The endpoint URL as status states it (it may carry `?rate=`) with the join token added.
+fn with_token(url: &str, token: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}token={token}")
 }
