@@ -4,6 +4,8 @@
 //! edit of `spec.metadata` before its next turn, saves state into the session's status and
 //! ends the call itself.
 
+#[path = "../worker/tests/common/agent_pki.rs"]
+mod agent_pki;
 mod operator_common;
 
 use std::sync::{Arc, Mutex};
@@ -23,23 +25,6 @@ use voice_proto::agent::v1::{
 };
 
 const T: Duration = Duration::from_secs(120);
-
-/// A CA and a serving certificate for 127.0.0.1 it signed: (CA PEM, cert PEM, key PEM).
-fn pki() -> (String, String, String) {
-    let ca_key = rcgen::KeyPair::generate().expect("key");
-    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).expect("params");
-    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Constrained(0));
-    ca.key_usages = vec![
-        rcgen::KeyUsagePurpose::KeyCertSign,
-        rcgen::KeyUsagePurpose::DigitalSignature,
-    ];
-    let ca_pem = ca.self_signed(&ca_key).expect("CA").pem();
-    let issuer = rcgen::Issuer::new(ca, ca_key);
-    let key = rcgen::KeyPair::generate().expect("key");
-    let leaf = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).expect("params");
-    let cert = leaf.signed_by(&key, &issuer).expect("leaf");
-    (ca_pem, cert.pem(), key.serialize_pem())
-}
 
 /// The agent: logs what it is sent, answers the first turn with a saved state and hangs up
 /// after answering the second.
@@ -189,7 +174,7 @@ async fn a_tls_grpc_agent_hears_the_session_and_a_metadata_edit_saves_state_and_
     )
     .await;
     let ns = &stack.ns;
-    let (ca_pem, cert_pem, key_pem) = pki();
+    let (ca_pem, cert_pem, key_pem) = agent_pki::agent_pki();
     let log = Arc::new(Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

@@ -2,15 +2,14 @@
 //! is (uid, user, metadata, resumed context), sent metadata edits before the next turn,
 //! keeping the agent's saved state, and hanging up when the agent says so.
 
+#[path = "common/agent_pki.rs"]
+mod agent_pki;
+
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
-};
 use tokio::sync::{mpsc, watch};
 use voice_proto::agent::v1::{
     ConverseRequest, ConverseResponse, EndOfTurn, Hangup, TextDelta, agent_server,
@@ -20,32 +19,6 @@ use voice_worker::pipeline::metadata::MetadataFeed;
 use voice_worker::pipeline::providers::grpc_agent::GrpcAgent;
 use voice_worker::pipeline::providers::{Agent, AgentTurn};
 use voice_worker::pipeline::spec::{Identity, Resume};
-
-/// A CA and a serving certificate for 127.0.0.1 it signed: (CA PEM, cert PEM, key PEM).
-fn pki() -> (String, String, String) {
-    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap_or_else(|e| panic!("{e}"));
-    ca.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    ca.distinguished_name
-        .push(DnType::CommonName, "agent test CA");
-    let ca_key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
-    let ca_pem = ca
-        .self_signed(&ca_key)
-        .unwrap_or_else(|e| panic!("{e}"))
-        .pem();
-    let issuer = Issuer::new(ca, ca_key);
-    let mut leaf =
-        CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap_or_else(|e| panic!("{e}"));
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    let key = KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
-    let cert = leaf
-        .signed_by(&key, &issuer)
-        .unwrap_or_else(|e| panic!("{e}"));
-    (ca_pem, cert.pem(), key.serialize_pem())
-}
 
 /// An agent that logs what it is sent, answers each turn with "Noted." and a saved state
 /// counting the turns, and hangs up (after its reply) when the user says "bye".
@@ -135,7 +108,7 @@ async fn turn(agent: &GrpcAgent, id: &str, text: &str) -> Result<String, String>
 #[tokio::test]
 async fn a_tls_agent_hears_the_session_and_its_metadata_edits_saves_state_and_hangs_up() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (ca_pem, cert_pem, key_pem) = pki();
+    let (ca_pem, cert_pem, key_pem) = agent_pki::agent_pki();
     let log = Arc::new(Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
