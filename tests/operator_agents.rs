@@ -4,9 +4,9 @@
 //! edit of `spec.metadata` before its next turn, saves state into the session's status and
 //! ends the call itself.
 
-#[path = "../worker/tests/common/agent_pki.rs"]
-mod agent_pki;
 mod operator_common;
+#[path = "../worker/tests/common/test_agent.rs"]
+mod test_agent;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -34,9 +34,7 @@ struct Receptionist {
 
 #[tonic::async_trait]
 impl agent_server::Agent for Receptionist {
-    type ConverseStream = std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<ConverseResponse, tonic::Status>> + Send + 'static>,
-    >;
+    type ConverseStream = test_agent::ConverseStream;
 
     async fn converse(
         &self,
@@ -86,9 +84,7 @@ impl agent_server::Agent for Receptionist {
                 log.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
             }
         });
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        Ok(tonic::Response::new(Box::pin(stream)))
+        Ok(test_agent::replies(rx))
     }
 }
 
@@ -174,7 +170,7 @@ async fn a_tls_grpc_agent_hears_the_session_and_a_metadata_edit_saves_state_and_
     )
     .await;
     let ns = &stack.ns;
-    let (ca_pem, cert_pem, key_pem) = agent_pki::agent_pki();
+    let (ca_pem, cert_pem, key_pem) = test_agent::agent_pki();
     let log = Arc::new(Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

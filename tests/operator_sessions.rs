@@ -20,6 +20,14 @@ use voice_tests::{OperatorProcess, TestNamespace};
 
 const T: Duration = Duration::from_secs(120);
 
+/// Operator flags for a lease another replica takes over within seconds of a kill.
+const SHORT_LEASE: [&str; 4] = [
+    "--lease-duration-seconds",
+    "3",
+    "--lease-renew-seconds",
+    "1",
+];
+
 /// The highest counts of Active sessions the watch ever saw.
 #[derive(Debug, Default)]
 struct Maxima {
@@ -425,14 +433,8 @@ async fn killing_the_operator_twice_mid_burst_neither_over_admits_nor_leaks() {
     let mut stack = burst_stack("sess-crash", 100).await;
     let ns = stack.ns.name().to_owned();
     let (maxima, sampler) = sample_caps(&stack.ns);
-    let short_lease = [
-        "--lease-duration-seconds",
-        "3",
-        "--lease-renew-seconds",
-        "1",
-    ];
     stack.operator.kill();
-    stack.operator = OperatorProcess::start_with(&ns, "crash-1", &short_lease);
+    stack.operator = OperatorProcess::start_with(&ns, "crash-1", &SHORT_LEASE);
     wait_leading(&stack.operator).await;
     // Two SIGKILLs while the allocator works through the burst (once 10, then 40 sessions
     // are Active, with admissions in flight), each followed by a restart that must rebuild
@@ -479,7 +481,7 @@ async fn killing_the_operator_twice_mid_burst_neither_over_admits_nor_leaks() {
         eprintln!(
             "SIGKILL of the operator with {active} sessions Active and {half_done} half admitted"
         );
-        stack.operator = OperatorProcess::start_with(&ns, &format!("crash-{i}"), &short_lease);
+        stack.operator = OperatorProcess::start_with(&ns, &format!("crash-{i}"), &SHORT_LEASE);
         wait_leading(&stack.operator).await;
     }
     creating.await.expect("creates finished");
@@ -494,13 +496,7 @@ async fn killing_the_operator_twice_mid_burst_neither_over_admits_nor_leaks() {
 async fn two_operator_replicas_during_a_burst_keep_every_cap() {
     let stack = burst_stack("sess-replicas", 100).await;
     let ns = stack.ns.name().to_owned();
-    let short_lease = [
-        "--lease-duration-seconds",
-        "3",
-        "--lease-renew-seconds",
-        "1",
-    ];
-    let mut second = OperatorProcess::start_with(&ns, "b", &short_lease);
+    let mut second = OperatorProcess::start_with(&ns, "b", &SHORT_LEASE);
     let (maxima, sampler) = sample_caps(&stack.ns);
     create_sessions(&stack.ns, "s", "a", 400).await;
     let all = wait_settled(&stack.ns, "a", 80).await;
@@ -1186,14 +1182,8 @@ async fn an_admission_rate_limit_holds_through_a_burst_and_an_operator_restart()
     )
     .await;
     let ns = stack.ns.name().to_owned();
-    let short_lease = [
-        "--lease-duration-seconds",
-        "3",
-        "--lease-renew-seconds",
-        "1",
-    ];
     stack.operator.kill();
-    stack.operator = OperatorProcess::start_with(&ns, "rate-1", &short_lease);
+    stack.operator = OperatorProcess::start_with(&ns, "rate-1", &SHORT_LEASE);
     wait_leading(&stack.operator).await;
     stack.apply_backend(
         "echo",
@@ -1223,7 +1213,7 @@ async fn an_admission_rate_limit_holds_through_a_burst_and_an_operator_restart()
     .await;
     assert!(limited.iter().all(Option::is_some), "{limited:?}");
     stack.operator.kill();
-    stack.operator = OperatorProcess::start_with(&ns, "rate-2", &short_lease);
+    stack.operator = OperatorProcess::start_with(&ns, "rate-2", &SHORT_LEASE);
     let all = wait_for(T, "all 20 Active", || async {
         let all = sessions(&stack.ns).await;
         let active = all

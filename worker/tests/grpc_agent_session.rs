@@ -2,8 +2,8 @@
 //! is (uid, user, metadata, resumed context), sent metadata edits before the next turn,
 //! keeping the agent's saved state, and hanging up when the agent says so.
 
-#[path = "common/agent_pki.rs"]
-mod agent_pki;
+#[path = "common/test_agent.rs"]
+mod test_agent;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -28,9 +28,7 @@ struct LoggingAgent {
 
 #[tonic::async_trait]
 impl agent_server::Agent for LoggingAgent {
-    type ConverseStream = std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<ConverseResponse, tonic::Status>> + Send + 'static>,
-    >;
+    type ConverseStream = test_agent::ConverseStream;
 
     async fn converse(
         &self,
@@ -84,9 +82,7 @@ impl agent_server::Agent for LoggingAgent {
                 log.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
             }
         });
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        Ok(tonic::Response::new(Box::pin(stream)))
+        Ok(test_agent::replies(rx))
     }
 }
 
@@ -108,7 +104,7 @@ async fn turn(agent: &GrpcAgent, id: &str, text: &str) -> Result<String, String>
 #[tokio::test]
 async fn a_tls_agent_hears_the_session_and_its_metadata_edits_saves_state_and_hangs_up() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    let (ca_pem, cert_pem, key_pem) = agent_pki::agent_pki();
+    let (ca_pem, cert_pem, key_pem) = test_agent::agent_pki();
     let log = Arc::new(Mutex::new(Vec::new()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

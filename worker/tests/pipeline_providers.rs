@@ -2,6 +2,10 @@
 //! loopback: chat completions as server-sent events, streamed (chunked) speech, multipart
 //! transcription, a webhook agent that fails before it answers, and a gRPC Agent service.
 
+#[path = "common/test_agent.rs"]
+#[allow(dead_code)] // the TLS certificate is for the other agent tests
+mod test_agent;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -440,9 +444,7 @@ struct TestAgent {
 
 #[tonic::async_trait]
 impl agent_server::Agent for TestAgent {
-    type ConverseStream = std::pin::Pin<
-        Box<dyn futures::Stream<Item = Result<ConverseResponse, tonic::Status>> + Send + 'static>,
-    >;
+    type ConverseStream = test_agent::ConverseStream;
 
     async fn converse(
         &self,
@@ -484,9 +486,7 @@ impl agent_server::Agent for TestAgent {
                 log.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
             }
         });
-        let stream =
-            futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
-        Ok(tonic::Response::new(Box::pin(stream)))
+        Ok(test_agent::replies(rx))
     }
 }
 

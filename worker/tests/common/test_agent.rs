@@ -1,5 +1,23 @@
-//! A private CA and a serving certificate for 127.0.0.1 it signed, for agents served over
-//! TLS in tests (shared with `tests/operator_agents.rs`).
+//! What the tests' own gRPC agents share (also used by `tests/operator_agents.rs`): the
+//! reply stream type and, for agents served over TLS, a private CA and a serving
+//! certificate for 127.0.0.1 it signed.
+
+use tokio::sync::mpsc;
+use voice_proto::agent::v1::ConverseResponse;
+
+/// The reply stream of a test agent's `Converse`.
+pub type ConverseStream = std::pin::Pin<
+    Box<dyn futures::Stream<Item = Result<ConverseResponse, tonic::Status>> + Send + 'static>,
+>;
+
+/// The replies an agent's task sends into `rx`, as its `Converse` response.
+pub fn replies(
+    rx: mpsc::Receiver<Result<ConverseResponse, tonic::Status>>,
+) -> tonic::Response<ConverseStream> {
+    let stream =
+        futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|m| (m, rx)) });
+    tonic::Response::new(Box::pin(stream))
+}
 
 /// (CA PEM, certificate PEM, key PEM).
 pub fn agent_pki() -> (String, String, String) {
