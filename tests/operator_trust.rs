@@ -276,6 +276,7 @@ async fn events_from_a_worker_about_sessions_it_does_not_hold_are_dropped_and_co
             sub: ghost.into(),
             uid: "g-1".into(),
             backend: "echo".into(),
+            user: String::new(),
             iat: now,
             exp: now + 600,
         },

@@ -105,6 +105,7 @@ impl PinnedWorker {
                     sub: id.clone(),
                     uid,
                     backend: "bench".to_owned(),
+                    user: String::new(),
                     iat: now,
                     exp: now + 3_600,
                 },

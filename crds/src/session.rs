@@ -49,6 +49,21 @@ pub struct SessionUser {
     pub metadata: std::collections::BTreeMap<String, String>,
 }
 
+/// Another user of a multi-user session (providers with `multiUserSupport`): they join with
+/// their own token and hear, and are heard by, the same agent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionParticipant {
+    /// User identifier, unique in the session and different from `spec.user.userID`; letters,
+    /// digits, '-', '_' and '.', as it names the participant's key in the join-token Secret.
+    #[serde(rename = "userID")]
+    #[schemars(length(min = 1, max = 200), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub user_id: String,
+    /// Connection metadata of this participant, passed to the worker.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
 /// Per-session turn detection override.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
@@ -113,6 +128,11 @@ pub struct VoiceSessionSpec {
     pub backend_ref: BackendRef,
     /// The user.
     pub user: SessionUser,
+    /// Further users of the same conversation (at most 15; the provider must have
+    /// `multiUserSupport`); the session still takes one slot of every cap.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 15))]
+    pub participants: Vec<SessionParticipant>,
     /// `webrtc` (default) or `websocket`; immutable.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("transport is immutable: delete the session and create a new one"))]
@@ -180,6 +200,9 @@ pub struct SessionEndpoint {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UserConnectionStatus {
+    /// The participant connected: `spec.user.userID` or one of `spec.participants`.
+    #[serde(rename = "userID", default, skip_serializing_if = "Option::is_none")]
+    pub user_id: Option<String>,
     /// Connection identifier, unique per connection (a reconnect gets a new one).
     #[serde(rename = "connectionID")]
     pub connection_id: String,
@@ -243,6 +266,9 @@ pub struct TranscriptEntry {
     pub speaker: Speaker,
     /// What was said.
     pub text: String,
+    /// In a multi-user session, the userID of the participant who spoke a user turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub participant: Option<String>,
     /// When the utterance ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub time: Option<Time>,
@@ -324,6 +350,9 @@ pub struct VoiceSessionStatus {
     /// The live connection, once the client connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<UserConnectionStatus>,
+    /// Every participant's live connection in a multi-user session.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connections: Vec<UserConnectionStatus>,
     /// Turn detection state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub turn_detection: Option<TurnDetectionState>,

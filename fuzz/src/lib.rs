@@ -81,6 +81,7 @@ pub fn join_token(data: &[u8]) {
         sub: parts.next().unwrap_or_default().to_owned(),
         uid: parts.next().unwrap_or_default().to_owned(),
         backend: parts.next().unwrap_or_default().to_owned(),
+        user: String::new(),
         iat: 1,
         exp: u64::from(data.first().copied().unwrap_or(0)) + 2_000,
     };
@@ -256,6 +257,7 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 sub: "team/call".into(),
                 uid: "uid-1".into(),
                 backend: "b".into(),
+                user: String::new(),
                 iat: 1,
                 exp: 5_000,
             };

@@ -139,6 +139,7 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
         sub: format!("{ns}/{name}"),
         uid: uid.clone(),
         backend: a.backend.name_any(),
+        user: a.session.spec.user.user_id.clone(),
         iat,
         exp: iat + lifetime.as_secs(),
     };
@@ -271,6 +272,7 @@ pub fn session_config(session: &VoiceSession, backend: &VoiceBackend) -> Session
         metadata: spec.metadata.as_ref().and_then(|m| m.as_object().cloned()),
         context,
         audio: crate::session_audio::for_worker(session, backend),
+        participants: spec.participants.iter().map(|p| p.user_id.clone()).collect(),
     }
 }
 

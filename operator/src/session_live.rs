@@ -307,7 +307,7 @@ async fn absorb(
     let mut ping = false;
     let mut end = None;
     match event.event? {
-        Event::Reserved(_) => return None,
+        Event::Reserved(_) | Event::Disconnected(_) => return None,
         Event::Connected(c) => {
             let transport = match c.transport() {
                 pb::Transport::Websocket => Transport::WebSocket,
@@ -318,6 +318,7 @@ async fn absorb(
                 dropped_frames: 0,
             });
             live.connection = Some(UserConnectionStatus {
+                user_id: Some(c.participant).filter(|p| !p.is_empty()),
                 connection_id: c.connection_id,
                 transport,
                 remote_address: Some(c.remote_address).filter(|a| !a.is_empty()),
@@ -408,6 +409,7 @@ async fn absorb(
             context.transcript.push(TranscriptEntry {
                 speaker,
                 text: t.text,
+                participant: Some(t.speaker).filter(|s| !s.is_empty()),
                 time: Some(now.clone()),
             });
             let excess = context.transcript.len().saturating_sub(TRANSCRIPT_KEPT);

@@ -17,6 +17,8 @@ pub const MAX_BYTES: usize = 1024 * 1024;
 pub const MAX_SYSTEM_PROMPT_CHARS: usize = 32 * 1024;
 /// Longest silence timeout a session may ask for, in milliseconds.
 pub const MAX_SILENCE_TIMEOUT_MS: u32 = 60_000;
+/// Most participants a session may have beside its user (`VoiceSession.spec.participants`).
+pub const MAX_PARTICIPANTS: usize = 15;
 /// Largest agent state kept for a session, in bytes (agent.proto `EndOfTurn.context_json`).
 pub const MAX_AGENT_STATE_BYTES: usize = 64 * 1024;
 
@@ -39,6 +41,10 @@ pub struct SessionConfig {
     /// The conversation so far, when the session resumes on a new worker.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub context: Option<Conversation>,
+    /// The other users of a multi-user session (`VoiceSession.spec.participants`), by
+    /// userID; empty for a session of one user. Each may connect once, beside the user.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub participants: Vec<String>,
     /// The session's WebSocket rate and message limit (`VoiceSession.spec.audio`); unset
     /// means [`crate::session_audio::DEFAULT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -116,7 +122,7 @@ pub enum SessionConfigError {
     /// A field the type does not have, e.g. an endpoint or a Secret name.
     #[error(
         "session_config_json.{0}: unknown field; a session configuration holds only overrides \
-         (agent flags, systemPrompt, silenceTimeoutMs, userId, metadata, context, audio): endpoints, URLs, \
+         (agent flags, systemPrompt, silenceTimeoutMs, userId, metadata, context, audio, participants): endpoints, URLs, \
          providers and Secret names come only from the backend the worker was started with"
     )]
     UnknownField(String),
@@ -138,6 +144,7 @@ const TOP: &[&str] = &[
     "metadata",
     "context",
     "audio",
+    "participants",
 ];
 const AUDIO: &[&str] = &["sampleRate", "bufferBytes"];
 const AGENT: &[&str] = &[
@@ -202,6 +209,30 @@ impl SessionConfig {
     }
 
     fn check_ranges(&self) -> Result<(), SessionConfigError> {
+        if self.participants.len() > MAX_PARTICIPANTS {
+            return Err(SessionConfigError::OutOfRange {
+                field: "participants",
+                message: format!(
+                    "{} listed; at most {MAX_PARTICIPANTS}",
+                    self.participants.len()
+                ),
+            });
+        }
+        let mut seen = std::collections::HashSet::new();
+        for id in &self.participants {
+            if id.is_empty()
+                || id.len() > 253
+                || self.user_id.as_deref() == Some(id.as_str())
+                || !seen.insert(id)
+            {
+                return Err(SessionConfigError::OutOfRange {
+                    field: "participants",
+                    message: format!(
+                        "{id:?} is empty, too long, repeated or the session's own userId"
+                    ),
+                });
+            }
+        }
         if let Some((field, message)) = self.audio.as_ref().and_then(|a| a.problem()) {
             return Err(SessionConfigError::OutOfRange { field, message });
         }
@@ -272,6 +303,7 @@ mod tests {
                 sample_rate: 8_000,
                 buffer_bytes: 3_200,
             }),
+            participants: vec!["u-2".into(), "u-3".into()],
         };
         assert_eq!(SessionConfig::parse(&config.to_json()), Ok(config));
         assert_eq!(SessionConfig::parse(""), Ok(SessionConfig::default()));

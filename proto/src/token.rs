@@ -19,6 +19,10 @@ pub struct JoinClaims {
     pub uid: String,
     /// The backend the session was admitted to.
     pub backend: String,
+    /// The participant this token admits: `spec.user.userID` or a `spec.participants`
+    /// userID. Empty in tokens minted before sessions had participants (the session's user).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub user: String,
     /// Issued at, Unix seconds.
     pub iat: u64,
     /// Expires at, Unix seconds.
@@ -355,6 +359,7 @@ mod tests {
             sub: "team-a/call-42".into(),
             uid: "u-1".into(),
             backend: "assistant".into(),
+            user: String::new(),
             iat: 1000,
             exp: 1600,
         }

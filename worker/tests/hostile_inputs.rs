@@ -290,6 +290,7 @@ async fn expired_foreign_and_forged_tokens_are_refused_before_the_upgrade() {
             sub: id.into(),
             uid: "uid-1".into(),
             backend: "b".into(),
+            user: String::new(),
             iat: 1,
             exp: u64::MAX / 2,
         },

@@ -64,6 +64,7 @@ impl EventSink for BusSink {
             Role::Agent
         };
         let transcript = Transcript {
+            speaker: String::new(),
             role: role.into(),
             text: for_status(text),
             turn_id: for_status(turn_id),

@@ -307,6 +307,7 @@ async fn run_session(
                         .or_else(|| ctx.tcp_mux.as_ref()?.peer_of(&ufrag))
                         .map(|a| a.to_string()).unwrap_or_default();
                     let event = Connected {
+                        participant: String::new(),
                         transport: claim.transport.to_proto().into(),
                         remote_address: remote.clone(),
                         connection_id: claim.connection_id.clone(),

@@ -112,6 +112,7 @@ pub async fn serve(
     let rate = shape.rate;
     let timing = ctx.websocket;
     let connected = Connected {
+        participant: String::new(),
         transport: claim.transport.to_proto().into(),
         remote_address: remote.to_string(),
         connection_id: claim.connection_id.clone(),
