@@ -1,9 +1,9 @@
-//! The media connections open on this worker: at most one per session, each with a
-//! cancellation token that ends it.
+//! The media connections open on this worker: at most one per participant of a session
+//! (a session of one user has one), each with a cancellation token that ends it.
 //!
 //! A connection is claimed before any media work starts (so a second offer for the same
-//! session is refused with 409 instead of racing the first) and unclaimed when its
-//! [`Claim`] is dropped, whatever path ended it. A reaper ends connections whose session
+//! participant is refused with 409 instead of racing the first) and unclaimed when its
+//! [`Claim`] is dropped or left, whatever path ended it. A reaper ends connections whose session
 //! lost its slot (released by the operator, or ended by a drain deadline), so the ledger
 //! stays the single truth about which sessions may have media.
 //!
@@ -49,9 +49,11 @@ impl Transport {
     }
 }
 
-/// A second connection for a session that already has one.
+/// A second connection for a participant that already has one.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("session already has a {transport} connection ({connection_id}); hang it up first")]
+#[error(
+    "this participant already has a {transport} connection ({connection_id}); hang it up first"
+)]
 pub struct AlreadyConnected {
     /// The transport of the existing connection.
     pub transport: &'static str,
@@ -62,6 +64,7 @@ pub struct AlreadyConnected {
 #[derive(Debug)]
 struct Entry {
     uid: String,
+    participant: String,
     connection_id: String,
     transport: Transport,
     cancel: CancellationToken,
@@ -111,10 +114,10 @@ impl MediaActivity {
     }
 }
 
-/// Every open media connection, by session id.
+/// Every open media connection, by session id (one per participant).
 #[derive(Debug)]
 pub struct Connections {
-    entries: Mutex<HashMap<String, Entry>>,
+    entries: Mutex<HashMap<String, Vec<Entry>>>,
     epoch: Instant,
     shutdown: CancellationToken,
     metrics: MediaMetrics,
@@ -131,15 +134,17 @@ impl Connections {
         })
     }
 
-    /// Claims the session's one connection.
+    /// Claims the connection of `participant` (the userID its token names) in the session.
     pub fn claim(
         self: &Arc<Self>,
         session_id: &str,
         uid: &str,
+        participant: &str,
         transport: Transport,
     ) -> Result<Claim, AlreadyConnected> {
         let mut entries = self.lock();
-        if let Some(existing) = entries.get(session_id) {
+        let open = entries.entry(session_id.to_owned()).or_default();
+        if let Some(existing) = open.iter().find(|e| e.participant == participant) {
             return Err(AlreadyConnected {
                 transport: existing.transport.label(),
                 connection_id: existing.connection_id.clone(),
@@ -148,58 +153,67 @@ impl Connections {
         let connection_id = random_id(16);
         let cancel = self.shutdown.child_token();
         let media = MediaActivity::new(self.epoch);
-        entries.insert(
-            session_id.to_owned(),
-            Entry {
-                uid: uid.to_owned(),
-                connection_id: connection_id.clone(),
-                transport,
-                cancel: cancel.clone(),
-                media: media.clone(),
-            },
-        );
+        open.push(Entry {
+            uid: uid.to_owned(),
+            participant: participant.to_owned(),
+            connection_id: connection_id.clone(),
+            transport,
+            cancel: cancel.clone(),
+            media: media.clone(),
+        });
         Ok(Claim {
             connections: self.clone(),
             session_id: session_id.to_owned(),
             uid: uid.to_owned(),
+            participant: participant.to_owned(),
             connection_id,
             transport,
             cancel,
             media,
             active: false,
+            left: false,
         })
     }
 
     /// Ends the connection `connection_id` of `session_id` (a WHIP `DELETE`); false if
     /// there is no such connection.
     pub fn hang_up(&self, session_id: &str, connection_id: &str) -> bool {
-        match self.lock().get(session_id) {
-            Some(entry) if entry.connection_id == connection_id => {
+        match self
+            .lock()
+            .get(session_id)
+            .and_then(|open| open.iter().find(|e| e.connection_id == connection_id))
+        {
+            Some(entry) => {
                 entry.cancel.cancel();
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
-    /// Whether `session_id` has a connection whose client sent media within `window`.
+    /// Whether a connection of `session_id` had media from its client within `window`.
     pub fn had_media_within(&self, session_id: &str, window: Duration) -> bool {
         let now = Instant::now();
         self.lock()
             .get(session_id)
-            .is_some_and(|entry| entry.media.within(window, now))
+            .is_some_and(|open| open.iter().any(|e| e.media.within(window, now)))
     }
 
-    /// Frames the connection of `session_id` dropped so far, if it has one.
+    /// Frames the connections of `session_id` dropped so far, if it has any.
     pub fn dropped(&self, session_id: &str) -> Option<u64> {
         self.lock()
             .get(session_id)
-            .map(|entry| entry.media.dropped.load(Ordering::Relaxed))
+            .filter(|open| !open.is_empty())
+            .map(|open| {
+                open.iter()
+                    .map(|e| e.media.dropped.load(Ordering::Relaxed))
+                    .sum()
+            })
     }
 
     /// Open connections.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().values().map(Vec::len).sum()
     }
 
     /// Whether no connection is open.
@@ -215,23 +229,42 @@ impl Connections {
                 () = stop.cancelled() => return,
                 changed = occupancy.changed() => if changed.is_err() { return },
             }
-            for (session_id, entry) in self.lock().iter() {
-                if sessions.held_uid(session_id).as_deref() != Some(entry.uid.as_str()) {
-                    tracing::info!(session = %session_id, connection = %entry.connection_id, "slot released: ending the media connection");
-                    entry.cancel.cancel();
+            for (session_id, open) in self.lock().iter() {
+                for entry in open {
+                    if sessions.held_uid(session_id).as_deref() != Some(entry.uid.as_str()) {
+                        tracing::info!(session = %session_id, connection = %entry.connection_id, "slot released: ending the media connection");
+                        entry.cancel.cancel();
+                    }
                 }
             }
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, HashMap<String, Entry>> {
+    /// Removes `connection_id` of `session_id`; true if no other connection of the
+    /// session remains. One lock, so of two participants leaving at once exactly one is
+    /// the last.
+    fn remove(&self, session_id: &str, connection_id: &str) -> bool {
+        let mut entries = self.lock();
+        let Some(open) = entries.get_mut(session_id) else {
+            return true;
+        };
+        open.retain(|e| e.connection_id != connection_id);
+        if open.is_empty() {
+            entries.remove(session_id);
+            true
+        } else {
+            false
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, Vec<Entry>>> {
         // Each critical section is a single map operation, so a poisoned lock is usable.
         self.entries.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
-/// The right to run the media connection of one session; dropping it frees the session
-/// for a new connection.
+/// The right to run the media connection of one participant of a session; dropping it
+/// frees the participant for a new connection.
 #[derive(Debug)]
 pub struct Claim {
     connections: Arc<Connections>,
@@ -239,6 +272,9 @@ pub struct Claim {
     pub session_id: String,
     /// The session's uid.
     pub uid: String,
+    /// The participant connected: the userID its join token names (empty for a token
+    /// minted before sessions had participants: the session's user).
+    pub participant: String,
     /// Identifies this connection (the `Location` of a WHIP resource).
     pub connection_id: String,
     /// How the client connects.
@@ -248,9 +284,18 @@ pub struct Claim {
     /// When the client last sent media.
     pub media: MediaActivity,
     active: bool,
+    left: bool,
 }
 
 impl Claim {
+    /// Gives the connection up; true if it was the session's last open connection (the
+    /// session ends with it), false if other participants are still connected.
+    pub fn leave(&mut self) -> bool {
+        self.left = true;
+        self.connections
+            .remove(&self.session_id, &self.connection_id)
+    }
+
     /// Records media from the client now (see [`MediaActivity`]).
     pub fn touch_media(&self) {
         self.media.touch();
@@ -274,12 +319,9 @@ impl Drop for Claim {
                 .metrics
                 .add_active(self.transport.label(), -1);
         }
-        let mut entries = self.connections.lock();
-        if entries
-            .get(&self.session_id)
-            .is_some_and(|e| e.connection_id == self.connection_id)
-        {
-            entries.remove(&self.session_id);
+        if !self.left {
+            self.connections
+                .remove(&self.session_id, &self.connection_id);
         }
     }
 }
@@ -314,23 +356,58 @@ mod tests {
     fn one_connection_per_session_until_the_claim_is_dropped() {
         let connections = connections();
         let first = connections
-            .claim("ns/a", "u", Transport::WebRtc)
+            .claim("ns/a", "u", "", Transport::WebRtc)
             .unwrap_or_else(|e| panic!("{e}"));
-        let second = connections.claim("ns/a", "u", Transport::WebSocket);
+        let second = connections.claim("ns/a", "u", "", Transport::WebSocket);
         assert_eq!(
             second.map(|_| ()).unwrap_err().connection_id,
             first.connection_id
         );
-        assert!(connections.claim("ns/b", "u", Transport::WebSocket).is_ok());
+        assert!(
+            connections
+                .claim("ns/b", "u", "", Transport::WebSocket)
+                .is_ok()
+        );
         drop(first);
-        assert!(connections.claim("ns/a", "u", Transport::WebRtc).is_ok());
+        assert!(
+            connections
+                .claim("ns/a", "u", "", Transport::WebRtc)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn participants_connect_once_each_and_the_last_to_leave_ends_the_session() {
+        let connections = connections();
+        let mut alice = connections
+            .claim("ns/a", "u", "alice", Transport::WebRtc)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let mut bob = connections
+            .claim("ns/a", "u", "bob", Transport::WebSocket)
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            connections
+                .claim("ns/a", "u", "bob", Transport::WebRtc)
+                .is_err(),
+            "bob connected twice"
+        );
+        assert_eq!(connections.len(), 2);
+        assert!(!alice.leave(), "bob is still connected");
+        assert!(bob.leave(), "bob was the last");
+        drop((alice, bob));
+        assert!(connections.is_empty());
+        assert!(
+            connections
+                .claim("ns/a", "u", "bob", Transport::WebRtc)
+                .is_ok()
+        );
     }
 
     #[test]
     fn hang_up_needs_the_right_connection_id() {
         let connections = connections();
         let claim = connections
-            .claim("ns/a", "u", Transport::WebRtc)
+            .claim("ns/a", "u", "", Transport::WebRtc)
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(!connections.hang_up("ns/a", "someone-elses"));
         assert!(!claim.cancel.is_cancelled());
@@ -342,7 +419,7 @@ mod tests {
     fn only_media_counts_as_activity() {
         let connections = connections();
         let claim = connections
-            .claim("ns/a", "u", Transport::WebSocket)
+            .claim("ns/a", "u", "", Transport::WebSocket)
             .unwrap_or_else(|e| panic!("{e}"));
         let window = Duration::from_secs(10);
         assert!(

@@ -19,6 +19,8 @@ use crate::events::{EventBus, EventStream};
 use crate::metrics::Metrics;
 
 mod live_metadata;
+mod participants;
+pub use participants::UnknownParticipant;
 
 /// Reason recorded on sessions ended because a drain deadline passed.
 pub const DRAIN_DEADLINE_REASON: &str = "DrainDeadline";
@@ -75,6 +77,8 @@ pub struct Sessions {
     default_pipeline: Option<String>,
     /// Live metadata of running pipelines (changed under the ledger lock).
     metadata: live_metadata::MetadataFeeds,
+    /// The shared pipelines of multi-user sessions.
+    rooms: crate::pipeline::room::Rooms,
 }
 
 impl Sessions {
@@ -99,6 +103,7 @@ impl Sessions {
             started_at: Instant::now(),
             default_pipeline: None,
             metadata: Default::default(),
+            rooms: Default::default(),
         }
     }
 
@@ -113,6 +118,11 @@ impl Sessions {
     /// `VOICE_PIPELINE`, never anything a caller sent; `None` means the echo default.
     pub fn pipeline_config(&self) -> Option<String> {
         self.default_pipeline.clone()
+    }
+
+    /// The shared pipelines of this worker's multi-user sessions.
+    pub fn rooms(&self) -> &crate::pipeline::room::Rooms {
+        &self.rooms
     }
 
     /// The overrides and persisted conversation `session_id` was reserved with.

@@ -116,9 +116,12 @@ pub enum SignalingError {
     /// No such connection to hang up.
     #[error("no connection {0} for this session")]
     ConnectionNotFound(String),
-    /// The session already has a media connection.
+    /// The participant already has a media connection.
     #[error(transparent)]
     AlreadyConnected(#[from] AlreadyConnected),
+    /// A valid token naming a participant the session does not list.
+    #[error(transparent)]
+    UnknownParticipant(#[from] crate::sessions::UnknownParticipant),
     /// The body is not of the media type the request takes (named in the message).
     #[error("the body must be sent as Content-Type: {0}")]
     UnsupportedMediaType(&'static str),
@@ -182,6 +185,7 @@ impl SignalingError {
             SignalingError::SessionNotFound(_) => "SessionNotFound",
             SignalingError::ConnectionNotFound(_) => "ConnectionNotFound",
             SignalingError::AlreadyConnected(_) => "AlreadyConnected",
+            SignalingError::UnknownParticipant(_) => "UnknownParticipant",
             SignalingError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             SignalingError::Fragment(e) => e.reason(),
             SignalingError::PreconditionFailed { .. } => "PreconditionFailed",
@@ -211,6 +215,7 @@ impl SignalingError {
                 StatusCode::NOT_FOUND
             }
             SignalingError::AlreadyConnected(_) => StatusCode::CONFLICT,
+            SignalingError::UnknownParticipant(_) => StatusCode::FORBIDDEN,
             SignalingError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             SignalingError::PreconditionFailed { .. } => StatusCode::PRECONDITION_FAILED,
             SignalingError::IceRestartUnsupported => StatusCode::UNPROCESSABLE_ENTITY,
@@ -273,13 +278,16 @@ pub fn router(ctx: Arc<MediaContext>) -> Router {
 }
 
 /// Checks that a client may connect to `session_id` now: the worker takes connections,
-/// the session holds a slot here and the token is the session's. Returns the uid.
+/// the session holds a slot here, the token is the session's and names one of its
+/// participants. Returns the uid and the participant.
 fn authorize(
     ctx: &MediaContext,
     session_id: &str,
     token: Option<&str>,
-) -> Result<String, SignalingError> {
-    authorize_claims(ctx, session_id, token).map(|claims| claims.uid)
+) -> Result<(String, String), SignalingError> {
+    let claims = authorize_claims(ctx, session_id, token)?;
+    let participant = ctx.sessions.participant(session_id, &claims.user)?;
+    Ok((claims.uid, participant))
 }
 
 /// [`authorize`], returning the token's claims (its expiry bounds TURN credentials).
@@ -360,6 +368,7 @@ async fn answer_offer(
     let offer = read_body(ctx, headers, body).await?;
     let claims = authorize_claims(ctx, &session_id, bearer(headers))?;
     let uid = claims.uid.clone();
+    let participant = ctx.sessions.participant(&session_id, &claims.user)?;
     let info = sdp::check_offer(&offer)?;
     let offer = candidate_policy::filter_offer(&offer, ctx.allow_private_candidates)?;
     for reason in &offer.skipped {
@@ -370,7 +379,7 @@ async fn answer_offer(
     // held session keeps its right to connect even if the worker's capacity was lowered.
     let claim = ctx
         .connections
-        .claim(&session_id, &uid, Transport::WebRtc)?;
+        .claim(&session_id, &uid, &participant, Transport::WebRtc)?;
     let connection_id = claim.connection_id.clone();
     let answered = peer::answer(ctx.clone(), claim, offer, info).await?;
     let location = format!("/v1/sessions/{session_id}/connections/{connection_id}");
@@ -583,11 +592,11 @@ async fn websocket_upgrade(
         let token = bearer(&headers)
             .or(offered)
             .or_else(|| query_param(query, "token"));
-        let uid = authorize(&ctx, &session_id, token)?;
+        let (uid, participant) = authorize(&ctx, &session_id, token)?;
         let shape = websocket_shape(&ctx, &session_id, query_param(query, "rate"))?;
         let claim = ctx
             .connections
-            .claim(&session_id, &uid, Transport::WebSocket)?;
+            .claim(&session_id, &uid, &participant, Transport::WebSocket)?;
         let ctx = ctx.clone();
         // Sizes are enforced by the framing layer while reading (before buffering); only
         // the non-secret subprotocol is echoed.

@@ -200,6 +200,9 @@ pub fn build(
             if let Some(semantic) = semantic {
                 session = session.with_semantic_turn(semantic);
             }
+            if let Some(speakers) = &spec.speakers {
+                session = session.with_speakers(speakers.clone());
+            }
             if let Some(resume) = &spec.resume {
                 session.resume(resume.history.clone(), resume.turns);
             }

@@ -20,6 +20,7 @@ pub mod metadata;
 pub mod metrics;
 pub mod processors;
 pub mod providers;
+pub mod room;
 pub mod semantic_turn;
 pub mod sentences;
 pub mod session;

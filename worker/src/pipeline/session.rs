@@ -18,6 +18,7 @@ use voice_crds::PipelineState;
 use super::metrics::{PipelineMetrics, Stage};
 use super::processors::AudioProcessor;
 use super::providers::{ProviderError, SttStream};
+use super::room::SpeakerLabels;
 use super::semantic_turn::SemanticTurn;
 use super::state::{Input, StateMachine};
 use super::turn::{self, OUTPUT_FRAMES, Providers, TurnJob, TurnOutput};
@@ -45,6 +46,10 @@ pub trait EventSink: Send + Sync {
     fn state(&self, state: PipelineState, detail: &str);
     /// A finished piece of the conversation; `role` is `user` or `agent`.
     fn transcript(&self, role: &str, text: &str, turn_id: &str);
+    /// A user turn's transcript, with the participant who spoke it in a multi-user session.
+    fn user_transcript(&self, text: &str, turn_id: &str, _speaker: Option<&str>) {
+        self.transcript("user", text, turn_id);
+    }
     /// A turn's stage timings, once its first reply packet went out.
     fn latency(&self, _latency: voice_proto::worker::v1::TurnLatency) {}
     /// Turn detection moved between listening and end of turn.
@@ -87,6 +92,8 @@ struct ActiveTurn {
     heard: Vec<String>,
     started_audio: bool,
     timings: Timings,
+    /// The participant who spoke the turn, in a multi-user session.
+    speaker: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -130,6 +137,8 @@ pub struct SessionPipeline {
     stt_stream: Option<Box<dyn SttStream>>,
     /// The semantic end-of-turn model asked at pauses, when configured.
     semantic: Option<SemanticTurn>,
+    /// Who is speaking, in a multi-user session.
+    speakers: Option<SpeakerLabels>,
 }
 
 impl std::fmt::Debug for SessionPipeline {
@@ -180,7 +189,16 @@ impl SessionPipeline {
             history: Vec::new(),
             stt_stream: None,
             semantic: None,
+            speakers: None,
         }
+    }
+
+    /// Labels each user turn with the participant whose voice carried most of it (a
+    /// multi-user session's room measures it): the agent hears `name: text` and the
+    /// transcript records the name.
+    pub fn with_speakers(mut self, speakers: SpeakerLabels) -> Self {
+        self.speakers = Some(speakers);
+        self
     }
 
     /// Asks `semantic` at each pause whether the turn is over (the silence rule stays
@@ -460,7 +478,12 @@ impl SessionPipeline {
         let audio_len = self.speech_len;
         let (tx, rx) = mpsc::channel(OUTPUT_FRAMES);
         let cancel = CancellationToken::new();
+        let speaker = self
+            .speakers
+            .as_ref()
+            .and_then(SpeakerLabels::take_dominant);
         let job = TurnJob {
+            speaker: speaker.clone(),
             turn_id: id.clone(),
             audio,
             history: self.history.clone(),
@@ -479,6 +502,7 @@ impl SessionPipeline {
             heard: Vec::new(),
             started_audio: false,
             timings: Timings::default(),
+            speaker,
         });
     }
 
@@ -550,11 +574,12 @@ impl SessionPipeline {
                     self.metrics
                         .observe_stage(Stage::Stt, at.saturating_duration_since(end));
                 }
+                let speaker = turn.speaker.clone();
                 if !text.is_empty() {
-                    self.sink.transcript("user", &text, &id);
-                    self.push_history("user", &text);
+                    self.sink.user_transcript(&text, &id, speaker.as_deref());
+                    self.push_history("user", &super::turn::labelled(&text, speaker.as_deref()));
                 }
-                self.emit(serde_json::json!({ "type": "transcript", "role": "user", "text": text, "turn_id": id, "final": true }));
+                self.emit(serde_json::json!({ "type": "transcript", "role": "user", "text": text, "turn_id": id, "final": true, "speaker": speaker }));
             }
             TurnOutput::AgentFirstToken(at) => {
                 turn.timings.first_token = Some(at);

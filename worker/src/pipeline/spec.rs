@@ -34,6 +34,10 @@ pub struct PipelineSpec {
     /// Who the session is for and which incarnation it is; not part of the backend's JSON.
     #[serde(skip)]
     pub identity: Identity,
+    /// In a multi-user session, who is speaking (measured by its room); not part of the
+    /// backend's JSON.
+    #[serde(skip)]
+    pub speakers: Option<super::room::SpeakerLabels>,
 }
 
 /// The session as the agent is told about it.

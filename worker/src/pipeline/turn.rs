@@ -65,6 +65,8 @@ pub const OUTPUT_FRAMES: usize = 50;
 pub struct TurnJob {
     /// The turn id.
     pub turn_id: String,
+    /// The participant who spoke, in a multi-user session: the agent hears `name: text`.
+    pub speaker: Option<String>,
     /// The user's utterance, 16 kHz.
     pub audio: Vec<i16>,
     /// The conversation so far.
@@ -103,12 +105,22 @@ pub async fn run(job: TurnJob, out: mpsc::Sender<TurnOutput>, cancel: Cancellati
     }
 }
 
+/// What the agent hears of a user turn: in a multi-user session, the speaker's userID
+/// first (`alice: what time is it`), the way multi-party chat transcripts are written.
+pub fn labelled(text: &str, speaker: Option<&str>) -> String {
+    match speaker {
+        Some(name) if !text.is_empty() => format!("{name}: {text}"),
+        _ => text.to_owned(),
+    }
+}
+
 /// The receiver went away: the turn was cancelled; stop quietly.
 struct Gone;
 
 async fn speak(job: TurnJob, out: mpsc::Sender<TurnOutput>) -> Result<(), ProviderError> {
     let TurnJob {
         turn_id,
+        speaker,
         audio,
         history,
         providers,
@@ -126,7 +138,7 @@ async fn speak(job: TurnJob, out: mpsc::Sender<TurnOutput>) -> Result<(), Provid
     let (deltas_tx, deltas) = mpsc::channel::<String>(64);
     let turn = AgentTurn {
         turn_id,
-        text: text.clone(),
+        text: labelled(&text, speaker.as_deref()),
         history,
     };
     let agent = async {

@@ -45,6 +45,28 @@ pub struct BusSink {
     uid: String,
 }
 
+impl BusSink {
+    fn publish(&self, role: &str, text: &str, turn_id: &str, speaker: Option<&str>) {
+        let role = if role == "user" {
+            Role::User
+        } else {
+            Role::Agent
+        };
+        let transcript = Transcript {
+            speaker: for_status(speaker.unwrap_or_default()),
+            role: role.into(),
+            text: for_status(text),
+            turn_id: for_status(turn_id),
+        };
+        self.sessions.publish_transcript(
+            &self.session_id,
+            &self.uid,
+            transcript,
+            SystemTime::now(),
+        );
+    }
+}
+
 impl EventSink for BusSink {
     fn state(&self, state: PipelineState, detail: &str) {
         tracing::info!(session = %self.session_id, state = ?state, detail, "pipeline state");
@@ -58,23 +80,11 @@ impl EventSink for BusSink {
     }
 
     fn transcript(&self, role: &str, text: &str, turn_id: &str) {
-        let role = if role == "user" {
-            Role::User
-        } else {
-            Role::Agent
-        };
-        let transcript = Transcript {
-            speaker: String::new(),
-            role: role.into(),
-            text: for_status(text),
-            turn_id: for_status(turn_id),
-        };
-        self.sessions.publish_transcript(
-            &self.session_id,
-            &self.uid,
-            transcript,
-            SystemTime::now(),
-        );
+        self.publish(role, text, turn_id, None);
+    }
+
+    fn user_transcript(&self, text: &str, turn_id: &str, speaker: Option<&str>) {
+        self.publish("user", text, turn_id, speaker);
     }
 
     fn latency(&self, latency: voice_proto::worker::v1::TurnLatency) {
@@ -147,13 +157,32 @@ pub fn describe(config: Option<&str>) -> Described {
     }
 }
 
-/// The pipeline `session_id` asks for. A configuration that cannot run gives a pipeline
-/// that stays silent and reports `Error` with the reason (to the client and the operator)
-/// rather than silently running something else.
+/// The pipeline `participant`'s connection to `session_id` runs: its own, or in a
+/// multi-user session a seat in the session's shared room (see [`super::room`]).
 pub fn for_session(
     sessions: &Arc<Sessions>,
     session_id: &str,
     uid: &str,
+    participant: &str,
+) -> Box<dyn SpeechToSpeech> {
+    if sessions.is_multi_user(session_id) {
+        return sessions
+            .rooms()
+            .seat(session_id, uid, participant, |speakers| {
+                build_for(sessions, session_id, uid, Some(speakers))
+            });
+    }
+    build_for(sessions, session_id, uid, None)
+}
+
+/// The pipeline `session_id` asks for. A configuration that cannot run gives a pipeline
+/// that stays silent and reports `Error` with the reason (to the client and the operator)
+/// rather than silently running something else.
+fn build_for(
+    sessions: &Arc<Sessions>,
+    session_id: &str,
+    uid: &str,
+    speakers: Option<super::room::SpeakerLabels>,
 ) -> Box<dyn SpeechToSpeech> {
     let sink = || {
         Box::new(BusSink {
@@ -172,6 +201,7 @@ pub fn for_session(
             let mut spec = spec.with_session(&overrides);
             spec.identity.uid = uid.to_owned();
             spec.metadata = sessions.metadata_feed(session_id, uid);
+            spec.speakers = speakers;
             spec
         })
         .map_err(|e| e.to_string())

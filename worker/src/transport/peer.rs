@@ -307,7 +307,7 @@ async fn run_session(
                         .or_else(|| ctx.tcp_mux.as_ref()?.peer_of(&ufrag))
                         .map(|a| a.to_string()).unwrap_or_default();
                     let event = Connected {
-                        participant: String::new(),
+                        participant: claim.participant.clone(),
                         transport: claim.transport.to_proto().into(),
                         remote_address: remote.clone(),
                         connection_id: claim.connection_id.clone(),
@@ -320,7 +320,7 @@ async fn run_session(
                     tracing::info!(session = %claim.session_id, connection = %claim.connection_id, %remote,
                         connect_ms = offered.elapsed().as_millis(), "WebRTC peer connected");
                     if let (Some(rx), Some(out)) = (rtp_rx.take(), out.take()) {
-                        let provider = crate::pipeline::wiring::for_session(&ctx.sessions, &claim.session_id, &claim.uid);
+                        let provider = crate::pipeline::wiring::for_session(&ctx.sessions, &claim.session_id, &claim.uid, &claim.participant);
                         let metrics = ctx.metrics.for_connection(claim.media.dropped.clone());
                         tokio::spawn(rtp_media::run(rx, out, ctx.jitter_packets, metrics, media_stop.clone(), provider, pipeline_tx.take()));
                     }
@@ -358,9 +358,9 @@ async fn run_session(
     }
     match ending {
         Ending::Release(reason) => {
-            let (released, _) =
-                ctx.sessions
-                    .release(&claim.session_id, &claim.uid, reason, SystemTime::now());
+            let released = ctx
+                .sessions
+                .connection_ended(&mut claim, reason, SystemTime::now());
             tracing::info!(session = %claim.session_id, connection = %claim.connection_id, reason, ?released, "WebRTC session ended");
         }
         Ending::Abandon(reason) => {

@@ -112,7 +112,7 @@ pub async fn serve(
     let rate = shape.rate;
     let timing = ctx.websocket;
     let connected = Connected {
-        participant: String::new(),
+        participant: claim.participant.clone(),
         transport: claim.transport.to_proto().into(),
         remote_address: remote.to_string(),
         connection_id: claim.connection_id.clone(),
@@ -145,8 +145,12 @@ pub async fn serve(
         "provider": described.provider,
     });
     // The pipeline the session's configuration asks for (the diagnostic `echo` by default).
-    let mut provider =
-        crate::pipeline::wiring::for_session(&ctx.sessions, &claim.session_id, &claim.uid);
+    let mut provider = crate::pipeline::wiring::for_session(
+        &ctx.sessions,
+        &claim.session_id,
+        &claim.uid,
+        &claim.participant,
+    );
     provider.connected();
     let state = serde_json::json!({ "type": "state", "state": "LISTENING", "provider": described.provider });
     let mut pipeline = Pipeline::with_provider(rate, provider);
@@ -207,9 +211,11 @@ pub async fn serve(
     let reason = ending.reason();
     ctx.metrics.count_websocket_end(reason);
     drop(socket);
-    let (released, _) =
-        ctx.sessions
-            .release(&claim.session_id, &claim.uid, reason, SystemTime::now());
+    // Dropped now: a multi-user room must not keep feeding a seat that left.
+    drop(pipeline);
+    let released = ctx
+        .sessions
+        .connection_ended(&mut claim, reason, SystemTime::now());
     tracing::info!(session = %claim.session_id, connection = %claim.connection_id, reason, ?released, "WebSocket session ended");
 }
 

@@ -321,6 +321,25 @@ impl Response {
     }
 }
 
+/// A join token for `id`/`uid` naming participant `user`, valid for ten minutes.
+pub fn participant_token(id: &str, uid: &str, user: &str) -> String {
+    let now = SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    mint(
+        KEY,
+        &JoinClaims {
+            sub: id.to_owned(),
+            uid: uid.to_owned(),
+            backend: "test-backend".to_owned(),
+            user: user.to_owned(),
+            iat: now.saturating_sub(10),
+            exp: now + 600,
+        },
+    )
+}
+
 /// A join token for `id`/`uid` valid for `ttl_secs` from now (negative: already expired).
 pub fn token(id: &str, uid: &str, ttl_secs: i64) -> String {
     let now = SystemTime::now()
