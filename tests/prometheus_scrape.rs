@@ -291,7 +291,8 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
         .url
         .split_once("/v1/sessions/")
         .expect("a WHIP offer URL");
-    let report = aiortc_echo_call(base, &format!("{}/call", ns.name()), &token).await;
+    let (report, _) =
+        operator_common::aiortc::call(base, &format!("{}/call", ns.name()), &token, 3.0, 1.0).await;
     assert_eq!(report["state"], "connected", "{report}");
     for promql in [
         format!("sum(voice_worker_connect_duration_seconds_count{{backend=\"{backend}\"}})"),
@@ -468,58 +469,6 @@ async fn discovered_pods(ns: &voice_tests::TestNamespace) -> Value {
         }
     }
     Value::Array(groups)
-}
-
-/// The worker's aiortc interop client (`worker/tests/interop/aiortc_echo.py`): a 1 kHz tone for
-/// three seconds through the session at `base`, its JSON report. aiortc lives in the venv the
-/// worker's interop test provisions (`~/.cache/voice-operator/venv`), installed here too when
-/// missing.
-async fn aiortc_echo_call(base: &str, session: &str, token: &str) -> Value {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    let venv = std::path::PathBuf::from(home).join(".cache/voice-operator/venv");
-    let python = venv.join("bin/python");
-    let has_aiortc = || {
-        std::process::Command::new(&python)
-            .args(["-c", "import aiortc, av"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    };
-    if !has_aiortc() {
-        if !python.exists() {
-            let ok = std::process::Command::new("python3")
-                .args(["-m", "venv"])
-                .arg(&venv)
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(ok, "python3 -m venv failed: install python3-venv");
-        }
-        let ok = std::process::Command::new(&python)
-            .args(["-m", "pip", "install", "--quiet", "aiortc==1.16.0"])
-            .status()
-            .is_ok_and(|s| s.success());
-        assert!(ok && has_aiortc(), "pip install aiortc failed");
-    }
-    let script =
-        voice_cluster::layout::workspace_root().join("worker/tests/interop/aiortc_echo.py");
-    let out = std::env::temp_dir().join(format!("prom-echo-{}.pcm", std::process::id()));
-    let run = tokio::process::Command::new(&python)
-        .arg(&script)
-        .args([base, session, token, "3"])
-        .arg(&out)
-        .output();
-    let output = tokio::time::timeout(Duration::from_secs(60), run)
-        .await
-        .expect("the aiortc client hung")
-        .expect("running the aiortc client");
-    let _ = std::fs::remove_file(&out);
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "aiortc client failed:\n{stdout}\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_str(stdout.trim().lines().last().unwrap_or(""))
-        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout}"))
 }
 
 /// Every metric the operator and worker define, with its type: the string literals that name a

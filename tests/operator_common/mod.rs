@@ -2,6 +2,7 @@
 
 #![allow(dead_code)]
 
+pub mod aiortc;
 pub mod sessions;
 #[allow(unused_imports)] // Not every test binary uses sessions.
 pub use sessions::*;

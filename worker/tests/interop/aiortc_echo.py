@@ -4,7 +4,9 @@ Posts a WHIP-style offer with the join token, sends a 1 kHz tone for the given s
 records what comes back, hangs up with DELETE, and reports as JSON on stdout; the
 received audio is written as raw PCM16 LE mono 48 kHz for the Rust test to analyse.
 
-usage: aiortc_echo.py BASE_URL SESSION TOKEN SECONDS OUT_PCM
+usage: aiortc_echo.py BASE_URL SESSION TOKEN SECONDS OUT_PCM [HOLD_SECONDS]
+
+HOLD_SECONDS (default 1) is how long the call stays up after the tone, listening.
 """
 
 import asyncio
@@ -77,7 +79,7 @@ def http(method, url, token, body=None, content_type=None):
         return error.code, dict(error.headers), error.read().decode()
 
 
-async def main(base, session, token, seconds, out_path):
+async def main(base, session, token, seconds, out_path, hold=1.0):
     pc = RTCPeerConnection()
     tone = Tone(seconds)
     pc.addTrack(tone)
@@ -137,7 +139,7 @@ async def main(base, session, token, seconds, out_path):
     except Exception:  # noqa: BLE001 - internals of aioice; absent means unknown
         pass
     if state == "connected":
-        await asyncio.sleep(seconds + 1.0)
+        await asyncio.sleep(seconds + hold)
     done.set()
     delete_status, _, _ = http("DELETE", base + location, token) if location else (0, None, None)
     await asyncio.sleep(0.2)
@@ -172,4 +174,5 @@ async def main(base, session, token, seconds, out_path):
 
 if __name__ == "__main__":
     base, session, token, seconds, out_path = sys.argv[1:6]
-    sys.exit(asyncio.run(main(base, session, token, float(seconds), out_path)))
+    hold = float(sys.argv[6]) if len(sys.argv) > 6 else 1.0
+    sys.exit(asyncio.run(main(base, session, token, float(seconds), out_path, hold)))

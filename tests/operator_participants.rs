@@ -1,0 +1,193 @@
+//! End to end: a multi-user session through the whole stack (real API server, operator,
+//! node agent, worker process). The user speaks over a WebSocket while a second
+//! participant listens from an independent WebRTC client (aiortc) with their own token:
+//! both hear the agent, status lists both connections, the user's turn is labelled with
+//! who spoke it, joins and leaves are Events, and the session ends when the last
+//! participant leaves. A provider without `multiUserSupport` never admits such a session.
+
+mod operator_common;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use kube::api::PostParams;
+use operator_common::sessions::{admitted_reason, join_token, session, wait_phase};
+use operator_common::*;
+use serde_json::json;
+use voice_crds::{SessionPhase, Speaker, VoiceSession};
+
+const T: Duration = Duration::from_secs(120);
+
+#[tokio::test]
+async fn two_participants_hear_one_agent_and_appear_in_status() {
+    let stack = OperatorStack::start_with(
+        "participants",
+        json!({"capabilities": {"multiUserSupport": true}, "stages": {"turnDetection": ["silence"]}}),
+    )
+    .await;
+    let ns = &stack.ns;
+    stack.apply_backend(
+        "room",
+        json!({"replicas": 1, "pipeline": {"turnDetection": {"silenceTimeout": "400ms"}}}),
+    );
+    // The same backend on a provider without the capability.
+    let (solo, solo_provider) = provider_manifest(ns, "solo", json!({}));
+    let _solo_cleanup = ProviderCleanup(vec![solo.clone()]);
+    apply(
+        ns,
+        &[
+            &solo_provider,
+            &backend_manifest("solo", &solo, json!({"replicas": 1})),
+        ],
+    );
+    wait_healthy(ns, "room", 1, T).await;
+
+    let api: Api<VoiceSession> = ns.api();
+    let participants = json!({"participants": [{"userID": "bob"}]});
+    api.create(
+        &PostParams::default(),
+        &session("lonely", "solo", participants.clone()),
+    )
+    .await
+    .expect("creating a multi-user session on the solo provider");
+    api.create(
+        &PostParams::default(),
+        &session("meet", "room", participants),
+    )
+    .await
+    .expect("creating the multi-user session");
+    let active = wait_phase(&api, "meet", SessionPhase::Active).await;
+    let endpoint = active.status.and_then(|s| s.endpoint).expect("an endpoint");
+    let secrets: Api<Secret> = ns.api();
+    let secret = secrets
+        .get(&endpoint.token_secret_name)
+        .await
+        .expect("the token Secret");
+    let data = secret.data.unwrap_or_default();
+    assert!(
+        data.contains_key("token-bob"),
+        "bob's token: keys {:?}",
+        data.keys()
+    );
+    let alice_token = join_token(&secrets, &endpoint.token_secret_name).await;
+    let bob_token = String::from_utf8(data["token-bob"].0.clone()).expect("UTF-8 token");
+
+    // Bob listens from aiortc (no tone: he only listens) for 40 s.
+    let (base, _) = endpoint
+        .url
+        .split_once("/v1/sessions/")
+        .expect("a WHIP offer URL");
+    let base = base.to_owned();
+    let session_path = format!("{}/meet", ns.name());
+    let bob = tokio::spawn(async move {
+        operator_common::aiortc::call(&base, &session_path, &bob_token, 0.0, 40.0).await
+    });
+    // The user (userID user-meet) talks over a WebSocket on the same worker.
+    let ws = endpoint
+        .url
+        .replacen("http", "ws", 1)
+        .replace("/offer", "/ws");
+    let (mut alice, alice_reader) = connect_session(&ws, &alice_token).await;
+
+    let both = wait_for(T, "both connections in status", || async {
+        let s = api.get("meet").await.map_err(|e| e.to_string())?;
+        let mut who: Vec<String> = s
+            .status
+            .map(|s| s.connections)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|c| c.user_id)
+            .collect();
+        who.sort();
+        if who == ["bob", "user-meet"] {
+            Ok(who)
+        } else {
+            Err(format!("{who:?}"))
+        }
+    })
+    .await;
+    assert_eq!(both.len(), 2);
+    wait_event(ns, "meet", "ParticipantJoined", T).await;
+
+    // The user speaks; the echo agent hears the turn labelled with who said it.
+    let phrase = speak("what will the weather be tomorrow");
+    let mut labelled = None;
+    'turns: for _ in 0..3 {
+        send_paced(&mut alice, &phrase).await;
+        send_paced(&mut alice, &vec![0u8; 32_000]).await;
+        for _ in 0..40 {
+            let s = api.get("meet").await.expect("the session");
+            let transcript = s
+                .status
+                .and_then(|s| s.context)
+                .unwrap_or_default()
+                .transcript;
+            let user = transcript
+                .iter()
+                .find(|e| e.speaker == Speaker::User && !e.text.is_empty());
+            let agent = transcript.iter().find(|e| e.speaker == Speaker::Agent);
+            if let (Some(u), Some(a)) = (user, agent) {
+                labelled = Some((u.participant.clone(), a.text.clone()));
+                break 'turns;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let (participant, agent_said) = labelled.expect("the agent answered a turn");
+    assert_eq!(
+        participant.as_deref(),
+        Some("user-meet"),
+        "the turn's speaker"
+    );
+    assert!(
+        agent_said.starts_with("user-meet"),
+        "the agent heard the label: {agent_said:?}"
+    );
+
+    // Bob, who said nothing, heard the agent's spoken reply on his own connection.
+    let (report, heard) = tokio::time::timeout(T, bob)
+        .await
+        .expect("bob's call ends")
+        .expect("bob's task");
+    assert_eq!(report["state"], "connected", "{report}");
+    let loud = heard.iter().filter(|s| s.unsigned_abs() > 3_000).count();
+    assert!(
+        loud > 4_800,
+        "bob heard {loud} loud samples of the reply (of {})",
+        heard.len()
+    );
+
+    // Bob hung up: he leaves status and an Event says so; the session goes on.
+    wait_event(ns, "meet", "ParticipantLeft", T).await;
+    wait_for(T, "only the user connected", || async {
+        let s = api.get("meet").await.map_err(|e| e.to_string())?;
+        let status = s.status.unwrap_or_default();
+        let who: Vec<_> = status
+            .connections
+            .iter()
+            .filter_map(|c| c.user_id.clone())
+            .collect();
+        match (status.phase, who.as_slice()) {
+            (SessionPhase::Active, [one]) if one == "user-meet" => Ok(()),
+            (phase, who) => Err(format!("{phase:?} {who:?}")),
+        }
+    })
+    .await;
+
+    // The last participant leaves: the session ends.
+    drop(alice);
+    alice_reader.abort();
+    wait_phase(&api, "meet", SessionPhase::Completed).await;
+
+    // The session on the provider without multiUserSupport was never admitted.
+    let lonely = api.get("lonely").await.expect("the solo session");
+    assert_eq!(
+        lonely.status.as_ref().map(|s| s.phase),
+        Some(SessionPhase::Pending)
+    );
+    assert_eq!(
+        admitted_reason(&lonely).as_deref(),
+        Some("MultiUserNotSupported")
+    );
+}
