@@ -301,6 +301,11 @@ pub struct VoiceBackendSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::provider::free_form_object")]
     pub provider_config: Option<serde_json::Value>,
+    /// End-user authentication accepted besides each session's join token (JWTs from the
+    /// application's identity provider); only on a provider with `capabilities.customAuth`
+    /// (otherwise the backend is not Accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_auth: Option<crate::client_auth::ClientAuth>,
     /// The voice pipeline.
     pub pipeline: PipelineConfiguration,
     /// The agent that answers the user; required for STT_TTS. An S2S backend must omit it (its model answers by itself): the operator refuses the pair with Accepted=False, reason AgentWithSpeechToSpeech.

@@ -19,6 +19,7 @@
 pub mod agent;
 pub mod audio;
 pub mod backend;
+pub mod client_auth;
 pub mod conditions;
 pub mod manifests;
 pub mod pipeline;
@@ -29,6 +30,7 @@ pub mod states;
 pub use agent::*;
 pub use audio::*;
 pub use backend::*;
+pub use client_auth::*;
 pub use pipeline::*;
 pub use provider::*;
 pub use session::*;

@@ -40,6 +40,11 @@ pub enum Rejection {
     HostNetworkNotAllowed,
     /// `admissionRateLimit` on a provider without `capabilities.customRateLimiting`.
     RateLimitNotSupported,
+    /// `clientAuth` on a provider without `capabilities.customAuth`.
+    CustomAuthNotSupported,
+    /// `audio.channels` other than 1: the worker's pipeline is mono, and every session that
+    /// takes the backend's format would wait forever.
+    AudioChannelsNotSupported,
 }
 
 impl Rejection {
@@ -57,6 +62,8 @@ impl Rejection {
             Rejection::ImageOverrideNotAllowed => "ImageOverrideNotAllowed",
             Rejection::HostNetworkNotAllowed => "HostNetworkNotAllowed",
             Rejection::RateLimitNotSupported => "RateLimitNotSupported",
+            Rejection::CustomAuthNotSupported => "CustomAuthNotSupported",
+            Rejection::AudioChannelsNotSupported => "AudioChannelsNotSupported",
         }
     }
 }
@@ -144,6 +151,24 @@ pub fn check(spec: &VoiceBackendSpec, provider: Option<&VoiceProvider>) -> Accep
             format!(
                 "spec.admissionRateLimit needs a provider with capabilities.customRateLimiting, and VoiceProvider {:?} has none; remove admissionRateLimit or use another provider",
                 spec.provider
+            ),
+        );
+    }
+    if spec.client_auth.is_some() && !caps.custom_auth {
+        return reject(
+            Rejection::CustomAuthNotSupported,
+            format!(
+                "spec.clientAuth needs a provider with capabilities.customAuth, and VoiceProvider {:?} has none; remove clientAuth (clients then use each session's join token) or use another provider",
+                spec.provider
+            ),
+        );
+    }
+    if spec.audio.channels != 1 {
+        return reject(
+            Rejection::AudioChannelsNotSupported,
+            format!(
+                "spec.audio.channels: {} channels are not served: the worker's pipeline is mono (one channel in, one out); set channels 1 and mix down on the client",
+                spec.audio.channels
             ),
         );
     }

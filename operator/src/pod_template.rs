@@ -188,6 +188,15 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             },
         ),
     ];
+    // Which application JWTs open sessions besides join tokens; its verification keys come
+    // from their Secret below, like every other referenced key.
+    if let Some(auth) = &spec.client_auth {
+        let json = serde_json::to_string(auth).map_err(|source| Error::Serialize {
+            what: "VOICE_CLIENT_AUTH",
+            source,
+        })?;
+        env.push(value("VOICE_CLIENT_AUTH", json));
+    }
     env.extend(
         crate::pod_network::env(&spec.workers.network).map_err(|source| Error::Serialize {
             what: "ICE_SERVERS",

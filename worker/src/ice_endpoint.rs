@@ -10,7 +10,7 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::signaling::{MediaContext, authorize_claims, bearer};
+use crate::signaling::{MediaContext, admit, bearer};
 
 /// The route.
 pub const PATH: &str = "/v1/sessions/{namespace}/{name}/ice-servers";
@@ -22,7 +22,7 @@ pub async fn serve(
     headers: HeaderMap,
 ) -> Response {
     let session_id = format!("{namespace}/{name}");
-    match authorize_claims(&ctx, &session_id, bearer(&headers)) {
+    match admit(&ctx, &session_id, bearer(&headers)) {
         Ok(claims) => {
             let servers = ctx.ice_servers.for_session(&session_id, claims.exp);
             let body = serde_json::json!({ "iceServers": servers });

@@ -9,6 +9,7 @@
 //! STT → agent → TTS, or speech-to-speech — or the diagnostic `echo` ([`media`]).
 
 pub mod capacity;
+pub mod client_auth;
 pub mod config;
 pub mod connections;
 pub mod control;

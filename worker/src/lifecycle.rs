@@ -122,12 +122,17 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         packets = config.provider_config.jitter_packets(),
         "WebRTC receive jitter buffer depth (providerConfig jitterBufferMs)"
     );
+    let client_auth = crate::client_auth::AppTokens::from_env();
+    if let Some(Err(why)) = &client_auth {
+        tracing::error!(error = %why, "spec.clientAuth cannot be used: application tokens are refused");
+    }
     let media = Arc::new(MediaContext {
         sessions: sessions.clone(),
         connections: connections.clone(),
         peers: Default::default(),
         mux,
         signing_keys,
+        client_auth: client_auth.map(Arc::new),
         advertised: std::net::SocketAddr::new(config.advertised_ip(), udp_addr.port()),
         advertised_tcp: tcp_mux
             .as_ref()

@@ -69,6 +69,9 @@ pub struct MediaContext {
     pub mux: Arc<UdpMux>,
     /// The join-token keys, reloaded when the operator rotates them.
     pub signing_keys: Arc<crate::signing_keys::SigningKeys>,
+    /// Application JWTs accepted besides join tokens (`spec.clientAuth`), or why the
+    /// configuration cannot be used.
+    pub client_auth: Option<Arc<Result<crate::client_auth::AppTokens, String>>>,
     /// The address put in ICE candidates (advertised IP, mux port).
     pub advertised: SocketAddr,
     /// The shared ICE-TCP listener, when `TCP_MEDIA_PORT` is set.
@@ -110,6 +113,17 @@ pub enum SignalingError {
     /// The token was refused.
     #[error(transparent)]
     Token(#[from] TokenError),
+    /// The token is neither the session's join token nor an application token
+    /// (`spec.clientAuth`) that checks out.
+    #[error(
+        "the token is neither a join token of this session ({join}) nor a valid application token ({app})"
+    )]
+    ClientToken {
+        /// Why it is not a join token.
+        join: TokenError,
+        /// Why it is not an application token.
+        app: String,
+    },
     /// The session holds no slot on this worker.
     #[error("session {0} is not reserved on this worker")]
     SessionNotFound(String),
@@ -182,6 +196,7 @@ impl SignalingError {
         match self {
             SignalingError::MissingToken => "TokenMissing",
             SignalingError::Token(e) => e.reason(),
+            SignalingError::ClientToken { .. } => "TokenRefused",
             SignalingError::SessionNotFound(_) => "SessionNotFound",
             SignalingError::ConnectionNotFound(_) => "ConnectionNotFound",
             SignalingError::AlreadyConnected(_) => "AlreadyConnected",
@@ -207,7 +222,9 @@ impl SignalingError {
     /// The HTTP status of the refusal.
     pub fn status(&self) -> StatusCode {
         match self {
-            SignalingError::MissingToken => StatusCode::UNAUTHORIZED,
+            SignalingError::MissingToken | SignalingError::ClientToken { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             SignalingError::Token(e) => {
                 StatusCode::from_u16(e.http_status()).unwrap_or(StatusCode::UNAUTHORIZED)
             }
@@ -277,28 +294,38 @@ pub fn router(ctx: Arc<MediaContext>) -> Router {
         .merge(crate::demo::router())
 }
 
-/// Checks that a client may connect to `session_id` now: the worker takes connections,
-/// the session holds a slot here, the token is the session's and names one of its
-/// participants. Returns the uid and the participant.
-fn authorize(
-    ctx: &MediaContext,
-    session_id: &str,
-    token: Option<&str>,
-) -> Result<(String, String), SignalingError> {
-    let claims = authorize_claims(ctx, session_id, token)?;
-    let participant = ctx.sessions.participant(session_id, &claims.user)?;
-    Ok((claims.uid, participant))
+/// Who a client is, once its token checked out.
+#[derive(Debug)]
+pub(crate) struct Admitted {
+    /// The held session's uid.
+    pub uid: String,
+    /// The participant (userID) the token admits.
+    pub participant: String,
+    /// When the token expires, Unix seconds (it bounds TURN credentials).
+    pub exp: u64,
 }
 
-/// [`authorize`], returning the token's claims (its expiry bounds TURN credentials).
-pub(crate) fn authorize_claims(
+/// Checks that a client may connect to `session_id` now: the worker takes connections,
+/// the session holds a slot here, and the token is the session's join token or (with
+/// `spec.clientAuth`) an application JWT, naming one of its participants.
+pub(crate) fn admit(
     ctx: &MediaContext,
     session_id: &str,
     token: Option<&str>,
-) -> Result<token::JoinClaims, SignalingError> {
+) -> Result<Admitted, SignalingError> {
     if ctx.sessions.watch().borrow().draining() {
         return Err(SignalingError::Draining);
     }
+    identify(ctx, session_id, token)
+}
+
+/// [`admit`] without the drain check: requests on an existing connection (hang-up, trickle)
+/// concern media already admitted.
+fn identify(
+    ctx: &MediaContext,
+    session_id: &str,
+    token: Option<&str>,
+) -> Result<Admitted, SignalingError> {
     let keys = ctx
         .signing_keys
         .get()
@@ -308,13 +335,28 @@ pub(crate) fn authorize_claims(
         .held_uid(session_id)
         .ok_or_else(|| SignalingError::SessionNotFound(session_id.to_owned()))?;
     let token = token.ok_or(SignalingError::MissingToken)?;
-    Ok(token::verify_with(
-        &keys,
-        token,
-        session_id,
-        &uid,
-        unix_now(),
-    )?)
+    let (user, exp) = match token::verify_with(&keys, token, session_id, &uid, unix_now()) {
+        Ok(claims) => (claims.user, claims.exp),
+        Err(join) => match ctx.client_auth.as_deref() {
+            None => return Err(join.into()),
+            Some(Err(config)) => {
+                return Err(SignalingError::ClientToken {
+                    join,
+                    app: format!("spec.clientAuth cannot be used: {config}"),
+                });
+            }
+            Some(Ok(app)) => match app.verify(token) {
+                Ok(user) => (user.user, user.exp),
+                Err(app) => return Err(SignalingError::ClientToken { join, app }),
+            },
+        },
+    };
+    let participant = ctx.sessions.participant(session_id, &user)?;
+    Ok(Admitted {
+        uid,
+        participant,
+        exp,
+    })
 }
 
 fn unix_now() -> u64 {
@@ -366,9 +408,8 @@ async fn answer_offer(
 ) -> Result<Response, SignalingError> {
     require_content_type(headers, "application/sdp")?;
     let offer = read_body(ctx, headers, body).await?;
-    let claims = authorize_claims(ctx, &session_id, bearer(headers))?;
-    let uid = claims.uid.clone();
-    let participant = ctx.sessions.participant(&session_id, &claims.user)?;
+    let claims = admit(ctx, &session_id, bearer(headers))?;
+    let (uid, participant) = (claims.uid.clone(), claims.participant.clone());
     let info = sdp::check_offer(&offer)?;
     let offer = candidate_policy::filter_offer(&offer, ctx.allow_private_candidates)?;
     for reason in &offer.skipped {
@@ -449,23 +490,13 @@ async fn read_body(
 }
 
 /// Checks the token of a request on an existing connection (hang-up, trickle). Unlike
-/// [`authorize`], a draining worker still takes these: they concern media already admitted.
+/// [`admit`], a draining worker still takes these: they concern media already admitted.
 fn authorize_existing(
     ctx: &MediaContext,
     session_id: &str,
     headers: &HeaderMap,
 ) -> Result<(), SignalingError> {
-    let keys = ctx
-        .signing_keys
-        .get()
-        .ok_or(SignalingError::NotConfigured)?;
-    let uid = ctx
-        .sessions
-        .held_uid(session_id)
-        .ok_or_else(|| SignalingError::SessionNotFound(session_id.to_owned()))?;
-    let token = bearer(headers).ok_or(SignalingError::MissingToken)?;
-    token::verify_with(&keys, token, session_id, &uid, unix_now())?;
-    Ok(())
+    identify(ctx, session_id, bearer(headers)).map(|_| ())
 }
 
 /// Trickle ICE (RFC 9725 §4.3.2): adds the client's candidates to its connection.
@@ -592,7 +623,9 @@ async fn websocket_upgrade(
         let token = bearer(&headers)
             .or(offered)
             .or_else(|| query_param(query, "token"));
-        let (uid, participant) = authorize(&ctx, &session_id, token)?;
+        let Admitted {
+            uid, participant, ..
+        } = admit(&ctx, &session_id, token)?;
         let shape = websocket_shape(&ctx, &session_id, query_param(query, "rate"))?;
         let claim = ctx
             .connections

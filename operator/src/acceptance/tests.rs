@@ -140,6 +140,32 @@ fn a_backend_rate_limit_needs_custom_rate_limiting() {
 }
 
 #[test]
+fn client_auth_needs_custom_auth() {
+    let spec = backend(json!({"clientAuth": {"jwt": {
+        "issuer": "https://id.example", "audience": "voice", "algorithm": "ES256",
+        "keysSecretRef": {"name": "idp", "key": "jwks.json"}
+    }}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::CustomAuthNotSupported);
+    assert!(msg.contains("spec.clientAuth"), "{msg}");
+    let able = provider(json!({"capabilities": {"customAuth": true}}));
+    assert_eq!(check(&spec, Some(&able)), Acceptance::Accepted);
+}
+
+#[test]
+fn a_stereo_backend_is_rejected_naming_the_field_and_the_fix() {
+    let spec = backend(json!({"audio": {"channels": 2}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::AudioChannelsNotSupported);
+    assert!(
+        msg.contains("spec.audio.channels") && msg.contains("channels 1"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn s2s_with_an_agent_is_rejected_naming_spec_agent_and_both_fixes() {
     let s2s = json!({"type": "S2S", "stt": null, "tts": null, "s2s": {"provider": "echo"}});
     let with_s2s =

@@ -192,6 +192,43 @@ fn every_referenced_secret_key_reaches_the_worker_by_reference_only() {
 }
 
 #[test]
+fn client_auth_reaches_the_worker_as_settings_and_its_keys_by_reference() {
+    let mut b = backend(None);
+    b.spec.client_auth = Some(
+        serde_json::from_value(json!({"jwt": {
+            "issuer": "https://id.example", "audience": "voice", "algorithm": "ES256",
+            "keysSecretRef": {"name": "idp", "key": "jwks.json"}
+        }}))
+        .expect("clientAuth"),
+    );
+    let env = env(&render(&b, &provider()).expect("render"));
+    let settings: serde_json::Value = serde_json::from_str(
+        env["VOICE_CLIENT_AUTH"]
+            .0
+            .as_deref()
+            .expect("VOICE_CLIENT_AUTH"),
+    )
+    .expect("JSON");
+    assert_eq!(settings["jwt"]["issuer"], "https://id.example");
+    assert_eq!(settings["jwt"]["userClaim"], "sub");
+    let keys = env["VOICE_SECRET_IDP_JWKS_JSON"]
+        .1
+        .as_ref()
+        .and_then(|f| f.secret_key_ref.as_ref())
+        .expect("the keys by reference");
+    assert_eq!(
+        (keys.name.as_str(), keys.key.as_str()),
+        ("idp", "jwks.json")
+    );
+    let plain = env_of_plain_backend();
+    assert!(!plain.contains_key("VOICE_CLIENT_AUTH"));
+}
+
+fn env_of_plain_backend() -> BTreeMap<String, (Option<String>, Option<EnvVarSource>)> {
+    env(&render(&backend(None), &provider()).expect("render"))
+}
+
+#[test]
 fn the_control_tls_secret_is_mounted_read_only_where_control_tls_dir_points() {
     let t = render(&backend(None), &provider()).expect("render");
     assert_eq!(
