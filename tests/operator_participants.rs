@@ -4,7 +4,11 @@
 //! both hear the agent, status lists both connections, the user's turn is labelled with
 //! who spoke it, joins and leaves are Events, and the session ends when the last
 //! participant leaves. A provider without `multiUserSupport` never admits such a session.
+//! The user joins with a JWT from the application's own identity provider
+//! (`spec.clientAuth`, the provider's `customAuth`) instead of the session's join token.
 
+#[path = "../worker/tests/common/identity_provider.rs"]
+mod identity_provider;
 mod operator_common;
 
 use std::time::Duration;
@@ -23,13 +27,24 @@ const T: Duration = Duration::from_secs(120);
 async fn two_participants_hear_one_agent_and_appear_in_status() {
     let stack = OperatorStack::start_with(
         "participants",
-        json!({"capabilities": {"multiUserSupport": true}, "stages": {"turnDetection": ["silence"]}}),
+        json!({"capabilities": {"multiUserSupport": true, "customAuth": true}, "stages": {"turnDetection": ["silence"]}}),
     )
     .await;
     let ns = &stack.ns;
+    let idp = identity_provider::IdentityProvider::new();
+    let keys: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "idp"},
+        "stringData": {"jwks.json": idp.jwks},
+    }))
+    .expect("a Secret");
+    ns.api::<Secret>()
+        .create(&PostParams::default(), &keys)
+        .await
+        .expect("creating the identity provider's key Secret");
     stack.apply_backend(
         "room",
-        json!({"replicas": 1, "pipeline": {"turnDetection": {"silenceTimeout": "400ms"}}}),
+        json!({"replicas": 1, "pipeline": {"turnDetection": {"silenceTimeout": "400ms"}},
+               "clientAuth": identity_provider::IdentityProvider::client_auth("idp")}),
     );
     // The same backend on a provider without the capability.
     let (solo, solo_provider) = provider_manifest(ns, "solo", json!({}));
@@ -70,7 +85,13 @@ async fn two_participants_hear_one_agent_and_appear_in_status() {
         "bob's token: keys {:?}",
         data.keys()
     );
-    let alice_token = join_token(&secrets, &endpoint.token_secret_name).await;
+    assert!(
+        !join_token(&secrets, &endpoint.token_secret_name)
+            .await
+            .is_empty()
+    );
+    // The user holds her application's own token and needs none from the Secret.
+    let alice_token = idp.token("user-meet");
     let bob_token = String::from_utf8(data["token-bob"].0.clone()).expect("UTF-8 token");
 
     // Bob listens from aiortc (no tone: he only listens) for 40 s.

@@ -6,42 +6,13 @@
 
 mod common;
 
-use base64::Engine;
+use common::identity_provider::IdentityProvider;
 use common::{Worker, token};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
 use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest};
 
 const ID: &str = "team/call";
 const UID: &str = "uid-call";
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default()
-}
-
-/// An identity provider: its signing key and its published JWK Set.
-fn identity_provider() -> (EncodingKey, String) {
-    let pair = rcgen::KeyPair::generate().unwrap_or_else(|e| panic!("{e}"));
-    let point = pair.public_key_raw();
-    let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
-    let jwks = json!({"keys": [{"kty": "EC", "crv": "P-256", "kid": "idp-1", "use": "sig",
-                                "x": b64(&point[1..33]), "y": b64(&point[33..65])}]});
-    (
-        EncodingKey::from_ec_der(&pair.serialize_der()),
-        jwks.to_string(),
-    )
-}
-
-fn app_token(key: &EncodingKey, user: &str) -> String {
-    let mut header = Header::new(Algorithm::ES256);
-    header.kid = Some("idp-1".into());
-    let claims = json!({"iss": "https://id.example", "aud": "voice", "sub": user,
-                        "exp": unix_now() + 300});
-    jsonwebtoken::encode(&header, &claims, key).unwrap_or_else(|e| panic!("{e}"))
-}
 
 /// The status and `code` of an upgrade to session `id` with `token` (101 when taken).
 async fn upgrade(worker: &Worker, id: &str, token: &str) -> (u16, String) {
@@ -65,14 +36,13 @@ async fn upgrade(worker: &Worker, id: &str, token: &str) -> (u16, String) {
 
 #[tokio::test]
 async fn an_application_jwt_opens_its_users_session_and_nothing_else() {
-    let (idp, jwks) = identity_provider();
-    let settings = json!({"jwt": {"issuer": "https://id.example", "audience": "voice",
-        "algorithm": "ES256", "keysSecretRef": {"name": "idp", "key": "jwks.json"}}});
+    let idp = IdentityProvider::new();
+    let settings = IdentityProvider::client_auth("idp");
     let worker = Worker::start_with_env(
         2,
         &[
             ("VOICE_CLIENT_AUTH", &settings.to_string()),
-            ("VOICE_SECRET_IDP_JWKS_JSON", &jwks),
+            ("VOICE_SECRET_IDP_JWKS_JSON", &idp.jwks),
         ],
     );
     for (id, uid, user) in [(ID, UID, "alice"), ("team/other", "uid-other", "bob")] {
@@ -91,9 +61,9 @@ async fn an_application_jwt_opens_its_users_session_and_nothing_else() {
         assert_eq!(reply.result(), ReserveResult::Reserved);
     }
 
-    let alice = app_token(&idp, "alice");
+    let alice = idp.token("alice");
     assert_eq!(
-        upgrade(&worker, ID, &app_token(&idp, "mallory")).await.0,
+        upgrade(&worker, ID, &idp.token("mallory")).await.0,
         403,
         "mallory's own token"
     );
@@ -102,8 +72,8 @@ async fn an_application_jwt_opens_its_users_session_and_nothing_else() {
         403,
         "alice's token for bob's session"
     );
-    let (forger, _) = identity_provider();
-    let (status, code) = upgrade(&worker, ID, &app_token(&forger, "alice")).await;
+    let forger = IdentityProvider::new();
+    let (status, code) = upgrade(&worker, ID, &forger.token("alice")).await;
     assert_eq!(
         (status, code.as_str()),
         (401, "TokenRefused"),

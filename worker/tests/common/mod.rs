@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod browser;
+pub mod identity_provider;
 
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
