@@ -45,6 +45,11 @@ pub struct SessionConfig {
     /// userID; empty for a session of one user. Each may connect once, beside the user.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub participants: Vec<String>,
+    /// Connection metadata of the user and the participants, by userID
+    /// (`spec.user.metadata`, `spec.participants[].metadata`), told to the agent.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub connection_metadata:
+        std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
     /// The session's WebSocket rate and message limit (`VoiceSession.spec.audio`); unset
     /// means [`crate::session_audio::DEFAULT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -122,7 +127,7 @@ pub enum SessionConfigError {
     /// A field the type does not have, e.g. an endpoint or a Secret name.
     #[error(
         "session_config_json.{0}: unknown field; a session configuration holds only overrides \
-         (agent flags, systemPrompt, silenceTimeoutMs, userId, metadata, context, audio, participants): endpoints, URLs, \
+         (agent flags, systemPrompt, silenceTimeoutMs, userId, metadata, context, audio, participants, connectionMetadata): endpoints, URLs, \
          providers and Secret names come only from the backend the worker was started with"
     )]
     UnknownField(String),
@@ -145,6 +150,7 @@ const TOP: &[&str] = &[
     "context",
     "audio",
     "participants",
+    "connectionMetadata",
 ];
 const AUDIO: &[&str] = &["sampleRate", "bufferBytes"];
 const AGENT: &[&str] = &[
@@ -304,6 +310,11 @@ mod tests {
                 buffer_bytes: 3_200,
             }),
             participants: vec!["u-2".into(), "u-3".into()],
+            connection_metadata: [(
+                "u-2".to_owned(),
+                [("team".to_owned(), "blue".to_owned())].into(),
+            )]
+            .into(),
         };
         assert_eq!(SessionConfig::parse(&config.to_json()), Ok(config));
         assert_eq!(SessionConfig::parse(""), Ok(SessionConfig::default()));

@@ -44,8 +44,15 @@ impl agent_server::Agent for LoggingAgent {
                     Some(converse_request::Event::Start(s)) => {
                         let metadata: std::collections::BTreeMap<_, _> =
                             s.metadata.into_iter().collect();
+                        let user: std::collections::BTreeMap<_, _> =
+                            s.user_metadata.into_iter().collect();
+                        let others: Vec<_> = s
+                            .participants
+                            .iter()
+                            .map(|p| format!("{}:{:?}", p.user_id, p.metadata))
+                            .collect();
                         format!(
-                            "start {} uid={} user={} context={} metadata={metadata:?}",
+                            "start {} uid={} user={} {user:?} with={others:?} context={} metadata={metadata:?}",
                             s.session_id, s.uid, s.user_id, s.context_json
                         )
                     }
@@ -149,6 +156,17 @@ async fn a_tls_agent_hears_the_session_and_its_metadata_edits_saves_state_and_ha
         .with_identity(Identity {
             uid: "uid-7".into(),
             user_id: "alice".into(),
+            connections: [
+                (
+                    "alice".to_owned(),
+                    [("seat".to_owned(), "1A".to_owned())].into(),
+                ),
+                (
+                    "bob".to_owned(),
+                    [("seat".to_owned(), "1B".to_owned())].into(),
+                ),
+            ]
+            .into(),
         })
         .with_metadata(MetadataFeed::live(feed))
         .with_resume(Some(&resume));
@@ -176,7 +194,7 @@ async fn a_tls_agent_hears_the_session_and_its_metadata_edits_saves_state_and_ha
     assert_eq!(
         *log.lock().unwrap_or_else(|e| e.into_inner()),
         [
-            r#"start team/s uid=uid-7 user=alice context={"turns":1} metadata={"plan": "gold"}"#,
+            r#"start team/s uid=uid-7 user=alice {"seat": "1A"} with=["bob:{\"seat\": \"1B\"}"] context={"turns":1} metadata={"plan": "gold"}"#,
             "transcript hello",
             r#"metadata {"plan": "platinum"}"#,
             "transcript bye",

@@ -47,6 +47,28 @@ pub struct Identity {
     pub uid: String,
     /// `spec.user.userID`.
     pub user_id: String,
+    /// Connection metadata by userID: `spec.user.metadata` under `user_id`, and each of
+    /// `spec.participants` (all of them listed, metadata or not) under theirs.
+    pub connections: std::collections::BTreeMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl Identity {
+    /// `spec.user.metadata`.
+    pub fn user_metadata(&self) -> std::collections::HashMap<String, String> {
+        self.connections
+            .get(&self.user_id)
+            .map(|m| m.clone().into_iter().collect())
+            .unwrap_or_default()
+    }
+
+    /// The other users, with their metadata.
+    pub fn participants(
+        &self,
+    ) -> impl Iterator<Item = (&String, &std::collections::BTreeMap<String, String>)> {
+        self.connections
+            .iter()
+            .filter(|(id, _)| **id != self.user_id)
+    }
 }
 
 /// A conversation resumed from persisted context.
@@ -115,6 +137,13 @@ impl PipelineSpec {
         }
         self.metadata = MetadataFeed::fixed(flatten(session.metadata.as_ref()));
         self.identity.user_id = session.user_id.clone().unwrap_or_default();
+        self.identity.connections = session.connection_metadata.clone();
+        for participant in &session.participants {
+            self.identity
+                .connections
+                .entry(participant.clone())
+                .or_default();
+        }
         self.resume = session.context.as_ref().map(|c| Resume {
             history: c
                 .transcript

@@ -181,6 +181,15 @@ impl GrpcAgent {
             context_json: lock(&self.context).clone(),
             metadata,
             user_id: self.identity.user_id.clone(),
+            user_metadata: self.identity.user_metadata(),
+            participants: self
+                .identity
+                .participants()
+                .map(|(id, metadata)| voice_proto::agent::v1::Participant {
+                    user_id: id.clone(),
+                    metadata: metadata.clone().into_iter().collect(),
+                })
+                .collect(),
         }));
         requests.send(start).await.map_err(unavailable)?;
         let outbound = futures::stream::unfold(outbound, |mut rx| async move {

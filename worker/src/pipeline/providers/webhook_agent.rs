@@ -77,6 +77,10 @@ impl WebhookAgent {
             "session_id": self.session_id,
             "uid": self.identity.uid,
             "user_id": self.identity.user_id,
+            "user_metadata": self.identity.user_metadata(),
+            "participants": self.identity.participants()
+                .map(|(id, metadata)| serde_json::json!({"user_id": id, "metadata": metadata}))
+                .collect::<Vec<_>>(),
             "metadata": self.metadata.current(),
             "turn_id": turn.turn_id,
             "text": turn.text,
