@@ -277,6 +277,17 @@ pub fn session_config(session: &VoiceSession, backend: &VoiceBackend) -> Session
             .iter()
             .map(|p| p.user_id.clone())
             .collect(),
+        connection_metadata: std::iter::once((
+            spec.user.user_id.clone(),
+            spec.user.metadata.clone(),
+        ))
+        .chain(
+            spec.participants
+                .iter()
+                .map(|p| (p.user_id.clone(), p.metadata.clone())),
+        )
+        .filter(|(_, metadata)| !metadata.is_empty())
+        .collect(),
     }
 }
 
