@@ -360,6 +360,11 @@ async fn webhook_agent_retries_then_streams_and_times_out_when_the_agent_hangs()
         agent.identity = Identity {
             uid: "uid-1".into(),
             user_id: "alice".into(),
+            connections: [
+                ("alice".to_owned(), [("lang".to_owned(), "fr".to_owned())].into()),
+                ("bob".to_owned(), Default::default()),
+            ]
+            .into(),
         };
         agent.metadata = MetadataFeed::live(feed.clone());
         agent
@@ -392,6 +397,11 @@ async fn webhook_agent_retries_then_streams_and_times_out_when_the_agent_hangs()
         (Some("uid-1"), Some("alice"))
     );
     assert_eq!(body["metadata"], serde_json::json!({"plan": "gold"}));
+    assert_eq!(body["user_metadata"], serde_json::json!({"lang": "fr"}));
+    assert_eq!(
+        body["participants"],
+        serde_json::json!([{"user_id": "bob", "metadata": {}}])
+    );
 
     // The application edits the metadata: the next turn carries it; a JSON reply that asks
     // to hang up is handed on once, after the turn.
