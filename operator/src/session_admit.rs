@@ -272,7 +272,11 @@ pub fn session_config(session: &VoiceSession, backend: &VoiceBackend) -> Session
         metadata: spec.metadata.as_ref().and_then(|m| m.as_object().cloned()),
         context,
         audio: crate::session_audio::for_worker(session, backend),
-        participants: spec.participants.iter().map(|p| p.user_id.clone()).collect(),
+        participants: spec
+            .participants
+            .iter()
+            .map(|p| p.user_id.clone())
+            .collect(),
     }
 }
 
