@@ -36,6 +36,7 @@ pub mod session_counts;
 pub mod session_lifecycle;
 pub mod session_live;
 pub mod session_metadata;
+pub mod session_participants;
 pub mod session_timeouts;
 pub mod signing_keys;
 pub mod telemetry;
