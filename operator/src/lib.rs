@@ -38,6 +38,7 @@ pub mod session_live;
 pub mod session_metadata;
 pub mod session_participants;
 pub mod session_timeouts;
+pub mod session_tokens;
 pub mod signing_keys;
 pub mod telemetry;
 pub mod turn_latency;
