@@ -32,6 +32,7 @@ pub mod rollout;
 pub mod scaling;
 pub mod session_admit;
 pub mod session_audio;
+pub mod session_connections;
 pub mod session_counts;
 pub mod session_lifecycle;
 pub mod session_live;
