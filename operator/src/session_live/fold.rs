@@ -166,7 +166,6 @@ pub(super) fn fold(
                     ),
                 });
             }
-            live.last_activity = Some(now);
         }
         Event::PipelineState(p) => {
             let state = match p.state() {

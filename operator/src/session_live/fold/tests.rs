@@ -140,11 +140,13 @@ fn a_participant_leaving_is_removed_and_the_session_goes_on() {
         &m,
         vec![connected("u-1", "c1"), connected("u-2", "c2")],
     );
+    let active = live.last_activity.clone();
     let left = feed(
         &mut live,
         &m,
         vec![disconnected("u-1", "c1", "ClientHangup")],
     );
+    assert_eq!(live.last_activity, active, "leaving is no activity");
     assert_eq!(
         who(&live),
         (Some("u-2".into()), vec!["u-2".into()]),
