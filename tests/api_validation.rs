@@ -577,6 +577,37 @@ fn cases() -> Vec<Case> {
                 "silenceTimeout must be a positive duration",
             ],
         },
+        Case {
+            name: "session listing a participant twice",
+            example: SESSION,
+            mutate: |v| v["spec"]["participants"] = json!([{"userID": "u-2"}, {"userID": "u-2"}]),
+            expect: &["spec.participants", "participants[].userID must be unique"],
+        },
+        Case {
+            name: "session listing its own user as a participant",
+            example: SESSION,
+            mutate: |v| v["spec"]["participants"] = json!([{"userID": "user-42"}]),
+            expect: &[
+                "spec.participants",
+                "participants[].userID must differ from user.userID",
+            ],
+        },
+        Case {
+            name: "session with 16 participants",
+            example: SESSION,
+            mutate: |v| {
+                v["spec"]["participants"] = (0..16)
+                    .map(|i| json!({"userID": format!("u-{i}")}))
+                    .collect();
+            },
+            expect: &["spec.participants", "must have at most 15 items"],
+        },
+        Case {
+            name: "session participant whose userID cannot name a Secret key",
+            example: SESSION,
+            mutate: |v| v["spec"]["participants"] = json!([{"userID": "team/alice"}]),
+            expect: &["spec.participants[0].userID", "should match"],
+        },
     ]
 }
 
@@ -699,6 +730,57 @@ async fn session_backend_ref_and_transport_are_immutable() {
     assert!(
         out.status.success(),
         "a mutable field must still update: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Who may join is fixed at creation: adding, removing or changing a participant is refused,
+/// while other fields of a multi-user session still update.
+#[tokio::test]
+async fn session_participants_are_immutable() {
+    install_crds();
+    let ns = TestNamespace::new("participants").await;
+    let apply =
+        |v: &Value| kubectl_with_stdin(&["apply", "-n", ns.name(), "-f", "-"], &v.to_string());
+    let mut session = example(SESSION);
+    session["spec"]["participants"] = json!([{"userID": "u-2"}, {"userID": "u-3"}]);
+    let out = apply(&session);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let mut added = session.clone();
+    added["spec"]["participants"] =
+        json!([{"userID": "u-2"}, {"userID": "u-3"}, {"userID": "u-4"}]);
+    let mut swapped = session.clone();
+    swapped["spec"]["participants"] = json!([{"userID": "u-2"}, {"userID": "u-5"}]);
+    let mut relabelled = session.clone();
+    relabelled["spec"]["participants"][0]["metadata"] = json!({"seat": "1"});
+    let mut dropped = session.clone();
+    remove(&mut dropped, &["spec", "participants"]);
+    for (changed, what) in [
+        (&added, "adding a participant"),
+        (&swapped, "replacing a participant"),
+        (&relabelled, "editing a participant's metadata"),
+        (&dropped, "removing the participants"),
+    ] {
+        let out = apply(changed);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{what} must fail");
+        assert!(
+            err.contains("spec.participants") && err.contains("participants is immutable"),
+            "{what}: {err}"
+        );
+    }
+
+    let mut longer = session.clone();
+    longer["spec"]["maxDuration"] = json!("45m");
+    let out = apply(&longer);
+    assert!(
+        out.status.success(),
+        "a mutable field of a multi-user session must still update: {}",
         String::from_utf8_lossy(&out.stderr)
     );
 }

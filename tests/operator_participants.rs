@@ -3,7 +3,8 @@
 //! participant listens from an independent WebRTC client (aiortc) with their own token:
 //! both hear the agent, status lists both connections, the user's turn is labelled with
 //! who spoke it, joins and leaves are Events, and the session ends when the last
-//! participant leaves. A provider without `multiUserSupport` never admits such a session.
+//! participant leaves. A provider without `multiUserSupport` keeps such a session waiting
+//! outside the queue until it gains the capability; each person gets a token.
 //! The user joins with a JWT from the application's own identity provider
 //! (`spec.clientAuth`, the provider's `customAuth`) instead of the session's join token.
 
@@ -13,6 +14,7 @@ mod operator_common;
 
 use std::time::Duration;
 
+use base64::Engine;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use kube::api::PostParams;
@@ -46,26 +48,10 @@ async fn two_participants_hear_one_agent_and_appear_in_status() {
         json!({"replicas": 1, "pipeline": {"turnDetection": {"silenceTimeout": "400ms"}},
                "clientAuth": identity_provider::IdentityProvider::client_auth("idp")}),
     );
-    // The same backend on a provider without the capability.
-    let (solo, solo_provider) = provider_manifest(ns, "solo", json!({}));
-    let _solo_cleanup = ProviderCleanup(vec![solo.clone()]);
-    apply(
-        ns,
-        &[
-            &solo_provider,
-            &backend_manifest("solo", &solo, json!({"replicas": 1})),
-        ],
-    );
     wait_healthy(ns, "room", 1, T).await;
 
     let api: Api<VoiceSession> = ns.api();
     let participants = json!({"participants": [{"userID": "bob"}]});
-    api.create(
-        &PostParams::default(),
-        &session("lonely", "solo", participants.clone()),
-    )
-    .await
-    .expect("creating a multi-user session on the solo provider");
     api.create(
         &PostParams::default(),
         &session("meet", "room", participants),
@@ -200,15 +186,101 @@ async fn two_participants_hear_one_agent_and_appear_in_status() {
     drop(alice);
     alice_reader.abort();
     wait_phase(&api, "meet", SessionPhase::Completed).await;
+}
 
-    // The session on the provider without multiUserSupport was never admitted.
-    let lonely = api.get("lonely").await.expect("the solo session");
-    assert_eq!(
-        lonely.status.as_ref().map(|s| s.phase),
-        Some(SessionPhase::Pending)
+/// The `user` claim of a join token (its payload, without checking the signature: the
+/// worker's acceptance of tokens is tested elsewhere).
+fn token_user(token: &str) -> String {
+    let payload = token.split('.').nth(1).expect("a JWT has a payload");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(payload)
+        .expect("base64url payload");
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).expect("JSON claims");
+    claims["user"].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn a_multi_user_session_waits_for_multi_user_support_then_gets_a_token_per_participant() {
+    let stack = OperatorStack::start("multi-user").await;
+    let ns = &stack.ns;
+    stack.apply_backend("echo", json!({"replicas": 1}));
+    wait_healthy(ns, "echo", 1, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    let participants = json!({"participants": [{"userID": "u-2"}, {"userID": "guest.3"}]});
+    api.create(
+        &PostParams::default(),
+        &session("trio", "echo", participants),
+    )
+    .await
+    .unwrap();
+    api.create(&PostParams::default(), &session("solo", "echo", json!({})))
+        .await
+        .unwrap();
+
+    // The provider (multiUserSupport false by default) cannot serve it: it waits, named.
+    let waiting = wait_for(T, "trio says MultiUserNotSupported", || async {
+        let s = api.get("trio").await.map_err(|e| e.to_string())?;
+        if admitted_reason(&s).as_deref() == Some("MultiUserNotSupported") {
+            Ok(s)
+        } else {
+            Err(format!("{:?}", s.status))
+        }
+    })
+    .await;
+    let status = waiting.status.unwrap_or_default();
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Admitted")
+        .unwrap();
+    assert_eq!(c.status, "False");
+    assert!(
+        c.message
+            .starts_with("spec.participants lists 2 participants beside spec.user")
+            && c.message.contains("multiUserSupport"),
+        "{}",
+        c.message
     );
+    assert_eq!(status.phase, SessionPhase::Pending);
+    assert_eq!(status.queue_position, None, "it waits outside the queue");
+    assert_eq!(status.worker, None, "and holds no slot");
+    // A session of one user behind it is not held back.
+    wait_phase(&api, "solo", SessionPhase::Active).await;
+
+    // The provider gaining the capability admits it.
+    let (_, multi) =
+        provider_manifest(ns, "p", json!({"capabilities": {"multiUserSupport": true}}));
+    apply(ns, &[&multi]);
+    let trio = wait_phase(&api, "trio", SessionPhase::Active).await;
+    let endpoint = trio.status.and_then(|s| s.endpoint).expect("endpoint");
+
+    let secret = ns
+        .api::<Secret>()
+        .get(&endpoint.token_secret_name)
+        .await
+        .expect("token Secret");
+    let data = secret.data.unwrap_or_default();
     assert_eq!(
-        admitted_reason(&lonely).as_deref(),
-        Some("MultiUserNotSupported")
+        data.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["token", "token-guest.3", "token-u-2", "url"]
     );
+    for (key, user) in [
+        ("token", "user-trio"),
+        ("token-u-2", "u-2"),
+        ("token-guest.3", "guest.3"),
+    ] {
+        let token = String::from_utf8(data[key].0.clone()).unwrap();
+        assert_eq!(token_user(&token), user, "{key}");
+    }
+
+    // Two sessions, two slots: the participants take none of their own.
+    wait_for(T, "the backend counts two active sessions", || async {
+        let active = backend_status(ns, "echo").await?.active_sessions;
+        if active == 2 {
+            Ok(())
+        } else {
+            Err(format!("activeSessions {active}"))
+        }
+    })
+    .await;
 }

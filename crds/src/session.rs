@@ -44,7 +44,7 @@ pub struct SessionUser {
     #[serde(rename = "userID")]
     #[schemars(length(min = 1, max = 253))]
     pub user_id: String,
-    /// Connection metadata passed to the worker (seed UserConnection.Metadata).
+    /// Connection metadata (seed UserConnection.Metadata): told to the agent when the session starts (gRPC `SessionStart.user_metadata`, webhook `user_metadata`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metadata: std::collections::BTreeMap<String, String>,
 }
@@ -59,7 +59,8 @@ pub struct SessionParticipant {
     #[serde(rename = "userID")]
     #[schemars(length(min = 1, max = 200), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
     pub user_id: String,
-    /// Connection metadata of this participant, passed to the worker.
+    /// This participant's connection metadata: told to the agent when the session starts
+    /// (gRPC `SessionStart.participants`, webhook `participants`).
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub metadata: std::collections::BTreeMap<String, String>,
 }
@@ -122,16 +123,26 @@ pub struct SessionTurnDetection {
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!has(self.participants) || self.participants.all(p, p.userID != self.user.userID)").field_path(".participants").message("participants[].userID must differ from user.userID: spec.user is already in the session"),
+    // Changing who may join would need new tokens, a new roster on the worker and an answer
+    // for someone already connected who is taken off; a new session is the honest way.
+    validation = Rule::new("(has(self.participants) ? self.participants.size() : 0) == (has(oldSelf.participants) ? oldSelf.participants.size() : 0) && (!has(self.participants) || !has(oldSelf.participants) || self.participants == oldSelf.participants)").field_path(".participants").message("participants is immutable: delete the session and create a new one with the participants it needs"),
+)]
 pub struct VoiceSessionSpec {
     /// The VoiceBackend that serves this session; immutable.
     #[x_kube(validation = Rule::new("self == oldSelf").message("backendRef is immutable: delete the session and create a new one for another backend"))]
     pub backend_ref: BackendRef,
-    /// The user.
+    /// The user; immutable (their join token and the agent's start message name them).
+    #[x_kube(validation = Rule::new("self == oldSelf").message("user is immutable: the join token and the agent were given this user; delete the session and create a new one"))]
     pub user: SessionUser,
-    /// Further users of the same conversation (at most 15; the provider must have
-    /// `multiUserSupport`); the session still takes one slot of every cap.
+    /// Further users of the same conversation (at most 15, unique userIDs; the provider must
+    /// have `multiUserSupport`, else the session waits with `MultiUserNotSupported`); each
+    /// joins with its own token, key `token-<userID>` of the join-token Secret. The session
+    /// still takes one slot of every cap; immutable.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 15))]
+    #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.userID == p.userID))").message("participants[].userID must be unique: each names its own join-token key"))]
     pub participants: Vec<SessionParticipant>,
     /// `webrtc` (default) or `websocket`; immutable.
     #[serde(default)]
@@ -189,7 +200,9 @@ pub struct SessionWorker {
 pub struct SessionEndpoint {
     /// WebRTC offer URL (POST an SDP offer) or WebSocket URL.
     pub url: String,
-    /// Name of the Secret (owned by this session) whose `token` key holds the join token.
+    /// Name of the Secret (owned by this session) holding the join tokens: key `token` admits
+    /// `spec.user`, and key `token-<userID>` admits each of `spec.participants`; key `url`
+    /// repeats the endpoint URL.
     pub token_secret_name: String,
     /// STUN/TURN server URLs for the client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -347,10 +360,14 @@ pub struct VoiceSessionStatus {
     /// Where the client connects.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<SessionEndpoint>,
-    /// The live connection, once the client connected.
+    /// The live connection, once the client connected. In a multi-user session it is
+    /// `spec.user`'s connection while `spec.user` is connected, else the connection of the
+    /// participant connected longest; unset when nobody is connected.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connection: Option<UserConnectionStatus>,
-    /// Every participant's live connection in a multi-user session.
+    /// In a multi-user session, the live connection of everyone connected (`spec.user`
+    /// included), one per userID, in the order they connected (a reconnect replaces that
+    /// participant's entry and moves it last); unset in a session without `spec.participants`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub connections: Vec<UserConnectionStatus>,
     /// Turn detection state.

@@ -105,3 +105,98 @@ fn backend_ref_is_immutable() {
     );
     assert!(err.contains("backendRef is immutable"), "{err}");
 }
+
+fn session_with(participants: serde_json::Value) -> VoiceSession {
+    let mut v = serde_json::to_value(example::<VoiceSession>("30-session.yaml")).unwrap();
+    v["spec"]["participants"] = participants;
+    serde_json::from_value(v).unwrap()
+}
+
+fn create_errors(s: &VoiceSession) -> String {
+    match validate_cel(s) {
+        Ok(()) => String::new(),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+fn update_errors(new: &VoiceSession, old: &VoiceSession) -> String {
+    match kube::core::cel::validate_cel_update(new, old) {
+        Ok(()) => String::new(),
+        Err(e) => format!("{e:?}"),
+    }
+}
+
+#[test]
+fn participants_with_distinct_user_ids_pass() {
+    let s = session_with(serde_json::json!([{"userID": "u-2"}, {"userID": "u-3"}]));
+    assert_eq!(create_errors(&s), "");
+}
+
+#[test]
+fn a_participant_listed_twice_is_rejected() {
+    let s = session_with(serde_json::json!([{"userID": "u-2"}, {"userID": "u-2"}]));
+    let err = create_errors(&s);
+    assert!(
+        err.contains("participants[].userID must be unique"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_participant_who_is_the_sessions_user_is_rejected() {
+    // 30-session.yaml's user is user-42.
+    let s = session_with(serde_json::json!([{"userID": "u-2"}, {"userID": "user-42"}]));
+    let err = create_errors(&s);
+    assert!(
+        err.contains("participants[].userID must differ from user.userID"),
+        "{err}"
+    );
+}
+
+#[test]
+fn participants_cannot_be_added_removed_or_changed_after_creation() {
+    let none: VoiceSession = example("30-session.yaml");
+    let two = session_with(serde_json::json!([{"userID": "u-2"}, {"userID": "u-3"}]));
+    let swapped = session_with(serde_json::json!([{"userID": "u-2"}, {"userID": "u-4"}]));
+    let relabelled = session_with(
+        serde_json::json!([{"userID": "u-2", "metadata": {"seat": "1"}}, {"userID": "u-3"}]),
+    );
+    for (new, old, what) in [
+        (&two, &none, "adding participants"),
+        (&none, &two, "removing participants"),
+        (&swapped, &two, "replacing a participant"),
+        (&relabelled, &two, "editing a participant's metadata"),
+    ] {
+        let err = update_errors(new, old);
+        assert!(err.contains("participants is immutable"), "{what}: {err:?}");
+    }
+    let mut longer = two.clone();
+    longer.spec.max_duration = Some("45m".parse().unwrap());
+    assert_eq!(
+        update_errors(&longer, &two),
+        "",
+        "other fields of a multi-user session still update"
+    );
+    assert_eq!(
+        update_errors(&none, &none),
+        "",
+        "a session without participants updates"
+    );
+}
+
+#[test]
+fn the_user_cannot_change_after_creation() {
+    let old: VoiceSession = example("30-session.yaml");
+    let mut renamed = old.clone();
+    renamed.spec.user.user_id = "someone-else".into();
+    let mut relabelled = old.clone();
+    relabelled
+        .spec
+        .user
+        .metadata
+        .insert("tier".into(), "gold".into());
+    for (new, what) in [(&renamed, "userID"), (&relabelled, "metadata")] {
+        let err = update_errors(new, &old);
+        assert!(err.contains("user is immutable"), "{what}: {err:?}");
+    }
+}

@@ -53,6 +53,9 @@ pub enum Blocked {
     /// The session's `spec.audio` (or its backend's) does not fit its transport, provider
     /// or worker; it waits, outside the queue, until the spec or the provider changes.
     AudioFormatNotSupported,
+    /// The session lists `spec.participants` but its provider lacks `multiUserSupport`; it
+    /// waits, outside the queue, until the provider gains the capability.
+    MultiUserNotSupported,
 }
 
 impl Blocked {
@@ -68,7 +71,46 @@ impl Blocked {
             Blocked::BackendNotAccepted => "BackendNotAccepted",
             Blocked::RateLimited => "RateLimited",
             Blocked::AudioFormatNotSupported => crate::session_audio::REASON,
+            Blocked::MultiUserNotSupported => crate::session_participants::REASON,
         }
+    }
+}
+
+/// Why a session cannot be served as it is, with the condition message naming the field and
+/// the fix. Such a session waits outside the queue: it takes no slot, holds back no later
+/// session and asks for no worker, since no amount of capacity would admit it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Misfit {
+    /// From [`crate::session_audio::misfit`].
+    AudioFormat(String),
+    /// From [`crate::session_participants::misfit`].
+    MultiUser(String),
+}
+
+impl Misfit {
+    /// The reason the session waits with.
+    pub fn blocked(&self) -> Blocked {
+        match self {
+            Misfit::AudioFormat(_) => Blocked::AudioFormatNotSupported,
+            Misfit::MultiUser(_) => Blocked::MultiUserNotSupported,
+        }
+    }
+
+    /// The condition message.
+    pub fn detail(&self) -> &str {
+        match self {
+            Misfit::AudioFormat(d) | Misfit::MultiUser(d) => d,
+        }
+    }
+
+    /// Whether an `Admitted=False` reason is one of a misfit's: such a session needs no worker.
+    pub fn is_reason(reason: &str) -> bool {
+        [
+            Blocked::AudioFormatNotSupported,
+            Blocked::MultiUserNotSupported,
+        ]
+        .iter()
+        .any(|b| b.reason() == reason)
     }
 }
 
@@ -96,8 +138,8 @@ pub struct PendingSession {
     pub backend: BackendKey,
     /// Creation time (any monotone number, e.g. Unix milliseconds): the queue order.
     pub created: i64,
-    /// Why its audio format cannot be served (from [`crate::session_audio::misfit`]).
-    pub audio_misfit: Option<String>,
+    /// Why it cannot be served as it is, if it cannot.
+    pub misfit: Option<Misfit>,
 }
 
 /// A session that waits, with why and where it stands.
@@ -171,12 +213,14 @@ pub fn plan(
                 ledger.hold(session.key.clone(), slot.clone());
                 plan.admit.push((session.key.clone(), slot));
             }
-            Err(Blocked::AudioFormatNotSupported) => plan.waiting.push(Waiting {
-                key: session.key.clone(),
-                blocked: Blocked::AudioFormatNotSupported,
-                queue_position: None,
-                detail: session.audio_misfit.clone(),
-            }),
+            Err(blocked @ (Blocked::AudioFormatNotSupported | Blocked::MultiUserNotSupported)) => {
+                plan.waiting.push(Waiting {
+                    key: session.key.clone(),
+                    blocked,
+                    queue_position: None,
+                    detail: session.misfit.as_ref().map(|m| m.detail().to_owned()),
+                })
+            }
             Err(blocked) => {
                 let position = positions.entry(&session.backend).or_default();
                 *position += 1;
@@ -204,8 +248,8 @@ fn decide(
     if !backend.accepted {
         return Err(Blocked::BackendNotAccepted);
     }
-    if session.audio_misfit.is_some() {
-        return Err(Blocked::AudioFormatNotSupported);
+    if let Some(misfit) = &session.misfit {
+        return Err(misfit.blocked());
     }
     let provider_cap = caps.providers.get(&backend.provider).copied().unwrap_or(0);
     if provider_cap > 0 && ledger.provider_count(&backend.provider) >= provider_cap {

@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 use voice_crds::conditions::ACCEPTED;
 use voice_crds::{SessionPhase, SessionWorker, VoiceBackend, VoiceProvider, VoiceSession};
 
-use crate::admission::{self, BackendView, PendingSession};
+use crate::admission::{self, BackendView, Misfit, PendingSession};
 use crate::context::Context;
 use crate::event_source::{Roster, WorkerRef};
 use crate::heartbeat::Heartbeats;
@@ -39,6 +39,7 @@ use crate::session_counts::BackendSessions;
 use crate::session_lifecycle::{Lifecycle, reason};
 use crate::session_live::Ended;
 use crate::session_metadata::MetadataSync;
+use crate::session_participants;
 use crate::session_timeouts::{self, Clocks, Expired};
 use crate::signing_keys;
 use voice_proto::token::KeySet;
@@ -330,15 +331,21 @@ impl Allocator {
             .map(|b| b.spec.provider.clone())
     }
 
-    /// Why `session`'s audio cannot be served by its backend and provider, if it cannot.
-    fn audio_misfit(&self, session: &VoiceSession, namespace: &str) -> Option<String> {
+    /// Why `session` cannot be served by its backend and provider as it is, if it cannot:
+    /// first its participants (a capability of the whole provider), then its audio.
+    fn misfit(&self, session: &VoiceSession, namespace: &str) -> Option<Misfit> {
         let reference = reflector::ObjectRef::new(&session.spec.backend_ref.name).within(namespace);
         let backend = self.backends.get(&reference);
         let provider = backend.as_ref().and_then(|b| {
             self.providers
                 .get(&reflector::ObjectRef::new(&b.spec.provider))
         });
-        session_audio::misfit_of(session, backend.as_deref(), provider.as_deref())
+        let (backend, provider) = (backend.as_deref(), provider.as_deref());
+        session_participants::misfit_of(session, backend, provider)
+            .map(Misfit::MultiUser)
+            .or_else(|| {
+                session_audio::misfit_of(session, backend, provider).map(Misfit::AudioFormat)
+            })
     }
 
     /// The lifecycle the allocator last applied to `session` (or the observed one).
@@ -922,7 +929,7 @@ impl Allocator {
                     .creation_timestamp
                     .as_ref()
                     .map_or(0, |t| t.0.as_millisecond()),
-                audio_misfit: self.audio_misfit(s, &k.namespace),
+                misfit: self.misfit(s, &k.namespace),
             })
             .collect();
         if pending.is_empty() {
@@ -1155,7 +1162,10 @@ impl Allocator {
                 entry.active += 1;
             } else if self.phase_of(key, session) == SessionPhase::Pending
                 // A session that cannot run as it is asks for no worker.
-                && self.lifecycle_of(key, session).admitted_reason() != Some(session_audio::REASON)
+                && !self
+                    .lifecycle_of(key, session)
+                    .admitted_reason()
+                    .is_some_and(Misfit::is_reason)
             {
                 entry.pending += 1;
                 if let Some(provider) = self.provider_of(&backend) {
@@ -1455,6 +1465,9 @@ fn waiting_message(blocked: admission::Blocked, backend: &str) -> String {
         Blocked::AudioFormatNotSupported => {
             "spec.audio does not fit the session's transport, provider or worker".into()
         }
+        Blocked::MultiUserNotSupported => format!(
+            "spec.participants needs a provider with capabilities.multiUserSupport, which the provider of VoiceBackend {backend} lacks"
+        ),
     }
 }
 

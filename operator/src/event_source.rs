@@ -38,6 +38,8 @@ pub enum DropReason {
     NotHeld,
     /// Another worker (maybe in another namespace) holds the named session.
     OtherWorker,
+    /// The holding worker named a participant the session does not list.
+    UnknownParticipant,
 }
 
 impl DropReason {
@@ -47,6 +49,7 @@ impl DropReason {
             DropReason::UnknownWorker => "UnknownWorker",
             DropReason::NotHeld => "NotHeld",
             DropReason::OtherWorker => "OtherWorker",
+            DropReason::UnknownParticipant => "UnknownParticipant",
         }
     }
 }

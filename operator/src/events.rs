@@ -41,6 +41,29 @@ pub async fn publish_session_warning(
     reason: &str,
     note: &str,
 ) {
+    publish_session_event(
+        recorder,
+        namespace,
+        name,
+        uid,
+        EventType::Warning,
+        reason,
+        note,
+    )
+    .await;
+}
+
+/// Publishes an Event of `type_` about the VoiceSession `namespace/name` (uid `uid`) when
+/// the caller holds only its identity, not the object.
+pub async fn publish_session_event(
+    recorder: &Recorder,
+    namespace: &str,
+    name: &str,
+    uid: &str,
+    type_: EventType,
+    reason: &str,
+    note: &str,
+) {
     let reference = ObjectReference {
         api_version: Some(voice_crds::VoiceSession::api_version(&()).into_owned()),
         kind: Some(voice_crds::VoiceSession::kind(&()).into_owned()),
@@ -50,7 +73,7 @@ pub async fn publish_session_warning(
         ..ObjectReference::default()
     };
     let event = Event {
-        type_: EventType::Warning,
+        type_,
         reason: reason.to_owned(),
         note: Some(note.chars().take(MAX_NOTE).collect()),
         action: reason.to_owned(),

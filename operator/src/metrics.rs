@@ -44,7 +44,7 @@ pub struct Metrics {
     /// `voice_session_live_status_writes_total`: coalesced live-status writes.
     pub live_status_writes: IntCounter,
     /// `voice_session_events_dropped_total{reason}`: worker events for sessions that worker
-    /// does not hold.
+    /// does not hold, or naming a participant the session does not list.
     pub session_events_dropped: IntCounterVec,
     /// `voice_provider_session_limit{provider}`: `maxConcurrentSessions` (0 = unlimited).
     pub provider_session_limit: IntGaugeVec,
@@ -228,7 +228,7 @@ impl Metrics {
         let session_events_dropped = IntCounterVec::new(
             Opts::new(
                 "voice_session_events_dropped_total",
-                "Session events dropped because the sending worker does not hold the session, by reason.",
+                "Session events dropped because the sending worker does not hold the session or names a participant the session does not list, by reason.",
             ),
             &["reason"],
         )

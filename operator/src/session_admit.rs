@@ -1,35 +1,32 @@
 //! One admission, write-ahead: record the chosen worker in the session's status (from then
 //! on the slot counts, even across a crash), reserve the slot on the worker (idempotent by
-//! uid), write the join-token Secret owned by the session, then mark the session Active.
+//! uid), write the join-token Secret owned by the session (`session_tokens`: a token for the
+//! user and one per participant), then mark the session Active.
 //! A crash between any two steps leaves a status that names a worker in phase Pending: the
 //! allocator counts it and resumes from the reservation, which the worker answers with
 //! ALREADY_RESERVED. Every step checks the leader fence first.
 
-use std::collections::BTreeMap;
 use std::time::Duration;
 
-use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::Secret;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{ObjectMeta, Patch, PatchParams};
-use kube::{Api, Resource, ResourceExt};
+use kube::api::{Patch, PatchParams};
+use kube::{Api, ResourceExt};
 use voice_crds::{SessionEndpoint, SessionWorker, Transport, VoiceBackend, VoiceSession};
 use voice_proto::session_config::{
     self, AgentFlags, Conversation, SessionConfig, Speaker, Utterance,
 };
-use voice_proto::token::{self, JoinClaims, KeySet};
+use voice_proto::token::{JoinClaims, KeySet};
 use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest};
 
 use crate::context::Context;
 use crate::pod_template::HTTP_PORT;
 use crate::session_lifecycle::Lifecycle;
+use crate::session_tokens::{self, token_secret_name};
 use crate::signing_keys::MAX_TOKEN_LIFETIME;
 
 /// Field manager of the allocator's session status and token Secrets.
 pub const FIELD_MANAGER: &str = "voice-operator/session";
-/// Key of the join token in the token Secret.
-pub const TOKEN_KEY: &str = "token";
 /// Bound on each gRPC call of an admission.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -143,11 +140,11 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
         iat,
         exp: iat + lifetime.as_secs(),
     };
-    let join_token = token::mint_current(&a.signing_keys, &claims);
+    let tokens = session_tokens::mint_all(&a.signing_keys, &claims, &a.session);
     if !ctx.fence.is_open() {
         return retry(&applied, "not leading".into());
     }
-    if let Err(e) = apply_token_secret(ctx, &a.session, &endpoint, &join_token).await {
+    if let Err(e) = session_tokens::apply_token_secret(ctx, &a.session, &endpoint, &tokens).await {
         return retry(&applied, format!("writing the token Secret: {e}"));
     }
 
@@ -181,11 +178,6 @@ pub async fn apply_status(
     )
     .await
     .map(|_| ())
-}
-
-/// The Secret's name: `<session>-join-token`.
-pub fn token_secret_name(session: &str) -> String {
-    format!("{session}-join-token")
 }
 
 /// Where the client connects: the WHIP offer URL or the WebSocket URL on the worker.
@@ -289,62 +281,6 @@ pub fn session_config(session: &VoiceSession, backend: &VoiceBackend) -> Session
         .filter(|(_, metadata)| !metadata.is_empty())
         .collect(),
     }
-}
-
-async fn apply_token_secret(
-    ctx: &Context,
-    session: &VoiceSession,
-    endpoint: &SessionEndpoint,
-    join_token: &str,
-) -> Result<(), kube::Error> {
-    let ns = session.namespace().unwrap_or_default();
-    let name = token_secret_name(&session.name_any());
-    let owner = OwnerReference {
-        api_version: VoiceSession::api_version(&()).into_owned(),
-        kind: VoiceSession::kind(&()).into_owned(),
-        name: session.name_any(),
-        uid: session.uid().unwrap_or_default(),
-        controller: Some(true),
-        block_owner_deletion: Some(true),
-    };
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(ns.clone()),
-            owner_references: Some(vec![owner]),
-            labels: Some(BTreeMap::from([
-                (
-                    "app.kubernetes.io/managed-by".to_owned(),
-                    "voice-operator".to_owned(),
-                ),
-                ("voicebackends.dev/session".to_owned(), session.name_any()),
-            ])),
-            ..ObjectMeta::default()
-        },
-        type_: Some("voicebackends.dev/join-token".to_owned()),
-        data: Some(BTreeMap::from([
-            (
-                TOKEN_KEY.to_owned(),
-                ByteString(join_token.as_bytes().to_vec()),
-            ),
-            (
-                "url".to_owned(),
-                ByteString(endpoint.url.as_bytes().to_vec()),
-            ),
-        ])),
-        ..Secret::default()
-    };
-    let mut body = serde_json::to_value(&secret).map_err(kube::Error::SerdeError)?;
-    body["apiVersion"] = "v1".into();
-    body["kind"] = "Secret".into();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
-    api.patch(
-        &name,
-        &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(body),
-    )
-    .await
-    .map(|_| ())
 }
 
 #[cfg(test)]

@@ -361,7 +361,10 @@ async fn webhook_agent_retries_then_streams_and_times_out_when_the_agent_hangs()
             uid: "uid-1".into(),
             user_id: "alice".into(),
             connections: [
-                ("alice".to_owned(), [("lang".to_owned(), "fr".to_owned())].into()),
+                (
+                    "alice".to_owned(),
+                    [("lang".to_owned(), "fr".to_owned())].into(),
+                ),
                 ("bob".to_owned(), Default::default()),
             ]
             .into(),

@@ -62,7 +62,7 @@ fn pending(n: usize) -> Vec<PendingSession> {
             key: session(i),
             backend: backend_key("b"),
             created: i as i64,
-            audio_misfit: None,
+            misfit: None,
         })
         .collect()
 }
@@ -89,7 +89,9 @@ fn backend_cap_admits_the_oldest_and_queues_the_rest_in_order() {
 fn a_session_whose_audio_does_not_fit_waits_outside_the_queue_and_takes_no_slot() {
     let backends = one_backend(0, vec![worker("w1", 1)]);
     let mut sessions = pending(3);
-    sessions[0].audio_misfit = Some("spec.audio.channels: 2 channels are not served".into());
+    sessions[0].misfit = Some(Misfit::AudioFormat(
+        "spec.audio.channels: 2 channels are not served".into(),
+    ));
     let plan = plan(&Ledger::new(), &sessions, &backends, &HashMap::new());
     let admitted: Vec<_> = plan.admit.iter().map(|(k, _)| k.name.clone()).collect();
     assert_eq!(
@@ -128,6 +130,71 @@ fn a_session_whose_audio_does_not_fit_waits_outside_the_queue_and_takes_no_slot(
 }
 
 #[test]
+fn a_multi_user_session_without_the_capability_waits_outside_the_queue_and_takes_no_slot() {
+    let backends = one_backend(0, vec![worker("w1", 10)]);
+    let mut sessions = pending(4);
+    let why = "spec.participants lists 2 participants beside spec.user, but ...";
+    sessions[0].misfit = Some(Misfit::MultiUser(why.into()));
+    let plan = plan(
+        &Ledger::new(),
+        &sessions,
+        &backends,
+        &HashMap::from([("p".to_string(), 2)]),
+    );
+    let admitted: Vec<_> = plan.admit.iter().map(|(k, _)| k.name.clone()).collect();
+    assert_eq!(
+        admitted,
+        ["s1", "s2"],
+        "the refused session takes none of the provider's two slots"
+    );
+    let waiting: Vec<_> = plan
+        .waiting
+        .iter()
+        .map(|w| {
+            (
+                w.key.name.as_str(),
+                w.blocked,
+                w.queue_position,
+                w.detail.as_deref(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        waiting,
+        [
+            ("s0", Blocked::MultiUserNotSupported, None, Some(why)),
+            ("s3", Blocked::ProviderLimit, Some(1), None),
+        ]
+    );
+    assert_eq!(
+        Blocked::MultiUserNotSupported.reason(),
+        "MultiUserNotSupported"
+    );
+}
+
+#[test]
+fn a_misfit_waits_behind_a_missing_or_unaccepted_backend_first() {
+    let mut sessions = pending(1);
+    sessions[0].misfit = Some(Misfit::MultiUser("no multiUserSupport".into()));
+    let mut backends = one_backend(0, vec![worker("w1", 1)]);
+    backends.get_mut(&backend_key("b")).unwrap().accepted = false;
+    let round = plan(&Ledger::new(), &sessions, &backends, &HashMap::new());
+    assert_eq!(
+        (round.waiting[0].blocked, round.waiting[0].queue_position),
+        (Blocked::BackendNotAccepted, Some(1))
+    );
+    assert_eq!(round.waiting[0].detail, None);
+}
+
+#[test]
+fn the_reasons_of_misfits_are_known_as_such() {
+    assert!(Misfit::is_reason("AudioFormatNotSupported"));
+    assert!(Misfit::is_reason("MultiUserNotSupported"));
+    assert!(!Misfit::is_reason("BackendLimit"));
+    assert!(!Misfit::is_reason("WorkerLost"));
+}
+
+#[test]
 fn provider_cap_holds_across_backends() {
     let mut backends = one_backend(0, vec![worker("w1", 10)]);
     backends.insert(
@@ -145,7 +212,7 @@ fn provider_cap_holds_across_backends() {
         key: session(9),
         backend: backend_key("c"),
         created: 9,
-        audio_misfit: None,
+        misfit: None,
     });
     let plan = plan(
         &Ledger::new(),
@@ -336,7 +403,7 @@ proptest! {
                         .sessions
                         .iter()
                         .filter(|(_, (_, _, slot))| slot.is_none())
-                        .map(|(key, (backend, created, _))| PendingSession { key: key.clone(), backend: backend.clone(), created: *created, audio_misfit: None })
+                        .map(|(key, (backend, created, _))| PendingSession { key: key.clone(), backend: backend.clone(), created: *created, misfit: None })
                         .collect();
                     let plan = plan(&world.ledger, &pending, &world.backends, &world.provider_caps);
                     for w in &plan.waiting {
@@ -438,7 +505,7 @@ fn a_namespace_quota_holds_across_its_backends_and_not_beyond_its_namespace() {
         key: session(2),
         backend: backend_key("c"),
         created: 2,
-        audio_misfit: None,
+        misfit: None,
     });
     queue.push(PendingSession {
         key: SessionKey {
@@ -448,7 +515,7 @@ fn a_namespace_quota_holds_across_its_backends_and_not_beyond_its_namespace() {
         },
         backend: other_ns,
         created: 3,
-        audio_misfit: None,
+        misfit: None,
     });
     let caps = Caps {
         namespaces: HashMap::from([("ns".to_owned(), 2)]),
