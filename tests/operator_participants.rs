@@ -117,7 +117,8 @@ async fn two_participants_hear_one_agent_and_appear_in_status() {
     assert_eq!(both.len(), 2);
     wait_event(ns, "meet", "ParticipantJoined", T).await;
 
-    // The user speaks; the echo agent hears the turn labelled with who said it.
+    // The user speaks; the echo agent ("You said: ...") hears the turn labelled with who
+    // said it.
     let phrase = speak("what will the weather be tomorrow");
     let mut labelled = None;
     'turns: for _ in 0..3 {
@@ -148,7 +149,7 @@ async fn two_participants_hear_one_agent_and_appear_in_status() {
         "the turn's speaker"
     );
     assert!(
-        agent_said.starts_with("user-meet"),
+        agent_said.contains("user-meet: "),
         "the agent heard the label: {agent_said:?}"
     );
 
