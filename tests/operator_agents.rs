@@ -2,7 +2,7 @@
 //! agent, worker process, a WebSocket caller speaking espeak-ng audio). The agent is served
 //! over TLS from a private CA named in a Secret; it is told who the session is, gets an
 //! edit of `spec.metadata` before its next turn, saves state into the session's status and
-//! ends the call itself.
+//! ends the call itself. A webhook agent gets the same edit in the body of its next turn.
 
 mod operator_common;
 #[path = "../worker/tests/common/test_agent.rs"]
@@ -314,5 +314,99 @@ async fn a_tls_grpc_agent_hears_the_session_and_a_metadata_edit_saves_state_and_
         .expect("the worker closed the caller's socket")
         .expect("the reader ended cleanly");
     mic.abort();
+    server.abort();
+}
+
+/// The webhook agent: records each turn's JSON body and answers at once.
+async fn webhook_turn(
+    axum::extract::State(bodies): axum::extract::State<Arc<Mutex<Vec<serde_json::Value>>>>,
+    body: axum::body::Bytes,
+) -> ([(&'static str, &'static str); 1], String) {
+    let body: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    bodies.lock().unwrap_or_else(|e| e.into_inner()).push(body);
+    (
+        [("content-type", "application/json")],
+        json!({"text": "Noted."}).to_string(),
+    )
+}
+
+#[tokio::test]
+async fn a_metadata_edit_reaches_a_webhook_agent_on_its_next_turn() {
+    let stack = OperatorStack::start_with(
+        "agents-hook",
+        json!({"stages": {"turnDetection": ["silence"]}}),
+    )
+    .await;
+    let ns = &stack.ns;
+    let bodies: Arc<Mutex<Vec<serde_json::Value>>> = Arc::default();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port for the webhook");
+    let port = listener.local_addr().expect("address").port();
+    let app = axum::Router::new()
+        .route("/turn", axum::routing::post(webhook_turn))
+        .with_state(bodies.clone());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    stack.apply_backend(
+        "helpdesk",
+        json!({
+            "replicas": 1,
+            "pipeline": {"turnDetection": {"silenceTimeout": "400ms"}},
+            "agent": {"type": "Callback", "callback": {"url": format!("http://127.0.0.1:{port}/turn")}},
+        }),
+    );
+    wait_healthy(ns, "helpdesk", 1, T).await;
+    let api: Api<VoiceSession> = ns.api();
+    let (endpoint, token) = admit_one(
+        &api,
+        "call",
+        "helpdesk",
+        json!({"transport": "websocket", "metadata": {"plan": "gold"},
+               "user": {"metadata": {"lang": "en"}}}),
+    )
+    .await;
+    let (tx, _reader) = connect_session(&endpoint.url, &token).await;
+    let (speech, mic) = microphone(tx);
+    // The webhook's turns, counted like the gRPC agent's transcripts.
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let count = {
+        let (bodies, log) = (bodies.clone(), log.clone());
+        tokio::spawn(async move {
+            loop {
+                {
+                    let n = bodies.lock().unwrap_or_else(|e| e.into_inner()).len();
+                    let mut log = log.lock().unwrap_or_else(|e| e.into_inner());
+                    while log.len() < n {
+                        log.push("transcript".to_owned());
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    talk_until(&speech, &log, 1, false).await;
+    api.patch(
+        "call",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"spec": {"metadata": {"plan": "platinum"}}})),
+    )
+    .await
+    .expect("editing spec.metadata");
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let before = log_of(&log).len();
+    talk_until(&speech, &log, before + 1, false).await;
+
+    let bodies = bodies.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let first = &bodies[0];
+    let last = bodies.last().expect("a later turn");
+    assert_eq!(first["metadata"]["plan"], "gold", "{first}");
+    assert_eq!(first["user_id"], "user-call", "{first}");
+    assert_eq!(first["user_metadata"]["lang"], "en", "{first}");
+    assert_eq!(
+        last["metadata"]["plan"], "platinum",
+        "the edit reached the next turn: {last}"
+    );
+    mic.abort();
+    count.abort();
     server.abort();
 }
