@@ -425,6 +425,26 @@ mod tests {
         }
     }
 
+    #[test]
+    fn a_token_opens_only_a_seat_its_session_lists() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let sessions = Sessions::new(4, Duration::from_secs(5), 64, metrics);
+        let now = SystemTime::now();
+        let mut room = request("ns/room");
+        room.config.user_id = Some("alice".into());
+        room.config.participants = vec!["bob".into()];
+        assert!(sessions.reserve(room, now).outcome.is_ok());
+        assert!(sessions.reserve(request("ns/bare"), now).outcome.is_ok());
+        assert_eq!(sessions.participant("ns/room", ""), Ok("alice".to_owned()));
+        assert_eq!(sessions.participant("ns/room", "bob"), Ok("bob".to_owned()));
+        assert!(sessions.participant("ns/room", "carol").is_err());
+        // No user named at reservation: the one person is whoever the token says.
+        assert_eq!(
+            sessions.participant("ns/bare", "dave"),
+            Ok("dave".to_owned())
+        );
+    }
+
     #[tokio::test]
     async fn only_connected_sessions_with_media_are_pinged() {
         let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));

@@ -32,7 +32,15 @@ impl Sessions {
         token_user: &str,
     ) -> Result<String, UnknownParticipant> {
         let config = self.session_config(session_id).unwrap_or_default();
-        let user = config.user_id.unwrap_or_default();
+        let Some(user) = config.user_id else {
+            // Reserved without naming its user (an operator from before participants): a
+            // session of one, joined by whoever its operator-signed token names.
+            return if config.participants.is_empty() {
+                Ok(token_user.to_owned())
+            } else {
+                Err(UnknownParticipant(token_user.to_owned()))
+            };
+        };
         if token_user.is_empty() || token_user == user {
             return Ok(user);
         }
