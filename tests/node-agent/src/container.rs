@@ -105,9 +105,13 @@ impl Container {
 
     /// Pid and log of the running process, for the pod's annotation.
     pub fn process_info(&self) -> Option<serde_json::Value> {
-        self.process
-            .as_ref()
-            .map(|p| serde_json::json!({ "pid": p.pid(), "log": self.log.display().to_string() }))
+        self.process.as_ref().map(|p| {
+            serde_json::json!({
+                "pid": p.pid(),
+                "start": crate::runtime::start_time(p.pid()),
+                "log": self.log.display().to_string(),
+            })
+        })
     }
 
     /// Whether a process runs.

@@ -9,7 +9,9 @@ use kube::runtime::reflector::Store;
 use crate::images::ImageMap;
 use crate::ip_pool::IpPool;
 
-/// Annotation the agent sets on each running pod: JSON `{"<container>": {"pid": …, "log": …}}`,
+/// Annotation the agent sets on each running pod: JSON
+/// `{"<container>": {"pid": …, "start": …, "log": …}}` (`start`: the process's start time in
+/// clock ticks after boot, so a recycled pid is never taken for the container),
 /// so tests and people can find a container's process and log, and a restarted agent can stop
 /// processes an earlier run left behind.
 pub const PROCESSES_ANNOTATION: &str = "node-agent.voicebackends.dev/processes";

@@ -102,6 +102,15 @@ pub fn is_group_leader_alive(pid: i32) -> bool {
     !matches!(state, Some("Z" | "X") | None) && pgrp == Some(pid)
 }
 
+/// When process `pid` started, in clock ticks after boot (`/proc/<pid>/stat` field 22):
+/// with the pid, it names one process, since a recycled pid starts later.
+pub fn start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // Fields after the command name start at field 3 (state); starttime is field 22.
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// Whether process `pid` runs a binary that `images` maps some image to.
 pub fn runs_one_of(pid: i32, images: &crate::images::ImageMap) -> bool {
     std::fs::read_link(format!("/proc/{pid}/exe"))
@@ -181,6 +190,9 @@ mod tests {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
         assert!(is_group_leader_alive(p.pid()));
+        let start = start_time(p.pid()).expect("a live process has a start time");
+        assert_eq!(start_time(p.pid()), Some(start), "stable while it runs");
+        assert_ne!(start_time(std::process::id() as i32), None);
         p.signal(Signal::TERM);
         let status = p.child.wait().await.unwrap();
         assert_eq!(exit_code(status), 143);

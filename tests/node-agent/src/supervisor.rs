@@ -373,8 +373,16 @@ pub fn stop_leftovers(pod: &Pod, images: &crate::images::ImageMap) -> usize {
         let Some(pid) = info["pid"].as_i64().and_then(|p| i32::try_from(p).ok()) else {
             continue;
         };
-        // Only a live group leader running a mapped binary is ours: a recycled pid is not.
-        if runtime::is_group_leader_alive(pid) && runtime::runs_one_of(pid, images) {
+        // Only the very process the annotation recorded is ours: same pid and same start
+        // time. A recycled pid (any `sh` can be a group leader running a mapped binary,
+        // such as the shell that runs these tests) is never signalled; an annotation
+        // without a start time cannot tell, so nothing is.
+        let recorded = info["start"].as_u64();
+        if recorded.is_some()
+            && recorded == runtime::start_time(pid)
+            && runtime::is_group_leader_alive(pid)
+            && runtime::runs_one_of(pid, images)
+        {
             runtime::signal_group(pid, Signal::KILL);
             stopped += 1;
         }
