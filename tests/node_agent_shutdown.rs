@@ -32,16 +32,24 @@ where
     }
 }
 
+/// SIGKILL to process group `pgid`, by system call. Never through `kill(1)`: procps-ng
+/// 4.0.2 read `kill -KILL -<pgid>` as `kill(-1, SIGKILL)` once the group was gone, which
+/// killed every process of the user, the test runner and its shell included.
+fn kill_group(pgid: i32) {
+    if let Some(pid) = rustix::process::Pid::from_raw(pgid)
+        && pgid > 1
+    {
+        let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+    }
+}
+
 /// Kills a process group when dropped, so a failed assertion leaves no agent or pod process
 /// running (a leftover agent for the same Node would run the next run's pods too).
 struct KillOnDrop(i32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.0)])
-            .stderr(Stdio::null())
-            .status();
+        kill_group(self.0);
     }
 }
 
@@ -152,9 +160,7 @@ async fn stopping_the_agent_while_a_pod_waits_out_its_grace_leaves_no_process_be
     let took = stopped.elapsed();
     let gone = !alive(pid);
     if !gone {
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{pid}")])
-            .status();
+        kill_group(pid);
     }
     // No agent finishes the deletion now: remove the pod and the Node by hand.
     let _ = pods
