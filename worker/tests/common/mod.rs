@@ -322,43 +322,31 @@ impl Response {
     }
 }
 
-/// A join token for `id`/`uid` naming participant `user`, valid for ten minutes.
-pub fn participant_token(id: &str, uid: &str, user: &str) -> String {
+/// Claims for `id`/`uid` naming participant `user` (empty: the session's user), valid for
+/// `ttl_secs` from now (negative: already expired), as the operator writes them.
+fn claims(id: &str, uid: &str, user: &str, ttl_secs: i64) -> JoinClaims {
     let now = SystemTime::now()
         .duration_since(SystemTime::UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or_default();
-    mint(
-        KEY,
-        &JoinClaims {
-            sub: id.to_owned(),
-            uid: uid.to_owned(),
-            backend: "test-backend".to_owned(),
-            user: user.to_owned(),
-            iat: now.saturating_sub(10),
-            exp: now + 600,
-        },
-    )
+    JoinClaims {
+        sub: id.to_owned(),
+        uid: uid.to_owned(),
+        backend: "test-backend".to_owned(),
+        user: user.to_owned(),
+        iat: now.saturating_sub(10),
+        exp: now.saturating_add_signed(ttl_secs),
+    }
+}
+
+/// A join token for `id`/`uid` naming participant `user`, valid for ten minutes.
+pub fn participant_token(id: &str, uid: &str, user: &str) -> String {
+    mint(KEY, &claims(id, uid, user, 600))
 }
 
 /// A join token for `id`/`uid` valid for `ttl_secs` from now (negative: already expired).
 pub fn token(id: &str, uid: &str, ttl_secs: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    let exp = now.saturating_add_signed(ttl_secs);
-    mint(
-        KEY,
-        &JoinClaims {
-            sub: id.to_owned(),
-            uid: uid.to_owned(),
-            backend: "test-backend".to_owned(),
-            user: String::new(),
-            iat: now.saturating_sub(10),
-            exp,
-        },
-    )
+    mint(KEY, &claims(id, uid, "", ttl_secs))
 }
 
 /// [`token`] signed with the current key of `keys`, naming it in its `kid`, as the operator
@@ -369,21 +357,7 @@ pub fn token_with_keys(
     uid: &str,
     ttl_secs: i64,
 ) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or_default();
-    voice_proto::token::mint_current(
-        keys,
-        &JoinClaims {
-            sub: id.to_owned(),
-            uid: uid.to_owned(),
-            backend: "test-backend".to_owned(),
-            user: String::new(),
-            iat: now.saturating_sub(10),
-            exp: now.saturating_add_signed(ttl_secs),
-        },
-    )
+    voice_proto::token::mint_current(keys, &claims(id, uid, "", ttl_secs))
 }
 
 /// A free TCP port on loopback.
