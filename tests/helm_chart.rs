@@ -16,7 +16,7 @@ use voice_tests::helm::{chart_dir, helm_ok, helm_on_cluster, helm_run, prometheu
 use voice_tests::{TestNamespace, kubectl, kubectl_ok, kubectl_with_stdin};
 
 use operator_common::{
-    apply, backend_manifest, events_about, provider_condition, wait_for, wait_healthy,
+    apply, backend_manifest, events_about, leader_gauge, provider_condition, wait_for, wait_healthy,
 };
 
 /// Values that turn on every optional object of the chart.
@@ -982,7 +982,7 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         .expect("standby pod");
     assert_eq!(http_get(&pod_ip(standby), 8081, "/healthz"), "ok");
     let metrics = http_get(&pod_ip(leader), 8081, "/metrics");
-    assert!(metrics.contains("voice_operator_leader 1"), "{metrics}");
+    assert_eq!(leader_gauge(&metrics), Some(1), "{metrics}");
     assert!(
         metrics.contains("voice_operator_reconciles_total{controller=\"backend\",result=\"ok\"}"),
         "{metrics}"

@@ -46,7 +46,10 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     );
     wait_condition(&ns, "assistant", "Accepted", "True", T).await;
     // The standby does nothing but is ready (so a PDB lets the leader be evicted).
-    assert!(http_get(b.metrics_port(), "/metrics").contains("voice_operator_leader 0"));
+    assert_eq!(
+        leader_gauge(&http_get(b.metrics_port(), "/metrics")),
+        Some(0)
+    );
     assert_eq!(http_get(b.metrics_port(), "/readyz"), "standby");
     assert_eq!(http_get(a.metrics_port(), "/readyz"), "ready");
 
@@ -75,7 +78,10 @@ async fn a_standby_takes_over_when_the_leader_dies() {
     let second = holder(&ns).await.expect("holder");
     assert!(second.starts_with(&format!("{}-b", ns.name())), "{second}");
     assert!(b.is_running(), "{}", b.log_tail(20));
-    assert!(http_get(b.metrics_port(), "/metrics").contains("voice_operator_leader 1"));
+    assert_eq!(
+        leader_gauge(&http_get(b.metrics_port(), "/metrics")),
+        Some(1)
+    );
     // A clean stop exits 0 and releases the lease.
     assert!(b.terminate(), "{}", b.log_tail(20));
     wait_for(T, "the lease to be released", || async {

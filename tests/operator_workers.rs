@@ -73,7 +73,7 @@ async fn ready_workers_make_the_backend_healthy_and_scale_down_drains_the_surplu
         metrics.contains("voice_health_checks_total{result=\"ok\"}"),
         "{metrics}"
     );
-    assert!(metrics.contains("voice_operator_leader 1"), "{metrics}");
+    assert_eq!(leader_gauge(&metrics), Some(1), "{metrics}");
     // Figures, not assertions: mean reconcile and health-check times of this run.
     let value = |name: &str| -> f64 {
         metrics

@@ -297,6 +297,15 @@ pub fn pod_draining(pod: &Pod) -> bool {
         .is_some_and(|v| v == "true")
 }
 
+/// The value of `voice_operator_leader` in a `/metrics` body: the sample line itself, not
+/// its `# HELP` text (which reads "voice_operator_leader 1 while this process leads.").
+pub fn leader_gauge(metrics: &str) -> Option<i64> {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("voice_operator_leader "))
+        .and_then(|v| v.trim().parse().ok())
+}
+
 /// GET `path` on 127.0.0.1:`port` with plain HTTP/1.0; returns the body.
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
@@ -439,8 +448,9 @@ pub async fn worker_control_client(
     ns: &TestNamespace,
     backend: &str,
     ip: &str,
-) -> voice_proto::worker::v1::worker_control_client::WorkerControlClient<tonic::transport::Channel>
-{
+) -> voice_proto::worker::v1::worker_control_client::WorkerControlClient<
+    tonic::service::interceptor::InterceptedService<tonic::transport::Channel, AsLeader>,
+> {
     use voice_proto::control_tls::{self, CertifiedKey, Role};
     let secret = ns
         .api::<k8s_openapi::api::core::v1::Secret>()
@@ -480,5 +490,33 @@ pub async fn worker_control_client(
         .connect()
         .await
         .expect("connecting to the worker over mutual TLS");
-    voice_proto::worker::v1::worker_control_client::WorkerControlClient::new(channel)
+    // The worker follows the operator's leader epoch and refuses calls without it.
+    let lease = ns
+        .api::<k8s_openapi::api::coordination::v1::Lease>()
+        .get("voice-operator")
+        .await
+        .expect("the operator's Lease")
+        .spec
+        .unwrap_or_default();
+    let leader = AsLeader(voice_proto::leader_epoch::LeaderEpoch {
+        epoch: u64::try_from(lease.lease_transitions.unwrap_or(0)).unwrap_or(0),
+        leader: lease.holder_identity.unwrap_or_default(),
+    });
+    voice_proto::worker::v1::worker_control_client::WorkerControlClient::with_interceptor(
+        channel, leader,
+    )
+}
+
+/// Puts the current leader's epoch on every call, as the leading operator does.
+#[derive(Clone)]
+pub struct AsLeader(pub voice_proto::leader_epoch::LeaderEpoch);
+
+impl tonic::service::Interceptor for AsLeader {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        self.0.insert(request.metadata_mut());
+        Ok(request)
+    }
 }
