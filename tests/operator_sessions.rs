@@ -419,7 +419,7 @@ async fn wait_leading(operator: &OperatorProcess) {
         })
         .await
         .unwrap_or_default();
-        if metrics.contains("voice_operator_leader 1") {
+        if leader_gauge(&metrics) == Some(1) {
             Ok(())
         } else {
             Err("not leading".into())
@@ -505,6 +505,111 @@ async fn two_operator_replicas_during_a_burst_keep_every_cap() {
     assert_no_leak(&stack.ns, &stack.provider, &["a", "b"]).await;
     sampler.abort();
     assert_caps(&maxima.lock().unwrap());
+}
+
+/// Sends `signal` to the operator process (SIGSTOP/SIGCONT: a paused, then resumed leader).
+fn signal(operator: &OperatorProcess, signal: rustix::process::Signal) {
+    let pid = rustix::process::Pid::from_raw(i32::try_from(operator.pid()).expect("pid"))
+        .expect("a live pid");
+    rustix::process::kill_process(pid, signal).expect("signalling the operator");
+}
+
+/// Counts sessions by phase: (Active, Pending).
+async fn active_and_pending(ns: &TestNamespace) -> (usize, usize) {
+    let all = sessions(ns).await;
+    let count = |p| all.iter().filter(|s| phase(s) == p).count();
+    (count(SessionPhase::Active), count(SessionPhase::Pending))
+}
+
+/// The leader is paused (SIGSTOP) in the middle of a steady stream of sessions, long past its
+/// lease, so the standby takes over and admits; then it is resumed while sessions still
+/// arrive. It wakes believing it leads, with admissions half done: the workers its successor
+/// has listed refuse its epoch, its own fence has closed, and it exits. The watch never sees
+/// a cap exceeded, and every count returns to 0.
+#[tokio::test]
+async fn a_paused_leader_that_wakes_after_a_takeover_neither_over_admits_nor_leaks() {
+    let mut stack = burst_stack("sess-pause", 100).await;
+    let ns = stack.ns.name().to_owned();
+    stack.operator.kill();
+    stack.operator = OperatorProcess::start_with(&ns, "first", &SHORT_LEASE);
+    wait_leading(&stack.operator).await;
+    let mut standby = OperatorProcess::start_with(&ns, "second", &SHORT_LEASE);
+    let (maxima, sampler) = sample_caps(&stack.ns);
+
+    // 200 sessions at about 10 a second: the backend's cap of 80 is reached only after the
+    // takeover, and sessions still arrive when the old leader wakes.
+    let api: Api<VoiceSession> = stack.ns.api();
+    let started = Instant::now();
+    let creating = tokio::spawn({
+        let api = api.clone();
+        async move {
+            for chunk in 0..40 {
+                futures::stream::iter(0..5)
+                    .map(|i| {
+                        let api = api.clone();
+                        let s = session(&format!("s-{:03}", chunk * 5 + i), "a", json!({}));
+                        async move { api.create(&PostParams::default(), &s).await }
+                    })
+                    .buffer_unordered(5)
+                    .try_collect::<Vec<_>>()
+                    .await
+                    .expect("creating sessions");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    });
+    wait_for(T, "5 Active", || async {
+        match active_and_pending(&stack.ns).await {
+            (a, _) if a >= 5 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    signal(&stack.operator, rustix::process::Signal::STOP);
+    let (paused_active, paused_pending) = active_and_pending(&stack.ns).await;
+    eprintln!(
+        "SIGSTOP of the leader {:?} after the first create, with {paused_active} sessions Active and {paused_pending} Pending",
+        started.elapsed()
+    );
+    wait_leading(&standby).await;
+    wait_for(T, "the new leader to admit", || async {
+        match active_and_pending(&stack.ns).await {
+            (a, _) if a >= paused_active + 5 => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    eprintln!(
+        "the new leader admitted; {:?} after the first create: {:?}",
+        started.elapsed(),
+        active_and_pending(&stack.ns).await
+    );
+    assert!(
+        !creating.is_finished(),
+        "sessions must still be arriving when the old leader wakes"
+    );
+    signal(&stack.operator, rustix::process::Signal::CONT);
+    let woke = Instant::now();
+    let exit = stack.operator.wait_exit(T).unwrap_or_else(|| {
+        panic!(
+            "the resumed old leader still runs:\n{}",
+            stack.operator.log_tail(30)
+        )
+    });
+    eprintln!(
+        "the resumed leader exited {:?} after SIGCONT: {exit}",
+        woke.elapsed()
+    );
+    assert_eq!(exit.code(), Some(1), "{}", stack.operator.log_tail(30));
+    assert!(standby.is_running(), "{}", standby.log_tail(30));
+
+    creating.await.expect("creates finished");
+    let all = wait_settled(&stack.ns, "a", 80).await;
+    assert_fcfs(&all);
+    assert_no_leak(&stack.ns, &stack.provider, &["a", "b"]).await;
+    sampler.abort();
+    assert_caps(&maxima.lock().unwrap());
+    assert!(standby.terminate(), "{}", standby.log_tail(20));
 }
 
 #[tokio::test]

@@ -110,6 +110,14 @@ pub async fn run(
     roster: watch::Sender<Roster>,
     heartbeats: Heartbeats,
 ) {
+    // Before the first read of any session: see leader_takeover.rs for why.
+    let takeover = crate::leader_takeover::fence_workers(&ctx).await;
+    tracing::info!(
+        fenced = takeover.fenced,
+        unreachable = takeover.unreachable.len(),
+        held = takeover.held,
+        "workers fenced against earlier leaders"
+    );
     let wake = Arc::new(Notify::new());
     let client = ctx.client.clone();
     let (sessions, backends, pods, secrets) = match &ctx.scope.namespace {
@@ -453,6 +461,9 @@ impl Allocator {
     /// Asks the worker (by pod name, via the backend's pods) to free a slot; best effort: the
     /// repair pass catches what fails here.
     fn release_on_worker(&self, key: &SessionKey, slot: &Slot, why: &str) {
+        if !self.ctx.fence.is_open() {
+            return;
+        }
         let Some(ip) = self.pod_ip(&slot.backend.namespace, &slot.worker) else {
             return;
         };

@@ -92,7 +92,7 @@ impl Context {
             ),
             client,
             metrics,
-            workers: WorkerClients::new(control_trust.clone()),
+            workers: WorkerClients::new(control_trust.clone(), fence.clone()),
             control_trust,
             operator_pods,
             scope,

@@ -1,25 +1,33 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease: only the holder runs controllers.
 //!
-//! Why not a crate: the maintained Lease crate (`kube-leader-election`) depends on kube 4,
-//! and this workspace is on kube 5, whose runtime has no Lease helper. The algorithm is
-//! client-go's: the holder renews `renewTime` every `renew_period`; another candidate takes
-//! the lease only after `renewTime + leaseDurationSeconds` has passed. Every write is a
+//! Why not a crate: `kube-leader-election` depends on kube 4, and `kube-lease-manager` (kube 5)
+//! hands out neither the Lease's transition count at acquisition, which is this leader's
+//! epoch, nor a hook between acquiring and starting work (docs/decisions.md, "Fencing a
+//! paused leader"). The algorithm is client-go's: the holder renews `renewTime` every
+//! `renew_period`; another candidate takes the lease only once it has seen the Lease record
+//! unchanged for `leaseDurationSeconds`, timed by its own monotonic clock from when it first
+//! saw that record, so no two machines' wall clocks are ever compared. Every write is a
 //! `replace` carrying the `resourceVersion` that was read, so two candidates racing for an
 //! expired lease cannot both win: the API server refuses the second write with 409.
 //!
 //! A leader that cannot renew within `renew_deadline` (lease duration minus renew period)
 //! stops at once; `main` then exits non-zero and Kubernetes restarts the process clean, which
-//! is simpler and safer than stopping controllers mid-reconcile and starting them again.
+//! is simpler and safer than stopping controllers mid-reconcile and starting them again. A
+//! leader that was paused past its lease cannot rely on noticing in time, so it is fenced
+//! twice more: its own [`Fence`] closes by the monotonic clock, and every worker its
+//! successor has listed refuses its epoch ([`voice_proto::leader_epoch`]).
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use k8s_openapi::jiff::Timestamp;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
+use voice_proto::leader_epoch::LeaderEpoch;
 
 use crate::error::{Error, Result};
 
@@ -52,27 +60,68 @@ pub enum Decision {
     },
 }
 
-/// Decides, from the lease's spec, whether `me` may hold the lease at `now`.
-pub fn decide(spec: &LeaseSpec, me: &str, now: Timestamp) -> Decision {
+/// Decides, from the lease's spec and whether its record has gone unrenewed for a whole lease
+/// duration (by [`Observer`]), whether `me` may hold the lease.
+pub fn decide(spec: &LeaseSpec, me: &str, expired: bool) -> Decision {
     let holder = spec.holder_identity.clone().unwrap_or_default();
     if holder == me {
         return Decision::Renew;
     }
-    if holder.is_empty() {
+    if holder.is_empty() || expired {
         return Decision::Acquire;
     }
-    let renewed = spec.renew_time.as_ref().or(spec.acquire_time.as_ref());
-    let duration = SignedDuration::from_secs(i64::from(spec.lease_duration_seconds.unwrap_or(0)));
-    match renewed {
-        Some(MicroTime(at)) if at.saturating_add(duration).is_ok_and(|end| end > now) => {
-            Decision::Wait { holder }
+    Decision::Wait { holder }
+}
+
+/// When this process last saw the Lease record change, by its own monotonic clock.
+///
+/// client-go's `observedTime`: a record that stays the same for `leaseDurationSeconds` of
+/// local time has expired, whatever the `renewTime` written by the holder's clock says.
+#[derive(Debug, Default)]
+pub struct Observer {
+    last: Option<(Record, Instant)>,
+}
+
+/// The parts of a Lease that change on every renewal or transition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Record {
+    holder: Option<String>,
+    renewed: Option<MicroTime>,
+    acquired: Option<MicroTime>,
+    transitions: Option<i32>,
+}
+
+impl Observer {
+    /// Notes `spec` as seen at `now`; true when the same record has been seen for at least
+    /// its lease duration.
+    pub fn expired(&mut self, spec: &LeaseSpec, now: Instant) -> bool {
+        let record = Record {
+            holder: spec.holder_identity.clone(),
+            renewed: spec.renew_time.clone(),
+            acquired: spec.acquire_time.clone(),
+            transitions: spec.lease_transitions,
+        };
+        let duration = Duration::from_secs(
+            u64::try_from(spec.lease_duration_seconds.unwrap_or(0)).unwrap_or(0),
+        );
+        match &self.last {
+            Some((seen, since)) if *seen == record => now.duration_since(*since) >= duration,
+            _ => {
+                self.last = Some((record, now));
+                false
+            }
         }
-        _ => Decision::Acquire,
     }
 }
 
-/// One attempt to take or renew the lease; true when this process holds it afterwards.
-pub async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> Result<bool> {
+/// One attempt to take or renew the lease: `Some(leaseTransitions)` when this process holds
+/// it afterwards.
+pub async fn try_acquire_or_renew(
+    api: &Api<Lease>,
+    config: &LeaseConfig,
+    observer: &mut Observer,
+) -> Result<Option<u64>> {
+    // Written for humans reading the Lease; no decision depends on these wall-clock times.
     let now = Timestamp::now();
     let duration_secs = i32::try_from(config.duration.as_secs()).unwrap_or(i32::MAX);
     let Some(mut lease) = api
@@ -96,15 +145,16 @@ pub async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> Res
             }),
         };
         return match api.create(&PostParams::default(), &lease).await {
-            Ok(_) => Ok(true),
+            Ok(_) => Ok(Some(0)),
             // Another candidate created it first.
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
             Err(e) => Err(Error::kube("create lease")(e)),
         };
     };
     let mut spec = lease.spec.clone().unwrap_or_default();
-    match decide(&spec, &config.identity, now) {
-        Decision::Wait { .. } => return Ok(false),
+    let expired = observer.expired(&spec, Instant::now());
+    match decide(&spec, &config.identity, expired) {
+        Decision::Wait { .. } => return Ok(None),
         Decision::Renew => {
             spec.renew_time = Some(MicroTime(now));
             spec.lease_duration_seconds = Some(duration_secs);
@@ -117,14 +167,15 @@ pub async fn try_acquire_or_renew(api: &Api<Lease>, config: &LeaseConfig) -> Res
             spec.lease_transitions = Some(spec.lease_transitions.unwrap_or(0) + 1);
         }
     }
+    let transitions = u64::try_from(spec.lease_transitions.unwrap_or(0)).unwrap_or(0);
     lease.spec = Some(spec);
     // `lease` carries the resourceVersion we read: a concurrent writer makes this a 409.
     match api
         .replace(&config.name, &PostParams::default(), &lease)
         .await
     {
-        Ok(_) => Ok(true),
-        Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+        Ok(_) => Ok(Some(transitions)),
+        Err(kube::Error::Api(s)) if s.code == 409 => Ok(None),
         Err(e) => Err(Error::kube("update lease")(e)),
     }
 }
@@ -137,14 +188,19 @@ pub async fn acquire(
     cancel: &CancellationToken,
 ) -> bool {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
+    let mut observer = Observer::default();
     loop {
-        let attempt = tokio::time::Instant::now();
-        match try_acquire_or_renew(&api, config).await {
-            Ok(true) => {
+        let attempt = Instant::now();
+        match try_acquire_or_renew(&api, config, &mut observer).await {
+            Ok(Some(transitions)) => {
+                fence.lead(LeaderEpoch {
+                    epoch: transitions,
+                    leader: config.identity.clone(),
+                });
                 fence.renewed(attempt, config);
                 return true;
             }
-            Ok(false) => {}
+            Ok(None) => {}
             Err(e) => tracing::warn!(error = %e, "leader election attempt failed"),
         }
         tokio::select! {
@@ -154,17 +210,20 @@ pub async fn acquire(
     }
 }
 
-/// Whether this process may still write as the leader.
+/// Whether this process may still write as the leader, and as which epoch.
 ///
 /// The process exits when it loses the lease, but between the renew deadline passing and the
 /// exit there is a window in which a stalled leader could still be mid-admission while another
 /// replica already leads. Every admission write checks the fence first: it is open only until
 /// the renew deadline after the last successful renewal (counted from when that renewal was
-/// sent), which ends before any other candidate can take the lease. This is what keeps two
-/// replicas from admitting at once.
+/// sent), which ends before any other candidate can take the lease. A check can still pass
+/// just before a pause, so every call to a worker also carries the epoch, which the worker
+/// refuses once a newer leader has spoken to it; such a refusal deposes this process.
 #[derive(Clone, Debug, Default)]
 pub struct Fence {
-    valid_until: Arc<Mutex<Option<tokio::time::Instant>>>,
+    valid_until: Arc<Mutex<Option<Instant>>>,
+    epoch: Arc<OnceLock<LeaderEpoch>>,
+    deposed: CancellationToken,
 }
 
 impl Fence {
@@ -173,25 +232,48 @@ impl Fence {
         Self::default()
     }
 
-    /// A fence that is always open, for a single process without election (tests, `dev`).
+    /// A fence that is always open, for a single process without election (tests, `dev`);
+    /// its calls carry no epoch.
     pub fn always_open() -> Self {
         let fence = Self::default();
-        *fence.lock() = Some(tokio::time::Instant::now() + Duration::from_secs(100 * 365 * 86_400));
+        *fence.lock() = Some(Instant::now() + Duration::from_secs(100 * 365 * 86_400));
         fence
     }
 
     /// Whether writes are still allowed now.
     pub fn is_open(&self) -> bool {
-        self.lock()
-            .is_some_and(|until| tokio::time::Instant::now() < until)
+        !self.deposed.is_cancelled() && self.lock().is_some_and(|until| Instant::now() < until)
     }
 
-    fn renewed(&self, attempt: tokio::time::Instant, config: &LeaseConfig) {
+    /// The epoch this process leads in, once it has acquired the lease.
+    pub fn epoch(&self) -> Option<&LeaderEpoch> {
+        self.epoch.get()
+    }
+
+    /// Closes the fence for good: a worker has followed a newer leader.
+    pub fn depose(&self, why: &str) {
+        if !self.deposed.is_cancelled() {
+            tracing::error!(%why, "a newer leader exists; no more writes");
+        }
+        *self.lock() = None;
+        self.deposed.cancel();
+    }
+
+    /// Fires once [`Fence::depose`] has been called.
+    pub fn deposed(&self) -> CancellationToken {
+        self.deposed.clone()
+    }
+
+    fn lead(&self, epoch: LeaderEpoch) {
+        let _ = self.epoch.set(epoch);
+    }
+
+    fn renewed(&self, attempt: Instant, config: &LeaseConfig) {
         let deadline = config.duration.saturating_sub(config.renew_period);
         *self.lock() = Some(attempt + deadline);
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Option<tokio::time::Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instant>> {
         self.valid_until.lock().unwrap_or_else(|p| p.into_inner())
     }
 }
@@ -207,19 +289,24 @@ pub async fn hold(
 ) -> Result<(), String> {
     let api: Api<Lease> = Api::namespaced(client, &config.namespace);
     let deadline = config.duration.saturating_sub(config.renew_period);
-    let mut last_renewal = tokio::time::Instant::now();
+    let mut last_renewal = Instant::now();
+    let mut observer = Observer::default();
+    let deposed = fence.deposed();
     loop {
         tokio::select! {
             () = cancel.cancelled() => return Ok(()),
+            () = deposed.cancelled() => {
+                return Err("a worker follows a newer leader epoch".to_owned());
+            }
             () = tokio::time::sleep(config.renew_period) => {}
         }
-        let attempt = tokio::time::Instant::now();
-        match try_acquire_or_renew(&api, config).await {
-            Ok(true) => {
-                last_renewal = tokio::time::Instant::now();
+        let attempt = Instant::now();
+        match try_acquire_or_renew(&api, config, &mut observer).await {
+            Ok(Some(_)) => {
+                last_renewal = Instant::now();
                 fence.renewed(attempt, config);
             }
-            Ok(false) => {
+            Ok(None) => {
                 return Err(format!(
                     "lease {} is held by another candidate",
                     config.name
@@ -270,19 +357,15 @@ mod tests {
         }
     }
 
-    fn at(s: i64) -> Timestamp {
-        Timestamp::from_second(s).expect("time")
-    }
-
     #[test]
     fn the_holder_renews() {
-        assert_eq!(decide(&spec("me", 0, 15), "me", at(100)), Decision::Renew);
+        assert_eq!(decide(&spec("me", 0, 15), "me", false), Decision::Renew);
     }
 
     #[test]
     fn a_live_lease_of_another_is_waited_for() {
         assert_eq!(
-            decide(&spec("other", 100, 15), "me", at(110)),
+            decide(&spec("other", 100, 15), "me", false),
             Decision::Wait {
                 holder: "other".to_owned()
             }
@@ -292,13 +375,37 @@ mod tests {
     #[test]
     fn an_expired_or_released_lease_is_taken() {
         assert_eq!(
-            decide(&spec("other", 100, 15), "me", at(116)),
+            decide(&spec("other", 100, 15), "me", true),
             Decision::Acquire
         );
-        assert_eq!(decide(&spec("", 100, 15), "me", at(101)), Decision::Acquire);
+        assert_eq!(decide(&spec("", 100, 15), "me", false), Decision::Acquire);
         assert_eq!(
-            decide(&LeaseSpec::default(), "me", at(0)),
+            decide(&LeaseSpec::default(), "me", false),
             Decision::Acquire
         );
+    }
+
+    #[test]
+    fn expiry_is_timed_from_when_the_record_was_seen_not_from_its_renew_time() {
+        let mut observer = Observer::default();
+        let start = Instant::now();
+        // Renewed "long ago" by the holder's clock: a skewed clock must not make it expired.
+        let old = spec("other", 0, 15);
+        assert!(!observer.expired(&old, start));
+        assert!(!observer.expired(&old, start + Duration::from_secs(14)));
+        // A renewal resets the local timer.
+        let renewed = spec("other", 1, 15);
+        assert!(!observer.expired(&renewed, start + Duration::from_secs(14)));
+        assert!(!observer.expired(&renewed, start + Duration::from_secs(28)));
+        assert!(observer.expired(&renewed, start + Duration::from_secs(29)));
+    }
+
+    #[test]
+    fn a_deposed_fence_stays_closed() {
+        let fence = Fence::always_open();
+        assert!(fence.is_open());
+        fence.depose("test");
+        assert!(!fence.is_open());
+        assert!(fence.deposed().is_cancelled());
     }
 }

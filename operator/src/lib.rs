@@ -20,6 +20,7 @@ pub mod health;
 pub mod heartbeat;
 pub mod http;
 pub mod leader;
+pub mod leader_takeover;
 pub mod ledger;
 pub mod metrics;
 pub mod placement;

@@ -10,6 +10,9 @@
 //! backend the pod belongs to ([`voice_proto::control_tls::worker_server_name`]), so a pod
 //! that took over another worker's IP cannot pass for it. A worker's backend is learnt from
 //! its pod ([`WorkerClients::register`]) before the first call.
+//!
+//! Every mutating call and every list carries this leader's epoch; a worker that follows a
+//! newer leader refuses it, and that refusal deposes this process ([`Fence::depose`]).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -26,7 +29,10 @@ use voice_proto::worker::v1::{
     UpdateSessionRequest, WatchEventsRequest,
 };
 
+use voice_proto::leader_epoch::STALE_PREFIX;
+
 use crate::control_ca::{ControlTrust, Trust};
+use crate::leader::Fence;
 use crate::pod_template::GRPC_PORT;
 
 /// A worker's answer to a health check.
@@ -54,6 +60,8 @@ impl WorkerStats {
 /// Cached mutual-TLS channels to workers, keyed by pod IP.
 pub struct WorkerClients {
     trust: Arc<ControlTrust>,
+    /// This leader's epoch for every fenced call; closed when a worker refuses it.
+    fence: Fence,
     /// Pod IP → the server name its certificate must carry.
     names: Mutex<HashMap<String, String>>,
     /// Pod IP → channel, and the trust it was made with (a new CA or client certificate
@@ -68,10 +76,12 @@ impl std::fmt::Debug for WorkerClients {
 }
 
 impl WorkerClients {
-    /// Clients that authenticate with (and verify workers against) `trust`.
-    pub fn new(trust: Arc<ControlTrust>) -> Self {
+    /// Clients that authenticate with (and verify workers against) `trust` and speak for
+    /// the leader `fence` holds.
+    pub fn new(trust: Arc<ControlTrust>, fence: Fence) -> Self {
         Self {
             trust,
+            fence,
             names: Mutex::default(),
             channels: Mutex::default(),
         }
@@ -146,6 +156,25 @@ impl WorkerClients {
         }
     }
 
+    /// `message` with this leader's epoch in its metadata (none without election).
+    fn fenced<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        if let Some(epoch) = self.fence.epoch() {
+            epoch.insert(request.metadata_mut());
+        }
+        request
+    }
+
+    /// A worker's "stale leader" refusal deposes this process; anything else is its error.
+    fn refused(&self, ip: &str, status: &tonic::Status) {
+        if status.code() == tonic::Code::FailedPrecondition
+            && status.message().starts_with(STALE_PREFIX)
+        {
+            self.fence
+                .depose(&format!("worker {ip}: {}", status.message()));
+        }
+    }
+
     /// Forgets the channel of `ip`, so the next call reconnects (after a failure).
     fn forget(&self, ip: &str) {
         self.channels
@@ -194,12 +223,13 @@ impl WorkerClients {
     pub async fn drain(&self, ip: &str, timeout: Duration) -> Result<u32, String> {
         let channel = self.channel(ip, timeout)?;
         let mut client = WorkerControlClient::new(channel);
-        let call = client.drain(DrainRequest {
+        let call = client.drain(self.fenced(DrainRequest {
             deadline_seconds: 0,
-        });
+        }));
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner().remaining_sessions),
             Ok(Err(status)) => {
+                self.refused(ip, &status);
                 self.forget(ip);
                 Err(format!("Drain: {}", status.message()))
             }
@@ -219,7 +249,7 @@ impl WorkerClients {
     ) -> Result<ReserveSessionResponse, String> {
         let channel = self.channel(ip, timeout)?;
         let mut client = WorkerControlClient::new(channel);
-        let mut request = tonic::Request::new(request);
+        let mut request = self.fenced(request);
         crate::telemetry::inject(request.metadata_mut());
         let call = client.reserve_session(request);
         self.bounded(ip, "ReserveSession", timeout, call).await
@@ -236,11 +266,11 @@ impl WorkerClients {
     ) -> Result<(), String> {
         let channel = self.channel(ip, timeout)?;
         let mut client = WorkerControlClient::new(channel);
-        let call = client.release_session(ReleaseSessionRequest {
+        let call = client.release_session(self.fenced(ReleaseSessionRequest {
             session_id: session_id.to_owned(),
             uid: uid.to_owned(),
             reason: reason.to_owned(),
-        });
+        }));
         self.bounded(ip, "ReleaseSession", timeout, call)
             .await
             .map(|_| ())
@@ -258,11 +288,11 @@ impl WorkerClients {
     ) -> Result<bool, String> {
         let channel = self.channel(ip, timeout)?;
         let mut client = WorkerControlClient::new(channel);
-        let call = client.update_session(UpdateSessionRequest {
+        let call = client.update_session(self.fenced(UpdateSessionRequest {
             session_id: session_id.to_owned(),
             uid: uid.to_owned(),
             metadata_json,
-        });
+        }));
         self.bounded(ip, "UpdateSession", timeout, call)
             .await
             .map(|r| r.result() == UpdateResult::Updated)
@@ -276,7 +306,7 @@ impl WorkerClients {
     ) -> Result<Vec<SessionSummary>, String> {
         let channel = self.channel(ip, timeout)?;
         let mut client = WorkerControlClient::new(channel);
-        let call = client.list_sessions(ListSessionsRequest {});
+        let call = client.list_sessions(self.fenced(ListSessionsRequest {}));
         self.bounded(ip, "ListSessions", timeout, call)
             .await
             .map(|r| r.sessions)
@@ -306,6 +336,7 @@ impl WorkerClients {
         match tokio::time::timeout(timeout, call).await {
             Ok(Ok(response)) => Ok(response.into_inner()),
             Ok(Err(status)) => {
+                self.refused(ip, &status);
                 if status.code() != tonic::Code::InvalidArgument {
                     self.forget(ip);
                 }

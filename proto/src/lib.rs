@@ -3,9 +3,11 @@
 //! The `.proto` files beside this crate are the source of truth and carry the
 //! documentation of every message; this crate exposes the generated code, the join
 //! tokens ([`token`]) the operator mints and the workers verify, the typed session
-//! configuration ([`session_config`]) and the control channel's certificates ([`control_tls`]).
+//! configuration ([`session_config`]), the control channel's certificates ([`control_tls`])
+//! and the leader epoch that fences replaced operators ([`leader_epoch`]).
 
 pub mod control_tls;
+pub mod leader_epoch;
 pub mod session_audio;
 pub mod session_config;
 pub mod token;

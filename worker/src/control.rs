@@ -8,12 +8,14 @@ use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tonic_health::server::HealthReporter;
+use voice_proto::leader_epoch::LeaderEpoch;
 use voice_proto::session_config::SessionConfig;
 use voice_proto::worker::v1 as pb;
 use voice_proto::worker::v1::worker_control_server::{WorkerControl, WorkerControlServer};
 
 use crate::capacity::{Refusal, Released, Reserved, Session, SessionRequest};
 use crate::events::EventStream;
+use crate::leader_fence::LeaderFence;
 use crate::sessions::Sessions;
 
 /// The gRPC face of one worker.
@@ -21,13 +23,29 @@ use crate::sessions::Sessions;
 pub struct ControlService {
     sessions: Arc<Sessions>,
     shutdown: CancellationToken,
+    /// Shared by every clone: the server clones the service per connection.
+    fence: Arc<LeaderFence>,
 }
 
 impl ControlService {
     /// A service over the worker's shared session state. Event streams end when
     /// `shutdown` fires, because the server's graceful stop waits for open streams.
     pub fn new(sessions: Arc<Sessions>, shutdown: CancellationToken) -> Self {
-        Self { sessions, shutdown }
+        Self {
+            sessions,
+            shutdown,
+            fence: Arc::default(),
+        }
+    }
+
+    /// Refuses a call from a leader older than one this worker has already followed.
+    fn fenced<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        let claim =
+            LeaderEpoch::from_metadata(request.metadata()).map_err(Status::invalid_argument)?;
+        self.fence.admit(claim.as_ref()).map_err(|why| {
+            tracing::warn!(%why, "refused a call from a replaced leader");
+            Status::failed_precondition(why)
+        })
     }
 
     /// The tonic server wrapping this service.
@@ -151,6 +169,7 @@ impl WorkerControl for ControlService {
         let span = tracing::info_span!("reserve_session", session = %request.get_ref().session_id, uid = %request.get_ref().uid);
         crate::telemetry::join_remote(&span, request.metadata(), &request.get_ref().uid);
         let _entered = span.enter();
+        self.fenced(&request)?;
         let request = validate(request.into_inner())?;
         let reply = self.sessions.reserve(request, SystemTime::now());
         let (result, message) = match &reply.outcome {
@@ -184,6 +203,7 @@ impl WorkerControl for ControlService {
         &self,
         request: Request<pb::ReleaseSessionRequest>,
     ) -> Result<Response<pb::ReleaseSessionResponse>, Status> {
+        self.fenced(&request)?;
         let request = request.into_inner();
         require("session_id", &request.session_id)?;
         require("uid", &request.uid)?;
@@ -211,6 +231,7 @@ impl WorkerControl for ControlService {
         &self,
         request: Request<pb::UpdateSessionRequest>,
     ) -> Result<Response<pb::UpdateSessionResponse>, Status> {
+        self.fenced(&request)?;
         let request = request.into_inner();
         require("session_id", &request.session_id)?;
         require("uid", &request.uid)?;
@@ -231,8 +252,10 @@ impl WorkerControl for ControlService {
 
     async fn list_sessions(
         &self,
-        _: Request<pb::ListSessionsRequest>,
+        request: Request<pb::ListSessionsRequest>,
     ) -> Result<Response<pb::ListSessionsResponse>, Status> {
+        // A new leader's first list is what fences its predecessor on this worker.
+        self.fenced(&request)?;
         let snapshot = self.sessions.snapshot();
         Ok(Response::new(pb::ListSessionsResponse {
             sessions: snapshot.sessions.iter().map(summary).collect(),
@@ -244,6 +267,7 @@ impl WorkerControl for ControlService {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::DrainResponse>, Status> {
+        self.fenced(&request)?;
         let seconds = request.into_inner().deadline_seconds;
         let timeout = (seconds > 0).then(|| Duration::from_secs(u64::from(seconds)));
         let now = SystemTime::now();

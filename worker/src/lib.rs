@@ -23,6 +23,7 @@ pub mod http;
 pub mod http_tls;
 pub mod ice_endpoint;
 pub mod ice_servers;
+pub mod leader_fence;
 pub mod lifecycle;
 pub mod media;
 pub mod metrics;
