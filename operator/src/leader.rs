@@ -1,9 +1,9 @@
 //! Leader election on a `coordination.k8s.io/v1` Lease: only the holder runs controllers.
 //!
 //! Why not a crate: `kube-leader-election` depends on kube 4, and `kube-lease-manager` (kube 5)
-//! hands out neither the Lease's transition count at acquisition, which is this leader's
-//! epoch, nor a hook between acquiring and starting work (docs/decisions.md, "Fencing a
-//! paused leader"). The algorithm is client-go's: the holder renews `renewTime` every
+//! reports whether this process holds the lock, not the Lease's transition count it acquired
+//! (this leader's epoch), and judges expiry by the holder's `renewTime` against the local
+//! clock (docs/decisions.md, "Fencing a paused leader"). The algorithm is client-go's: the holder renews `renewTime` every
 //! `renew_period`; another candidate takes the lease only once it has seen the Lease record
 //! unchanged for `leaseDurationSeconds`, timed by its own monotonic clock from when it first
 //! saw that record, so no two machines' wall clocks are ever compared. Every write is a
