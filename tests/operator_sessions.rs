@@ -16,6 +16,7 @@ use kube::{Api, ResourceExt};
 use operator_common::*;
 use serde_json::json;
 use voice_crds::{SessionPhase, VoiceProvider, VoiceSession};
+use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest};
 use voice_tests::{OperatorProcess, TestNamespace};
 
 const T: Duration = Duration::from_secs(120);
@@ -610,6 +611,79 @@ async fn a_paused_leader_that_wakes_after_a_takeover_neither_over_admits_nor_lea
     sampler.abort();
     assert_caps(&maxima.lock().unwrap());
     assert!(standby.terminate(), "{}", standby.log_tail(20));
+}
+
+/// A counter's value in a `/metrics` body (0 when the series is absent).
+fn counter(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// A worker whose slots are all held by reservations the API does not know (as a crashed
+/// admission or a forged call would leave them) refuses the session the ledger places there.
+/// The allocator backs off instead of asking again every round, the repair pass frees the
+/// orphans, and the session is admitted.
+#[tokio::test]
+async fn a_worker_full_of_orphans_is_backed_off_then_repaired_and_the_session_admitted() {
+    let stack = OperatorStack::start("sess-orphans").await;
+    let ns = &stack.ns;
+    stack.apply_backend(
+        "tight",
+        json!({"replicas": 1, "workers": {"sessionsPerWorker": 2}}),
+    );
+    let status = wait_healthy(ns, "tight", 1, T).await;
+    let ip = status.worker_statuses[0].pod_ip.clone().expect("pod IP");
+    let mut control = worker_control_client(ns, "tight", &ip).await;
+    for ghost in ["ghost-1", "ghost-2"] {
+        let reserved = control
+            .reserve_session(ReserveSessionRequest {
+                session_id: format!("{}/{ghost}", ns.name()),
+                uid: format!("uid-{ghost}"),
+                ..Default::default()
+            })
+            .await
+            .expect("ReserveSession")
+            .into_inner()
+            .result();
+        assert_eq!(reserved, ReserveResult::Reserved);
+    }
+    let api: Api<VoiceSession> = ns.api();
+    api.create(&PostParams::default(), &session("call", "tight", json!({})))
+        .await
+        .expect("create");
+    let refused = "voice_session_admissions_total{result=\"refused\"}";
+    let port = stack.operator.metrics_port();
+    wait_for(T, "a refusal", || async {
+        match counter(&http_get(port, "/metrics"), refused) {
+            n if n >= 1.0 => Ok(()),
+            n => Err(format!("{n}")),
+        }
+    })
+    .await;
+    // Rounds run every 25 ms: without back-off six seconds would bring some 240 refusals.
+    // With delays of 0.2, 0.4, 0.8, 1.6 and 3.2 s there are at most six.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let after = counter(&http_get(port, "/metrics"), refused);
+    eprintln!("{after} refusals in the first 6 s");
+    assert!(
+        after <= 7.0,
+        "{after} refusals: the worker is asked without backing off"
+    );
+    let call = api.get("call").await.expect("session");
+    assert_eq!(phase(&call), SessionPhase::Pending);
+
+    // The repair pass releases reservations the API does not know once they are 30 s old.
+    wait_phase(&api, "call", SessionPhase::Active).await;
+    let metrics = http_get(port, "/metrics");
+    assert_eq!(
+        counter(&metrics, "voice_session_orphans_released_total"),
+        2.0,
+        "both orphans released"
+    );
+    assert_no_leak(ns, &stack.provider, &["tight"]).await;
 }
 
 #[tokio::test]

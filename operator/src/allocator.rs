@@ -33,6 +33,7 @@ use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
 use crate::placement::WorkerView;
 use crate::pod_template;
 use crate::rate_limit::{self, RateLimits};
+use crate::refusal_backoff::RefusalBackoff;
 use crate::session_admit::{self, Admission, Outcome};
 use crate::session_audio;
 use crate::session_counts::BackendSessions;
@@ -98,6 +99,8 @@ struct Allocator {
     namespaces: Store<Namespace>,
     /// When a rate-limited session may next be admitted.
     rate_wake: Option<Instant>,
+    /// Workers and sessions waiting out a refused reservation.
+    backoff: RefusalBackoff,
 }
 
 /// Runs the allocator until `cancel` fires. `ended` carries sessions the workers ended;
@@ -196,6 +199,7 @@ pub async fn run(
         rates: RateLimits::default(),
         namespaces,
         rate_wake: None,
+        backoff: RefusalBackoff::default(),
     };
     a.rebuild();
     a.rebuild_rates();
@@ -215,6 +219,7 @@ pub async fn run(
             Some((key, worker)) = repair_rx.recv() => a.ended_unseen(key, worker).await,
             _ = tick.tick() => clocks_due = true,
             () = sleep_until_some(a.rate_wake) => a.rate_wake = None,
+            () = sleep_until_some(a.backoff.next_due(Instant::now())) => {}
         }
         // Rounds are O(sessions): batch the watch events and outcomes of a burst into one
         // round every MIN_ROUND_INTERVAL rather than one round per event.
@@ -417,6 +422,7 @@ impl Allocator {
         self.lifecycle.retain(|k, _| sessions.contains_key(k));
         self.waiting_written.retain(|k, _| sessions.contains_key(k));
         self.metadata.retain(|k| sessions.contains_key(k));
+        self.backoff.retain_sessions(|k| sessions.contains_key(k));
     }
 
     /// Hands edited `spec.metadata` of held sessions to their workers (see
@@ -493,6 +499,7 @@ impl Allocator {
 
     /// The allocator's view of every backend: acceptance, caps, placement and workers.
     fn backend_views(&self) -> HashMap<BackendKey, (BackendView, BTreeMap<String, String>)> {
+        let now = Instant::now();
         let mut pods_by_backend: HashMap<BackendKey, Vec<Arc<Pod>>> = HashMap::new();
         for pod in self.pods.state() {
             let Some(backend) = pod.labels().get(pod_template::LABEL_BACKEND).cloned() else {
@@ -540,7 +547,10 @@ impl Allocator {
                             let ready = running
                                 && !deleting
                                 && healthy.get(name.as_str())
-                                    == Some(&voice_crds::WorkerPhase::Ready);
+                                    == Some(&voice_crds::WorkerPhase::Ready)
+                                && !self
+                                    .backoff
+                                    .worker_waits(&format!("{}/{name}", key.namespace), now);
                             self.ctx.workers.register(&ip, &key.namespace, &key.name);
                             ips.insert(name.clone(), ip);
                             Some(WorkerView {
@@ -929,6 +939,7 @@ impl Allocator {
             .iter()
             .filter(|(k, s)| {
                 !self.in_flight.contains(*k)
+                    && !self.backoff.session_waits(k, Instant::now())
                     && self.ledger.slot(k).is_none()
                     && self.phase_of(k, s) == SessionPhase::Pending
             })
@@ -1119,13 +1130,27 @@ impl Allocator {
             .admissions
             .with_label_values(&[result])
             .inc();
+        let worker = self
+            .ledger
+            .slot(&key)
+            .map(|slot| format!("{}/{}", slot.backend.namespace, slot.worker));
         match outcome {
             Outcome::Admitted(lifecycle) => {
+                if let Some(worker) = &worker {
+                    self.backoff.took(worker, &key);
+                }
                 self.waiting_written.remove(&key);
                 self.lifecycle.insert(key, lifecycle);
             }
-            Outcome::Refused { applied, error } => {
-                tracing::info!(session = %format!("{}/{}", key.namespace, key.name), %error, "worker refused the reservation; planning again");
+            Outcome::Refused {
+                applied,
+                refusal,
+                error,
+            } => {
+                tracing::info!(session = %format!("{}/{}", key.namespace, key.name), %error, ?refusal, "worker refused the reservation; backing off, then planning again");
+                if let Some(worker) = &worker {
+                    self.backoff.refused(worker, &key, refusal, Instant::now());
+                }
                 self.ledger.release(&key);
                 // The recorded intent stays in the map, so the next round sees a Pending
                 // session without a slot, plans it again, and overwrites the stale worker.

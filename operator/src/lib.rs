@@ -29,6 +29,7 @@ pub mod pod_template;
 pub mod predicates;
 pub mod provider_controller;
 pub mod rate_limit;
+pub mod refusal_backoff;
 pub mod rollout;
 pub mod scaling;
 pub mod session_admit;

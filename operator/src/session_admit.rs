@@ -21,6 +21,7 @@ use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest};
 
 use crate::context::Context;
 use crate::pod_template::HTTP_PORT;
+use crate::refusal_backoff::Refusal;
 use crate::session_lifecycle::Lifecycle;
 use crate::session_tokens::{self, token_secret_name};
 use crate::signing_keys::MAX_TOKEN_LIFETIME;
@@ -39,6 +40,8 @@ pub enum Outcome {
     Refused {
         /// The lifecycle as last applied (the intent).
         applied: Lifecycle,
+        /// Whether the refusal is about the worker or about this session.
+        refusal: Refusal,
         /// Why.
         error: String,
     },
@@ -114,8 +117,14 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
         Ok(r) => match r.result() {
             ReserveResult::Reserved | ReserveResult::AlreadyReserved => {}
             other => {
+                let refusal = if other == ReserveResult::Conflict {
+                    Refusal::Session
+                } else {
+                    Refusal::Worker
+                };
                 return Outcome::Refused {
                     applied,
+                    refusal,
                     error: format!(
                         "worker {} refused: {} {}",
                         a.worker.pod,
