@@ -22,7 +22,7 @@ use crate::pod_template::{self, GRPC_PORT, HTTP_PORT};
 use crate::signing_keys;
 
 /// Field manager for the children the backend controller applies.
-const FIELD_MANAGER: &str = "voice-operator/backend";
+use crate::field_managers::BACKEND as FIELD_MANAGER;
 
 fn owned_meta(backend: &VoiceBackend, name: String) -> Result<ObjectMeta> {
     let owner = backend

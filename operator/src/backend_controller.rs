@@ -43,7 +43,7 @@ use crate::rollout::{self, PodView};
 use crate::scaling::{ScalingInput, desired_workers};
 
 /// Field manager of the backend status and reporter of its Events.
-pub const FIELD_MANAGER: &str = "voice-operator/backend";
+use crate::field_managers::BACKEND as FIELD_MANAGER;
 /// Finalizer that lets the controller drain and remove workers before the backend goes.
 pub const FINALIZER: &str = "voicebackends.dev/cleanup";
 /// Requeue while pods drain, to delete each as soon as its worker is empty.

@@ -80,15 +80,15 @@ impl Context {
         Context {
             provider_recorder: Recorder::new(
                 client.clone(),
-                reporter(crate::provider_controller::FIELD_MANAGER),
+                reporter(crate::field_managers::PROVIDER),
             ),
             backend_recorder: Recorder::new(
                 client.clone(),
-                reporter(crate::backend_controller::FIELD_MANAGER),
+                reporter(crate::field_managers::BACKEND),
             ),
             session_recorder: Recorder::new(
                 client.clone(),
-                reporter(crate::session_admit::FIELD_MANAGER),
+                reporter(crate::field_managers::SESSION),
             ),
             client,
             metrics,

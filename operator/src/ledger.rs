@@ -19,6 +19,28 @@ pub struct SessionKey {
     pub uid: String,
 }
 
+impl SessionKey {
+    /// The session id workers know it by: `namespace/name`.
+    pub fn session_id(&self) -> String {
+        self.to_string()
+    }
+
+    /// Whether a worker's (`session_id`, `uid`) pair names this session.
+    pub fn is(&self, session_id: &str, uid: &str) -> bool {
+        self.uid == uid
+            && session_id
+                .split_once('/')
+                .is_some_and(|(ns, name)| ns == self.namespace && name == self.name)
+    }
+}
+
+/// `namespace/name`, as workers, logs and Events name a session.
+impl std::fmt::Display for SessionKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
 /// A backend, by namespace and name.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BackendKey {
@@ -163,5 +185,26 @@ fn decrement<K: std::hash::Hash + Eq + Clone>(counts: &mut HashMap<K, u32>, key:
         if *n == 0 {
             counts.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod key_tests {
+    use super::SessionKey;
+
+    #[test]
+    fn a_session_key_reads_as_the_workers_session_id_and_matches_only_its_own_uid() {
+        let key = SessionKey {
+            namespace: "team-a".into(),
+            name: "call-1".into(),
+            uid: "u-1".into(),
+        };
+        assert_eq!(key.to_string(), "team-a/call-1");
+        assert_eq!(key.session_id(), "team-a/call-1");
+        assert!(key.is("team-a/call-1", "u-1"));
+        assert!(!key.is("team-a/call-1", "u-2"), "another incarnation");
+        assert!(!key.is("team-b/call-1", "u-1"));
+        assert!(!key.is("team-a/call-10", "u-1"));
+        assert!(!key.is("team-acall-1", "u-1"));
     }
 }

@@ -16,6 +16,7 @@ pub mod error;
 pub mod event_source;
 pub mod events;
 pub mod fault_injection;
+pub mod field_managers;
 pub mod health;
 pub mod heartbeat;
 pub mod http;

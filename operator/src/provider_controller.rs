@@ -27,7 +27,7 @@ use crate::context::Context;
 use crate::error::{Error, Result};
 
 /// Field manager of the provider status and reporter of its Events.
-pub const FIELD_MANAGER: &str = "voice-operator/provider";
+use crate::field_managers::PROVIDER as FIELD_MANAGER;
 
 /// Checks a provider's `configSchema`: `Err` carries the message for `Accepted=False`.
 pub fn check_config_schema(schema: Option<&serde_json::Value>) -> Result<(), String> {

@@ -27,7 +27,7 @@ use crate::session_tokens::{self, token_secret_name};
 use crate::signing_keys::MAX_TOKEN_LIFETIME;
 
 /// Field manager of the allocator's session status and token Secrets.
-pub const FIELD_MANAGER: &str = "voice-operator/session";
+use crate::field_managers::SESSION as FIELD_MANAGER;
 /// Bound on each gRPC call of an admission.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 

@@ -42,7 +42,7 @@ use fold::Live;
 pub use fold::{PARTICIPANT_JOINED, PARTICIPANT_LEFT};
 
 /// Field manager of the live session status.
-pub const FIELD_MANAGER: &str = "voice-operator/session-live";
+use crate::field_managers::SESSION_LIVE as FIELD_MANAGER;
 /// Most often a session's live status is written.
 const FLUSH_INTERVAL: Duration = Duration::from_millis(500);
 /// Most often a ping alone causes a write.

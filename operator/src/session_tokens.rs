@@ -19,7 +19,7 @@ use voice_crds::{SessionEndpoint, VoiceSession};
 use voice_proto::token::{self, JoinClaims, KeySet};
 
 use crate::context::Context;
-use crate::session_admit::FIELD_MANAGER;
+use crate::field_managers::SESSION as FIELD_MANAGER;
 
 /// Key of `spec.user`'s join token in the token Secret.
 pub const TOKEN_KEY: &str = "token";
