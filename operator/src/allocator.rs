@@ -28,6 +28,7 @@ use voice_crds::{SessionPhase, SessionWorker, VoiceBackend, VoiceProvider, Voice
 use crate::admission::{self, BackendView, Misfit, PendingSession};
 use crate::context::Context;
 use crate::event_source::{Roster, WorkerRef};
+use crate::field_managers::SESSION_COUNTS as COUNTS_FIELD_MANAGER;
 use crate::heartbeat::Heartbeats;
 use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
 use crate::placement::WorkerView;
@@ -231,7 +232,12 @@ pub async fn run(
             a.settle(key, outcome);
         }
         if a.ctx.fence.is_open() {
+            let started = Instant::now();
             a.round(clocks_due).await;
+            a.ctx
+                .metrics
+                .allocator_round_duration
+                .observe(started.elapsed().as_secs_f64());
         }
         last_round = Instant::now();
     }
@@ -415,7 +421,7 @@ impl Allocator {
             .collect();
         for key in gone {
             if let Some(slot) = self.ledger.release(&key) {
-                tracing::info!(session = %format!("{}/{}", key.namespace, key.name), worker = %slot.worker, "session deleted; slot released");
+                tracing::info!(session = %key, worker = %slot.worker, "session deleted; slot released");
                 self.release_on_worker(&key, &slot, "Deleted");
             }
         }
@@ -447,7 +453,7 @@ impl Allocator {
             };
             let (ctx, sync, key) = (self.ctx.clone(), self.metadata.clone(), key.clone());
             tokio::spawn(async move {
-                let id = format!("{}/{}", key.namespace, key.name);
+                let id = key.session_id();
                 match ctx
                     .workers
                     .update_metadata(&ip, &id, &key.uid, json, WORKER_TIMEOUT)
@@ -474,11 +480,7 @@ impl Allocator {
             return;
         };
         let ctx = self.ctx.clone();
-        let (id, uid, why) = (
-            format!("{}/{}", key.namespace, key.name),
-            key.uid.clone(),
-            why.to_owned(),
-        );
+        let (id, uid, why) = (key.session_id(), key.uid.clone(), why.to_owned());
         tokio::spawn(async move {
             if let Err(e) = ctx
                 .workers
@@ -599,7 +601,7 @@ impl Allocator {
                 })
             })
             .collect();
-        let id = |k: &SessionKey| (format!("{}/{}", k.namespace, k.name), k.uid.clone());
+        let id = |k: &SessionKey| (k.session_id(), k.uid.clone());
         let mut holders: HashMap<(String, String), WorkerRef> = self
             .lifecycle
             .iter()
@@ -689,7 +691,7 @@ impl Allocator {
             let next = lifecycle
                 .pending(reason::WORKER_LOST, &message, None, Time(now))
                 .observing(session.metadata.generation);
-            tracing::warn!(session = %format!("{}/{}", key.namespace, key.name), worker = %slot.worker, "worker lost; re-admitting");
+            tracing::warn!(session = %key, worker = %slot.worker, "worker lost; re-admitting");
             self.ctx.metrics.sessions_lost.inc();
             crate::events::publish_session_warning(
                 &self.ctx.session_recorder,
@@ -833,9 +835,7 @@ impl Allocator {
         let Some((key, slot)) = self
             .ledger
             .iter()
-            .find(|(k, _)| {
-                k.uid == end.uid && format!("{}/{}", k.namespace, k.name) == end.session_id
-            })
+            .find(|(k, _)| k.is(&end.session_id, &end.uid))
             .map(|(k, s)| (k.clone(), s.clone()))
         else {
             return;
@@ -1147,7 +1147,7 @@ impl Allocator {
                 refusal,
                 error,
             } => {
-                tracing::info!(session = %format!("{}/{}", key.namespace, key.name), %error, ?refusal, "worker refused the reservation; backing off, then planning again");
+                tracing::info!(session = %key, %error, ?refusal, "worker refused the reservation; backing off, then planning again");
                 if let Some(worker) = &worker {
                     self.backoff.refused(worker, &key, refusal, Instant::now());
                 }
@@ -1157,13 +1157,13 @@ impl Allocator {
                 self.lifecycle.insert(key, applied);
             }
             Outcome::Retry { applied, error } => {
-                tracing::warn!(session = %format!("{}/{}", key.namespace, key.name), %error, "admission step failed; retrying");
+                tracing::warn!(session = %key, %error, "admission step failed; retrying");
                 if let Some(applied) = applied {
                     self.lifecycle.insert(key, applied);
                 }
             }
             Outcome::NotStarted(error) => {
-                tracing::warn!(session = %format!("{}/{}", key.namespace, key.name), %error, "admission did not start; planning again");
+                tracing::warn!(session = %key, %error, "admission did not start; planning again");
                 self.ledger.release(&key);
             }
         }
@@ -1323,12 +1323,12 @@ impl Allocator {
         let mut known: HashSet<(String, String)> = self
             .ledger
             .iter()
-            .map(|(k, _)| (format!("{}/{}", k.namespace, k.name), k.uid.clone()))
+            .map(|(k, _)| (k.session_id(), k.uid.clone()))
             .collect();
         known.extend(
             self.in_flight
                 .iter()
-                .map(|k| (format!("{}/{}", k.namespace, k.name), k.uid.clone())),
+                .map(|k| (k.session_id(), k.uid.clone())),
         );
         let ips: BTreeSet<String> = backends
             .values()
@@ -1365,7 +1365,7 @@ impl Allocator {
                     .map(|s| (s.session_id.clone(), s.uid.clone()))
                     .collect();
                 for (key, worker) in expected.remove(&ip).unwrap_or_default() {
-                    let id = (format!("{}/{}", key.namespace, key.name), key.uid.clone());
+                    let id = (key.session_id(), key.uid.clone());
                     if !holds.contains(&id) {
                         let _ = repairs.send((key, worker)).await;
                     }
@@ -1405,7 +1405,7 @@ impl Allocator {
         let Some(session) = self.sessions.get(&reference) else {
             return;
         };
-        tracing::warn!(session = %format!("{}/{}", key.namespace, key.name), %worker, "the worker no longer holds an Active session; ending it");
+        tracing::warn!(session = %key, %worker, "the worker no longer holds an Active session; ending it");
         self.end(
             &session,
             &key,
@@ -1468,9 +1468,6 @@ async fn sleep_until_some(at: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
-
-/// Field manager of the session counts on backends and providers.
-pub const COUNTS_FIELD_MANAGER: &str = "voice-operator/session-counts";
 
 fn waiting_message(blocked: admission::Blocked, backend: &str) -> String {
     use admission::Blocked;

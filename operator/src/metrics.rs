@@ -29,6 +29,8 @@ pub struct Metrics {
     pub admission_latency: Histogram,
     /// `voice_session_admission_duration_seconds`: one admission's steps (status, gRPC, Secret).
     pub admission_step_duration: Histogram,
+    /// `voice_allocator_round_duration_seconds`: one allocation round, API writes included.
+    pub allocator_round_duration: Histogram,
     /// `voice_session_admissions_in_flight`.
     pub admissions_in_flight: IntGauge,
     /// `voice_sessions_ledger`: sessions holding a slot in the allocator's ledger.
@@ -147,6 +149,16 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let allocator_round_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "voice_allocator_round_duration_seconds",
+                "One allocation round (planning, and the status writes it waits for).",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]),
+        )
+        .expect("valid metric");
         let admissions_in_flight = IntGauge::new(
             "voice_session_admissions_in_flight",
             "Admissions running now.",
@@ -247,6 +259,7 @@ impl Metrics {
             Box::new(admissions.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(admission_latency.clone()),
             Box::new(admission_step_duration.clone()),
+            Box::new(allocator_round_duration.clone()),
             Box::new(admissions_in_flight.clone()),
             Box::new(ledger_sessions.clone()),
             Box::new(provider_sessions.clone()),
@@ -278,6 +291,7 @@ impl Metrics {
             admissions,
             admission_latency,
             admission_step_duration,
+            allocator_round_duration,
             admissions_in_flight,
             ledger_sessions,
             provider_sessions,

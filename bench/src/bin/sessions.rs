@@ -5,7 +5,11 @@
 //! 2. With the operator: `--sessions` sessions created 50 at a time on a backend with room for
 //!    all of them; for each, the time from its create request to a watch seeing it `Active`
 //!    (p50/p99), and admitted sessions per second over the whole burst; the ratio to (1).
-//! 3. The operator's peak RSS once `--ledger` sessions hold a slot.
+//! 3. Open loop: for each of `--rates` (sessions/s), sessions created on a fixed schedule for
+//!    `--seconds`, each create sent on time whatever the earlier ones are doing; the create
+//!    request's own latency (the API server's, in the same run) beside create → `Active`.
+//! 4. The operator's peak RSS once `--ledger` sessions hold a slot, and the open-loop figures
+//!    again with that many already admitted.
 //!
 //! `cargo build --workspace --bins && cargo build --release -p voice-operator &&
 //! VOICE_OPERATOR_BIN=target/release/voice-operator cargo run --release -p voice-bench --bin sessions`
@@ -40,6 +44,22 @@ struct Args {
     /// Creates in flight at once.
     #[arg(long, default_value_t = 50)]
     concurrency: usize,
+    /// Open-loop arrival rates, sessions per second (empty skips them).
+    #[arg(long, value_delimiter = ',', default_values_t = [20.0, 50.0, 100.0])]
+    rates: Vec<f64>,
+    /// Seconds each open-loop rate runs.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+}
+
+impl Args {
+    /// Sessions one pass over every open-loop rate creates.
+    fn open_loop_sessions(&self) -> usize {
+        self.rates
+            .iter()
+            .map(|r| (r * self.seconds).round() as usize)
+            .sum()
+    }
 }
 
 #[tokio::main]
@@ -73,7 +93,7 @@ async fn main() -> anyhow::Result<()> {
         })
         .to_string(),
     );
-    let total = args.sessions.max(args.ledger);
+    let total = args.sessions.max(args.ledger) + 2 * args.open_loop_sessions();
     let per_worker = total.div_ceil(args.workers).clamp(1, 1000);
     kubectl_stdin(
         &["apply", "--server-side", "-n", ns.name(), "-f", "-"],
@@ -142,8 +162,21 @@ async fn main() -> anyhow::Result<()> {
         peak_rss_mib(operator.pid()).unwrap_or(0.0)
     );
 
-    if args.ledger > args.sessions {
-        let more = args.ledger - args.sessions;
+    let mut admitted = args.sessions;
+    for &rate in &args.rates {
+        open_loop(
+            &ns,
+            &seen,
+            &format!("o{rate}"),
+            rate,
+            args.seconds,
+            operator.metrics_port(),
+        )
+        .await?;
+        admitted += (rate * args.seconds).round() as usize;
+    }
+    if args.ledger > admitted {
+        let more = args.ledger - admitted;
         let started = Instant::now();
         create(&ns, "l", more, args.concurrency, "echo").await?;
         wait_count(&seen, args.ledger, Duration::from_secs(1800)).await?;
@@ -151,6 +184,22 @@ async fn main() -> anyhow::Result<()> {
             "{} sessions in the ledger ({more} more admitted in {:.1} s); operator peak RSS {:.1} MiB",
             args.ledger,
             started.elapsed().as_secs_f64(),
+            peak_rss_mib(operator.pid()).unwrap_or(0.0)
+        );
+        for &rate in &args.rates {
+            open_loop(
+                &ns,
+                &seen,
+                &format!("n{rate}"),
+                rate,
+                args.seconds,
+                operator.metrics_port(),
+            )
+            .await?;
+        }
+        println!(
+            "operator peak RSS after the open-loop runs on top of {}: {:.1} MiB",
+            args.ledger,
             peak_rss_mib(operator.pid()).unwrap_or(0.0)
         );
     }
@@ -202,6 +251,133 @@ async fn create(
         .try_collect()
         .await
         .context("creating sessions")
+}
+
+/// Creates sessions `<prefix>-N` at `rate` per second for `seconds`, open loop (a create is
+/// sent on schedule even while earlier ones are unanswered), then prints the create requests'
+/// latency and create → Active as a watch saw it.
+async fn open_loop(
+    ns: &TestNamespace,
+    seen: &Arc<Mutex<HashMap<String, Instant>>>,
+    prefix: &str,
+    rate: f64,
+    seconds: f64,
+    metrics_port: u16,
+) -> anyhow::Result<()> {
+    let count = (rate * seconds).round() as usize;
+    let before = OperatorTimes::scrape(metrics_port);
+    let api: Api<VoiceSession> = ns.api();
+    let mut schedule = tokio::time::interval(Duration::from_secs_f64(1.0 / rate));
+    schedule.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut creates = tokio::task::JoinSet::new();
+    for i in 0..count {
+        schedule.tick().await;
+        let api = api.clone();
+        let name = format!("{prefix}-{i:05}").replace('.', "-");
+        creates.spawn(async move {
+            let sent = Instant::now();
+            api.create(&PostParams::default(), &session(&name, "echo"))
+                .await?;
+            Ok::<_, kube::Error>((name, sent, sent.elapsed().as_secs_f64()))
+        });
+    }
+    let mut sent = Vec::with_capacity(count);
+    let mut create_latency = Vec::with_capacity(count);
+    while let Some(done) = creates.join_next().await {
+        let (name, at, took) = done
+            .context("a create task")?
+            .context("creating a session")?;
+        sent.push((name, at));
+        create_latency.push(took);
+    }
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let mut active = loop {
+        let got: Vec<f64> = {
+            let seen = seen.lock().unwrap_or_else(|p| p.into_inner());
+            sent.iter()
+                .filter_map(|(name, at)| Some(seen.get(name)?.duration_since(*at).as_secs_f64()))
+                .collect()
+        };
+        if got.len() == count {
+            break got;
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {count} open-loop sessions became Active",
+                got.len()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    create_latency.sort_by(f64::total_cmp);
+    active.sort_by(f64::total_cmp);
+    let ms = |v: &[f64], q: f64| percentile(v, q) * 1000.0;
+    println!(
+        "open loop {rate}/s for {seconds} s ({count}): create request p50 {:.0} ms p99 {:.0} ms; create → Active p50 {:.0} ms p99 {:.0} ms max {:.0} ms",
+        ms(&create_latency, 0.5),
+        ms(&create_latency, 0.99),
+        ms(&active, 0.5),
+        ms(&active, 0.99),
+        active.last().copied().unwrap_or(0.0) * 1000.0
+    );
+    let after = OperatorTimes::scrape(metrics_port);
+    println!(
+        "  operator meanwhile: {} allocation rounds, mean {:.1} ms; admission steps mean {:.1} ms",
+        after.rounds.1 - before.rounds.1,
+        after.mean_round_ms(&before),
+        after.mean_admission_ms(&before)
+    );
+    Ok(())
+}
+
+/// The operator's own timing histograms (sum of seconds, count), from its `/metrics`.
+#[derive(Default)]
+struct OperatorTimes {
+    rounds: (f64, f64),
+    admissions: (f64, f64),
+}
+
+impl OperatorTimes {
+    fn scrape(port: u16) -> Self {
+        use std::io::{Read, Write};
+        let mut text = String::new();
+        if let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = write!(stream, "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n");
+            let _ = stream.read_to_string(&mut text);
+        }
+        let value = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+                .unwrap_or(0.0)
+        };
+        Self {
+            rounds: (
+                value("voice_allocator_round_duration_seconds_sum"),
+                value("voice_allocator_round_duration_seconds_count"),
+            ),
+            admissions: (
+                value("voice_session_admission_duration_seconds_sum"),
+                value("voice_session_admission_duration_seconds_count"),
+            ),
+        }
+    }
+
+    fn mean_round_ms(&self, before: &Self) -> f64 {
+        mean_ms(self.rounds, before.rounds)
+    }
+
+    fn mean_admission_ms(&self, before: &Self) -> f64 {
+        mean_ms(self.admissions, before.admissions)
+    }
+}
+
+fn mean_ms(now: (f64, f64), before: (f64, f64)) -> f64 {
+    let n = now.1 - before.1;
+    if n > 0.0 {
+        (now.0 - before.0) / n * 1000.0
+    } else {
+        0.0
+    }
 }
 
 /// Records when a watch first sees each session Active.
