@@ -16,7 +16,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use kube::api::{DeleteParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -28,7 +28,6 @@ use voice_crds::{SessionPhase, SessionWorker, VoiceBackend, VoiceProvider, Voice
 use crate::admission::{self, BackendView, Misfit, PendingSession};
 use crate::context::Context;
 use crate::event_source::{Roster, WorkerRef};
-use crate::field_managers::SESSION_COUNTS as COUNTS_FIELD_MANAGER;
 use crate::heartbeat::Heartbeats;
 use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
 use crate::placement::WorkerView;
@@ -44,6 +43,7 @@ use crate::session_metadata::MetadataSync;
 use crate::session_participants;
 use crate::session_timeouts::{self, Clocks, Expired};
 use crate::signing_keys;
+use crate::status_writer::{Body, Done, StatusWriter, Target};
 use voice_proto::token::KeySet;
 
 /// Admissions running at once: enough to hide API and gRPC latency, few enough to keep the
@@ -102,6 +102,13 @@ struct Allocator {
     rate_wake: Option<Instant>,
     /// Workers and sessions waiting out a refused reservation.
     backoff: RefusalBackoff,
+    /// Applies the loop's status and count writes, so the loop never waits for them.
+    writer: StatusWriter,
+    /// Lifecycles handed to the writer and not yet reported back.
+    proposed: HashMap<SessionKey, Lifecycle>,
+    /// Admissions planned while the session still had a write in the writer: they start once
+    /// it lands, so that write cannot overtake the admission's own (their slot is held).
+    deferred: HashMap<SessionKey, (Arc<VoiceSession>, SessionWorker)>,
 }
 
 /// Runs the allocator until `cancel` fires. `ended` carries sessions the workers ended;
@@ -174,6 +181,8 @@ pub async fn run(
     }
 
     let (outcomes, mut outcome_rx) = mpsc::channel(MAX_ADMISSIONS_IN_FLIGHT * 4);
+    let (written, mut written_rx) = mpsc::unbounded_channel();
+    let writer = StatusWriter::spawn(ctx.clone(), written, cancel.clone());
     let (repairs, mut repair_rx) = mpsc::channel(1024);
     let mut a = Allocator {
         ctx,
@@ -201,6 +210,9 @@ pub async fn run(
         namespaces,
         rate_wake: None,
         backoff: RefusalBackoff::default(),
+        writer,
+        proposed: HashMap::new(),
+        deferred: HashMap::new(),
     };
     a.rebuild();
     a.rebuild_rates();
@@ -216,6 +228,7 @@ pub async fn run(
             () = cancel.cancelled() => return,
             () = wake.notified() => {}
             Some((key, outcome)) = outcome_rx.recv() => a.settle(key, outcome),
+            Some(done) = written_rx.recv() => a.written(done),
             Some(end) = ended.recv() => a.worker_ended(end).await,
             Some((key, worker)) = repair_rx.recv() => a.ended_unseen(key, worker).await,
             _ = tick.tick() => clocks_due = true,
@@ -230,6 +243,9 @@ pub async fn run(
         }
         while let Ok((key, outcome)) = outcome_rx.try_recv() {
             a.settle(key, outcome);
+        }
+        while let Ok(done) = written_rx.try_recv() {
+            a.written(done);
         }
         if a.ctx.fence.is_open() {
             let started = Instant::now();
@@ -702,7 +718,7 @@ impl Allocator {
                 &message,
             )
             .await;
-            self.write(session, &key, next).await;
+            self.write(&key, next);
         }
     }
 
@@ -824,7 +840,7 @@ impl Allocator {
             )
             .await;
         }
-        self.write(session, key, next).await;
+        self.write(key, next);
     }
 
     /// A worker reported that a session ended (client hang-up, drain deadline, ...). Only the
@@ -1005,7 +1021,12 @@ impl Allocator {
                 pod_ip: ip,
             };
             self.ledger.hold(key.clone(), slot);
-            self.start(session.clone(), key, worker, false);
+            if self.proposed.contains_key(&key) {
+                self.in_flight.insert(key.clone());
+                self.deferred.insert(key, (session.clone(), worker));
+            } else {
+                self.start(session.clone(), key, worker, false);
+            }
         }
         // The new holders must be known before their workers can report: a client connects
         // only after the admission wrote its token, but the waiting writes below may be slow.
@@ -1014,7 +1035,12 @@ impl Allocator {
             let Some(session) = sessions.get(&waiting.key) else {
                 continue;
             };
-            let lifecycle = self.lifecycle_of(&waiting.key, session);
+            // The latest decision, applied or still with the writer: a wait is counted once.
+            let lifecycle = self
+                .proposed
+                .get(&waiting.key)
+                .cloned()
+                .unwrap_or_else(|| self.lifecycle_of(&waiting.key, session));
             // A session that lost its worker keeps saying so while it waits.
             let why = if lifecycle.admitted_reason() == Some(reason::WORKER_LOST) {
                 reason::WORKER_LOST
@@ -1053,7 +1079,7 @@ impl Allocator {
             if due || new_reason {
                 self.waiting_written
                     .insert(waiting.key.clone(), Instant::now());
-                self.write(session, &waiting.key, next).await;
+                self.write(&waiting.key, next);
             }
         }
     }
@@ -1169,25 +1195,53 @@ impl Allocator {
         }
     }
 
-    /// Applies `next` as the session's lifecycle; remembered only once the API took it.
-    async fn write(&mut self, session: &VoiceSession, key: &SessionKey, next: Lifecycle) {
-        if !self.ctx.fence.is_open() {
+    /// Hands `next` to the status writer as the session's lifecycle; it is remembered as
+    /// applied only once the writer reports that the API took it ([`Allocator::written`]).
+    fn write(&mut self, key: &SessionKey, next: Lifecycle) {
+        if self.proposed.get(key) == Some(&next) {
             return;
         }
-        let api: Api<VoiceSession> = Api::namespaced(self.ctx.client.clone(), &key.namespace);
-        match session_admit::apply_status(&api, &session.name_any(), &next).await {
-            Ok(()) => {
-                self.lifecycle.insert(key.clone(), next);
-            }
-            Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => {
-                tracing::warn!(session = %session.name_any(), error = %e, "writing the session status failed");
-            }
+        if self.writer.submit(
+            Target::Session(key.clone()),
+            Body::Lifecycle(Box::new(next.clone())),
+        ) {
+            self.proposed.insert(key.clone(), next);
         }
     }
 
-    /// Writes sessions in use and pending to providers and backends, and publishes the
-    /// per-backend counts for scaling.
+    /// Takes a finished write into the loop's state, and starts an admission that waited
+    /// for it.
+    fn written(&mut self, done: Done) {
+        match (done.target, done.body) {
+            (Target::Session(key), Body::Lifecycle(lifecycle)) => {
+                let lifecycle = *lifecycle;
+                if self.proposed.get(&key) == Some(&lifecycle) {
+                    self.proposed.remove(&key);
+                }
+                if done.applied {
+                    self.lifecycle.insert(key.clone(), lifecycle);
+                }
+                if !self.proposed.contains_key(&key)
+                    && let Some((session, worker)) = self.deferred.remove(&key)
+                {
+                    self.in_flight.remove(&key);
+                    self.start(session, key, worker, false);
+                }
+            }
+            (Target::Backend(key), Body::Pending(pending)) if done.applied => {
+                self.counts_written.insert(
+                    format!("backend/{}/{}", key.namespace, key.name),
+                    (pending, 0),
+                );
+            }
+            (Target::Provider(name), Body::Counts(in_use, pending)) if done.applied => {
+                self.counts_written
+                    .insert(format!("provider/{name}"), (in_use, pending));
+            }
+            _ => {}
+        }
+    }
+
     async fn write_counts(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
         let mut per_backend: HashMap<BackendKey, BackendSessions> = HashMap::new();
         let mut provider_pending: HashMap<String, i32> = HashMap::new();
@@ -1229,23 +1283,8 @@ impl Allocator {
             if self.counts_written.get(&id) == Some(&(pending, 0)) && observed == pending {
                 continue;
             }
-            let body = serde_json::json!({
-                "apiVersion": VoiceBackend::api_version(&()),
-                "kind": VoiceBackend::kind(&()),
-                "status": { "pendingSessions": pending },
-            });
-            let api: Api<VoiceBackend> = Api::namespaced(self.ctx.client.clone(), &key.namespace);
-            if api
-                .patch_status(
-                    &key.name,
-                    &PatchParams::apply(COUNTS_FIELD_MANAGER).force(),
-                    &Patch::Apply(body),
-                )
-                .await
-                .is_ok()
-            {
-                self.counts_written.insert(id, (pending, 0));
-            }
+            self.writer
+                .submit(Target::Backend(key), Body::Pending(pending));
         }
         // A deleted provider's gauges would otherwise be scraped (and alerted on) forever.
         let providers: HashSet<String> = self
@@ -1284,23 +1323,10 @@ impl Allocator {
             {
                 continue;
             }
-            let body = serde_json::json!({
-                "apiVersion": VoiceProvider::api_version(&()),
-                "kind": VoiceProvider::kind(&()),
-                "status": { "sessionsInUse": in_use, "sessionsPending": pending },
-            });
-            let api: Api<VoiceProvider> = Api::all(self.ctx.client.clone());
-            if api
-                .patch_status(
-                    &name,
-                    &PatchParams::apply(COUNTS_FIELD_MANAGER).force(),
-                    &Patch::Apply(body),
-                )
-                .await
-                .is_ok()
-            {
-                self.counts_written.insert(id, (in_use, pending));
-            }
+            self.writer.submit(
+                Target::Provider(name.clone()),
+                Body::Counts(in_use, pending),
+            );
             self.ctx
                 .metrics
                 .provider_sessions

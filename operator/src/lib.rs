@@ -44,6 +44,7 @@ pub mod session_participants;
 pub mod session_timeouts;
 pub mod session_tokens;
 pub mod signing_keys;
+pub mod status_writer;
 pub mod telemetry;
 pub mod turn_latency;
 pub mod worker_client;

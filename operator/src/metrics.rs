@@ -31,6 +31,8 @@ pub struct Metrics {
     pub admission_step_duration: Histogram,
     /// `voice_allocator_round_duration_seconds`: one allocation round, API writes included.
     pub allocator_round_duration: Histogram,
+    /// `voice_operator_status_writes_dropped_total`: writes refused by a full status writer.
+    pub status_writes_dropped: IntCounter,
     /// `voice_session_admissions_in_flight`.
     pub admissions_in_flight: IntGauge,
     /// `voice_sessions_ledger`: sessions holding a slot in the allocator's ledger.
@@ -159,6 +161,11 @@ impl Metrics {
             ]),
         )
         .expect("valid metric");
+        let status_writes_dropped = IntCounter::new(
+            "voice_operator_status_writes_dropped_total",
+            "Session status and count writes the allocator's status writer refused because its queue was full (asked again later).",
+        )
+        .expect("valid metric");
         let admissions_in_flight = IntGauge::new(
             "voice_session_admissions_in_flight",
             "Admissions running now.",
@@ -260,6 +267,7 @@ impl Metrics {
             Box::new(admission_latency.clone()),
             Box::new(admission_step_duration.clone()),
             Box::new(allocator_round_duration.clone()),
+            Box::new(status_writes_dropped.clone()),
             Box::new(admissions_in_flight.clone()),
             Box::new(ledger_sessions.clone()),
             Box::new(provider_sessions.clone()),
@@ -292,6 +300,7 @@ impl Metrics {
             admission_latency,
             admission_step_duration,
             allocator_round_duration,
+            status_writes_dropped,
             admissions_in_flight,
             ledger_sessions,
             provider_sessions,
