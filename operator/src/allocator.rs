@@ -5,8 +5,10 @@
 //! watched API state, reconciles the ledger with it (deleted sessions, lost workers, deleted
 //! backends, expired clocks), asks the pure [`admission::plan`] which pending sessions fit,
 //! and starts their write-ahead admissions ([`session_admit`]) as tasks whose outcomes come
-//! back to the loop. The ledger is rebuilt from the sessions' statuses at start: the API is
-//! the truth.
+//! back to the loop. Queue positions, ends and counts go to the [`StatusWriter`], which
+//! reports back what the API took, so the loop does not wait for those writes. At start the
+//! workers are fenced ([`crate::leader_takeover`]), then the ledger is rebuilt from the
+//! sessions' statuses: the API is the truth.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
