@@ -459,9 +459,12 @@ impl Allocator {
             let Some(session) = sessions.get(key) else {
                 continue;
             };
-            let due = self
-                .metadata
-                .due(key, session.spec.metadata.as_ref(), Instant::now());
+            let due = self.metadata.due(
+                key,
+                session.metadata.generation,
+                session.spec.metadata.as_ref(),
+                Instant::now(),
+            );
             let Some(json) = due else {
                 continue;
             };
@@ -1104,7 +1107,11 @@ impl Allocator {
         let outcomes = self.outcomes.clone();
         let permits = self.admissions.clone();
         let keys = backend_keys(&self.secrets, &backend);
-        self.metadata.reserved(&key, session.spec.metadata.as_ref());
+        self.metadata.reserved(
+            &key,
+            session.metadata.generation,
+            session.spec.metadata.as_ref(),
+        );
         self.in_flight.insert(key.clone());
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {

@@ -6,6 +6,11 @@
 //! (the reservation carries it, or an update was sent); a failed update is forgotten so the
 //! next round sends it again. After an operator restart nothing is remembered, so every
 //! held session is sent its metadata once: updates are idempotent on the worker.
+//!
+//! The round asks for every held session, so the common answer ("nothing changed") must not
+//! cost a JSON serialization per session per round: a session whose `metadata.generation` is
+//! the one last handed over is skipped at once (an edit of `spec.metadata` is a spec change,
+//! which the API server counts in `generation`).
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -18,10 +23,11 @@ use crate::ledger::SessionKey;
 /// sessions must not get one call per session per round.
 pub const RETRY_AFTER: Duration = Duration::from_secs(2);
 
-/// Per held session: the fingerprint last handed over, or when to try again.
+/// Per held session: the fingerprint (and the session generation it came from) last handed
+/// over, or when to try again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Handed {
-    Sent(u64),
+    Sent { print: u64, generation: Option<i64> },
     RetryAt(Instant),
 }
 
@@ -52,27 +58,44 @@ impl MetadataSync {
     }
 
     /// The reservation of `key` carries `metadata`: nothing to send for it.
-    pub fn reserved(&self, key: &SessionKey, metadata: Option<&serde_json::Value>) {
+    pub fn reserved(
+        &self,
+        key: &SessionKey,
+        generation: Option<i64>,
+        metadata: Option<&serde_json::Value>,
+    ) {
         let print = fingerprint(&metadata_json(metadata));
-        self.with(|sent| sent.insert(key.clone(), Handed::Sent(print)));
+        self.with(|sent| sent.insert(key.clone(), Handed::Sent { print, generation }));
     }
 
-    /// The JSON to send to `key`'s worker at `now` when its metadata is not what was last
-    /// handed over (and no retry is pending); it is then remembered as sent.
+    /// The JSON to send to `key`'s worker at `now` when its metadata (from the session at
+    /// `generation`) is not what was last handed over, and no retry is pending; it is then
+    /// remembered as sent.
     pub fn due(
         &self,
         key: &SessionKey,
+        generation: Option<i64>,
         metadata: Option<&serde_json::Value>,
         now: Instant,
     ) -> Option<String> {
+        let unchanged = |handed: Option<&Handed>| {
+            matches!(handed, Some(Handed::Sent { generation: g, .. }) if generation.is_some() && *g == generation)
+                || matches!(handed, Some(Handed::RetryAt(at)) if now < *at)
+        };
+        if self.with(|sent| unchanged(sent.get(key))) {
+            return None;
+        }
         let json = metadata_json(metadata);
         let print = fingerprint(&json);
-        self.with(|sent| match sent.get(key) {
-            Some(Handed::Sent(p)) if *p == print => None,
-            Some(Handed::RetryAt(at)) if now < *at => None,
-            _ => {
-                sent.insert(key.clone(), Handed::Sent(print));
-                Some(json)
+        self.with(|sent| {
+            let before = sent.insert(key.clone(), Handed::Sent { print, generation });
+            match before {
+                Some(Handed::Sent { print: p, .. }) if p == print => None,
+                Some(Handed::RetryAt(at)) if now < at => {
+                    sent.insert(key.clone(), Handed::RetryAt(at));
+                    None
+                }
+                _ => Some(json),
             }
         })
     }
@@ -95,6 +118,44 @@ mod tests {
 
     use super::*;
 
+    impl MetadataSync {
+        /// `due` for a session without a generation: always compared by content.
+        fn due_any(
+            &self,
+            key: &SessionKey,
+            metadata: Option<&serde_json::Value>,
+            now: Instant,
+        ) -> Option<String> {
+            self.due(key, None, metadata, now)
+        }
+    }
+
+    #[test]
+    fn a_session_at_the_generation_last_handed_over_is_skipped_without_reading_its_metadata() {
+        let t0 = Instant::now();
+        let sync = MetadataSync::default();
+        let gold = json!({"plan": "gold"});
+        sync.reserved(&key("a"), Some(1), Some(&gold));
+        // Same generation: not even compared (the metadata cannot have changed).
+        assert_eq!(
+            sync.due(&key("a"), Some(1), Some(&json!({"x": 1})), t0),
+            None
+        );
+        // An edit bumps the generation: compared, and sent.
+        let platinum = json!({"plan": "platinum"});
+        assert!(sync.due(&key("a"), Some(2), Some(&platinum), t0).is_some());
+        assert_eq!(sync.due(&key("a"), Some(2), Some(&platinum), t0), None);
+        // A new generation with the same metadata (another spec field changed): not sent.
+        assert_eq!(sync.due(&key("a"), Some(3), Some(&platinum), t0), None);
+        // A failed send is retried at the same generation once its delay has passed.
+        sync.failed(&key("a"), t0);
+        assert_eq!(sync.due(&key("a"), Some(3), Some(&platinum), t0), None);
+        assert!(
+            sync.due(&key("a"), Some(3), Some(&platinum), t0 + RETRY_AFTER)
+                .is_some()
+        );
+    }
+
     fn key(name: &str) -> SessionKey {
         SessionKey {
             namespace: "ns".into(),
@@ -108,41 +169,45 @@ mod tests {
         let t0 = Instant::now();
         let sync = MetadataSync::default();
         let gold = json!({"plan": "gold"});
-        sync.reserved(&key("a"), Some(&gold));
+        sync.reserved(&key("a"), None, Some(&gold));
         assert_eq!(
-            sync.due(&key("a"), Some(&gold), t0),
+            sync.due_any(&key("a"), Some(&gold), t0),
             None,
             "the reservation carried it"
         );
         let platinum = json!({"plan": "platinum"});
-        let sent = sync.due(&key("a"), Some(&platinum), t0);
+        let sent = sync.due_any(&key("a"), Some(&platinum), t0);
         assert_eq!(sent.as_deref(), Some(r#"{"plan":"platinum"}"#));
-        assert_eq!(sync.due(&key("a"), Some(&platinum), t0), None, "sent once");
+        assert_eq!(
+            sync.due_any(&key("a"), Some(&platinum), t0),
+            None,
+            "sent once"
+        );
         sync.failed(&key("a"), t0);
         assert_eq!(
-            sync.due(&key("a"), Some(&platinum), t0),
+            sync.due_any(&key("a"), Some(&platinum), t0),
             None,
             "not at once"
         );
         let later = t0 + RETRY_AFTER;
         assert!(
-            sync.due(&key("a"), Some(&platinum), later).is_some(),
+            sync.due_any(&key("a"), Some(&platinum), later).is_some(),
             "retried"
         );
         assert_eq!(
-            sync.due(&key("a"), None, later),
+            sync.due_any(&key("a"), None, later),
             Some("{}".to_owned()),
             "cleared"
         );
         assert_eq!(
-            sync.due(&key("a"), Some(&json!("not an object")), later),
+            sync.due_any(&key("a"), Some(&json!("not an object")), later),
             None,
             "anything but an object is no metadata, as before"
         );
         // Unknown to this operator (it restarted): sent once.
-        assert!(sync.due(&key("b"), Some(&gold), t0).is_some());
+        assert!(sync.due_any(&key("b"), Some(&gold), t0).is_some());
         sync.retain(|k| k.name == "b");
-        let again = sync.due(&key("a"), Some(&platinum), t0);
+        let again = sync.due_any(&key("a"), Some(&platinum), t0);
         assert!(again.is_some(), "forgotten when released");
     }
 }
