@@ -386,16 +386,20 @@ impl Allocator {
     }
 
     /// The lifecycle the allocator last applied to `session` (or the observed one).
+    /// The loop's latest decision for the session: a lifecycle still with the status writer,
+    /// else the one the API took, else what its status says. (A write the API refuses drops
+    /// its proposal, and the decision falls back to what was applied.)
     fn lifecycle_of(&self, key: &SessionKey, session: &VoiceSession) -> Lifecycle {
-        self.lifecycle
+        self.proposed
             .get(key)
+            .or_else(|| self.lifecycle.get(key))
             .cloned()
             .unwrap_or_else(|| Lifecycle::observed(session.status.as_ref()))
     }
 
     /// The phase of `session` as the allocator knows it, without cloning its lifecycle.
     fn phase_of(&self, key: &SessionKey, session: &VoiceSession) -> SessionPhase {
-        match self.lifecycle.get(key) {
+        match self.proposed.get(key).or_else(|| self.lifecycle.get(key)) {
             Some(l) => l.phase,
             None => session.status.as_ref().map(|s| s.phase).unwrap_or_default(),
         }
@@ -1040,12 +1044,9 @@ impl Allocator {
             let Some(session) = sessions.get(&waiting.key) else {
                 continue;
             };
-            // The latest decision, applied or still with the writer: a wait is counted once.
-            let lifecycle = self
-                .proposed
-                .get(&waiting.key)
-                .cloned()
-                .unwrap_or_else(|| self.lifecycle_of(&waiting.key, session));
+            // The latest decision, applied or still with the writer: a wait is counted once,
+            // and an end the writer has not applied yet is not turned back into a wait.
+            let lifecycle = self.lifecycle_of(&waiting.key, session);
             // A session that lost its worker keeps saying so while it waits.
             let why = if lifecycle.admitted_reason() == Some(reason::WORKER_LOST) {
                 reason::WORKER_LOST
