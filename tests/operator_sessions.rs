@@ -411,6 +411,21 @@ async fn a_burst_of_400_never_exceeds_a_cap_queues_in_order_and_leaks_nothing() 
     assert_caps(&maxima.lock().unwrap());
 }
 
+/// How every burst through an operator crash or takeover must end: backend `a` full (80
+/// Active) with the rest queued in creation order, every count back to 0 once all sessions
+/// are deleted, and no cap exceeded at any change the watch saw.
+async fn settle_and_check(
+    stack: &OperatorStack,
+    maxima: &Mutex<Maxima>,
+    sampler: tokio::task::JoinHandle<()>,
+) {
+    let all = wait_settled(&stack.ns, "a", 80).await;
+    assert_fcfs(&all);
+    assert_no_leak(&stack.ns, &stack.provider, &["a", "b"]).await;
+    sampler.abort();
+    assert_caps(&maxima.lock().unwrap());
+}
+
 /// Waits until `operator` reports that it leads.
 async fn wait_leading(operator: &OperatorProcess) {
     let port = operator.metrics_port();
@@ -486,11 +501,7 @@ async fn killing_the_operator_twice_mid_burst_neither_over_admits_nor_leaks() {
         wait_leading(&stack.operator).await;
     }
     creating.await.expect("creates finished");
-    let all = wait_settled(&stack.ns, "a", 80).await;
-    assert_fcfs(&all);
-    assert_no_leak(&stack.ns, &stack.provider, &["a", "b"]).await;
-    sampler.abort();
-    assert_caps(&maxima.lock().unwrap());
+    settle_and_check(&stack, &maxima, sampler).await;
 }
 
 #[tokio::test]
@@ -605,11 +616,7 @@ async fn a_paused_leader_that_wakes_after_a_takeover_neither_over_admits_nor_lea
     assert!(standby.is_running(), "{}", standby.log_tail(30));
 
     creating.await.expect("creates finished");
-    let all = wait_settled(&stack.ns, "a", 80).await;
-    assert_fcfs(&all);
-    assert_no_leak(&stack.ns, &stack.provider, &["a", "b"]).await;
-    sampler.abort();
-    assert_caps(&maxima.lock().unwrap());
+    settle_and_check(&stack, &maxima, sampler).await;
     assert!(standby.terminate(), "{}", standby.log_tail(20));
 }
 
