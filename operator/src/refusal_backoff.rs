@@ -98,10 +98,11 @@ impl<K> Default for Delays<K> {
 
 impl<K: Eq + Hash> Delays<K> {
     fn fail(&mut self, key: K, now: Instant, first: Duration, max: Duration) {
+        // An entry quiet this long would start again from the first delay anyway; dropping
+        // it keeps workers that refused once and were then deleted from staying forever.
+        self.0
+            .retain(|_, (_, until)| now.saturating_duration_since(*until) <= FORGET_AFTER);
         let entry = self.0.entry(key).or_insert((0, now));
-        if now.saturating_duration_since(entry.1) > FORGET_AFTER {
-            entry.0 = 0;
-        }
         let delay = first
             .saturating_mul(2u32.saturating_pow(entry.0.min(16)))
             .min(max);
@@ -193,8 +194,10 @@ mod tests {
         for i in 0..5 {
             b.refused("ns/w1", &s, Refusal::Worker, t0 + Duration::from_millis(i));
         }
+        b.refused("ns/gone", &s, Refusal::Worker, t0);
         let later = t0 + Duration::from_secs(60);
         b.refused("ns/w1", &s, Refusal::Worker, later);
         assert!(!b.worker_waits("ns/w1", later + WORKER_FIRST));
+        assert_eq!(b.workers.0.len(), 1, "the long-quiet worker is forgotten");
     }
 }
