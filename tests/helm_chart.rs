@@ -888,10 +888,8 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         }
     })
     .await;
-    let token = kube::Api::<Secret>::namespaced(voice_tests::client().await, ns.name())
-        .get(&endpoint.token_secret_name)
-        .await
-        .expect("the join-token Secret was written");
+    let secrets = kube::Api::<Secret>::namespaced(voice_tests::client().await, ns.name());
+    let token = voice_tests::token_secret(&secrets, &endpoint.token_secret_name).await;
     assert!(
         token
             .data

@@ -230,12 +230,8 @@ async fn a_tls_backend_serves_its_secrets_certificate_at_a_wss_endpoint() {
     .await;
     let rest = endpoint.url.strip_prefix("wss://").expect("a wss:// URL");
     let host_port = rest.split('/').next().expect("host:port");
-    let token_secret = stack
-        .ns
-        .api::<Secret>()
-        .get(&endpoint.token_secret_name)
-        .await
-        .expect("the token Secret");
+    let token_secret =
+        voice_tests::token_secret(&stack.ns.api::<Secret>(), &endpoint.token_secret_name).await;
     let token = String::from_utf8(token_secret.data.expect("data")["token"].0.clone())
         .expect("UTF-8 token");
 

@@ -61,10 +61,7 @@ async fn two_participants_hear_one_agent_and_appear_in_status() {
     let active = wait_phase(&api, "meet", SessionPhase::Active).await;
     let endpoint = active.status.and_then(|s| s.endpoint).expect("an endpoint");
     let secrets: Api<Secret> = ns.api();
-    let secret = secrets
-        .get(&endpoint.token_secret_name)
-        .await
-        .expect("the token Secret");
+    let secret = voice_tests::token_secret(&secrets, &endpoint.token_secret_name).await;
     let data = secret.data.unwrap_or_default();
     assert!(
         data.contains_key("token-bob"),
@@ -255,11 +252,7 @@ async fn a_multi_user_session_waits_for_multi_user_support_then_gets_a_token_per
     let trio = wait_phase(&api, "trio", SessionPhase::Active).await;
     let endpoint = trio.status.and_then(|s| s.endpoint).expect("endpoint");
 
-    let secret = ns
-        .api::<Secret>()
-        .get(&endpoint.token_secret_name)
-        .await
-        .expect("token Secret");
+    let secret = voice_tests::token_secret(&ns.api::<Secret>(), &endpoint.token_secret_name).await;
     let data = secret.data.unwrap_or_default();
     assert_eq!(
         data.keys().map(String::as_str).collect::<Vec<_>>(),

@@ -141,7 +141,7 @@ async fn reconciles_admissions_and_turns_export_spans_the_reservation_joins_the_
         .and_then(|s| s.endpoint.clone())
         .expect("an Active session has an endpoint");
     let secrets: Api<Secret> = ns.api();
-    let secret = secrets.get(&endpoint.token_secret_name).await.unwrap();
+    let secret = voice_tests::token_secret(&secrets, &endpoint.token_secret_name).await;
     let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
     let (mut tx, reader) = connect_session(&endpoint.url, &token).await;
     let phrase = speak("please tell me about the weather");

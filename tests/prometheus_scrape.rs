@@ -279,14 +279,11 @@ async fn prometheus_scrapes_operator_and_workers_and_promql_matches_the_api() {
         }
     })
     .await;
-    let token = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
+    let secrets = kube::Api::<k8s_openapi::api::core::v1::Secret>::namespaced(
         voice_tests::client().await,
         ns.name(),
-    )
-    .get(&endpoint.token_secret_name)
-    .await
-    .expect("token Secret");
-    let token = String::from_utf8(token.data.expect("data")["token"].0.clone()).expect("UTF-8");
+    );
+    let token = voice_tests::join_token(&secrets, &endpoint.token_secret_name).await;
     let (base, _) = endpoint
         .url
         .split_once("/v1/sessions/")

@@ -4,11 +4,11 @@
 //! decision is serialized (per provider and globally) without locks. Each round it reads the
 //! watched API state, reconciles the ledger with it (deleted sessions, lost workers, deleted
 //! backends, expired clocks), asks the pure [`admission::plan`] which pending sessions fit,
-//! and starts their write-ahead admissions ([`session_admit`]) as tasks whose outcomes come
-//! back to the loop. Queue positions, ends and counts go to the [`StatusWriter`], which
-//! reports back what the API took, so the loop does not wait for those writes. At start the
-//! workers are fenced ([`crate::leader_takeover`]), then the ledger is rebuilt from the
-//! sessions' statuses: the API is the truth.
+//! and starts their admissions ([`session_admit`]) as tasks whose outcomes come back to the
+//! loop. Queue positions, ends and counts go to the [`StatusWriter`], which reports back what
+//! the API took, so the loop does not wait for those writes. At start the workers are fenced
+//! and listed ([`crate::leader_takeover`]), then the ledger is rebuilt from the sessions'
+//! statuses plus the workers' reservations: the API and the workers together are the truth.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -18,7 +18,7 @@ use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, Preconditions};
+use kube::api::{DeleteParams, ListParams, Preconditions};
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Resource, ResourceExt};
@@ -31,11 +31,12 @@ use crate::admission::{self, BackendView, Misfit, PendingSession};
 use crate::context::Context;
 use crate::event_source::{Roster, WorkerRef};
 use crate::heartbeat::Heartbeats;
+use crate::leader_takeover::Reservation;
 use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
 use crate::placement::WorkerView;
 use crate::pod_template;
 use crate::rate_limit::{self, RateLimits};
-use crate::refusal_backoff::RefusalBackoff;
+use crate::refusal_backoff::{Refusal, RefusalBackoff};
 use crate::session_admit::{self, Admission, Outcome};
 use crate::session_audio;
 use crate::session_counts::BackendSessions;
@@ -44,6 +45,7 @@ use crate::session_live::Ended;
 use crate::session_metadata::MetadataSync;
 use crate::session_participants;
 use crate::session_timeouts::{self, Clocks, Expired};
+use crate::session_tokens;
 use crate::signing_keys;
 use crate::status_writer::{Body, Done, StatusWriter, Target};
 use voice_proto::token::KeySet;
@@ -63,6 +65,9 @@ const REPAIR_INTERVAL: Duration = Duration::from_secs(30);
 const HEARTBEAT: &str = "allocator";
 /// Bound on the gRPC calls made outside admissions.
 const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// First and longest delay before writing a missing join-token Secret again.
+const TOKEN_RETRY_FIRST: Duration = Duration::from_millis(200);
+const TOKEN_RETRY_MAX: Duration = Duration::from_secs(10);
 
 /// The loop's state. Only the loop touches it.
 struct Allocator {
@@ -111,6 +116,12 @@ struct Allocator {
     /// Admissions planned while the session still had a write in the writer: they start once
     /// it lands, so that write cannot overtake the admission's own (their slot is held).
     deferred: HashMap<SessionKey, (Arc<VoiceSession>, SessionWorker)>,
+    /// Active sessions whose join-token Secret is still to be written: when next, and the
+    /// delay after that.
+    tokens_due: HashMap<SessionKey, (Instant, Duration)>,
+    /// Token Secret writes running.
+    tokens_writing: HashSet<SessionKey>,
+    tokens_written: mpsc::Sender<(SessionKey, Result<(), String>)>,
 }
 
 /// Runs the allocator until `cancel` fires. `ended` carries sessions the workers ended;
@@ -128,7 +139,7 @@ pub async fn run(
     tracing::info!(
         fenced = takeover.fenced,
         unreachable = takeover.unreachable.len(),
-        held = takeover.held,
+        held = takeover.reservations.len(),
         "workers fenced against earlier leaders"
     );
     let wake = Arc::new(Notify::new());
@@ -186,6 +197,7 @@ pub async fn run(
     let (written, mut written_rx) = mpsc::unbounded_channel();
     let writer = StatusWriter::spawn(ctx.clone(), written, cancel.clone());
     let (repairs, mut repair_rx) = mpsc::channel(1024);
+    let (tokens_written, mut token_rx) = mpsc::channel(1024);
     let mut a = Allocator {
         ctx,
         sessions,
@@ -215,10 +227,19 @@ pub async fn run(
         writer,
         proposed: HashMap::new(),
         deferred: HashMap::new(),
+        tokens_due: HashMap::new(),
+        tokens_writing: HashSet::new(),
+        tokens_written,
     };
-    a.rebuild();
+    let finishing = a.rebuild(&takeover.reservations);
     a.rebuild_rates();
-    tracing::info!(held = a.ledger.len(), "session ledger rebuilt from the API");
+    a.find_missing_tokens().await;
+    tracing::info!(
+        held = a.ledger.len(),
+        finishing,
+        tokens_missing = a.tokens_due.len(),
+        "session ledger rebuilt from the API and the workers"
+    );
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last_round = Instant::now();
     loop {
@@ -233,6 +254,7 @@ pub async fn run(
             Some(done) = written_rx.recv() => a.written(done),
             Some(end) = ended.recv() => a.worker_ended(end).await,
             Some((key, worker)) = repair_rx.recv() => a.ended_unseen(key, worker).await,
+            Some((key, result)) = token_rx.recv() => a.token_written(key, result),
             _ = tick.tick() => clocks_due = true,
             () = sleep_until_some(a.rate_wake) => a.rate_wake = None,
             () = sleep_until_some(a.backoff.next_due(Instant::now())) => {}
@@ -338,7 +360,11 @@ impl Allocator {
         self.rates = rate_limit::rebuild(limits, admitted);
     }
 
-    fn rebuild(&mut self) {
+    /// Then holds the slots the workers listed at takeover for sessions still Pending: an
+    /// earlier leader reserved them and stopped before `Active`; the next rounds finish them.
+    /// Returns how many. (A listed slot of an unknown, ended or recreated session is an
+    /// orphan: the repair pass releases it.)
+    fn rebuild(&mut self, reservations: &[Reservation]) -> usize {
         for s in self.sessions.state() {
             let key = key_of(&s);
             let lifecycle = Lifecycle::observed(s.status.as_ref());
@@ -358,7 +384,74 @@ impl Allocator {
             }
             self.lifecycle.insert(key, lifecycle);
         }
+        let mut finishing = 0;
+        for r in reservations {
+            let Some((namespace, name)) = r.session_id.split_once('/') else {
+                continue;
+            };
+            let key = SessionKey {
+                namespace: namespace.to_owned(),
+                name: name.to_owned(),
+                uid: r.uid.clone(),
+            };
+            let pending = self
+                .lifecycle
+                .get(&key)
+                .is_some_and(|l| l.phase == SessionPhase::Pending);
+            let reference = reflector::ObjectRef::new(name).within(namespace);
+            let Some(session) = self.sessions.get(&reference) else {
+                continue;
+            };
+            let backend = backend_key_of(&session);
+            // A worker serves one backend in its own namespace; anything else is not ours.
+            if !pending || backend.namespace != r.namespace || backend.name != r.backend {
+                continue;
+            }
+            let provider = self.provider_of(&backend).unwrap_or_default();
+            let slot = Slot {
+                provider,
+                backend,
+                worker: r.pod.clone(),
+            };
+            if self.ledger.slot(&key) != Some(&slot) {
+                tracing::info!(session = %key, worker = %r.pod, "finishing an admission an earlier leader reserved");
+                self.ledger.hold(key, slot);
+                finishing += 1;
+            }
+        }
         self.publish_metrics();
+        finishing
+    }
+
+    /// Active sessions whose join-token Secret is missing (a leader stopped between the
+    /// status and the Secret): queued for [`Allocator::write_missing_tokens`]. One list of
+    /// the Secrets' names, at start only; later failures are remembered as they happen.
+    async fn find_missing_tokens(&mut self) {
+        let api: Api<Secret> = match &self.ctx.scope.namespace {
+            Some(ns) => Api::namespaced(self.ctx.client.clone(), ns),
+            None => Api::all(self.ctx.client.clone()),
+        };
+        let params = ListParams::default().fields(&format!("type={}", session_tokens::SECRET_TYPE));
+        let names: HashSet<(String, String)> = match api.list_metadata(&params).await {
+            Ok(list) => list
+                .items
+                .iter()
+                .map(|m| (m.namespace().unwrap_or_default(), m.name_any()))
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "listing join-token Secrets failed; not checking for missing ones");
+                return;
+            }
+        };
+        let now = Instant::now();
+        for (key, _) in self.ledger.iter() {
+            let active = self.lifecycle.get(key).map(|l| l.phase) == Some(SessionPhase::Active);
+            let name = session_tokens::token_secret_name(&key.name);
+            if active && !names.contains(&(key.namespace.clone(), name)) {
+                self.tokens_due
+                    .insert(key.clone(), (now, TOKEN_RETRY_FIRST));
+            }
+        }
     }
 
     fn provider_of(&self, backend: &BackendKey) -> Option<String> {
@@ -422,8 +515,9 @@ impl Allocator {
         if clocks_due {
             self.handle_clocks(&sessions, now).await;
         }
-        self.resume_half_done(&sessions, &backends);
+        self.finish_reserved(&sessions, &backends);
         self.admit_pending(&sessions, &backends, now).await;
+        self.write_missing_tokens(&sessions);
         self.push_metadata(&sessions);
         self.write_counts(&sessions).await;
         if Instant::now() >= self.repair_at {
@@ -690,6 +784,12 @@ impl Allocator {
             {
                 continue;
             }
+            if self.phase_of(&key, session) == SessionPhase::Pending {
+                // Reserved but never Active: nobody was connected; plan it again.
+                tracing::info!(session = %key, worker = %slot.worker, "worker lost before the admission finished; planning again");
+                self.ledger.release(&key);
+                continue;
+            }
             if !self.persistent(&slot.provider) {
                 let message = format!(
                     "worker {} was lost and provider {} does not offer capabilities.sessionPersistence",
@@ -923,26 +1023,29 @@ impl Allocator {
         }
     }
 
-    /// Sessions whose worker is recorded but which are not Active yet: finish their admission.
-    fn resume_half_done(
+    /// Sessions that hold a slot but are not Active yet (an admission to retry, one an
+    /// earlier leader reserved, or a status an earlier version wrote ahead): admit them onto
+    /// the worker that holds the slot, which answers ALREADY_RESERVED if it reserved before.
+    fn finish_reserved(
         &mut self,
         sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
     ) {
-        let half: Vec<SessionKey> = self
-            .lifecycle
+        let now = Instant::now();
+        let unfinished: Vec<(SessionKey, Slot)> = self
+            .ledger
             .iter()
-            .filter(|(k, l)| {
-                l.half_admitted() && !self.in_flight.contains(*k) && self.ledger.slot(k).is_some()
+            .filter(|(k, _)| !self.in_flight.contains(*k) && !self.backoff.session_waits(k, now))
+            .filter(|(k, _)| {
+                sessions
+                    .get(*k)
+                    .is_some_and(|s| self.phase_of(k, s) == SessionPhase::Pending)
             })
-            .map(|(k, _)| k.clone())
+            .map(|(k, s)| (k.clone(), s.clone()))
             .collect();
-        for key in half {
-            let (Some(session), Some(slot)) = (sessions.get(&key), self.ledger.slot(&key).cloned())
+        for (key, slot) in unfinished {
+            let (Some(session), Some((_, ips))) = (sessions.get(&key), backends.get(&slot.backend))
             else {
-                continue;
-            };
-            let Some((_, ips)) = backends.get(&slot.backend) else {
                 continue;
             };
             let worker = SessionWorker {
@@ -950,6 +1053,71 @@ impl Allocator {
                 pod_ip: ips.get(&slot.worker).cloned(),
             };
             self.start(session.clone(), key, worker, true);
+        }
+    }
+
+    /// Writes the join-token Secrets of Active sessions that still lack theirs, on tasks.
+    fn write_missing_tokens(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
+        let now = Instant::now();
+        let due: Vec<SessionKey> = self
+            .tokens_due
+            .iter()
+            .filter(|(k, (at, _))| *at <= now && !self.tokens_writing.contains(*k))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for key in due {
+            let lifecycle = sessions.get(&key).map(|s| self.lifecycle_of(&key, s));
+            let (Some(session), Some(endpoint)) = (
+                sessions.get(&key),
+                lifecycle
+                    .filter(|l| l.phase == SessionPhase::Active && !self.in_flight.contains(&key))
+                    .and_then(|l| l.endpoint),
+            ) else {
+                // Ended, deleted or being admitted again (which writes its own Secret).
+                self.tokens_due.remove(&key);
+                continue;
+            };
+            let reference =
+                reflector::ObjectRef::new(&session.spec.backend_ref.name).within(&key.namespace);
+            let Some(backend) = self.backends.get(&reference) else {
+                self.tokens_due.remove(&key);
+                continue;
+            };
+            let keys = backend_keys(&self.secrets, &backend);
+            let (ctx, session, results) = (
+                self.ctx.clone(),
+                session.clone(),
+                self.tokens_written.clone(),
+            );
+            self.tokens_writing.insert(key.clone());
+            tokio::spawn(async move {
+                let result = match keys {
+                    Ok(keys) => {
+                        session_admit::write_tokens(&ctx, &session, &backend, &endpoint, &keys)
+                            .await
+                    }
+                    Err(e) => Err(e),
+                };
+                let _ = results.send((key, result)).await;
+            });
+        }
+    }
+
+    /// Takes a token Secret write's result: done, or due again after a longer delay.
+    fn token_written(&mut self, key: SessionKey, result: Result<(), String>) {
+        self.tokens_writing.remove(&key);
+        match result {
+            Ok(()) => {
+                tracing::info!(session = %key, "join-token Secret written");
+                self.tokens_due.remove(&key);
+            }
+            Err(error) => {
+                if let Some((at, delay)) = self.tokens_due.get_mut(&key) {
+                    tracing::warn!(session = %key, %error, retry_in = ?*delay, "writing the join-token Secret failed");
+                    *at = Instant::now() + *delay;
+                    *delay = (*delay * 2).min(TOKEN_RETRY_MAX);
+                }
+            }
         }
     }
 
@@ -1126,21 +1294,18 @@ impl Allocator {
                         backend: (*backend).clone(),
                         lifecycle,
                         worker,
-                        resume,
                         signing_keys,
                     };
                     session_admit::admit(&ctx, admission).await
                 }
-                Err(e) if resume => Outcome::Retry {
-                    applied: None,
-                    error: e,
-                },
+                // A resumed slot may be reserved on its worker: keep it.
+                Err(e) if resume => Outcome::Retry(e),
                 Err(e) => Outcome::NotStarted(e),
             };
             ctx.metrics
                 .admission_step_duration
                 .observe(started.elapsed().as_secs_f64());
-            if let Outcome::Admitted(_) = &outcome
+            if let Outcome::Admitted { .. } = &outcome
                 && let Some(created) = session.metadata.creation_timestamp.as_ref()
             {
                 let waited = Timestamp::now().duration_since(created.0);
@@ -1156,7 +1321,7 @@ impl Allocator {
     fn settle(&mut self, key: SessionKey, outcome: Outcome) {
         self.in_flight.remove(&key);
         let result = match &outcome {
-            Outcome::Admitted(_) => "admitted",
+            Outcome::Admitted { .. } => "admitted",
             Outcome::Refused { .. } => "refused",
             Outcome::Retry { .. } => "retry",
             Outcome::NotStarted(_) => "not_started",
@@ -1171,31 +1336,36 @@ impl Allocator {
             .slot(&key)
             .map(|slot| format!("{}/{}", slot.backend.namespace, slot.worker));
         match outcome {
-            Outcome::Admitted(lifecycle) => {
+            Outcome::Admitted {
+                lifecycle,
+                token_written,
+            } => {
                 if let Some(worker) = &worker {
                     self.backoff.took(worker, &key);
                 }
                 self.waiting_written.remove(&key);
-                self.lifecycle.insert(key, lifecycle);
+                if token_written {
+                    self.tokens_due.remove(&key);
+                } else {
+                    self.tokens_due
+                        .insert(key.clone(), (Instant::now(), TOKEN_RETRY_FIRST));
+                }
+                self.lifecycle.insert(key, *lifecycle);
             }
-            Outcome::Refused {
-                applied,
-                refusal,
-                error,
-            } => {
+            Outcome::Refused { refusal, error } => {
                 tracing::info!(session = %key, %error, ?refusal, "worker refused the reservation; backing off, then planning again");
                 if let Some(worker) = &worker {
                     self.backoff.refused(worker, &key, refusal, Instant::now());
                 }
                 self.ledger.release(&key);
-                // The recorded intent stays in the map, so the next round sees a Pending
-                // session without a slot, plans it again, and overwrites the stale worker.
-                self.lifecycle.insert(key, applied);
             }
-            Outcome::Retry { applied, error } => {
+            Outcome::Retry(error) => {
+                // The slot stays held (the worker may have reserved it); this session alone
+                // waits a little before the next try.
                 tracing::warn!(session = %key, %error, "admission step failed; retrying");
-                if let Some(applied) = applied {
-                    self.lifecycle.insert(key, applied);
+                if let Some(worker) = &worker {
+                    self.backoff
+                        .refused(worker, &key, Refusal::Session, Instant::now());
                 }
             }
             Outcome::NotStarted(error) => {
@@ -1356,16 +1526,22 @@ impl Allocator {
         &self,
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
     ) {
-        let mut known: HashSet<(String, String)> = self
+        // Each known session with the IP of the worker the ledger says holds it (None when
+        // unknown): the same session held by another worker is an orphan there too (an
+        // earlier leader's reservation on a worker that did not answer at takeover).
+        let mut known: HashMap<(String, String), Option<String>> = self
             .ledger
             .iter()
-            .map(|(k, _)| (k.session_id(), k.uid.clone()))
+            .map(|(k, slot)| {
+                let ip = backends
+                    .get(&slot.backend)
+                    .and_then(|(_, ips)| ips.get(&slot.worker).cloned());
+                ((k.session_id(), k.uid.clone()), ip)
+            })
             .collect();
-        known.extend(
-            self.in_flight
-                .iter()
-                .map(|k| (k.session_id(), k.uid.clone())),
-        );
+        for k in &self.in_flight {
+            known.entry((k.session_id(), k.uid.clone())).or_insert(None);
+        }
         let ips: BTreeSet<String> = backends
             .values()
             .flat_map(|(_, ips)| ips.values().cloned())
@@ -1407,8 +1583,10 @@ impl Allocator {
                     }
                 }
                 for s in held {
-                    if known.contains(&(s.session_id.clone(), s.uid.clone())) {
-                        continue;
+                    match known.get(&(s.session_id.clone(), s.uid.clone())) {
+                        Some(None) => continue,
+                        Some(Some(holder)) if *holder == ip => continue,
+                        _ => {}
                     }
                     // Grace for a reservation made just before this snapshot was taken.
                     let fresh = s.reserved_at.as_ref().is_some_and(|t| {

@@ -1,11 +1,11 @@
 //! A new leader's first act, before it reads a single session: list every worker with its
-//! epoch, which fences the previous leader on each of them.
+//! epoch, which fences the previous leader on each of them and reads every reservation.
 //!
-//! Order matters. The old leader writes a session's intent (its `status.worker`) before it
-//! reserves the slot, and after this pass no listed worker takes a reservation from it. So
-//! every reservation the old leader made on these workers has its intent in the API before
-//! the allocator's session watch makes its first list, which comes after this pass: the
-//! ledger rebuilt from that list holds them all, and no cap is counted short.
+//! The workers are the durable record of reservations: an admission writes nothing before it
+//! reserves ([`crate::session_admit`]). After this pass no listed worker takes a reservation
+//! from an older leader, so the reservations read here are every one the old leader made on
+//! these workers. The allocator rebuilds its ledger from the sessions' statuses (Active ones)
+//! plus these lists, and finishes the admissions they hold: no cap is counted short.
 
 use std::time::Duration;
 
@@ -23,15 +23,32 @@ const LIST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Workers listed at once.
 const CONCURRENCY: usize = 32;
 
-/// What the pass found, for the log.
+/// What the pass found.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Takeover {
     /// Workers that answered, and are now fenced against every older leader.
     pub fenced: usize,
     /// Workers that did not answer.
     pub unreachable: Vec<String>,
-    /// Slots held on the workers that answered.
-    pub held: usize,
+    /// Every slot held on the workers that answered.
+    pub reservations: Vec<Reservation>,
+}
+
+/// One slot a worker said it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reservation {
+    /// The worker pod's namespace (the session's too).
+    pub namespace: String,
+    /// The worker pod.
+    pub pod: String,
+    /// The pod's IP.
+    pub pod_ip: String,
+    /// The VoiceBackend the pod serves.
+    pub backend: String,
+    /// `namespace/name` of the session.
+    pub session_id: String,
+    /// The session's uid.
+    pub uid: String,
 }
 
 /// Lists every worker pod the operator manages (in its scope) with this leader's epoch.
@@ -49,34 +66,50 @@ pub async fn fence_workers(ctx: &Context) -> Takeover {
             return Takeover::default();
         }
     };
-    let workers: Vec<(String, String)> = pods
+    let workers: Vec<Reservation> = pods
         .iter()
         .filter_map(|p| {
-            let backend = p.labels().get(LABEL_BACKEND)?;
-            let ip = p.status.as_ref()?.pod_ip.clone()?;
-            ctx.workers
-                .register(&ip, &p.namespace().unwrap_or_default(), backend);
-            Some((p.name_any(), ip))
+            let backend = p.labels().get(LABEL_BACKEND)?.clone();
+            let pod_ip = p.status.as_ref()?.pod_ip.clone()?;
+            let namespace = p.namespace().unwrap_or_default();
+            ctx.workers.register(&pod_ip, &namespace, &backend);
+            Some(Reservation {
+                namespace,
+                pod: p.name_any(),
+                pod_ip,
+                backend,
+                session_id: String::new(),
+                uid: String::new(),
+            })
         })
         .collect();
-    let answers: Vec<(String, Result<usize, String>)> = futures::stream::iter(workers)
-        .map(|(name, ip)| async move {
-            let listed = ctx.workers.list_sessions(&ip, LIST_TIMEOUT).await;
-            (name, listed.map(|held| held.len()))
+    let answers: Vec<(Reservation, Result<_, String>)> = futures::stream::iter(workers)
+        .map(|worker| async move {
+            let listed = ctx
+                .workers
+                .list_sessions(&worker.pod_ip, LIST_TIMEOUT)
+                .await;
+            (worker, listed)
         })
         .buffer_unordered(CONCURRENCY)
         .collect()
         .await;
     let mut takeover = Takeover::default();
-    for (name, answer) in answers {
+    for (worker, answer) in answers {
         match answer {
             Ok(held) => {
                 takeover.fenced += 1;
-                takeover.held += held;
+                takeover
+                    .reservations
+                    .extend(held.into_iter().map(|s| Reservation {
+                        session_id: s.session_id,
+                        uid: s.uid,
+                        ..worker.clone()
+                    }));
             }
             Err(e) => {
-                tracing::warn!(worker = %name, error = %e, "worker not fenced at takeover");
-                takeover.unreachable.push(name);
+                tracing::warn!(worker = %worker.pod, error = %e, "worker not fenced at takeover");
+                takeover.unreachable.push(worker.pod);
             }
         }
     }

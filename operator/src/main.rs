@@ -25,6 +25,8 @@ use voice_operator::{
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
+    // Crash points, for the end-to-end tests only: inert unless FAILPOINTS names them.
+    let _failpoints = std::env::var_os("FAILPOINTS").map(|_| fail::FailScenario::setup());
     let _telemetry = voice_operator::telemetry::init(config.log_json, "voice-operator");
     let client = kube::Client::try_default()
         .await

@@ -144,7 +144,7 @@ impl Metrics {
         let admission_step_duration = Histogram::with_opts(
             HistogramOpts::new(
                 "voice_session_admission_duration_seconds",
-                "Time one admission's steps took (intent, reservation, token Secret, Active).",
+                "Time one admission's steps took (reservation, then the Active status beside the token Secret).",
             )
             .buckets(vec![
                 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,

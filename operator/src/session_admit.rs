@@ -1,11 +1,16 @@
-//! One admission, write-ahead: record the chosen worker in the session's status (from then
-//! on the slot counts, even across a crash), reserve the slot on the worker (idempotent by
-//! uid), write the join-token Secret owned by the session (`session_tokens`: a token for the
-//! user and one per participant), then mark the session Active.
-//! A crash between any two steps leaves a status that names a worker in phase Pending: the
-//! allocator counts it and resumes from the reservation, which the worker answers with
-//! ALREADY_RESERVED. Every step checks the leader fence first.
+//! One admission: reserve the slot on the worker (idempotent by uid), then write the
+//! session's `Active` status and its join-token Secret (`session_tokens`: a token for the
+//! user and one per participant) side by side. One API write is on the critical path.
+//!
+//! Nothing is written ahead of the reservation: the worker is the durable record of it.
+//! A crash after the reservation leaves a Pending session the worker holds; the next leader
+//! lists every worker before its first admission ([`crate::leader_takeover`]), counts those
+//! reservations and finishes them here (the worker answers ALREADY_RESERVED). A crash after
+//! the status but before the Secret leaves an Active session without its token; the next
+//! leader finds it missing and writes it ([`crate::allocator`]). Every step checks the leader
+//! fence first.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -34,25 +39,24 @@ const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 /// What an admission came to.
 #[derive(Debug)]
 pub enum Outcome {
-    /// The session is Active with this lifecycle.
-    Admitted(Lifecycle),
+    /// The session is Active with this lifecycle; `token_written` is false when its join-token
+    /// Secret still has to be written (the allocator retries it).
+    Admitted {
+        /// The lifecycle the API took.
+        lifecycle: Box<Lifecycle>,
+        /// Whether the join-token Secret was written too.
+        token_written: bool,
+    },
     /// The worker refused (full, draining, stale uid): give the slot back and plan again.
     Refused {
-        /// The lifecycle as last applied (the intent).
-        applied: Lifecycle,
         /// Whether the refusal is about the worker or about this session.
         refusal: Refusal,
         /// Why.
         error: String,
     },
-    /// Something failed after the intent was recorded: keep the slot, retry later.
-    Retry {
-        /// The lifecycle as last applied (the intent, if it was written).
-        applied: Option<Lifecycle>,
-        /// Why.
-        error: String,
-    },
-    /// Nothing was written (the intent failed, or the fence was closed): plan again.
+    /// Something failed after the worker may have reserved: keep the slot, retry later.
+    Retry(String),
+    /// Nothing was asked of the worker (no IP yet, or the fence was closed): plan again.
     NotStarted(String),
 }
 
@@ -67,45 +71,23 @@ pub struct Admission {
     pub lifecycle: Lifecycle,
     /// The chosen worker.
     pub worker: SessionWorker,
-    /// Whether the intent is already recorded (resuming a half-done admission).
-    pub resume: bool,
     /// The backend's signing keys; the current one signs the join token.
     pub signing_keys: KeySet,
 }
 
-/// Runs the admission's remaining steps (one `admit` span, the root of its own trace).
+/// Runs the admission (one `admit` span, the root of its own trace).
 #[tracing::instrument(name = "admit", parent = None, skip_all, fields(voice.session = %format!("{}/{}", a.session.namespace().unwrap_or_default(), a.session.name_any()), voice.session.uid = %a.session.uid().unwrap_or_default(), worker = %a.worker.pod))]
 pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
     let ns = a.session.namespace().unwrap_or_default();
     let name = a.session.name_any();
     let uid = a.session.uid().unwrap_or_default();
     let api: Api<VoiceSession> = Api::namespaced(ctx.client.clone(), &ns);
-    let generation = a.session.metadata.generation;
-
-    let mut applied = a.lifecycle.clone();
-    if !a.resume {
-        if !ctx.fence.is_open() {
-            return Outcome::NotStarted("not leading".into());
-        }
-        let intent = a
-            .lifecycle
-            .intent(a.worker.clone(), Time(Timestamp::now()))
-            .observing(generation);
-        if let Err(e) = apply_status(&api, &name, &intent).await {
-            return Outcome::NotStarted(format!("recording the worker: {e}"));
-        }
-        applied = intent;
-    }
-    let retry = |applied: &Lifecycle, error: String| Outcome::Retry {
-        applied: Some(applied.clone()),
-        error,
-    };
 
     let Some(ip) = a.worker.pod_ip.clone() else {
-        return retry(&applied, format!("worker {} has no IP yet", a.worker.pod));
+        return Outcome::NotStarted(format!("worker {} has no IP yet", a.worker.pod));
     };
     if !ctx.fence.is_open() {
-        return retry(&applied, "not leading".into());
+        return Outcome::NotStarted("not leading".into());
     }
     let request = ReserveSessionRequest {
         session_id: format!("{ns}/{name}"),
@@ -123,7 +105,6 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
                     Refusal::Worker
                 };
                 return Outcome::Refused {
-                    applied,
                     refusal,
                     error: format!(
                         "worker {} refused: {} {}",
@@ -134,37 +115,104 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
                 };
             }
         },
-        Err(e) => return retry(&applied, e),
+        // The call may have reserved before it failed: the slot stays held.
+        Err(e) => return Outcome::Retry(e),
+    }
+    if crashes_at(CRASH_AFTER_RESERVE) {
+        crash(CRASH_AFTER_RESERVE);
     }
 
     let endpoint = endpoint(&a.session, &a.backend, &ip);
     let now = Timestamp::now();
-    let lifetime = token_lifetime(a.session.spec.max_duration.map(Duration::from));
+    let tokens = mint_tokens(&a.session, &a.backend, &a.signing_keys, now);
+    if !ctx.fence.is_open() {
+        return Outcome::Retry("not leading".into());
+    }
+    let active = a
+        .lifecycle
+        .active(a.worker.clone(), endpoint.clone(), Time(now))
+        .observing(a.session.metadata.generation);
+    if crashes_at(CRASH_BEFORE_SECRET) {
+        let _ = apply_status(&api, &name, &active).await;
+        crash(CRASH_BEFORE_SECRET);
+    }
+    // Side by side: the Secret is not on the critical path, and a client that sees Active
+    // before the Secret waits for it (it is named in the status it just read).
+    let (status, secret) = tokio::join!(
+        apply_status(&api, &name, &active),
+        session_tokens::apply_token_secret(ctx, &a.session, &endpoint, &tokens),
+    );
+    if let Err(e) = status {
+        return Outcome::Retry(format!("marking the session Active: {e}"));
+    }
+    if let Err(e) = &secret {
+        tracing::warn!(session = %format!("{ns}/{name}"), error = %e, "writing the token Secret failed; retrying beside the Active status");
+    }
+    Outcome::Admitted {
+        lifecycle: Box::new(active),
+        token_written: secret.is_ok(),
+    }
+}
+
+/// Crash point: the worker reserved, nothing is written yet.
+pub const CRASH_AFTER_RESERVE: &str = "admit-after-reserve";
+/// Crash point: the status is Active, the token Secret not written.
+pub const CRASH_BEFORE_SECRET: &str = "admit-before-secret";
+
+/// Whether crash point `name` fires on this pass (`FAILPOINTS="name=3*off->return"` fires
+/// on the fourth); inert without the variable.
+fn crashes_at(name: &str) -> bool {
+    fail::fail_point!(name, |_| true);
+    false
+}
+
+/// Exits the process at once, as SIGKILL would (no Lease release, no cleanup): the
+/// end-to-end tests' admission cut between two steps.
+fn crash(point: &str) -> ! {
+    tracing::error!(point, "crash point reached; exiting");
+    std::process::exit(86)
+}
+
+/// The join tokens of an admitted session, keyed as its Secret holds them.
+pub fn mint_tokens(
+    session: &VoiceSession,
+    backend: &VoiceBackend,
+    keys: &KeySet,
+    now: Timestamp,
+) -> BTreeMap<String, String> {
+    let lifetime = token_lifetime(session.spec.max_duration.map(Duration::from));
     let iat = u64::try_from(now.as_second()).unwrap_or(0);
     let claims = JoinClaims {
-        sub: format!("{ns}/{name}"),
-        uid: uid.clone(),
-        backend: a.backend.name_any(),
-        user: a.session.spec.user.user_id.clone(),
+        sub: format!(
+            "{}/{}",
+            session.namespace().unwrap_or_default(),
+            session.name_any()
+        ),
+        uid: session.uid().unwrap_or_default(),
+        backend: backend.name_any(),
+        user: session.spec.user.user_id.clone(),
         iat,
         exp: iat + lifetime.as_secs(),
     };
-    let tokens = session_tokens::mint_all(&a.signing_keys, &claims, &a.session);
-    if !ctx.fence.is_open() {
-        return retry(&applied, "not leading".into());
-    }
-    if let Err(e) = session_tokens::apply_token_secret(ctx, &a.session, &endpoint, &tokens).await {
-        return retry(&applied, format!("writing the token Secret: {e}"));
-    }
+    session_tokens::mint_all(keys, &claims, session)
+}
 
+/// Writes the join-token Secret of a session that is already Active at `endpoint` (its
+/// first write failed, or a leader crashed between the status and the Secret).
+pub async fn write_tokens(
+    ctx: &Context,
+    session: &VoiceSession,
+    backend: &VoiceBackend,
+    endpoint: &SessionEndpoint,
+    keys: &KeySet,
+) -> Result<(), String> {
     if !ctx.fence.is_open() {
-        return retry(&applied, "not leading".into());
+        return Err("not leading".into());
     }
-    let active = applied.active(endpoint, Time(now)).observing(generation);
-    match apply_status(&api, &name, &active).await {
-        Ok(()) => Outcome::Admitted(active),
-        Err(e) => retry(&applied, format!("marking the session Active: {e}")),
-    }
+    let tokens = mint_tokens(session, backend, keys, Timestamp::now());
+    session_tokens::apply_token_secret(ctx, session, endpoint, &tokens)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 /// How long a join token lives: the session's `maxDuration` when it has one, and never more

@@ -17,8 +17,6 @@ use voice_crds::{
 
 /// Reasons of the `Admitted` condition and of `status.endReason`.
 pub mod reason {
-    /// The allocator recorded a worker and is reserving the slot on it.
-    pub const ADMITTING: &str = "Admitting";
     /// The session holds a slot on a worker.
     pub const ADMITTED: &str = "Admitted";
     /// The session's worker died; it waits for another.
@@ -103,11 +101,6 @@ impl Lifecycle {
         self.worker.is_some() && !self.phase.is_finished()
     }
 
-    /// Whether an admission was recorded but not completed (crash or retry between steps).
-    pub fn half_admitted(&self) -> bool {
-        self.worker.is_some() && self.phase == SessionPhase::Pending
-    }
-
     /// The `Admitted` condition's reason, if any.
     pub fn admitted_reason(&self) -> Option<&str> {
         self.conditions.first().map(|c| c.reason.as_str())
@@ -130,24 +123,11 @@ impl Lifecycle {
         next
     }
 
-    /// The write-ahead intent: the worker is recorded (and counted) before it is asked.
-    pub fn intent(&self, worker: SessionWorker, now: Time) -> Self {
+    /// Admitted: `worker` holds the slot (the join token is written beside this status).
+    pub fn active(&self, worker: SessionWorker, endpoint: SessionEndpoint, now: Time) -> Self {
         let mut next = self.clone();
-        let message = format!("reserving a slot on worker {}", worker.pod);
-        next.phase = SessionPhase::Pending;
-        next.persistence = PersistenceStatus::Active;
-        next.queue_position = None;
+        let message = format!("admitted onto worker {}", worker.pod);
         next.worker = Some(worker);
-        next.endpoint = None;
-        next.set_admitted(false, reason::ADMITTING, &message, now);
-        next
-    }
-
-    /// Admitted: the worker holds the slot and the join token is written.
-    pub fn active(&self, endpoint: SessionEndpoint, now: Time) -> Self {
-        let mut next = self.clone();
-        let worker = next.worker.as_ref().map_or("", |w| w.pod.as_str());
-        let message = format!("admitted onto worker {worker}");
         next.phase = SessionPhase::Active;
         next.persistence = PersistenceStatus::Active;
         next.queue_position = None;
@@ -228,23 +208,13 @@ mod tests {
     }
 
     #[test]
-    fn an_intent_counts_against_the_caps_before_the_worker_confirms() {
-        let intent = Lifecycle::default().intent(worker(), at(10));
-        assert!(intent.holds_slot());
-        assert!(intent.half_admitted());
-        assert_eq!(intent.phase, SessionPhase::Pending);
-        assert_eq!(intent.admitted_reason(), Some(reason::ADMITTING));
-    }
-
-    #[test]
     fn admission_sets_phase_endpoint_and_a_true_condition() {
         let active = Lifecycle::default()
             .pending("BackendLimit", "full", Some(3), at(1))
-            .intent(worker(), at(10))
-            .active(endpoint(), at(11));
+            .active(worker(), endpoint(), at(11));
         assert_eq!(active.phase, SessionPhase::Active);
         assert_eq!(active.queue_position, None);
-        assert!(active.holds_slot() && !active.half_admitted());
+        assert!(active.holds_slot());
         assert_eq!(active.conditions.len(), 1);
         assert_eq!(active.conditions[0].status, "True");
         assert_eq!(active.conditions[0].last_transition_time, at(11));
@@ -254,8 +224,7 @@ mod tests {
     #[test]
     fn an_ended_session_holds_no_slot_and_is_ephemeral() {
         let ended = Lifecycle::default()
-            .intent(worker(), at(10))
-            .active(endpoint(), at(11))
+            .active(worker(), endpoint(), at(11))
             .ended(SessionPhase::Completed, "ClientHangup", "bye", at(20));
         assert!(!ended.holds_slot());
         assert_eq!(ended.persistence, PersistenceStatus::Completed);
@@ -267,8 +236,7 @@ mod tests {
     #[test]
     fn losing_the_worker_clears_it_and_keeps_the_loss_time() {
         let lost = Lifecycle::default()
-            .intent(worker(), at(10))
-            .active(endpoint(), at(11))
+            .active(worker(), endpoint(), at(11))
             .pending(reason::WORKER_LOST, "worker died", Some(1), at(30));
         assert!(!lost.holds_slot());
         assert_eq!(lost.admitted_reason(), Some(reason::WORKER_LOST));
@@ -281,8 +249,7 @@ mod tests {
     #[test]
     fn the_observed_status_round_trips_through_the_apply_body() {
         let active = Lifecycle::default()
-            .intent(worker(), at(10))
-            .active(endpoint(), at(11))
+            .active(worker(), endpoint(), at(11))
             .observing(Some(4));
         let body = active.apply_body();
         let status: VoiceSessionStatus = serde_json::from_value(body["status"].clone()).unwrap();

@@ -128,7 +128,7 @@ mod tests {
     }
 
     #[test]
-    fn a_half_admitted_session_is_never_timed_out_mid_admission() {
+    fn a_pending_session_holding_a_slot_is_never_timed_out_mid_admission() {
         let c = Clocks {
             phase: SessionPhase::Pending,
             holds_slot: true,

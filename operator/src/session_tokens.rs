@@ -26,6 +26,9 @@ pub const TOKEN_KEY: &str = "token";
 /// Key of the endpoint URL in the token Secret.
 pub const URL_KEY: &str = "url";
 
+/// The `type` of every join-token Secret (listed by type when a leader starts).
+pub const SECRET_TYPE: &str = "voicebackends.dev/join-token";
+
 /// The Secret's name: `<session>-join-token`.
 pub fn token_secret_name(session: &str) -> String {
     format!("{session}-join-token")
@@ -101,7 +104,7 @@ pub fn secret(
             ])),
             ..ObjectMeta::default()
         },
-        type_: Some("voicebackends.dev/join-token".to_owned()),
+        type_: Some(SECRET_TYPE.to_owned()),
         data: Some(data),
         ..Secret::default()
     }

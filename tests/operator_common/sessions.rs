@@ -98,8 +98,5 @@ pub async fn create_tls_secret(secrets: &Api<Secret>, name: &str, cert_pem: &str
         .expect("creating the TLS Secret");
 }
 
-/// The join token in a session's token Secret.
-pub async fn join_token(secrets: &Api<Secret>, name: &str) -> String {
-    let secret = secrets.get(name).await.expect("the token Secret");
-    String::from_utf8(secret.data.expect("data")["token"].0.clone()).expect("UTF-8 token")
-}
+/// The join token in a session's token Secret (waiting for it, as a client does).
+pub use voice_tests::join_token;

@@ -116,8 +116,13 @@ impl OperatorProcess {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// Its exit status if it has exited, without waiting.
+    pub fn try_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
     /// Waits up to `timeout` for the process to exit by itself; its exit status, or `None`
-    /// when it still runs.
+    /// when it still runs. Blocks the thread: in an async test use [`Self::try_exit`].
     pub fn wait_exit(&mut self, timeout: std::time::Duration) -> Option<std::process::ExitStatus> {
         let deadline = std::time::Instant::now() + timeout;
         loop {

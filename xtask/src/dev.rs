@@ -376,19 +376,29 @@ fn demo_session(
             bail!("session {name} was not admitted (status: {text})");
         }
     };
-    let out = cluster
-        .kubectl()
-        .args([
-            "get",
-            "secret",
-            &format!("{name}-join-token"),
-            "-n",
-            "default",
-            "-o",
-            "go-template={{.data.token | base64decode}}",
-        ])
-        .output()?;
-    let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // The operator writes the token Secret beside the Active status: it may land a moment
+    // after the status did.
+    let token = loop {
+        let out = cluster
+            .kubectl()
+            .args([
+                "get",
+                "secret",
+                &format!("{name}-join-token"),
+                "-n",
+                "default",
+                "-o",
+                "go-template={{.data.token | base64decode}}",
+            ])
+            .output()?;
+        let token = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if out.status.success() && !token.is_empty() {
+            break token;
+        }
+        if stop.recv_timeout(Duration::from_millis(200)).is_ok() || Instant::now() > deadline {
+            bail!("the join-token Secret of session {name} did not appear");
+        }
+    };
     let origin = url
         .split("/v1/")
         .next()
