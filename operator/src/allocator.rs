@@ -31,8 +31,8 @@ use crate::admission::{self, BackendView, Misfit, PendingSession};
 use crate::context::Context;
 use crate::event_source::{Roster, WorkerRef};
 use crate::heartbeat::Heartbeats;
-use crate::leader_takeover::Reservation;
 use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
+use crate::ledger_rebuild::{self, Reservation, SessionAtStart};
 use crate::placement::WorkerView;
 use crate::pod_template;
 use crate::rate_limit::{self, RateLimits};
@@ -48,6 +48,7 @@ use crate::session_timeouts::{self, Clocks, Expired};
 use crate::session_tokens;
 use crate::signing_keys;
 use crate::status_writer::{Body, Done, StatusWriter, Target};
+use crate::worker_repair;
 use voice_proto::token::KeySet;
 
 /// Admissions running at once: enough to hide API and gRPC latency, few enough to keep the
@@ -338,7 +339,6 @@ fn timestamp(t: Option<&Time>) -> Option<Timestamp> {
 }
 
 impl Allocator {
-    /// Rebuilds the ledger from every session whose status names a worker and has not ended.
     /// The rate limits' buckets as the sessions' `admittedAt` leave them, so a restart
     /// admits no faster than the limits allow.
     fn rebuild_rates(&mut self) {
@@ -360,67 +360,37 @@ impl Allocator {
         self.rates = rate_limit::rebuild(limits, admitted);
     }
 
-    /// Then holds the slots the workers listed at takeover for sessions still Pending: an
-    /// earlier leader reserved them and stopped before `Active`; the next rounds finish them.
-    /// Returns how many. (A listed slot of an unknown, ended or recreated session is an
-    /// orphan: the repair pass releases it.)
+    /// Rebuilds the ledger from the sessions' statuses and the reservations the workers
+    /// listed at takeover ([`ledger_rebuild`]); returns how many admissions the next rounds
+    /// finish (reserved by an earlier leader that stopped before `Active`).
     fn rebuild(&mut self, reservations: &[Reservation]) -> usize {
+        let mut at_start = Vec::new();
         for s in self.sessions.state() {
             let key = key_of(&s);
             let lifecycle = Lifecycle::observed(s.status.as_ref());
-            if lifecycle.holds_slot() {
-                let backend = backend_key_of(&s);
-                let provider = self.provider_of(&backend).unwrap_or_default();
-                if let Some(worker) = &lifecycle.worker {
-                    self.ledger.hold(
-                        key.clone(),
-                        Slot {
-                            provider,
-                            backend,
-                            worker: worker.pod.clone(),
-                        },
-                    );
-                }
-            }
+            let backend = backend_key_of(&s);
+            at_start.push(SessionAtStart {
+                key: key.clone(),
+                provider: self.provider_of(&backend),
+                backend,
+                pending: lifecycle.phase == SessionPhase::Pending,
+                holder: lifecycle
+                    .worker
+                    .as_ref()
+                    .filter(|_| lifecycle.holds_slot())
+                    .map(|w| w.pod.clone()),
+            });
             self.lifecycle.insert(key, lifecycle);
         }
-        let mut finishing = 0;
-        for r in reservations {
-            let Some((namespace, name)) = r.session_id.split_once('/') else {
-                continue;
-            };
-            let key = SessionKey {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                uid: r.uid.clone(),
-            };
-            let pending = self
-                .lifecycle
-                .get(&key)
-                .is_some_and(|l| l.phase == SessionPhase::Pending);
-            let reference = reflector::ObjectRef::new(name).within(namespace);
-            let Some(session) = self.sessions.get(&reference) else {
-                continue;
-            };
-            let backend = backend_key_of(&session);
-            // A worker serves one backend in its own namespace; anything else is not ours.
-            if !pending || backend.namespace != r.namespace || backend.name != r.backend {
-                continue;
-            }
-            let provider = self.provider_of(&backend).unwrap_or_default();
-            let slot = Slot {
-                provider,
-                backend,
-                worker: r.pod.clone(),
-            };
-            if self.ledger.slot(&key) != Some(&slot) {
-                tracing::info!(session = %key, worker = %r.pod, "finishing an admission an earlier leader reserved");
-                self.ledger.hold(key, slot);
-                finishing += 1;
+        let rebuilt = ledger_rebuild::rebuild(&at_start, reservations);
+        for key in &rebuilt.finishing {
+            if let Some(slot) = rebuilt.ledger.slot(key) {
+                tracing::info!(session = %key, worker = %slot.worker, "finishing an admission an earlier leader reserved");
             }
         }
+        self.ledger = rebuilt.ledger;
         self.publish_metrics();
-        finishing
+        rebuilt.finishing.len()
     }
 
     /// Active sessions whose join-token Secret is missing (a leader stopped between the
@@ -1526,80 +1496,67 @@ impl Allocator {
         &self,
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
     ) {
-        // Each known session with the IP of the worker the ledger says holds it (None when
-        // unknown): the same session held by another worker is an orphan there too (an
-        // earlier leader's reservation on a worker that did not answer at takeover).
-        let mut known: HashMap<(String, String), Option<String>> = self
-            .ledger
-            .iter()
-            .map(|(k, slot)| {
-                let ip = backends
-                    .get(&slot.backend)
-                    .and_then(|(_, ips)| ips.get(&slot.worker).cloned());
-                ((k.session_id(), k.uid.clone()), ip)
-            })
-            .collect();
+        // Each known session with the IP of the worker the ledger says holds it: the same
+        // session held by another worker is an orphan there (an earlier leader's reservation
+        // on a worker that did not answer at takeover).
+        let ip_of = |slot: &Slot| {
+            backends
+                .get(&slot.backend)
+                .and_then(|(_, ips)| ips.get(&slot.worker).cloned())
+        };
+        let mut known = worker_repair::Known::default();
+        for (key, slot) in self.ledger.iter() {
+            let id = (key.session_id(), key.uid.clone());
+            if self.in_flight.contains(key) {
+                known.holders.insert(id, None);
+                continue;
+            }
+            let ip = ip_of(slot);
+            if let Some(ip) = &ip
+                && self.lifecycle.get(key).map(|l| l.phase) == Some(SessionPhase::Active)
+            {
+                known
+                    .active
+                    .entry(ip.clone())
+                    .or_default()
+                    .push((key.clone(), slot.worker.clone()));
+            }
+            known.holders.insert(id, ip);
+        }
         for k in &self.in_flight {
-            known.entry((k.session_id(), k.uid.clone())).or_insert(None);
+            known.holders.insert((k.session_id(), k.uid.clone()), None);
         }
         let ips: BTreeSet<String> = backends
             .values()
             .flat_map(|(_, ips)| ips.values().cloned())
             .collect();
-        // Sessions Active on each worker now: a worker that no longer holds one ended it
-        // while nobody listened to its events (an operator restart loses them).
-        let mut expected: HashMap<String, Vec<(SessionKey, String)>> = HashMap::new();
-        for (key, slot) in self.ledger.iter() {
-            if self.in_flight.contains(key)
-                || self.lifecycle.get(key).map(|l| l.phase) != Some(SessionPhase::Active)
-            {
-                continue;
-            }
-            if let Some(ip) = backends
-                .get(&slot.backend)
-                .and_then(|(_, ips)| ips.get(&slot.worker))
-            {
-                expected
-                    .entry(ip.clone())
-                    .or_default()
-                    .push((key.clone(), slot.worker.clone()));
-            }
-        }
         let ctx = self.ctx.clone();
         let repairs = self.repairs.clone();
         tokio::spawn(async move {
             for ip in ips {
-                let Ok(held) = ctx.workers.list_sessions(&ip, WORKER_TIMEOUT).await else {
+                let Ok(listed) = ctx.workers.list_sessions(&ip, WORKER_TIMEOUT).await else {
                     continue;
                 };
-                let holds: HashSet<(String, String)> = held
-                    .iter()
-                    .map(|s| (s.session_id.clone(), s.uid.clone()))
+                let held: Vec<worker_repair::Held> = listed
+                    .into_iter()
+                    .map(|s| worker_repair::Held {
+                        session_id: s.session_id,
+                        uid: s.uid,
+                        reserved_at: s.reserved_at.map(|t| t.seconds),
+                    })
                     .collect();
-                for (key, worker) in expected.remove(&ip).unwrap_or_default() {
-                    let id = (key.session_id(), key.uid.clone());
-                    if !holds.contains(&id) {
-                        let _ = repairs.send((key, worker)).await;
-                    }
+                let grace = i64::try_from(REPAIR_INTERVAL.as_secs()).unwrap_or(i64::MAX);
+                let findings =
+                    worker_repair::compare(&ip, &held, &known, Timestamp::now().as_second(), grace);
+                for (key, worker) in findings.ended_unseen {
+                    let _ = repairs.send((key, worker)).await;
                 }
-                for s in held {
-                    match known.get(&(s.session_id.clone(), s.uid.clone())) {
-                        Some(None) => continue,
-                        Some(Some(holder)) if *holder == ip => continue,
-                        _ => {}
-                    }
-                    // Grace for a reservation made just before this snapshot was taken.
-                    let fresh = s.reserved_at.as_ref().is_some_and(|t| {
-                        Timestamp::now().as_second() - t.seconds < REPAIR_INTERVAL.as_secs() as i64
-                    });
-                    if fresh {
-                        continue;
-                    }
-                    tracing::warn!(session = %s.session_id, uid = %s.uid, worker = %ip, "worker holds a slot the API does not know; releasing it");
+                for (session_id, uid) in findings.orphans {
+                    tracing::warn!(session = %session_id, %uid, worker = %ip, "worker holds a slot the API does not know; releasing it");
                     ctx.metrics.orphans_released.inc();
                     let _ = ctx
                         .workers
-                        .release(&ip, &s.session_id, &s.uid, "Orphaned", WORKER_TIMEOUT)
+                        .release(&ip, &session_id, &uid, "Orphaned", WORKER_TIMEOUT)
                         .await;
                 }
             }

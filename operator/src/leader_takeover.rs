@@ -15,6 +15,7 @@ use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 
 use crate::context::Context;
+use crate::ledger_rebuild::Reservation;
 use crate::pod_template::{LABEL_BACKEND, LABEL_MANAGED_BY};
 
 /// Bound on each worker's answer; a worker that does not answer cannot have been reached by
@@ -32,23 +33,6 @@ pub struct Takeover {
     pub unreachable: Vec<String>,
     /// Every slot held on the workers that answered.
     pub reservations: Vec<Reservation>,
-}
-
-/// One slot a worker said it holds.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Reservation {
-    /// The worker pod's namespace (the session's too).
-    pub namespace: String,
-    /// The worker pod.
-    pub pod: String,
-    /// The pod's IP.
-    pub pod_ip: String,
-    /// The VoiceBackend the pod serves.
-    pub backend: String,
-    /// `namespace/name` of the session.
-    pub session_id: String,
-    /// The session's uid.
-    pub uid: String,
 }
 
 /// Lists every worker pod the operator manages (in its scope) with this leader's epoch.

@@ -1,10 +1,9 @@
 //! The admission ledger: which session holds a slot on which worker, counted per provider,
 //! backend and worker.
 //!
-//! Pure data, no Kubernetes client and no clock: the session controller rebuilds it from the
-//! API on start (every session whose status names a worker holds a slot, admitted or still
-//! being admitted) and applies its own decisions to it, so the caps can be checked and
-//! property-tested without a cluster.
+//! Pure data, no Kubernetes client and no clock: the allocator rebuilds it on start from the
+//! sessions' statuses and the workers' reservations ([`crate::ledger_rebuild`]) and applies
+//! its own decisions to it, so the caps can be checked and property-tested without a cluster.
 
 use std::collections::{BTreeMap, HashMap};
 

@@ -23,6 +23,7 @@ pub mod http;
 pub mod leader;
 pub mod leader_takeover;
 pub mod ledger;
+pub mod ledger_rebuild;
 pub mod metrics;
 pub mod placement;
 pub mod pod_network;
@@ -48,5 +49,6 @@ pub mod status_writer;
 pub mod telemetry;
 pub mod turn_latency;
 pub mod worker_client;
+pub mod worker_repair;
 
 pub use error::{Error, Result};
