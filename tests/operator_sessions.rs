@@ -450,7 +450,7 @@ async fn an_operator_that_dies_between_admission_steps_neither_over_admits_nor_l
     let ns = stack.ns.name().to_owned();
     let (maxima, sampler) = sample_caps(&stack.ns);
     // The operator dies mid-burst at each gap of an admission, as SIGKILL would (crash
-    // points, see session_admit.rs): first right after a worker reserved (nothing written),
+    // points, see admission_steps.rs): first right after a worker reserved (nothing written),
     // then right after a status went Active (its token Secret not written). Each successor
     // must finish what it finds, from the workers' lists and the Secrets' absence.
     stack.operator.kill();

@@ -3,8 +3,8 @@
 //! It runs in the leader only, as a single loop that owns the [`Ledger`], so every admission
 //! decision is serialized (per provider and globally) without locks. Each round it reads the
 //! watched API state, reconciles the ledger with it (deleted sessions, lost workers, deleted
-//! backends, expired clocks), asks the pure [`admission::plan`] which pending sessions fit,
-//! and starts their admissions ([`session_admit`]) as tasks whose outcomes come back to the
+//! backends, expired clocks), asks the pure [`admission_plan::plan`] which pending sessions fit,
+//! and starts their admissions ([`admission_steps`]) as tasks whose outcomes come back to the
 //! loop. Queue positions, ends and counts go to the [`StatusWriter`], which reports back what
 //! the API took, so the loop does not wait for those writes. At start the workers are fenced
 //! and listed ([`crate::leader_takeover`]), then the ledger is rebuilt from the sessions'
@@ -27,21 +27,21 @@ use tokio_util::sync::CancellationToken;
 use voice_crds::conditions::ACCEPTED;
 use voice_crds::{SessionPhase, SessionWorker, VoiceBackend, VoiceProvider, VoiceSession};
 
-use crate::admission::{self, BackendView, Misfit, PendingSession};
+use crate::admission_plan::{self, BackendView, Misfit, PendingSession};
+use crate::admission_steps::{self, Admission, Outcome};
 use crate::context::Context;
 use crate::event_source::{Roster, WorkerRef};
 use crate::heartbeat::Heartbeats;
 use crate::ledger::{BackendKey, Ledger, SessionKey, Slot};
 use crate::ledger_rebuild::{self, Reservation, SessionAtStart};
+use crate::live_status_writer::Ended;
 use crate::placement::WorkerView;
 use crate::pod_template;
 use crate::rate_limit::{self, RateLimits};
 use crate::refusal_backoff::{Refusal, RefusalBackoff};
-use crate::session_admit::{self, Admission, Outcome};
 use crate::session_audio;
 use crate::session_counts::BackendSessions;
 use crate::session_lifecycle::{Lifecycle, reason};
-use crate::session_live::Ended;
 use crate::session_metadata::MetadataSync;
 use crate::session_participants;
 use crate::session_timeouts::{self, Clocks, Expired};
@@ -1063,7 +1063,7 @@ impl Allocator {
             tokio::spawn(async move {
                 let result = match keys {
                     Ok(keys) => {
-                        session_admit::write_tokens(&ctx, &session, &backend, &endpoint, &keys)
+                        admission_steps::write_tokens(&ctx, &session, &backend, &endpoint, &keys)
                             .await
                     }
                     Err(e) => Err(e),
@@ -1125,7 +1125,7 @@ impl Allocator {
             .iter()
             .map(|(k, (v, _))| (k.clone(), v.clone()))
             .collect();
-        let caps = admission::Caps {
+        let caps = admission_plan::Caps {
             providers: self
                 .providers
                 .state()
@@ -1140,7 +1140,9 @@ impl Allocator {
                 .state()
                 .iter()
                 .filter_map(|n| {
-                    let quota = n.annotations().get(admission::NAMESPACE_QUOTA_ANNOTATION)?;
+                    let quota = n
+                        .annotations()
+                        .get(admission_plan::NAMESPACE_QUOTA_ANNOTATION)?;
                     Some((n.name_any(), quota.trim().parse().unwrap_or(0)))
                 })
                 .collect(),
@@ -1150,7 +1152,7 @@ impl Allocator {
             self.backends.state().iter().map(|b| &**b),
         ));
         let now_ms = now.as_millisecond();
-        let plan = admission::plan(&self.ledger, &pending, &views, &caps, &self.rates, now_ms);
+        let plan = admission_plan::plan(&self.ledger, &pending, &views, &caps, &self.rates, now_ms);
         self.rates = plan.rates;
         self.rate_wake = plan.next_due.map(|due| {
             Instant::now() + Duration::from_millis(u64::try_from(due - now_ms).unwrap_or(0))
@@ -1266,7 +1268,7 @@ impl Allocator {
                         worker,
                         signing_keys,
                     };
-                    session_admit::admit(&ctx, admission).await
+                    admission_steps::admit(&ctx, admission).await
                 }
                 // A resumed slot may be reserved on its worker: keep it.
                 Err(e) if resume => Outcome::Retry(e),
@@ -1589,7 +1591,7 @@ impl Allocator {
     }
 
     /// `voice_sessions_waiting{backend,reason}`; reasons that no longer apply drop to 0.
-    fn record_waiting(&mut self, waiting: &[admission::Waiting]) {
+    fn record_waiting(&mut self, waiting: &[admission_plan::Waiting]) {
         let mut counts: HashMap<(String, &'static str), i64> = HashMap::new();
         for w in waiting {
             let Some(backend) = self.ledger_backend_of(&w.key) else {
@@ -1640,15 +1642,15 @@ async fn sleep_until_some(at: Option<Instant>) {
     }
 }
 
-fn waiting_message(blocked: admission::Blocked, backend: &str) -> String {
-    use admission::Blocked;
+fn waiting_message(blocked: admission_plan::Blocked, backend: &str) -> String {
+    use admission_plan::Blocked;
     match blocked {
         Blocked::ProviderLimit => {
             "the provider's maxConcurrentSessions is reached; waiting for a session to end".into()
         }
         Blocked::NamespaceQuota => format!(
             "the namespace is at its session quota (annotation {} on the Namespace); waiting for a session to end",
-            admission::NAMESPACE_QUOTA_ANNOTATION
+            admission_plan::NAMESPACE_QUOTA_ANNOTATION
         ),
         Blocked::BackendLimit => {
             format!("VoiceBackend {backend} is at spec.maxSessions; waiting for a session to end")

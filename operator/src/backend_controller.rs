@@ -28,7 +28,7 @@ use kube::{Api, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 use voice_crds::{VoiceBackend, VoiceBackendStatus, VoiceProvider, WorkerPhase};
 
-use crate::acceptance::{self, Acceptance};
+use crate::backend_acceptance::{self, Acceptance};
 use crate::backend_children::{
     ensure_control_tls_secret, ensure_network_policy, ensure_service, ensure_signing_secret,
 };
@@ -117,7 +117,7 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
         .get_opt(&backend.spec.provider)
         .await
         .map_err(Error::kube("get provider"))?;
-    let acceptance = acceptance::check(&backend.spec, provider.as_ref());
+    let acceptance = backend_acceptance::check(&backend.spec, provider.as_ref());
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = backend.uid().unwrap_or_default();
     let pods: Vec<Pod> = pods_api

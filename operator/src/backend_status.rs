@@ -12,7 +12,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use voice_crds::conditions::{ACCEPTED, DEGRADED, PROGRESSING, READY, set_condition};
 use voice_crds::{ConnectionState, HealthStatus, VoiceBackendStatus};
 
-use crate::acceptance::Acceptance;
+use crate::backend_acceptance::Acceptance;
 use crate::health::Fold;
 
 /// Longest time `lastHealthCheck` may lag behind while nothing else changes.

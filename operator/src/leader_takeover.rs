@@ -2,7 +2,7 @@
 //! epoch, which fences the previous leader on each of them and reads every reservation.
 //!
 //! The workers are the durable record of reservations: an admission writes nothing before it
-//! reserves ([`crate::session_admit`]). After this pass no listed worker takes a reservation
+//! reserves ([`crate::admission_steps`]). After this pass no listed worker takes a reservation
 //! from an older leader, so the reservations read here are every one the old leader made on
 //! these workers. The allocator rebuilds its ledger from the sessions' statuses (Active ones)
 //! plus these lists, and finishes the admissions they hold: no cap is counted short.

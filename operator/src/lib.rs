@@ -2,9 +2,10 @@
 //! modules they drive (acceptance, scaling, rollout, drain, health), the worker gRPC client,
 //! leader election and metrics. `main.rs` wires them together.
 
-pub mod acceptance;
-pub mod admission;
+pub mod admission_plan;
+pub mod admission_steps;
 pub mod allocator;
+pub mod backend_acceptance;
 pub mod backend_children;
 pub mod backend_controller;
 pub mod backend_status;
@@ -24,6 +25,7 @@ pub mod leader;
 pub mod leader_takeover;
 pub mod ledger;
 pub mod ledger_rebuild;
+pub mod live_status_writer;
 pub mod metrics;
 pub mod placement;
 pub mod pod_network;
@@ -34,12 +36,10 @@ pub mod rate_limit;
 pub mod refusal_backoff;
 pub mod rollout;
 pub mod scaling;
-pub mod session_admit;
 pub mod session_audio;
 pub mod session_connections;
 pub mod session_counts;
 pub mod session_lifecycle;
-pub mod session_live;
 pub mod session_metadata;
 pub mod session_participants;
 pub mod session_timeouts;

@@ -19,7 +19,7 @@ use voice_operator::http::Liveness;
 use voice_operator::leader::{self, LeaseConfig};
 use voice_operator::metrics::Metrics;
 use voice_operator::{
-    allocator, backend_controller, control_ca, http, provider_controller, session_live,
+    allocator, backend_controller, control_ca, http, live_status_writer, provider_controller,
 };
 
 #[tokio::main]
@@ -144,7 +144,7 @@ async fn main() -> anyhow::Result<()> {
         ),
         (
             "session-live",
-            controllers.spawn(session_live::run(
+            controllers.spawn(live_status_writer::run(
                 ctx,
                 shutdown.clone(),
                 roster_rx,

@@ -19,10 +19,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use voice_crds::{VoiceBackend, VoiceProvider, VoiceSession};
 
+use crate::admission_steps;
 use crate::context::Context;
 use crate::field_managers::SESSION_COUNTS;
 use crate::ledger::{BackendKey, SessionKey};
-use crate::session_admit;
 use crate::session_lifecycle::Lifecycle;
 
 /// Objects with a write queued or in flight, at most.
@@ -171,7 +171,7 @@ async fn write(ctx: &Context, target: &Target, body: &Body) -> bool {
     let result = match (target, body) {
         (Target::Session(key), Body::Lifecycle(lifecycle)) => {
             let api: Api<VoiceSession> = Api::namespaced(ctx.client.clone(), &key.namespace);
-            session_admit::apply_status(&api, &key.name, lifecycle).await
+            admission_steps::apply_status(&api, &key.name, lifecycle).await
         }
         (Target::Backend(key), Body::Pending(pending)) => {
             let api: Api<VoiceBackend> = Api::namespaced(ctx.client.clone(), &key.namespace);

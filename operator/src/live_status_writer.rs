@@ -3,7 +3,7 @@
 //! state, last activity, the persisted conversation context and the `Connected`/`Ready`
 //! conditions; also the session's `PipelineError`, `ParticipantJoined` and `ParticipantLeft`
 //! Events. This writer is those fields' only owner; how one event changes them is decided,
-//! without I/O, in `session_live/fold.rs`.
+//! without I/O, in `live_status_writer/fold.rs`.
 //!
 //! One subscription per worker feeds one writer. The writer coalesces: events only mark a
 //! session dirty, and dirty sessions are applied at most every [`FLUSH_INTERVAL`] (pings, which
