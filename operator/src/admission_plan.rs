@@ -185,7 +185,8 @@ pub fn plan(
         .collect();
     order.sort_by(|a, b| a.created.cmp(&b.created).then_with(|| a.key.cmp(&b.key)));
 
-    let mut ledger = ledger.clone();
+    // Every session in `order` holds no slot, so the counts are all the plan reads.
+    let mut ledger = ledger.counts_only();
     let mut plan = Plan {
         rates: rates.clone(),
         ..Plan::default()

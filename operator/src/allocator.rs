@@ -80,6 +80,10 @@ struct Allocator {
     ledger: Ledger,
     /// What the allocator last applied to each session's status.
     lifecycle: HashMap<SessionKey, Lifecycle>,
+    /// Sessions whose `lifecycle` entry changed since the roster was last published.
+    lifecycle_changed: HashSet<SessionKey>,
+    /// Whether the roster has been published whole once (later it follows the changes).
+    roster_built: bool,
     /// Sessions with an admission task running.
     in_flight: HashSet<SessionKey>,
     /// When each waiting session's status was last written.
@@ -207,6 +211,8 @@ pub async fn run(
         pods,
         ledger: Ledger::new(),
         lifecycle: HashMap::new(),
+        lifecycle_changed: HashSet::new(),
+        roster_built: false,
         in_flight: HashSet::new(),
         waiting_written: HashMap::new(),
         counts_written: HashMap::new(),
@@ -511,7 +517,16 @@ impl Allocator {
                 self.release_on_worker(&key, &slot, "Deleted");
             }
         }
-        self.lifecycle.retain(|k, _| sessions.contains_key(k));
+        let removed: Vec<SessionKey> = self
+            .lifecycle
+            .keys()
+            .filter(|k| !sessions.contains_key(*k))
+            .cloned()
+            .collect();
+        for key in removed {
+            self.lifecycle.remove(&key);
+            self.lifecycle_changed.insert(key);
+        }
         self.waiting_written.retain(|k, _| sessions.contains_key(k));
         self.metadata.retain(|k| sessions.contains_key(k));
         self.backoff.retain_sessions(|k| sessions.contains_key(k));
@@ -675,7 +690,7 @@ impl Allocator {
     /// Publishes every worker's address and the sessions each may report on: the ledger's
     /// holder, or for a session no longer held, the worker its status names.
     fn publish_roster(
-        &self,
+        &mut self,
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
     ) {
         let workers: BTreeMap<String, WorkerRef> = backends
@@ -691,6 +706,36 @@ impl Allocator {
             })
             .collect();
         let id = |k: &SessionKey| (k.session_id(), k.uid.clone());
+        let changed: HashSet<SessionKey> = self
+            .ledger
+            .take_changed()
+            .into_iter()
+            .chain(self.lifecycle_changed.drain())
+            .collect();
+        if self.roster_built {
+            // Only the sessions that moved: the holders are O(sessions) to build whole.
+            let updates: Vec<((String, String), Option<WorkerRef>)> =
+                changed.iter().map(|k| (id(k), self.holder_of(k))).collect();
+            self.roster.send_if_modified(|current| {
+                let mut modified = current.workers != workers;
+                if modified {
+                    current.workers = workers;
+                }
+                for (id, holder) in updates {
+                    modified |= match holder {
+                        Some(h) if current.holders.get(&id) != Some(&h) => {
+                            current.holders.insert(id, h);
+                            true
+                        }
+                        Some(_) => false,
+                        None => current.holders.remove(&id).is_some(),
+                    };
+                }
+                modified
+            });
+            return;
+        }
+        self.roster_built = true;
         let mut holders: HashMap<(String, String), WorkerRef> = self
             .lifecycle
             .iter()
@@ -717,6 +762,22 @@ impl Allocator {
                 true
             }
         });
+    }
+
+    /// The worker that may speak for `key`: its ledger slot's, else (an ended session) the
+    /// one its status still names.
+    fn holder_of(&self, key: &SessionKey) -> Option<WorkerRef> {
+        if let Some(slot) = self.ledger.slot(key) {
+            return Some(WorkerRef {
+                namespace: slot.backend.namespace.clone(),
+                pod: slot.worker.clone(),
+            });
+        }
+        let pod = self.lifecycle.get(key)?.worker.as_ref()?.pod.clone();
+        Some(WorkerRef {
+            namespace: key.namespace.clone(),
+            pod,
+        })
     }
 
     /// Sessions whose worker pod is gone or finished go back to Pending (WorkerLost) to be
@@ -1322,6 +1383,7 @@ impl Allocator {
                     self.tokens_due
                         .insert(key.clone(), (Instant::now(), TOKEN_RETRY_FIRST));
                 }
+                self.lifecycle_changed.insert(key.clone());
                 self.lifecycle.insert(key, *lifecycle);
             }
             Outcome::Refused { refusal, error } => {
@@ -1372,6 +1434,7 @@ impl Allocator {
                 }
                 if done.applied {
                     self.lifecycle.insert(key.clone(), lifecycle);
+                    self.lifecycle_changed.insert(key.clone());
                 }
                 if !self.proposed.contains_key(&key)
                     && let Some((session, worker)) = self.deferred.remove(&key)

@@ -68,6 +68,8 @@ pub struct Ledger {
     per_namespace: HashMap<String, u32>,
     per_backend: HashMap<BackendKey, u32>,
     per_worker: HashMap<(BackendKey, String), u32>,
+    /// Sessions held or released since [`Ledger::take_changed`] last ran.
+    changed: Vec<SessionKey>,
 }
 
 impl Ledger {
@@ -93,12 +95,14 @@ impl Ledger {
             .per_worker
             .entry((slot.backend.clone(), slot.worker.clone()))
             .or_default() += 1;
+        self.changed.push(session.clone());
         self.slots.insert(session, slot);
     }
 
     /// Frees the slot `session` holds, if any, and returns it. Idempotent.
     pub fn release(&mut self, session: &SessionKey) -> Option<Slot> {
         let slot = self.slots.remove(session)?;
+        self.changed.push(session.clone());
         decrement(&mut self.per_provider, &slot.provider);
         decrement(&mut self.per_namespace, &slot.backend.namespace);
         decrement(&mut self.per_backend, &slot.backend);
@@ -122,6 +126,25 @@ impl Ledger {
             self.release(key);
         }
         lost
+    }
+
+    /// The counts without the slots: enough to plan admissions of sessions that hold none
+    /// (and far cheaper to copy than the whole ledger).
+    pub fn counts_only(&self) -> Ledger {
+        Ledger {
+            slots: HashMap::new(),
+            per_provider: self.per_provider.clone(),
+            per_namespace: self.per_namespace.clone(),
+            per_backend: self.per_backend.clone(),
+            per_worker: self.per_worker.clone(),
+            changed: Vec::new(),
+        }
+    }
+
+    /// The sessions held or released since the last call (with repeats), for a reader that
+    /// follows the ledger incrementally.
+    pub fn take_changed(&mut self) -> Vec<SessionKey> {
+        std::mem::take(&mut self.changed)
     }
 
     /// The slot `session` holds.
