@@ -1,0 +1,146 @@
+//! Session counts on backends and providers, and the allocator's gauges.
+
+use super::*;
+
+impl Allocator {
+    pub(super) async fn write_counts(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
+        let mut per_backend: HashMap<BackendKey, BackendSessions> = HashMap::new();
+        let mut provider_pending: HashMap<String, i32> = HashMap::new();
+        for (key, session) in sessions {
+            let backend = backend_key_of(session);
+            let entry = per_backend.entry(backend.clone()).or_default();
+            if self.ledger.slot(key).is_some() {
+                entry.active += 1;
+            } else if self.phase_of(key, session) == SessionPhase::Pending
+                // A session that cannot run as it is asks for no worker.
+                && !self
+                    .lifecycle_of(key, session)
+                    .admitted_reason()
+                    .is_some_and(Misfit::is_reason)
+            {
+                entry.pending += 1;
+                if let Some(provider) = self.provider_of(&backend) {
+                    *provider_pending.entry(provider).or_default() += 1;
+                }
+            }
+        }
+        self.ctx.session_counts.publish(per_backend.clone());
+        if self
+            .counts_at
+            .is_some_and(|at| at.elapsed() < COUNTS_WRITE_INTERVAL)
+        {
+            return;
+        }
+        self.counts_at = Some(Instant::now());
+        for b in self.backends.state() {
+            let key = BackendKey {
+                namespace: b.namespace().unwrap_or_default(),
+                name: b.name_any(),
+            };
+            let pending =
+                i32::try_from(per_backend.get(&key).map_or(0, |c| c.pending)).unwrap_or(i32::MAX);
+            let id = format!("backend/{}/{}", key.namespace, key.name);
+            let observed = b.status.as_ref().map_or(0, |s| s.pending_sessions);
+            if self.counts_written.get(&id) == Some(&(pending, 0)) && observed == pending {
+                continue;
+            }
+            self.writer
+                .submit(Target::Backend(key), Body::Pending(pending));
+        }
+        // A deleted provider's gauges would otherwise be scraped (and alerted on) forever.
+        let providers: HashSet<String> = self
+            .providers
+            .state()
+            .iter()
+            .map(|p| p.name_any())
+            .collect();
+        for gone in self
+            .metric_providers
+            .iter()
+            .filter(|p| !providers.contains(*p))
+        {
+            let m = &self.ctx.metrics;
+            let _ = m.provider_session_limit.remove_label_values(&[gone]);
+            let _ = m.provider_sessions.remove_label_values(&[gone, "in_use"]);
+            let _ = m.provider_sessions.remove_label_values(&[gone, "pending"]);
+        }
+        self.metric_providers = providers;
+        for p in self.providers.state() {
+            let name = p.name_any();
+            let in_use = i32::try_from(self.ledger.provider_count(&name)).unwrap_or(i32::MAX);
+            let pending = provider_pending.get(&name).copied().unwrap_or(0);
+            self.ctx
+                .metrics
+                .provider_session_limit
+                .with_label_values(&[&name])
+                .set(i64::from(p.spec.capabilities.max_concurrent_sessions));
+            let id = format!("provider/{name}");
+            let observed = p
+                .status
+                .as_ref()
+                .map_or((0, 0), |s| (s.sessions_in_use, s.sessions_pending));
+            if self.counts_written.get(&id) == Some(&(in_use, pending))
+                && observed == (in_use, pending)
+            {
+                continue;
+            }
+            self.writer.submit(
+                Target::Provider(name.clone()),
+                Body::Counts(in_use, pending),
+            );
+            self.ctx
+                .metrics
+                .provider_sessions
+                .with_label_values(&[&name, "in_use"])
+                .set(i64::from(in_use));
+            self.ctx
+                .metrics
+                .provider_sessions
+                .with_label_values(&[&name, "pending"])
+                .set(i64::from(pending));
+        }
+    }
+
+    /// `voice_sessions_waiting{backend,reason}`; reasons that no longer apply drop to 0.
+    pub(super) fn record_waiting(&mut self, waiting: &[admission_plan::Waiting]) {
+        let mut counts: HashMap<(String, &'static str), i64> = HashMap::new();
+        for w in waiting {
+            let Some(backend) = self.ledger_backend_of(&w.key) else {
+                continue;
+            };
+            *counts.entry((backend, w.blocked.reason())).or_default() += 1;
+        }
+        for key in self.waiting_labels.drain() {
+            counts.entry(key).or_default();
+        }
+        for ((backend, reason), n) in &counts {
+            self.ctx
+                .metrics
+                .sessions_waiting
+                .with_label_values(&[backend.as_str(), reason])
+                .set(*n);
+        }
+        self.waiting_labels = counts
+            .into_iter()
+            .filter(|(_, n)| *n > 0)
+            .map(|(k, _)| k)
+            .collect();
+    }
+
+    pub(super) fn ledger_backend_of(&self, key: &SessionKey) -> Option<String> {
+        let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
+        let s = self.sessions.get(&reference)?;
+        Some(format!("{}/{}", key.namespace, s.spec.backend_ref.name))
+    }
+
+    pub(super) fn publish_metrics(&self) {
+        self.ctx
+            .metrics
+            .ledger_sessions
+            .set(i64::try_from(self.ledger.len()).unwrap_or(i64::MAX));
+        self.ctx
+            .metrics
+            .admissions_in_flight
+            .set(i64::try_from(self.in_flight.len()).unwrap_or(i64::MAX));
+    }
+}

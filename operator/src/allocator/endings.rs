@@ -1,0 +1,280 @@
+//! How sessions leave their slot: lost workers (re-admitted or failed), deleted backends,
+//! timeouts and maximum durations, ends the workers report, and deletion after the TTL.
+
+use super::*;
+
+impl Allocator {
+    /// Sessions whose worker pod is gone or finished go back to Pending (WorkerLost) to be
+    /// re-admitted elsewhere with their persisted context; sessions of a deleted backend end.
+    pub(super) async fn handle_lost_workers(
+        &mut self,
+        sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
+        backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
+        now: Timestamp,
+    ) {
+        let held: Vec<(SessionKey, Slot)> = self
+            .ledger
+            .iter()
+            .filter(|(k, _)| !self.in_flight.contains(*k))
+            .map(|(k, s)| (k.clone(), s.clone()))
+            .collect();
+        for (key, slot) in held {
+            let Some(session) = sessions.get(&key) else {
+                continue;
+            };
+            let Some((_, ips)) = backends.get(&slot.backend) else {
+                self.end(
+                    session,
+                    &key,
+                    SessionPhase::Completed,
+                    reason::BACKEND_DELETED,
+                    "its VoiceBackend was deleted",
+                    now,
+                )
+                .await;
+                continue;
+            };
+            if self.worker_alive(&slot.backend.namespace, &slot.worker)
+                && ips.contains_key(&slot.worker)
+            {
+                continue;
+            }
+            if self.phase_of(&key, session) == SessionPhase::Pending {
+                // Reserved but never Active: nobody was connected; plan it again.
+                tracing::info!(session = %key, worker = %slot.worker, "worker lost before the admission finished; planning again");
+                self.ledger.release(&key);
+                continue;
+            }
+            if !self.persistent(&slot.provider) {
+                let message = format!(
+                    "worker {} was lost and provider {} does not offer capabilities.sessionPersistence",
+                    slot.worker, slot.provider
+                );
+                self.ctx.metrics.sessions_lost.inc();
+                self.end(
+                    session,
+                    &key,
+                    SessionPhase::Failed,
+                    reason::WORKER_LOST,
+                    &message,
+                    now,
+                )
+                .await;
+                continue;
+            }
+            self.ledger.release(&key);
+            let lifecycle = self.lifecycle_of(&key, session);
+            let message = format!(
+                "worker {} was lost; waiting for another worker (the client reconnects with the same token)",
+                slot.worker
+            );
+            let next = lifecycle
+                .pending(reason::WORKER_LOST, &message, None, Time(now))
+                .observing(session.metadata.generation);
+            tracing::warn!(session = %key, worker = %slot.worker, "worker lost; re-admitting");
+            self.ctx.metrics.sessions_lost.inc();
+            crate::events::publish_session_warning(
+                &self.ctx.session_recorder,
+                &key.namespace,
+                &key.name,
+                &key.uid,
+                reason::WORKER_LOST,
+                &message,
+            )
+            .await;
+            self.write(&key, next);
+        }
+    }
+
+    /// Whether the provider's sessions survive worker loss (FR-025): re-admitted with their
+    /// context rather than failed.
+    pub(super) fn persistent(&self, provider: &str) -> bool {
+        self.providers
+            .get(&reflector::ObjectRef::new(provider))
+            .is_some_and(|p| p.spec.capabilities.session_persistence)
+    }
+
+    pub(super) fn worker_alive(&self, namespace: &str, pod: &str) -> bool {
+        let reference = reflector::ObjectRef::new(pod).within(namespace);
+        self.pods.get(&reference).is_some_and(|p| {
+            !matches!(
+                p.status.as_ref().and_then(|s| s.phase.as_deref()),
+                Some("Failed" | "Succeeded")
+            )
+        })
+    }
+
+    /// Pending timeouts, maximum durations, idle timeouts and TTLs.
+    pub(super) async fn handle_clocks(
+        &mut self,
+        sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
+        now: Timestamp,
+    ) {
+        for (key, session) in sessions {
+            if self.in_flight.contains(key) {
+                continue;
+            }
+            let observed;
+            let lifecycle = match self.lifecycle.get(key) {
+                Some(l) => l,
+                None => {
+                    observed = Lifecycle::observed(session.status.as_ref());
+                    &observed
+                }
+            };
+            let lost_at = (lifecycle.admitted_reason() == Some(reason::WORKER_LOST))
+                .then(|| timestamp(lifecycle.admitted_since()))
+                .flatten();
+            let clocks = Clocks {
+                phase: lifecycle.phase,
+                holds_slot: self.ledger.slot(key).is_some(),
+                created: timestamp(session.metadata.creation_timestamp.as_ref()),
+                lost_worker_at: lost_at,
+                admitted_at: timestamp(lifecycle.admitted_at.as_ref()),
+                last_activity: timestamp(
+                    session
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.last_activity.as_ref()),
+                ),
+                ended_at: timestamp(lifecycle.ended_at.as_ref()),
+                pending_timeout: session.spec.pending_timeout.map(Duration::from),
+                max_duration: session.spec.max_duration.map(Duration::from),
+                idle_timeout: session.spec.idle_timeout.map(Duration::from),
+                ttl_after_finished: Duration::from_secs(
+                    u64::try_from(session.spec.ttl_seconds_after_finished).unwrap_or(0),
+                ),
+            };
+            let expired = session_timeouts::check(&clocks, now);
+            match expired {
+                None => {}
+                Some(Expired::Fail(why)) => {
+                    let message = if why == reason::WORKER_LOST {
+                        "its worker was lost and no other worker had room within spec.pendingTimeout"
+                    } else {
+                        "no capacity within spec.pendingTimeout"
+                    };
+                    self.end(session, key, SessionPhase::Failed, why, message, now)
+                        .await;
+                }
+                Some(Expired::End(why)) => {
+                    let message = if why == reason::MAX_DURATION {
+                        "the session reached spec.maxDuration"
+                    } else {
+                        "no client activity within spec.idleTimeout"
+                    };
+                    self.end(session, key, SessionPhase::Completed, why, message, now)
+                        .await;
+                }
+                Some(Expired::Delete) => self.delete_finished(session).await,
+            }
+        }
+    }
+
+    /// Ends a session: frees its slot, tells its worker, and records the end.
+    pub(super) async fn end(
+        &mut self,
+        session: &VoiceSession,
+        key: &SessionKey,
+        phase: SessionPhase,
+        why: &str,
+        message: &str,
+        now: Timestamp,
+    ) {
+        if let Some(slot) = self.ledger.release(key) {
+            self.release_on_worker(key, &slot, why);
+        }
+        let next = self
+            .lifecycle_of(key, session)
+            .ended(phase, why, message, Time(now))
+            .observing(session.metadata.generation);
+        self.ctx
+            .metrics
+            .sessions_ended
+            .with_label_values(&[why])
+            .inc();
+        if phase == SessionPhase::Failed {
+            crate::events::publish_session_warning(
+                &self.ctx.session_recorder,
+                &key.namespace,
+                &key.name,
+                &key.uid,
+                why,
+                message,
+            )
+            .await;
+        }
+        self.write(key, next);
+    }
+
+    /// A worker reported that a session ended (client hang-up, drain deadline, ...). Only the
+    /// worker holding the session in the ledger may end it; the live writer checked that
+    /// against the published roster, and it is checked again here against the ledger itself,
+    /// which may have moved since.
+    pub(super) async fn worker_ended(&mut self, end: Ended) {
+        let Some((key, slot)) = self
+            .ledger
+            .iter()
+            .find(|(k, _)| k.is(&end.session_id, &end.uid))
+            .map(|(k, s)| (k.clone(), s.clone()))
+        else {
+            return;
+        };
+        if slot.worker != end.worker.pod || key.namespace != end.worker.namespace {
+            self.ctx
+                .metrics
+                .session_events_dropped
+                .with_label_values(&[crate::event_source::DropReason::OtherWorker.as_str()])
+                .inc();
+            tracing::warn!(session = %end.session_id, worker = %end.worker.pod, holder = %slot.worker, "a worker that does not hold the session reported its end; ignored");
+            return;
+        }
+        if self.in_flight.contains(&key) {
+            return;
+        }
+        let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
+        let Some(session) = self.sessions.get(&reference) else {
+            return;
+        };
+        let message = if end.message.is_empty() {
+            format!("the worker ended the session: {}", end.reason)
+        } else {
+            format!(
+                "the worker ended the session ({}): {}",
+                end.reason, end.message
+            )
+        };
+        self.end(
+            &session,
+            &key,
+            SessionPhase::Completed,
+            &end.reason,
+            &message,
+            Timestamp::now(),
+        )
+        .await;
+    }
+
+    pub(super) async fn delete_finished(&mut self, session: &VoiceSession) {
+        let api: Api<VoiceSession> = Api::namespaced(
+            self.ctx.client.clone(),
+            &session.namespace().unwrap_or_default(),
+        );
+        let params = DeleteParams {
+            preconditions: Some(Preconditions {
+                uid: session.uid(),
+                resource_version: None,
+            }),
+            ..DeleteParams::background()
+        };
+        match api.delete(&session.name_any(), &params).await {
+            Ok(_) => {
+                tracing::info!(session = %session.name_any(), "finished session deleted after its TTL")
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+            Err(e) => {
+                tracing::warn!(session = %session.name_any(), error = %e, "deleting a finished session failed")
+            }
+        }
+    }
+}
