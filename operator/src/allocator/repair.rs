@@ -20,11 +20,11 @@ impl Allocator {
         };
         let mut known = worker_repair::Known::default();
         for (key, slot) in self.ledger.iter() {
-            let id = (key.session_id(), key.uid.clone());
+            // Admissions in flight may hold their slot on any worker: entered below.
             if self.in_flight.contains(key) {
-                known.holders.insert(id, None);
                 continue;
             }
+            let id = (key.session_id(), key.uid.clone());
             let ip = ip_of(slot);
             if let Some(ip) = &ip
                 && self.lifecycle.get(key).map(|l| l.phase) == Some(SessionPhase::Active)
