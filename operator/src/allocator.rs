@@ -52,7 +52,9 @@ use crate::session_timeouts::{self, Clocks, Expired};
 use crate::session_tokens;
 use crate::signing_keys;
 use crate::status_writer::{Body, Done, StatusWriter, Target};
+use crate::worker_pod_facts;
 use crate::worker_repair;
+use crate::world;
 use voice_proto::token::KeySet;
 
 mod admissions;
@@ -625,15 +627,10 @@ impl Allocator {
                         .filter_map(|p| {
                             let name = p.name_any();
                             let ip = p.status.as_ref()?.pod_ip.clone()?;
-                            let running = p.status.as_ref()?.phase.as_deref() == Some("Running");
-                            let deleting = p.meta().deletion_timestamp.is_some();
-                            let draining = p.labels().contains_key(pod_template::LABEL_DRAINING)
-                                || healthy.get(name.as_str())
-                                    == Some(&voice_crds::WorkerPhase::Draining);
-                            let ready = running
-                                && !deleting
-                                && healthy.get(name.as_str())
-                                    == Some(&voice_crds::WorkerPhase::Ready)
+                            let facts = worker_pod_facts::of(p);
+                            let health = healthy.get(name.as_str()).copied();
+                            let draining = world::draining(&facts, health);
+                            let ready = world::takes_sessions(&facts, health)
                                 && !self
                                     .backoff
                                     .worker_waits(&format!("{}/{name}", key.namespace), now);
@@ -642,7 +639,7 @@ impl Allocator {
                             Some(WorkerView {
                                 name,
                                 ready,
-                                draining: draining || deleting,
+                                draining,
                                 capacity,
                                 held: 0,
                             })

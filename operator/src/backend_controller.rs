@@ -41,6 +41,7 @@ use crate::ledger::BackendKey;
 use crate::pod_template::{self, ANNOTATION_DRAINING_SINCE, LABEL_DRAINING, LABEL_TEMPLATE_HASH};
 use crate::rollout::{self, PodView};
 use crate::scaling::{ScalingInput, desired_workers};
+use crate::worker_pod_facts;
 
 /// Field manager of the backend status and reporter of its Events.
 use crate::field_managers::BACKEND as FIELD_MANAGER;
@@ -80,29 +81,28 @@ struct Worker {
 
 impl Worker {
     fn new(pod: &Pod, hash: &str) -> Worker {
-        let status = pod.status.clone().unwrap_or_default();
-        let labels = pod.labels();
-        let draining_since =
-            (labels.get(LABEL_DRAINING).map(String::as_str) == Some("true")).then(|| {
-                pod.annotations()
-                    .get(ANNOTATION_DRAINING_SINCE)
-                    .and_then(|s| s.parse::<Timestamp>().ok())
-                    // A draining label without a readable time: count from the epoch, so the
-                    // drain timeout has passed and the pod is not kept forever.
-                    .unwrap_or(Timestamp::UNIX_EPOCH)
-            });
+        // Ready, draining, deleting, finished: read as the allocator reads them.
+        let facts = worker_pod_facts::of(pod);
+        let draining_since = facts.draining_label.then(|| {
+            pod.annotations()
+                .get(ANNOTATION_DRAINING_SINCE)
+                .and_then(|s| s.parse::<Timestamp>().ok())
+                // A draining label without a readable time: count from the epoch, so the
+                // drain timeout has passed and the pod is not kept forever.
+                .unwrap_or(Timestamp::UNIX_EPOCH)
+        });
         Worker {
             name: pod.name_any(),
-            ip: status.pod_ip.clone().filter(|ip| !ip.is_empty()),
-            ready: status
-                .conditions
-                .iter()
-                .flatten()
-                .any(|c| c.type_ == "Ready" && c.status == "True"),
-            current: labels.get(LABEL_TEMPLATE_HASH).map(String::as_str) == Some(hash),
+            ip: pod
+                .status
+                .as_ref()
+                .and_then(|s| s.pod_ip.clone())
+                .filter(|ip| !ip.is_empty()),
+            ready: facts.ready_condition,
+            current: pod.labels().get(LABEL_TEMPLATE_HASH).map(String::as_str) == Some(hash),
             draining_since,
-            deleting: pod.metadata.deletion_timestamp.is_some(),
-            finished: matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")),
+            deleting: facts.deleting,
+            finished: facts.finished,
         }
     }
 }

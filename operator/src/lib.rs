@@ -2,7 +2,6 @@
 //! modules they drive (acceptance, scaling, rollout, drain, health), the worker gRPC client,
 //! leader election and metrics. `main.rs` wires them together.
 
-pub mod admission_plan;
 pub mod admission_steps;
 pub mod allocator;
 pub mod backend_acceptance;
@@ -23,17 +22,12 @@ pub mod heartbeat;
 pub mod http;
 pub mod leader;
 pub mod leader_takeover;
-pub mod ledger;
-pub mod ledger_rebuild;
 pub mod live_status_writer;
 pub mod metrics;
-pub mod placement;
 pub mod pod_network;
 pub mod pod_template;
 pub mod predicates;
 pub mod provider_controller;
-pub mod rate_limit;
-pub mod refusal_backoff;
 pub mod rollout;
 pub mod scaling;
 pub mod session_audio;
@@ -42,13 +36,19 @@ pub mod session_counts;
 pub mod session_lifecycle;
 pub mod session_metadata;
 pub mod session_participants;
-pub mod session_timeouts;
 pub mod session_tokens;
 pub mod signing_keys;
 pub mod status_writer;
 pub mod telemetry;
 pub mod turn_latency;
 pub mod worker_client;
-pub mod worker_repair;
+pub mod worker_pod_facts;
 
 pub use error::{Error, Result};
+
+// The decisions live in the core crate, with no I/O; the operator's modules name them as
+// before (`crate::ledger`, `crate::admission_plan`, ...).
+pub use admission_core::{
+    admission_plan, ledger, ledger_rebuild, placement, rate_limit, refusal_backoff,
+    session_timeouts, worker_repair, world,
+};

@@ -12,7 +12,7 @@ use voice_crds::{AudioFormat, Codec, Transport, VoiceBackend, VoiceProvider, Voi
 use voice_proto::session_audio::{self, MAX_BUFFER_BYTES, PCM_RATES, SessionAudio};
 
 /// The `Admitted=False` reason of a session whose audio does not fit.
-pub const REASON: &str = "AudioFormatNotSupported";
+pub const REASON: &str = admission_core::reason::AUDIO_FORMAT_NOT_SUPPORTED;
 
 /// The codec and only rate a WebRTC session carries.
 const WEBRTC: (Codec, i32) = (Codec::Opus, 48_000);

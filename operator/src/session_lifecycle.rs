@@ -16,25 +16,7 @@ use voice_crds::{
 };
 
 /// Reasons of the `Admitted` condition and of `status.endReason`.
-pub mod reason {
-    /// The session holds a slot on a worker.
-    pub const ADMITTED: &str = "Admitted";
-    /// The session's worker died; it waits for another.
-    pub const WORKER_LOST: &str = "WorkerLost";
-    /// The session waited longer than `spec.pendingTimeout`.
-    pub const QUEUE_TIMEOUT: &str = "QueueTimeout";
-    /// The session lasted `spec.maxDuration`.
-    pub const MAX_DURATION: &str = "MaxDuration";
-    /// No client activity for `spec.idleTimeout`.
-    pub const IDLE_TIMEOUT: &str = "IdleTimeout";
-    /// The session's backend was deleted.
-    pub const BACKEND_DELETED: &str = "BackendDeleted";
-    /// The worker no longer held an Active session (it ended there unseen, e.g. while the
-    /// operator restarted).
-    pub const ENDED_ON_WORKER: &str = "EndedOnWorker";
-    /// The worker refused the reservation (full, draining, or a stale session of that name).
-    pub const WORKER_REFUSED: &str = "WorkerRefused";
-}
+pub use admission_core::reason;
 
 /// The allocator-owned status fields of one session, exactly as applied.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]

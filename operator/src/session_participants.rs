@@ -12,7 +12,7 @@ use kube::ResourceExt;
 use voice_crds::{VoiceBackend, VoiceProvider, VoiceSession};
 
 /// The `Admitted=False` reason of a multi-user session whose provider cannot serve it.
-pub const REASON: &str = "MultiUserNotSupported";
+pub const REASON: &str = admission_core::reason::MULTI_USER_NOT_SUPPORTED;
 
 /// Why a session with `participants` further users cannot run on `backend_name`, whose
 /// provider `provider_name` has `multi_user_support` or not; `None` when it can.

@@ -96,12 +96,9 @@ impl Allocator {
 
     pub(super) fn worker_alive(&self, namespace: &str, pod: &str) -> bool {
         let reference = reflector::ObjectRef::new(pod).within(namespace);
-        self.pods.get(&reference).is_some_and(|p| {
-            !matches!(
-                p.status.as_ref().and_then(|s| s.phase.as_deref()),
-                Some("Failed" | "Succeeded")
-            )
-        })
+        self.pods
+            .get(&reference)
+            .is_some_and(|p| worker_pod_facts::of(&p).alive())
     }
 
     /// Pending timeouts, maximum durations, idle timeouts and TTLs.

@@ -95,18 +95,18 @@ pub fn limits_of<'a>(
     providers: impl IntoIterator<Item = &'a voice_crds::VoiceProvider>,
     backends: impl IntoIterator<Item = &'a voice_crds::VoiceBackend>,
 ) -> HashMap<Bucket, AdmissionRateLimit> {
-    use kube::ResourceExt;
     let mut limits = HashMap::new();
     for p in providers {
         if let Some(limit) = p.spec.admission_rate_limit {
-            limits.insert(Bucket::Provider(p.name_any()), limit);
+            let name = p.metadata.name.clone().unwrap_or_default();
+            limits.insert(Bucket::Provider(name), limit);
         }
     }
     for b in backends {
         if let Some(limit) = b.spec.admission_rate_limit {
             let key = BackendKey {
-                namespace: b.namespace().unwrap_or_default(),
-                name: b.name_any(),
+                namespace: b.metadata.namespace.clone().unwrap_or_default(),
+                name: b.metadata.name.clone().unwrap_or_default(),
             };
             limits.insert(Bucket::Backend(key), limit);
         }

@@ -70,8 +70,8 @@ impl Blocked {
             Blocked::BackendNotFound => "BackendNotFound",
             Blocked::BackendNotAccepted => "BackendNotAccepted",
             Blocked::RateLimited => "RateLimited",
-            Blocked::AudioFormatNotSupported => crate::session_audio::REASON,
-            Blocked::MultiUserNotSupported => crate::session_participants::REASON,
+            Blocked::AudioFormatNotSupported => crate::reason::AUDIO_FORMAT_NOT_SUPPORTED,
+            Blocked::MultiUserNotSupported => crate::reason::MULTI_USER_NOT_SUPPORTED,
         }
     }
 }
@@ -81,9 +81,9 @@ impl Blocked {
 /// session and asks for no worker, since no amount of capacity would admit it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Misfit {
-    /// From [`crate::session_audio::misfit`].
+    /// From the operator's `session_audio::misfit`.
     AudioFormat(String),
-    /// From [`crate::session_participants::misfit`].
+    /// From the operator's `session_participants::misfit`.
     MultiUser(String),
 }
 

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use k8s_openapi::jiff::{SignedDuration, Timestamp};
+use jiff::{SignedDuration, Timestamp};
 use voice_crds::SessionPhase;
 
-use crate::session_lifecycle::reason;
+use crate::reason;
 
 /// The facts about one session that its timers depend on.
 #[derive(Clone, Debug, Default)]

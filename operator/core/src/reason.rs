@@ -1,0 +1,23 @@
+//! The CamelCase reasons of a session's `Admitted` and `Ended` conditions that the core decides.
+
+/// The session holds a slot on a worker.
+pub const ADMITTED: &str = "Admitted";
+/// The session's worker died; it waits for another.
+pub const WORKER_LOST: &str = "WorkerLost";
+/// The session waited longer than `spec.pendingTimeout`.
+pub const QUEUE_TIMEOUT: &str = "QueueTimeout";
+/// The session lasted `spec.maxDuration`.
+pub const MAX_DURATION: &str = "MaxDuration";
+/// No client activity for `spec.idleTimeout`.
+pub const IDLE_TIMEOUT: &str = "IdleTimeout";
+/// The session's backend was deleted.
+pub const BACKEND_DELETED: &str = "BackendDeleted";
+/// The worker no longer held an Active session (it ended there unseen, e.g. while the
+/// operator restarted).
+pub const ENDED_ON_WORKER: &str = "EndedOnWorker";
+/// The worker refused the reservation (full, draining, or a stale session of that name).
+pub const WORKER_REFUSED: &str = "WorkerRefused";
+/// `spec.audio` does not fit the session's transport, provider or worker.
+pub const AUDIO_FORMAT_NOT_SUPPORTED: &str = "AudioFormatNotSupported";
+/// `spec.participants` needs a provider with `capabilities.multiUserSupport`.
+pub const MULTI_USER_NOT_SUPPORTED: &str = "MultiUserNotSupported";
