@@ -425,9 +425,10 @@ pub struct VoiceBackendStatus {
     /// Sessions admitted and not yet finished (seed ActiveSessions).
     #[serde(default)]
     pub active_sessions: i32,
-    /// Sessions waiting for admission.
-    #[serde(default)]
-    pub pending_sessions: i32,
+    /// Sessions waiting for admission. Written by the session allocator alone (the backend
+    /// controller writes every other field), so it is unset until the allocator has counted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_sessions: Option<i32>,
     /// Worker counts.
     #[serde(default)]
     pub workers: WorkerCounts,

@@ -485,14 +485,10 @@ async fn write_with_replicas(
     if !backend_status::needs_write(current, &status, &Time(now)) {
         return Ok(());
     }
-    let mut body = serde_json::to_value(&status).map_err(|source| Error::Serialize {
+    let body = serde_json::to_value(&status).map_err(|source| Error::Serialize {
         what: "backend status",
         source,
     })?;
-    // pendingSessions belongs to the session allocator: leave it to its owner.
-    if let Some(obj) = body.as_object_mut() {
-        obj.remove("pendingSessions");
-    }
     let patch = serde_json::json!({
         "apiVersion": VoiceBackend::api_version(&()),
         "kind": VoiceBackend::kind(&()),

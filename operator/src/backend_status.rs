@@ -70,6 +70,9 @@ pub struct StatusInput<'a> {
 /// Computes the new status.
 pub fn compute(input: &StatusInput<'_>) -> VoiceBackendStatus {
     let mut s = input.current.clone();
+    // pendingSessions is the session allocator's: left out, so this controller's apply
+    // never owns it (see field_managers.rs).
+    s.pending_sessions = None;
     let f = input.fold;
     let g = input.generation;
     let now = || input.now.clone();
@@ -210,8 +213,10 @@ pub fn needs_write(current: &VoiceBackendStatus, new: &VoiceBackendStatus, now: 
     }
 }
 
+/// What this controller writes, less the check times.
 fn without_check_times(s: &VoiceBackendStatus) -> VoiceBackendStatus {
     let mut s = s.clone();
+    s.pending_sessions = None;
     s.last_health_check = None;
     for w in &mut s.worker_statuses {
         w.last_check = None;

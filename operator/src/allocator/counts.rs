@@ -40,8 +40,8 @@ impl Allocator {
             let pending =
                 i32::try_from(per_backend.get(&key).map_or(0, |c| c.pending)).unwrap_or(i32::MAX);
             let id = format!("backend/{}/{}", key.namespace, key.name);
-            let observed = b.status.as_ref().map_or(0, |s| s.pending_sessions);
-            if self.counts_written.get(&id) == Some(&(pending, 0)) && observed == pending {
+            let observed = b.status.as_ref().and_then(|s| s.pending_sessions);
+            if self.counts_written.get(&id) == Some(&(pending, 0)) && observed == Some(pending) {
                 continue;
             }
             self.writer
