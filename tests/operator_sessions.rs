@@ -253,7 +253,7 @@ async fn assert_no_leak(ns: &TestNamespace, provider: &str, backends: &[&str]) {
         for b in backends {
             if let Ok(status) = backend_status(ns, b).await {
                 held += status.worker_statuses.iter().map(|w| w.sessions).sum::<i32>();
-                pending_b += status.pending_sessions;
+                pending_b += status.pending_sessions.unwrap_or(0);
             }
         }
         if (in_use, pending, held, pending_b) == (0, 0, 0, 0) {
@@ -545,6 +545,69 @@ async fn an_operator_that_dies_between_admission_steps_neither_over_admits_nor_l
 
 /// The counts in the operator's "session ledger rebuilt" log line (held, finishing,
 /// tokens_missing), once it is there (it follows the takeover's worker lists).
+/// The admission's one critical write is conditional: an `Active` status planned on a
+/// session the API has changed since (say, ended by a new leader while this one was paused)
+/// is refused with 409, and the same write on the current resourceVersion lands.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_active_write_planned_on_an_older_session_is_refused() {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use voice_operator::admission_steps::apply_status;
+    use voice_operator::session_lifecycle::Lifecycle;
+
+    let ns = TestNamespace::new("sess-precondition").await;
+    voice_tests::install_crds();
+    let api: Api<VoiceSession> = ns.api();
+    let planned = api
+        .create(&PostParams::default(), &session("s", "nowhere", json!({})))
+        .await
+        .expect("create");
+    let planned_rv = planned.resource_version().expect("a resourceVersion");
+    // Someone else writes the session after the plan: here, its metadata.
+    let patch = json!({"metadata": {"annotations": {"example.com/touched": "yes"}}});
+    let changed = api
+        .patch(
+            "s",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&patch),
+        )
+        .await
+        .expect("patch");
+    let worker = voice_crds::SessionWorker {
+        pod: "worker-0".into(),
+        pod_ip: Some("10.0.0.1".into()),
+    };
+    let endpoint = voice_crds::SessionEndpoint {
+        url: "http://10.0.0.1:8080/whip/s".into(),
+        token_secret_name: "s-token".into(),
+        ice_servers: Vec::new(),
+    };
+    let now = Time(k8s_openapi::jiff::Timestamp::now());
+    let active = Lifecycle::default().active(worker, endpoint, now);
+
+    let stale = apply_status(&api, "s", &active, Some(&planned_rv)).await;
+    match stale {
+        Err(kube::Error::Api(e)) => assert_eq!(e.code, 409, "{e:?}"),
+        other => panic!("a write on resourceVersion {planned_rv} landed: {other:?}"),
+    }
+    let still = api.get("s").await.expect("get");
+    assert_ne!(
+        still.status.map(|s| s.phase),
+        Some(SessionPhase::Active),
+        "the refused write changed nothing"
+    );
+
+    let current_rv = changed.resource_version().expect("a resourceVersion");
+    let written = apply_status(&api, "s", &active, Some(&current_rv))
+        .await
+        .expect("the write on the current resourceVersion lands");
+    assert!(written.is_some_and(|rv| rv != current_rv));
+    let now_active = api.get("s").await.expect("get");
+    assert_eq!(
+        now_active.status.map(|s| s.phase),
+        Some(SessionPhase::Active)
+    );
+}
+
 async fn rebuilt_counts(operator: &OperatorProcess) -> HashMap<String, u64> {
     let log = operator.log().clone();
     wait_for(T, "the operator to rebuild its ledger", || {

@@ -132,18 +132,30 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
         .lifecycle
         .active(a.worker.clone(), endpoint.clone(), Time(now))
         .observing(a.session.metadata.generation);
+    // Onto the session as it was planned: a leader deposed while it ran this admission
+    // cannot turn back what its successor wrote since (an end, say) — see
+    // docs/decisions.md, "Fencing a paused leader".
+    let precondition = a.session.metadata.resource_version.as_deref();
     if crashes_at(CRASH_BEFORE_SECRET) {
-        let _ = apply_status(&api, &name, &active).await;
+        let _ = apply_status(&api, &name, &active, precondition).await;
         crash(CRASH_BEFORE_SECRET);
     }
     // Side by side: the Secret is not on the critical path, and a client that sees Active
     // before the Secret waits for it (it is named in the status it just read).
     let (status, secret) = tokio::join!(
-        apply_status(&api, &name, &active),
+        apply_status(&api, &name, &active, precondition),
         session_tokens::apply_token_secret(ctx, &a.session, &endpoint, &tokens),
     );
-    if let Err(e) = status {
-        return Outcome::Retry(format!("marking the session Active: {e}"));
+    match status {
+        Ok(_) => {}
+        Err(kube::Error::Api(e)) if e.code == 409 => {
+            return Outcome::Retry(
+                "the session changed after this admission was planned (resourceVersion \
+                 precondition); planning it again from what the watch shows"
+                    .into(),
+            );
+        }
+        Err(e) => return Outcome::Retry(format!("marking the session Active: {e}")),
     }
     if let Err(e) = &secret {
         tracing::warn!(session = %format!("{ns}/{name}"), error = %e, "writing the token Secret failed; retrying beside the Active status");
@@ -222,19 +234,26 @@ pub fn token_lifetime(max_duration: Option<Duration>) -> Duration {
     max_duration.map_or(MAX_TOKEN_LIFETIME, |d| d.min(MAX_TOKEN_LIFETIME))
 }
 
-/// Applies the allocator's lifecycle fields to the session's status.
+/// Applies the allocator's lifecycle fields to the session's status; with `precondition`,
+/// only onto that resourceVersion of the session (409 Conflict otherwise). Returns the
+/// resourceVersion the write made.
 pub async fn apply_status(
     api: &Api<VoiceSession>,
     name: &str,
     lifecycle: &Lifecycle,
-) -> Result<(), kube::Error> {
+    precondition: Option<&str>,
+) -> Result<Option<String>, kube::Error> {
+    let mut body = lifecycle.apply_body();
+    if let Some(rv) = precondition {
+        body["metadata"] = serde_json::json!({ "resourceVersion": rv });
+    }
     api.patch_status(
         name,
         &PatchParams::apply(FIELD_MANAGER).force(),
-        &Patch::Apply(lifecycle.apply_body()),
+        &Patch::Apply(body),
     )
     .await
-    .map(|_| ())
+    .map(|s| s.metadata.resource_version)
 }
 
 /// Where the client connects: the WHIP offer URL or the WebSocket URL on the worker.

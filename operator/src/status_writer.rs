@@ -61,6 +61,8 @@ pub struct Done {
     pub body: Body,
     /// Whether the API server took it; false on an error, a 404 or a closed fence.
     pub applied: bool,
+    /// The object's resourceVersion after a session write the API took.
+    pub resource_version: Option<String>,
 }
 
 #[derive(Debug, Default)]
@@ -143,11 +145,16 @@ impl StatusWriter {
                 };
                 let ctx = self.ctx.clone();
                 writes.spawn(async move {
-                    let applied = ctx.fence.is_open() && write(&ctx, &target, &body).await;
+                    let written = if ctx.fence.is_open() {
+                        write(&ctx, &target, &body).await
+                    } else {
+                        None
+                    };
                     Done {
                         target,
                         body,
-                        applied,
+                        applied: written.is_some(),
+                        resource_version: written.flatten(),
                     }
                 });
             }
@@ -166,12 +173,13 @@ impl StatusWriter {
     }
 }
 
-/// Applies one write; true when the API server took it.
-async fn write(ctx: &Context, target: &Target, body: &Body) -> bool {
+/// Applies one write; `Some` when the API server took it, with the session's new
+/// resourceVersion for a session write.
+async fn write(ctx: &Context, target: &Target, body: &Body) -> Option<Option<String>> {
     let result = match (target, body) {
         (Target::Session(key), Body::Lifecycle(lifecycle)) => {
             let api: Api<VoiceSession> = Api::namespaced(ctx.client.clone(), &key.namespace);
-            admission_steps::apply_status(&api, &key.name, lifecycle).await
+            admission_steps::apply_status(&api, &key.name, lifecycle, None).await
         }
         (Target::Backend(key), Body::Pending(pending)) => {
             let api: Api<VoiceBackend> = Api::namespaced(ctx.client.clone(), &key.namespace);
@@ -186,7 +194,7 @@ async fn write(ctx: &Context, target: &Target, body: &Body) -> bool {
                 &Patch::Apply(body),
             )
             .await
-            .map(|_| ())
+            .map(|_| None)
         }
         (Target::Provider(name), Body::Counts(in_use, pending)) => {
             let api: Api<VoiceProvider> = Api::all(ctx.client.clone());
@@ -201,7 +209,7 @@ async fn write(ctx: &Context, target: &Target, body: &Body) -> bool {
                 &Patch::Apply(body),
             )
             .await
-            .map(|_| ())
+            .map(|_| None)
         }
         (target, body) => {
             tracing::error!(
@@ -209,16 +217,16 @@ async fn write(ctx: &Context, target: &Target, body: &Body) -> bool {
                 ?body,
                 "a status write whose body does not fit its object"
             );
-            return false;
+            return None;
         }
     };
     match result {
-        Ok(()) => true,
+        Ok(rv) => Some(rv),
         // The object is gone: nothing to write, and nothing to retry.
-        Err(kube::Error::Api(e)) if e.code == 404 => false,
+        Err(kube::Error::Api(e)) if e.code == 404 => None,
         Err(e) => {
             tracing::warn!(?target, error = %e, "status write failed; the allocator asks again");
-            false
+            None
         }
     }
 }

@@ -322,8 +322,13 @@ impl Allocator {
                     self.lifecycle_changed.insert(key.clone());
                 }
                 if !self.proposed.contains_key(&key)
-                    && let Some((session, worker)) = self.deferred.remove(&key)
+                    && let Some((mut session, worker)) = self.deferred.remove(&key)
                 {
+                    // The admission's write is conditional on the session's resourceVersion:
+                    // the one this write made, which the watch may not have delivered yet.
+                    if let Some(rv) = done.resource_version {
+                        Arc::make_mut(&mut session).metadata.resource_version = Some(rv);
+                    }
                     self.in_flight.remove(&key);
                     self.start(session, key, worker, false);
                 }
