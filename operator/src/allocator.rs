@@ -6,9 +6,11 @@
 //! backends, expired clocks), asks the pure [`admission_plan::plan`] which pending sessions fit,
 //! and starts their admissions ([`admission_steps`]) as tasks whose outcomes come back to the
 //! loop. Queue positions, ends and counts go to the [`StatusWriter`], which reports back what
-//! the API took, so the loop does not wait for those writes. At start the workers are fenced
-//! and listed ([`crate::leader_takeover`]), then the ledger is rebuilt from the sessions'
-//! statuses plus the workers' reservations: the API and the workers together are the truth.
+//! the API took, so the loop does not wait for those writes; Events, TTL deletes and calls to
+//! workers run on tasks too, so after the takeover a round never awaits the API server or a
+//! worker (`round` is not async). At start the workers are fenced and listed
+//! ([`crate::leader_takeover`]), then the ledger is rebuilt from the sessions' statuses plus
+//! the workers' reservations: the API and the workers together are the truth.
 //!
 //! This file holds the loop, its state and the round; the round's parts are in
 //! `allocator/`: `admissions`, `endings` (lost workers, clocks, worker-reported ends, TTL),
@@ -272,8 +274,8 @@ pub async fn run(
             () = wake.notified() => {}
             Some((key, outcome)) = outcome_rx.recv() => a.settle(key, outcome),
             Some(done) = written_rx.recv() => a.written(done),
-            Some(end) = ended.recv() => a.worker_ended(end).await,
-            Some((key, worker)) = repair_rx.recv() => a.ended_unseen(key, worker).await,
+            Some(end) = ended.recv() => a.worker_ended(end),
+            Some((key, worker)) = repair_rx.recv() => a.ended_unseen(key, worker),
             Some((key, result)) = token_rx.recv() => a.token_written(key, result),
             _ = tick.tick() => clocks_due = true,
             () = sleep_until_some(a.rate_wake) => a.rate_wake = None,
@@ -293,7 +295,7 @@ pub async fn run(
         }
         if a.ctx.fence.is_open() {
             let started = Instant::now();
-            a.round(clocks_due).await;
+            a.round(clocks_due);
             a.ctx
                 .metrics
                 .allocator_round_duration
@@ -456,8 +458,9 @@ impl Allocator {
         }
     }
 
-    /// One pass over the API state.
-    async fn round(&mut self, clocks_due: bool) {
+    /// One pass over the API state. Not async: the loop never waits for the API server or a
+    /// worker; every call it decides runs on a task and reports back.
+    fn round(&mut self, clocks_due: bool) {
         let now = Timestamp::now();
         let sessions: HashMap<SessionKey, Arc<VoiceSession>> = self
             .sessions
@@ -469,15 +472,15 @@ impl Allocator {
         self.forget_deleted(&sessions);
         let backends = self.backend_views();
         self.publish_roster(&backends);
-        self.handle_lost_workers(&sessions, &backends, now).await;
+        self.handle_lost_workers(&sessions, &backends, now);
         if clocks_due {
-            self.handle_clocks(&sessions, now).await;
+            self.handle_clocks(&sessions, now);
         }
         self.finish_reserved(&sessions, &backends);
-        self.admit_pending(&sessions, &backends, now).await;
+        self.admit_pending(&sessions, &backends, now);
         self.write_missing_tokens(&sessions);
         self.push_metadata(&sessions);
-        self.write_counts(&sessions).await;
+        self.write_counts(&sessions);
         if Instant::now() >= self.repair_at {
             self.repair_at = Instant::now() + REPAIR_INTERVAL;
             self.repair_orphans(&backends);

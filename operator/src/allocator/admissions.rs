@@ -38,7 +38,7 @@ impl Allocator {
     }
 
     /// Plans the pending sessions, starts the admissions that fit, and records why the rest wait.
-    pub(super) async fn admit_pending(
+    pub(super) fn admit_pending(
         &mut self,
         sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,

@@ -3,7 +3,7 @@
 use super::*;
 
 impl Allocator {
-    pub(super) async fn write_counts(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
+    pub(super) fn write_counts(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
         let mut per_backend: HashMap<BackendKey, BackendSessions> = HashMap::new();
         let mut provider_pending: HashMap<String, i32> = HashMap::new();
         for (key, session) in sessions {

@@ -6,7 +6,7 @@ use super::*;
 impl Allocator {
     /// Sessions whose worker pod is gone or finished go back to Pending (WorkerLost) to be
     /// re-admitted elsewhere with their persisted context; sessions of a deleted backend end.
-    pub(super) async fn handle_lost_workers(
+    pub(super) fn handle_lost_workers(
         &mut self,
         sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
@@ -30,8 +30,7 @@ impl Allocator {
                     reason::BACKEND_DELETED,
                     "its VoiceBackend was deleted",
                     now,
-                )
-                .await;
+                );
                 continue;
             };
             if self.worker_alive(&slot.backend.namespace, &slot.worker)
@@ -58,8 +57,7 @@ impl Allocator {
                     reason::WORKER_LOST,
                     &message,
                     now,
-                )
-                .await;
+                );
                 continue;
             }
             self.ledger.release(&key);
@@ -73,15 +71,7 @@ impl Allocator {
                 .observing(session.metadata.generation);
             tracing::warn!(session = %key, worker = %slot.worker, "worker lost; re-admitting");
             self.ctx.metrics.sessions_lost.inc();
-            crate::events::publish_session_warning(
-                &self.ctx.session_recorder,
-                &key.namespace,
-                &key.name,
-                &key.uid,
-                reason::WORKER_LOST,
-                &message,
-            )
-            .await;
+            self.warn(&key, reason::WORKER_LOST, &message);
             self.write(&key, next);
         }
     }
@@ -102,7 +92,7 @@ impl Allocator {
     }
 
     /// Pending timeouts, maximum durations, idle timeouts and TTLs.
-    pub(super) async fn handle_clocks(
+    pub(super) fn handle_clocks(
         &mut self,
         sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
         now: Timestamp,
@@ -151,8 +141,7 @@ impl Allocator {
                     } else {
                         "no capacity within spec.pendingTimeout"
                     };
-                    self.end(session, key, SessionPhase::Failed, why, message, now)
-                        .await;
+                    self.end(session, key, SessionPhase::Failed, why, message, now);
                 }
                 Some(Expired::End(why)) => {
                     let message = if why == reason::MAX_DURATION {
@@ -160,16 +149,15 @@ impl Allocator {
                     } else {
                         "no client activity within spec.idleTimeout"
                     };
-                    self.end(session, key, SessionPhase::Completed, why, message, now)
-                        .await;
+                    self.end(session, key, SessionPhase::Completed, why, message, now);
                 }
-                Some(Expired::Delete) => self.delete_finished(session).await,
+                Some(Expired::Delete) => self.delete_finished(session),
             }
         }
     }
 
     /// Ends a session: frees its slot, tells its worker, and records the end.
-    pub(super) async fn end(
+    pub(super) fn end(
         &mut self,
         session: &VoiceSession,
         key: &SessionKey,
@@ -191,15 +179,7 @@ impl Allocator {
             .with_label_values(&[why])
             .inc();
         if phase == SessionPhase::Failed {
-            crate::events::publish_session_warning(
-                &self.ctx.session_recorder,
-                &key.namespace,
-                &key.name,
-                &key.uid,
-                why,
-                message,
-            )
-            .await;
+            self.warn(key, why, message);
         }
         self.write(key, next);
     }
@@ -208,7 +188,7 @@ impl Allocator {
     /// worker holding the session in the ledger may end it; the live writer checked that
     /// against the published roster, and it is checked again here against the ledger itself,
     /// which may have moved since.
-    pub(super) async fn worker_ended(&mut self, end: Ended) {
+    pub(super) fn worker_ended(&mut self, end: Ended) {
         let Some((key, slot)) = self
             .ledger
             .iter()
@@ -248,11 +228,30 @@ impl Allocator {
             &end.reason,
             &message,
             Timestamp::now(),
-        )
-        .await;
+        );
     }
 
-    pub(super) async fn delete_finished(&mut self, session: &VoiceSession) {
+    /// Publishes a Warning Event about the session on a task: the loop never waits for the
+    /// Events API (a lost Event is logged by the recorder, and the status says the same).
+    pub(super) fn warn(&self, key: &SessionKey, why: &str, message: &str) {
+        let ctx = self.ctx.clone();
+        let (key, why, message) = (key.clone(), why.to_owned(), message.to_owned());
+        tokio::spawn(async move {
+            crate::events::publish_session_warning(
+                &ctx.session_recorder,
+                &key.namespace,
+                &key.name,
+                &key.uid,
+                &why,
+                &message,
+            )
+            .await;
+        });
+    }
+
+    /// Deletes a session past its TTL, on a task (the next clock round asks again if the
+    /// delete failed; the uid precondition keeps a new session of the same name safe).
+    pub(super) fn delete_finished(&self, session: &VoiceSession) {
         let api: Api<VoiceSession> = Api::namespaced(
             self.ctx.client.clone(),
             &session.namespace().unwrap_or_default(),
@@ -264,14 +263,15 @@ impl Allocator {
             }),
             ..DeleteParams::background()
         };
-        match api.delete(&session.name_any(), &params).await {
-            Ok(_) => {
-                tracing::info!(session = %session.name_any(), "finished session deleted after its TTL")
+        let name = session.name_any();
+        tokio::spawn(async move {
+            match api.delete(&name, &params).await {
+                Ok(_) => tracing::info!(session = %name, "finished session deleted after its TTL"),
+                Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+                Err(e) => {
+                    tracing::warn!(session = %name, error = %e, "deleting a finished session failed")
+                }
             }
-            Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(e) => {
-                tracing::warn!(session = %session.name_any(), error = %e, "deleting a finished session failed")
-            }
-        }
+        });
     }
 }

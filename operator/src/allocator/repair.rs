@@ -79,7 +79,7 @@ impl Allocator {
 
     /// The repair pass found `key` Active on `worker` in the ledger, but the worker does not
     /// hold it: it ended there unseen. End it here too, if nothing moved it meanwhile.
-    pub(super) async fn ended_unseen(&mut self, key: SessionKey, worker: String) {
+    pub(super) fn ended_unseen(&mut self, key: SessionKey, worker: String) {
         let still = self.ledger.slot(&key).is_some_and(|s| s.worker == worker)
             && !self.in_flight.contains(&key)
             && self.lifecycle.get(&key).map(|l| l.phase) == Some(SessionPhase::Active);
@@ -98,7 +98,6 @@ impl Allocator {
             reason::ENDED_ON_WORKER,
             "the worker no longer holds the session: it ended there while the operator was not listening",
             Timestamp::now(),
-        )
-        .await;
+        );
     }
 }
