@@ -901,7 +901,7 @@ async fn an_admitted_session_gets_an_endpoint_and_a_token_the_worker_accepts_and
 }
 
 #[tokio::test]
-async fn finished_sessions_end_with_their_reason_and_go_after_their_ttl() {
+async fn finished_sessions_end_with_their_reason_and_go_after_their_ttl_or_their_backend() {
     let (stack, api) = echo_stack("sess-ttl").await;
     api.create(
         &PostParams::default(),
@@ -944,6 +944,32 @@ async fn finished_sessions_end_with_their_reason_and_go_after_their_ttl() {
         failed.status.unwrap().end_reason.as_deref(),
         Some("QueueTimeout")
     );
+
+    // A deleted backend ends its Active sessions (Completed, BackendDeleted) and frees their
+    // slots on the provider.
+    api.create(
+        &PostParams::default(),
+        &session("orphaned", "echo", json!({})),
+    )
+    .await
+    .unwrap();
+    wait_phase(&api, "orphaned", SessionPhase::Active).await;
+    let backends: Api<voice_crds::VoiceBackend> = stack.ns.api();
+    backends
+        .delete("echo", &DeleteParams::default())
+        .await
+        .unwrap();
+    let ended = wait_phase(&api, "orphaned", SessionPhase::Completed).await;
+    let status = ended.status.unwrap();
+    assert_eq!(status.end_reason.as_deref(), Some("BackendDeleted"));
+    assert!(status.ended_at.is_some(), "an end has its time");
+    wait_for(T, "the provider's in-use count back to 0", || async {
+        match provider_counts(&stack.provider).await {
+            (0, _) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
 }
 
 #[tokio::test]

@@ -49,6 +49,6 @@ pub use error::{Error, Result};
 // The decisions live in the core crate, with no I/O; the operator's modules name them as
 // before (`crate::ledger`, `crate::admission_plan`, ...).
 pub use admission_core::{
-    admission_plan, ledger, ledger_rebuild, placement, rate_limit, refusal_backoff,
+    admission_plan, held_fate, ledger, ledger_rebuild, placement, rate_limit, refusal_backoff,
     session_timeouts, worker_repair, world,
 };

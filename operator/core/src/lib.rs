@@ -4,6 +4,7 @@
 //! clock reads, so every decision is a function of its arguments and unit-tested as one.
 
 pub mod admission_plan;
+pub mod held_fate;
 pub mod ledger;
 pub mod ledger_rebuild;
 pub mod placement;

@@ -2,6 +2,7 @@
 //! timeouts and maximum durations, ends the workers report, and deletion after the TTL.
 
 use super::*;
+use crate::held_fate::{self, HeldFacts, HeldFate};
 
 impl Allocator {
     /// Sessions whose worker pod is gone or finished go back to Pending (WorkerLost) to be
@@ -12,67 +13,79 @@ impl Allocator {
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
         now: Timestamp,
     ) {
-        let held: Vec<(SessionKey, Slot)> = self
+        // Decide on borrowed state and copy out only the sessions that move: at 10,000 held,
+        // copying every key and slot each round was most of this pass.
+        let moving: Vec<(SessionKey, Slot, HeldFate)> = self
             .ledger
             .iter()
             .filter(|(k, _)| !self.in_flight.contains(*k))
-            .map(|(k, s)| (k.clone(), s.clone()))
+            .filter_map(|(key, slot)| {
+                let session = sessions.get(key)?;
+                let listed = backends.get(&slot.backend);
+                let mut facts = HeldFacts {
+                    backend_exists: listed.is_some(),
+                    worker_alive: listed.is_some_and(|(_, ips)| ips.contains_key(&slot.worker))
+                        && self.worker_alive(&slot.backend.namespace, &slot.worker),
+                    admitted: self.phase_of(key, session) != SessionPhase::Pending,
+                    persistent: true,
+                };
+                // The provider lookup allocates: ask it only of the few sessions it decides.
+                if !facts.worker_alive {
+                    facts.persistent = self.persistent(&slot.provider);
+                }
+                let fate = held_fate::fate(facts);
+                (fate != HeldFate::Stays).then(|| (key.clone(), slot.clone(), fate))
+            })
             .collect();
-        for (key, slot) in held {
+        for (key, slot, fate) in moving {
             let Some(session) = sessions.get(&key) else {
                 continue;
             };
-            let Some((_, ips)) = backends.get(&slot.backend) else {
-                self.end(
+            match fate {
+                HeldFate::Stays => {}
+                HeldFate::EndBackendDeleted => self.end(
                     session,
                     &key,
                     SessionPhase::Completed,
                     reason::BACKEND_DELETED,
                     "its VoiceBackend was deleted",
                     now,
-                );
-                continue;
-            };
-            if self.worker_alive(&slot.backend.namespace, &slot.worker)
-                && ips.contains_key(&slot.worker)
-            {
-                continue;
+                ),
+                HeldFate::PlanAgain => {
+                    tracing::info!(session = %key, worker = %slot.worker, "worker lost before the admission finished; planning again");
+                    self.ledger.release(&key);
+                }
+                HeldFate::Fail => {
+                    let message = format!(
+                        "worker {} was lost and provider {} does not offer capabilities.sessionPersistence",
+                        slot.worker, slot.provider
+                    );
+                    self.ctx.metrics.sessions_lost.inc();
+                    self.end(
+                        session,
+                        &key,
+                        SessionPhase::Failed,
+                        reason::WORKER_LOST,
+                        &message,
+                        now,
+                    );
+                }
+                HeldFate::Readmit => {
+                    self.ledger.release(&key);
+                    let lifecycle = self.lifecycle_of(&key, session);
+                    let message = format!(
+                        "worker {} was lost; waiting for another worker (the client reconnects with the same token)",
+                        slot.worker
+                    );
+                    let next = lifecycle
+                        .pending(reason::WORKER_LOST, &message, None, Time(now))
+                        .observing(session.metadata.generation);
+                    tracing::warn!(session = %key, worker = %slot.worker, "worker lost; re-admitting");
+                    self.ctx.metrics.sessions_lost.inc();
+                    self.warn(&key, reason::WORKER_LOST, &message);
+                    self.write(&key, next);
+                }
             }
-            if self.phase_of(&key, session) == SessionPhase::Pending {
-                // Reserved but never Active: nobody was connected; plan it again.
-                tracing::info!(session = %key, worker = %slot.worker, "worker lost before the admission finished; planning again");
-                self.ledger.release(&key);
-                continue;
-            }
-            if !self.persistent(&slot.provider) {
-                let message = format!(
-                    "worker {} was lost and provider {} does not offer capabilities.sessionPersistence",
-                    slot.worker, slot.provider
-                );
-                self.ctx.metrics.sessions_lost.inc();
-                self.end(
-                    session,
-                    &key,
-                    SessionPhase::Failed,
-                    reason::WORKER_LOST,
-                    &message,
-                    now,
-                );
-                continue;
-            }
-            self.ledger.release(&key);
-            let lifecycle = self.lifecycle_of(&key, session);
-            let message = format!(
-                "worker {} was lost; waiting for another worker (the client reconnects with the same token)",
-                slot.worker
-            );
-            let next = lifecycle
-                .pending(reason::WORKER_LOST, &message, None, Time(now))
-                .observing(session.metadata.generation);
-            tracing::warn!(session = %key, worker = %slot.worker, "worker lost; re-admitting");
-            self.ctx.metrics.sessions_lost.inc();
-            self.warn(&key, reason::WORKER_LOST, &message);
-            self.write(&key, next);
         }
     }
 
