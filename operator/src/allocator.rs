@@ -47,6 +47,7 @@ use crate::rate_limit::{self, RateLimits};
 use crate::refusal_backoff::{Refusal, RefusalBackoff};
 use crate::session_audio;
 use crate::session_counts::BackendSessions;
+use crate::session_index::{SessionIndex, key_of};
 use crate::session_lifecycle::{Lifecycle, reason};
 use crate::session_metadata::MetadataSync;
 use crate::session_participants;
@@ -88,7 +89,10 @@ const TOKEN_RETRY_MAX: Duration = Duration::from_secs(10);
 /// The loop's state. Only the loop touches it.
 struct Allocator {
     ctx: Arc<Context>,
-    sessions: Store<VoiceSession>,
+    /// The live sessions, kept from the session watch's events.
+    sessions: SessionIndex,
+    /// Sessions deleted while their admission ran: released once its outcome is in.
+    deleted_in_flight: HashSet<SessionKey>,
     backends: Store<VoiceBackend>,
     providers: Store<VoiceProvider>,
     pods: Store<Pod>,
@@ -107,6 +111,8 @@ struct Allocator {
     counts_written: HashMap<String, (i32, i32)>,
     counts_at: Option<Instant>,
     repair_at: Instant,
+    /// When the loop's state is next compared whole with the session index.
+    sweep_at: Instant,
     /// The backends' signing-key Secrets, watched.
     secrets: Store<Secret>,
     outcomes: mpsc::Sender<(SessionKey, Outcome)>,
@@ -184,7 +190,7 @@ pub async fn run(
     }
     let pod_config =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=voice-operator");
-    let sessions = reflect(sessions, watcher::Config::default(), &wake, &cancel);
+    let mut session_events = watch_events(sessions, &cancel);
     let backends = reflect(backends, watcher::Config::default(), &wake, &cancel);
     let providers = reflect(Api::all(client.clone()), provider_config, &wake, &cancel);
     let pods = reflect(pods, pod_config, &wake, &cancel);
@@ -200,8 +206,14 @@ pub async fn run(
         namespace_config = namespace_config.fields(&format!("metadata.name={ns}"));
     }
     let namespaces = reflect(Api::all(client), namespace_config, &wake, &cancel);
+    let mut sessions = SessionIndex::default();
+    while !sessions.listed() {
+        let Some(event) = session_events.recv().await else {
+            return;
+        };
+        sessions.apply(event);
+    }
     for ready in [
-        sessions.wait_until_ready().await.is_ok(),
         backends.wait_until_ready().await.is_ok(),
         providers.wait_until_ready().await.is_ok(),
         pods.wait_until_ready().await.is_ok(),
@@ -221,6 +233,7 @@ pub async fn run(
     let mut a = Allocator {
         ctx,
         sessions,
+        deleted_in_flight: HashSet::new(),
         backends,
         providers,
         pods,
@@ -234,6 +247,7 @@ pub async fn run(
         counts_at: None,
         // Soon after a start: events the workers sent while no operator listened are lost.
         repair_at: Instant::now() + Duration::from_secs(5),
+        sweep_at: Instant::now() + REPAIR_INTERVAL,
         secrets,
         outcomes,
         admissions: Arc::new(Semaphore::new(MAX_ADMISSIONS_IN_FLIGHT)),
@@ -272,6 +286,7 @@ pub async fn run(
         tokio::select! {
             () = cancel.cancelled() => return,
             () = wake.notified() => {}
+            Some(event) = session_events.recv() => a.sessions.apply(event),
             Some((key, outcome)) = outcome_rx.recv() => a.settle(key, outcome),
             Some(done) = written_rx.recv() => a.written(done),
             Some(end) = ended.recv() => a.worker_ended(end),
@@ -286,6 +301,9 @@ pub async fn run(
         let since = last_round.elapsed();
         if since < MIN_ROUND_INTERVAL {
             tokio::time::sleep(MIN_ROUND_INTERVAL - since).await;
+        }
+        while let Ok(event) = session_events.try_recv() {
+            a.sessions.apply(event);
         }
         while let Ok((key, outcome)) = outcome_rx.try_recv() {
             a.settle(key, outcome);
@@ -340,12 +358,36 @@ where
     reader
 }
 
-fn key_of(s: &VoiceSession) -> SessionKey {
-    SessionKey {
-        namespace: s.namespace().unwrap_or_default(),
-        name: s.name_any(),
-        uid: s.uid().unwrap_or_default(),
-    }
+/// The session watch's events, forwarded to the loop (which keeps its [`SessionIndex`] from
+/// them); the bounded channel makes a slow loop slow the watch, not grow a queue.
+fn watch_events(
+    api: Api<VoiceSession>,
+    cancel: &CancellationToken,
+) -> mpsc::Receiver<watcher::Event<VoiceSession>> {
+    let (tx, rx) = mpsc::channel(4096);
+    let stream = watcher(api, watcher::Config::default())
+        .default_backoff()
+        // managedFields are most of a session's bytes and the allocator never reads them.
+        .modify(|s| s.managed_fields_mut().clear());
+    let cancel = cancel.clone();
+    tokio::spawn(async move {
+        let mut stream = std::pin::pin!(stream);
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                next = stream.next() => match next {
+                    Some(Ok(event)) => {
+                        if tx.send(event).await.is_err() {
+                            return;
+                        }
+                    }
+                    Some(Err(e)) => tracing::warn!(error = %e, "allocator session watch error"),
+                    None => return,
+                },
+            }
+        }
+    });
+    rx
 }
 
 fn backend_key_of(s: &VoiceSession) -> BackendKey {
@@ -365,8 +407,8 @@ impl Allocator {
     fn rebuild_rates(&mut self) {
         let admitted = self
             .sessions
-            .state()
-            .iter()
+            .sessions()
+            .values()
             .filter_map(|s| {
                 let at = s.status.as_ref()?.admitted_at.as_ref()?.0.as_millisecond();
                 let backend = backend_key_of(s);
@@ -386,10 +428,10 @@ impl Allocator {
     /// finish (reserved by an earlier leader that stopped before `Active`).
     fn rebuild(&mut self, reservations: &[Reservation]) -> usize {
         let mut at_start = Vec::new();
-        for s in self.sessions.state() {
-            let key = key_of(&s);
+        for s in self.sessions.sessions().values() {
+            let key = key_of(s);
             let lifecycle = Lifecycle::observed(s.status.as_ref());
-            let backend = backend_key_of(&s);
+            let backend = backend_key_of(s);
             at_start.push(SessionAtStart {
                 key: key.clone(),
                 provider: self.provider_of(&backend),
@@ -462,33 +504,67 @@ impl Allocator {
     /// worker; every call it decides runs on a task and reports back.
     fn round(&mut self, clocks_due: bool) {
         let now = Timestamp::now();
-        let sessions: HashMap<SessionKey, Arc<VoiceSession>> = self
-            .sessions
-            .state()
-            .into_iter()
-            .filter(|s| s.meta().deletion_timestamp.is_none())
-            .map(|s| (key_of(&s), s))
-            .collect();
-        self.forget_deleted(&sessions);
+        // Lent out for the round (its methods take `&mut self`), and put back at its end.
+        let mut index = std::mem::take(&mut self.sessions);
+        self.forget_removed(index.take_removed());
+        let sessions = index.sessions();
+        if Instant::now() >= self.sweep_at {
+            self.sweep_at = Instant::now() + REPAIR_INTERVAL;
+            self.forget_deleted(sessions);
+        }
         let backends = self.backend_views();
         self.publish_roster(&backends);
-        self.handle_lost_workers(&sessions, &backends, now);
+        self.handle_lost_workers(sessions, &backends, now);
         if clocks_due {
-            self.handle_clocks(&sessions, now);
+            self.handle_clocks(sessions, now);
         }
-        self.finish_reserved(&sessions, &backends);
-        self.admit_pending(&sessions, &backends, now);
-        self.write_missing_tokens(&sessions);
-        self.push_metadata(&sessions);
-        self.write_counts(&sessions);
+        self.finish_reserved(sessions, &backends);
+        self.admit_pending(sessions, &backends, now);
+        self.write_missing_tokens(sessions);
+        self.push_metadata(sessions);
+        self.write_counts(sessions);
         if Instant::now() >= self.repair_at {
             self.repair_at = Instant::now() + REPAIR_INTERVAL;
             self.repair_orphans(&backends);
         }
         self.publish_metrics();
+        self.sessions = index;
     }
 
-    /// Frees the slots of sessions that are gone from the API and tells their workers.
+    /// Frees the slots of sessions the watch reported gone, and forgets them; one whose
+    /// admission is running waits for its outcome.
+    fn forget_removed(&mut self, removed: Vec<SessionKey>) {
+        self.deleted_in_flight.extend(removed);
+        if self.deleted_in_flight.is_empty() {
+            return;
+        }
+        let gone: Vec<SessionKey> = self
+            .deleted_in_flight
+            .iter()
+            .filter(|k| !self.in_flight.contains(*k))
+            .cloned()
+            .collect();
+        for key in &gone {
+            self.deleted_in_flight.remove(key);
+            if let Some(slot) = self.ledger.release(key) {
+                tracing::info!(session = %key, worker = %slot.worker, "session deleted; slot released");
+                self.release_on_worker(key, &slot, "Deleted");
+            }
+            if self.lifecycle.remove(key).is_some() {
+                self.lifecycle_changed.insert(key.clone());
+            }
+            self.waiting_written.remove(key);
+        }
+        if !gone.is_empty() {
+            let gone: HashSet<&SessionKey> = gone.iter().collect();
+            self.metadata.retain(|k| !gone.contains(k));
+            self.backoff.retain_sessions(|k| !gone.contains(k));
+        }
+    }
+
+    /// The slow sweep behind [`Allocator::forget_removed`], every `REPAIR_INTERVAL`: frees
+    /// the slots of sessions that are gone from the API by comparing everything the loop
+    /// holds with the index, so nothing an event missed is held for good.
     fn forget_deleted(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
         let gone: Vec<SessionKey> = self
             .ledger

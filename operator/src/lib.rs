@@ -33,6 +33,7 @@ pub mod scaling;
 pub mod session_audio;
 pub mod session_connections;
 pub mod session_counts;
+pub mod session_index;
 pub mod session_lifecycle;
 pub mod session_metadata;
 pub mod session_participants;

@@ -64,7 +64,7 @@ impl Allocator {
             })
             .collect();
         if pending.is_empty() {
-            self.record_waiting(&[]);
+            self.record_waiting(sessions, &[]);
             return;
         }
         let views: HashMap<BackendKey, BackendView> = backends
@@ -103,7 +103,7 @@ impl Allocator {
         self.rate_wake = plan.next_due.map(|due| {
             Instant::now() + Duration::from_millis(u64::try_from(due - now_ms).unwrap_or(0))
         });
-        self.record_waiting(&plan.waiting);
+        self.record_waiting(sessions, &plan.waiting);
         for (key, slot) in plan.admit {
             let Some(session) = sessions.get(&key) else {
                 continue;

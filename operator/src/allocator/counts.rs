@@ -102,12 +102,17 @@ impl Allocator {
     }
 
     /// `voice_sessions_waiting{backend,reason}`; reasons that no longer apply drop to 0.
-    pub(super) fn record_waiting(&mut self, waiting: &[admission_plan::Waiting]) {
+    pub(super) fn record_waiting(
+        &mut self,
+        sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
+        waiting: &[admission_plan::Waiting],
+    ) {
         let mut counts: HashMap<(String, &'static str), i64> = HashMap::new();
         for w in waiting {
-            let Some(backend) = self.ledger_backend_of(&w.key) else {
+            let Some(s) = sessions.get(&w.key) else {
                 continue;
             };
+            let backend = format!("{}/{}", w.key.namespace, s.spec.backend_ref.name);
             *counts.entry((backend, w.blocked.reason())).or_default() += 1;
         }
         for key in self.waiting_labels.drain() {
@@ -125,12 +130,6 @@ impl Allocator {
             .filter(|(_, n)| *n > 0)
             .map(|(k, _)| k)
             .collect();
-    }
-
-    pub(super) fn ledger_backend_of(&self, key: &SessionKey) -> Option<String> {
-        let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
-        let s = self.sessions.get(&reference)?;
-        Some(format!("{}/{}", key.namespace, s.spec.backend_ref.name))
     }
 
     pub(super) fn publish_metrics(&self) {

@@ -222,8 +222,7 @@ impl Allocator {
         if self.in_flight.contains(&key) {
             return;
         }
-        let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
-        let Some(session) = self.sessions.get(&reference) else {
+        let Some(session) = self.sessions.get(&key.namespace, &key.name).cloned() else {
             return;
         };
         let message = if end.message.is_empty() {

@@ -86,8 +86,7 @@ impl Allocator {
         if !still {
             return;
         }
-        let reference = reflector::ObjectRef::new(&key.name).within(&key.namespace);
-        let Some(session) = self.sessions.get(&reference) else {
+        let Some(session) = self.sessions.get(&key.namespace, &key.name).cloned() else {
             return;
         };
         tracing::warn!(session = %key, %worker, "the worker no longer holds an Active session; ending it");
