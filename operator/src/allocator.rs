@@ -13,8 +13,9 @@
 //! the workers' reservations: the API and the workers together are the truth.
 //!
 //! This file holds the loop, its state and the round; the round's parts are in
-//! `allocator/`: `admissions`, `endings` (lost workers, clocks, worker-reported ends, TTL),
-//! `counts`, `roster` (for the live-state writer), `repair` and `tokens`.
+//! `allocator/`: `watches`, `admissions`, `deletions`, `endings` (lost workers, clocks,
+//! worker-reported ends, TTL), `counts`, `roster` (for the live-state writer), `repair` and
+//! `tokens`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -62,10 +63,14 @@ use voice_proto::token::KeySet;
 
 mod admissions;
 mod counts;
+mod deletions;
 mod endings;
 mod repair;
 mod roster;
 mod tokens;
+mod watches;
+
+use watches::{reflect, watch_events};
 
 /// Admissions running at once: enough to hide API and gRPC latency, few enough to keep the
 /// API server's write rate sane during a burst.
@@ -323,73 +328,6 @@ pub async fn run(
     }
 }
 
-/// A reflector store kept current by a background task that wakes the loop on every change.
-fn reflect<K>(
-    api: Api<K>,
-    config: watcher::Config,
-    wake: &Arc<Notify>,
-    cancel: &CancellationToken,
-) -> Store<K>
-where
-    K: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone + Send + Sync,
-{
-    let (reader, writer) = reflector::store();
-    let stream = watcher(api, config)
-        .default_backoff()
-        // managedFields are most of a session's bytes and the allocator never reads them.
-        .modify(|o| o.managed_fields_mut().clear())
-        .reflect(writer)
-        .touched_objects();
-    let (wake, cancel) = (wake.clone(), cancel.clone());
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                next = stream.next() => match next {
-                    Some(Ok(_)) => wake.notify_one(),
-                    Some(Err(e)) => tracing::warn!(error = %e, "allocator watch error"),
-                    None => return,
-                },
-            }
-        }
-    });
-    reader
-}
-
-/// The session watch's events, forwarded to the loop (which keeps its [`SessionIndex`] from
-/// them); the bounded channel makes a slow loop slow the watch, not grow a queue.
-fn watch_events(
-    api: Api<VoiceSession>,
-    cancel: &CancellationToken,
-) -> mpsc::Receiver<watcher::Event<VoiceSession>> {
-    let (tx, rx) = mpsc::channel(4096);
-    let stream = watcher(api, watcher::Config::default())
-        .default_backoff()
-        // managedFields are most of a session's bytes and the allocator never reads them.
-        .modify(|s| s.managed_fields_mut().clear());
-    let cancel = cancel.clone();
-    tokio::spawn(async move {
-        let mut stream = std::pin::pin!(stream);
-        loop {
-            tokio::select! {
-                () = cancel.cancelled() => return,
-                next = stream.next() => match next {
-                    Some(Ok(event)) => {
-                        if tx.send(event).await.is_err() {
-                            return;
-                        }
-                    }
-                    Some(Err(e)) => tracing::warn!(error = %e, "allocator session watch error"),
-                    None => return,
-                },
-            }
-        }
-    });
-    rx
-}
-
 fn backend_key_of(s: &VoiceSession) -> BackendKey {
     BackendKey {
         namespace: s.namespace().unwrap_or_default(),
@@ -529,68 +467,6 @@ impl Allocator {
         }
         self.publish_metrics();
         self.sessions = index;
-    }
-
-    /// Frees the slots of sessions the watch reported gone, and forgets them; one whose
-    /// admission is running waits for its outcome.
-    fn forget_removed(&mut self, removed: Vec<SessionKey>) {
-        self.deleted_in_flight.extend(removed);
-        if self.deleted_in_flight.is_empty() {
-            return;
-        }
-        let gone: Vec<SessionKey> = self
-            .deleted_in_flight
-            .iter()
-            .filter(|k| !self.in_flight.contains(*k))
-            .cloned()
-            .collect();
-        for key in &gone {
-            self.deleted_in_flight.remove(key);
-            if let Some(slot) = self.ledger.release(key) {
-                tracing::info!(session = %key, worker = %slot.worker, "session deleted; slot released");
-                self.release_on_worker(key, &slot, "Deleted");
-            }
-            if self.lifecycle.remove(key).is_some() {
-                self.lifecycle_changed.insert(key.clone());
-            }
-            self.waiting_written.remove(key);
-        }
-        if !gone.is_empty() {
-            let gone: HashSet<&SessionKey> = gone.iter().collect();
-            self.metadata.retain(|k| !gone.contains(k));
-            self.backoff.retain_sessions(|k| !gone.contains(k));
-        }
-    }
-
-    /// The slow sweep behind [`Allocator::forget_removed`], every `REPAIR_INTERVAL`: frees
-    /// the slots of sessions that are gone from the API by comparing everything the loop
-    /// holds with the index, so nothing an event missed is held for good.
-    fn forget_deleted(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
-        let gone: Vec<SessionKey> = self
-            .ledger
-            .iter()
-            .map(|(k, _)| k.clone())
-            .filter(|k| !sessions.contains_key(k) && !self.in_flight.contains(k))
-            .collect();
-        for key in gone {
-            if let Some(slot) = self.ledger.release(&key) {
-                tracing::info!(session = %key, worker = %slot.worker, "session deleted; slot released");
-                self.release_on_worker(&key, &slot, "Deleted");
-            }
-        }
-        let removed: Vec<SessionKey> = self
-            .lifecycle
-            .keys()
-            .filter(|k| !sessions.contains_key(*k))
-            .cloned()
-            .collect();
-        for key in removed {
-            self.lifecycle.remove(&key);
-            self.lifecycle_changed.insert(key);
-        }
-        self.waiting_written.retain(|k, _| sessions.contains_key(k));
-        self.metadata.retain(|k| sessions.contains_key(k));
-        self.backoff.retain_sessions(|k| sessions.contains_key(k));
     }
 
     /// Hands edited `spec.metadata` of held sessions to their workers (see
