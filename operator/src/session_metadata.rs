@@ -106,6 +106,11 @@ impl MetadataSync {
         self.with(|sent| sent.insert(key.clone(), Handed::RetryAt(now + RETRY_AFTER)));
     }
 
+    /// Forgets `key` (its session is gone).
+    pub fn forget(&self, key: &SessionKey) {
+        self.with(|sent| sent.remove(key));
+    }
+
     /// Forgets every session `keep` refuses (no longer held).
     pub fn retain(&self, keep: impl Fn(&SessionKey) -> bool) {
         self.with(|sent| sent.retain(|k, _| keep(k)));

@@ -61,6 +61,11 @@ impl RefusalBackoff {
         self.sessions.0.remove(session);
     }
 
+    /// Forgets `session` (it is gone).
+    pub fn forget_session(&mut self, session: &SessionKey) {
+        self.sessions.0.remove(session);
+    }
+
     /// Forgets the sessions `keep` says are gone.
     pub fn retain_sessions(&mut self, keep: impl Fn(&SessionKey) -> bool) {
         self.sessions.0.retain(|k, _| keep(k));

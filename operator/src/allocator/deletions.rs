@@ -27,41 +27,23 @@ impl Allocator {
                 self.lifecycle_changed.insert(key.clone());
             }
             self.waiting_written.remove(key);
-        }
-        if !gone.is_empty() {
-            let gone: HashSet<&SessionKey> = gone.iter().collect();
-            self.metadata.retain(|k| !gone.contains(k));
-            self.backoff.retain_sessions(|k| !gone.contains(k));
+            self.metadata.forget(key);
+            self.backoff.forget_session(key);
         }
     }
 
-    /// The slow sweep behind [`Allocator::forget_removed`], every `REPAIR_INTERVAL`: frees
-    /// the slots of sessions that are gone from the API by comparing everything the loop
-    /// holds with the index, so nothing an event missed is held for good.
+    /// The slow sweep behind [`Allocator::forget_removed`], every `REPAIR_INTERVAL`: hands it
+    /// every session the loop still remembers that the index no longer has, so nothing an
+    /// event missed is held for good.
     pub(super) fn forget_deleted(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
-        let gone: Vec<SessionKey> = self
-            .ledger
-            .iter()
-            .map(|(k, _)| k.clone())
-            .filter(|k| !sessions.contains_key(k) && !self.in_flight.contains(k))
-            .collect();
-        for key in gone {
-            if let Some(slot) = self.ledger.release(&key) {
-                tracing::info!(session = %key, worker = %slot.worker, "session deleted; slot released");
-                self.release_on_worker(&key, &slot, "Deleted");
-            }
-        }
-        let removed: Vec<SessionKey> = self
-            .lifecycle
-            .keys()
-            .filter(|k| !sessions.contains_key(*k))
+        let gone = |k: &&SessionKey| !sessions.contains_key(*k);
+        let missed: HashSet<SessionKey> = (self.ledger.iter().map(|(k, _)| k))
+            .chain(self.lifecycle.keys())
+            .chain(self.waiting_written.keys())
+            .filter(gone)
             .cloned()
             .collect();
-        for key in removed {
-            self.lifecycle.remove(&key);
-            self.lifecycle_changed.insert(key);
-        }
-        self.waiting_written.retain(|k, _| sessions.contains_key(k));
+        self.forget_removed(missed.into_iter().collect());
         self.metadata.retain(|k| sessions.contains_key(k));
         self.backoff.retain_sessions(|k| sessions.contains_key(k));
     }
