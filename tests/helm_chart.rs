@@ -716,6 +716,14 @@ fn http_get(ip: &str, port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect((ip, port))
         .unwrap_or_else(|e| panic!("connecting {ip}:{port}: {e}"));
+    // A server that accepts and never answers must fail the test, not hang it.
+    let limit = Some(std::time::Duration::from_secs(30));
+    stream
+        .set_read_timeout(limit)
+        .expect("setting a read timeout");
+    stream
+        .set_write_timeout(limit)
+        .expect("setting a write timeout");
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").expect("writing");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("reading");

@@ -180,3 +180,89 @@ async fn a_controller_panic_makes_the_leader_exit_and_the_standby_lead() {
     assert_eq!(http_get(b.metrics_port(), "/healthz"), "ok");
     assert!(b.terminate(), "{}", b.log_tail(20));
 }
+
+/// A controller that never finishes stopping (the allocator, held by a failpoint) must not
+/// keep a SIGTERMed operator alive until the kubelet's SIGKILL: it exits 1 within
+/// `--shutdown-timeout-seconds`, naming the controller, and keeps its Lease (releasing it
+/// while the controller might still write would let the standby lead beside it).
+#[tokio::test]
+async fn a_controller_that_never_stops_cannot_hold_the_operator_past_its_shutdown_limit() {
+    install_crds();
+    let ns = TestNamespace::new("op-stuck").await;
+    let limit = 2u64;
+    let mut op = OperatorProcess::start_with_env(
+        ns.name(),
+        "a",
+        &["--shutdown-timeout-seconds", &limit.to_string()],
+        &[("FAILPOINTS", "allocator-stop-hangs=return")],
+    );
+    let port = op.metrics_port();
+    wait_for(T, "the operator to lead", || async move {
+        match std::net::TcpStream::connect(("127.0.0.1", port)) {
+            Ok(_) => match leader_gauge(&http_get(port, "/metrics")) {
+                Some(1) => Ok(()),
+                other => Err(format!("leader gauge {other:?}")),
+            },
+            Err(e) => Err(e.to_string()),
+        }
+    })
+    .await;
+    let identity = holder(&ns).await.expect("the leader holds the lease");
+
+    let signalled = Instant::now();
+    let sent = std::process::Command::new("kill")
+        .args(["-TERM", &op.pid().to_string()])
+        .status()
+        .expect("running kill");
+    assert!(sent.success());
+    let status = op.wait_exit(T).unwrap_or_else(|| {
+        panic!(
+            "still running {T:?} after SIGTERM with a {limit}s limit:\n{}",
+            op.log_tail(30)
+        )
+    });
+    let took = signalled.elapsed();
+    eprintln!("exited {took:?} after SIGTERM (limit {limit}s) with {status}");
+    assert_eq!(status.code(), Some(1), "{}", op.log_tail(30));
+    assert!(
+        took >= Duration::from_secs(limit) && took < Duration::from_secs(limit + 5),
+        "took {took:?}"
+    );
+    let log = std::fs::read_to_string(op.log()).expect("operator log");
+    let said = log
+        .lines()
+        .find(|l| l.contains("controllers did not stop in time"))
+        .unwrap_or_else(|| panic!("no word of the stuck controller:\n{}", op.log_tail(30)));
+    assert!(said.contains("allocator"), "{said}");
+    assert!(!said.contains("backend-controller"), "{said}");
+    assert_eq!(holder(&ns).await.as_deref(), Ok(identity.as_str()));
+}
+
+/// A SIGTERM in the first moments of leading, before the controllers' first lists: kube's
+/// graceful shutdown alone would wait forever for a list its own shutdown stopped
+/// (`operator/src/controller_stop.rs`). The operator must still exit 0 and release its Lease.
+#[tokio::test]
+async fn a_sigterm_right_after_winning_the_lease_still_stops_cleanly() {
+    install_crds();
+    let ns = TestNamespace::new("op-early").await;
+    let mut op = OperatorProcess::start(ns.name(), "a");
+    let deadline = Instant::now() + T;
+    // The log line, not the Lease: polling the API would give the lists time to finish.
+    while !std::fs::read_to_string(op.log())
+        .unwrap_or_default()
+        .contains(" leading")
+    {
+        assert!(Instant::now() < deadline, "never led:\n{}", op.log_tail(20));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let signalled = Instant::now();
+    assert!(op.terminate(), "{}", op.log_tail(30));
+    eprintln!("stopped {:?} after SIGTERM", signalled.elapsed());
+    wait_for(T, "the lease to be released", || async {
+        match holder(&ns).await {
+            Err(_) => Ok(()),
+            Ok(h) => Err(h),
+        }
+    })
+    .await;
+}

@@ -62,6 +62,11 @@ async fn wait_value(prom: &Prometheus, promql: &str, want: f64) {
 fn scrape(addr: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(addr).expect("connecting");
+    // A server that accepts and never answers must fail the test, not hang it.
+    let limit = Some(std::time::Duration::from_secs(30));
+    stream
+        .set_read_timeout(limit)
+        .expect("setting a read timeout");
     write!(stream, "GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").expect("writing");
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("reading");

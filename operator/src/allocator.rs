@@ -289,7 +289,11 @@ pub async fn run(
         heartbeats.beat(HEARTBEAT);
         let mut clocks_due = false;
         tokio::select! {
-            () = cancel.cancelled() => return,
+            () = cancel.cancelled() => {
+                crate::fault_injection::hang_if_asked(crate::fault_injection::ALLOCATOR_STOP_HANGS)
+                    .await;
+                return;
+            }
             () = wake.notified() => {}
             Some(event) = session_events.recv() => a.sessions.apply(event),
             Some((key, outcome)) = outcome_rx.recv() => a.settle(key, outcome),

@@ -34,6 +34,7 @@ use crate::backend_children::{
 };
 use crate::backend_status::{self, Progress, StatusInput};
 use crate::context::Context;
+use crate::controller_stop;
 use crate::drain::{self, DrainDecision, DrainProbe};
 use crate::error::{Error, Result};
 use crate::health::{self, FoldInput, WorkerObservation};
@@ -737,31 +738,15 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken, synced: Cancellat
     let (reader, writer) = kube::runtime::reflector::store();
     let backend_changes = watcher(backends, watcher::Config::default())
         .default_backoff()
-        .reflect(writer)
+        .reflect(writer);
+    // `synced` (for /readyz) is the store's first complete list.
+    let backend_changes = controller_stop::mark_listed(backend_changes, synced.clone())
         .applied_objects()
         .predicate_filter(
             crate::predicates::generation_or_deletion,
             Default::default(),
         );
     let store = reader.clone();
-    let ready_store = reader.clone();
-    tokio::spawn(async move {
-        // kube's `Store::wait_until_ready` wakes only one of several concurrent waiters (its
-        // ready signal is a oneshot channel, and the controller waits on it too), so poll it
-        // with a short timeout instead of waiting once.
-        loop {
-            match tokio::time::timeout(Duration::from_millis(200), ready_store.wait_until_ready())
-                .await
-            {
-                Ok(Ok(())) => {
-                    synced.cancel();
-                    return;
-                }
-                Ok(Err(_)) => return,
-                Err(_) => {}
-            }
-        }
-    });
     let mut providers_config = watcher::Config::default();
     if let Some(selector) = &ctx.scope.provider_selector {
         providers_config = providers_config.labels(selector);
@@ -772,7 +757,8 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken, synced: Cancellat
         let next = rx.as_mut()?.recv().await?;
         Some((next, rx))
     });
-    Controller::for_stream(backend_changes, reader)
+    let stop = cancel.clone();
+    let controller = Controller::for_stream(backend_changes, reader)
         .reconcile_on(nudges)
         .owns(
             pods,
@@ -783,7 +769,7 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken, synced: Cancellat
             providers_config,
             move |p: VoiceProvider| backends_of(&store, &p.name_any()),
         )
-        .graceful_shutdown_on(async move { cancel.cancelled().await })
+        .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
             let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -792,6 +778,12 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken, synced: Cancellat
                 .with_label_values(&["backend", outcome])
                 .inc();
             futures::future::ready(())
-        })
-        .await;
+        });
+    let grace = controller_stop::STOP_GRACE;
+    if !controller_stop::run_until_stopped(controller, &cancel, &synced, grace).await {
+        tracing::warn!(
+            ?grace,
+            "backend controller had not stopped a grace after the shutdown; leaving it"
+        );
+    }
 }

@@ -60,6 +60,12 @@ pub struct Config {
         default_value_t = crate::signing_keys::DEFAULT_PROPAGATION.as_secs()
     )]
     pub signing_key_propagation_seconds: u64,
+    /// Seconds a SIGTERM waits for the controllers to stop before the process exits anyway
+    /// (code 1, the Lease kept until it expires). Keep it below the pod's
+    /// `terminationGracePeriodSeconds` (30 in the chart), so the operator says which
+    /// controller hung instead of being killed without a word.
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value_t = 20)]
+    pub shutdown_timeout_seconds: u64,
     /// Log JSON lines instead of text.
     #[arg(long, env = "LOG_JSON")]
     pub log_json: bool,
@@ -93,6 +99,11 @@ impl Config {
     /// Age after which a controller's heartbeat is stale.
     pub fn heartbeat_timeout(&self) -> Duration {
         Duration::from_secs(self.heartbeat_timeout_seconds.max(1))
+    }
+
+    /// How long a clean shutdown may take before the process exits anyway.
+    pub fn shutdown_timeout(&self) -> Duration {
+        Duration::from_secs(self.shutdown_timeout_seconds.max(1))
     }
 
     /// Lease renew period (kept below the duration).
@@ -130,6 +141,7 @@ mod tests {
         assert_eq!(c.lease_duration(), Duration::from_secs(15));
         assert_eq!(c.lease_renew(), Duration::from_secs(5));
         assert_eq!(c.heartbeat_timeout(), Duration::from_secs(60));
+        assert_eq!(c.shutdown_timeout(), Duration::from_secs(20));
         assert_eq!(
             c.operator_pod_labels
                 .get("app.kubernetes.io/name")

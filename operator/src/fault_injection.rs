@@ -1,5 +1,6 @@
-//! A test-only way to make a controller panic on purpose, to prove that a panic makes the
-//! operator exit and the standby take over (`tests/operator_leader.rs`).
+//! Test-only ways to make a controller misbehave on purpose (`tests/operator_leader.rs`): a
+//! panic, to prove that it makes the operator exit and the standby take over; a shutdown
+//! that never finishes, to prove that the operator still exits within its limit.
 //!
 //! The trigger is an annotation on a VoiceProvider, `voicebackends.dev/test-panic:
 //! provider-controller`. Only debug builds act on it: in a release build (the chart's image,
@@ -18,6 +19,23 @@ pub fn panic_if_asked(controller: &str, annotations: &BTreeMap<String, String>) 
     {
         panic!("{PANIC_ANNOTATION}={controller}: panicking on purpose (debug build, test trigger)");
     }
+}
+
+/// Failpoint that makes the allocator never finish stopping after a SIGTERM
+/// (`FAILPOINTS=allocator-stop-hangs=return`), to prove that the operator's shutdown limit
+/// holds (`tests/operator_leader.rs`); inert without the variable, as every failpoint is.
+pub const ALLOCATOR_STOP_HANGS: &str = "allocator-stop-hangs";
+
+/// Never returns when failpoint `point` is set; returns at once otherwise.
+pub async fn hang_if_asked(point: &str) {
+    if asked(point) {
+        std::future::pending::<()>().await;
+    }
+}
+
+fn asked(point: &str) -> bool {
+    fail::fail_point!(point, |_| true);
+    false
 }
 
 #[cfg(test)]

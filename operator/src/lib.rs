@@ -11,6 +11,7 @@ pub mod backend_status;
 pub mod config;
 pub mod context;
 pub mod control_ca;
+pub mod controller_stop;
 pub mod drain;
 pub mod error;
 pub mod event_source;

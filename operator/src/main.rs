@@ -1,7 +1,8 @@
 //! `voice-operator`: parses flags, wins the leader Lease, then runs the controllers and the
-//! HTTP server until SIGTERM/SIGINT (exit 0), until the lease is lost, or until any controller
-//! task ends or panics (exit 1 both: Kubernetes restarts the process clean and the standby
-//! leads meanwhile; a leader that renews its Lease with a dead controller would do nothing).
+//! HTTP server until SIGTERM/SIGINT (exit 0, or 1 when the controllers do not stop within
+//! `--shutdown-timeout-seconds`), until the lease is lost, or until any controller task ends
+//! or panics (exit 1 both: Kubernetes restarts the process clean and the standby leads
+//! meanwhile; a leader that renews its Lease with a dead controller would do nothing).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,7 +70,7 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(lease = %lease.name, namespace = %lease.namespace, identity = %lease.identity, "waiting for leadership");
     let fence = leader::Fence::new();
     if !leader::acquire(client.clone(), &lease, &fence, &shutdown).await {
-        let _ = server.await;
+        stop_server(server, config.shutdown_timeout()).await;
         return Ok(());
     }
     tracing::info!(identity = %lease.identity, "leading");
@@ -164,6 +165,7 @@ async fn main() -> anyhow::Result<()> {
             Some(done) = controllers.join_next_with_id() => {
                 if shutdown.is_cancelled() {
                     // Shutting down: controllers end one by one; the lease waits for them.
+                    names.remove(&task_id(&done));
                     continue;
                 }
                 // A controller ended or panicked while leading: nothing would do its job,
@@ -186,16 +188,59 @@ async fn main() -> anyhow::Result<()> {
         metrics.leader.set(0);
         std::process::exit(1);
     }
-    while let Some(done) = controllers.join_next_with_id().await {
-        if let Err(e) = done {
-            let name = names.get(&e.id()).copied().unwrap_or("unknown");
-            tracing::error!(controller = name, error = %e, "controller failed during shutdown");
+    // Bounded: a controller that never stops would otherwise keep the process (and a test,
+    // or a rollout waiting for the pod) hanging until the kubelet's SIGKILL, without a word.
+    let deadline = tokio::time::Instant::now() + config.shutdown_timeout();
+    loop {
+        match tokio::time::timeout_at(deadline, controllers.join_next_with_id()).await {
+            Ok(None) => break,
+            Ok(Some(done)) => {
+                let name = names.remove(&task_id(&done)).unwrap_or("unknown");
+                if let Err(e) = done {
+                    tracing::error!(controller = name, error = %e, "controller failed during shutdown");
+                }
+            }
+            Err(_) => {
+                let mut running: Vec<&str> = names.values().copied().collect();
+                running.sort_unstable();
+                // The Lease is kept: releasing it while a controller may still write would let
+                // the standby lead beside it. It takes over when the Lease expires instead.
+                tracing::error!(
+                    still_running = ?running,
+                    timeout = ?config.shutdown_timeout(),
+                    "controllers did not stop in time; exiting without releasing the lease"
+                );
+                std::process::exit(1);
+            }
         }
     }
-    leader::release(client, &lease).await;
-    let _ = server.await;
+    let release = leader::release(client, &lease);
+    if tokio::time::timeout_at(deadline, release).await.is_err() {
+        tracing::warn!("releasing the lease timed out; the standby leads when it expires");
+    }
+    stop_server(
+        server,
+        deadline.saturating_duration_since(tokio::time::Instant::now()),
+    )
+    .await;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// The task a [`JoinSet`] result belongs to, whether it ended or failed.
+fn task_id(done: &Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((id, ())) => *id,
+        Err(e) => e.id(),
+    }
+}
+
+/// Waits up to `limit` for the HTTP server to finish its open requests after the shutdown
+/// signal; a client that keeps a connection open must not hold the process.
+async fn stop_server(server: tokio::task::JoinHandle<std::io::Result<()>>, limit: Duration) {
+    if tokio::time::timeout(limit, server).await.is_err() {
+        tracing::warn!(?limit, "HTTP connections still open at exit; closing them");
+    }
 }
 
 /// Cancels `token` on the first SIGTERM or SIGINT.

@@ -24,6 +24,7 @@ use voice_crds::conditions::{ACCEPTED, set_condition};
 use voice_crds::{VoiceBackend, VoiceProvider};
 
 use crate::context::Context;
+use crate::controller_stop;
 use crate::error::{Error, Result};
 
 /// Field manager of the provider status and reporter of its Events.
@@ -183,18 +184,19 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
         );
     // Our own status writes do not bump the generation, so they do not wake us either.
     let (reader, writer) = kube::runtime::reflector::store();
-    let provider_changes = watcher(providers, config)
-        .default_backoff()
-        .reflect(writer)
+    let listed = CancellationToken::new();
+    let provider_changes = watcher(providers, config).default_backoff().reflect(writer);
+    let provider_changes = controller_stop::mark_listed(provider_changes, listed.clone())
         .applied_objects()
         .predicate_filter(predicates::generation, Default::default());
     let metrics = ctx.metrics.clone();
-    Controller::for_stream(provider_changes, reader)
+    let stop = cancel.clone();
+    let controller = Controller::for_stream(provider_changes, reader)
         .with_config(kube::runtime::controller::Config::default().concurrency(2))
         .watches_stream(backend_changes, |b: VoiceBackend| {
             Some(ObjectRef::<VoiceProvider>::new(&b.spec.provider))
         })
-        .graceful_shutdown_on(async move { cancel.cancelled().await })
+        .graceful_shutdown_on(async move { stop.cancelled().await })
         .run(reconcile, error_policy, ctx)
         .for_each(|result| {
             let outcome = if result.is_ok() { "ok" } else { "error" };
@@ -203,6 +205,12 @@ pub async fn run(ctx: Arc<Context>, cancel: CancellationToken) {
                 .with_label_values(&["provider", outcome])
                 .inc();
             futures::future::ready(())
-        })
-        .await;
+        });
+    let grace = controller_stop::STOP_GRACE;
+    if !controller_stop::run_until_stopped(controller, &cancel, &listed, grace).await {
+        tracing::warn!(
+            ?grace,
+            "provider controller had not stopped a grace after the shutdown; leaving it"
+        );
+    }
 }

@@ -310,6 +310,14 @@ pub fn leader_gauge(metrics: &str) -> Option<i64> {
 pub fn http_get(port: u16, path: &str) -> String {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    // A server that accepts and never answers must fail the test, not hang it.
+    let limit = Some(Duration::from_secs(30));
+    stream
+        .set_read_timeout(limit)
+        .expect("setting a read timeout");
+    stream
+        .set_write_timeout(limit)
+        .expect("setting a write timeout");
     write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("writing request");
     let mut response = String::new();
     stream

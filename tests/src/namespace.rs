@@ -5,16 +5,18 @@ use k8s_openapi::api::core::v1::Namespace;
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Resource};
 
-use crate::{client, kubectl};
+use crate::{Watchdog, client, kubectl};
 
 /// Label on every test namespace, so leftovers of crashed runs can be found and removed:
 /// `kubectl delete ns -l voice-operator.dev/test=true`.
 pub const TEST_LABEL: &str = "voice-operator.dev/test";
 
-/// A namespace `<prefix>-<random>` that is deleted when dropped.
+/// A namespace `<prefix>-<random>` that is deleted when dropped. It also keeps the test's
+/// [`Watchdog`]: a test holding it past [`crate::TEST_TIME_LIMIT`] ends its test binary.
 pub struct TestNamespace {
     name: String,
     client: kube::Client,
+    _watchdog: Watchdog,
 }
 
 impl TestNamespace {
@@ -35,7 +37,12 @@ impl TestNamespace {
             .create(&PostParams::default(), &namespace)
             .await
             .unwrap_or_else(|err| panic!("creating namespace {name}: {err}"));
-        TestNamespace { name, client }
+        let _watchdog = Watchdog::start(format!("namespace {name}"));
+        TestNamespace {
+            name,
+            client,
+            _watchdog,
+        }
     }
 
     /// The namespace's name.

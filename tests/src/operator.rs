@@ -15,6 +15,10 @@ use crate::cluster;
 /// of its namespace.
 pub const PROVIDER_LABEL: &str = "voice-tests/operator";
 
+/// How long [`OperatorProcess::terminate`] waits: the operator's own shutdown limit
+/// (`--shutdown-timeout-seconds`, 20 by default) with room to spare.
+pub const TERMINATE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(45);
+
 /// A running `voice-operator`, killed when dropped.
 pub struct OperatorProcess {
     child: Child,
@@ -142,12 +146,41 @@ impl OperatorProcess {
         let _ = self.child.wait();
     }
 
-    /// SIGTERM, then waits for the exit; returns whether it exited 0.
+    /// SIGTERM, then waits for the exit; returns whether it exited 0. A process still running
+    /// after [`TERMINATE_TIMEOUT`] gets its threads' stacks written to its log (by gdb) and
+    /// is killed: `false`, and the log says where it hung.
     pub fn terminate(&mut self) -> bool {
         let _ = Command::new("kill")
             .args(["-TERM", &self.child.id().to_string()])
             .status();
-        self.child.wait().map(|s| s.success()).unwrap_or(false)
+        match self.wait_exit(TERMINATE_TIMEOUT) {
+            Some(status) => status.success(),
+            None => {
+                self.append_stacks_to_log();
+                self.kill();
+                false
+            }
+        }
+    }
+
+    /// Appends every thread's backtrace to the log, for a process that hangs.
+    fn append_stacks_to_log(&self) {
+        let stacks = Command::new("gdb")
+            .args(["-p", &self.child.id().to_string(), "-batch", "-nx"])
+            .args(["-ex", "thread apply all bt 30"])
+            .stdin(Stdio::null())
+            .output();
+        let text = match stacks {
+            Ok(out) => String::from_utf8_lossy(&out.stdout).into_owned(),
+            Err(e) => format!("gdb could not run: {e}"),
+        };
+        let note = format!(
+            "\n--- still running {TERMINATE_TIMEOUT:?} after SIGTERM; its threads:\n{text}"
+        );
+        let _ = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.log)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, note.as_bytes()));
     }
 }
 
