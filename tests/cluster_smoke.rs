@@ -173,3 +173,40 @@ fn config_map(name: &str, owner: Option<OwnerReference>) -> ConfigMap {
         ..ConfigMap::default()
     }
 }
+
+/// Not a test of its own: the hanging test that
+/// [`a_test_that_hangs_ends_its_binary_naming_itself`] runs in a child process.
+#[tokio::test]
+#[ignore = "a fixture: it hangs on purpose, and only the test below runs it"]
+async fn hangs_holding_a_namespace() {
+    let _ns = TestNamespace::new("hang").await;
+    std::future::pending::<()>().await;
+}
+
+/// A hanging test must not eat CI's whole time budget: past its limit the watchdog that
+/// its namespace holds ends the test binary with a message naming the test.
+#[test]
+fn a_test_that_hangs_ends_its_binary_naming_itself() {
+    let started = std::time::Instant::now();
+    let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
+        .args(["--exact", "hangs_holding_a_namespace", "--ignored", "--nocapture"])
+        .env(voice_tests::TIME_LIMIT_VARIABLE, "3")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .expect("running the fixture");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(101), "{stderr}");
+    assert!(
+        stderr.contains("hangs_holding_a_namespace (namespace hang-")
+            && stderr.contains("still runs after 3s"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < DEADLINE, "took {:?}", started.elapsed());
+    // The fixture ended without its namespace's Drop: remove what it left.
+    let left = stderr
+        .split("(namespace ")
+        .nth(1)
+        .and_then(|rest| rest.split(')').next())
+        .expect("the message names the namespace");
+    kubectl_ok(&["delete", "namespace", left, "--wait=false"]);
+}

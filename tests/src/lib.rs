@@ -28,4 +28,4 @@ pub use namespace::{TEST_LABEL, TestNamespace};
 pub use node_agent::{NODE_NAME, NodeAgentHandle, node_agent, node_agent_dir, node_agent_pid_file};
 pub use operator::{OperatorProcess, PROVIDER_LABEL};
 pub use voice_cluster::{Cluster, KUBERNETES_VERSION};
-pub use watchdog::{TEST_TIME_LIMIT, Watchdog};
+pub use watchdog::{TEST_TIME_LIMIT, TIME_LIMIT_VARIABLE, Watchdog};

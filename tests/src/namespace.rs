@@ -16,12 +16,20 @@ pub const TEST_LABEL: &str = "voice-operator.dev/test";
 pub struct TestNamespace {
     name: String,
     client: kube::Client,
-    _watchdog: Watchdog,
+    _watchdog: Option<Watchdog>,
 }
 
 impl TestNamespace {
-    /// Creates the namespace, labelled [`TEST_LABEL`]`=true`.
+    /// Creates the namespace, labelled [`TEST_LABEL`]`=true`, for a test: held past
+    /// [`crate::TEST_TIME_LIMIT`], it ends the test binary.
     pub async fn new(prefix: &str) -> TestNamespace {
+        let mut ns = Self::without_time_limit(prefix).await;
+        ns._watchdog = Some(Watchdog::start(format!("namespace {}", ns.name)));
+        ns
+    }
+
+    /// [`TestNamespace::new`] for a benchmark, which may rightly run for long.
+    pub async fn without_time_limit(prefix: &str) -> TestNamespace {
         let client = client().await;
         let suffix = getrandom::u32().expect("the OS has a random source");
         let name = format!("{prefix}-{suffix:08x}");
@@ -37,11 +45,10 @@ impl TestNamespace {
             .create(&PostParams::default(), &namespace)
             .await
             .unwrap_or_else(|err| panic!("creating namespace {name}: {err}"));
-        let _watchdog = Watchdog::start(format!("namespace {name}"));
         TestNamespace {
             name,
             client,
-            _watchdog,
+            _watchdog: None,
         }
     }
 

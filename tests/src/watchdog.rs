@@ -6,10 +6,22 @@ use std::process::Command;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
 use std::time::Duration;
 
-/// How long one test may run. The slowest whole test binary took under three minutes.
+/// How long one test may run by default. The slowest whole test binary took under three
+/// minutes.
 pub const TEST_TIME_LIMIT: Duration = Duration::from_secs(600);
 
-/// Ends the test process unless dropped within [`TEST_TIME_LIMIT`].
+/// Overrides [`TEST_TIME_LIMIT`], in seconds.
+pub const TIME_LIMIT_VARIABLE: &str = "VOICE_TEST_TIME_LIMIT_SECONDS";
+
+/// The limit in force: the variable when set to a number, else the default.
+fn time_limit() -> Duration {
+    std::env::var(TIME_LIMIT_VARIABLE)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(TEST_TIME_LIMIT, Duration::from_secs)
+}
+
+/// Ends the test process unless dropped within the time limit.
 pub struct Watchdog {
     _alive: Sender<()>,
 }
@@ -20,13 +32,14 @@ impl Watchdog {
     pub fn start(what: String) -> Watchdog {
         let (alive, dropped) = mpsc::channel::<()>();
         let test = std::thread::current().name().unwrap_or("a test").to_owned();
+        let limit = time_limit();
         std::thread::Builder::new()
             .name(format!("watchdog {test}"))
             .spawn(move || {
                 // Dropping the watchdog disconnects the channel; only the limit times out.
-                if dropped.recv_timeout(TEST_TIME_LIMIT) == Err(RecvTimeoutError::Timeout) {
+                if dropped.recv_timeout(limit) == Err(RecvTimeoutError::Timeout) {
                     eprintln!(
-                        "\n{test} ({what}) still runs after {TEST_TIME_LIMIT:?}: it hangs. \
+                        "\n{test} ({what}) still runs after {limit:?}: it hangs. \
                          Ending this test binary (and the processes it started) so the rest \
                          of the suite runs."
                     );

@@ -77,7 +77,7 @@ async fn main() -> anyhow::Result<()> {
         args.sessions as f64 / raw.as_secs_f64()
     );
 
-    let ns = TestNamespace::new("bench-sessions").await;
+    let ns = TestNamespace::without_time_limit("bench-sessions").await;
     let provider = format!("{}-p", ns.name());
     kubectl_stdin(
         &["apply", "--server-side", "-f", "-"],
@@ -211,7 +211,7 @@ async fn main() -> anyhow::Result<()> {
 
 /// Creates `count` sessions in a namespace no operator watches; returns the wall time.
 async fn raw_create_rate(args: &Args) -> anyhow::Result<Duration> {
-    let ns = TestNamespace::new("bench-raw").await;
+    let ns = TestNamespace::without_time_limit("bench-raw").await;
     let started = Instant::now();
     create(&ns, "r", args.sessions, args.concurrency, "nobody").await?;
     Ok(started.elapsed())
