@@ -189,7 +189,12 @@ async fn hangs_holding_a_namespace() {
 fn a_test_that_hangs_ends_its_binary_naming_itself() {
     let started = std::time::Instant::now();
     let out = std::process::Command::new(std::env::current_exe().expect("this test binary"))
-        .args(["--exact", "hangs_holding_a_namespace", "--ignored", "--nocapture"])
+        .args([
+            "--exact",
+            "hangs_holding_a_namespace",
+            "--ignored",
+            "--nocapture",
+        ])
         .env(voice_tests::TIME_LIMIT_VARIABLE, "3")
         .stdin(std::process::Stdio::null())
         .output()
