@@ -127,7 +127,9 @@ fn default_aggressiveness() -> i32 {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TurnDetectionConfig {
-    /// Turn detector implementation, e.g. `silence` (end of turn after `silenceTimeout`).
+    /// Turn detector implementation, e.g. `silence` (end of turn after `silenceTimeout`) or,
+    /// on the built-in provider, `smart-turn` (a model asked at each pause whether the
+    /// sentence is finished; `silenceTimeout` stays the longest a pause may last).
     #[serde(default = "default_turn_provider")]
     #[schemars(
         length(min = 1, max = 63),

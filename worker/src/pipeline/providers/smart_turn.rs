@@ -90,3 +90,67 @@ impl SmartTurn {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::media::SAMPLE_RATE;
+    use crate::pipeline::audio::Resampler;
+    use crate::pipeline::providers::TextToSpeech;
+    use crate::pipeline::providers::piper::Piper;
+
+    /// `text` in Piper's voice at 16 kHz.
+    async fn spoken(text: &str) -> Vec<i16> {
+        let tts = Piper::from_stage(None, &BTreeMap::new()).unwrap_or_else(|e| panic!("{e}"));
+        let (tx, mut rx) = tokio::sync::mpsc::channel(1_024);
+        let text = text.to_owned();
+        let job = tokio::spawn(async move { tts.synthesize(&text, tx).await.is_ok() });
+        let mut wide = Vec::new();
+        while let Some(chunk) = rx.recv().await {
+            wide.extend(chunk);
+        }
+        assert!(job.await.unwrap_or(false), "piper failed");
+        let mut narrow = Vec::new();
+        Resampler::new(SAMPLE_RATE, 16_000).process(&wide, &mut narrow);
+        narrow
+    }
+
+    /// The worker asks some time after its VAD's last speech frame, which varies; the
+    /// answer must not, or an unfinished sentence ends early whenever the VAD trails.
+    #[tokio::test]
+    async fn the_answer_does_not_depend_on_how_long_the_pause_was_when_asked() {
+        let model = SmartTurn::from_default().unwrap_or_else(|e| panic!("{e}"));
+        let mut scores = Vec::new();
+        for (text, finished) in [
+            ("Please set an alarm for six thirty.", true),
+            ("I want to book a table for", false),
+        ] {
+            // One rendering: Piper samples its durations, so each differs a little.
+            let speech = spoken(text).await;
+            let mut asked = Vec::new();
+            for silence_ms in [200, 400, 1_000] {
+                let mut audio = speech.clone();
+                audio.extend(std::iter::repeat_n(0, silence_ms * 16));
+                asked.push(
+                    model
+                        .complete(audio)
+                        .await
+                        .unwrap_or_else(|e| panic!("{e}")),
+                );
+            }
+            scores.push((text, asked.clone()));
+            let (low, high) = asked
+                .iter()
+                .fold((1f32, 0f32), |(l, h), &p| (l.min(p), h.max(p)));
+            assert!(high - low < 0.02, "{text:?} scored {asked:?}");
+            if finished {
+                assert!(low > 0.9, "{text:?} scored {asked:?}");
+            } else {
+                assert!(high < 0.5, "{text:?} scored {asked:?}");
+            }
+        }
+        println!("{scores:?}");
+    }
+}
