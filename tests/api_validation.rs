@@ -238,6 +238,10 @@ fn cases() -> Vec<Case> {
             name: "processingOrder naming an unconfigured component",
             example: STT_TTS,
             mutate: |v| {
+                // The example configures noise cancellation: unconfigure it, keep it listed.
+                if let Some(pipeline) = v["spec"]["pipeline"].as_object_mut() {
+                    pipeline.remove("noiseCancellation");
+                }
                 v["spec"]["pipeline"]["processingOrder"] = json!([
                     "noiseCancellation",
                     "vad",
