@@ -1,6 +1,6 @@
 //! Offline speech quality and cost, printed (not asserted): word error rate of the worker's
 //! STT on everyday requests spoken by espeak-ng voices (not the TTS under test), through
-//! the real pipeline (WebSocket → VAD → silence turn detection → STT → echo
+//! the real pipeline (WebSocket → VAD → turn detection (silence or smart-turn) → STT → echo
 //! agent → TTS), for each engine in the same run; CPU per turn of the worker and its engines
 //! (speech process included), end of speech → first reply audio, and RSS with models loaded.
 //!
@@ -66,18 +66,31 @@ struct Setup {
     name: &'static str,
     stt: &'static str,
     tts: &'static str,
+    /// `pipeline.turnDetection`.
+    turn: &'static str,
 }
+
+/// The silence rule of every setup: 500 ms alone, or the bound under smart-turn.
+const SILENCE: &str = "500ms";
 
 const SETUPS: &[Setup] = &[
     Setup {
-        name: "whisper tiny.en + piper (new default)",
+        name: "whisper tiny.en + piper, silence 500 ms",
         stt: "whisper",
         tts: "piper",
+        turn: "silence",
     },
     Setup {
-        name: "pocketsphinx + espeak-ng (old default)",
+        name: "whisper tiny.en + piper, smart-turn (silence 500 ms as the bound)",
+        stt: "whisper",
+        tts: "piper",
+        turn: "smart-turn",
+    },
+    Setup {
+        name: "pocketsphinx + espeak-ng (old default), silence 500 ms",
         stt: "pocketsphinx",
         tts: "espeak",
+        turn: "silence",
     },
 ];
 
@@ -133,7 +146,7 @@ async fn main() -> anyhow::Result<()> {
         let config = serde_json::json!({
             "pipeline": {"type": "STT_TTS",
                 "stt": {"provider": setup.stt}, "tts": {"provider": setup.tts},
-                "turnDetection": {"provider": "silence", "silenceTimeout": "500ms"}},
+                "turnDetection": {"provider": setup.turn, "silenceTimeout": SILENCE}},
             "agent": {"type": "Echo"}
         });
         let worker = PinnedWorker::start(args.binary.clone(), args.core, 1, &config.to_string())?;
@@ -187,7 +200,7 @@ async fn main() -> anyhow::Result<()> {
             latencies.iter().copied().fold(0.0, f64::max),
         );
         println!(
-            "{}: WER {:.1} % ({errors}/{words} words; {}); CPU {:.2} s per turn (STT + TTS of the echo reply, worker and engines); end of speech → first reply audio median {:.0} ms (min {:.0}, max {:.0}, {} turns, 500 ms silence timeout included); RSS after warm-up {:.0} MiB",
+            "{}: WER {:.1} % ({errors}/{words} words; {}); CPU {:.2} s per turn (STT + TTS of the echo reply, worker and engines); end of speech → first reply audio median {:.0} ms (min {:.0}, max {:.0}, {} turns, the turn detector's wait included); RSS after warm-up {:.0} MiB",
             setup.name,
             100.0 * errors as f64 / words as f64,
             per_voice.join(", "),
