@@ -44,7 +44,13 @@ async fn reconciles_admissions_and_turns_export_spans_the_reservation_joins_the_
             .join("voice-otel-tests")
             .join(ns.name()),
     );
-    let (provider, manifest) = provider_manifest(&ns, "p", json!({}));
+    // Whisper hears the phrase the first time (pocketsphinx needed up to three tries); it
+    // also shows that a worker pod of the node agent finds the speech venv and the models.
+    let (provider, manifest) = provider_manifest(
+        &ns,
+        "p",
+        json!({"stages": {"stt": ["whisper", "pocketsphinx"]}}),
+    );
     let _cleanup = ProviderCleanup(vec![provider.clone()]);
     apply(&ns, &[&manifest]);
     let operator = OperatorProcess::start_with_env(
@@ -55,7 +61,11 @@ async fn reconciles_admissions_and_turns_export_spans_the_reservation_joins_the_
     );
     apply(
         &ns,
-        &[&backend_manifest("echo", &provider, json!({"replicas": 1}))],
+        &[&backend_manifest(
+            "echo",
+            &provider,
+            json!({"replicas": 1, "pipeline": {"stt": {"provider": "whisper"}}}),
+        )],
     );
     wait_healthy(&ns, "echo", 1, T).await;
 
@@ -152,25 +162,21 @@ async fn reconciles_admissions_and_turns_export_spans_the_reservation_joins_the_
             .cloned()
     };
     let mut turn = None;
-    // pocketsphinx misses synthetic speech now and then: say it up to three times.
-    for _ in 0..3 {
-        let mut script = vec![0u8; 16_000];
-        script.extend(&phrase);
-        script.extend(vec![0u8; 64_000]);
-        send_paced(&mut tx, &script).await;
-        // Replies flow while the client sends; keep the line open past one export interval.
-        let mut ticks = tokio::time::interval(Duration::from_millis(20));
-        for _ in 0..400 {
-            ticks.tick().await;
-            tx.send(Message::Binary(vec![0u8; 640].into()))
-                .await
-                .unwrap();
-            if let Some(t) = turn_of_session() {
-                turn = Some(t);
-                break;
-            }
-        }
-        if turn.is_some() {
+    // Said once.
+    let mut script = vec![0u8; 16_000];
+    script.extend(&phrase);
+    script.extend(vec![0u8; 64_000]);
+    send_paced(&mut tx, &script).await;
+    // Replies flow while the client sends; keep the line open past the model's first load
+    // and one export interval.
+    let mut ticks = tokio::time::interval(Duration::from_millis(20));
+    for _ in 0..1_500 {
+        ticks.tick().await;
+        tx.send(Message::Binary(vec![0u8; 640].into()))
+            .await
+            .unwrap();
+        if let Some(t) = turn_of_session() {
+            turn = Some(t);
             break;
         }
     }

@@ -353,13 +353,22 @@ fn probe(
     Some((Check::of_probe(spec)?, Tracker::new(spec, now, initially)))
 }
 
-/// What every container gets before its own `env`: a PATH to run tools, its hostname, and the
-/// agent's kubeconfig (see [`Context::kubeconfig`]).
+/// What every container gets before its own `env`: a PATH to run tools, a HOME, its hostname,
+/// and the agent's kubeconfig (see [`Context::kubeconfig`]).
+///
+/// A container runtime sets HOME from the image's user; here the "image" is this machine's
+/// file system, so it is the agent's own. That is where `cargo xtask dev`/`test` install
+/// what the worker image carries under /opt (the speech venv and the models under
+/// `~/.cache/voice-operator`), which the worker finds through HOME when the image's
+/// `VOICE_SPEECH_PYTHON`/`VOICE_MODELS_DIR` are not set.
 fn base_env(ctx: &Context, pod: &Pod) -> Vec<(String, String)> {
     let mut vars = vec![(
         "PATH".to_owned(),
         std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".into()),
     )];
+    if let Ok(home) = std::env::var("HOME") {
+        vars.push(("HOME".to_owned(), home));
+    }
     if let Some(name) = &pod.metadata.name {
         vars.push(("HOSTNAME".to_owned(), name.clone()));
     }
