@@ -29,7 +29,7 @@ const T: Duration = Duration::from_secs(120);
 async fn two_participants_hear_one_agent_and_appear_in_status() {
     let stack = OperatorStack::start_with(
         "participants",
-        json!({"capabilities": {"multiUserSupport": true, "customAuth": true}, "stages": {"turnDetection": ["silence"]}}),
+        json!({"capabilities": {"multiUserSupport": true, "customAuth": true}, "stages": {"turnDetection": ["silence"], "stt": ["whisper", "pocketsphinx"]}}),
     )
     .await;
     let ns = &stack.ns;
@@ -45,7 +45,7 @@ async fn two_participants_hear_one_agent_and_appear_in_status() {
         .expect("creating the identity provider's key Secret");
     stack.apply_backend(
         "room",
-        json!({"replicas": 1, "pipeline": {"turnDetection": {"silenceTimeout": "400ms"}},
+        json!({"replicas": 1, "pipeline": {"stt": {"provider": "whisper"}, "turnDetection": {"silenceTimeout": "400ms"}},
                "clientAuth": identity_provider::IdentityProvider::client_auth("idp")}),
     );
     wait_healthy(ns, "room", 1, T).await;
@@ -114,30 +114,28 @@ async fn two_participants_hear_one_agent_and_appear_in_status() {
     assert_eq!(both.len(), 2);
     wait_event(ns, "meet", "ParticipantJoined", T).await;
 
-    // The user speaks; the echo agent ("You said: ...") hears the turn labelled with who
-    // said it.
+    // The user speaks, once (Whisper hears it the first time); the echo agent ("You said:
+    // ...") hears the turn labelled with who said it.
     let phrase = speak("what will the weather be tomorrow");
     let mut labelled = None;
-    'turns: for _ in 0..3 {
-        send_paced(&mut alice, &phrase).await;
-        send_paced(&mut alice, &vec![0u8; 32_000]).await;
-        for _ in 0..40 {
-            let s = api.get("meet").await.expect("the session");
-            let transcript = s
-                .status
-                .and_then(|s| s.context)
-                .unwrap_or_default()
-                .transcript;
-            let user = transcript
-                .iter()
-                .find(|e| e.speaker == Speaker::User && !e.text.is_empty());
-            let agent = transcript.iter().find(|e| e.speaker == Speaker::Agent);
-            if let (Some(u), Some(a)) = (user, agent) {
-                labelled = Some((u.participant.clone(), a.text.clone()));
-                break 'turns;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
+    send_paced(&mut alice, &phrase).await;
+    send_paced(&mut alice, &vec![0u8; 32_000]).await;
+    for _ in 0..80 {
+        let s = api.get("meet").await.expect("the session");
+        let transcript = s
+            .status
+            .and_then(|s| s.context)
+            .unwrap_or_default()
+            .transcript;
+        let user = transcript
+            .iter()
+            .find(|e| e.speaker == Speaker::User && !e.text.is_empty());
+        let agent = transcript.iter().find(|e| e.speaker == Speaker::Agent);
+        if let (Some(u), Some(a)) = (user, agent) {
+            labelled = Some((u.participant.clone(), a.text.clone()));
+            break;
         }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
     let (participant, agent_said) = labelled.expect("the agent answered a turn");
     assert_eq!(
