@@ -50,7 +50,9 @@ pub fn tree_cpu_seconds(root: u32) -> Option<f64> {
     Some(total / clock_ticks())
 }
 
-/// Resident set size now of a process and every process below it, in MiB.
+/// Resident set size now of a process and every process below it, in MiB. Found by parent
+/// pid: `/proc/<pid>/task/<pid>/children` lists only what the main thread started, and a
+/// worker starts its speech process from a runtime thread.
 pub fn tree_rss_mib(root: u32) -> Option<f64> {
     let rss = |pid: u32| -> f64 {
         std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -61,18 +63,31 @@ pub fn tree_rss_mib(root: u32) -> Option<f64> {
             })
             .unwrap_or(0.0)
     };
-    let children = |pid: u32| -> Vec<u32> {
-        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|c| c.parse().ok())
-            .collect()
-    };
     std::fs::metadata(format!("/proc/{root}")).ok()?;
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let ppid = std::fs::read_to_string(entry.path().join("stat"))
+            .ok()
+            .and_then(|stat| {
+                let rest = &stat[stat.rfind(')')? + 2..];
+                rest.split_whitespace().nth(1)?.parse::<u32>().ok()
+            });
+        if let Some(ppid) = ppid {
+            parents.push((pid, ppid));
+        }
+    }
     let (mut total, mut frontier) = (0.0, vec![root]);
-    while let Some(pid) = frontier.pop() {
-        total += rss(pid);
-        frontier.extend(children(pid));
+    while let Some(parent) = frontier.pop() {
+        total += rss(parent);
+        frontier.extend(
+            parents
+                .iter()
+                .filter(|(_, ppid)| *ppid == parent)
+                .map(|(pid, _)| *pid),
+        );
     }
     Some(total / 1024.0)
 }
