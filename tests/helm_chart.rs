@@ -16,7 +16,8 @@ use voice_tests::helm::{chart_dir, helm_ok, helm_on_cluster, helm_run, prometheu
 use voice_tests::{TestNamespace, kubectl, kubectl_ok, kubectl_with_stdin};
 
 use operator_common::{
-    apply, backend_manifest, events_about, leader_gauge, provider_condition, wait_for, wait_healthy,
+    apply, backend_manifest, events_about, http_get_from, leader_gauge, provider_condition,
+    wait_for, wait_healthy,
 };
 
 /// Values that turn on every optional object of the chart.
@@ -711,28 +712,6 @@ fn pod_ip(pod: &Pod) -> String {
         .expect("a running pod has an IP")
 }
 
-/// GET http://ip:port/path with plain HTTP/1.0; the body.
-fn http_get(ip: &str, port: u16, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect((ip, port))
-        .unwrap_or_else(|e| panic!("connecting {ip}:{port}: {e}"));
-    // A server that accepts and never answers must fail the test, not hang it.
-    let limit = Some(std::time::Duration::from_secs(30));
-    stream
-        .set_read_timeout(limit)
-        .expect("setting a read timeout");
-    stream
-        .set_write_timeout(limit)
-        .expect("setting a write timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").expect("writing");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("reading");
-    response
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default()
-}
-
 #[tokio::test]
 async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
     voice_tests::install_crds();
@@ -986,8 +965,8 @@ async fn helm_install_runs_the_operator_with_only_the_charts_rbac() {
         .iter()
         .find(|p| p.metadata.name.as_deref() != Some(leader_name.as_str()))
         .expect("standby pod");
-    assert_eq!(http_get(&pod_ip(standby), 8081, "/healthz"), "ok");
-    let metrics = http_get(&pod_ip(leader), 8081, "/metrics");
+    assert_eq!(http_get_from(&pod_ip(standby), 8081, "/healthz"), "ok");
+    let metrics = http_get_from(&pod_ip(leader), 8081, "/metrics");
     assert_eq!(leader_gauge(&metrics), Some(1), "{metrics}");
     assert!(
         metrics.contains("voice_operator_reconciles_total{controller=\"backend\",result=\"ok\"}"),

@@ -308,8 +308,14 @@ pub fn leader_gauge(metrics: &str) -> Option<i64> {
 
 /// GET `path` on 127.0.0.1:`port` with plain HTTP/1.0; returns the body.
 pub fn http_get(port: u16, path: &str) -> String {
+    http_get_from("127.0.0.1", port, path)
+}
+
+/// GET `path` on `ip`:`port` with plain HTTP/1.0; returns the body.
+pub fn http_get_from(ip: &str, port: u16, path: &str) -> String {
     use std::io::{Read, Write};
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connecting");
+    let mut stream = std::net::TcpStream::connect((ip, port))
+        .unwrap_or_else(|e| panic!("connecting {ip}:{port}: {e}"));
     // A server that accepts and never answers must fail the test, not hang it.
     let limit = Some(Duration::from_secs(30));
     stream
@@ -318,7 +324,7 @@ pub fn http_get(port: u16, path: &str) -> String {
     stream
         .set_write_timeout(limit)
         .expect("setting a write timeout");
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").expect("writing request");
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {ip}\r\n\r\n").expect("writing request");
     let mut response = String::new();
     stream
         .read_to_string(&mut response)
