@@ -6,6 +6,7 @@ mod dev;
 mod dev_lan;
 mod fuzz;
 mod node_agent;
+mod pipecat_venv;
 mod prerequisites;
 mod speech_models;
 mod test;

@@ -12,7 +12,8 @@ pub fn ensure() -> anyhow::Result<()> {
         );
     }
     apt_install(DEBIAN_PACKAGES)?;
-    crate::speech_models::ensure()
+    crate::speech_models::ensure()?;
+    crate::pipecat_venv::ensure()
 }
 
 /// Debian packages the workspace needs at build or test time: cmake and a C compiler build the

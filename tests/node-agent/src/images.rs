@@ -47,6 +47,16 @@ const DEFAULTS: &[(&str, &str)] = &[
     ("voice-operator", "voice-operator"),
 ];
 
+/// The image of the `pipecat` provider's bots (`spec.workers.bot`): with no image to unpack,
+/// its stand-in is the python of the Pipecat venv that `cargo xtask` installs, and the
+/// container's args name the bot script.
+pub const PIPECAT_BOT_REPOSITORY: &str = "pipecat-bot";
+
+/// The python [`PIPECAT_BOT_REPOSITORY`] maps to, under `home`.
+pub fn pipecat_python(home: &Path) -> PathBuf {
+    home.join(".cache/voice-operator/pipecat-venv/bin/python")
+}
+
 impl ImageMap {
     /// A map with `rules` tried in order before the defaults, which look in `binary_dir`.
     pub fn new(binary_dir: PathBuf, rules: Vec<ImageRule>) -> ImageMap {
@@ -76,6 +86,11 @@ impl ImageMap {
             return Ok(rule.binary.clone());
         }
         let last = repo.rsplit('/').next().unwrap_or(repo);
+        if last == PIPECAT_BOT_REPOSITORY
+            && let Some(home) = std::env::var_os("HOME")
+        {
+            return Ok(pipecat_python(Path::new(&home)));
+        }
         DEFAULTS
             .iter()
             .find(|(segment, _)| *segment == last)
@@ -119,6 +134,22 @@ mod tests {
             "reg:5000/a/worker"
         );
         assert_eq!(repository("worker"), "worker");
+    }
+
+    #[test]
+    fn the_pipecat_bot_image_runs_the_pipecat_venv_python() {
+        let home = std::env::var_os("HOME").expect("HOME is set under cargo test");
+        assert_eq!(
+            map(&[]).resolve("example.com/team/pipecat-bot:1").unwrap(),
+            pipecat_python(Path::new(&home))
+        );
+        // An explicit rule still wins.
+        assert_eq!(
+            map(&["pipecat-bot=/opt/py"])
+                .resolve("pipecat-bot")
+                .unwrap(),
+            PathBuf::from("/opt/py")
+        );
     }
 
     #[test]
