@@ -15,6 +15,7 @@ use super::providers::grpc_agent::GrpcAgent;
 use super::providers::openai_chat::OpenAiChat;
 use super::providers::openai_stt::OpenAiStt;
 use super::providers::openai_tts::OpenAiTts;
+use super::providers::pipecat::{PipecatConfig, PipecatS2s};
 use super::providers::piper::Piper;
 use super::providers::pocketsphinx::Pocketsphinx;
 use super::providers::realtime::{RealtimeConfig, RealtimeS2s};
@@ -46,6 +47,9 @@ const SMART_TURN_THRESHOLD: f32 = 0.7;
 
 /// Pause before smart-turn is asked: gaps inside words and between them are shorter.
 const SMART_TURN_ASK_AFTER: Duration = Duration::from_millis(200);
+
+/// Where the operator tells the worker its bot container listens (`spec.workers.bot`).
+pub const BOT_URL_ENV: &str = "VOICE_BOT_URL";
 
 /// A configuration the worker cannot run.
 #[derive(Debug, thiserror::Error)]
@@ -126,10 +130,28 @@ pub fn build(
                     };
                     Ok(Box::new(RealtimeS2s::start(config, sink, metrics)))
                 }
+                "pipecat" => {
+                    let url = match s2s.endpoint.clone() {
+                        Some(endpoint) => endpoint,
+                        None => std::env::var(BOT_URL_ENV).map_err(|_| {
+                            unsupported(
+                                "pipeline.s2s.endpoint",
+                                "provider pipecat needs its bot: set spec.workers.bot on the backend \
+                                 (the operator then gives the worker VOICE_BOT_URL) or \
+                                 pipeline.s2s.endpoint to a bot's ws:// URL",
+                            )
+                        })?,
+                    };
+                    let config = PipecatConfig {
+                        url,
+                        hello: super::providers::pipecat::hello(session_id, spec),
+                    };
+                    Ok(Box::new(PipecatS2s::start(config, sink, metrics)))
+                }
                 other => Err(unsupported(
                     "pipeline.s2s.provider",
                     format!(
-                        "unknown speech-to-speech provider {other:?} (known: echo, openai-realtime)"
+                        "unknown speech-to-speech provider {other:?} (known: echo, openai-realtime, pipecat)"
                     ),
                 )),
             }

@@ -11,6 +11,8 @@ pub mod grpc_agent;
 pub mod openai_chat;
 pub mod openai_stt;
 pub mod openai_tts;
+pub mod pipecat;
+pub mod pipecat_wire;
 pub mod piper;
 pub mod pocketsphinx;
 pub mod realtime;
