@@ -221,7 +221,7 @@ async fn a_pipecat_bot_takes_the_turn_and_its_reply_plays_at_the_right_speed() {
 }
 
 #[tokio::test]
-async fn a_bot_that_dies_fails_the_session_naming_the_bot() {
+async fn a_bot_that_dies_fails_the_session_naming_the_bot_and_frees_its_slot() {
     let mut bot = Bot::start();
     let worker = worker_for(&bot.url());
     let id = "team/orphaned";
@@ -266,7 +266,6 @@ async fn a_bot_that_dies_fails_the_session_naming_the_bot() {
             }
         }
     }
-    sender.abort();
     let error = error.unwrap_or_else(|| panic!("no error event after the bot died"));
     assert_eq!(error["reason"], "ProviderUnavailable", "{error}");
     assert!(
@@ -275,6 +274,20 @@ async fn a_bot_that_dies_fails_the_session_naming_the_bot() {
             .unwrap_or_default()
             .contains("bot"),
         "the message does not say the bot went away: {error}"
+    );
+    // The slot is freed (reason BotLost): the worker reaps the caller's connection.
+    let closed = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = rx.next().await {
+            if matches!(message, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
+    sender.abort();
+    assert!(
+        closed.is_ok(),
+        "the session still holds its connection after its bot died"
     );
 }
 

@@ -58,6 +58,8 @@ pub trait EventSink: Send + Sync {
     fn agent_state(&self, _context_json: &str) {}
     /// The agent ended the session, after its reply was spoken; `reason` is its own words.
     fn hangup(&self, _reason: &str) {}
+    /// The session cannot go on (its bot went away): end it as failed with `reason`.
+    fn failed(&self, _reason: &'static str, _message: &str) {}
 }
 
 /// A stage that runs on every frame, in `processingOrder`.

@@ -119,6 +119,18 @@ impl EventSink for BusSink {
             SystemTime::now(),
         );
     }
+
+    /// Frees the slot; the operator ends the session `Failed` with `reason`.
+    fn failed(&self, reason: &'static str, message: &str) {
+        tracing::warn!(session = %self.session_id, reason, message, "the session cannot go on");
+        self.sessions.release_because(
+            &self.session_id,
+            &self.uid,
+            reason,
+            &for_status(message),
+            SystemTime::now(),
+        );
+    }
 }
 
 /// The end reason of a session whose agent hung up.

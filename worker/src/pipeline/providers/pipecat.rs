@@ -8,8 +8,9 @@
 //! and turn latency here, as with `openai-realtime`.
 //!
 //! The socket lives on its own task; the media loop talks to it through two bounded
-//! channels, so a slow or dead bot never blocks a frame. A bot that goes away fails the
-//! session with `ProviderUnavailable` naming what happened.
+//! channels, so a slow or dead bot never blocks a frame. A bot that goes away (or cannot be
+//! reached) tells the client `ProviderUnavailable` naming what happened, and the session
+//! ends `Failed` with reason `BotLost`, its slot freed.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -38,6 +39,9 @@ const INBOUND: usize = 256;
 /// Reply audio buffered for playout at 48 kHz: ten seconds; beyond that the oldest goes.
 /// Pipecat paces its output near real time, so this only fills when the caller stalls.
 const MAX_PLAYOUT: usize = 10 * SAMPLE_RATE as usize;
+
+/// The end reason of a session whose bot connection failed or closed.
+pub const BOT_LOST: &str = "BotLost";
 
 /// Where the bot is and what it is told about the session.
 #[derive(Clone, Debug)]
@@ -211,6 +215,9 @@ impl PipecatS2s {
                     self.responding = false;
                     self.emit(serde_json::json!({"type": "error", "reason": e.reason(), "message": e.to_string()}));
                     self.apply(Input::Failed(e.to_string()));
+                    // Without its bot the session has no pipeline: free the slot and end it
+                    // Failed, as a lost worker's session is, rather than hold a silent call.
+                    self.sink.failed(BOT_LOST, &e.to_string());
                 }
             }
         }
