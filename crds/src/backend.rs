@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::core::Duration;
 use kube::{CustomResource, KubeSchema};
@@ -149,6 +149,45 @@ pub struct WorkerSpec {
     /// Tolerations of the worker pods.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tolerations: Vec<Toleration>,
+    /// A bot container beside each worker (e.g. a Pipecat bot): the worker hands each session's
+    /// audio to it over a WebSocket on the pod IP. Only on a provider with
+    /// `spec.worker.allowBot` (otherwise the backend is not Accepted).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bot: Option<BotContainer>,
+}
+
+/// The bot container of each worker pod: the backend author's program that answers the
+/// sessions the worker hands it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BotContainer {
+    /// Container image of the bot.
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+    /// Image pull policy of the bot (Kubernetes default when unset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<crate::provider::PullPolicy>,
+    /// Entrypoint override for the bot container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub command: Vec<String>,
+    /// Arguments for the bot container.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub args: Vec<String>,
+    /// Environment of the bot (literal values, Secret and ConfigMap keys, downward API). The
+    /// operator adds VOICE_BOT_HOST, VOICE_BOT_PORT, POD_NAME, POD_NAMESPACE and BACKEND_NAME
+    /// before these, so they may refer to them as $(VOICE_BOT_PORT).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub env: Vec<EnvVar>,
+    /// TCP port the bot listens on, on the pod IP (on loopback with `network.advertise:
+    /// NodeIP`); the worker connects to it for each session. Closed to other pods by the
+    /// backend's NetworkPolicy.
+    #[serde(default = "default_bot_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub port: i32,
+    /// Compute resources of the bot container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
 }
 
 impl Default for WorkerSpec {
@@ -161,6 +200,7 @@ impl Default for WorkerSpec {
             network: WorkerNetwork::default(),
             node_selector: BTreeMap::new(),
             tolerations: Vec::new(),
+            bot: None,
         }
     }
 }
@@ -445,6 +485,9 @@ pub struct VoiceBackendStatus {
 
 fn default_sessions_per_worker() -> i32 {
     10
+}
+fn default_bot_port() -> i32 {
+    8765
 }
 fn default_drain_timeout() -> Duration {
     "300s".parse().expect("valid literal duration")

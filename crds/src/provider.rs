@@ -68,7 +68,7 @@ fn default_burst() -> i32 {
     1
 }
 
-/// Image pull policy of the worker container.
+/// Image pull policy of a container (the Kubernetes default when unset).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum PullPolicy {
     /// Always pull.
@@ -99,6 +99,12 @@ pub struct ProviderWorker {
     /// it is not Accepted (reason `HostNetworkNotAllowed`).
     #[serde(default)]
     pub allow_host_network: bool,
+    /// Whether a backend may run a bot container beside each worker (`spec.workers.bot`),
+    /// e.g. a Pipecat bot the worker hands each session's audio to. Off by default: the bot is
+    /// the backend author's code. A backend that sets a bot on a provider that does not allow
+    /// it is not Accepted (reason `BotNotAllowed`).
+    #[serde(default)]
+    pub allow_bot: bool,
     /// Image pull policy (Kubernetes default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,

@@ -35,6 +35,10 @@ pub enum Rejection {
     LatencyTargetBelowProviderMinimum,
     /// `workers.image` is set on a provider without `worker.allowImageOverride`.
     ImageOverrideNotAllowed,
+    /// `workers.bot` is set on a provider without `worker.allowBot`.
+    BotNotAllowed,
+    /// `workers.bot.port` is a TCP port the worker container itself listens on.
+    BotPortConflict,
     /// `workers.network.advertise: NodeIP` (host networking) on a provider without
     /// `worker.allowHostNetwork`.
     HostNetworkNotAllowed,
@@ -60,6 +64,8 @@ impl Rejection {
             Rejection::StageNotSupported => "StageNotSupported",
             Rejection::LatencyTargetBelowProviderMinimum => "LatencyTargetBelowProviderMinimum",
             Rejection::ImageOverrideNotAllowed => "ImageOverrideNotAllowed",
+            Rejection::BotNotAllowed => "BotNotAllowed",
+            Rejection::BotPortConflict => "BotPortConflict",
             Rejection::HostNetworkNotAllowed => "HostNetworkNotAllowed",
             Rejection::RateLimitNotSupported => "RateLimitNotSupported",
             Rejection::CustomAuthNotSupported => "CustomAuthNotSupported",
@@ -224,6 +230,37 @@ pub fn check(spec: &VoiceBackendSpec, provider: Option<&VoiceProvider>) -> Accep
                 spec.provider, provider.spec.worker.image
             ),
         );
+    }
+    if let Some(bot) = &spec.workers.bot {
+        if !provider.spec.worker.allow_bot {
+            return reject(
+                Rejection::BotNotAllowed,
+                format!(
+                    "spec.workers.bot: {:?} would run beside each worker, and VoiceProvider {:?} does not allow a bot container (spec.worker.allowBot is false); remove spec.workers.bot, or have the provider's owner set allowBot: true",
+                    bot.image, spec.provider
+                ),
+            );
+        }
+        // The pod's containers share one network namespace: a port is the worker's or the bot's.
+        let worker_tcp: Vec<_> = crate::pod_network::ports(&spec.workers.network)
+            .into_iter()
+            .filter(|p| p.protocol.as_deref() == Some("TCP"))
+            .collect();
+        if let Some(taken) = worker_tcp.iter().find(|p| p.container_port == bot.port) {
+            let listed: Vec<_> = worker_tcp
+                .iter()
+                .map(|p| p.container_port.to_string())
+                .collect();
+            return reject(
+                Rejection::BotPortConflict,
+                format!(
+                    "spec.workers.bot.port: {} is the worker's own {} port (the worker listens on TCP {}); choose another port for the bot",
+                    bot.port,
+                    taken.name.as_deref().unwrap_or("TCP"),
+                    listed.join(", ")
+                ),
+            );
+        }
     }
     if spec.workers.network.advertise == AdvertiseMode::NodeIP
         && !provider.spec.worker.allow_host_network

@@ -1,6 +1,7 @@
 //! The objects a VoiceBackend owns besides its pods: the headless Service of its workers, the
 //! Secret with its session signing key, the Secret with its workers' control-channel TLS
-//! files, and the NetworkPolicy that admits the control port only from operator pods.
+//! files, and the NetworkPolicy that admits the control port only from operator pods (and the
+//! port of a bot beside the workers from no other pod).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -270,8 +271,10 @@ pub struct OperatorPods {
 }
 
 /// The NetworkPolicy `<backend>-workers`: the control port (TCP 50051) only from operator
-/// pods; every other port (signaling and WebSocket on HTTP, the WebRTC UDP port, whatever
-/// media port the backend configures) from anywhere.
+/// pods; the port of the backend's bot (`spec.workers.bot.port`) from no other pod (the
+/// worker reaches it on its own pod IP, which stays inside the pod's network namespace and
+/// never meets the policy); every other port (signaling and WebSocket on HTTP, the WebRTC UDP
+/// port, whatever media port the backend configures) from anywhere.
 pub fn network_policy(backend: &VoiceBackend, operator: &OperatorPods) -> Result<NetworkPolicy> {
     let name = pod_template::service_name(&backend.name_any());
     let port = |protocol: &str, from: i32, to: Option<i32>| NetworkPolicyPort {
@@ -283,6 +286,8 @@ pub fn network_policy(backend: &VoiceBackend, operator: &OperatorPods) -> Result
         match_labels: Some(labels),
         match_expressions: None,
     };
+    let bot_port = backend.spec.workers.bot.as_ref().map(|b| b.port);
+    let closed: Vec<i32> = std::iter::once(GRPC_PORT).chain(bot_port).collect();
     Ok(NetworkPolicy {
         metadata: owned_meta(backend, name)?,
         spec: Some(NetworkPolicySpec {
@@ -301,17 +306,44 @@ pub fn network_policy(backend: &VoiceBackend, operator: &OperatorPods) -> Result
                     }]),
                 },
                 NetworkPolicyIngressRule {
-                    ports: Some(vec![
-                        port("TCP", 1, Some(GRPC_PORT - 1)),
-                        port("TCP", GRPC_PORT + 1, Some(65_535)),
-                        port("UDP", 1, Some(65_535)),
-                    ]),
+                    ports: Some(
+                        open_tcp_ranges(&closed)
+                            .into_iter()
+                            .map(|(from, to)| port("TCP", from, Some(to)))
+                            .chain([port("UDP", 1, Some(65_535))])
+                            .collect(),
+                    ),
                     from: None,
                 },
             ]),
             egress: None,
         }),
     })
+}
+
+/// The TCP port ranges `(from, to)` of 1..=65535 without the `closed` ports, in order; each
+/// range has `from <= to`. Closed ports may come in any order, repeated or out of range.
+fn open_tcp_ranges(closed: &[i32]) -> Vec<(i32, i32)> {
+    const LAST: i32 = 65_535;
+    let mut closed: Vec<i32> = closed
+        .iter()
+        .copied()
+        .filter(|p| (1..=LAST).contains(p))
+        .collect();
+    closed.sort_unstable();
+    closed.dedup();
+    let mut ranges = Vec::with_capacity(closed.len() + 1);
+    let mut from = 1;
+    for port in closed {
+        if from < port {
+            ranges.push((from, port - 1));
+        }
+        from = port + 1;
+    }
+    if from <= LAST {
+        ranges.push((from, LAST));
+    }
+    ranges
 }
 
 /// Applies [`network_policy`] when it is missing or different.
@@ -332,3 +364,6 @@ pub async fn ensure_network_policy(
     }
     apply(api, &name, &wanted, "networking.k8s.io/v1", "NetworkPolicy").await
 }
+
+#[cfg(test)]
+mod tests;

@@ -19,6 +19,8 @@
 //!   [`CONTROL_TLS_DIR`], not environment variables: the kubelet refreshes a mounted Secret
 //!   in place, so a renewed certificate or a rotated CA reaches a running worker, which
 //!   reloads it without dropping a session.
+//! - With `spec.workers.bot`, a second container runs the backend author's bot beside the
+//!   worker, without any of the worker's secrets ([`bot`]).
 
 use std::collections::BTreeMap;
 
@@ -131,23 +133,7 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         what: "VOICE_PIPELINE",
         source,
     })?;
-    let field = |path: &str| EnvVarSource {
-        field_ref: Some(ObjectFieldSelector {
-            field_path: path.to_owned(),
-            ..ObjectFieldSelector::default()
-        }),
-        ..EnvVarSource::default()
-    };
-    let value = |name: &str, value: String| EnvVar {
-        name: name.to_owned(),
-        value: Some(value),
-        value_from: None,
-    };
-    let from = |name: &str, source: EnvVarSource| EnvVar {
-        name: name.to_owned(),
-        value: None,
-        value_from: Some(source),
-    };
+    let (field, value, from) = (field_ref, env_value, env_from);
     let mut env = vec![
         from("POD_IP", field("status.podIP")),
         from("POD_NAME", field("metadata.name")),
@@ -203,6 +189,13 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             source,
         })?,
     );
+    // The worker hands each session's audio to the bot beside it (`bot.rs`).
+    env.extend(
+        spec.workers
+            .bot
+            .as_ref()
+            .map(|b| bot::worker_env(b, &spec.workers.network)),
+    );
     // Every Secret key the spec references (provider API keys, webhook auth, TURN
     // credentials) reaches the worker as an environment variable from the Secret itself:
     // the key never passes through the operator, the pod spec or any status.
@@ -231,14 +224,7 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
                 .clone()
                 .unwrap_or_else(|| worker.image.clone()),
         ),
-        image_pull_policy: worker.image_pull_policy.map(|p| {
-            match p {
-                PullPolicy::Always => "Always",
-                PullPolicy::IfNotPresent => "IfNotPresent",
-                PullPolicy::Never => "Never",
-            }
-            .to_owned()
-        }),
+        image_pull_policy: worker.image_pull_policy.map(pull_policy),
         command: (!worker.command.is_empty()).then(|| worker.command.clone()),
         args: (!worker.args.is_empty()).then(|| worker.args.clone()),
         env: Some(env),
@@ -256,17 +242,7 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             period_seconds: Some(READINESS_PERIOD_SECONDS),
             ..Probe::default()
         }),
-        security_context: Some(SecurityContext {
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            run_as_non_root: Some(true),
-            run_as_user: Some(RUN_AS_USER),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: None,
-            }),
-            ..SecurityContext::default()
-        }),
+        security_context: Some(restricted_context()),
         // The root filesystem is read-only; scratch space lives on an emptyDir.
         volume_mounts: Some(
             [
@@ -294,8 +270,11 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         ),
         ..Container::default()
     };
+    let bot = spec.workers.bot.as_ref();
     let pod_spec = PodSpec {
-        containers: vec![container],
+        containers: std::iter::once(container)
+            .chain(bot.map(|b| bot::container(name, b, &spec.workers.network)))
+            .collect(),
         restart_policy: Some("Never".to_owned()),
         termination_grace_period_seconds: Some(
             i64::try_from(drain_seconds).unwrap_or(i64::MAX / 2) + TERMINATION_GRACE_EXTRA_SECONDS,
@@ -346,6 +325,7 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             ]
             .into_iter()
             .chain(crate::pod_network::tls_volume(&spec.workers.network))
+            .chain(bot.map(|_| bot::tmp_volume()))
             .collect(),
         ),
         ..PodSpec::default()
@@ -358,6 +338,62 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
         spec: pod_spec,
         hash: format!("{:016x}", fnv1a64(&bytes))[..10].to_owned(),
     })
+}
+
+/// A variable with a literal value.
+fn env_value(name: &str, value: String) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: Some(value),
+        value_from: None,
+    }
+}
+
+/// A variable taken from `source` (a field of the pod, a Secret key).
+fn env_from(name: &str, source: EnvVarSource) -> EnvVar {
+    EnvVar {
+        name: name.to_owned(),
+        value: None,
+        value_from: Some(source),
+    }
+}
+
+/// The downward-API source of the pod's field `path`.
+fn field_ref(path: &str) -> EnvVarSource {
+    EnvVarSource {
+        field_ref: Some(ObjectFieldSelector {
+            field_path: path.to_owned(),
+            ..ObjectFieldSelector::default()
+        }),
+        ..EnvVarSource::default()
+    }
+}
+
+/// The Kubernetes spelling of a pull policy.
+fn pull_policy(policy: PullPolicy) -> String {
+    match policy {
+        PullPolicy::Always => "Always",
+        PullPolicy::IfNotPresent => "IfNotPresent",
+        PullPolicy::Never => "Never",
+    }
+    .to_owned()
+}
+
+/// The security context of every container of a worker pod (worker and bot): non-root, no
+/// privilege escalation, no capabilities, read-only root filesystem (scratch space on an
+/// emptyDir at `/tmp`).
+fn restricted_context() -> SecurityContext {
+    SecurityContext {
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        run_as_non_root: Some(true),
+        run_as_user: Some(RUN_AS_USER),
+        capabilities: Some(Capabilities {
+            drop: Some(vec!["ALL".to_owned()]),
+            add: None,
+        }),
+        ..SecurityContext::default()
+    }
 }
 
 /// FNV-1a: a hash that never changes between Rust releases, unlike `DefaultHasher`, so a
@@ -404,7 +440,8 @@ pub fn pod(
     }
 }
 
-/// Every `*SecretRef` in the backend's spec, once each, in a stable order.
+/// Every `*SecretRef` in the backend's spec (but for the bot's own environment), once each,
+/// in a stable order.
 pub fn secret_refs(spec: &voice_crds::VoiceBackendSpec) -> Vec<voice_crds::SecretKeyRef> {
     fn walk(value: &serde_json::Value, out: &mut std::collections::BTreeSet<(String, String)>) {
         match value {
@@ -427,7 +464,11 @@ pub fn secret_refs(spec: &voice_crds::VoiceBackendSpec) -> Vec<voice_crds::Secre
         }
     }
     let mut found = std::collections::BTreeSet::new();
-    if let Ok(value) = serde_json::to_value(spec) {
+    if let Ok(mut value) = serde_json::to_value(spec) {
+        // The bot's environment is the bot's: its Secret keys go to the bot container alone.
+        if let Some(workers) = value.get_mut("workers").and_then(|w| w.as_object_mut()) {
+            workers.remove("bot");
+        }
         walk(&value, &mut found);
     }
     found
@@ -436,5 +477,6 @@ pub fn secret_refs(spec: &voice_crds::VoiceBackendSpec) -> Vec<voice_crds::Secre
         .collect()
 }
 
+pub mod bot;
 #[cfg(test)]
 mod tests;

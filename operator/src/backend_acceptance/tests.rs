@@ -306,6 +306,71 @@ fn an_image_override_needs_the_providers_permission() {
 }
 
 #[test]
+fn a_bot_needs_the_providers_permission() {
+    let spec = backend(json!({"workers": {"bot": {"image": "registry.example.com/bot:1"}}}));
+    let outcome = check(&spec, Some(&provider(json!({}))));
+    let (r, msg) = rejected(&outcome);
+    assert_eq!(r, Rejection::BotNotAllowed);
+    assert_eq!(outcome.reason(), "BotNotAllowed");
+    assert_eq!(
+        msg,
+        "spec.workers.bot: \"registry.example.com/bot:1\" would run beside each worker, and VoiceProvider \"builtin\" does not allow a bot container (spec.worker.allowBot is false); remove spec.workers.bot, or have the provider's owner set allowBot: true"
+    );
+    let allowing = provider(json!({"worker": {"image": "worker:1", "allowBot": true}}));
+    assert_eq!(check(&spec, Some(&allowing)), Acceptance::Accepted);
+    // Allowing an image override does not allow a bot.
+    let other = provider(json!({"worker": {"image": "worker:1", "allowImageOverride": true}}));
+    assert_eq!(
+        rejected(&check(&spec, Some(&other))).0,
+        Rejection::BotNotAllowed
+    );
+}
+
+#[test]
+fn a_bot_port_the_worker_listens_on_is_a_conflict() {
+    let allowing = provider(json!({"worker": {"image": "worker:1", "allowBot": true}}));
+    let bot = |port: i32, network: Value| {
+        backend(json!({"workers": {
+            "bot": {"image": "bot:1", "port": port},
+            "network": network
+        }}))
+    };
+    for (port, network, name) in [
+        (50051, json!({}), "grpc"),
+        (8080, json!({}), "http"),
+        // The ICE-TCP media port: the UDP port's number over TCP.
+        (50000, json!({}), "webrtc-tcp"),
+        (40000, json!({"udpPort": 40000}), "webrtc-tcp"),
+    ] {
+        let outcome = check(&bot(port, network), Some(&allowing));
+        let (r, msg) = rejected(&outcome);
+        assert_eq!(r, Rejection::BotPortConflict, "{port}");
+        assert_eq!(outcome.reason(), "BotPortConflict");
+        assert!(
+            msg.starts_with(&format!(
+                "spec.workers.bot.port: {port} is the worker's own {name} port"
+            )) && msg.contains("choose another port for the bot"),
+            "{msg}"
+        );
+    }
+    // Free ports, and the default, are fine; so is 50000 once the media port moved away.
+    for (port, network) in [
+        (8765, json!({})),
+        (9000, json!({})),
+        (50000, json!({"udpPort": 40000})),
+    ] {
+        assert_eq!(
+            check(&bot(port, network), Some(&allowing)),
+            Acceptance::Accepted,
+            "{port}"
+        );
+    }
+    let defaulted = backend(json!({"workers": {"bot": {"image": "bot:1"}}}));
+    assert_eq!(defaulted.workers.bot.as_ref().map(|b| b.port), Some(8765));
+    assert_eq!(check(&defaulted, Some(&allowing)), Acceptance::Accepted);
+}
+
+#[test]
 fn host_networking_needs_the_providers_permission() {
     let spec = backend(json!({"workers": {"network": {"advertise": "NodeIP"}}}));
     let outcome = check(&spec, Some(&provider(json!({}))));
@@ -338,4 +403,5 @@ fn the_permissions_are_off_when_a_provider_does_not_mention_them() {
     let p = provider(json!({}));
     assert!(!p.spec.worker.allow_image_override);
     assert!(!p.spec.worker.allow_host_network);
+    assert!(!p.spec.worker.allow_bot);
 }

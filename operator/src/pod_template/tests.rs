@@ -494,3 +494,243 @@ fn provider_config_reaches_the_worker_and_changes_the_template_hash() {
     // A changed providerConfig is a new template: the workers roll to it.
     assert_ne!(plain.hash, tuned.hash);
 }
+
+fn backend_with_bot(bot: serde_json::Value) -> VoiceBackend {
+    let mut b = serde_json::to_value(backend(None)).expect("json");
+    b["spec"]["workers"]["bot"] = bot;
+    serde_json::from_value(b).expect("backend")
+}
+
+fn pipecat_bot() -> serde_json::Value {
+    json!({
+        "image": "registry.example.com/pipecat-bot:1",
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["python"],
+        "args": ["bot.py", "--port", "$(VOICE_BOT_PORT)"],
+        "env": [
+            {"name": "LOG_LEVEL", "value": "debug"},
+            {"name": "OPENAI_API_KEY", "valueFrom": {"secretKeyRef": {"name": "bot-keys", "key": "openai"}}}
+        ],
+        "port": 9000,
+        "resources": {"limits": {"cpu": "1", "memory": "512Mi"}}
+    })
+}
+
+fn bot_container(t: &WorkerTemplate) -> &Container {
+    t.spec
+        .containers
+        .iter()
+        .find(|c| c.name == "bot")
+        .expect("a bot container")
+}
+
+#[test]
+fn a_bot_runs_beside_the_worker_with_its_pod_facts_first_and_a_tcp_readiness_probe() {
+    let t = render(&backend_with_bot(pipecat_bot()), &provider()).expect("render");
+    let names: Vec<_> = t.spec.containers.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, ["worker", "bot"]);
+    let bot = bot_container(&t);
+    assert_eq!(
+        bot.image.as_deref(),
+        Some("registry.example.com/pipecat-bot:1")
+    );
+    assert_eq!(bot.image_pull_policy.as_deref(), Some("IfNotPresent"));
+    assert_eq!(bot.command, Some(vec!["python".to_owned()]));
+    assert_eq!(
+        bot.args.as_deref().map(|a| a.join(" ")).as_deref(),
+        Some("bot.py --port $(VOICE_BOT_PORT)")
+    );
+    let env = bot.env.clone().unwrap_or_default();
+    let names: Vec<_> = env.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "VOICE_BOT_HOST",
+            "VOICE_BOT_PORT",
+            "POD_NAME",
+            "POD_NAMESPACE",
+            "BACKEND_NAME",
+            "LOG_LEVEL",
+            "OPENAI_API_KEY"
+        ]
+    );
+    let field = |i: usize| {
+        env[i]
+            .value_from
+            .as_ref()
+            .and_then(|f| f.field_ref.as_ref())
+            .map(|f| f.field_path.as_str())
+    };
+    assert_eq!(field(0), Some("status.podIP"));
+    assert_eq!(env[1].value.as_deref(), Some("9000"));
+    assert_eq!(field(2), Some("metadata.name"));
+    assert_eq!(field(3), Some("metadata.namespace"));
+    assert_eq!(env[4].value.as_deref(), Some("assistant"));
+    assert_eq!(env[5].value.as_deref(), Some("debug"));
+    let ports = bot.ports.clone().unwrap_or_default();
+    assert_eq!(ports.len(), 1);
+    assert_eq!(
+        (
+            ports[0].name.as_deref(),
+            ports[0].container_port,
+            ports[0].host_port,
+            ports[0].protocol.as_deref()
+        ),
+        (Some("bot"), 9000, None, Some("TCP"))
+    );
+    let probe = bot.readiness_probe.as_ref().expect("a readiness probe");
+    assert_eq!(
+        probe.tcp_socket.as_ref().map(|s| &s.port),
+        Some(&IntOrString::Int(9000))
+    );
+    assert_eq!(probe.period_seconds, Some(READINESS_PERIOD_SECONDS));
+    assert_eq!(
+        bot.resources
+            .as_ref()
+            .and_then(|r| r.limits.as_ref())
+            .and_then(|l| l.get("memory"))
+            .map(|q| q.0.as_str()),
+        Some("512Mi")
+    );
+    // As locked down as the worker, with a writable /tmp of its own.
+    assert_eq!(bot.security_context, t.spec.containers[0].security_context);
+    let context = bot.security_context.as_ref().expect("security context");
+    assert_eq!(context.read_only_root_filesystem, Some(true));
+    assert_eq!(context.allow_privilege_escalation, Some(false));
+    let mounts: Vec<_> = bot
+        .volume_mounts
+        .iter()
+        .flatten()
+        .map(|m| (m.name.as_str(), m.mount_path.as_str()))
+        .collect();
+    assert_eq!(mounts, [(bot::TMP_VOLUME, "/tmp")]);
+    let volume = t
+        .spec
+        .volumes
+        .iter()
+        .flatten()
+        .find(|v| v.name == bot::TMP_VOLUME)
+        .expect("the bot's scratch volume");
+    assert!(volume.empty_dir.is_some());
+}
+
+#[test]
+fn the_worker_finds_the_bot_on_its_pod_ip() {
+    let t = render(&backend_with_bot(pipecat_bot()), &provider()).expect("render");
+    let worker = &t.spec.containers[0];
+    let vars = worker.env.clone().unwrap_or_default();
+    // The kubelet expands $(POD_IP) only from a variable defined before.
+    assert_eq!(vars[0].name, "POD_IP");
+    let url = vars
+        .iter()
+        .find(|e| e.name == bot::BOT_URL_ENV)
+        .expect("VOICE_BOT_URL");
+    assert_eq!(url.value.as_deref(), Some("ws://$(POD_IP):9000/session"));
+    // The bot's port is the bot's: the worker declares no such port.
+    assert!(
+        worker
+            .ports
+            .iter()
+            .flatten()
+            .all(|p| p.container_port != 9000)
+    );
+    let defaulted = backend_with_bot(json!({"image": "bot:1"}));
+    let defaulted = env(&render(&defaulted, &provider()).expect("render"));
+    assert_eq!(
+        defaulted[bot::BOT_URL_ENV].0.as_deref(),
+        Some("ws://$(POD_IP):8765/session")
+    );
+}
+
+#[test]
+fn no_bot_container_without_a_bot() {
+    let t = render(&backend(None), &provider()).expect("render");
+    assert_eq!(t.spec.containers.len(), 1);
+    assert!(!env(&t).contains_key(bot::BOT_URL_ENV));
+    assert!(
+        t.spec
+            .volumes
+            .iter()
+            .flatten()
+            .all(|v| v.name != bot::TMP_VOLUME)
+    );
+}
+
+#[test]
+fn the_bot_gets_no_secret_of_the_worker_and_the_worker_none_of_the_bot() {
+    let t = render(&backend_with_bot(pipecat_bot()), &provider()).expect("render");
+    let bot = bot_container(&t);
+    let secrets: Vec<_> = bot
+        .env
+        .iter()
+        .flatten()
+        .filter_map(|e| {
+            let s = e.value_from.as_ref()?.secret_key_ref.as_ref()?;
+            Some((e.name.as_str(), s.name.as_str(), s.key.as_str()))
+        })
+        .collect();
+    // Only the key the backend author gave the bot: no signing key, no provider credentials.
+    assert_eq!(secrets, [("OPENAI_API_KEY", "bot-keys", "openai")]);
+    assert!(bot.env_from.is_none());
+    assert!(
+        bot.volume_mounts
+            .iter()
+            .flatten()
+            .all(|m| m.name == bot::TMP_VOLUME),
+        "no control TLS, signing-key or signaling TLS mount"
+    );
+    // The worker still has its own, and nothing of the bot's.
+    let worker = env(&t);
+    assert!(worker.contains_key("SESSION_SIGNING_KEY"));
+    assert!(worker.contains_key("VOICE_SECRET_OPENAI_API_KEY"));
+    assert!(!worker.contains_key("OPENAI_API_KEY"));
+    assert!(
+        !worker.values().any(|(_, from)| from
+            .as_ref()
+            .and_then(|f| f.secret_key_ref.as_ref())
+            .is_some_and(|s| s.name == "bot-keys")),
+        "the bot's Secret does not reach the worker"
+    );
+}
+
+#[test]
+fn hash_changes_when_the_bot_changes() {
+    let plain = render(&backend(None), &provider()).expect("render");
+    let with_bot = render(&backend_with_bot(pipecat_bot()), &provider()).expect("render");
+    let mut other = pipecat_bot();
+    other["image"] = json!("registry.example.com/pipecat-bot:2");
+    let other = render(&backend_with_bot(other), &provider()).expect("render");
+    assert_ne!(plain.hash, with_bot.hash);
+    assert_ne!(with_bot.hash, other.hash);
+}
+
+#[test]
+fn on_the_host_network_the_bot_listens_on_loopback_not_on_the_nodes_address() {
+    let mut b = serde_json::to_value(backend_with_bot(pipecat_bot())).expect("json");
+    b["spec"]["workers"]["network"] = json!({"advertise": "NodeIP"});
+    let b: VoiceBackend = serde_json::from_value(b).expect("backend");
+    let t = render(&b, &provider()).expect("render");
+    let bot = bot_container(&t);
+    let port = &bot.ports.clone().unwrap_or_default()[0];
+    assert_eq!((port.container_port, port.host_port), (9000, None));
+    let env = bot.env.clone().unwrap_or_default();
+    let host = env
+        .iter()
+        .find(|e| e.name == "VOICE_BOT_HOST")
+        .expect("VOICE_BOT_HOST");
+    assert_eq!(host.value.as_deref(), Some("127.0.0.1"));
+    let probe = bot
+        .readiness_probe
+        .clone()
+        .and_then(|p| p.tcp_socket)
+        .expect("tcp probe");
+    assert_eq!(probe.host.as_deref(), Some("127.0.0.1"));
+    let worker = &t.spec.containers[0];
+    let url = worker
+        .env
+        .iter()
+        .flatten()
+        .find(|e| e.name == "VOICE_BOT_URL")
+        .and_then(|e| e.value.clone());
+    assert_eq!(url.as_deref(), Some("ws://127.0.0.1:9000/session"));
+}
