@@ -192,10 +192,14 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
     // A worker that served before and lost its readiness is checked too: a hung worker fails
     // its readiness probe, and with `restartPolicy: Never` only the failure threshold here
     // replaces it. Workers that never became Ready are still starting and are left alone.
+    // "Served" is "was ever checked", not the last phase: a worker whose readiness went in
+    // the very round its check still passed is recorded `Starting`, and must not drop out.
     let served: HashSet<&str> = current
         .worker_statuses
         .iter()
-        .filter(|s| matches!(s.phase, WorkerPhase::Ready | WorkerPhase::Unhealthy))
+        .filter(|s| {
+            s.last_check.is_some() || matches!(s.phase, WorkerPhase::Ready | WorkerPhase::Unhealthy)
+        })
         .map(|s| s.name.as_str())
         .collect();
     let checks = join_all(workers.iter().map(|w| async {

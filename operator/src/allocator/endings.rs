@@ -4,6 +4,10 @@
 use super::*;
 use crate::held_fate::{self, HeldFacts, HeldFate};
 
+/// End reasons a worker reports when a session could not go on (the pipecat provider's bot
+/// went away); the session ends `Failed`. Every other worker-reported end is `Completed`.
+const WORKER_FAILURE_REASONS: &[&str] = &["BotLost"];
+
 impl Allocator {
     /// Sessions whose worker pod is gone or finished go back to Pending (WorkerLost) to be
     /// re-admitted elsewhere with their persisted context; sessions of a deleted backend end.
@@ -233,10 +237,16 @@ impl Allocator {
                 end.reason, end.message
             )
         };
+        // A worker ends a session as a failure only when its pipeline cannot go on.
+        let phase = if WORKER_FAILURE_REASONS.contains(&end.reason.as_str()) {
+            SessionPhase::Failed
+        } else {
+            SessionPhase::Completed
+        };
         self.end(
             &session,
             &key,
-            SessionPhase::Completed,
+            phase,
             &end.reason,
             &message,
             Timestamp::now(),
