@@ -66,6 +66,20 @@ pub async fn mark_serving(reporter: &HealthReporter) {
         .await;
 }
 
+/// Sets `grpc.health.v1` for the whole server and for WorkerControl to `serving`.
+pub async fn report_serving(reporter: &HealthReporter, serving: bool) {
+    if serving {
+        mark_serving(reporter).await;
+    } else {
+        reporter
+            .set_not_serving::<WorkerControlServer<ControlService>>()
+            .await;
+        reporter
+            .set_service_status("", tonic_health::ServingStatus::NotServing)
+            .await;
+    }
+}
+
 /// Turns health NOT_SERVING from the moment the worker drains, so a plain gRPC probe
 /// and the operator agree that the worker takes no new sessions.
 pub async fn report_draining(reporter: HealthReporter, sessions: Arc<Sessions>) {

@@ -17,12 +17,23 @@ use crate::sessions::Sessions;
 pub struct HttpState {
     sessions: Arc<Sessions>,
     started: Arc<AtomicBool>,
+    bot: Option<crate::bot_watch::BotReachable>,
 }
 
 impl HttpState {
     /// Handler state; `started` turns true once both servers listen.
     pub fn new(sessions: Arc<Sessions>, started: Arc<AtomicBool>) -> Self {
-        Self { sessions, started }
+        Self {
+            sessions,
+            started,
+            bot: None,
+        }
+    }
+
+    /// Ready only while the bot beside the worker answers too (`spec.workers.bot`).
+    pub fn with_bot(mut self, bot: crate::bot_watch::BotReachable) -> Self {
+        self.bot = Some(bot);
+        self
     }
 }
 
@@ -48,6 +59,9 @@ async fn readyz(State(state): State<HttpState>) -> (StatusCode, &'static str) {
     }
     if state.sessions.watch().borrow().draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+    }
+    if state.bot.as_ref().is_some_and(|bot| !bot.get()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "bot unreachable\n");
     }
     (StatusCode::OK, "ready\n")
 }

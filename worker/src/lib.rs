@@ -8,6 +8,7 @@
 //! session runs the voice [`pipeline`] its backend's configuration asks for — VAD, turn detection,
 //! STT → agent → TTS, or speech-to-speech — or the diagnostic `echo` ([`media`]).
 
+pub mod bot_watch;
 pub mod capacity;
 pub mod client_auth;
 pub mod config;

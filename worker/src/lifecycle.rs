@@ -151,7 +151,22 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
     });
 
     let (reporter, health) = tonic_health::server::health_reporter();
-    control::mark_serving(&reporter).await;
+    // With a bot beside it (spec.workers.bot), the worker serves only while the bot answers.
+    let bot = std::env::var(crate::pipeline::build::BOT_URL_ENV)
+        .ok()
+        .and_then(|url| crate::bot_watch::address(&url));
+    let bot_reachable = crate::bot_watch::BotReachable::default();
+    let has_bot = bot.is_some();
+    control::report_serving(&reporter, !has_bot).await;
+    if let Some(address) = bot {
+        tokio::spawn(crate::bot_watch::watch(
+            address,
+            bot_reachable.clone(),
+            reporter.clone(),
+            sessions.clone(),
+            shutdown.clone(),
+        ));
+    }
     tokio::spawn(control::report_draining(reporter, sessions.clone()));
     let router = tonic::transport::Server::builder()
         .add_service(health)
@@ -169,8 +184,11 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
             tokio::spawn(async move { serve.await.map_err(Error::Grpc) })
         }
     };
-    let app = http::router(HttpState::new(sessions.clone(), started.clone()))
-        .merge(signaling::router(media));
+    let mut http_state = HttpState::new(sessions.clone(), started.clone());
+    if has_bot {
+        http_state = http_state.with_bot(bot_reachable);
+    }
+    let app = http::router(http_state).merge(signaling::router(media));
     let http = server::serve(
         http_listener,
         app,
