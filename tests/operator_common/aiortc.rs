@@ -16,6 +16,29 @@ pub async fn call(
     tone_secs: f64,
     hold_secs: f64,
 ) -> (Value, Vec<i16>) {
+    call_with(base, session, token, tone_secs, None, hold_secs).await
+}
+
+/// [`call`] sending `speech` (48 kHz mono PCM) instead of the tone.
+pub async fn call_saying(
+    base: &str,
+    session: &str,
+    token: &str,
+    speech: &[i16],
+    hold_secs: f64,
+) -> (Value, Vec<i16>) {
+    let seconds = speech.len() as f64 / 48_000.0;
+    call_with(base, session, token, seconds, Some(speech), hold_secs).await
+}
+
+async fn call_with(
+    base: &str,
+    session: &str,
+    token: &str,
+    tone_secs: f64,
+    speech: Option<&[i16]>,
+    hold_secs: f64,
+) -> (Value, Vec<i16>) {
     let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
     let venv = std::path::PathBuf::from(home).join(".cache/voice-operator/venv");
     let python = venv.join("bin/python");
@@ -47,7 +70,17 @@ pub async fn call(
         std::process::id(),
         session.replace('/', "-")
     ));
-    let run = tokio::process::Command::new(&python)
+    let speech_file = speech.map(|speech| {
+        let path = out.with_extension("speech.pcm");
+        let bytes: Vec<u8> = speech.iter().flat_map(|s| s.to_le_bytes()).collect();
+        std::fs::write(&path, bytes).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        path
+    });
+    let mut command = tokio::process::Command::new(&python);
+    if let Some(path) = &speech_file {
+        command.env("AIORTC_SPEECH_PCM", path);
+    }
+    let run = command
         .arg(&script)
         .args([
             base,
@@ -65,6 +98,9 @@ pub async fn call(
         .expect("running the aiortc client");
     let pcm = std::fs::read(&out).unwrap_or_default();
     let _ = std::fs::remove_file(&out);
+    if let Some(path) = speech_file {
+        let _ = std::fs::remove_file(path);
+    }
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -314,3 +314,24 @@ async fn a_worker_without_a_bot_refuses_the_session_naming_the_field() {
         "{text}"
     );
 }
+
+#[test]
+fn the_example_bots_import_against_the_pinned_pipecat() {
+    for bot in ["examples/pipecat/bot.py", "examples/pipecat/parrot_bot.py"] {
+        let load = format!(
+            "import importlib.util as u; s = u.spec_from_file_location('bot', {:?}); \
+             s.loader.exec_module(u.module_from_spec(s))",
+            repo().join(bot)
+        );
+        let out = Command::new(pipecat_python())
+            .args(["-c", &load])
+            .env("PYTHONPATH", repo().join("sdk/pipecat"))
+            .output()
+            .unwrap_or_else(|e| panic!("python: {e}"));
+        assert!(
+            out.status.success(),
+            "{bot} does not import: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}

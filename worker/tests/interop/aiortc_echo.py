@@ -7,12 +7,15 @@ received audio is written as raw PCM16 LE mono 48 kHz for the Rust test to analy
 usage: aiortc_echo.py BASE_URL SESSION TOKEN SECONDS OUT_PCM [HOLD_SECONDS]
 
 HOLD_SECONDS (default 1) is how long the call stays up after the tone, listening.
+With AIORTC_SPEECH_PCM naming a raw PCM16 LE mono 48 kHz file, that audio is sent in place
+of the tone (SECONDS is then its length).
 """
 
 import asyncio
 import fractions
 import json
 import math
+import os
 import struct
 import sys
 import time
@@ -36,9 +39,10 @@ class Tone(MediaStreamTrack):
 
     kind = "audio"
 
-    def __init__(self, seconds):
+    def __init__(self, seconds, speech=None):
         super().__init__()
-        self.total = int(seconds * RATE)
+        self.speech = speech
+        self.total = len(speech) if speech is not None else int(seconds * RATE)
         self.pts = 0
         self.start = None
         self.first_tone_at = None
@@ -52,10 +56,14 @@ class Tone(MediaStreamTrack):
         if self.pts < self.total:
             if self.first_tone_at is None:
                 self.first_tone_at = time.monotonic()
-            samples = [
-                int(10000 * math.sin(2 * math.pi * 1000 * (self.pts + i) / RATE))
-                for i in range(FRAME)
-            ]
+            if self.speech is not None:
+                samples = list(self.speech[self.pts : self.pts + FRAME])
+                samples += [0] * (FRAME - len(samples))
+            else:
+                samples = [
+                    int(10000 * math.sin(2 * math.pi * 1000 * (self.pts + i) / RATE))
+                    for i in range(FRAME)
+                ]
         else:
             samples = [0] * FRAME
         frame = AudioFrame(format="s16", layout="mono", samples=FRAME)
@@ -81,7 +89,13 @@ def http(method, url, token, body=None, content_type=None):
 
 async def main(base, session, token, seconds, out_path, hold=1.0):
     pc = RTCPeerConnection()
-    tone = Tone(seconds)
+    speech = None
+    if os.environ.get("AIORTC_SPEECH_PCM"):
+        with open(os.environ["AIORTC_SPEECH_PCM"], "rb") as f:
+            raw = f.read()
+        speech = struct.unpack("<%dh" % (len(raw) // 2), raw[: len(raw) // 2 * 2])
+        seconds = len(speech) / RATE
+    tone = Tone(seconds, speech)
     pc.addTrack(tone)
     events = []
     channel = pc.createDataChannel("events")
