@@ -51,9 +51,35 @@ fn bot_pid(pod: &k8s_openapi::api::core::v1::Pod) -> Option<i32> {
         .and_then(|p| i32::try_from(p).ok())
 }
 
+/// The bot's "image": the script and the voice-operator-pipecat package copied beside the
+/// Pipecat venv (under `~/.cache/voice-operator`, where the node agent's `pipecat-bot` python
+/// lives), as a bot image would hold them. Never the checkout itself: a checkout under `/tmp`
+/// would lie under the bot container's own `/tmp` mount, which hides it, as in a real pod.
+fn bot_image_dir(name: &str) -> std::path::PathBuf {
+    let root = voice_cluster::layout::workspace_root();
+    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+    let dir = std::path::Path::new(&home)
+        .join(".cache/voice-operator/pipecat-bots")
+        .join(name);
+    let package = dir.join("voice_operator_pipecat");
+    std::fs::create_dir_all(&package).unwrap_or_else(|e| panic!("{}: {e}", package.display()));
+    let copy = |from: std::path::PathBuf, to: std::path::PathBuf| {
+        std::fs::copy(&from, &to)
+            .unwrap_or_else(|e| panic!("{} -> {}: {e}", from.display(), to.display()));
+    };
+    copy(
+        root.join("examples/pipecat/parrot_bot.py"),
+        dir.join("parrot_bot.py"),
+    );
+    copy(
+        root.join("sdk/pipecat/voice_operator_pipecat/__init__.py"),
+        package.join("__init__.py"),
+    );
+    dir
+}
+
 #[tokio::test]
 async fn a_pipecat_bot_answers_an_aiortc_caller_and_its_death_fails_the_session() {
-    let root = voice_cluster::layout::workspace_root();
     let stack = OperatorStack::start_with(
         "pipecat",
         json!({
@@ -64,6 +90,7 @@ async fn a_pipecat_bot_answers_an_aiortc_caller_and_its_death_fails_the_session(
     )
     .await;
     let ns = &stack.ns;
+    let image = bot_image_dir(ns.name());
     stack.apply_backend(
         "parrot",
         json!({
@@ -72,8 +99,8 @@ async fn a_pipecat_bot_answers_an_aiortc_caller_and_its_death_fails_the_session(
             "agent": null,
             "workers": {"bot": {
                 "image": "voice-operator/pipecat-bot:dev",
-                "args": [root.join("examples/pipecat/parrot_bot.py").to_string_lossy()],
-                "env": [{"name": "PYTHONPATH", "value": root.join("sdk/pipecat").to_string_lossy()}],
+                "args": [image.join("parrot_bot.py").to_string_lossy()],
+                "env": [{"name": "PYTHONPATH", "value": image.to_string_lossy()}],
             }},
         }),
     );
@@ -204,4 +231,5 @@ async fn a_pipecat_bot_answers_an_aiortc_caller_and_its_death_fails_the_session(
         pod.metadata.name.as_deref(),
         "admitted onto the new pod"
     );
+    let _ = std::fs::remove_dir_all(&image);
 }
