@@ -151,42 +151,65 @@ impl Worker {
     }
 
     /// A worker with `capacity` slots, backend configuration `pipeline` and extra `env`.
+    ///
+    /// [`free_port`] lets its port go before the worker binds it, so on a busy machine
+    /// another process may take it first and the worker exits with `BindFailed`; then it is
+    /// started again on fresh ports (up to three times). A worker that exits for any other
+    /// reason exits every time, and the last one is returned for the test to look at.
     pub fn start_with(
         capacity: u32,
         pipeline: Option<&serde_json::Value>,
         env: &[(&str, &str)],
     ) -> Self {
-        let (grpc_port, http_port) = (free_port(), free_port());
+        const ATTEMPTS: usize = 3;
         let pki = ControlPki::new();
-        let mut command = Command::new(env!("CARGO_BIN_EXE_voice-worker"));
-        if let Some(pipeline) = pipeline {
-            command.env("VOICE_PIPELINE", pipeline.to_string());
-        }
-        let child = command
-            .env("CONTROL_TLS_DIR", &pki.dir)
-            .env("POD_IP", "127.0.0.1")
-            .env("UDP_PORT", "0")
-            .env("SESSIONS_PER_WORKER", capacity.to_string())
-            .env(
-                "SESSION_SIGNING_KEY",
-                std::str::from_utf8(KEY).unwrap_or_default(),
-            )
-            .env("HTTP_REQUEST_TIMEOUT_SECONDS", "2")
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
-            )
-            .envs(env.iter().copied())
-            .args(["--grpc-port", &grpc_port.to_string()])
-            .args(["--http-port", &http_port.to_string()])
-            .stdin(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting voice-worker: {e}"));
-        Self {
-            child,
-            grpc_port,
-            http_port,
-            pki,
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (grpc_port, http_port) = (free_port(), free_port());
+            let mut command = Command::new(env!("CARGO_BIN_EXE_voice-worker"));
+            if let Some(pipeline) = pipeline {
+                command.env("VOICE_PIPELINE", pipeline.to_string());
+            }
+            let mut child = command
+                .env("CONTROL_TLS_DIR", &pki.dir)
+                .env("POD_IP", "127.0.0.1")
+                .env("UDP_PORT", "0")
+                .env("SESSIONS_PER_WORKER", capacity.to_string())
+                .env(
+                    "SESSION_SIGNING_KEY",
+                    std::str::from_utf8(KEY).unwrap_or_default(),
+                )
+                .env("HTTP_REQUEST_TIMEOUT_SECONDS", "2")
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()),
+                )
+                .envs(env.iter().copied())
+                .args(["--grpc-port", &grpc_port.to_string()])
+                .args(["--http-port", &http_port.to_string()])
+                .stdin(Stdio::null())
+                .spawn()
+                .unwrap_or_else(|e| panic!("starting voice-worker: {e}"));
+            let listening = |port: u16| std::net::TcpStream::connect(("127.0.0.1", port)).is_ok();
+            let deadline = Instant::now() + PATIENCE;
+            let exited = loop {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    break true;
+                }
+                if (listening(http_port) && listening(grpc_port)) || Instant::now() > deadline {
+                    break false;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            };
+            if !exited || attempt == ATTEMPTS {
+                return Self {
+                    child,
+                    grpc_port,
+                    http_port,
+                    pki,
+                };
+            }
         }
     }
 
