@@ -6,7 +6,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
+
+use crate::speech_models::run;
 
 /// The pinned requirements, shared with a bot image.
 const REQUIREMENTS: &str = include_str!("../../examples/pipecat/requirements.txt");
@@ -43,15 +45,5 @@ pub fn ensure() -> anyhow::Result<()> {
         ])
         .arg(&requirements))?;
     std::fs::write(&stamp, REQUIREMENTS)?;
-    Ok(())
-}
-
-fn run(command: &mut Command) -> anyhow::Result<()> {
-    let status = command
-        .status()
-        .with_context(|| format!("running {command:?}"))?;
-    if !status.success() {
-        bail!("{command:?} failed (is PyPI reachable?)");
-    }
     Ok(())
 }

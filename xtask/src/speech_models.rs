@@ -107,7 +107,8 @@ fn link_models(python: &Path, models: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run(command: &mut Command) -> anyhow::Result<()> {
+/// Runs `command`, failing with its name when it fails.
+pub(crate) fn run(command: &mut Command) -> anyhow::Result<()> {
     let status = command
         .status()
         .with_context(|| format!("running {command:?}"))?;
