@@ -85,12 +85,7 @@ pub async fn report_serving(reporter: &HealthReporter, serving: bool) {
 pub async fn report_draining(reporter: HealthReporter, sessions: Arc<Sessions>) {
     let mut occupancy = sessions.watch();
     if occupancy.wait_for(|o| o.draining()).await.is_ok() {
-        reporter
-            .set_not_serving::<WorkerControlServer<ControlService>>()
-            .await;
-        reporter
-            .set_service_status("", tonic_health::ServingStatus::NotServing)
-            .await;
+        report_serving(&reporter, false).await;
     }
 }
 
