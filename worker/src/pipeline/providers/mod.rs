@@ -16,6 +16,7 @@ pub mod pipecat_wire;
 pub mod piper;
 pub mod pocketsphinx;
 pub mod realtime;
+pub mod s2s_playout;
 pub mod smart_turn;
 pub mod speech_process;
 pub mod sse;

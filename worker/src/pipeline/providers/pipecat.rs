@@ -13,7 +13,7 @@
 //! ends `Failed` with reason `BotLost`, its slot freed.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -21,8 +21,9 @@ use voice_crds::PipelineState;
 
 use super::MAX_REPLY_BYTES;
 use super::pipecat_wire::{self, BOT_INPUT_RATE, BotEvent, NAME, PROTOCOL};
+use super::s2s_playout::Playout;
 use crate::media::echo::SpeechToSpeech;
-use crate::media::{FRAME_PERIOD, FRAME_SAMPLES, Frame, SAMPLE_RATE};
+use crate::media::{FRAME_SAMPLES, Frame, SAMPLE_RATE};
 use crate::pipeline::audio::Resampler;
 use crate::pipeline::metrics::PipelineMetrics;
 use crate::pipeline::sentences::truncate_text;
@@ -35,10 +36,6 @@ const OUTBOUND: usize = 50;
 
 /// Bot events queued towards the media loop.
 const INBOUND: usize = 256;
-
-/// Reply audio buffered for playout at 48 kHz: ten seconds; beyond that the oldest goes.
-/// Pipecat paces its output near real time, so this only fills when the caller stalls.
-const MAX_PLAYOUT: usize = 10 * SAMPLE_RATE as usize;
 
 /// The end reason of a session whose bot connection failed or closed.
 pub const BOT_LOST: &str = "BotLost";
@@ -88,14 +85,13 @@ pub struct PipecatS2s {
     events: mpsc::Receiver<BotEvent>,
     cancel: CancellationToken,
     down: Resampler,
-    playout: VecDeque<i16>,
+    playout: Playout,
     /// The bot is speaking or about to (from the user's turn end to `bot-stopped-speaking`).
     responding: bool,
     machine: StateMachine,
     sink: Box<dyn EventSink>,
     metrics: PipelineMetrics,
     outbox: VecDeque<String>,
-    next_due: Option<Instant>,
     turn: u64,
     stopped_at: Option<Instant>,
     /// A hang-up the bot asked for, carried out once its reply has played.
@@ -126,13 +122,12 @@ impl PipecatS2s {
             events,
             cancel,
             down: Resampler::new(SAMPLE_RATE, BOT_INPUT_RATE),
-            playout: VecDeque::new(),
+            playout: Playout::default(),
             responding: false,
             machine: StateMachine::new(),
             sink,
             metrics,
             outbox: VecDeque::new(),
-            next_due: None,
             turn: 0,
             stopped_at: None,
             hangup: None,
@@ -190,10 +185,7 @@ impl PipecatS2s {
                     // Speaking until `bot-stopped-speaking`, so a gap between the bot's
                     // paced chunks is not the end of the reply.
                     self.responding = true;
-                    self.playout.extend(samples);
-                    let excess = self.playout.len().saturating_sub(MAX_PLAYOUT);
-                    if excess > 0 {
-                        self.playout.drain(..excess);
+                    if self.playout.extend(samples) {
                         self.metrics.count_dropped("pipecat_playout_full");
                     }
                 }
@@ -264,20 +256,9 @@ impl SpeechToSpeech for PipecatS2s {
                 return false;
             }
         }
-        if self
-            .next_due
-            .is_some_and(|due| now + Duration::from_millis(2) < due)
-        {
+        let n = self.playout.take_due(now, out);
+        if n == 0 {
             return false;
-        }
-        let base = self
-            .next_due
-            .map_or(now, |due| due.max(now - 2 * FRAME_PERIOD));
-        self.next_due = Some(base.max(now - FRAME_PERIOD) + FRAME_PERIOD);
-        out.fill(0);
-        let n = self.playout.len().min(FRAME_SAMPLES);
-        for (slot, s) in out.iter_mut().zip(self.playout.drain(..n)) {
-            *slot = s;
         }
         if matches!(
             self.machine.state(),

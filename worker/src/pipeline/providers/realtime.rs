@@ -25,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 use voice_crds::PipelineState;
 
 use super::credentials::ApiKey;
+use super::s2s_playout::Playout;
 use super::{ErrorKind, MAX_REALTIME_MESSAGE_BYTES, MAX_REPLY_BYTES, ProviderError};
 use crate::media::echo::SpeechToSpeech;
-use crate::media::{FRAME_PERIOD, FRAME_SAMPLES, Frame, SAMPLE_RATE};
+use crate::media::{FRAME_SAMPLES, Frame, SAMPLE_RATE};
 use crate::pipeline::audio::Resampler;
 use crate::pipeline::metrics::PipelineMetrics;
 use crate::pipeline::sentences::truncate_text;
@@ -44,9 +45,6 @@ const OUTBOUND: usize = 50;
 
 /// Server events queued towards the media loop.
 const INBOUND: usize = 256;
-
-/// Reply audio buffered for playout at 48 kHz: ten seconds; beyond that the oldest goes.
-const MAX_PLAYOUT: usize = 10 * SAMPLE_RATE as usize;
 
 /// How the Realtime session is set up.
 #[derive(Clone, Debug)]
@@ -93,13 +91,12 @@ pub struct RealtimeS2s {
     events: mpsc::Receiver<ServerEvent>,
     cancel: CancellationToken,
     down: Resampler,
-    playout: VecDeque<i16>,
+    playout: Playout,
     responding: bool,
     machine: StateMachine,
     sink: Box<dyn EventSink>,
     metrics: PipelineMetrics,
     outbox: VecDeque<String>,
-    next_due: Option<Instant>,
     turn: u64,
     stopped_at: Option<Instant>,
 }
@@ -129,13 +126,12 @@ impl RealtimeS2s {
             events,
             cancel,
             down: Resampler::new(SAMPLE_RATE, RATE),
-            playout: VecDeque::new(),
+            playout: Playout::default(),
             responding: false,
             machine: StateMachine::new(),
             sink,
             metrics,
             outbox: VecDeque::new(),
-            next_due: None,
             turn: 0,
             stopped_at: None,
         }
@@ -194,10 +190,7 @@ impl RealtimeS2s {
                     if !self.responding {
                         continue; // audio of a cancelled response still in flight
                     }
-                    self.playout.extend(samples);
-                    let excess = self.playout.len().saturating_sub(MAX_PLAYOUT);
-                    if excess > 0 {
-                        self.playout.drain(..excess);
+                    if self.playout.extend(samples) {
                         self.metrics.count_dropped("realtime_playout_full");
                     }
                 }
@@ -258,20 +251,9 @@ impl SpeechToSpeech for RealtimeS2s {
                 return false;
             }
         }
-        if self
-            .next_due
-            .is_some_and(|due| now + Duration::from_millis(2) < due)
-        {
+        let n = self.playout.take_due(now, out);
+        if n == 0 {
             return false;
-        }
-        let base = self
-            .next_due
-            .map_or(now, |due| due.max(now - 2 * FRAME_PERIOD));
-        self.next_due = Some(base.max(now - FRAME_PERIOD) + FRAME_PERIOD);
-        out.fill(0);
-        let n = self.playout.len().min(FRAME_SAMPLES);
-        for (slot, s) in out.iter_mut().zip(self.playout.drain(..n)) {
-            *slot = s;
         }
         self.played += n as u64;
         if self.machine.state() == PipelineState::Processing {
