@@ -380,6 +380,39 @@ pub struct VoiceBackendSpec {
     /// Worker health checks.
     #[serde(default)]
     pub health_check: HealthCheckSpec,
+    /// Serve sessions in rooms of a LiveKit server instead of the worker's own WebRTC and
+    /// WebSocket endpoints: a session's worker joins the session's room as the agent, and
+    /// the session's join-token Secret holds the user's LiveKit access token. Sessions then
+    /// use `transport: livekit`. Only on a provider with `spec.worker.allowLiveKit`
+    /// (otherwise the backend is not Accepted, reason `LiveKitNotAllowed`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live_kit: Option<LiveKitServer>,
+}
+
+/// A LiveKit server and the API key the operator and the workers use with it.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LiveKitServer {
+    /// The server's URL as users reach it, e.g. `wss://livekit.example.com`; it goes to
+    /// `status.endpoint.url` and the join-token Secret.
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('ws://') || self.startsWith('wss://') || self.startsWith('http://') || self.startsWith('https://')").message("liveKit.url must start with ws://, wss://, http:// or https://"))]
+    pub url: String,
+    /// The URL workers dial, when it differs from `url` (e.g. the server's in-cluster
+    /// Service); defaults to `url`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    #[x_kube(validation = Rule::new("self.startsWith('ws://') || self.startsWith('wss://') || self.startsWith('http://') || self.startsWith('https://')").message("liveKit.workerURL must start with ws://, wss://, http:// or https://"))]
+    #[serde(rename = "workerURL")]
+    pub worker_url: Option<String>,
+    /// Name of a Secret in the backend's namespace with keys `api-key` and `api-secret`
+    /// (the server's `keys:` pair). The operator signs users' access tokens with it; the
+    /// workers sign their own and close finished rooms.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub credentials_secret_name: String,
 }
 
 /// Worker counts.

@@ -105,6 +105,12 @@ pub struct ProviderWorker {
     /// it is not Accepted (reason `BotNotAllowed`).
     #[serde(default)]
     pub allow_bot: bool,
+    /// Whether a backend may serve its sessions in rooms of a LiveKit server
+    /// (`spec.liveKit`): its workers then dial out to the server the backend names, with the
+    /// API key from the backend's Secret. Off by default; a backend that sets `liveKit` on a
+    /// provider that does not allow it is not Accepted (reason `LiveKitNotAllowed`).
+    #[serde(default)]
+    pub allow_live_kit: bool,
     /// Image pull policy (Kubernetes default when unset).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub image_pull_policy: Option<PullPolicy>,

@@ -23,6 +23,11 @@ pub enum Transport {
     WebRtc,
     /// WebSocket with PCM16 frames: server-to-server and telephony bridges.
     WebSocket,
+    /// A LiveKit room: the user joins the session's room on the backend's LiveKit server
+    /// (`spec.liveKit`) with the access token in the join-token Secret, and the worker joins
+    /// it as the agent. Only for sessions of a backend with `spec.liveKit`.
+    #[serde(rename = "livekit")]
+    LiveKit,
 }
 
 /// The backend a session runs on.
@@ -124,6 +129,7 @@ pub struct SessionTurnDetection {
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
+    validation = Rule::new("!has(self.room) || (has(self.transport) && self.transport == 'livekit')").field_path(".room").message("room is for transport livekit only: set transport: livekit (on a backend with spec.liveKit) or drop room"),
     validation = Rule::new("!has(self.participants) || self.participants.all(p, p.userID != self.user.userID)").field_path(".participants").message("participants[].userID must differ from user.userID: spec.user is already in the session"),
     // Changing who may join would need new tokens, a new roster on the worker and an answer
     // for someone already connected who is taken off; a new session is the honest way.
@@ -144,10 +150,18 @@ pub struct VoiceSessionSpec {
     #[schemars(length(max = 15))]
     #[x_kube(validation = Rule::new("self.all(p, self.exists_one(q, q.userID == p.userID))").message("participants[].userID must be unique: each names its own join-token key"))]
     pub participants: Vec<SessionParticipant>,
-    /// `webrtc` (default) or `websocket`; immutable.
+    /// `webrtc` (default), `websocket`, or `livekit` (sessions of a backend with
+    /// `spec.liveKit`); immutable.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("transport is immutable: delete the session and create a new one"))]
     pub transport: Transport,
+    /// The LiveKit room the user and the agent meet in (`transport: livekit` only); unset
+    /// gives the session a room of its own, named `<namespace>-<name>`, which is deleted
+    /// when the session ends. A named room is left, not deleted; immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("room is immutable: delete the session and create a new one"))]
+    pub room: Option<String>,
     /// Session metadata (seed Metadata), kept with the persisted context and passed to the agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::provider::free_form_object")]
@@ -207,6 +221,9 @@ pub struct SessionEndpoint {
     /// STUN/TURN server URLs for the client.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ice_servers: Vec<String>,
+    /// The LiveKit room to join (`transport: livekit`); `url` is then the LiveKit server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
 }
 
 /// The live connection (seed UserConnection, the parts known once connected).

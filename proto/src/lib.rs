@@ -4,10 +4,12 @@
 //! documentation of every message; this crate exposes the generated code, the join
 //! tokens ([`token`]) the operator mints and the workers verify, the typed session
 //! configuration ([`session_config`]), the control channel's certificates ([`control_tls`])
-//! and the leader epoch that fences replaced operators ([`leader_epoch`]).
+//! and the leader epoch that fences replaced operators ([`leader_epoch`]) and the LiveKit access
+//! tokens of sessions served in LiveKit rooms ([`livekit_token`]).
 
 pub mod control_tls;
 pub mod leader_epoch;
+pub mod livekit_token;
 pub mod session_audio;
 pub mod session_config;
 pub mod token;

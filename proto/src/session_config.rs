@@ -54,6 +54,11 @@ pub struct SessionConfig {
     /// means [`crate::session_audio::DEFAULT`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio: Option<crate::session_audio::SessionAudio>,
+    /// The LiveKit room the worker joins as the agent (sessions of a backend with
+    /// `spec.liveKit`, from `status.endpoint.room`). A room name, never a server URL: the
+    /// worker dials only the server its pod was configured with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<String>,
 }
 
 /// Overrides of the backend's agent flags and prompt; unset keeps the backend's value.
@@ -127,7 +132,7 @@ pub enum SessionConfigError {
     /// A field the type does not have, e.g. an endpoint or a Secret name.
     #[error(
         "session_config_json.{0}: unknown field; a session configuration holds only overrides \
-         (agent flags, systemPrompt, silenceTimeoutMs, userId, metadata, context, audio, participants, connectionMetadata): endpoints, URLs, \
+         (agent flags, systemPrompt, silenceTimeoutMs, userId, metadata, context, audio, participants, connectionMetadata, room): endpoints, URLs, \
          providers and Secret names come only from the backend the worker was started with"
     )]
     UnknownField(String),
@@ -151,6 +156,7 @@ const TOP: &[&str] = &[
     "audio",
     "participants",
     "connectionMetadata",
+    "room",
 ];
 const AUDIO: &[&str] = &["sampleRate", "bufferBytes"];
 const AGENT: &[&str] = &[
@@ -242,6 +248,16 @@ impl SessionConfig {
         if let Some((field, message)) = self.audio.as_ref().and_then(|a| a.problem()) {
             return Err(SessionConfigError::OutOfRange { field, message });
         }
+        if let Some(room) = &self.room
+            && !is_room_name(room)
+        {
+            return Err(SessionConfigError::OutOfRange {
+                field: "room",
+                message: format!(
+                    "{room:?} is not a room name: 1 to 128 characters of letters, digits, '-', '.' or '_'"
+                ),
+            });
+        }
         if let Some(ms) = self.silence_timeout_ms
             && !(1..=MAX_SILENCE_TIMEOUT_MS).contains(&ms)
         {
@@ -275,6 +291,14 @@ impl SessionConfig {
     }
 }
 
+/// Whether `name` is a LiveKit room name the CRD admits (`VoiceSession.spec.room`).
+pub fn is_room_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -284,6 +308,14 @@ mod tests {
             Ok(c) => panic!("{json} parsed as {c:?}"),
             Err(e) => e.to_string(),
         }
+    }
+
+    #[test]
+    fn a_room_is_a_name_never_a_url() {
+        let config = SessionConfig::parse(r#"{"room": "team-a-call-1"}"#).unwrap();
+        assert_eq!(config.room.as_deref(), Some("team-a-call-1"));
+        assert!(refused(r#"{"room": "wss://elsewhere.example/room"}"#).contains("room"));
+        assert!(refused(r#"{"room": ""}"#).contains("not a room name"));
     }
 
     #[test]
@@ -310,6 +342,7 @@ mod tests {
                 buffer_bytes: 3_200,
             }),
             participants: vec!["u-2".into(), "u-3".into()],
+            room: Some("team-a-call-1".into()),
             connection_metadata: [(
                 "u-2".to_owned(),
                 [("team".to_owned(), "blue".to_owned())].into(),
