@@ -29,6 +29,8 @@ pub enum Transport {
     WebRtc,
     /// A WebSocket carrying PCM16 frames.
     WebSocket,
+    /// A LiveKit room the worker joined as the agent (the user is another participant).
+    LiveKit,
 }
 
 impl Transport {
@@ -37,6 +39,7 @@ impl Transport {
         match self {
             Transport::WebRtc => "webrtc",
             Transport::WebSocket => "websocket",
+            Transport::LiveKit => "livekit",
         }
     }
 
@@ -45,6 +48,7 @@ impl Transport {
         match self {
             Transport::WebRtc => pb::Transport::Webrtc,
             Transport::WebSocket => pb::Transport::Websocket,
+            Transport::LiveKit => pb::Transport::Livekit,
         }
     }
 }

@@ -26,6 +26,7 @@ pub mod ice_endpoint;
 pub mod ice_servers;
 pub mod leader_fence;
 pub mod lifecycle;
+pub mod livekit;
 pub mod media;
 pub mod metrics;
 pub mod pipeline;

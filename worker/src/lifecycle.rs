@@ -150,6 +150,21 @@ pub async fn run(config: Config, terminate: impl Future<Output = ()>) -> Result<
         shutdown: shutdown.clone(),
     });
 
+    // A backend with spec.liveKit: the worker joins each session's room as the agent.
+    match crate::livekit::LiveKit::from_env() {
+        Some(Ok(livekit)) => {
+            tracing::info!(url = %livekit.url, "serving sessions in LiveKit rooms");
+            tokio::spawn(crate::livekit::dispatch(
+                Arc::new(livekit),
+                media.clone(),
+                shutdown.clone(),
+            ));
+        }
+        Some(Err(why)) => {
+            tracing::error!(error = %why, "spec.liveKit cannot be used: LiveKit sessions wait until their pending timeout");
+        }
+        None => {}
+    }
     let (reporter, health) = tonic_health::server::health_reporter();
     // With a bot beside it (spec.workers.bot), the worker serves only while the bot answers.
     let bot = std::env::var(crate::pipeline::build::BOT_URL_ENV)

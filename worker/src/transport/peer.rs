@@ -88,7 +88,8 @@ impl PeerConnectionEventHandler for Forwarder {
     }
 }
 
-fn opus_codec() -> RTCRtpCodec {
+/// Opus as WebRTC signals it; the only codec the worker's peers negotiate.
+pub(crate) fn opus_codec() -> RTCRtpCodec {
     RTCRtpCodec {
         mime_type: MIME_TYPE_OPUS.to_owned(),
         clock_rate: 48_000,
@@ -466,7 +467,7 @@ fn connected_events(
 }
 
 /// Forwards a remote track's RTP payloads to the media loop until it ends.
-async fn receive(
+pub(crate) async fn receive(
     track: Arc<dyn TrackRemote>,
     rtp: mpsc::Sender<(u16, Bytes)>,
     metrics: crate::metrics::MediaMetrics,
