@@ -331,6 +331,17 @@ async fn in_room(
                         _ => {}
                     }
                 }
+                Some(PeerEvent::Candidate(side, candidate_init)) => {
+                    let target = match side {
+                        Side::Publisher => lk::SignalTarget::Publisher,
+                        Side::Subscriber => lk::SignalTarget::Subscriber,
+                    };
+                    signal.send(Req::Trickle(lk::TrickleRequest {
+                        candidate_init,
+                        target: target as i32,
+                        r#final: false,
+                    })).await.map_err(|e| e.to_string())?;
+                }
                 Some(PeerEvent::Track(track)) => {
                     claim_track(track, roster, user, &rtp_tx, ctx, claim, &mut hearing_user, &mut pending_tracks).await;
                 }

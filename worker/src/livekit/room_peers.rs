@@ -7,19 +7,18 @@
 //! port and its mux play no part.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use livekit_protocol as lk;
 use rtc::media_stream::MediaStreamTrack;
 use rtc::rtp_transceiver::rtp_sender::{
     RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
 };
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemote;
 use webrtc::peer_connection::{
     MediaEngine, PeerConnection, PeerConnectionBuilder, PeerConnectionEventHandler,
-    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceGatheringState, RTCIceServer,
+    RTCConfigurationBuilder, RTCIceCandidateInit, RTCIceServer, RTCPeerConnectionIceEvent,
     RTCPeerConnectionState, RTCSessionDescription, Registry, SettingEngineBuilder,
     register_default_interceptors,
 };
@@ -28,9 +27,6 @@ use crate::transport::peer::opus_codec;
 
 /// The payload type the agent's offer gives Opus (the one LiveKit's own clients use).
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
-
-/// How long a description waits for local ICE gathering (host candidates are immediate).
-const GATHER_WAIT: Duration = Duration::from_secs(2);
 
 /// Which of the two connections an event or a candidate belongs to (LiveKit's
 /// `SignalTarget`: publisher 0, subscriber 1).
@@ -59,19 +55,28 @@ pub enum PeerEvent {
     State(Side, RTCPeerConnectionState),
     /// The server sent a track (subscriber only).
     Track(Arc<dyn TrackRemote>),
+    /// A local candidate to trickle to the server, in the browser's JSON form.
+    Candidate(Side, String),
 }
 
 struct Forwarder {
     side: Side,
     events: mpsc::Sender<PeerEvent>,
-    gathered: watch::Sender<bool>,
 }
 
 #[tonic::async_trait]
 impl PeerConnectionEventHandler for Forwarder {
-    async fn on_ice_gathering_state_change(&self, state: RTCIceGatheringState) {
-        self.gathered
-            .send_replace(state == RTCIceGatheringState::Complete);
+    // Candidates are trickled as they come rather than waited for in the description: the
+    // gathering never reports complete on these sockets, and the server trickles its own.
+    async fn on_ice_candidate(&self, event: RTCPeerConnectionIceEvent) {
+        let Ok(mut init) = event.candidate.to_json() else {
+            return;
+        };
+        // Bundled: every candidate belongs to the first media section, whose mid is "0".
+        init.sdp_mid = Some("0".to_owned());
+        if let Ok(json) = serde_json::to_string(&init) {
+            let _ = self.events.try_send(PeerEvent::Candidate(self.side, json));
+        }
     }
 
     async fn on_connection_state_change(&self, state: RTCPeerConnectionState) {
@@ -87,7 +92,6 @@ impl PeerConnectionEventHandler for Forwarder {
 pub struct RoomPeer {
     /// The connection.
     pub pc: Arc<dyn PeerConnection>,
-    gathered: watch::Receiver<bool>,
 }
 
 /// Why a connection could not be set up or negotiated.
@@ -130,12 +134,7 @@ impl RoomPeer {
         let settings = SettingEngineBuilder::new()
             .with_multicast_dns_mode(rtc::ice::mdns::MulticastDnsMode::Disabled)
             .build();
-        let (gathered_tx, gathered) = watch::channel(false);
-        let handler = Arc::new(Forwarder {
-            side,
-            events,
-            gathered: gathered_tx,
-        });
+        let handler = Arc::new(Forwarder { side, events });
         let pc = PeerConnectionBuilder::new()
             .with_configuration(
                 RTCConfigurationBuilder::new()
@@ -151,10 +150,7 @@ impl RoomPeer {
             .build()
             .await
             .map_err(failed("building the peer connection"))?;
-        Ok(Self {
-            pc: Arc::new(pc),
-            gathered,
-        })
+        Ok(Self { pc: Arc::new(pc) })
     }
 
     /// Adds the agent's audio track (publisher only) and returns it with its SSRC.
@@ -239,7 +235,6 @@ impl RoomPeer {
     }
 
     async fn local_sdp(&mut self) -> Result<String, PeerError> {
-        let _ = tokio::time::timeout(GATHER_WAIT, self.gathered.wait_for(|done| *done)).await;
         self.pc
             .local_description()
             .await
