@@ -122,12 +122,16 @@ mod tests {
     #[tokio::test]
     async fn the_answer_does_not_depend_on_how_long_the_pause_was_when_asked() {
         let model = SmartTurn::from_default().unwrap_or_else(|e| panic!("{e}"));
+        // Piper samples its durations, so each rendering differs a little, and how
+        // unfinished one rendering of the unfinished sentence sounds varies a lot (0.4 to
+        // 0.9 across CI runs): three renderings of it, judged by their median.
         let mut scores = Vec::new();
         for (text, finished) in [
             ("Please set an alarm for six thirty.", true),
             ("I want to book a table for", false),
+            ("I want to book a table for", false),
+            ("I want to book a table for", false),
         ] {
-            // One rendering: Piper samples its durations, so each differs a little.
             let speech = spoken(text).await;
             let mut asked = Vec::new();
             for silence_ms in [200, 400, 1_000] {
@@ -140,7 +144,6 @@ mod tests {
                         .unwrap_or_else(|e| panic!("{e}")),
                 );
             }
-            scores.push((text, asked.clone()));
             let (low, high) = asked
                 .iter()
                 .fold((1f32, 0f32), |(l, h), &p| (l.min(p), h.max(p)));
@@ -148,14 +151,13 @@ mod tests {
             if finished {
                 assert!(low > 0.9, "{text:?} scored {asked:?}");
             }
+            scores.push((text, low, high));
         }
-        // Piper samples its durations, so how unfinished one rendering sounds varies (this
-        // one scored 0.64 in one CI run, under 0.4 in others): compare it with the finished
-        // sentence rather than with a fixed bar.
-        let finished_low = scores[0].1.iter().copied().fold(1f32, f32::min);
-        let unfinished_high = scores[1].1.iter().copied().fold(0f32, f32::max);
+        let finished_low = scores[0].1;
+        let mut unfinished: Vec<f32> = scores[1..].iter().map(|s| s.2).collect();
+        unfinished.sort_by(f32::total_cmp);
         assert!(
-            unfinished_high < finished_low - 0.2,
+            unfinished[1] < finished_low - 0.2,
             "the unfinished sentence scored as high as the finished one: {scores:?}"
         );
         println!("{scores:?}");
