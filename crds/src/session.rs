@@ -30,6 +30,17 @@ pub enum Transport {
     LiveKit,
 }
 
+impl Transport {
+    /// The spelling in manifests (`webrtc`, `websocket`, `livekit`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::WebRtc => "webrtc",
+            Transport::WebSocket => "websocket",
+            Transport::LiveKit => "livekit",
+        }
+    }
+}
+
 /// The backend a session runs on.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct BackendRef {
