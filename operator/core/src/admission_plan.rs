@@ -56,6 +56,16 @@ pub enum Blocked {
     /// The session lists `spec.participants` but its provider lacks `multiUserSupport`; it
     /// waits, outside the queue, until the provider gains the capability.
     MultiUserNotSupported,
+    /// The session's `spec.transport` is not one its backend serves (`livekit` on a backend
+    /// without `spec.liveKit`, or another transport on a backend with it); it waits, outside
+    /// the queue, until the backend changes (the transport is immutable).
+    TransportNotSupported,
+    /// A userID of the session is the identity the agent joins LiveKit rooms with; it waits,
+    /// outside the queue (userIDs are immutable).
+    UserIDReserved,
+    /// The LiveKit room the session would get by default (`<namespace>-<name>`) is longer
+    /// than a room name may be; it waits, outside the queue, until `spec.room` names one.
+    RoomNameTooLong,
 }
 
 impl Blocked {
@@ -72,9 +82,27 @@ impl Blocked {
             Blocked::RateLimited => "RateLimited",
             Blocked::AudioFormatNotSupported => crate::reason::AUDIO_FORMAT_NOT_SUPPORTED,
             Blocked::MultiUserNotSupported => crate::reason::MULTI_USER_NOT_SUPPORTED,
+            Blocked::TransportNotSupported => crate::reason::TRANSPORT_NOT_SUPPORTED,
+            Blocked::UserIDReserved => crate::reason::USER_ID_RESERVED,
+            Blocked::RoomNameTooLong => crate::reason::ROOM_NAME_TOO_LONG,
         }
     }
+
+    /// Whether this is a misfit's reason: the session cannot be served as it is, so it waits
+    /// outside the queue and asks for no worker.
+    pub fn is_misfit(self) -> bool {
+        MISFITS.contains(&self)
+    }
 }
+
+/// The reasons of [`Misfit`]s.
+const MISFITS: [Blocked; 5] = [
+    Blocked::AudioFormatNotSupported,
+    Blocked::MultiUserNotSupported,
+    Blocked::TransportNotSupported,
+    Blocked::UserIDReserved,
+    Blocked::RoomNameTooLong,
+];
 
 /// Why a session cannot be served as it is, with the condition message naming the field and
 /// the fix. Such a session waits outside the queue: it takes no slot, holds back no later
@@ -85,6 +113,12 @@ pub enum Misfit {
     AudioFormat(String),
     /// From the operator's `session_participants::misfit`.
     MultiUser(String),
+    /// From the operator's `session_livekit::misfit`: the transport does not fit the backend.
+    Transport(String),
+    /// From the operator's `session_livekit::misfit`: a userID is the agent's.
+    UserIdReserved(String),
+    /// From the operator's `session_livekit::misfit`: the default room name is too long.
+    RoomNameTooLong(String),
 }
 
 impl Misfit {
@@ -93,24 +127,26 @@ impl Misfit {
         match self {
             Misfit::AudioFormat(_) => Blocked::AudioFormatNotSupported,
             Misfit::MultiUser(_) => Blocked::MultiUserNotSupported,
+            Misfit::Transport(_) => Blocked::TransportNotSupported,
+            Misfit::UserIdReserved(_) => Blocked::UserIDReserved,
+            Misfit::RoomNameTooLong(_) => Blocked::RoomNameTooLong,
         }
     }
 
     /// The condition message.
     pub fn detail(&self) -> &str {
         match self {
-            Misfit::AudioFormat(d) | Misfit::MultiUser(d) => d,
+            Misfit::AudioFormat(d)
+            | Misfit::MultiUser(d)
+            | Misfit::Transport(d)
+            | Misfit::UserIdReserved(d)
+            | Misfit::RoomNameTooLong(d) => d,
         }
     }
 
     /// Whether an `Admitted=False` reason is one of a misfit's: such a session needs no worker.
     pub fn is_reason(reason: &str) -> bool {
-        [
-            Blocked::AudioFormatNotSupported,
-            Blocked::MultiUserNotSupported,
-        ]
-        .iter()
-        .any(|b| b.reason() == reason)
+        MISFITS.iter().any(|b| b.reason() == reason)
     }
 }
 
@@ -214,14 +250,12 @@ pub fn plan(
                 ledger.hold(session.key.clone(), slot.clone());
                 plan.admit.push((session.key.clone(), slot));
             }
-            Err(blocked @ (Blocked::AudioFormatNotSupported | Blocked::MultiUserNotSupported)) => {
-                plan.waiting.push(Waiting {
-                    key: session.key.clone(),
-                    blocked,
-                    queue_position: None,
-                    detail: session.misfit.as_ref().map(|m| m.detail().to_owned()),
-                })
-            }
+            Err(blocked) if blocked.is_misfit() => plan.waiting.push(Waiting {
+                key: session.key.clone(),
+                blocked,
+                queue_position: None,
+                detail: session.misfit.as_ref().map(|m| m.detail().to_owned()),
+            }),
             Err(blocked) => {
                 let position = positions.entry(&session.backend).or_default();
                 *position += 1;

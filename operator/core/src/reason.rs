@@ -21,3 +21,10 @@ pub const WORKER_REFUSED: &str = "WorkerRefused";
 pub const AUDIO_FORMAT_NOT_SUPPORTED: &str = "AudioFormatNotSupported";
 /// `spec.participants` needs a provider with `capabilities.multiUserSupport`.
 pub const MULTI_USER_NOT_SUPPORTED: &str = "MultiUserNotSupported";
+/// `spec.transport` is not one the session's backend serves (`livekit` needs a backend with
+/// `spec.liveKit`, which serves no other transport).
+pub const TRANSPORT_NOT_SUPPORTED: &str = "TransportNotSupported";
+/// A userID of the session is the identity the agent joins LiveKit rooms with.
+pub const USER_ID_RESERVED: &str = "UserIDReserved";
+/// The session's default LiveKit room name (`<namespace>-<name>`) is too long.
+pub const ROOM_NAME_TOO_LONG: &str = "RoomNameTooLong";

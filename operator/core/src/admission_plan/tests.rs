@@ -190,6 +190,14 @@ fn a_misfit_waits_behind_a_missing_or_unaccepted_backend_first() {
 fn the_reasons_of_misfits_are_known_as_such() {
     assert!(Misfit::is_reason("AudioFormatNotSupported"));
     assert!(Misfit::is_reason("MultiUserNotSupported"));
+    for (misfit, reason) in [
+        (Misfit::Transport("t".into()), "TransportNotSupported"),
+        (Misfit::UserIdReserved("u".into()), "UserIDReserved"),
+        (Misfit::RoomNameTooLong("r".into()), "RoomNameTooLong"),
+    ] {
+        assert_eq!(misfit.blocked().reason(), reason);
+        assert!(Misfit::is_reason(reason) && misfit.blocked().is_misfit());
+    }
     assert!(!Misfit::is_reason("BackendLimit"));
     assert!(!Misfit::is_reason("WorkerLost"));
 }
