@@ -49,6 +49,11 @@ pub enum Rejection {
     /// `audio.channels` other than 1: the worker's pipeline is mono, and every session that
     /// takes the backend's format would wait forever.
     AudioChannelsNotSupported,
+    /// `liveKit` is set on a provider without `worker.allowLiveKit`.
+    LiveKitNotAllowed,
+    /// `liveKit.credentialsSecretName` names no Secret, or one without `api-key` and
+    /// `api-secret` (checked by the controller, which reads the Secret: `backend_livekit`).
+    LiveKitCredentialsMissing,
 }
 
 impl Rejection {
@@ -70,6 +75,8 @@ impl Rejection {
             Rejection::RateLimitNotSupported => "RateLimitNotSupported",
             Rejection::CustomAuthNotSupported => "CustomAuthNotSupported",
             Rejection::AudioChannelsNotSupported => "AudioChannelsNotSupported",
+            Rejection::LiveKitNotAllowed => "LiveKitNotAllowed",
+            Rejection::LiveKitCredentialsMissing => "LiveKitCredentialsMissing",
         }
     }
 }
@@ -272,6 +279,9 @@ pub fn check(spec: &VoiceBackendSpec, provider: Option<&VoiceProvider>) -> Accep
                 spec.provider
             ),
         );
+    }
+    if let Some(message) = crate::backend_livekit::not_allowed(spec, provider) {
+        return reject(Rejection::LiveKitNotAllowed, message);
     }
     Acceptance::Accepted
 }

@@ -118,7 +118,10 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
         .get_opt(&backend.spec.provider)
         .await
         .map_err(Error::kube("get provider"))?;
+    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
     let acceptance = backend_acceptance::check(&backend.spec, provider.as_ref());
+    let acceptance =
+        crate::backend_livekit::check_credentials(acceptance, &backend.spec, &ns, &secrets).await?;
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ns);
     let uid = backend.uid().unwrap_or_default();
     let pods: Vec<Pod> = pods_api
@@ -153,10 +156,13 @@ async fn apply(backend: &VoiceBackend, ctx: &Context) -> Result<Action> {
             now,
         )
         .await?;
+        // A missing credentials Secret is fixed without touching the backend.
+        if crate::backend_livekit::recheck(&acceptance) {
+            return Ok(Action::requeue(interval));
+        }
         return Ok(Action::await_change());
     };
 
-    let secrets = Api::<Secret>::namespaced(ctx.client.clone(), &ns);
     let key_promotion =
         ensure_signing_secret(&secrets, backend, ctx.signing_key_propagation).await?;
     ensure_control_tls_secret(&secrets, backend, &ctx.control_trust.current().ca).await?;

@@ -84,8 +84,9 @@ every namespace, in a Role of operator.watchNamespace otherwise.
   verbs: [get, create, patch]
 # The per-backend signing keys (rotated with update; watched by the allocator, filtered by
 # label), the workers' control-channel TLS Secret (applied server-side), per-session join
-# tokens (owned, so GC deletes them) and the control channel's CA Secret in the release
-# namespace (read, created once).
+# tokens (owned, so GC deletes them), the control channel's CA Secret in the release
+# namespace (read, created once) and the LiveKit credentials Secrets backends name in
+# spec.liveKit (read with get, to check the backend and sign users' room tokens).
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get, list, watch, create, update, patch, delete]
