@@ -21,6 +21,7 @@
 //!   reloads it without dropping a session.
 //! - With `spec.workers.bot`, a second container runs the backend author's bot beside the
 //!   worker, without any of the worker's secrets ([`bot`]).
+//! - With `spec.liveKit`, the worker gets the LiveKit server's URL and key pair ([`livekit`]).
 
 use std::collections::BTreeMap;
 
@@ -196,6 +197,8 @@ pub fn render(backend: &VoiceBackend, provider: &VoiceProvider) -> Result<Worker
             .as_ref()
             .map(|b| bot::worker_env(b, &spec.workers.network)),
     );
+    // The LiveKit server and key pair of a backend that serves sessions in rooms (`livekit.rs`).
+    env.extend(spec.live_kit.iter().flat_map(livekit::worker_env));
     // Every Secret key the spec references (provider API keys, webhook auth, TURN
     // credentials) reaches the worker as an environment variable from the Secret itself:
     // the key never passes through the operator, the pod spec or any status.
@@ -478,5 +481,6 @@ pub fn secret_refs(spec: &voice_crds::VoiceBackendSpec) -> Vec<voice_crds::Secre
 }
 
 pub mod bot;
+pub mod livekit;
 #[cfg(test)]
 mod tests;
