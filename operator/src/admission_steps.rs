@@ -28,6 +28,7 @@ use crate::context::Context;
 use crate::pod_template::HTTP_PORT;
 use crate::refusal_backoff::Refusal;
 use crate::session_lifecycle::Lifecycle;
+use crate::session_livekit::{self, LiveKitRoom};
 use crate::session_tokens::{self, token_secret_name};
 use crate::signing_keys::MAX_TOKEN_LIFETIME;
 
@@ -58,6 +59,11 @@ pub enum Outcome {
     Retry(String),
     /// Nothing was asked of the worker (no IP yet, or the fence was closed): plan again.
     NotStarted(String),
+    /// Nothing was asked of the worker, and the session cannot be admitted until what the
+    /// condition says is fixed (a `livekit` session's key pair is unreadable, or its backend
+    /// changed since the plan so that the session no longer fits it): give the slot
+    /// back, write the condition, and wait a little before planning it again.
+    Held(crate::session_livekit::Held),
 }
 
 /// Everything one admission needs, captured by the allocator when it decided.
@@ -73,6 +79,8 @@ pub struct Admission {
     pub worker: SessionWorker,
     /// The backend's signing keys; the current one signs the join token.
     pub signing_keys: KeySet,
+    /// A `livekit` session's room and the key pair its users' tokens are signed with.
+    pub live_kit: Option<LiveKitRoom>,
 }
 
 /// Runs the admission (one `admit` span, the root of its own trace).
@@ -89,6 +97,22 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
     if !ctx.fence.is_open() {
         return Outcome::NotStarted("not leading".into());
     }
+    if (a.session.spec.transport == Transport::LiveKit) != a.live_kit.is_some() {
+        return Outcome::NotStarted(
+            "the session's transport and its backend's liveKit changed".into(),
+        );
+    }
+    // A room's endpoint and tokens are signed before the worker is asked: a failure then
+    // leaves no reservation behind.
+    let room = match a
+        .live_kit
+        .as_ref()
+        .map(|r| session_livekit::endpoint_and_tokens(&a.session, r))
+    {
+        Some(Err(e)) => return Outcome::NotStarted(e.to_string()),
+        Some(Ok(parts)) => Some(parts),
+        None => None,
+    };
     let request = ReserveSessionRequest {
         session_id: format!("{ns}/{name}"),
         uid: uid.clone(),
@@ -122,9 +146,11 @@ pub async fn admit(ctx: &Context, a: Admission) -> Outcome {
         crash(CRASH_AFTER_RESERVE);
     }
 
-    let endpoint = endpoint(&a.session, &a.backend, &ip);
     let now = Timestamp::now();
-    let tokens = mint_tokens(&a.session, &a.backend, &a.signing_keys, now);
+    let (endpoint, tokens) = room.unwrap_or_else(|| {
+        let tokens = mint_tokens(&a.session, &a.backend, &a.signing_keys, now);
+        (endpoint(&a.session, &a.backend, &ip), tokens)
+    });
     if !ctx.fence.is_open() {
         return Outcome::Retry("not leading".into());
     }
@@ -221,7 +247,10 @@ pub async fn write_tokens(
     if !ctx.fence.is_open() {
         return Err("not leading".into());
     }
-    let tokens = mint_tokens(session, backend, keys, Timestamp::now());
+    let tokens = match &endpoint.room {
+        Some(room) => session_livekit::tokens_again(&ctx.client, session, backend, room).await?,
+        None => mint_tokens(session, backend, keys, Timestamp::now()),
+    };
     session_tokens::apply_token_secret(ctx, session, endpoint, &tokens)
         .await
         .map_err(|e| e.to_string())
@@ -256,7 +285,8 @@ pub async fn apply_status(
     .map(|s| s.metadata.resource_version)
 }
 
-/// Where the client connects: the WHIP offer URL or the WebSocket URL on the worker.
+/// Where the client connects: the WHIP offer URL or the WebSocket URL on the worker (a
+/// `livekit` session's is its room: [`session_livekit::endpoint_and_tokens`]).
 pub fn endpoint(session: &VoiceSession, backend: &VoiceBackend, ip: &str) -> SessionEndpoint {
     let ns = session.namespace().unwrap_or_default();
     let name = session.name_any();
@@ -267,15 +297,12 @@ pub fn endpoint(session: &VoiceSession, backend: &VoiceBackend, ip: &str) -> Ses
     };
     // A backend with `network.tls` has workers that speak only TLS on the HTTP port.
     let tls = crate::pod_network::serves_tls(&backend.spec.workers.network);
-    let scheme = match (session.spec.transport, tls) {
-        (Transport::WebRtc, false) => "http",
-        (Transport::WebRtc, true) => "https",
-        (Transport::WebSocket, false) => "ws",
-        (Transport::WebSocket, true) => "wss",
-    };
-    let path = match session.spec.transport {
-        Transport::WebRtc => "offer",
-        Transport::WebSocket => "ws",
+    let (scheme, path) = match (session.spec.transport, tls) {
+        (Transport::WebSocket, false) => ("ws", "ws"),
+        (Transport::WebSocket, true) => ("wss", "ws"),
+        // A livekit session's endpoint is its room's (`session_livekit`), never a worker's.
+        (Transport::WebRtc | Transport::LiveKit, false) => ("http", "offer"),
+        (Transport::WebRtc | Transport::LiveKit, true) => ("https", "offer"),
     };
     let mut url = format!("{scheme}://{host}:{HTTP_PORT}/v1/sessions/{ns}/{name}/{path}");
     // The WebSocket states the PCM16 rate it serves by default (the session's sampleRate).
@@ -293,6 +320,7 @@ pub fn endpoint(session: &VoiceSession, backend: &VoiceBackend, ip: &str) -> Ses
             .iter()
             .flat_map(|s| s.urls.iter().cloned())
             .collect(),
+        room: None,
     }
 }
 
@@ -340,6 +368,7 @@ pub fn session_config(session: &VoiceSession, backend: &VoiceBackend) -> Session
         metadata: spec.metadata.as_ref().and_then(|m| m.as_object().cloned()),
         context,
         audio: crate::session_audio::for_worker(session, backend),
+        room: crate::session_livekit::worker_room(session),
         participants: spec
             .participants
             .iter()

@@ -50,6 +50,7 @@ use crate::session_audio;
 use crate::session_counts::BackendSessions;
 use crate::session_index::{SessionIndex, key_of};
 use crate::session_lifecycle::{Lifecycle, reason};
+use crate::session_livekit;
 use crate::session_metadata::MetadataSync;
 use crate::session_participants;
 use crate::session_timeouts::{self, Clocks, Expired};
@@ -406,7 +407,8 @@ impl Allocator {
     }
 
     /// Why `session` cannot be served by its backend and provider as it is, if it cannot:
-    /// first its participants (a capability of the whole provider), then its audio.
+    /// first its transport against the backend's LiveKit server (and what a room needs),
+    /// then its participants (a capability of the whole provider), then its audio.
     fn misfit(&self, session: &VoiceSession, namespace: &str) -> Option<Misfit> {
         let reference = reflector::ObjectRef::new(&session.spec.backend_ref.name).within(namespace);
         let backend = self.backends.get(&reference);
@@ -415,8 +417,10 @@ impl Allocator {
                 .get(&reflector::ObjectRef::new(&b.spec.provider))
         });
         let (backend, provider) = (backend.as_deref(), provider.as_deref());
-        session_participants::misfit_of(session, backend, provider)
-            .map(Misfit::MultiUser)
+        session_livekit::misfit_of(session, backend)
+            .or_else(|| {
+                session_participants::misfit_of(session, backend, provider).map(Misfit::MultiUser)
+            })
             .or_else(|| {
                 session_audio::misfit_of(session, backend, provider).map(Misfit::AudioFormat)
             })
@@ -664,6 +668,15 @@ fn waiting_message(blocked: admission_plan::Blocked, backend: &str) -> String {
         Blocked::MultiUserNotSupported => format!(
             "spec.participants needs a provider with capabilities.multiUserSupport, which the provider of VoiceBackend {backend} lacks"
         ),
+        Blocked::TransportNotSupported => {
+            format!("spec.transport is not one VoiceBackend {backend} serves")
+        }
+        Blocked::UserIDReserved => {
+            "a userID of the session is the one the agent joins LiveKit rooms with".into()
+        }
+        Blocked::RoomNameTooLong => {
+            "the session's LiveKit room name is too long; set spec.room".into()
+        }
     }
 }
 

@@ -38,6 +38,7 @@ pub mod session_connections;
 pub mod session_counts;
 pub mod session_index;
 pub mod session_lifecycle;
+pub mod session_livekit;
 pub mod session_metadata;
 pub mod session_participants;
 pub mod session_tokens;

@@ -126,7 +126,7 @@ impl Metrics {
         let admissions = IntCounterVec::new(
             Opts::new(
                 "voice_session_admissions_total",
-                "Session admission attempts by result (admitted, refused, retry, not_started).",
+                "Session admission attempts by result (admitted, refused, retry, not_started, held).",
             ),
             &["result"],
         )

@@ -14,13 +14,15 @@ use voice_proto::session_audio::{self, MAX_BUFFER_BYTES, PCM_RATES, SessionAudio
 /// The `Admitted=False` reason of a session whose audio does not fit.
 pub const REASON: &str = admission_core::reason::AUDIO_FORMAT_NOT_SUPPORTED;
 
-/// The codec and only rate a WebRTC session carries.
+/// The codec and only rate a WebRTC session carries, and a LiveKit room's (also WebRTC, to
+/// the LiveKit server).
 const WEBRTC: (Codec, i32) = (Codec::Opus, 48_000);
 
 /// The format a session runs with: its own `spec.audio`, or else its backend's with the
 /// codec its transport carries. A backend serves both transports, so its codec can only be a
-/// default for the transport that carries it: WebRTC is always opus at 48000 Hz, and a
-/// WebSocket is PCM16 at the backend's rate (48000 for an opus backend, as before).
+/// default for the transport that carries it: WebRTC (and a LiveKit room) is always opus at
+/// 48000 Hz, and a WebSocket is PCM16 at the backend's rate (48000 for an opus backend, as
+/// before).
 pub fn effective(
     session: Option<&AudioFormat>,
     backend: &AudioFormat,
@@ -30,7 +32,7 @@ pub fn effective(
         return own.clone();
     }
     match transport {
-        Transport::WebRtc => AudioFormat {
+        Transport::WebRtc | Transport::LiveKit => AudioFormat {
             codec: WEBRTC.0,
             sample_rate: WEBRTC.1,
             ..backend.clone()
@@ -62,10 +64,11 @@ pub fn misfit(
     };
     let carried = match transport {
         Transport::WebRtc => "webrtc carries opus at 48000 Hz",
+        Transport::LiveKit => "livekit carries opus at 48000 Hz",
         Transport::WebSocket => "websocket carries pcm (PCM16) at 8000, 16000, 24000 or 48000 Hz",
     };
     let transport_codec = match transport {
-        Transport::WebRtc => WEBRTC.0,
+        Transport::WebRtc | Transport::LiveKit => WEBRTC.0,
         Transport::WebSocket => Codec::Pcm,
     };
     if format.codec != transport_codec {
@@ -87,7 +90,7 @@ pub fn misfit(
         ));
     }
     let rate_fits = match transport {
-        Transport::WebRtc => format.sample_rate == WEBRTC.1,
+        Transport::WebRtc | Transport::LiveKit => format.sample_rate == WEBRTC.1,
         Transport::WebSocket => {
             u32::try_from(format.sample_rate).is_ok_and(|r| PCM_RATES.contains(&r))
         }

@@ -186,6 +186,7 @@ mod tests {
             url: "http://10.0.0.1:8080/v1/sessions/ns/s/offer".into(),
             token_secret_name: "s-join-token".into(),
             ice_servers: vec![],
+            room: None,
         }
     }
 

@@ -25,6 +25,8 @@ use crate::field_managers::SESSION as FIELD_MANAGER;
 pub const TOKEN_KEY: &str = "token";
 /// Key of the endpoint URL in the token Secret.
 pub const URL_KEY: &str = "url";
+/// Key of the LiveKit room in the token Secret of a `livekit` session.
+pub const ROOM_KEY: &str = "room";
 
 /// The `type` of every join-token Secret (listed by type when a leader starts).
 pub const SECRET_TYPE: &str = "voicebackends.dev/join-token";
@@ -67,8 +69,9 @@ pub fn mint_all(
         .collect()
 }
 
-/// The token Secret of `session`: its `tokens` (from [`mint_all`]) and the endpoint URL,
-/// owned by the session so it goes with it.
+/// The token Secret of `session`: its `tokens` (from [`mint_all`], or a `livekit` session's
+/// LiveKit access tokens), the endpoint URL and, for a `livekit` session, its room; owned by
+/// the session so it goes with it.
 pub fn secret(
     session: &VoiceSession,
     endpoint: &SessionEndpoint,
@@ -90,6 +93,9 @@ pub fn secret(
         URL_KEY.to_owned(),
         ByteString(endpoint.url.as_bytes().to_vec()),
     );
+    if let Some(room) = &endpoint.room {
+        data.insert(ROOM_KEY.to_owned(), ByteString(room.as_bytes().to_vec()));
+    }
     Secret {
         metadata: ObjectMeta {
             name: Some(token_secret_name(&session.name_any())),
@@ -215,6 +221,7 @@ mod tests {
             url: "http://10.0.0.5:8080/v1/sessions/team/call-1/offer".into(),
             token_secret_name: token_secret_name("call-1"),
             ice_servers: Vec::new(),
+            room: None,
         };
         let secret = secret(&s, &endpoint, &tokens);
         assert_eq!(secret.name_any(), "call-1-join-token");

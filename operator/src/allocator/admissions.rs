@@ -205,20 +205,27 @@ impl Allocator {
                 return;
             };
             let started = Instant::now();
-            let outcome = match keys {
-                Ok(signing_keys) => {
+            let live_kit = match &keys {
+                Ok(_) => session_livekit::prepare(&ctx.client, &session, &backend).await,
+                Err(_) => Ok(None),
+            };
+            let outcome = match (keys, live_kit) {
+                (Ok(signing_keys), Ok(live_kit)) => {
                     let admission = Admission {
                         session: (*session).clone(),
                         backend: (*backend).clone(),
                         lifecycle,
                         worker,
                         signing_keys,
+                        live_kit,
                     };
                     admission_steps::admit(&ctx, admission).await
                 }
                 // A resumed slot may be reserved on its worker: keep it.
-                Err(e) if resume => Outcome::Retry(e),
-                Err(e) => Outcome::NotStarted(e),
+                (Err(e), _) if resume => Outcome::Retry(e),
+                (_, Err(held)) if resume => Outcome::Retry(held.message),
+                (Err(e), _) => Outcome::NotStarted(e),
+                (_, Err(held)) => Outcome::Held(held),
             };
             ctx.metrics
                 .admission_step_duration
@@ -243,6 +250,7 @@ impl Allocator {
             Outcome::Refused { .. } => "refused",
             Outcome::Retry { .. } => "retry",
             Outcome::NotStarted(_) => "not_started",
+            Outcome::Held(_) => "held",
         };
         self.ctx
             .metrics
@@ -290,6 +298,23 @@ impl Allocator {
             Outcome::NotStarted(error) => {
                 tracing::warn!(session = %key, %error, "admission did not start; planning again");
                 self.ledger.release(&key);
+            }
+            Outcome::Held(held) => {
+                tracing::warn!(session = %key, reason = held.reason, message = %held.message, "admission held before the worker was asked; waiting");
+                self.ledger.release(&key);
+                if let Some(worker) = &worker {
+                    self.backoff
+                        .refused(worker, &key, Refusal::Session, Instant::now());
+                }
+                if let Some(session) = self.sessions.get(&key.namespace, &key.name).cloned() {
+                    let lifecycle = self.lifecycle_of(&key, &session);
+                    let next = lifecycle
+                        .pending(held.reason, &held.message, None, Time(Timestamp::now()))
+                        .observing(session.metadata.generation);
+                    if next != lifecycle {
+                        self.write(&key, next);
+                    }
+                }
             }
         }
     }

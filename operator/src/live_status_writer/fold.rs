@@ -99,6 +99,7 @@ pub(super) fn fold(
             };
             let transport = match c.transport() {
                 pb::Transport::Websocket => Transport::WebSocket,
+                pb::Transport::Livekit => Transport::LiveKit,
                 _ => Transport::WebRtc,
             };
             let connection = UserConnectionStatus {
@@ -304,10 +305,7 @@ fn unknown(session: &str, participant: &str) -> Folded {
 
 /// Who joined how, for a ParticipantJoined note.
 fn joined(c: &UserConnectionStatus) -> String {
-    let transport = match c.transport {
-        Transport::WebRtc => "webrtc",
-        Transport::WebSocket => "websocket",
-    };
+    let transport = c.transport.as_str();
     let from = c
         .remote_address
         .as_deref()

@@ -229,3 +229,27 @@ fn the_worker_and_the_endpoint_get_the_websockets_rate_and_buffer() {
     assert_eq!(websocket_rate(&session, &backend), None);
     assert_eq!(for_worker(&session, &backend), None);
 }
+
+#[test]
+fn a_livekit_room_carries_opus_at_48_khz_mono_like_webrtc() {
+    let room = effective(None, &pcm(24_000), Transport::LiveKit);
+    assert_eq!(
+        (room.codec, room.sample_rate, room.channels),
+        (Codec::Opus, 48_000, 1)
+    );
+    assert_eq!(of(None, Transport::LiveKit, BOTH), None);
+    let why = of(Some(&pcm(16_000)), Transport::LiveKit, BOTH).unwrap_or_default();
+    assert!(
+        why.starts_with(
+            "spec.audio.codec: pcm does not fit spec.transport (livekit carries opus at 48000 Hz)"
+        ),
+        "{why}"
+    );
+    let why = of(None, Transport::LiveKit, &[Codec::Pcm]).unwrap_or_default();
+    assert!(why.contains("is not supported by VoiceProvider"), "{why}");
+    // No WebSocket rate and nothing for the worker to be told.
+    let opus = serde_json::json!({"codec": "opus", "sampleRate": 48000});
+    let (session, backend) = objects(opus, serde_json::json!({"transport": "livekit"}));
+    assert_eq!(websocket_rate(&session, &backend), None);
+    assert_eq!(for_worker(&session, &backend), None);
+}

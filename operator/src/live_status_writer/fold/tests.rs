@@ -370,3 +370,20 @@ fn end_reasons_from_a_worker_are_condition_reasons_or_ended_on_worker() {
     assert_eq!(capped("ééé", 3), "é");
     assert_eq!(capped("short", 512), "short");
 }
+
+#[test]
+fn a_connection_in_a_livekit_room_shows_transport_livekit() {
+    let mut live = Live::default();
+    let Event::Connected(mut c) = connected("u-1", "c1") else {
+        panic!("connected() makes a Connected event");
+    };
+    c.transport = pb::Transport::Livekit.into();
+    // A multi-user session, so the join is also told in an Event.
+    let folded = feed(&mut live, &members(&["u-2"]), vec![Event::Connected(c)]);
+    let transport = live.presence.connection.as_ref().map(|c| c.transport);
+    assert_eq!(transport, Some(Transport::LiveKit));
+    let note = &folded[0].notices[0].note;
+    assert!(note.starts_with("u-1 joined over livekit from"), "{note}");
+    let body = serde_json::to_value(&live).unwrap_or_default();
+    assert_eq!(body["connection"]["transport"], "livekit");
+}
