@@ -4,9 +4,22 @@
 use super::*;
 use crate::held_fate::{self, HeldFacts, HeldFate};
 
-/// End reasons a worker reports when a session could not go on (the pipecat provider's bot
-/// went away); the session ends `Failed`. Every other worker-reported end is `Completed`.
-const WORKER_FAILURE_REASONS: &[&str] = &["BotLost"];
+/// End reasons a worker reports when a session could not go on; the session ends `Failed`:
+/// `BotLost` (the pipecat provider's bot went away) and `LiveKitUnavailable` (the worker could
+/// not join the session's LiveKit room or lost the server: the provider's failure, so it is
+/// not held against the worker, which only its health checks replace). Every other
+/// worker-reported end is `Completed`, among them a room's `ParticipantLeft` (the user left,
+/// as a hang-up) and `RoomEnded` (someone else closed the room).
+const WORKER_FAILURE_REASONS: &[&str] = &["BotLost", session_livekit::LIVEKIT_UNAVAILABLE];
+
+/// The phase a session ends in when its worker reports it ended for `reason`.
+fn worker_end_phase(reason: &str) -> SessionPhase {
+    if WORKER_FAILURE_REASONS.contains(&reason) {
+        SessionPhase::Failed
+    } else {
+        SessionPhase::Completed
+    }
+}
 
 impl Allocator {
     /// Sessions whose worker pod is gone or finished go back to Pending (WorkerLost) to be
@@ -238,15 +251,10 @@ impl Allocator {
             )
         };
         // A worker ends a session as a failure only when its pipeline cannot go on.
-        let phase = if WORKER_FAILURE_REASONS.contains(&end.reason.as_str()) {
-            SessionPhase::Failed
-        } else {
-            SessionPhase::Completed
-        };
         self.end(
             &session,
             &key,
-            phase,
+            worker_end_phase(&end.reason),
             &end.reason,
             &message,
             Timestamp::now(),
@@ -295,5 +303,38 @@ impl Allocator {
                 }
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_reported_end_fails_the_session_only_when_it_could_not_go_on() {
+        for reason in ["BotLost", "LiveKitUnavailable"] {
+            assert_eq!(worker_end_phase(reason), SessionPhase::Failed, "{reason}");
+        }
+        for reason in [
+            "ParticipantLeft",
+            "RoomEnded",
+            "DrainDeadline",
+            "AgentHangup",
+            "",
+        ] {
+            assert_eq!(
+                worker_end_phase(reason),
+                SessionPhase::Completed,
+                "{reason}"
+            );
+        }
+        assert_eq!(
+            [
+                session_livekit::PARTICIPANT_LEFT,
+                session_livekit::ROOM_ENDED,
+                session_livekit::LIVEKIT_UNAVAILABLE
+            ],
+            ["ParticipantLeft", "RoomEnded", "LiveKitUnavailable"]
+        );
     }
 }
