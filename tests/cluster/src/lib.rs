@@ -12,6 +12,7 @@ pub mod go_tool;
 mod health;
 mod kubeconfig;
 pub mod layout;
+pub mod livekit;
 pub mod pki;
 mod processes;
 mod start;
@@ -26,6 +27,7 @@ use std::time::Instant;
 pub use binaries::Binaries;
 pub use error::Error;
 pub use layout::{KUBERNETES_VERSION, kubeconfig_path, state_dir};
+pub use livekit::{LIVEKIT_SERVER_VERSION, livekit_python, livekit_server};
 
 use crate::binaries::progress;
 use crate::state::State;
