@@ -5,6 +5,7 @@ mod crds;
 mod dev;
 mod dev_lan;
 mod fuzz;
+mod livekit_venv;
 mod node_agent;
 mod pipecat_venv;
 mod prerequisites;

@@ -13,7 +13,8 @@ pub fn ensure() -> anyhow::Result<()> {
     }
     apt_install(DEBIAN_PACKAGES)?;
     crate::speech_models::ensure()?;
-    crate::pipecat_venv::ensure()
+    crate::pipecat_venv::ensure()?;
+    crate::livekit_venv::ensure()
 }
 
 /// Debian packages the workspace needs at build or test time: cmake and a C compiler build the
@@ -32,6 +33,7 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "chromium",   // the headless browser of the worker's demo-page test
     "coturn",     // the real TURN server of the relay test (worker/tests/turn_relay.rs)
     "iptables", // the 1:1 NAT (DNAT) of the explicit-address test (worker/tests/explicit_address.rs)
+    "iproute2", // `ip`: the host address of the LiveKit tests (tests/src/livekit/address.rs)
 ];
 
 fn apt_install(packages: &[&str]) -> anyhow::Result<()> {

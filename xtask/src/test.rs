@@ -53,6 +53,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let cluster = voice_cluster::up().context("starting the local control plane")?;
     eprintln!("   KUBECONFIG={}", cluster.kubeconfig().display());
 
+    // Built here, not in the first test that needs it: a cold build takes minutes of a test's
+    // time limit.
+    step("livekit-server for the livekit provider's tests (built once, then cached)");
+    voice_cluster::livekit_server().map_err(anyhow::Error::msg)?;
+
     step("cargo build --workspace --bins (the node agent runs these binaries for pods)");
     cargo(&["build", "--workspace", "--bins"])?;
     step("cargo test --workspace");
