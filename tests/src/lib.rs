@@ -13,6 +13,7 @@ mod crds;
 pub mod helm;
 mod join_token;
 mod kubectl;
+pub mod livekit;
 mod namespace;
 mod node_agent;
 mod operator;
