@@ -580,6 +580,7 @@ async fn an_active_write_planned_on_an_older_session_is_refused() {
         url: "http://10.0.0.1:8080/whip/s".into(),
         token_secret_name: "s-token".into(),
         ice_servers: Vec::new(),
+        room: None,
     };
     let now = Time(k8s_openapi::jiff::Timestamp::now());
     let active = Lifecycle::default().active(worker, endpoint, now);
