@@ -92,10 +92,10 @@ pub async fn run(ctx: Arc<MediaContext>, livekit: Arc<LiveKit>, mut claim: Claim
         Ok(ending) => ending,
         Err(why) => Ending::Unavailable(why),
     };
-    if room == own_room(&claim.session_id) {
-        if let Err(e) = super::room_service::delete_room(&livekit.url, &livekit.key, &room).await {
-            tracing::warn!(session = %claim.session_id, %room, error = %e, "deleting the session's LiveKit room failed");
-        }
+    if room == own_room(&claim.session_id)
+        && let Err(e) = super::room_service::delete_room(&livekit.url, &livekit.key, &room).await
+    {
+        tracing::warn!(session = %claim.session_id, %room, error = %e, "deleting the session's LiveKit room failed");
     }
     let now = SystemTime::now();
     let released = match &ending {
