@@ -9,6 +9,7 @@
 
 pub mod room_agent;
 pub mod room_peers;
+pub mod room_roster;
 pub mod room_service;
 pub mod signal;
 

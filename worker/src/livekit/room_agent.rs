@@ -6,7 +6,6 @@
 //! which owns the signal connection and both peer connections, so no lock is needed and
 //! every way out goes through the same leave-and-release path.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -17,6 +16,7 @@ use tokio::sync::mpsc;
 use voice_proto::worker::v1::{Connected, MediaFormat};
 
 use super::room_peers::{OPUS_PAYLOAD_TYPE, PeerEvent, RoomPeer, Side};
+use super::room_roster::Roster;
 use super::signal::Signal;
 use super::{LiveKit, own_room};
 use crate::connections::Claim;
@@ -50,38 +50,6 @@ enum Ending {
     RoomEnded,
     /// The server could not be joined or the connection to it broke.
     Unavailable(String),
-}
-
-/// Who the room's participants are, by server id.
-#[derive(Default)]
-struct Roster {
-    /// Participant sid → identity.
-    identities: HashMap<String, String>,
-    /// Track sid → participant identity.
-    tracks: HashMap<String, String>,
-}
-
-impl Roster {
-    fn learn(&mut self, participant: &lk::ParticipantInfo) {
-        self.identities
-            .insert(participant.sid.clone(), participant.identity.clone());
-        for track in &participant.tracks {
-            self.tracks
-                .insert(track.sid.clone(), participant.identity.clone());
-        }
-    }
-
-    /// The identity behind a subscribed track: LiveKit names the stream
-    /// `<participant sid>|<track sid>` and the track by its sid.
-    fn owner(&self, stream_id: &str, track_id: &str) -> Option<&str> {
-        self.tracks
-            .get(track_id)
-            .or_else(|| {
-                let participant = stream_id.split('|').next()?;
-                self.identities.get(participant)
-            })
-            .map(String::as_str)
-    }
 }
 
 /// Runs the session of `claim` in `room` until it ends, then leaves, deletes the session's
