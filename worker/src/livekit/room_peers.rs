@@ -9,10 +9,7 @@
 use std::sync::Arc;
 
 use livekit_protocol as lk;
-use rtc::media_stream::MediaStreamTrack;
-use rtc::rtp_transceiver::rtp_sender::{
-    RTCRtpCodecParameters, RTCRtpCodingParameters, RTCRtpEncodingParameters, RtpCodecKind,
-};
+use rtc::rtp_transceiver::rtp_sender::{RTCRtpCodecParameters, RtpCodecKind};
 use tokio::sync::mpsc;
 use webrtc::media_stream::track_local::static_rtp::TrackLocalStaticRTP;
 use webrtc::media_stream::track_remote::TrackRemote;
@@ -23,7 +20,7 @@ use webrtc::peer_connection::{
     register_default_interceptors,
 };
 
-use crate::transport::peer::opus_codec;
+use crate::transport::peer::{agent_track, opus_codec};
 
 /// The payload type the agent's offer gives Opus (the one LiveKit's own clients use).
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
@@ -161,20 +158,7 @@ impl RoomPeer {
         let mut bytes = [0u8; 4];
         let _ = getrandom::fill(&mut bytes);
         let ssrc = u32::from_be_bytes(bytes);
-        let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
-            "agent".to_owned(),
-            track_id.to_owned(),
-            "agent".to_owned(),
-            RtpCodecKind::Audio,
-            vec![RTCRtpEncodingParameters {
-                rtp_coding_parameters: RTCRtpCodingParameters {
-                    ssrc: Some(ssrc),
-                    ..Default::default()
-                },
-                codec: opus_codec(),
-                ..Default::default()
-            }],
-        )));
+        let track = agent_track("agent".to_owned(), track_id.to_owned(), ssrc);
         self.pc
             .add_track(track.clone() as Arc<dyn webrtc::media_stream::track_local::TrackLocal>)
             .await

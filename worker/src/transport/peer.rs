@@ -100,6 +100,28 @@ pub(crate) fn opus_codec() -> RTCRtpCodec {
     }
 }
 
+/// The agent's outgoing audio: one Opus stream with SSRC `ssrc` (also the LiveKit agent's).
+pub(crate) fn agent_track(
+    stream_id: String,
+    track_id: String,
+    ssrc: u32,
+) -> Arc<TrackLocalStaticRTP> {
+    Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+        stream_id,
+        track_id,
+        "agent".to_owned(),
+        RtpCodecKind::Audio,
+        vec![RTCRtpEncodingParameters {
+            rtp_coding_parameters: RTCRtpCodingParameters {
+                ssrc: Some(ssrc),
+                ..Default::default()
+            },
+            codec: opus_codec(),
+            ..Default::default()
+        }],
+    )))
+}
+
 fn negotiation(e: impl std::fmt::Display) -> SignalingError {
     SignalingError::Negotiation(e.to_string())
 }
@@ -184,20 +206,11 @@ pub async fn answer(
     );
 
     let ssrc = u32::from_be_bytes(random_id(4).as_bytes().try_into().unwrap_or([7; 4]));
-    let track = Arc::new(TrackLocalStaticRTP::new(MediaStreamTrack::new(
+    let track = agent_track(
         format!("voice-{}", claim.connection_id),
         format!("agent-{}", claim.connection_id),
-        "agent".to_owned(),
-        RtpCodecKind::Audio,
-        vec![RTCRtpEncodingParameters {
-            rtp_coding_parameters: RTCRtpCodingParameters {
-                ssrc: Some(ssrc),
-                ..Default::default()
-            },
-            codec: opus_codec(),
-            ..Default::default()
-        }],
-    )));
+        ssrc,
+    );
 
     let negotiated = async {
         pc.add_track(track.clone() as Arc<dyn TrackLocal>)
