@@ -2,7 +2,8 @@
 //! module) and a real LiveKit user (the official Python SDK): the worker, told only a room name
 //! at reservation, joins it as the agent, hears the user and answers through the backend's
 //! pipeline (the `echo` S2S provider here), reports the connection, and ends the session
-//! when the user leaves or the session is released.
+//! when the user leaves (`ParticipantLeft`), the session is released (its own room is
+//! deleted) or someone else deletes the room (`RoomEnded`).
 
 mod common;
 
@@ -204,4 +205,61 @@ async fn releasing_the_session_ends_the_call_for_the_user_in_its_own_room() {
 fn tail(log: &str) -> String {
     let lines: Vec<&str> = log.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+#[tokio::test]
+async fn a_room_deleted_by_someone_else_ends_the_session_as_room_ended() {
+    let server = LiveKitServer::start();
+    let worker = worker_for(&server);
+    let mut events = worker
+        .client()
+        .await
+        .watch_events(WatchEventsRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("WatchEvents: {e}"))
+        .into_inner();
+    // A room the application named: the worker only ever leaves it.
+    reserve_in_room(&worker, "team/lk-3", "uid-lk-3", "carol", "app-room").await;
+    let token = key(&server)
+        .user_token("app-room", "carol", Duration::from_secs(600))
+        .unwrap_or_else(|e| panic!("{e}"));
+    let user = {
+        let args = UserArgs {
+            tone_hz: Some(500.0),
+            seconds: 30.0,
+            until_disconnected: true,
+            ..UserArgs::new(server.url(), token)
+        };
+        tokio::spawn(async move { run_user(&args).await })
+    };
+    let seen = events_until(&mut events, "team/lk-3", |e| {
+        matches!(e, Event::Connected(_))
+    })
+    .await;
+    assert!(
+        seen.iter().any(|e| matches!(e, Event::Connected(_))),
+        "the user never connected: {seen:?}"
+    );
+    // The application closes its room.
+    voice_worker::livekit::room_service::delete_room(&server.url(), &key(&server), "app-room")
+        .await
+        .unwrap_or_else(|e| panic!("DeleteRoom: {e}"));
+    let seen = events_until(&mut events, "team/lk-3", |e| matches!(e, Event::Ended(_))).await;
+    let ended = seen
+        .iter()
+        .find_map(|e| match e {
+            Event::Ended(ended) => Some(ended.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("the session did not end with its room: {seen:?}"));
+    assert_eq!(ended.reason, "RoomEnded", "{ended:?}");
+    let report = tokio::time::timeout(Duration::from_secs(20), user)
+        .await
+        .unwrap_or_else(|_| panic!("the user stayed after the room was deleted"))
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        report.disconnect_reason.as_deref(),
+        Some("ROOM_DELETED"),
+        "{report:?}"
+    );
 }
