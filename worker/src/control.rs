@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tonic_health::server::HealthReporter;
@@ -299,9 +298,9 @@ impl WorkerControl for ControlService {
         &self,
         _: Request<pb::WatchEventsRequest>,
     ) -> Result<Response<Self::WatchEventsStream>, Status> {
-        let events = self.sessions.subscribe();
-        let stream = events.take_until(self.shutdown.clone().cancelled_owned());
-        Ok(Response::new(Box::pin(stream)))
+        Ok(Response::new(
+            self.sessions.subscribe(self.shutdown.clone()),
+        ))
     }
 }
 

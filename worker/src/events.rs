@@ -11,6 +11,7 @@ use std::time::SystemTime;
 
 use futures::Stream;
 use tokio::sync::broadcast::{self, error::RecvError};
+use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use voice_proto::worker::v1::{SessionEvent, session_event::Event};
 
@@ -51,14 +52,23 @@ impl EventBus {
     }
 
     /// Events from now on for one subscriber. The stream ends with `DATA_LOSS` if the
-    /// subscriber falls behind, and ends quietly when the bus is dropped.
-    pub fn subscribe(&self, metrics: Metrics) -> EventStream {
+    /// subscriber falls behind, and ends quietly when the bus is dropped or `stop` is
+    /// cancelled — but only after every event published before the stop: a stopping
+    /// worker's last events (the endings at its drain deadline) must reach the operator.
+    pub fn subscribe(&self, metrics: Metrics, stop: CancellationToken) -> EventStream {
         let receiver = self.sender.subscribe();
         let stream = futures::stream::unfold(Some(receiver), move |receiver| {
             let metrics = metrics.clone();
+            let stop = stop.clone();
             async move {
                 let mut receiver = receiver?;
-                match receiver.recv().await {
+                // Biased: an event already published is always taken before the stop.
+                let received = tokio::select! {
+                    biased;
+                    received = receiver.recv() => received,
+                    () = stop.cancelled() => return None,
+                };
+                match received {
                     Ok(event) => Some((Ok(event), Some(receiver))),
                     Err(RecvError::Lagged(missed)) => {
                         metrics.count_lagged_events(missed);
@@ -89,7 +99,7 @@ mod tests {
     async fn a_subscriber_that_falls_behind_gets_data_loss_and_is_counted() {
         let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
         let bus = EventBus::new(2);
-        let mut stream = bus.subscribe(metrics.clone());
+        let mut stream = bus.subscribe(metrics.clone(), CancellationToken::new());
         for _ in 0..5 {
             bus.publish(
                 "ns/a",
@@ -119,7 +129,7 @@ mod tests {
     async fn events_carry_increasing_sequence_numbers() {
         let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
         let bus = EventBus::new(8);
-        let mut stream = bus.subscribe(metrics);
+        let mut stream = bus.subscribe(metrics, CancellationToken::new());
         bus.publish(
             "ns/a",
             "1",
@@ -135,5 +145,31 @@ mod tests {
         let a = stream.next().await.and_then(Result::ok).map(|e| e.sequence);
         let b = stream.next().await.and_then(Result::ok).map(|e| e.sequence);
         assert_eq!((a, b), (Some(1), Some(2)));
+    }
+
+    #[tokio::test]
+    async fn a_stopped_stream_hands_out_what_was_published_before_it_ends() {
+        let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
+        let bus = EventBus::new(8);
+        let stop = CancellationToken::new();
+        let mut stream = bus.subscribe(metrics, stop.clone());
+        for id in ["ns/a", "ns/b"] {
+            bus.publish(
+                id,
+                "1",
+                SystemTime::UNIX_EPOCH,
+                Event::Reserved(Reserved {}),
+            );
+        }
+        stop.cancel();
+        let mut ids = Vec::new();
+        while let Some(event) = stream.next().await {
+            ids.push(
+                event
+                    .map(|e| e.session_id)
+                    .unwrap_or_else(|s| panic!("{s}")),
+            );
+        }
+        assert_eq!(ids, ["ns/a", "ns/b"]);
     }
 }

@@ -9,6 +9,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 use voice_proto::worker::v1::{
     Connected, Ended, Ping, PipelineStateChanged, Reserved as ReservedEvent, Transcript,
     session_event::Event,
@@ -360,9 +361,9 @@ impl Sessions {
         self.occupancy.subscribe()
     }
 
-    /// Session events from now on.
-    pub fn subscribe(&self) -> EventStream {
-        self.events.subscribe(self.metrics.clone())
+    /// Session events from now on, until `stop` (after those already published).
+    pub fn subscribe(&self, stop: CancellationToken) -> EventStream {
+        self.events.subscribe(self.metrics.clone(), stop)
     }
 
     /// Time since this state was created, i.e. since the worker started.
@@ -450,7 +451,7 @@ mod tests {
         let metrics = Metrics::new().unwrap_or_else(|e| panic!("{e}"));
         let sessions = Sessions::new(4, Duration::from_secs(5), 64, metrics);
         let now = SystemTime::now();
-        let mut events = sessions.subscribe();
+        let mut events = sessions.subscribe(CancellationToken::new());
         for id in ["ns/a", "ns/b", "ns/c"] {
             assert!(sessions.reserve(request(id), now).outcome.is_ok());
         }
