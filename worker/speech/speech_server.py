@@ -173,11 +173,20 @@ def _transcribe(request, stream):
     return {"text": " ".join(s.text.strip() for s in segments).strip()}
 
 
+def _optional_float(value):
+    """`None` (the voice's own setting) or the value as a float."""
+    return None if value is None else float(value)
+
+
 def _synthesize(request, stream):
     from piper import SynthesisConfig
 
     voice = _load("piper", request["model"])
-    config = SynthesisConfig(length_scale=float(request.get("lengthScale", 1.0)))
+    config = SynthesisConfig(
+        length_scale=float(request.get("lengthScale", 1.0)),
+        noise_scale=_optional_float(request.get("noiseScale")),
+        noise_w_scale=_optional_float(request.get("noiseWScale")),
+    )
     _write_frame(stream, json.dumps({"rate": voice.config.sample_rate}).encode())
     for chunk in voice.synthesize(request["text"], syn_config=config):
         # A closed connection (barge-in) raises here and ends the synthesis.

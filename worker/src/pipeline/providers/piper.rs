@@ -33,14 +33,20 @@ pub struct Piper {
     pub model: PathBuf,
     /// Phoneme length scale: below 1 speaks faster.
     pub length_scale: f32,
+    /// Generator noise; `None` keeps the voice's own (0 renders a sentence the same way
+    /// every time).
+    pub noise_scale: Option<f32>,
+    /// Phoneme-duration noise; `None` keeps the voice's own.
+    pub noise_w_scale: Option<f32>,
     /// Longest a sentence may take to synthesize.
     pub timeout: Duration,
 }
 
 impl Piper {
     /// From the stage's `model` (a voice `.onnx`; default
-    /// `$VOICE_MODELS_DIR/piper/en_US-joe-medium.onnx`) and option `lengthScale`
-    /// (default 1.0). Checks that the voice, its JSON and the interpreter exist.
+    /// `$VOICE_MODELS_DIR/piper/en_US-joe-medium.onnx`) and options `lengthScale`
+    /// (0.25–4, default 1.0), `noiseScale` and `noiseWScale` (0–2, default the voice's).
+    /// Checks that the voice, its JSON and the interpreter exist.
     pub fn from_stage(
         model: Option<&str>,
         options: &BTreeMap<String, String>,
@@ -71,10 +77,18 @@ impl Piper {
             .and_then(|s| s.parse::<f32>().ok())
             .filter(|s| (0.25..=4.0).contains(s))
             .unwrap_or(1.0);
+        let noise = |key: &str| {
+            options
+                .get(key)
+                .and_then(|s| s.parse::<f32>().ok())
+                .filter(|s| (0.0..=2.0).contains(s))
+        };
         Ok(Self {
             python,
             model,
             length_scale,
+            noise_scale: noise("noiseScale"),
+            noise_w_scale: noise("noiseWScale"),
             timeout: Duration::from_secs(20),
         })
     }
@@ -100,6 +114,8 @@ impl Piper {
             "model": self.model,
             "text": text,
             "lengthScale": self.length_scale,
+            "noiseScale": self.noise_scale,
+            "noiseWScale": self.noise_w_scale,
         });
         write_frame(NAME, &mut stream, request.to_string().as_bytes()).await?;
         let header = read_reply(NAME, &mut stream).await?;
