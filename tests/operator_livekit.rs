@@ -4,7 +4,8 @@
 //! LiveKit user (the official Python SDK) joins with that token and hears the agent the
 //! worker runs in the room. The user leaving completes the session (`ParticipantLeft`);
 //! deleting a session while its user is in the room ends the call for the user (the room is
-//! deleted); and a server that cannot be reached fails the session (`LiveKitUnavailable`)
+//! deleted); a second session naming a held session's room waits `RoomInUse` until it ends;
+//! and a server that cannot be reached fails the session (`LiveKitUnavailable`)
 //! without a leaked slot.
 
 mod operator_common;
@@ -130,6 +131,55 @@ async fn a_livekit_user_hears_the_agent_and_the_room_follows_the_session() {
         "{report:?}"
     );
     wait_for(T, "the slot freed", || async {
+        match backend_status(ns, "rooms").await?.active_sessions {
+            0 => Ok(()),
+            active => Err(format!("active {active}")),
+        }
+    })
+    .await;
+
+    // A room serves one session at a time: a second session naming the room of a held one
+    // waits RoomInUse, without a slot, and is admitted once the first ends.
+    let lobby = json!({"transport": "livekit", "room": "lobby"});
+    admit_one(&api, "lobby-first", "rooms", lobby.clone()).await;
+    api.create(
+        &PostParams::default(),
+        &session("lobby-second", "rooms", lobby),
+    )
+    .await
+    .expect("creating the second lobby session");
+    let waiting = wait_for(T, "lobby-second waits RoomInUse", || async {
+        let s = api.get("lobby-second").await.map_err(|e| e.to_string())?;
+        match admitted_reason(&s).as_deref() {
+            Some("RoomInUse") => Ok(s),
+            other => Err(format!("{:?} {other:?}", phase(&s))),
+        }
+    })
+    .await;
+    let message = waiting
+        .status
+        .iter()
+        .flat_map(|s| &s.conditions)
+        .find(|c| c.type_ == "Admitted")
+        .map(|c| c.message.clone())
+        .unwrap_or_default();
+    assert!(
+        message.contains("lobby-first") && message.contains("spec.room"),
+        "{message}"
+    );
+    assert_eq!(phase(&waiting), SessionPhase::Pending);
+    assert_eq!(
+        backend_status(ns, "rooms").await.map(|s| s.active_sessions),
+        Ok(1)
+    );
+    api.delete("lobby-first", &DeleteParams::default())
+        .await
+        .expect("deleting the first lobby session");
+    wait_phase(&api, "lobby-second", SessionPhase::Active).await;
+    api.delete("lobby-second", &DeleteParams::default())
+        .await
+        .expect("deleting the second lobby session");
+    wait_for(T, "the lobby's slot freed", || async {
         match backend_status(ns, "rooms").await?.active_sessions {
             0 => Ok(()),
             active => Err(format!("active {active}")),

@@ -67,6 +67,7 @@ mod counts;
 mod deletions;
 mod endings;
 mod repair;
+mod rooms;
 mod roster;
 mod tokens;
 mod watches;
@@ -676,6 +677,9 @@ fn waiting_message(blocked: admission_plan::Blocked, backend: &str) -> String {
         }
         Blocked::RoomNameTooLong => {
             "the session's LiveKit room name is too long; set spec.room".into()
+        }
+        Blocked::RoomInUse => {
+            "another session meets in the session's LiveKit room; waiting for it to end".into()
         }
     }
 }

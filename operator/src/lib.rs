@@ -32,6 +32,7 @@ pub mod pod_template;
 pub mod predicates;
 pub mod provider_controller;
 pub mod rollout;
+pub mod room_claims;
 pub mod scaling;
 pub mod session_audio;
 pub mod session_connections;

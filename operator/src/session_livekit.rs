@@ -6,6 +6,7 @@
 //!   may be [`AGENT_IDENTITY`], the identity the worker joins the room with
 //!   (`UserIDReserved`); and the room must have a usable name (`RoomNameTooLong`). A misfit
 //!   waits `Pending` outside the queue, without a slot, with a message naming the field.
+//!   One room serves one session at a time ([`crate::room_claims`], `RoomInUse`).
 //! - **The room** ([`room`]): `spec.room`, or `<namespace>-<name>`. It goes to the worker in
 //!   `SessionConfig.room` and to the user in `status.endpoint.room` and the token Secret.
 //! - **The admission** ([`prepare`], then [`endpoint_and_tokens`]): the backend's key pair
@@ -26,6 +27,7 @@ use voice_proto::session_config::is_room_name;
 
 use crate::admission_plan::Misfit;
 use crate::livekit_credentials::{self, CredentialsError};
+use crate::room_claims::RoomKey;
 use crate::session_tokens::{TOKEN_KEY, participant_key, token_secret_name};
 
 /// The `Admitted=False` reason of a `livekit` session whose backend's key pair could not be
@@ -54,6 +56,16 @@ pub fn room(session: &VoiceSession) -> String {
 /// The room handed to the worker in `SessionConfig.room`: only for a `livekit` session.
 pub fn worker_room(session: &VoiceSession) -> Option<String> {
     (session.spec.transport == Transport::LiveKit).then(|| room(session))
+}
+
+/// The room `session` meets in on `backend`'s LiveKit server; `None` unless it is a
+/// `livekit` session on a backend with `spec.liveKit`.
+pub fn room_key(session: &VoiceSession, backend: &VoiceBackend) -> Option<RoomKey> {
+    let server = backend.spec.live_kit.as_ref()?;
+    (session.spec.transport == Transport::LiveKit).then(|| RoomKey {
+        server: server.url.clone(),
+        room: room(session),
+    })
 }
 
 /// Why `session` cannot be served by `backend` as it is, as far as LiveKit goes; `None`

@@ -66,6 +66,9 @@ pub enum Blocked {
     /// The LiveKit room the session would get by default (`<namespace>-<name>`) is longer
     /// than a room name may be; it waits, outside the queue, until `spec.room` names one.
     RoomNameTooLong,
+    /// Another session meets in the same room of the same LiveKit server (a held one, or
+    /// an older pending one); it waits, outside the queue, until that session ends.
+    RoomInUse,
 }
 
 impl Blocked {
@@ -85,6 +88,7 @@ impl Blocked {
             Blocked::TransportNotSupported => crate::reason::TRANSPORT_NOT_SUPPORTED,
             Blocked::UserIDReserved => crate::reason::USER_ID_RESERVED,
             Blocked::RoomNameTooLong => crate::reason::ROOM_NAME_TOO_LONG,
+            Blocked::RoomInUse => crate::reason::ROOM_IN_USE,
         }
     }
 
@@ -96,12 +100,13 @@ impl Blocked {
 }
 
 /// The reasons of [`Misfit`]s.
-const MISFITS: [Blocked; 5] = [
+const MISFITS: [Blocked; 6] = [
     Blocked::AudioFormatNotSupported,
     Blocked::MultiUserNotSupported,
     Blocked::TransportNotSupported,
     Blocked::UserIDReserved,
     Blocked::RoomNameTooLong,
+    Blocked::RoomInUse,
 ];
 
 /// Why a session cannot be served as it is, with the condition message naming the field and
@@ -119,6 +124,8 @@ pub enum Misfit {
     UserIdReserved(String),
     /// From the operator's `session_livekit::misfit`: the default room name is too long.
     RoomNameTooLong(String),
+    /// From the operator's `session_livekit::RoomClaims`: another session meets in the room.
+    RoomInUse(String),
 }
 
 impl Misfit {
@@ -130,6 +137,7 @@ impl Misfit {
             Misfit::Transport(_) => Blocked::TransportNotSupported,
             Misfit::UserIdReserved(_) => Blocked::UserIDReserved,
             Misfit::RoomNameTooLong(_) => Blocked::RoomNameTooLong,
+            Misfit::RoomInUse(_) => Blocked::RoomInUse,
         }
     }
 
@@ -140,7 +148,8 @@ impl Misfit {
             | Misfit::MultiUser(d)
             | Misfit::Transport(d)
             | Misfit::UserIdReserved(d)
-            | Misfit::RoomNameTooLong(d) => d,
+            | Misfit::RoomNameTooLong(d)
+            | Misfit::RoomInUse(d) => d,
         }
     }
 

@@ -28,3 +28,5 @@ pub const TRANSPORT_NOT_SUPPORTED: &str = "TransportNotSupported";
 pub const USER_ID_RESERVED: &str = "UserIDReserved";
 /// The session's default LiveKit room name (`<namespace>-<name>`) is too long.
 pub const ROOM_NAME_TOO_LONG: &str = "RoomNameTooLong";
+/// Another session meets in the session's LiveKit room.
+pub const ROOM_IN_USE: &str = "RoomInUse";

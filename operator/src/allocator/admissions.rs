@@ -44,6 +44,7 @@ impl Allocator {
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
         now: Timestamp,
     ) {
+        let room_claims = self.room_claims(sessions);
         let pending: Vec<PendingSession> = sessions
             .iter()
             .filter(|(k, s)| {
@@ -55,12 +56,10 @@ impl Allocator {
             .map(|(k, s)| PendingSession {
                 key: k.clone(),
                 backend: backend_key_of(s),
-                created: s
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map_or(0, |t| t.0.as_millisecond()),
-                misfit: self.misfit(s, &k.namespace),
+                created: super::rooms::created_ms(s),
+                misfit: self
+                    .misfit(s, &k.namespace)
+                    .or_else(|| self.room_misfit(&room_claims, k, s)),
             })
             .collect();
         if pending.is_empty() {

@@ -194,6 +194,7 @@ fn the_reasons_of_misfits_are_known_as_such() {
         (Misfit::Transport("t".into()), "TransportNotSupported"),
         (Misfit::UserIdReserved("u".into()), "UserIDReserved"),
         (Misfit::RoomNameTooLong("r".into()), "RoomNameTooLong"),
+        (Misfit::RoomInUse("r".into()), "RoomInUse"),
     ] {
         assert_eq!(misfit.blocked().reason(), reason);
         assert!(Misfit::is_reason(reason) && misfit.blocked().is_misfit());
