@@ -2,7 +2,8 @@
 //! serves a WebSocket session and hands its audio to `examples/pipecat/parrot_bot.py` (Silero
 //! VAD, run by `voice-operator-pipecat` from sdk/pipecat) in the Pipecat venv that
 //! `cargo xtask test` installs. The bot decides the turn, says how long the user spoke and
-//! plays the words back; the worker maps its RTVI messages to state and transcripts.
+//! plays the words back; the worker maps its RTVI messages to state and transcripts. A
+//! resumed session hands its bot the saved context and the history (`context_bot.py`).
 
 mod common;
 
@@ -50,10 +51,15 @@ struct Bot {
 }
 
 impl Bot {
+    /// The parrot bot of `examples/pipecat`.
     fn start() -> Self {
+        Self::start_script(&repo().join("examples/pipecat/parrot_bot.py"))
+    }
+
+    fn start_script(script: &Path) -> Self {
         let port = common::free_port();
         let child = Command::new(pipecat_python())
-            .arg(repo().join("examples/pipecat/parrot_bot.py"))
+            .arg(script)
             .env("PYTHONPATH", repo().join("sdk/pipecat"))
             .env("VOICE_BOT_HOST", "127.0.0.1")
             .env("VOICE_BOT_PORT", port.to_string())
@@ -217,6 +223,86 @@ async fn a_pipecat_bot_takes_the_turn_and_its_reply_plays_at_the_right_speed() {
         rms(&voiced) > 500.0,
         "the reply is near silence: rms {:.0}",
         rms(&voiced)
+    );
+}
+
+#[tokio::test]
+async fn a_resumed_session_hands_its_bot_the_saved_context_and_the_history() {
+    use voice_proto::session_config::{Conversation, SessionConfig, Speaker, Utterance};
+    use voice_proto::worker::v1::{ReserveResult, ReserveSessionRequest, session_event};
+
+    let bot = Bot::start_script(&repo().join("worker/tests/fixtures/context_bot.py"));
+    let worker = worker_for(&bot.url());
+    let mut control = worker.client().await;
+    let mut events = control
+        .watch_events(voice_proto::worker::v1::WatchEventsRequest {})
+        .await
+        .unwrap_or_else(|e| panic!("WatchEvents: {e}"))
+        .into_inner();
+    // The session moved here from a lost worker: the operator hands over what it persisted.
+    let config = SessionConfig {
+        context: Some(Conversation {
+            turns: 2,
+            transcript: vec![
+                Utterance {
+                    speaker: Speaker::User,
+                    text: "book a table for two".into(),
+                },
+                Utterance {
+                    speaker: Speaker::Agent,
+                    text: "For what time?".into(),
+                },
+            ],
+            agent_state: Some(r#"{"step":"time","guests":2}"#.into()),
+        }),
+        ..SessionConfig::default()
+    };
+    let (id, uid) = ("team/resumed", "uid-resumed");
+    let reserved = control
+        .reserve_session(ReserveSessionRequest {
+            session_id: id.into(),
+            uid: uid.into(),
+            token_key_id: None,
+            session_config_json: serde_json::to_string(&config).unwrap_or_else(|e| panic!("{e}")),
+        })
+        .await
+        .unwrap_or_else(|e| panic!("ReserveSession: {e}"))
+        .into_inner()
+        .result();
+    assert_eq!(reserved, ReserveResult::Reserved);
+    let url = format!(
+        "ws://127.0.0.1:{}/v1/sessions/{id}/ws?token={}&rate={RATE}",
+        worker.http_port,
+        token(id, uid, 600)
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(url)
+        .await
+        .unwrap_or_else(|e| panic!("WebSocket upgrade: {e}"));
+
+    // The bot saves what it was handed as its own context, which the worker reports.
+    let saved = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(event) = events.next().await {
+            let event = event.unwrap_or_else(|e| panic!("event stream: {e}"));
+            if let Some(session_event::Event::AgentState(state)) = event.event {
+                return state.context_json;
+            }
+        }
+        panic!("the event stream ended without the bot's context");
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the bot saved no context within 60 s"));
+    drop(ws);
+    let saved: serde_json::Value =
+        serde_json::from_str(&saved).unwrap_or_else(|e| panic!("{saved}: {e}"));
+    assert_eq!(
+        saved,
+        serde_json::json!({
+            "handedBack": {"step": "time", "guests": 2},
+            "history": [
+                {"role": "user", "text": "book a table for two"},
+                {"role": "agent", "text": "For what time?"},
+            ],
+        })
     );
 }
 

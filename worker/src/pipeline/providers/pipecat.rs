@@ -59,7 +59,11 @@ pub fn hello(session_id: &str, spec: &PipelineSpec) -> serde_json::Value {
         .map(|r| {
             r.history
                 .iter()
-                .map(|(role, text)| serde_json::json!({"role": role, "text": text}))
+                .map(|(role, text)| {
+                    // The bot's protocol names speakers as the session's transcript does.
+                    let role = if role == "assistant" { "agent" } else { role };
+                    serde_json::json!({"role": role, "text": text})
+                })
                 .collect()
         })
         .unwrap_or_default();
