@@ -168,6 +168,21 @@ async fn first_join(signal: &mut Signal) -> Result<lk::JoinResponse, String> {
     }
 }
 
+/// How the session ends when its user is disconnected: with the room, or by leaving.
+fn user_gone(participant: &lk::ParticipantInfo) -> Ending {
+    tracing::debug!(
+        user = %participant.identity,
+        reason = participant.disconnect_reason,
+        "the session's user was disconnected"
+    );
+    match lk::DisconnectReason::try_from(participant.disconnect_reason) {
+        Ok(lk::DisconnectReason::RoomDeleted | lk::DisconnectReason::RoomClosed) => {
+            Ending::RoomEnded
+        }
+        _ => Ending::UserLeft,
+    }
+}
+
 fn leave_reason(leave: &lk::LeaveRequest) -> &'static str {
     lk::DisconnectReason::try_from(leave.reason)
         .map(|r| r.as_str_name())
@@ -269,7 +284,9 @@ async fn in_room(
                         if participant.identity == user
                             && participant.state == lk::participant_info::State::Disconnected as i32
                         {
-                            return Ok(Ending::UserLeft);
+                            // A deleted room disconnects everyone, and the user's update can
+                            // come before the agent's own Leave: its reason tells them apart.
+                            return Ok(user_gone(participant));
                         }
                     }
                     for track in std::mem::take(&mut pending_tracks) {
@@ -396,4 +413,41 @@ fn connected(ctx: &MediaContext, claim: &mut Claim) -> bool {
     claim.set_active();
     tracing::info!(session = %claim.session_id, connection = %claim.connection_id, user = %claim.participant, "LiveKit user connected");
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn disconnected(reason: lk::DisconnectReason) -> lk::ParticipantInfo {
+        lk::ParticipantInfo {
+            identity: "alice".into(),
+            state: lk::participant_info::State::Disconnected as i32,
+            disconnect_reason: reason as i32,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_user_disconnected_with_the_room_ends_it_as_room_ended_else_as_left() {
+        for (reason, room_ended) in [
+            (lk::DisconnectReason::RoomDeleted, true),
+            (lk::DisconnectReason::RoomClosed, true),
+            (lk::DisconnectReason::ClientInitiated, false),
+            (lk::DisconnectReason::ParticipantRemoved, false),
+            (lk::DisconnectReason::UnknownReason, false),
+        ] {
+            let ending = user_gone(&disconnected(reason));
+            assert_eq!(
+                matches!(ending, Ending::RoomEnded),
+                room_ended,
+                "{reason:?}"
+            );
+            assert_eq!(
+                matches!(ending, Ending::UserLeft),
+                !room_ended,
+                "{reason:?}"
+            );
+        }
+    }
 }
