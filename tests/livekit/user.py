@@ -47,6 +47,14 @@ def parse_args():
     say.add_argument("--tone", type=float, metavar="HZ", help="publish a sine at HZ")
     p.add_argument("--seconds", type=float, default=10.0, help="how long to stay")
     p.add_argument(
+        "--lead-in",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="publish this much silence before --say, as a caller who waits for the agent "
+        "(whatever is said before the agent has subscribed never reaches it)",
+    )
+    p.add_argument(
         "--until-disconnected",
         action="store_true",
         help="stay until the server ends our stay; --seconds is then the longest wait",
@@ -62,7 +70,9 @@ def load_speech(args):
         with wave.open(args.say, "rb") as w:
             if w.getsampwidth() != 2 or w.getnchannels() != 1:
                 sys.exit(f"{args.say}: want 16-bit mono PCM")
-            return w.getframerate(), w.readframes(w.getnframes())
+            rate = w.getframerate()
+            silence = bytes(int(rate * args.lead_in) * 2)
+            return rate, silence + w.readframes(w.getnframes())
     if args.tone:
         t = np.arange(int(RATE * args.seconds)) / RATE
         return RATE, (8000 * np.sin(2 * np.pi * args.tone * t)).astype("<i2").tobytes()

@@ -5,9 +5,9 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::speech::{recall, speak};
 use common::{Worker, token};
 use futures::stream::{SplitSink, SplitStream};
 use futures::{SinkExt, StreamExt};
@@ -23,55 +23,6 @@ const FRAME: usize = 320;
 
 type Tx = SplitSink<WebSocketStream<MaybeTlsStream<TcpStream>>, Message>;
 type Rx = SplitStream<WebSocketStream<MaybeTlsStream<TcpStream>>>;
-
-/// `text` spoken by espeak-ng with `voice`, as 16 kHz mono PCM16 (sox converts).
-fn speak(text: &str, voice: &str) -> Vec<i16> {
-    let mut espeak = Command::new("espeak-ng")
-        .args(["--stdout", "-v", voice, text])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("espeak-ng (apt-get install espeak-ng): {e}"));
-    let out = Command::new("sox")
-        .args([
-            "-t", "wav", "-", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1",
-            "-",
-        ])
-        .stdin(
-            espeak
-                .stdout
-                .take()
-                .unwrap_or_else(|| panic!("no espeak stdout")),
-        )
-        .output()
-        .unwrap_or_else(|e| panic!("sox (apt-get install sox): {e}"));
-    assert!(out.status.success(), "sox failed");
-    assert!(matches!(espeak.wait().map(|s| s.success()), Ok(true)));
-    out.stdout
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
-}
-
-/// Lower-case words without punctuation.
-fn words(text: &str) -> Vec<String> {
-    text.split_whitespace()
-        .map(|w| {
-            w.chars()
-                .filter(|c| c.is_alphanumeric() || *c == '\'')
-                .collect::<String>()
-                .to_lowercase()
-        })
-        .filter(|w| !w.is_empty())
-        .collect()
-}
-
-/// The share of `reference`'s words that `heard` contains.
-fn recall(reference: &str, heard: &str) -> f64 {
-    let heard = words(heard);
-    let reference = words(reference);
-    let hits = reference.iter().filter(|w| heard.contains(w)).count();
-    hits as f64 / reference.len().max(1) as f64
-}
 
 /// A worker whose backend configuration is the neural pipeline (sessions cannot choose
 /// their pipeline), with the agent's barge-in on or off.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::{PATIENCE, Worker, token};
@@ -27,33 +27,9 @@ const FRAME: usize = 320;
 /// (it hears e.g. "please do not aware that"): pocketsphinx is imperfect on synthetic speech.
 const ROBUST: &[&str] = &["please", "aware", "about", "weather", "tell"];
 
-/// `text` spoken by espeak-ng, as 16 kHz mono PCM16 (sox does the conversion).
+/// `text` spoken by espeak-ng's default English voice, as 16 kHz mono PCM16.
 fn speak(text: &str) -> Vec<i16> {
-    let mut espeak = Command::new("espeak-ng")
-        .args(["--stdout", text])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("espeak-ng (apt-get install espeak-ng): {e}"));
-    let out = Command::new("sox")
-        .args([
-            "-t", "wav", "-", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1",
-            "-",
-        ])
-        .stdin(
-            espeak
-                .stdout
-                .take()
-                .unwrap_or_else(|| panic!("no espeak stdout")),
-        )
-        .output()
-        .unwrap_or_else(|e| panic!("sox (apt-get install sox): {e}"));
-    assert!(out.status.success(), "sox failed");
-    let spoke = espeak.wait().map(|s| s.success());
-    assert!(matches!(spoke, Ok(true)), "espeak-ng failed: {spoke:?}");
-    out.stdout
-        .chunks_exact(2)
-        .map(|b| i16::from_le_bytes([b[0], b[1]]))
-        .collect()
+    common::speech::speak(text, "en")
 }
 
 /// What pocketsphinx's own CLI hears in 16 kHz PCM (with half a second of silence on

@@ -16,6 +16,8 @@ pub struct UserArgs {
     pub token: String,
     /// A 16-bit mono PCM WAV to say once (then silence), as the microphone track.
     pub say: Option<PathBuf>,
+    /// Silence published before `say`, in seconds: a caller who waits for the agent.
+    pub lead_in_s: f64,
     /// A sine to publish instead, for the whole stay.
     pub tone_hz: Option<f64>,
     /// How long to stay; with `until_disconnected`, the longest wait.
@@ -35,6 +37,7 @@ impl UserArgs {
             url: url.into(),
             token: token.into(),
             say: None,
+            lead_in_s: 0.0,
             tone_hz: None,
             seconds: 10.0,
             until_disconnected: false,
@@ -121,6 +124,7 @@ pub async fn try_run_user(args: &UserArgs) -> Result<UserReport, String> {
         .kill_on_drop(true);
     if let Some(wav) = &args.say {
         command.arg("--say").arg(wav);
+        command.args(["--lead-in", &args.lead_in_s.to_string()]);
     }
     if let Some(hz) = args.tone_hz {
         command.args(["--tone", &hz.to_string()]);

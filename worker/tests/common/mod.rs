@@ -6,6 +6,7 @@
 
 pub mod browser;
 pub mod identity_provider;
+pub mod speech;
 
 use std::net::TcpListener as StdListener;
 use std::path::PathBuf;
