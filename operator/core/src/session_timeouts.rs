@@ -75,6 +75,33 @@ pub fn check(clocks: &Clocks, now: Timestamp) -> Option<Expired> {
     }
 }
 
+/// When the first clock of `clocks` runs out: [`check`] finds nothing before it and something
+/// at it. `None` when no clock runs (nothing changes until the facts do), so a caller can
+/// look at a session again at its deadline instead of at every tick.
+pub fn deadline(clocks: &Clocks) -> Option<Timestamp> {
+    let at = |since: Option<Timestamp>, limit: Option<Duration>| {
+        since?
+            .checked_add(SignedDuration::try_from(limit?).ok()?)
+            .ok()
+    };
+    match clocks.phase {
+        SessionPhase::Completed | SessionPhase::Failed => {
+            at(clocks.ended_at, Some(clocks.ttl_after_finished))
+        }
+        SessionPhase::Pending if !clocks.holds_slot => at(
+            clocks.lost_worker_at.or(clocks.created),
+            clocks.pending_timeout,
+        ),
+        SessionPhase::Pending => None,
+        SessionPhase::Active => {
+            let quiet_since = clocks.last_activity.or(clocks.admitted_at);
+            let ends = at(clocks.admitted_at, clocks.max_duration);
+            let idles = at(quiet_since, clocks.idle_timeout);
+            ends.into_iter().chain(idles).min()
+        }
+    }
+}
+
 fn elapsed(since: Timestamp, now: Timestamp) -> Duration {
     let d: SignedDuration = now.duration_since(since);
     Duration::try_from(d).unwrap_or(Duration::ZERO)
@@ -188,5 +215,92 @@ mod tests {
             ..c
         };
         assert_eq!(check(&zero, t(10)), Some(Expired::Delete));
+    }
+
+    #[test]
+    fn the_deadline_is_the_first_moment_check_finds_a_clock_run_out() {
+        let active = Clocks {
+            phase: SessionPhase::Active,
+            holds_slot: true,
+            admitted_at: Some(t(0)),
+            ..Clocks::default()
+        };
+        let pending = Clocks {
+            phase: SessionPhase::Pending,
+            created: Some(t(7)),
+            pending_timeout: secs(30),
+            ..Clocks::default()
+        };
+        let cases = [
+            pending.clone(),
+            Clocks {
+                lost_worker_at: Some(t(500)),
+                ..pending.clone()
+            },
+            Clocks {
+                max_duration: secs(200),
+                idle_timeout: secs(60),
+                last_activity: Some(t(50)),
+                ..active.clone()
+            },
+            Clocks {
+                max_duration: secs(100),
+                idle_timeout: secs(60),
+                last_activity: Some(t(99)),
+                ..active.clone()
+            },
+            Clocks {
+                idle_timeout: secs(5),
+                ..active.clone()
+            },
+            Clocks {
+                phase: SessionPhase::Failed,
+                ended_at: Some(t(10)),
+                ttl_after_finished: Duration::from_secs(300),
+                ..Clocks::default()
+            },
+        ];
+        for c in &cases {
+            let due = deadline(c).unwrap_or_else(|| panic!("a clock runs: {c:?}"));
+            let before = due.checked_sub(SignedDuration::from_millis(1)).unwrap();
+            assert_eq!(check(c, before), None, "{c:?}");
+            assert!(check(c, due).is_some(), "{c:?}");
+        }
+        // A zero TTL has run out from the end on (and, clamped, before it too).
+        let zero = Clocks {
+            phase: SessionPhase::Completed,
+            ended_at: Some(t(10)),
+            ..Clocks::default()
+        };
+        assert_eq!(deadline(&zero), Some(t(10)));
+        assert_eq!(check(&zero, t(10)), Some(Expired::Delete));
+    }
+
+    #[test]
+    fn a_session_with_no_clock_running_has_no_deadline() {
+        let never = [
+            Clocks {
+                phase: SessionPhase::Pending,
+                created: Some(t(0)),
+                ..Clocks::default()
+            },
+            Clocks {
+                phase: SessionPhase::Pending,
+                holds_slot: true,
+                created: Some(t(0)),
+                pending_timeout: secs(1),
+                ..Clocks::default()
+            },
+            Clocks {
+                phase: SessionPhase::Active,
+                holds_slot: true,
+                admitted_at: Some(t(0)),
+                ..Clocks::default()
+            },
+        ];
+        for c in &never {
+            assert_eq!(deadline(c), None, "{c:?}");
+            assert_eq!(check(c, t(1_000_000_000)), None, "{c:?}");
+        }
     }
 }
