@@ -1,18 +1,18 @@
 //! Live metadata: an edit of `VoiceSession.spec.metadata` while the session holds a slot is
 //! handed to its worker (`UpdateSession`), whose agent sees it from its next turn.
 //!
-//! This decides *when* to send; the allocator's round asks it for every held session and
-//! sends on a task. A session's metadata is remembered by fingerprint once it is on its way
+//! This decides *when* to send; the allocator's round asks it for the held sessions that
+//! changed and those with a retry pending ([`MetadataSync::retrying`]), and sends on a task. A session's metadata is remembered by fingerprint once it is on its way
 //! (the reservation carries it, or an update was sent); a failed update is forgotten so the
 //! next round sends it again. After an operator restart nothing is remembered, so every
 //! held session is sent its metadata once: updates are idempotent on the worker.
 //!
-//! The round asks for every held session, so the common answer ("nothing changed") must not
+//! After a start the round asks for every held session, so the common answer ("nothing changed") must not
 //! cost a JSON serialization per session per round: a session whose `metadata.generation` is
 //! the one last handed over is skipped at once (an edit of `spec.metadata` is a spec change,
 //! which the API server counts in `generation`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -34,7 +34,34 @@ enum Handed {
 /// What was last handed to each held session's worker.
 #[derive(Clone, Debug, Default)]
 pub struct MetadataSync {
-    sent: Arc<Mutex<HashMap<SessionKey, Handed>>>,
+    sent: Arc<Mutex<Sent>>,
+}
+
+#[derive(Debug, Default)]
+struct Sent {
+    handed: HashMap<SessionKey, Handed>,
+    /// The keys whose `handed` is a retry, so they are found without a walk of every session.
+    retrying: HashSet<SessionKey>,
+}
+
+impl Sent {
+    fn insert(&mut self, key: SessionKey, handed: Handed) -> Option<Handed> {
+        if matches!(handed, Handed::RetryAt(_)) {
+            self.retrying.insert(key.clone());
+        } else {
+            self.retrying.remove(&key);
+        }
+        self.handed.insert(key, handed)
+    }
+
+    fn get(&self, key: &SessionKey) -> Option<&Handed> {
+        self.handed.get(key)
+    }
+
+    fn remove(&mut self, key: &SessionKey) -> Option<Handed> {
+        self.retrying.remove(key);
+        self.handed.remove(key)
+    }
 }
 
 /// `spec.metadata` as the worker gets it: a JSON object (`{}` when unset).
@@ -52,7 +79,7 @@ fn fingerprint(json: &str) -> u64 {
 }
 
 impl MetadataSync {
-    fn with<T>(&self, f: impl FnOnce(&mut HashMap<SessionKey, Handed>) -> T) -> T {
+    fn with<T>(&self, f: impl FnOnce(&mut Sent) -> T) -> T {
         // Each use is one map operation: a poisoned lock is still whole.
         f(&mut self.sent.lock().unwrap_or_else(PoisonError::into_inner))
     }
@@ -113,7 +140,15 @@ impl MetadataSync {
 
     /// Forgets every session `keep` refuses (no longer held).
     pub fn retain(&self, keep: impl Fn(&SessionKey) -> bool) {
-        self.with(|sent| sent.retain(|k, _| keep(k)));
+        self.with(|sent| {
+            sent.handed.retain(|k, _| keep(k));
+            sent.retrying.retain(|k| keep(k));
+        });
+    }
+
+    /// The sessions with a failed update to send again (when [`MetadataSync::due`] says so).
+    pub fn retrying(&self) -> Vec<SessionKey> {
+        self.with(|sent| sent.retrying.iter().cloned().collect())
     }
 }
 
@@ -188,17 +223,21 @@ mod tests {
             None,
             "sent once"
         );
+        assert_eq!(sync.retrying(), Vec::<SessionKey>::new());
         sync.failed(&key("a"), t0);
+        assert_eq!(sync.retrying(), vec![key("a")], "found without a walk");
         assert_eq!(
             sync.due_any(&key("a"), Some(&platinum), t0),
             None,
             "not at once"
         );
+        assert_eq!(sync.retrying(), vec![key("a")], "still to retry");
         let later = t0 + RETRY_AFTER;
         assert!(
             sync.due_any(&key("a"), Some(&platinum), later).is_some(),
             "retried"
         );
+        assert_eq!(sync.retrying(), Vec::<SessionKey>::new(), "sent again");
         assert_eq!(
             sync.due_any(&key("a"), None, later),
             Some("{}".to_owned()),
