@@ -1,9 +1,11 @@
 //! The session allocator: the one place that admits, re-admits and ends VoiceSessions.
 //!
 //! It runs in the leader only, as a single loop that owns the [`Ledger`], so every admission
-//! decision is serialized (per provider and globally) without locks. Each round it reads the
-//! watched API state, reconciles the ledger with it (deleted sessions, lost workers, deleted
-//! backends, expired clocks), asks the pure [`admission_plan::plan`] which pending sessions fit,
+//! decision is serialized (per provider and globally) without locks. Each round it sorts the
+//! sessions that changed since the last one into worklists (`allocator/worklists.rs`), so a
+//! round costs O(changed + waiting) rather than O(all sessions); from them it reconciles the
+//! ledger with the API state (deleted sessions, lost workers, deleted backends, clocks that
+//! ran out), asks the pure [`admission_plan::plan`] which pending sessions fit,
 //! and starts their admissions ([`admission_steps`]) as tasks whose outcomes come back to the
 //! loop. Queue positions, ends and counts go to the [`StatusWriter`], which reports back what
 //! the API took, so the loop does not wait for those writes; Events, TTL deletes and calls to
@@ -13,9 +15,9 @@
 //! the workers' reservations: the API and the workers together are the truth.
 //!
 //! This file holds the loop, its state and the round; the round's parts are in
-//! `allocator/`: `watches`, `admissions`, `deletions`, `endings` (lost workers, clocks,
-//! worker-reported ends, TTL), `counts`, `roster` (for the live-state writer), `repair` and
-//! `tokens`.
+//! `allocator/`: `worklists`, `watches`, `admissions`, `deletions`, `endings` (lost workers,
+//! clocks, worker-reported ends, TTL), `counts`, `roster` (for the live-state writer),
+//! `repair`, `rooms` and `tokens`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -71,8 +73,10 @@ mod rooms;
 mod roster;
 mod tokens;
 mod watches;
+mod worklists;
 
 use watches::{reflect, watch_events};
+use worklists::{Changed, Worklists};
 
 /// Admissions running at once: enough to hide API and gRPC latency, few enough to keep the
 /// API server's write rate sane during a burst.
@@ -155,6 +159,8 @@ struct Allocator {
     /// Token Secret writes running.
     tokens_writing: HashSet<SessionKey>,
     tokens_written: mpsc::Sender<(SessionKey, Result<(), String>)>,
+    /// What the round must look at: the sessions that changed, sorted.
+    lists: Worklists,
 }
 
 /// Runs the allocator until `cancel` fires. `ended` carries sessions the workers ended;
@@ -273,6 +279,7 @@ pub async fn run(
         tokens_due: HashMap::new(),
         tokens_writing: HashSet::new(),
         tokens_written,
+        lists: Worklists::default(),
     };
     let finishing = a.rebuild(&takeover.reservations);
     a.rebuild_rates();
@@ -297,7 +304,7 @@ pub async fn run(
                 return;
             }
             () = wake.notified() => {}
-            Some(event) = session_events.recv() => a.sessions.apply(event),
+            Some(event) = session_events.recv() => a.take_event(event),
             Some((key, outcome)) = outcome_rx.recv() => a.settle(key, outcome),
             Some(done) = written_rx.recv() => a.written(done),
             Some(end) = ended.recv() => a.worker_ended(end),
@@ -307,14 +314,14 @@ pub async fn run(
             () = sleep_until_some(a.rate_wake) => a.rate_wake = None,
             () = sleep_until_some(a.backoff.next_due(Instant::now())) => {}
         }
-        // Rounds are O(sessions): batch the watch events and outcomes of a burst into one
-        // round every MIN_ROUND_INTERVAL rather than one round per event.
+        // Batch the watch events and outcomes of a burst into one round every
+        // MIN_ROUND_INTERVAL rather than one round per event.
         let since = last_round.elapsed();
         if since < MIN_ROUND_INTERVAL {
             tokio::time::sleep(MIN_ROUND_INTERVAL - since).await;
         }
         while let Ok(event) = session_events.try_recv() {
-            a.sessions.apply(event);
+            a.take_event(event);
         }
         while let Ok((key, outcome)) = outcome_rx.try_recv() {
             a.settle(key, outcome);
@@ -346,6 +353,17 @@ fn timestamp(t: Option<&Time>) -> Option<Timestamp> {
 }
 
 impl Allocator {
+    /// Takes one session watch event into the index; the session it names is touched, and
+    /// a relist touches every session.
+    fn take_event(&mut self, event: watcher::Event<VoiceSession>) {
+        match &event {
+            watcher::Event::Apply(s) | watcher::Event::Delete(s) => self.touch(&key_of(s)),
+            watcher::Event::InitDone => self.lists.touch_all(),
+            watcher::Event::Init | watcher::Event::InitApply(_) => {}
+        }
+        self.sessions.apply(event);
+    }
+
     /// The rate limits' buckets as the sessions' `admittedAt` leave them, so a restart
     /// admits no faster than the limits allow.
     fn rebuild_rates(&mut self) {
@@ -453,22 +471,28 @@ impl Allocator {
         let now = Timestamp::now();
         // Lent out for the round (its methods take `&mut self`), and put back at its end.
         let mut index = std::mem::take(&mut self.sessions);
-        self.forget_removed(index.take_removed());
+        let removed = index.take_removed();
+        for key in &removed {
+            self.touch(key);
+        }
+        self.forget_removed(removed);
         let sessions = index.sessions();
-        if Instant::now() >= self.sweep_at {
+        let sweep = Instant::now() >= self.sweep_at;
+        if sweep {
             self.sweep_at = Instant::now() + REPAIR_INTERVAL;
             self.forget_deleted(sessions);
         }
+        let changed = self.sort_changed(sessions, sweep);
         let backends = self.backend_views();
         self.publish_roster(&backends);
-        self.handle_lost_workers(sessions, &backends, now);
+        self.handle_lost_workers(sessions, &backends, &changed, now);
         if clocks_due {
             self.handle_clocks(sessions, now);
         }
         self.finish_reserved(sessions, &backends);
         self.admit_pending(sessions, &backends, now);
         self.write_missing_tokens(sessions);
-        self.push_metadata(sessions);
+        self.push_metadata(sessions, &changed);
         self.write_counts(sessions);
         if Instant::now() >= self.repair_at {
             self.repair_at = Instant::now() + REPAIR_INTERVAL;
@@ -479,13 +503,26 @@ impl Allocator {
     }
 
     /// Hands edited `spec.metadata` of held sessions to their workers (see
-    /// [`crate::session_metadata`]); best effort on tasks, retried next round on failure.
-    fn push_metadata(&self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
-        for (key, slot) in self.ledger.iter() {
+    /// [`crate::session_metadata`]); best effort on tasks, retried on failure. Only the
+    /// sessions that changed or wait for a retry are compared, all of them after a start.
+    fn push_metadata(&self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>, changed: &Changed) {
+        let candidates: Vec<&SessionKey> = if changed.all {
+            self.ledger.iter().map(|(k, _)| k).collect()
+        } else {
+            let retrying = self.metadata.retrying();
+            let mut keys: Vec<&SessionKey> = changed.keys.iter().collect();
+            keys.extend(
+                retrying
+                    .iter()
+                    .filter_map(|k| sessions.get_key_value(k).map(|(k, _)| k)),
+            );
+            keys
+        };
+        for key in candidates {
             if self.in_flight.contains(key) {
                 continue;
             }
-            let Some(session) = sessions.get(key) else {
+            let (Some(slot), Some(session)) = (self.ledger.slot(key), sessions.get(key)) else {
                 continue;
             };
             let due = self.metadata.due(

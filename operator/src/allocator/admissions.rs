@@ -13,16 +13,14 @@ impl Allocator {
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
     ) {
         let now = Instant::now();
-        let unfinished: Vec<(SessionKey, Slot)> = self
-            .ledger
-            .iter()
-            .filter(|(k, _)| !self.in_flight.contains(*k) && !self.backoff.session_waits(k, now))
-            .filter(|(k, _)| {
+        let unfinished: Vec<(SessionKey, Slot)> = (self.lists.unfinished.iter())
+            .filter(|k| !self.in_flight.contains(*k) && !self.backoff.session_waits(k, now))
+            .filter(|k| {
                 sessions
                     .get(*k)
                     .is_some_and(|s| self.phase_of(k, s) == SessionPhase::Pending)
             })
-            .map(|(k, s)| (k.clone(), s.clone()))
+            .filter_map(|k| Some((k.clone(), self.ledger.slot(k)?.clone())))
             .collect();
         for (key, slot) in unfinished {
             let (Some(session), Some((_, ips))) = (sessions.get(&key), backends.get(&slot.backend))
@@ -45,8 +43,8 @@ impl Allocator {
         now: Timestamp,
     ) {
         let room_claims = self.room_claims(sessions);
-        let pending: Vec<PendingSession> = sessions
-            .iter()
+        let pending: Vec<PendingSession> = (self.lists.unplaced.iter())
+            .filter_map(|k| sessions.get_key_value(k))
             .filter(|(k, s)| {
                 !self.in_flight.contains(*k)
                     && !self.backoff.session_waits(k, Instant::now())
@@ -114,7 +112,7 @@ impl Allocator {
                 pod: slot.worker.clone(),
                 pod_ip: ip,
             };
-            self.ledger.hold(key.clone(), slot);
+            self.hold_slot(key.clone(), slot);
             if self.proposed.contains_key(&key) {
                 self.in_flight.insert(key.clone());
                 self.deferred.insert(key, (session.clone(), worker));
@@ -198,6 +196,7 @@ impl Allocator {
             session.metadata.generation,
             session.spec.metadata.as_ref(),
         );
+        self.touch(&key);
         self.in_flight.insert(key.clone());
         tokio::spawn(async move {
             let Ok(_permit) = permits.acquire_owned().await else {
@@ -243,6 +242,7 @@ impl Allocator {
 
     /// Takes an admission's outcome into the loop's state.
     pub(super) fn settle(&mut self, key: SessionKey, outcome: Outcome) {
+        self.touch(&key);
         self.in_flight.remove(&key);
         let result = match &outcome {
             Outcome::Admitted { .. } => "admitted",
@@ -283,7 +283,7 @@ impl Allocator {
                 if let Some(worker) = &worker {
                     self.backoff.refused(worker, &key, refusal, Instant::now());
                 }
-                self.ledger.release(&key);
+                self.release_slot(&key);
             }
             Outcome::Retry(error) => {
                 // The slot stays held (the worker may have reserved it); this session alone
@@ -296,11 +296,11 @@ impl Allocator {
             }
             Outcome::NotStarted(error) => {
                 tracing::warn!(session = %key, %error, "admission did not start; planning again");
-                self.ledger.release(&key);
+                self.release_slot(&key);
             }
             Outcome::Held(held) => {
                 tracing::warn!(session = %key, reason = held.reason, message = %held.message, "admission held before the worker was asked; waiting");
-                self.ledger.release(&key);
+                self.release_slot(&key);
                 if let Some(worker) = &worker {
                     self.backoff
                         .refused(worker, &key, Refusal::Session, Instant::now());
@@ -324,6 +324,7 @@ impl Allocator {
         if self.proposed.get(key) == Some(&next) {
             return;
         }
+        self.touch(key);
         if self.writer.submit(
             Target::Session(key.clone()),
             Body::Lifecycle(Box::new(next.clone())),
@@ -337,6 +338,7 @@ impl Allocator {
     pub(super) fn written(&mut self, done: Done) {
         match (done.target, done.body) {
             (Target::Session(key), Body::Lifecycle(lifecycle)) => {
+                self.touch(&key);
                 let lifecycle = *lifecycle;
                 if self.proposed.get(&key) == Some(&lifecycle) {
                     self.proposed.remove(&key);

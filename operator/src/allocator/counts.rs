@@ -3,26 +3,39 @@
 use super::*;
 
 impl Allocator {
+    /// Publishes each backend's held and waiting sessions, and writes the counts on backends
+    /// and providers when they changed. Held counts are the ledger's; waiting ones come from
+    /// the unplaced worklist, so this is O(backends + waiting), not O(sessions).
     pub(super) fn write_counts(&mut self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>) {
         let mut per_backend: HashMap<BackendKey, BackendSessions> = HashMap::new();
+        for b in self.backends.state() {
+            let key = BackendKey {
+                namespace: b.namespace().unwrap_or_default(),
+                name: b.name_any(),
+            };
+            let active = self.ledger.backend_count(&key);
+            per_backend.entry(key).or_default().active = active;
+        }
         let mut provider_pending: HashMap<String, i32> = HashMap::new();
-        for (key, session) in sessions {
-            let backend = backend_key_of(session);
-            let entry = per_backend.entry(backend.clone()).or_default();
-            if self.ledger.slot(key).is_some() {
-                entry.active += 1;
-            } else if self.phase_of(key, session) == SessionPhase::Pending
+        for key in &self.lists.unplaced {
+            let Some(session) = sessions.get(key) else {
+                continue;
+            };
+            if self.ledger.slot(key).is_some()
+                || self.phase_of(key, session) != SessionPhase::Pending
                 // A session that cannot run as it is asks for no worker.
-                && !self
+                || self
                     .lifecycle_of(key, session)
                     .admitted_reason()
                     .is_some_and(Misfit::is_reason)
             {
-                entry.pending += 1;
-                if let Some(provider) = self.provider_of(&backend) {
-                    *provider_pending.entry(provider).or_default() += 1;
-                }
+                continue;
             }
+            let backend = backend_key_of(session);
+            if let Some(provider) = self.provider_of(&backend) {
+                *provider_pending.entry(provider).or_default() += 1;
+            }
+            per_backend.entry(backend).or_default().pending += 1;
         }
         self.ctx.session_counts.publish(per_backend.clone());
         if self

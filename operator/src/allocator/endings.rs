@@ -28,13 +28,23 @@ impl Allocator {
         &mut self,
         sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
         backends: &HashMap<BackendKey, (BackendView, BTreeMap<String, String>)>,
+        changed: &Changed,
         now: Timestamp,
     ) {
-        // Decide on borrowed state and copy out only the sessions that move: at 10,000 held,
-        // copying every key and slot each round was most of this pass.
-        let moving: Vec<(SessionKey, Slot, HeldFate)> = self
-            .ledger
-            .iter()
+        // Every held session when the workers alive changed; else only those that changed:
+        // an untouched session on an unchanged worker keeps its fate (`Stays`).
+        let world = self.world_print(backends);
+        let whole = self.lists.world_changed(world) || changed.all;
+        let held: Vec<(&SessionKey, &Slot)> = if whole {
+            self.ledger.iter().collect()
+        } else {
+            (changed.keys.iter())
+                .filter_map(|k| Some((k, self.ledger.slot(k)?)))
+                .collect()
+        };
+        // Decide on borrowed state and copy out only the sessions that move.
+        let moving: Vec<(SessionKey, Slot, HeldFate)> = held
+            .into_iter()
             .filter(|(k, _)| !self.in_flight.contains(*k))
             .filter_map(|(key, slot)| {
                 let session = sessions.get(key)?;
@@ -70,7 +80,7 @@ impl Allocator {
                 ),
                 HeldFate::PlanAgain => {
                     tracing::info!(session = %key, worker = %slot.worker, "worker lost before the admission finished; planning again");
-                    self.ledger.release(&key);
+                    self.release_slot(&key);
                 }
                 HeldFate::Fail => {
                     let message = format!(
@@ -88,7 +98,7 @@ impl Allocator {
                     );
                 }
                 HeldFate::Readmit => {
-                    self.ledger.release(&key);
+                    self.release_slot(&key);
                     let lifecycle = self.lifecycle_of(&key, session);
                     let message = format!(
                         "worker {} was lost; waiting for another worker (the client reconnects with the same token)",
@@ -121,50 +131,37 @@ impl Allocator {
             .is_some_and(|p| worker_pod_facts::of(&p).alive())
     }
 
-    /// Pending timeouts, maximum durations, idle timeouts and TTLs.
+    /// Pending timeouts, maximum durations, idle timeouts and TTLs, of the sessions whose
+    /// deadline has come (a session is scheduled again whenever it changes).
     pub(super) fn handle_clocks(
         &mut self,
         sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
         now: Timestamp,
     ) {
-        for (key, session) in sessions {
-            if self.in_flight.contains(key) {
+        for key in self.lists.take_due(now) {
+            // Rescheduled when its admission settles.
+            if self.in_flight.contains(&key) {
                 continue;
             }
-            let observed;
-            let lifecycle = match self.lifecycle.get(key) {
-                Some(l) => l,
-                None => {
-                    observed = Lifecycle::observed(session.status.as_ref());
-                    &observed
-                }
+            let Some(session) = sessions.get(&key) else {
+                continue;
             };
-            let lost_at = (lifecycle.admitted_reason() == Some(reason::WORKER_LOST))
-                .then(|| timestamp(lifecycle.admitted_since()))
-                .flatten();
-            let clocks = Clocks {
-                phase: lifecycle.phase,
-                holds_slot: self.ledger.slot(key).is_some(),
-                created: timestamp(session.metadata.creation_timestamp.as_ref()),
-                lost_worker_at: lost_at,
-                admitted_at: timestamp(lifecycle.admitted_at.as_ref()),
-                last_activity: timestamp(
-                    session
-                        .status
-                        .as_ref()
-                        .and_then(|s| s.last_activity.as_ref()),
-                ),
-                ended_at: timestamp(lifecycle.ended_at.as_ref()),
-                pending_timeout: session.spec.pending_timeout.map(Duration::from),
-                max_duration: session.spec.max_duration.map(Duration::from),
-                idle_timeout: session.spec.idle_timeout.map(Duration::from),
-                ttl_after_finished: Duration::from_secs(
-                    u64::try_from(session.spec.ttl_seconds_after_finished).unwrap_or(0),
-                ),
-            };
+            let clocks = self.clocks_of(&key, session);
             let expired = session_timeouts::check(&clocks, now);
+            // What follows touches the session (rescheduled next round); a failed delete is
+            // tried again a second later.
+            let again = now
+                .checked_add(k8s_openapi::jiff::SignedDuration::from_secs(1))
+                .ok();
+            let key = &key;
             match expired {
-                None => {}
+                None => {
+                    // Not run out yet (the facts moved since it was scheduled): not before a
+                    // second from now, so a clock at the edge cannot spin.
+                    let next = session_timeouts::deadline(&clocks)
+                        .map(|at| again.map_or(at, |again| at.max(again)));
+                    self.lists.set_deadline(key, next);
+                }
                 Some(Expired::Fail(why)) => {
                     let message = if why == reason::WORKER_LOST {
                         "its worker was lost and no other worker had room within spec.pendingTimeout"
@@ -181,8 +178,46 @@ impl Allocator {
                     };
                     self.end(session, key, SessionPhase::Completed, why, message, now);
                 }
-                Some(Expired::Delete) => self.delete_finished(session),
+                Some(Expired::Delete) => {
+                    self.delete_finished(session);
+                    self.lists.set_deadline(key, again);
+                }
             }
+        }
+    }
+
+    /// The facts `key`'s clocks depend on, from the lifecycle the API took.
+    pub(super) fn clocks_of(&self, key: &SessionKey, session: &VoiceSession) -> Clocks {
+        let observed;
+        let lifecycle = match self.lifecycle.get(key) {
+            Some(l) => l,
+            None => {
+                observed = Lifecycle::observed(session.status.as_ref());
+                &observed
+            }
+        };
+        let lost_at = (lifecycle.admitted_reason() == Some(reason::WORKER_LOST))
+            .then(|| timestamp(lifecycle.admitted_since()))
+            .flatten();
+        Clocks {
+            phase: lifecycle.phase,
+            holds_slot: self.ledger.slot(key).is_some(),
+            created: timestamp(session.metadata.creation_timestamp.as_ref()),
+            lost_worker_at: lost_at,
+            admitted_at: timestamp(lifecycle.admitted_at.as_ref()),
+            last_activity: timestamp(
+                session
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.last_activity.as_ref()),
+            ),
+            ended_at: timestamp(lifecycle.ended_at.as_ref()),
+            pending_timeout: session.spec.pending_timeout.map(Duration::from),
+            max_duration: session.spec.max_duration.map(Duration::from),
+            idle_timeout: session.spec.idle_timeout.map(Duration::from),
+            ttl_after_finished: Duration::from_secs(
+                u64::try_from(session.spec.ttl_seconds_after_finished).unwrap_or(0),
+            ),
         }
     }
 
@@ -196,7 +231,7 @@ impl Allocator {
         message: &str,
         now: Timestamp,
     ) {
-        if let Some(slot) = self.ledger.release(key) {
+        if let Some(slot) = self.release_slot(key) {
             self.release_on_worker(key, &slot, why);
         }
         let next = self
@@ -219,11 +254,12 @@ impl Allocator {
     /// against the published roster, and it is checked again here against the ledger itself,
     /// which may have moved since.
     pub(super) fn worker_ended(&mut self, end: Ended) {
-        let Some((key, slot)) = self
-            .ledger
-            .iter()
-            .find(|(k, _)| k.is(&end.session_id, &end.uid))
-            .map(|(k, s)| (k.clone(), s.clone()))
+        // By name through the index, then the uid: a walk of the ledger per end was O(held).
+        let Some((key, slot)) = (end.session_id.split_once('/'))
+            .and_then(|(ns, name)| self.sessions.get(ns, name))
+            .map(|s| key_of(s))
+            .filter(|k| k.is(&end.session_id, &end.uid))
+            .and_then(|k| Some((k.clone(), self.ledger.slot(&k)?.clone())))
         else {
             return;
         };

@@ -4,16 +4,14 @@ use super::*;
 use crate::room_claims::{RoomClaims, RoomKey};
 
 impl Allocator {
-    /// The room claims of the `livekit` sessions: each held one, and each pending one that
-    /// nothing else keeps waiting.
+    /// The room claims of the `livekit` sessions (from their worklist): each held one, and
+    /// each pending one that nothing else keeps waiting.
     pub(super) fn room_claims(
         &self,
         sessions: &HashMap<SessionKey, Arc<VoiceSession>>,
     ) -> RoomClaims {
         let mut claims = RoomClaims::default();
-        let livekit = sessions
-            .iter()
-            .filter(|(_, s)| s.spec.transport == voice_crds::Transport::LiveKit);
+        let livekit = (self.lists.livekit.iter()).filter_map(|k| sessions.get_key_value(k));
         for (key, session) in livekit {
             let Some(room) = self.room_key(key, session) else {
                 continue;
