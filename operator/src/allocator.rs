@@ -15,9 +15,9 @@
 //! the workers' reservations: the API and the workers together are the truth.
 //!
 //! This file holds the loop, its state and the round; the round's parts are in
-//! `allocator/`: `worklists`, `watches`, `admissions`, `deletions`, `endings` (lost workers,
-//! clocks, worker-reported ends, TTL), `counts`, `roster` (for the live-state writer),
-//! `repair`, `rooms` and `tokens`.
+//! `allocator/`: `worklists`, `watches`, `rebuild`, `worker_views`, `admissions`, `waiting`,
+//! `deletions`, `endings` (lost workers, clocks, worker-reported ends, TTL), `counts`,
+//! `metadata`, `roster` (for the live-state writer), `repair`, `rooms` and `tokens`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -68,13 +68,19 @@ mod admissions;
 mod counts;
 mod deletions;
 mod endings;
+mod metadata;
+mod rebuild;
 mod repair;
 mod rooms;
 mod roster;
 mod tokens;
+mod waiting;
 mod watches;
+mod worker_views;
 mod worklists;
 
+use tokens::backend_keys;
+use waiting::waiting_message;
 use watches::{reflect, watch_events};
 use worklists::{Changed, Worklists};
 
@@ -364,60 +370,6 @@ impl Allocator {
         self.sessions.apply(event);
     }
 
-    /// The rate limits' buckets as the sessions' `admittedAt` leave them, so a restart
-    /// admits no faster than the limits allow.
-    fn rebuild_rates(&mut self) {
-        let admitted = self
-            .sessions
-            .sessions()
-            .values()
-            .filter_map(|s| {
-                let at = s.status.as_ref()?.admitted_at.as_ref()?.0.as_millisecond();
-                let backend = backend_key_of(s);
-                let provider = self.provider_of(&backend)?;
-                Some((at, provider, backend))
-            })
-            .collect();
-        let limits = rate_limit::limits_of(
-            self.providers.state().iter().map(|p| &**p),
-            self.backends.state().iter().map(|b| &**b),
-        );
-        self.rates = rate_limit::rebuild(limits, admitted);
-    }
-
-    /// Rebuilds the ledger from the sessions' statuses and the reservations the workers
-    /// listed at takeover ([`ledger_rebuild`]); returns how many admissions the next rounds
-    /// finish (reserved by an earlier leader that stopped before `Active`).
-    fn rebuild(&mut self, reservations: &[Reservation]) -> usize {
-        let mut at_start = Vec::new();
-        for s in self.sessions.sessions().values() {
-            let key = key_of(s);
-            let lifecycle = Lifecycle::observed(s.status.as_ref());
-            let backend = backend_key_of(s);
-            at_start.push(SessionAtStart {
-                key: key.clone(),
-                provider: self.provider_of(&backend),
-                backend,
-                pending: lifecycle.phase == SessionPhase::Pending,
-                holder: lifecycle
-                    .worker
-                    .as_ref()
-                    .filter(|_| lifecycle.holds_slot())
-                    .map(|w| w.pod.clone()),
-            });
-            self.lifecycle.insert(key, lifecycle);
-        }
-        let rebuilt = ledger_rebuild::rebuild(&at_start, reservations);
-        for key in &rebuilt.finishing {
-            if let Some(slot) = rebuilt.ledger.slot(key) {
-                tracing::info!(session = %key, worker = %slot.worker, "finishing an admission an earlier leader reserved");
-            }
-        }
-        self.ledger = rebuilt.ledger;
-        self.publish_metrics();
-        rebuilt.finishing.len()
-    }
-
     fn provider_of(&self, backend: &BackendKey) -> Option<String> {
         let reference = reflector::ObjectRef::new(&backend.name).within(&backend.namespace);
         self.backends
@@ -501,169 +453,6 @@ impl Allocator {
         self.publish_metrics();
         self.sessions = index;
     }
-
-    /// Hands edited `spec.metadata` of held sessions to their workers (see
-    /// [`crate::session_metadata`]); best effort on tasks, retried on failure. Only the
-    /// sessions that changed or wait for a retry are compared, all of them after a start.
-    fn push_metadata(&self, sessions: &HashMap<SessionKey, Arc<VoiceSession>>, changed: &Changed) {
-        let candidates: Vec<&SessionKey> = if changed.all {
-            self.ledger.iter().map(|(k, _)| k).collect()
-        } else {
-            let retrying = self.metadata.retrying();
-            let mut keys: Vec<&SessionKey> = changed.keys.iter().collect();
-            keys.extend(
-                retrying
-                    .iter()
-                    .filter_map(|k| sessions.get_key_value(k).map(|(k, _)| k)),
-            );
-            keys
-        };
-        for key in candidates {
-            if self.in_flight.contains(key) {
-                continue;
-            }
-            let (Some(slot), Some(session)) = (self.ledger.slot(key), sessions.get(key)) else {
-                continue;
-            };
-            let due = self.metadata.due(
-                key,
-                session.metadata.generation,
-                session.spec.metadata.as_ref(),
-                Instant::now(),
-            );
-            let Some(json) = due else {
-                continue;
-            };
-            let Some(ip) = self.pod_ip(&slot.backend.namespace, &slot.worker) else {
-                self.metadata.failed(key, Instant::now());
-                continue;
-            };
-            let (ctx, sync, key) = (self.ctx.clone(), self.metadata.clone(), key.clone());
-            tokio::spawn(async move {
-                let id = key.session_id();
-                match ctx
-                    .workers
-                    .update_metadata(&ip, &id, &key.uid, json, WORKER_TIMEOUT)
-                    .await
-                {
-                    Ok(true) => tracing::info!(session = %id, "metadata handed to the worker"),
-                    Ok(false) => sync.failed(&key, Instant::now()),
-                    Err(e) => {
-                        tracing::warn!(session = %id, error = %e, "handing metadata to the worker failed; retrying");
-                        sync.failed(&key, Instant::now());
-                    }
-                }
-            });
-        }
-    }
-
-    /// Asks the worker (by pod name, via the backend's pods) to free a slot; best effort: the
-    /// repair pass catches what fails here.
-    fn release_on_worker(&self, key: &SessionKey, slot: &Slot, why: &str) {
-        if !self.ctx.fence.is_open() {
-            return;
-        }
-        let Some(ip) = self.pod_ip(&slot.backend.namespace, &slot.worker) else {
-            return;
-        };
-        let ctx = self.ctx.clone();
-        let (id, uid, why) = (key.session_id(), key.uid.clone(), why.to_owned());
-        tokio::spawn(async move {
-            if let Err(e) = ctx
-                .workers
-                .release(&ip, &id, &uid, &why, WORKER_TIMEOUT)
-                .await
-            {
-                tracing::warn!(session = %id, error = %e, "releasing the slot on the worker failed; the repair pass will retry");
-            }
-        });
-    }
-
-    fn pod_ip(&self, namespace: &str, pod: &str) -> Option<String> {
-        let reference = reflector::ObjectRef::new(pod).within(namespace);
-        self.pods
-            .get(&reference)
-            .and_then(|p| p.status.as_ref()?.pod_ip.clone())
-    }
-
-    /// The allocator's view of every backend: acceptance, caps, placement and workers.
-    fn backend_views(&self) -> HashMap<BackendKey, (BackendView, BTreeMap<String, String>)> {
-        let now = Instant::now();
-        let mut pods_by_backend: HashMap<BackendKey, Vec<Arc<Pod>>> = HashMap::new();
-        for pod in self.pods.state() {
-            let Some(backend) = pod.labels().get(pod_template::LABEL_BACKEND).cloned() else {
-                continue;
-            };
-            pods_by_backend
-                .entry(BackendKey {
-                    namespace: pod.namespace().unwrap_or_default(),
-                    name: backend,
-                })
-                .or_default()
-                .push(pod);
-        }
-        let mut views = HashMap::new();
-        for b in self.backends.state() {
-            let key = BackendKey {
-                namespace: b.namespace().unwrap_or_default(),
-                name: b.name_any(),
-            };
-            let status = b.status.clone().unwrap_or_default();
-            let accepted = b.meta().deletion_timestamp.is_none()
-                && status
-                    .conditions
-                    .iter()
-                    .any(|c| c.type_ == ACCEPTED && c.status == "True");
-            let capacity = u32::try_from(b.spec.workers.sessions_per_worker).unwrap_or(0);
-            let healthy: HashMap<&str, voice_crds::WorkerPhase> = status
-                .worker_statuses
-                .iter()
-                .map(|w| (w.name.as_str(), w.phase))
-                .collect();
-            let mut ips = BTreeMap::new();
-            let workers = pods_by_backend
-                .get(&key)
-                .map(|pods| {
-                    pods.iter()
-                        .filter_map(|p| {
-                            let name = p.name_any();
-                            let ip = p.status.as_ref()?.pod_ip.clone()?;
-                            let facts = worker_pod_facts::of(p);
-                            let health = healthy.get(name.as_str()).copied();
-                            let draining = world::draining(&facts, health);
-                            let ready = world::takes_sessions(&facts, health)
-                                && !self
-                                    .backoff
-                                    .worker_waits(&format!("{}/{name}", key.namespace), now);
-                            self.ctx.workers.register(&ip, &key.namespace, &key.name);
-                            ips.insert(name.clone(), ip);
-                            Some(WorkerView {
-                                name,
-                                ready,
-                                draining,
-                                capacity,
-                                held: 0,
-                            })
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            views.insert(
-                key,
-                (
-                    BackendView {
-                        provider: b.spec.provider.clone(),
-                        accepted,
-                        max_sessions: u32::try_from(b.spec.max_sessions).unwrap_or(0),
-                        placement: b.spec.placement,
-                        workers,
-                    },
-                    ips,
-                ),
-            );
-        }
-        views
-    }
 }
 
 /// Sleeps until `at`, or forever when there is nothing to wait for.
@@ -672,72 +461,4 @@ async fn sleep_until_some(at: Option<Instant>) {
         Some(at) => tokio::time::sleep_until(at.into()).await,
         None => std::future::pending().await,
     }
-}
-
-fn waiting_message(blocked: admission_plan::Blocked, backend: &str) -> String {
-    use admission_plan::Blocked;
-    match blocked {
-        Blocked::ProviderLimit => {
-            "the provider's maxConcurrentSessions is reached; waiting for a session to end".into()
-        }
-        Blocked::NamespaceQuota => format!(
-            "the namespace is at its session quota (annotation {} on the Namespace); waiting for a session to end",
-            admission_plan::NAMESPACE_QUOTA_ANNOTATION
-        ),
-        Blocked::BackendLimit => {
-            format!("VoiceBackend {backend} is at spec.maxSessions; waiting for a session to end")
-        }
-        Blocked::NoWorkerCapacity => format!(
-            "every ready worker of VoiceBackend {backend} is full; waiting for a slot or a new worker"
-        ),
-        Blocked::BackendNotReady => format!("VoiceBackend {backend} has no ready worker yet"),
-        Blocked::BackendNotFound => format!(
-            "VoiceBackend {backend} does not exist in this namespace: create it or fix spec.backendRef.name"
-        ),
-        Blocked::BackendNotAccepted => {
-            format!("VoiceBackend {backend} is not Accepted: see its Accepted condition")
-        }
-        Blocked::RateLimited => format!(
-            "the admissionRateLimit of VoiceBackend {backend} or its provider allows no admission yet; admitted in queue order as it refills"
-        ),
-        Blocked::AudioFormatNotSupported => {
-            "spec.audio does not fit the session's transport, provider or worker".into()
-        }
-        Blocked::MultiUserNotSupported => format!(
-            "spec.participants needs a provider with capabilities.multiUserSupport, which the provider of VoiceBackend {backend} lacks"
-        ),
-        Blocked::TransportNotSupported => {
-            format!("spec.transport is not one VoiceBackend {backend} serves")
-        }
-        Blocked::UserIDReserved => {
-            "a userID of the session is the one the agent joins LiveKit rooms with".into()
-        }
-        Blocked::RoomNameTooLong => {
-            "the session's LiveKit room name is too long; set spec.room".into()
-        }
-        Blocked::RoomInUse => {
-            "another session meets in the session's LiveKit room; waiting for it to end".into()
-        }
-    }
-}
-
-/// The backend's signing keys, from the watched signing-key Secrets (a rotation is seen as
-/// soon as the watch delivers it; nothing is cached beyond the watch).
-fn backend_keys(secrets: &Store<Secret>, backend: &VoiceBackend) -> Result<KeySet, String> {
-    let namespace = backend.namespace().unwrap_or_default();
-    let name = pod_template::signing_secret_name(&backend.name_any());
-    let secret = secrets
-        .get(&reflector::ObjectRef::new(&name).within(&namespace))
-        .ok_or_else(|| format!("Secret {namespace}/{name} is not written yet"))?;
-    // Another backend's Secret of the same name is not ours to sign with.
-    let owned = secret
-        .owner_references()
-        .iter()
-        .any(|o| Some(&o.uid) == backend.metadata.uid.as_ref());
-    if !owned {
-        return Err(format!(
-            "Secret {namespace}/{name} is not owned by the backend"
-        ));
-    }
-    signing_keys::key_set_of(&secret).map_err(|e| format!("Secret {namespace}/{name}: {e}"))
 }

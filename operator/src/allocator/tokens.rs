@@ -103,3 +103,27 @@ impl Allocator {
         }
     }
 }
+
+/// The backend's signing keys, from the watched signing-key Secrets (a rotation is seen as
+/// soon as the watch delivers it; nothing is cached beyond the watch).
+pub(super) fn backend_keys(
+    secrets: &Store<Secret>,
+    backend: &VoiceBackend,
+) -> Result<KeySet, String> {
+    let namespace = backend.namespace().unwrap_or_default();
+    let name = pod_template::signing_secret_name(&backend.name_any());
+    let secret = secrets
+        .get(&reflector::ObjectRef::new(&name).within(&namespace))
+        .ok_or_else(|| format!("Secret {namespace}/{name} is not written yet"))?;
+    // Another backend's Secret of the same name is not ours to sign with.
+    let owned = secret
+        .owner_references()
+        .iter()
+        .any(|o| Some(&o.uid) == backend.metadata.uid.as_ref());
+    if !owned {
+        return Err(format!(
+            "Secret {namespace}/{name} is not owned by the backend"
+        ));
+    }
+    signing_keys::key_set_of(&secret).map_err(|e| format!("Secret {namespace}/{name}: {e}"))
+}
