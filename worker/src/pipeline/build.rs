@@ -319,8 +319,12 @@ fn build_stt(s: &StageProvider) -> Result<Arc<dyn SpeechToText>, BuildError> {
     match s.provider.as_str() {
         "pocketsphinx" => Ok(Arc::new(Pocketsphinx::from_options(&s.options))),
         "whisper" => {
-            let whisper = Whisper::from_stage(s.model.as_deref(), &s.options)
-                .map_err(|e| unsupported("pipeline.stt.model", e.to_string()))?;
+            let whisper = Whisper::from_stage(s.model.as_deref(), &s.options).map_err(|e| {
+                unsupported(
+                    e.field("pipeline.stt.model", "pipeline.stt.options"),
+                    e.to_string(),
+                )
+            })?;
             whisper.preload();
             Ok(Arc::new(whisper))
         }
@@ -339,8 +343,12 @@ fn build_tts(s: &StageProvider) -> Result<Arc<dyn TextToSpeech>, BuildError> {
     match s.provider.as_str() {
         "espeak" | "espeak-ng" => Ok(Arc::new(Espeak::from_options(&s.options))),
         "piper" => {
-            let piper = Piper::from_stage(s.model.as_deref(), &s.options)
-                .map_err(|e| unsupported("pipeline.tts.model", e.to_string()))?;
+            let piper = Piper::from_stage(s.model.as_deref(), &s.options).map_err(|e| {
+                unsupported(
+                    e.field("pipeline.tts.model", "pipeline.tts.options"),
+                    e.to_string(),
+                )
+            })?;
             piper.preload();
             Ok(Arc::new(piper))
         }

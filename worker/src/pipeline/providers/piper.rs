@@ -11,7 +11,7 @@ use futures::future::BoxFuture;
 use tokio::sync::mpsc;
 
 use super::speech_process::{self, read_frame, read_reply, write_frame};
-use super::whisper::{INSTALL_FIX, MissingModel};
+use super::whisper::{INSTALL_FIX, MissingModel, StageSetupError, ranged_option};
 use super::{ErrorKind, ProviderError, TextToSpeech};
 use crate::media::SAMPLE_RATE;
 use crate::pipeline::audio::{Resampler, samples_from_le};
@@ -50,7 +50,18 @@ impl Piper {
     pub fn from_stage(
         model: Option<&str>,
         options: &BTreeMap<String, String>,
-    ) -> Result<Self, MissingModel> {
+    ) -> Result<Self, StageSetupError> {
+        // Options first: a bad one is the same mistake whether or not the voice is there.
+        let length_scale = ranged_option(
+            options,
+            "lengthScale",
+            0.25..=4.0,
+            "a number from 0.25 to 4",
+        )?
+        .unwrap_or(1.0);
+        let noise_scale = ranged_option(options, "noiseScale", 0.0..=2.0, "a number from 0 to 2")?;
+        let noise_w_scale =
+            ranged_option(options, "noiseWScale", 0.0..=2.0, "a number from 0 to 2")?;
         let model = model.map_or_else(
             || speech_process::models_dir().join(DEFAULT_VOICE),
             PathBuf::from,
@@ -62,7 +73,8 @@ impl Piper {
                 what: "the Piper voice (.onnx with its .onnx.json)",
                 path: model.display().to_string(),
                 fix: INSTALL_FIX,
-            });
+            }
+            .into());
         }
         let python = speech_process::default_python();
         if !python.is_file() {
@@ -70,25 +82,15 @@ impl Piper {
                 what: "the speech venv's python (VOICE_SPEECH_PYTHON)",
                 path: python.display().to_string(),
                 fix: INSTALL_FIX,
-            });
+            }
+            .into());
         }
-        let length_scale = options
-            .get("lengthScale")
-            .and_then(|s| s.parse::<f32>().ok())
-            .filter(|s| (0.25..=4.0).contains(s))
-            .unwrap_or(1.0);
-        let noise = |key: &str| {
-            options
-                .get(key)
-                .and_then(|s| s.parse::<f32>().ok())
-                .filter(|s| (0.0..=2.0).contains(s))
-        };
         Ok(Self {
             python,
             model,
             length_scale,
-            noise_scale: noise("noiseScale"),
-            noise_w_scale: noise("noiseWScale"),
+            noise_scale,
+            noise_w_scale,
             timeout: Duration::from_secs(20),
         })
     }
@@ -198,6 +200,36 @@ mod tests {
         for word in ["weather", "tomorrow", "morning"] {
             assert!(heard.contains(word), "{word:?} missing from {heard:?}");
         }
+    }
+
+    #[test]
+    fn a_bad_option_is_refused_by_name_not_replaced_by_the_default() {
+        for (key, value) in [
+            ("lengthScale", "fast"),
+            ("lengthScale", "9"),
+            ("noiseScale", "-1"),
+            ("noiseWScale", "loud"),
+        ] {
+            let options = BTreeMap::from([(key.to_owned(), value.to_owned())]);
+            let err = Piper::from_stage(Some("/nonexistent/voice.onnx"), &options)
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.field("model", "options"), "options", "{err}");
+            let message = err.to_string();
+            assert!(
+                message.contains(key) && message.contains(value),
+                "{message}"
+            );
+        }
+        // Valid options get past them to the voice.
+        let options = BTreeMap::from([
+            ("lengthScale".to_owned(), " 1.5".to_owned()),
+            ("noiseScale".to_owned(), "0".to_owned()),
+        ]);
+        let err = Piper::from_stage(Some("/nonexistent/voice.onnx"), &options)
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.field("model", "options"), "model", "{err}");
     }
 
     #[test]

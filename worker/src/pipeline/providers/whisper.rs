@@ -46,6 +46,60 @@ pub struct MissingModel {
     pub fix: &'static str,
 }
 
+/// Why a local speech stage cannot be set up as its spec says.
+#[derive(Debug, thiserror::Error)]
+pub enum StageSetupError {
+    /// A model file or the interpreter is missing.
+    #[error(transparent)]
+    MissingModel(#[from] MissingModel),
+    /// An option is not a value the stage takes.
+    #[error(
+        "option {option} is {value:?}, which is not {allowed}: fix it, or remove it for the default"
+    )]
+    BadOption {
+        /// The option's key.
+        option: &'static str,
+        /// What the spec says.
+        value: String,
+        /// What the stage takes.
+        allowed: &'static str,
+    },
+}
+
+impl StageSetupError {
+    /// The spec field to name: the stage's `model` or its `options`.
+    pub fn field(&self, model: &'static str, options: &'static str) -> &'static str {
+        match self {
+            Self::MissingModel(_) => model,
+            Self::BadOption { .. } => options,
+        }
+    }
+}
+
+/// Option `key` parsed and within `range` (`allowed` says it in words); `None` when unset.
+/// A value that is not is refused rather than replaced by the default, so a typo is seen.
+pub fn ranged_option<T>(
+    options: &BTreeMap<String, String>,
+    key: &'static str,
+    range: std::ops::RangeInclusive<T>,
+    allowed: &'static str,
+) -> Result<Option<T>, StageSetupError>
+where
+    T: std::str::FromStr + PartialOrd,
+{
+    let Some(value) = options.get(key) else {
+        return Ok(None);
+    };
+    match value.trim().parse::<T>() {
+        Ok(v) if range.contains(&v) => Ok(Some(v)),
+        _ => Err(StageSetupError::BadOption {
+            option: key,
+            value: value.clone(),
+            allowed,
+        }),
+    }
+}
+
 /// What to do when a model or the speech venv is missing.
 pub const INSTALL_FIX: &str = "run `cargo xtask dev` (installs the speech venv and models into ~/.cache/voice-operator), use the worker image, or point the stage's `model` at an existing file";
 
@@ -56,7 +110,10 @@ impl Whisper {
     pub fn from_stage(
         model: Option<&str>,
         options: &BTreeMap<String, String>,
-    ) -> Result<Self, MissingModel> {
+    ) -> Result<Self, StageSetupError> {
+        // Options first: a bad one is the same mistake whether or not the model is there.
+        let beam =
+            ranged_option(options, "beam", 1..=10, "a whole number from 1 to 10")?.unwrap_or(1);
         let model = model.map_or_else(
             || speech_process::models_dir().join(DEFAULT_MODEL),
             PathBuf::from,
@@ -66,7 +123,8 @@ impl Whisper {
                 what: "the Whisper model (CTranslate2 model.bin)",
                 path: model.display().to_string(),
                 fix: INSTALL_FIX,
-            });
+            }
+            .into());
         }
         let python = speech_process::default_python();
         if !python.is_file() {
@@ -74,7 +132,8 @@ impl Whisper {
                 what: "the speech venv's python (VOICE_SPEECH_PYTHON)",
                 path: python.display().to_string(),
                 fix: INSTALL_FIX,
-            });
+            }
+            .into());
         }
         let language = match options.get("language").map(String::as_str) {
             Some("auto") => None,
@@ -82,11 +141,6 @@ impl Whisper {
             Some(l) => Some(l.split(['-', '_']).next().unwrap_or(l).to_lowercase()),
             None => Some("en".to_owned()),
         };
-        let beam = options
-            .get("beam")
-            .and_then(|b| b.parse().ok())
-            .filter(|b| (1..=10).contains(b))
-            .unwrap_or(1);
         Ok(Self {
             python,
             model,
@@ -170,6 +224,18 @@ mod tests {
             .await
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(text.trim().is_empty(), "silence heard as {text:?}");
+    }
+
+    #[test]
+    fn a_beam_out_of_range_is_refused_by_name() {
+        for beam in ["0", "11", "wide"] {
+            let options = BTreeMap::from([("beam".to_owned(), beam.to_owned())]);
+            let err = Whisper::from_stage(Some("/nonexistent/whisper"), &options)
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.field("model", "options"), "options", "{err}");
+            assert!(err.to_string().contains("beam"), "{err}");
+        }
     }
 
     #[test]
