@@ -1171,6 +1171,25 @@ async fn a_killed_workers_sessions_are_readmitted_elsewhere_or_fail_with_worker_
     let s = api.get("x1").await.unwrap();
     let url = s.status.unwrap().endpoint.unwrap().url;
     assert!(url.contains("/x1/offer"), "{url}");
+    // The token Secret existed, so the re-admission wrote over it: it names the new worker.
+    wait_for(T, "x1's token Secret to name the new worker", || async {
+        let secret = secrets
+            .get("x1-join-token")
+            .await
+            .map_err(|e| e.to_string())?;
+        let data = secret.data.unwrap_or_default();
+        let written = data
+            .get("url")
+            .map(|u| String::from_utf8_lossy(&u.0).into_owned());
+        if written.as_deref() == Some(url.as_str()) {
+            Ok(())
+        } else {
+            Err(format!(
+                "the Secret's url is {written:?}, the status's {url}"
+            ))
+        }
+    })
+    .await;
     // The client reconnects with the token it already has: the new worker takes it (a bad
     // SDP gets 400, past the 401/403 token checks).
     assert_eq!(

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
-use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 use voice_crds::{SessionEndpoint, VoiceSession};
 use voice_proto::token::{self, JoinClaims, KeySet};
@@ -116,8 +116,10 @@ pub fn secret(
     }
 }
 
-/// Applies the token Secret of `session` (server-side apply: a re-admission replaces the
-/// tokens in place).
+/// Writes the token Secret of `session`: created when it does not exist (a create costs
+/// the API server far less than a server-side apply, and the first admission of a session
+/// is by far the common case), applied over it when it does (a re-admission replaces the
+/// tokens in place; the same field manager owns both).
 pub async fn apply_token_secret(
     ctx: &Context,
     session: &VoiceSession,
@@ -127,10 +129,18 @@ pub async fn apply_token_secret(
     let ns = session.namespace().unwrap_or_default();
     let secret = secret(session, endpoint, tokens);
     let name = secret.name_any();
+    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
+    let create = PostParams {
+        field_manager: Some(FIELD_MANAGER.to_owned()),
+        ..PostParams::default()
+    };
+    match api.create(&create, &secret).await {
+        Err(kube::Error::Api(e)) if e.code == 409 => {}
+        other => return other.map(|_| ()),
+    }
     let mut body = serde_json::to_value(&secret).map_err(kube::Error::SerdeError)?;
     body["apiVersion"] = "v1".into();
     body["kind"] = "Secret".into();
-    let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ns);
     api.patch(
         &name,
         &PatchParams::apply(FIELD_MANAGER).force(),
