@@ -110,6 +110,8 @@ struct Allocator {
     sessions: SessionIndex,
     /// Sessions deleted while their admission ran: released once its outcome is in.
     deleted_in_flight: HashSet<SessionKey>,
+    /// Ends workers reported while the session's admission ran: taken once its outcome is in.
+    ended_in_flight: HashMap<SessionKey, Ended>,
     backends: Store<VoiceBackend>,
     providers: Store<VoiceProvider>,
     pods: Store<Pod>,
@@ -253,6 +255,7 @@ pub async fn run(
         ctx,
         sessions,
         deleted_in_flight: HashSet::new(),
+        ended_in_flight: HashMap::new(),
         backends,
         providers,
         pods,

@@ -242,6 +242,16 @@ impl Allocator {
 
     /// Takes an admission's outcome into the loop's state.
     pub(super) fn settle(&mut self, key: SessionKey, outcome: Outcome) {
+        let ended = self.ended_in_flight.remove(&key);
+        self.settle_outcome(key, outcome);
+        // Checked again against the ledger as it now stands: an admission that gave its
+        // slot back has nothing left for the worker to end.
+        if let Some(end) = ended {
+            self.worker_ended(end);
+        }
+    }
+
+    fn settle_outcome(&mut self, key: SessionKey, outcome: Outcome) {
         self.touch(&key);
         self.in_flight.remove(&key);
         let result = match &outcome {

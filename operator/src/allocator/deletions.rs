@@ -19,6 +19,7 @@ impl Allocator {
             .collect();
         for key in &gone {
             self.deleted_in_flight.remove(key);
+            self.ended_in_flight.remove(key);
             if let Some(slot) = self.release_slot(key) {
                 tracing::info!(session = %key, worker = %slot.worker, "session deleted; slot released");
                 self.release_on_worker(key, &slot, "Deleted");

@@ -272,7 +272,10 @@ impl Allocator {
             tracing::warn!(session = %end.session_id, worker = %end.worker.pod, holder = %slot.worker, "a worker that does not hold the session reported its end; ignored");
             return;
         }
+        // The worker can end a session (say, its agent cannot reach LiveKit) before the
+        // admission's status write is back: the end waits for the outcome, not the repair pass.
         if self.in_flight.contains(&key) {
+            self.ended_in_flight.insert(key, end);
             return;
         }
         let Some(session) = self.sessions.get(&key.namespace, &key.name).cloned() else {
