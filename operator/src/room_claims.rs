@@ -79,14 +79,7 @@ impl RoomClaims {
 mod tests {
     use super::*;
     use crate::admission_plan::Blocked;
-
-    fn key(name: &str) -> SessionKey {
-        SessionKey {
-            namespace: "ns".into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-        }
-    }
+    use crate::session_index::test_key as key;
 
     fn room(server: &str, room: &str) -> RoomKey {
         RoomKey {

@@ -36,6 +36,16 @@ pub fn key_of(s: &VoiceSession) -> SessionKey {
     }
 }
 
+/// A session key for unit tests: `name` in namespace `ns`, uid `uid-<name>`.
+#[cfg(test)]
+pub fn test_key(name: &str) -> SessionKey {
+    SessionKey {
+        namespace: "ns".into(),
+        name: name.into(),
+        uid: format!("uid-{name}"),
+    }
+}
+
 impl SessionIndex {
     /// Takes one watch event.
     pub fn apply(&mut self, event: Event<VoiceSession>) {

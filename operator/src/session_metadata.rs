@@ -157,6 +157,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+    use crate::session_index::test_key as key;
 
     impl MetadataSync {
         /// `due` for a session without a generation: always compared by content.
@@ -194,14 +195,6 @@ mod tests {
             sync.due(&key("a"), Some(3), Some(&platinum), t0 + RETRY_AFTER)
                 .is_some()
         );
-    }
-
-    fn key(name: &str) -> SessionKey {
-        SessionKey {
-            namespace: "ns".into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-        }
     }
 
     #[test]

@@ -214,14 +214,7 @@ impl Allocator {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn key(name: &str) -> SessionKey {
-        SessionKey {
-            namespace: "ns".into(),
-            name: name.into(),
-            uid: format!("uid-{name}"),
-        }
-    }
+    use crate::session_index::test_key as key;
 
     fn t(s: i64) -> Timestamp {
         Timestamp::from_second(s).unwrap()
