@@ -219,12 +219,27 @@ async fn offline_pipeline_answers_spoken_words_with_speech_and_reports_transcrip
         reply_audio.len() > 16_000,
         "the reply is at least a second of speech"
     );
-    let user_words: Vec<&str> = user.split_whitespace().collect();
+    // pocketsphinx mishears espeak-ng now and then ("you said: nice to be about whether" came
+    // back once as "you'd you'd be ah where the"), so the reply is judged against what the
+    // same recogniser hears in espeak-ng's own rendering of the agent's text as well as
+    // against the text: noise, silence or other words share neither.
+    let reference = recognise(&speak(&agent));
+    println!("espeak-ng's rendering of the agent text is heard as {reference:?}");
+    let expected: Vec<String> = common::speech::words(&agent)
+        .into_iter()
+        .chain(common::speech::words(&reference))
+        .filter(|w| w.len() > 1)
+        .collect();
+    let mut shared: Vec<String> = common::speech::words(&heard)
+        .into_iter()
+        .filter(|w| expected.contains(w))
+        .collect();
+    shared.sort();
+    shared.dedup();
     assert!(
-        heard
-            .split_whitespace()
-            .any(|w| w == "said" || (w.len() > 2 && user_words.contains(&w))),
-        "the spoken reply {heard:?} does not say the user's words {user:?}"
+        shared.len() >= 2 || shared.iter().any(|w| w == "said" || w.len() > 3),
+        "the spoken reply {heard:?} says neither the agent's words {agent:?} nor what espeak-ng's \
+         rendering of them is heard as ({reference:?})"
     );
     if let Some(first) = first_audio {
         println!(
