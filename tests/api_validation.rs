@@ -429,6 +429,15 @@ fn cases() -> Vec<Case> {
             expect: &["spec.audio", "codec opus runs at sampleRate 48000"],
         },
         Case {
+            name: "pcmu at 16 kHz",
+            example: STT_TTS,
+            mutate: |v| v["spec"]["audio"] = json!({"codec": "pcmu", "sampleRate": 16000}),
+            expect: &[
+                "spec.audio",
+                "codec pcmu (G.711 μ-law) runs at sampleRate 8000",
+            ],
+        },
+        Case {
             name: "unsupported sample rate",
             example: STT_TTS,
             mutate: |v| v["spec"]["audio"] = json!({"codec": "pcm", "sampleRate": 44100}),

@@ -1379,6 +1379,88 @@ async fn a_connected_client_shows_in_status_and_hanging_up_completes_the_session
     .await;
 }
 
+/// A phone call bridged by Twilio Media Streams (`spec.transport: twilio`): the endpoint
+/// is the worker's `/twilio` WebSocket, the join token travels as the `<Stream>`'s
+/// `token` parameter in the `start` message (the caller side is written here from Twilio's
+/// protocol description), status shows the call as a pcmu connection, and Twilio's `stop`
+/// completes the session with that reason.
+#[tokio::test]
+async fn a_twilio_media_stream_call_shows_in_status_and_its_stop_completes_the_session() {
+    use base64::Engine;
+    use futures::SinkExt;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (stack, api) = echo_stack("sess-phone").await;
+    let (endpoint, token) = admit_one(&api, "call", "echo", json!({"transport": "twilio"})).await;
+    assert!(
+        endpoint.url.starts_with("ws://") && endpoint.url.ends_with("/call/twilio"),
+        "{}",
+        endpoint.url
+    );
+    let (mut ws, _) = tokio_tungstenite::connect_async(endpoint.url.as_str())
+        .await
+        .expect("the worker upgrades a held session's stream");
+    let sid = "MZ00000000000000000000000000000002";
+    let start = json!({
+        "event": "start", "sequenceNumber": "1", "streamSid": sid,
+        "start": {"accountSid": "AC0", "callSid": "CA0", "streamSid": sid, "tracks": ["inbound"],
+                  "mediaFormat": {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1},
+                  "customParameters": {"token": token}}
+    });
+    ws.send(Message::Text(
+        json!({"event": "connected", "protocol": "Call"})
+            .to_string()
+            .into(),
+    ))
+    .await
+    .unwrap();
+    ws.send(Message::Text(start.to_string().into()))
+        .await
+        .unwrap();
+    // 100 ms of μ-law (0x00 is the loudest negative code), so the call shows activity.
+    let payload = base64::engine::general_purpose::STANDARD.encode([0x10u8; 160]);
+    for _ in 0..5 {
+        let media = json!({"event": "media", "streamSid": sid, "media": {"track": "inbound", "payload": payload}});
+        ws.send(Message::Text(media.to_string().into()))
+            .await
+            .unwrap();
+    }
+    let live = wait_for(T, "status shows the call", || async {
+        let s = api.get("call").await.map_err(|e| e.to_string())?;
+        let status = s.status.unwrap_or_default();
+        match (
+            status.connection,
+            status.audio_buffers.and_then(|a| a.format),
+        ) {
+            (Some(c), Some(f)) => Ok((c, f)),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+    assert_eq!(live.0.transport, voice_crds::Transport::Twilio);
+    assert_eq!(live.1.codec, voice_crds::Codec::Pcmu, "{:?}", live.1);
+    assert_eq!(live.1.sample_rate, 8_000);
+
+    let stop =
+        json!({"event": "stop", "streamSid": sid, "stop": {"accountSid": "AC0", "callSid": "CA0"}});
+    ws.send(Message::Text(stop.to_string().into()))
+        .await
+        .unwrap();
+    let ended = wait_phase(&api, "call", SessionPhase::Completed).await;
+    assert_eq!(
+        ended.status.unwrap().end_reason.as_deref(),
+        Some("StreamStopped"),
+        "Twilio's stop is the reason"
+    );
+    wait_for(T, "provider shows 0 in use", || async {
+        match provider_counts(&stack.provider).await {
+            (0, 0) => Ok(()),
+            other => Err(format!("{other:?}")),
+        }
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn pending_sessions_scale_a_backend_up_from_zero_and_are_then_admitted() {
     let stack = OperatorStack::start("sess-scale").await;

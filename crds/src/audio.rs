@@ -14,6 +14,9 @@ pub enum Codec {
     Opus,
     /// Raw 16-bit little-endian PCM: WebSocket bridges and telephony.
     Pcm,
+    /// G.711 μ-law at 8000 Hz: phone calls (the `twilio` transport). The worker decodes it
+    /// to PCM for the pipeline.
+    Pcmu,
 }
 
 impl Codec {
@@ -22,6 +25,7 @@ impl Codec {
         match self {
             Codec::Opus => "opus",
             Codec::Pcm => "pcm",
+            Codec::Pcmu => "pcmu",
         }
     }
 }
@@ -29,9 +33,12 @@ impl Codec {
 /// Audio format and buffering of a session's input and output streams.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.codec != 'opus' || self.sampleRate == 48000").message("codec opus runs at sampleRate 48000; use 48000 or codec pcm"))]
+#[x_kube(
+    validation = Rule::new("self.codec != 'opus' || self.sampleRate == 48000").message("codec opus runs at sampleRate 48000; use 48000 or codec pcm"),
+    validation = Rule::new("self.codec != 'pcmu' || self.sampleRate == 8000").message("codec pcmu (G.711 μ-law) runs at sampleRate 8000; use 8000 or codec pcm"),
+)]
 pub struct AudioFormat {
-    /// Codec on the wire: `opus` (WebRTC) or `pcm` (16-bit PCM, WebSocket); a session's must be the one its transport carries and one its provider lists in supportedCodecs (checked at admission).
+    /// Codec on the wire: `opus` (WebRTC), `pcm` (16-bit PCM, WebSocket) or `pcmu` (G.711 μ-law at 8000 Hz, the twilio transport); a session's must be the one its transport carries and one its provider lists in supportedCodecs (checked at admission).
     #[serde(default = "default_codec")]
     pub codec: Codec,
     /// Sample rate in Hz. Opus always runs at 48000; PCM may use 8000, 16000, 24000 or 48000, and is then the WebSocket's default rate (stated as ?rate= in status.endpoint.url).

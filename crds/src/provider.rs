@@ -44,9 +44,9 @@ pub struct ProviderCapabilities {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[x_kube(validation = Rule::new("duration(self) >= duration('0s')").message("minLatency must not be negative"))]
     pub min_latency: Option<Duration>,
-    /// Audio codecs the provider's workers speak; at least one of `opus`, `pcm`.
+    /// Audio codecs the provider's workers speak; at least one of `opus`, `pcm`, `pcmu` (G.711 μ-law, for `twilio` phone calls).
     #[x_kube(merge_strategy = ListMerge::Set)]
-    #[schemars(length(min = 1, max = 2))]
+    #[schemars(length(min = 1, max = 3))]
     pub supported_codecs: Vec<Codec>,
 }
 

@@ -28,15 +28,20 @@ pub enum Transport {
     /// it as the agent. Only for sessions of a backend with `spec.liveKit`.
     #[serde(rename = "livekit")]
     LiveKit,
+    /// A phone call bridged by Twilio Media Streams: a TwiML `<Connect><Stream>` opens a
+    /// WebSocket to the worker (status.endpoint.url) with the join token as the stream's
+    /// `<Parameter name="token">`; audio is G.711 μ-law at 8000 Hz (codec pcmu).
+    Twilio,
 }
 
 impl Transport {
-    /// The spelling in manifests (`webrtc`, `websocket`, `livekit`).
+    /// The spelling in manifests (`webrtc`, `websocket`, `livekit`, `twilio`).
     pub fn as_str(self) -> &'static str {
         match self {
             Transport::WebRtc => "webrtc",
             Transport::WebSocket => "websocket",
             Transport::LiveKit => "livekit",
+            Transport::Twilio => "twilio",
         }
     }
 }

@@ -300,6 +300,9 @@ pub fn endpoint(session: &VoiceSession, backend: &VoiceBackend, ip: &str) -> Ses
     let (scheme, path) = match (session.spec.transport, tls) {
         (Transport::WebSocket, false) => ("ws", "ws"),
         (Transport::WebSocket, true) => ("wss", "ws"),
+        // Twilio reaches only public `wss://` URLs; a plain one serves a proxy that adds TLS.
+        (Transport::Twilio, false) => ("ws", "twilio"),
+        (Transport::Twilio, true) => ("wss", "twilio"),
         // A livekit session's endpoint is its room's (`session_livekit`), never a worker's.
         (Transport::WebRtc | Transport::LiveKit, false) => ("http", "offer"),
         (Transport::WebRtc | Transport::LiveKit, true) => ("https", "offer"),

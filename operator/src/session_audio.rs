@@ -18,6 +18,9 @@ pub const REASON: &str = admission_core::reason::AUDIO_FORMAT_NOT_SUPPORTED;
 /// the LiveKit server).
 const WEBRTC: (Codec, i32) = (Codec::Opus, 48_000);
 
+/// The codec and only rate of a Twilio Media Stream.
+const TWILIO: (Codec, i32) = (Codec::Pcmu, 8_000);
+
 /// The format a session runs with: its own `spec.audio`, or else its backend's with the
 /// codec its transport carries. A backend serves both transports, so its codec can only be a
 /// default for the transport that carries it: WebRTC (and a LiveKit room) is always opus at
@@ -39,6 +42,11 @@ pub fn effective(
         },
         Transport::WebSocket => AudioFormat {
             codec: Codec::Pcm,
+            ..backend.clone()
+        },
+        Transport::Twilio => AudioFormat {
+            codec: TWILIO.0,
+            sample_rate: TWILIO.1,
             ..backend.clone()
         },
     }
@@ -66,10 +74,12 @@ pub fn misfit(
         Transport::WebRtc => "webrtc carries opus at 48000 Hz",
         Transport::LiveKit => "livekit carries opus at 48000 Hz",
         Transport::WebSocket => "websocket carries pcm (PCM16) at 8000, 16000, 24000 or 48000 Hz",
+        Transport::Twilio => "twilio carries pcmu (G.711 μ-law) at 8000 Hz",
     };
     let transport_codec = match transport {
         Transport::WebRtc | Transport::LiveKit => WEBRTC.0,
         Transport::WebSocket => Codec::Pcm,
+        Transport::Twilio => TWILIO.0,
     };
     if format.codec != transport_codec {
         return Some(format!(
@@ -94,6 +104,7 @@ pub fn misfit(
         Transport::WebSocket => {
             u32::try_from(format.sample_rate).is_ok_and(|r| PCM_RATES.contains(&r))
         }
+        Transport::Twilio => format.sample_rate == TWILIO.1,
     };
     if !rate_fits {
         return Some(format!(

@@ -42,7 +42,7 @@ where
 pub fn provider_manifest(ns: &TestNamespace, suffix: &str, patch: Value) -> (String, Value) {
     let name = format!("{}-{suffix}", ns.name());
     let mut spec = json!({
-        "capabilities": {"s2sSupport": false, "supportedCodecs": ["opus", "pcm"]},
+        "capabilities": {"s2sSupport": false, "supportedCodecs": ["opus", "pcm", "pcmu"]},
         "worker": {"image": "voice-operator/worker:0.1.0"},
         "stages": {"stt": ["pocketsphinx"], "tts": ["espeak"], "s2s": [], "vad": ["webrtc"]},
         "configSchema": {

@@ -100,6 +100,7 @@ pub(super) fn fold(
             let transport = match c.transport() {
                 pb::Transport::Websocket => Transport::WebSocket,
                 pb::Transport::Livekit => Transport::LiveKit,
+                pb::Transport::Twilio => Transport::Twilio,
                 _ => Transport::WebRtc,
             };
             let connection = UserConnectionStatus {
@@ -347,12 +348,13 @@ fn media_format(f: &pb::MediaFormat) -> Option<AudioFormat> {
     let codec = match f.codec.as_str() {
         "opus" => Codec::Opus,
         "pcm" => Codec::Pcm,
+        "pcmu" => Codec::Pcmu,
         _ => return None,
     };
-    let rates: &[u32] = if codec == Codec::Opus {
-        &[48_000]
-    } else {
-        &[8_000, 16_000, 24_000, 48_000]
+    let rates: &[u32] = match codec {
+        Codec::Opus => &[48_000],
+        Codec::Pcmu => &[8_000],
+        Codec::Pcm => &[8_000, 16_000, 24_000, 48_000],
     };
     let fits = rates.contains(&f.sample_rate)
         && (1..=2).contains(&f.channels)

@@ -253,3 +253,26 @@ fn a_livekit_room_carries_opus_at_48_khz_mono_like_webrtc() {
     assert_eq!(websocket_rate(&session, &backend), None);
     assert_eq!(for_worker(&session, &backend), None);
 }
+
+#[test]
+fn a_phone_call_is_pcmu_at_8_khz_and_needs_a_provider_that_lists_pcmu() {
+    // With no spec.audio, a twilio session takes pcmu at 8000 Hz whatever the backend's
+    // format, as a webrtc one takes opus at 48000.
+    let format = effective(None, &pcm(16_000), Transport::Twilio);
+    assert_eq!((format.codec, format.sample_rate), (Codec::Pcmu, 8_000));
+    let with_pcmu = &[Codec::Opus, Codec::Pcm, Codec::Pcmu];
+    assert_eq!(of(None, Transport::Twilio, with_pcmu), None);
+    let why = of(None, Transport::Twilio, BOTH).unwrap_or_default();
+    assert!(
+        why.contains(
+            "pcmu is not supported by VoiceProvider \"builtin\" (supportedCodecs: opus, pcm)"
+        ),
+        "{why}"
+    );
+    let why = of(Some(&pcm(8_000)), Transport::Twilio, with_pcmu).unwrap_or_default();
+    assert!(
+        why.starts_with("spec.audio.codec: pcm does not fit spec.transport (twilio carries pcmu")
+            && why.contains("set codec pcmu"),
+        "{why}"
+    );
+}
