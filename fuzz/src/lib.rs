@@ -24,6 +24,7 @@ pub const TARGETS: &[&str] = &[
     "stun_ufrag",
     "websocket_frames",
     "session_config",
+    "twilio_media",
 ];
 
 /// An SDP offer posted by a client: checking it never panics, and the answer rewrite keeps
@@ -223,6 +224,23 @@ pub fn session_config(data: &[u8]) {
     );
 }
 
+/// A Twilio Media Streams message from whoever opened the stream: reading it never panics,
+/// a `start` that is accepted is μ-law at 8 kHz with a stream id, and `media` decodes to
+/// one sample per μ-law byte.
+pub fn twilio_media(data: &[u8]) {
+    use voice_worker::transport::twilio_media::{FromTwilio, decode, encode, parse};
+    let text = String::from_utf8_lossy(data);
+    match parse(&text) {
+        Ok(FromTwilio::Start(start)) => assert!(!start.stream_sid.is_empty(), "an empty streamSid"),
+        Ok(FromTwilio::Media(mulaw)) => {
+            let samples = decode(&mulaw);
+            assert_eq!(samples.len(), mulaw.len());
+            assert_eq!(decode(&encode(&samples)), samples, "μ-law codes round trip");
+        }
+        _ => {}
+    }
+}
+
 /// Runs target `name` on `data`; false for an unknown name.
 pub fn run(name: &str, data: &[u8]) -> bool {
     match name {
@@ -234,6 +252,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "stun_ufrag" => stun_ufrag(data),
         "websocket_frames" => websocket_frames(data),
         "session_config" => session_config(data),
+        "twilio_media" => twilio_media(data),
         _ => return false,
     }
     true
@@ -291,6 +310,18 @@ pub fn seeds(name: &str) -> Vec<Vec<u8>> {
                 r#"{"agent":{"streamingMode":false,"systemPrompt":"be brief"},"silenceTimeoutMs":700,"userId":"u","metadata":{"plan":"gold"},"context":{"turns":1,"transcript":[{"speaker":"User","text":"hi"},{"speaker":"Agent","text":"hello"}]}}"#,
             ),
             text(r#"{"agent":{"endpoint":"http://evil"}}"#),
+        ],
+        "twilio_media" => vec![
+            text(
+                r#"{"event":"start","sequenceNumber":"1","streamSid":"MZ1","start":{"streamSid":"MZ1","callSid":"CA1","tracks":["inbound"],"mediaFormat":{"encoding":"audio/x-mulaw","sampleRate":8000,"channels":1},"customParameters":{"token":"a.b.c"}}}"#,
+            ),
+            text(
+                r#"{"event":"media","streamSid":"MZ1","media":{"track":"inbound","chunk":"1","timestamp":"5","payload":"/35/fw=="}}"#,
+            ),
+            text(
+                r#"{"event":"dtmf","streamSid":"MZ1","dtmf":{"track":"inbound_track","digit":"1"}}"#,
+            ),
+            text(r#"{"event":"mark","streamSid":"MZ1","mark":{"name":"reply-1"}}"#),
         ],
         _ => Vec::new(),
     }

@@ -31,6 +31,8 @@ pub enum Transport {
     WebSocket,
     /// A LiveKit room the worker joined as the agent (the user is another participant).
     LiveKit,
+    /// A Twilio Media Streams WebSocket (μ-law at 8 kHz): a phone call.
+    Twilio,
 }
 
 impl Transport {
@@ -40,6 +42,7 @@ impl Transport {
             Transport::WebRtc => "webrtc",
             Transport::WebSocket => "websocket",
             Transport::LiveKit => "livekit",
+            Transport::Twilio => "twilio",
         }
     }
 
@@ -49,6 +52,7 @@ impl Transport {
             Transport::WebRtc => pb::Transport::Webrtc,
             Transport::WebSocket => pb::Transport::Websocket,
             Transport::LiveKit => pb::Transport::Livekit,
+            Transport::Twilio => pb::Transport::Twilio,
         }
     }
 }

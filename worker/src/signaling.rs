@@ -9,6 +9,7 @@
 //! | `PATCH /v1/sessions/{namespace}/{name}/connections/{id}` (`application/trickle-ice-sdpfrag`, bearer token, optional `If-Match`) | `204` | 400 401 403 404 412 413 415 422 |
 //! | `DELETE /v1/sessions/{namespace}/{name}/connections/{id}` (bearer token) | `200` | 401 403 404 |
 //! | `GET /v1/sessions/{namespace}/{name}/ws?rate=8000\|16000\|24000\|48000` (default: the session's `spec.audio.sampleRate`; bearer token, or `Sec-WebSocket-Protocol: voice.v1, token.<jwt>`, or `?token=` as a fallback) | `101` | 400 401 403 404 409 503 |
+//! | `GET /v1/sessions/{namespace}/{name}/twilio` (Twilio Media Streams; the token comes in the `start` message's `customParameters.token`, see [`twilio_stream`]) | `101` | 404 503 |
 //!
 //! Any other method on these paths is answered `405` with an `Allow` header (RFC 9725
 //! §4.3: a `PATCH` on the offer endpoint, for one). Trickle ICE follows RFC 9725 §4.3.1–2:
@@ -42,7 +43,7 @@ use crate::transport::peers::Peers;
 use crate::transport::sdp::{self, OfferError};
 use crate::transport::trickle::{self, FragError};
 use crate::transport::udp_mux::UdpMux;
-use crate::transport::{peer, websocket, ws_rules};
+use crate::transport::{peer, twilio_stream, websocket, ws_rules};
 
 /// Where a client posts its WebRTC offer (the WHIP endpoint).
 pub const OFFER_PATH: &str = "/v1/sessions/{namespace}/{name}/offer";
@@ -52,6 +53,9 @@ pub const CONNECTION_PATH: &str = "/v1/sessions/{namespace}/{name}/connections/{
 
 /// The WebSocket endpoint.
 pub const WEBSOCKET_PATH: &str = "/v1/sessions/{namespace}/{name}/ws";
+
+/// The Twilio Media Streams endpoint (a TwiML `<Connect><Stream url>`).
+pub const TWILIO_PATH: &str = "/v1/sessions/{namespace}/{name}/twilio";
 
 /// The media type of a trickle ICE `PATCH` body (RFC 8840).
 pub const TRICKLE_CONTENT_TYPE: &str = "application/trickle-ice-sdpfrag";
@@ -289,6 +293,7 @@ pub fn router(ctx: Arc<MediaContext>) -> Router {
     };
     Router::new()
         .route(WEBSOCKET_PATH, get(websocket_upgrade))
+        .route(TWILIO_PATH, get(twilio_upgrade))
         .with_state(ctx)
         .merge(whip)
         .merge(crate::demo::router())
@@ -638,6 +643,32 @@ async fn websocket_upgrade(
             .max_frame_size(shape.max_message)
             .protocols([ws_rules::SUBPROTOCOL])
             .on_upgrade(move |socket| websocket::serve(ctx, claim, socket, shape, remote))
+            .into_response())
+    })();
+    counted(&ctx.metrics, result)
+}
+
+/// Twilio cannot send a token with the upgrade (no headers, no query string): the worker
+/// upgrades for a session it holds and checks the token in the stream's `start` message.
+async fn twilio_upgrade(
+    State(ctx): State<Arc<MediaContext>>,
+    Path((namespace, name)): Path<(String, String)>,
+    ConnectInfo(remote): ConnectInfo<SocketAddr>,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    let session_id = format!("{namespace}/{name}");
+    let result = (|| {
+        if ctx.sessions.watch().borrow().draining() {
+            return Err(SignalingError::Draining);
+        }
+        if ctx.sessions.held_uid(&session_id).is_none() {
+            return Err(SignalingError::SessionNotFound(session_id.clone()));
+        }
+        let ctx = ctx.clone();
+        Ok(upgrade
+            .max_message_size(twilio_stream::MAX_MESSAGE_BYTES)
+            .max_frame_size(twilio_stream::MAX_MESSAGE_BYTES)
+            .on_upgrade(move |socket| twilio_stream::serve(ctx, session_id, socket, remote))
             .into_response())
     })();
     counted(&ctx.metrics, result)

@@ -24,6 +24,12 @@ pub trait SpeechToSpeech: Send {
     /// The client's media connection is up (a pipeline starts listening).
     fn connected(&mut self) {}
 
+    /// The caller pressed a key (a DTMF digit: `0`–`9`, `*`, `#`, `A`–`D`); false when the
+    /// provider has no use for key presses (the transport then only counts them).
+    fn dtmf(&mut self, _digit: char) -> bool {
+        false
+    }
+
     /// The next text event for the client (JSON: state changes, transcripts, latency
     /// figures), which transports send as data-channel messages or WebSocket text frames.
     fn next_event(&mut self) -> Option<String> {

@@ -520,6 +520,31 @@ impl SessionPipeline {
         self.pending_frame = None;
     }
 
+    /// A key press is a turn of its own: the agent gets `DTMF <digit>` as the user's words
+    /// (which an LLM reads without a tool, and a webhook or gRPC agent without a new field),
+    /// and a reply still playing is cut off as by speech, so a caller can answer a menu
+    /// before it ends.
+    pub fn dtmf_at(&mut self, digit: char, now: Instant) {
+        self.emit(serde_json::json!({ "type": "dtmf", "digit": digit.to_string() }));
+        if self.turn.is_some() {
+            if self.behaviour.interruption {
+                self.barge_in();
+            } else {
+                self.cancel_turn("superseded");
+            }
+        }
+        let said = format!("DTMF {digit}");
+        self.start_turn(
+            None,
+            Some(Box::pin(async move { Ok::<_, ProviderError>(said) })),
+            now,
+        );
+        if let Some(turn) = self.turn.as_mut() {
+            turn.timings.turn_end = Some(now);
+        }
+        self.apply(Input::TurnEnded);
+    }
+
     /// The user spoke over the reply: stop output now, cancel the turn, tell the agent
     /// what was heard, listen.
     fn barge_in(&mut self) {
@@ -721,6 +746,11 @@ impl crate::media::echo::SpeechToSpeech for SessionPipeline {
 
     fn connected(&mut self) {
         SessionPipeline::connected(self);
+    }
+
+    fn dtmf(&mut self, digit: char) -> bool {
+        self.dtmf_at(digit, Instant::now());
+        true
     }
 }
 

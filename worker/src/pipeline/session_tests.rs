@@ -624,3 +624,60 @@ async fn an_agent_hangs_up_only_after_its_goodbye_is_spoken_and_its_state_goes_f
         "the client is told: {events:?}"
     );
 }
+
+#[tokio::test]
+async fn a_key_press_is_a_turn_the_agent_answers_and_it_cuts_a_reply_short() {
+    use PipelineState::*;
+    let mut h = harness(Arc::new(EchoAgent), ALL_ON);
+    h.pipeline.dtmf_at('5', h.now);
+    let done = h
+        .wait(400, |h| h.states().ends_with(&[Speaking, Listening]))
+        .await;
+    assert!(done.is_some(), "{:?}", h.states());
+    let transcripts = h
+        .recorder
+        .transcripts
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .clone();
+    assert_eq!(
+        transcripts,
+        [
+            ("user".to_owned(), "DTMF 5".to_owned()),
+            ("agent".to_owned(), "You said: DTMF 5.".to_owned())
+        ]
+    );
+    assert!(
+        h.events()
+            .iter()
+            .any(|e| e["type"] == "dtmf" && e["digit"] == "5"),
+        "the client is told of the key"
+    );
+
+    // A key pressed while a reply plays cuts it off, as speech would.
+    h.speak(10).await;
+    h.wait(200, |h| h.pipeline.state() == Speaking).await;
+    assert!(h.step(false).await, "the reply is playing");
+    h.pipeline.dtmf_at('#', h.now);
+    let events = h.events();
+    assert!(
+        events.iter().any(|e| e["type"] == "interrupted"),
+        "{events:?}"
+    );
+    let answered = |h: &Harness| {
+        let t = h
+            .recorder
+            .transcripts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        t.ends_with(&[
+            ("user".to_owned(), "DTMF #".to_owned()),
+            ("agent".to_owned(), "You said: DTMF #.".to_owned()),
+        ])
+    };
+    let done = h.wait(400, answered).await;
+    assert!(
+        done.is_some(),
+        "the key after the cut-off reply is answered"
+    );
+}

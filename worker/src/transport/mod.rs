@@ -11,6 +11,8 @@ pub mod sdp;
 pub mod tcp_mux;
 pub mod tcp_stream;
 pub mod trickle;
+pub mod twilio_media;
+pub mod twilio_stream;
 pub mod udp_mux;
 pub mod websocket;
 pub mod ws_rules;

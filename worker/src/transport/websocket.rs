@@ -46,6 +46,9 @@ const PIPELINE_HZ: u32 = 48_000;
 pub struct Rate(u32);
 
 impl Rate {
+    /// 8 kHz: telephone audio (Twilio's μ-law is decoded to PCM16 at this rate).
+    pub const TELEPHONE: Rate = Rate(8_000);
+
     /// `hz` if a WebSocket serves it.
     pub fn new(hz: u32) -> Option<Self> {
         voice_proto::session_audio::PCM_RATES
@@ -70,7 +73,7 @@ pub struct Shape {
 
 /// How a connection ended.
 #[derive(Debug)]
-enum Ending {
+pub(super) enum Ending {
     /// The server ended it (hang-up, slot released, shutdown): say goodbye.
     HungUp,
     /// The client closed, or the connection broke: nothing more can be said.
@@ -82,7 +85,7 @@ enum Ending {
 }
 
 impl Ending {
-    fn reason(&self) -> &'static str {
+    pub(super) fn reason(&self) -> &'static str {
         match self {
             Ending::HungUp => "HungUp",
             Ending::PeerClosed => "PeerClosed",
@@ -93,7 +96,11 @@ impl Ending {
 }
 
 /// Sends `message` within `timeout`; `Err` ends the connection.
-async fn send(socket: &mut WebSocket, message: Message, timeout: Duration) -> Result<(), Ending> {
+pub(super) async fn send(
+    socket: &mut WebSocket,
+    message: Message,
+    timeout: Duration,
+) -> Result<(), Ending> {
     match tokio::time::timeout(timeout, socket.send(message)).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(_)) => Err(Ending::PeerClosed),
@@ -332,9 +339,10 @@ async fn converse(
     }
 }
 
-/// Client PCM → 48 kHz frames → provider → client PCM.
-struct Pipeline {
-    provider: Box<dyn SpeechToSpeech>,
+/// Client PCM → 48 kHz frames → provider → client PCM (shared with the Twilio transport,
+/// which decodes μ-law to PCM first).
+pub(super) struct Pipeline {
+    pub(super) provider: Box<dyn SpeechToSpeech>,
     /// An odd trailing byte of the last message (frames may split samples).
     carry: Option<u8>,
     samples: Vec<i16>,
@@ -351,7 +359,7 @@ impl Pipeline {
         Self::with_provider(rate, Box::new(crate::media::echo::Echo::new(ECHO_FRAMES)))
     }
 
-    fn with_provider(rate: Rate, provider: Box<dyn SpeechToSpeech>) -> Self {
+    pub(super) fn with_provider(rate: Rate, provider: Box<dyn SpeechToSpeech>) -> Self {
         Self {
             provider,
             carry: None,
@@ -379,7 +387,15 @@ impl Pipeline {
         if let [odd] = pairs.remainder() {
             self.carry = Some(*odd);
         }
-        self.up.process(&self.samples, &mut self.wide);
+        let samples = std::mem::take(&mut self.samples);
+        let dropped = self.push_samples(&samples);
+        self.samples = samples;
+        dropped
+    }
+
+    /// Feeds client samples; returns how many samples the provider dropped.
+    pub(super) fn push_samples(&mut self, samples: &[i16]) -> usize {
+        self.up.process(samples, &mut self.wide);
         let mut dropped = 0;
         while self.wide.len() >= FRAME_SAMPLES {
             let mut frame: Frame = [0; FRAME_SAMPLES];
@@ -392,13 +408,19 @@ impl Pipeline {
 
     /// The next reply for the client, as PCM16 LE bytes at its rate.
     fn pull_bytes(&mut self) -> Option<Vec<u8>> {
+        let narrow = self.pull_samples()?;
+        Some(narrow.iter().flat_map(|s| s.to_le_bytes()).collect())
+    }
+
+    /// The next 20 ms reply for the client, as samples at its rate.
+    pub(super) fn pull_samples(&mut self) -> Option<Vec<i16>> {
         let mut frame: Frame = [0; FRAME_SAMPLES];
         if !self.provider.pull(&mut frame) {
             return None;
         }
         let mut narrow = Vec::with_capacity(FRAME_SAMPLES);
         self.down.process(&frame, &mut narrow);
-        Some(narrow.iter().flat_map(|s| s.to_le_bytes()).collect())
+        Some(narrow)
     }
 }
 

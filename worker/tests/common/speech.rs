@@ -4,6 +4,12 @@ use std::process::{Command, Stdio};
 
 /// `text` spoken by espeak-ng with `voice`, as 16 kHz mono PCM16 (sox converts).
 pub fn speak(text: &str, voice: &str) -> Vec<i16> {
+    speak_at(text, voice, 16_000)
+}
+
+/// `text` spoken by espeak-ng with `voice`, as mono PCM16 at `rate` (sox converts).
+pub fn speak_at(text: &str, voice: &str, rate: u32) -> Vec<i16> {
+    let rate = rate.to_string();
     let mut espeak = Command::new("espeak-ng")
         .args(["--stdout", "-v", voice, text])
         .stdout(Stdio::piped())
@@ -11,8 +17,7 @@ pub fn speak(text: &str, voice: &str) -> Vec<i16> {
         .unwrap_or_else(|e| panic!("espeak-ng (apt-get install espeak-ng): {e}"));
     let out = Command::new("sox")
         .args([
-            "-t", "wav", "-", "-t", "raw", "-r", "16000", "-e", "signed", "-b", "16", "-c", "1",
-            "-",
+            "-t", "wav", "-", "-t", "raw", "-r", &rate, "-e", "signed", "-b", "16", "-c", "1", "-",
         ])
         .stdin(
             espeak
