@@ -232,9 +232,9 @@ pub fn twilio_media(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     match parse(&text) {
         Ok(FromTwilio::Start(start)) => assert!(!start.stream_sid.is_empty(), "an empty streamSid"),
-        Ok(FromTwilio::Media(mulaw)) => {
-            let samples = decode(&mulaw);
-            assert_eq!(samples.len(), mulaw.len());
+        Ok(FromTwilio::Media(media)) => {
+            let samples = decode(&media.mulaw);
+            assert_eq!(samples.len(), media.mulaw.len());
             assert_eq!(decode(&encode(&samples)), samples, "μ-law codes round trip");
         }
         _ => {}

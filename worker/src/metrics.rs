@@ -193,7 +193,7 @@ impl MediaMetrics {
         let dropped = IntCounterVec::new(
             Opts::new(
                 "voice_worker_media_dropped_total",
-                "Packets or frames dropped on purpose, by where (a full queue, an unknown sender, a late frame).",
+                "Packets or frames dropped on purpose, by where (a full queue, an unknown sender, a late frame), or missing from a stream (a chunk a Twilio stream never sent).",
             ),
             &["reason"],
         )?;
@@ -208,7 +208,7 @@ impl MediaMetrics {
         let rtcp_fraction_lost = HistogramVec::new(
             HistogramOpts::new(
                 "voice_worker_rtcp_fraction_lost",
-                "Fraction of our packets lost, as each RTCP reception report from a client says (0 to 1).",
+                "Fraction of packets lost (0 to 1): of our stream, as each RTCP reception report from a client says; on transport twilio, of Twilio's media chunks, measured every 5 s.",
             )
             .buckets(vec![0.0, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0]),
             &["transport"],
@@ -216,7 +216,7 @@ impl MediaMetrics {
         let rtcp_jitter = HistogramVec::new(
             HistogramOpts::new(
                 "voice_worker_rtcp_jitter_seconds",
-                "Interarrival jitter of our stream, as each RTCP reception report from a client says.",
+                "Interarrival jitter: of our stream, as each RTCP reception report from a client says; on transport twilio, of Twilio's media chunks (RFC 3550 from media.timestamp), measured every 5 s.",
             )
             .buckets(vec![
                 0.000_5, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25,

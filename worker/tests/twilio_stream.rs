@@ -41,12 +41,15 @@ fn linear(byte: u8) -> i16 {
     (if byte & 0x80 != 0 { -value } else { value }) as i16
 }
 
-fn media(samples: &[i16]) -> Message {
+/// A `media` message: Twilio numbers its chunks from 1 and stamps them with milliseconds
+/// since the stream started, as strings.
+fn media(samples: &[i16], chunk: u64) -> Message {
     let payload = base64::engine::general_purpose::STANDARD
         .encode(samples.iter().map(|&s| ulaw(s)).collect::<Vec<u8>>());
     let message = serde_json::json!({
         "event": "media", "streamSid": STREAM,
-        "media": {"track": "inbound", "chunk": "1", "timestamp": "0", "payload": payload}
+        "media": {"track": "inbound", "chunk": chunk.to_string(),
+                  "timestamp": ((chunk - 1) * 20).to_string(), "payload": payload}
     });
     Message::Text(message.to_string().into())
 }
@@ -63,8 +66,27 @@ fn start(parameters: serde_json::Value, encoding: &str) -> Message {
     Message::Text(message.to_string().into())
 }
 
+/// One stream as Twilio drives it: the socket and the last media chunk number sent.
+struct Stream {
+    ws: Socket,
+    chunk: u64,
+}
+
+impl std::ops::Deref for Stream {
+    type Target = Socket;
+    fn deref(&self) -> &Socket {
+        &self.ws
+    }
+}
+
+impl std::ops::DerefMut for Stream {
+    fn deref_mut(&mut self) -> &mut Socket {
+        &mut self.ws
+    }
+}
+
 /// Opens the stream as Twilio does: upgrade, `connected`, `start`.
-async fn call(worker: &Worker, session: &str, parameters: serde_json::Value) -> Socket {
+async fn call(worker: &Worker, session: &str, parameters: serde_json::Value) -> Stream {
     let url = format!(
         "ws://127.0.0.1:{}/v1/sessions/{session}/twilio",
         worker.http_port
@@ -80,7 +102,7 @@ async fn call(worker: &Worker, session: &str, parameters: serde_json::Value) -> 
     ] {
         ws.send(message).await.unwrap_or_else(|e| panic!("{e}"));
     }
-    ws
+    Stream { ws, chunk: 0 }
 }
 
 /// What the worker sent: decoded reply audio and its other messages, in order.
@@ -119,7 +141,7 @@ impl Heard {
 /// Streams `script` in real time (silence after it), taking the worker's messages, until
 /// `done` says so or `limit` passes.
 async fn talk(
-    ws: &mut Socket,
+    ws: &mut Stream,
     script: &[i16],
     heard: &mut Heard,
     limit: Duration,
@@ -133,7 +155,9 @@ async fn talk(
             _ = ticks.tick() => {
                 let silence = [0i16; FRAME];
                 let frame = script.get(sent * FRAME..(sent + 1) * FRAME).unwrap_or(&silence);
-                ws.send(media(frame)).await.unwrap_or_else(|e| panic!("media: {e}"));
+                ws.chunk += 1;
+                let chunk = ws.chunk;
+                ws.send(media(frame, chunk)).await.unwrap_or_else(|e| panic!("media: {e}"));
                 sent += 1;
             }
             message = ws.next() => match message {
@@ -313,17 +337,32 @@ async fn a_stream_without_a_token_is_refused_naming_the_parameter_and_frees_noth
     )
     .await;
     let mut heard = Heard::default();
-    talk(
-        &mut ws,
-        &sine(700.0, 8_000, 0.4),
-        &mut heard,
-        Duration::from_secs(3),
-        |h| h.audio.len() >= 2 * 1_600,
-    )
+    let tone = sine(700.0, 8_000, 0.4);
+    talk(&mut ws, &tone, &mut heard, Duration::from_secs(3), |h| {
+        h.audio.len() >= 1_600
+    })
+    .await;
+    // Three chunks Twilio never sent: counted as dropped, not silently glued over.
+    ws.chunk += 3;
+    talk(&mut ws, &tone, &mut heard, Duration::from_secs(3), |h| {
+        h.audio.len() >= 2 * 1_600
+    })
     .await;
     assert!(
         heard.audio.len() >= 2 * 1_600,
         "the admitted stream got no audio back"
+    );
+    let metrics = worker.metrics().await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l == "voice_worker_media_dropped_total{reason=\"twilio_chunk_missing\"} 3"),
+        "the three missing chunks are not counted: {}",
+        metrics
+            .lines()
+            .filter(|l| l.contains("dropped"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
 }
 

@@ -12,6 +12,7 @@ pub mod tcp_mux;
 pub mod tcp_stream;
 pub mod trickle;
 pub mod twilio_media;
+pub mod twilio_quality;
 pub mod twilio_stream;
 pub mod udp_mux;
 pub mod websocket;

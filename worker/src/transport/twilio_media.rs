@@ -74,6 +74,17 @@ impl Start {
     }
 }
 
+/// One `media` message's audio and where it sits in the stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Media {
+    /// μ-law bytes at 8 kHz.
+    pub mulaw: Vec<u8>,
+    /// `media.chunk`: counts the stream's media messages from 1.
+    pub chunk: Option<u64>,
+    /// `media.timestamp`: milliseconds since the stream started.
+    pub timestamp_ms: Option<u64>,
+}
+
 /// One message from Twilio.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromTwilio {
@@ -81,8 +92,8 @@ pub enum FromTwilio {
     Connected,
     /// The stream starts.
     Start(Start),
-    /// Caller audio as μ-law bytes (`track` `inbound`); other tracks are [`Ignored`](Self::Ignored).
-    Media(Vec<u8>),
+    /// Caller audio (`track` `inbound`); other tracks are [`Ignored`](Self::Ignored).
+    Media(Media),
     /// Audio sent before our mark of this name has played.
     Mark(String),
     /// The caller pressed a key.
@@ -134,6 +145,10 @@ struct WireFormat {
 struct WireMedia {
     #[serde(default)]
     track: Option<String>,
+    #[serde(default)]
+    chunk: Option<serde_json::Value>,
+    #[serde(default)]
+    timestamp: Option<serde_json::Value>,
     payload: Option<String>,
 }
 
@@ -201,7 +216,11 @@ pub fn parse(text: &str) -> Result<FromTwilio, ProtocolError> {
             let bytes = base64::engine::general_purpose::STANDARD
                 .decode(payload)
                 .map_err(|e| ProtocolError::BadPayload(e.to_string()))?;
-            FromTwilio::Media(bytes)
+            FromTwilio::Media(Media {
+                mulaw: bytes,
+                chunk: media.chunk.as_ref().and_then(count),
+                timestamp_ms: media.timestamp.as_ref().and_then(count),
+            })
         }
         "mark" => FromTwilio::Mark(
             wire.mark
@@ -216,6 +235,14 @@ pub fn parse(text: &str) -> Result<FromTwilio, ProtocolError> {
         "stop" => FromTwilio::Stop,
         _ => FromTwilio::Ignored,
     })
+}
+
+/// A count Twilio sends as a decimal string (or, leniently, a JSON number).
+fn count(value: &serde_json::Value) -> Option<u64> {
+    match value {
+        serde_json::Value::String(s) => s.parse().ok(),
+        other => other.as_u64(),
+    }
 }
 
 /// A `media` message carrying `mulaw` to the caller.

@@ -23,6 +23,7 @@ use tokio::time::Instant;
 use voice_proto::worker::v1::Connected;
 
 use super::twilio_media::{self, FromTwilio, Start};
+use super::twilio_quality::StreamQuality;
 use super::websocket::{Ending, Pipeline, Rate, send};
 use super::ws_rules::{PONG_TIMEOUT, Verdict, verdict_for_axum};
 use crate::connections::{Claim, Transport};
@@ -110,6 +111,7 @@ pub async fn serve(
         replying: false,
         replies: 0,
         unplayed: BTreeSet::new(),
+        quality: StreamQuality::default(),
     };
     let ending = converse(&ctx, &claim, &mut socket, &mut call).await;
     match &ending {
@@ -250,6 +252,8 @@ struct Call {
     replies: u64,
     /// Marks Twilio has not echoed yet: reply audio it may still be playing.
     unplayed: BTreeSet<String>,
+    /// Missing chunks and jitter of the caller's audio.
+    quality: StreamQuality,
 }
 
 /// Sends the due reply audio, a mark after each reply, and `clear` on barge-in.
@@ -296,6 +300,8 @@ async fn converse(
     let mut playout = tokio::time::interval(crate::media::FRAME_PERIOD);
     playout.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut last_audio = Instant::now();
+    // Drops are counted for the metrics and for the connection (status.audioBuffers).
+    let connection = ctx.metrics.for_connection(claim.media.dropped.clone());
     loop {
         let due = pong_due;
         let pong_deadline = async move {
@@ -339,14 +345,29 @@ async fn converse(
             }
         };
         match twilio_media::parse(&text) {
-            Ok(FromTwilio::Media(mulaw)) => {
+            Ok(FromTwilio::Media(media)) => {
                 last_audio = Instant::now();
                 claim.touch_media();
-                ctx.metrics.count_packet(LABEL, "in", mulaw.len());
-                if call.pipeline.push_samples(&twilio_media::decode(&mulaw)) > 0 {
-                    ctx.metrics
-                        .for_connection(claim.media.dropped.clone())
-                        .count_dropped("provider_queue_full");
+                ctx.metrics.count_packet(LABEL, "in", media.mulaw.len());
+                let missing = call
+                    .quality
+                    .observe(media.chunk, media.timestamp_ms, last_audio);
+                for _ in 0..missing {
+                    connection.count_dropped("twilio_chunk_missing");
+                }
+                if let Some(report) = call.quality.report(last_audio) {
+                    ctx.metrics.observe_reception_report(
+                        LABEL,
+                        report.fraction_lost,
+                        report.jitter,
+                    );
+                }
+                if call
+                    .pipeline
+                    .push_samples(&twilio_media::decode(&media.mulaw))
+                    > 0
+                {
+                    connection.count_dropped("provider_queue_full");
                 }
                 if let Err(ending) = flush(ctx, socket, call).await {
                     return ending;

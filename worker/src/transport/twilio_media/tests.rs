@@ -53,7 +53,11 @@ fn inbound_media_is_decoded_and_other_tracks_are_ignored() {
     });
     assert_eq!(
         parse(&inbound.to_string()),
-        Ok(FromTwilio::Media(vec![0xFF, 0x7F, 0x00]))
+        Ok(FromTwilio::Media(Media {
+            mulaw: vec![0xFF, 0x7F, 0x00],
+            chunk: Some(1),
+            timestamp_ms: Some(5)
+        }))
     );
     let outbound = serde_json::json!({
         "event": "media", "streamSid": "MZ1", "media": {"track": "outbound", "payload": payload}
