@@ -24,7 +24,7 @@ use voice_proto::worker::v1::Connected;
 
 use super::twilio_media::{self, FromTwilio, Start};
 use super::twilio_quality::StreamQuality;
-use super::websocket::{Ending, Pipeline, Rate, send};
+use super::websocket::{Ending, Pipeline, Rate, close_refused, send};
 use super::ws_rules::{PONG_TIMEOUT, Verdict, verdict_for_axum};
 use crate::connections::{Claim, Transport};
 use crate::signaling::{Admitted, MediaContext, admit};
@@ -118,18 +118,7 @@ pub async fn serve(
         Ending::HungUp => {
             let _ = send(&mut socket, Message::Close(None), timing.send_timeout).await;
         }
-        Ending::Refused(verdict) => {
-            let frame = CloseFrame {
-                code: verdict.code,
-                reason: verdict.message.into(),
-            };
-            let _ = send(
-                &mut socket,
-                Message::Close(Some(frame)),
-                timing.send_timeout,
-            )
-            .await;
-        }
+        Ending::Refused(verdict) => close_refused(&mut socket, *verdict, timing.send_timeout).await,
         Ending::PeerClosed | Ending::SendTimeout => {}
     }
     let reason = ending.reason();

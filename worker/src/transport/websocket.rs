@@ -108,6 +108,15 @@ pub(super) async fn send(
     }
 }
 
+/// Closes with the verdict's code and text, the fix a client that broke a rule needs.
+pub(super) async fn close_refused(socket: &mut WebSocket, verdict: Verdict, timeout: Duration) {
+    let frame = CloseFrame {
+        code: verdict.code,
+        reason: verdict.message.into(),
+    };
+    let _ = send(socket, Message::Close(Some(frame)), timeout).await;
+}
+
 /// Serves one upgraded WebSocket until either side ends it, then frees the slot.
 pub async fn serve(
     ctx: Arc<MediaContext>,
@@ -201,18 +210,7 @@ pub async fn serve(
             };
             let _ = goodbye.await;
         }
-        Ending::Refused(verdict) => {
-            let frame = CloseFrame {
-                code: verdict.code,
-                reason: verdict.message.into(),
-            };
-            let _ = send(
-                &mut socket,
-                Message::Close(Some(frame)),
-                timing.send_timeout,
-            )
-            .await;
-        }
+        Ending::Refused(verdict) => close_refused(&mut socket, verdict, timing.send_timeout).await,
         Ending::PeerClosed | Ending::SendTimeout => {}
     }
     let reason = ending.reason();
